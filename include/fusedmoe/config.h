@@ -1,0 +1,69 @@
+// MoEConfig: everything that fixes the shape and semantics of one MoE layer.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "fusedmoe/quant.h"
+#include "fusedmoe/routing.h"
+#include "fusedmoe/tensor.h"
+
+namespace fusedmoe {
+
+enum class ActivationKind : uint8_t {
+  silu_mul,       // silu(gate) * up, w13 rows = [gate rows | up rows]
+  gelu_mul,       // gelu(gate) * up (erf form)
+  gelu_tanh_mul,  // gelu_tanh(gate) * up
+  swiglu_oai,     // gpt-oss: w13 rows interleaved (g0,u0,g1,u1,...);
+                  // g=min(g,limit), u=clamp(u,-limit,limit), (u+1)*g*sigmoid(alpha*g)
+  relu2,          // non-gated: relu(x)^2, w13 has I rows
+};
+
+struct Activation {
+  ActivationKind kind = ActivationKind::silu_mul;
+  float alpha = 1.702f;  // swiglu_oai only
+  float limit = 7.0f;    // swiglu_oai only
+  bool is_gated() const { return kind != ActivationKind::relu2; }
+};
+
+const char* activation_name(ActivationKind kind);
+std::optional<ActivationKind> parse_activation(std::string_view name);
+
+enum class ActivationFormat : uint8_t {
+  standard,  // tokens x hidden, with top-k ids
+  batched,   // local experts x max tokens per expert x hidden, with per-expert counts
+};
+
+struct ParallelConfig {
+  int ep_size = 1;
+  int ep_rank = 0;
+  int dp_size = 1;
+  // Optional i32 [num_experts] on the host: global expert -> local slot, -1 when not local.
+  // Every local slot 0..num_local_experts-1 must appear exactly once.
+  Tensor expert_map;
+};
+
+struct MoEConfig {
+  int64_t num_experts = 0;        // global E
+  int64_t hidden_size = 0;        // K
+  int64_t intermediate_size = 0;  // I (w13 has 2I rows when gated)
+  Activation activation;
+  QuantScheme quant = QuantScheme::bf16;
+  RoutingConfig routing;
+  ParallelConfig parallel;
+  ActivationFormat activation_format = ActivationFormat::standard;
+  int64_t max_tokens_per_expert = 0;  // batched format: capacity of each expert's batch
+  // Top-k ids outside [0, num_experts) (-1 masked slots, stale ids in padded rows) contribute
+  // nothing by default, on every backend. With strict_expert_ids the CPU rejects them instead.
+  bool strict_expert_ids = false;
+
+  int64_t w13_rows() const { return activation.is_gated() ? 2 * intermediate_size : intermediate_size; }
+  int64_t num_local_experts() const;
+  bool apply_router_weight_on_input() const { return routing.method == RoutingMethod::llama4; }
+};
+
+// Throws fusedmoe::Error naming the first field that is out of range.
+void validate_config(const MoEConfig& config);
+
+}  // namespace fusedmoe

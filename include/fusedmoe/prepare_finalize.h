@@ -1,0 +1,52 @@
+// PrepareFinalize: the stage around the experts. prepare quantizes (and, under expert
+// parallelism, dispatches) activations; finalize weights, reduces (and combines) the outputs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "fusedmoe/config.h"
+#include "fusedmoe/experts.h"
+#include "fusedmoe/tensor.h"
+#include "fusedmoe/workspace.h"
+
+namespace fusedmoe {
+
+class PrepareFinalize {
+ public:
+  virtual ~PrepareFinalize() = default;
+  virtual std::string name() const = 0;
+  virtual bool is_monolithic() const = 0;
+  virtual ActivationFormat activation_format() const = 0;
+  virtual Device device() const = 0;
+  virtual int num_dispatchers() const { return 1; }
+  virtual size_t workspace_bytes(int64_t num_tokens) const = 0;
+};
+
+class ModularPrepareFinalize : public PrepareFinalize {
+ public:
+  bool is_monolithic() const final { return false; }
+  // hidden bf16 [M, K]; topk_ids i32 [M, k]; topk_weights f32 [M, k]; static_input_scale as
+  // ModularExperts::static_input_scale(). Validated by the caller.
+  virtual PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
+                                      const Tensor& static_input_scale, Workspace& workspace) const = 0;
+  // Weights (unless applied on the input), reduces over top-k in slot order, writes bf16 [M, K].
+  virtual void finalize(const Tensor& experts_output, ExpertsOutputKind kind, const Tensor& topk_ids,
+                        const Tensor& topk_weights, const Tensor& output) const = 0;
+};
+
+class MonolithicPrepareFinalize : public PrepareFinalize {
+ public:
+  bool is_monolithic() const final { return true; }
+  struct Prepared {
+    Tensor hidden, router_logits;
+  };
+  // Moves data only: gathers hidden and logits from the ranks (identity without parallelism).
+  virtual Prepared prepare(const Tensor& hidden, const Tensor& router_logits, Workspace& workspace) const = 0;
+  // Where the experts write: `output` itself without parallelism.
+  virtual Tensor experts_output(const Tensor& output, int64_t num_prepared_tokens, Workspace& workspace) const = 0;
+  // Combines the experts' output into `output` (nothing to do without parallelism).
+  virtual void finalize(const Tensor& experts_output, const Tensor& output) const = 0;
+};
+
+}  // namespace fusedmoe

@@ -1,0 +1,43 @@
+// Workspace: a bump allocator over caller-provided scratch bytes (64-byte aligned slices).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <span>
+
+#include "fusedmoe/tensor.h"
+
+namespace fusedmoe {
+
+inline constexpr size_t kWorkspaceAlignment = 64;
+
+inline size_t align_workspace(size_t bytes) {
+  return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+// Bytes a tensor of this dtype and shape takes in a workspace, alignment included.
+size_t workspace_tensor_bytes(DType dtype, std::span<const int64_t> shape);
+inline size_t workspace_tensor_bytes(DType dtype, std::initializer_list<int64_t> shape) {
+  return workspace_tensor_bytes(dtype, std::span<const int64_t>(shape.begin(), shape.size()));
+}
+
+class Workspace {
+ public:
+  Workspace() = default;
+  explicit Workspace(const Tensor& bytes);  // u8 [n], contiguous
+  // Carves a contiguous tensor; throws if the workspace is too small.
+  Tensor take(DType dtype, std::span<const int64_t> shape);
+  Tensor take(DType dtype, std::initializer_list<int64_t> shape) {
+    return take(dtype, std::span<const int64_t>(shape.begin(), shape.size()));
+  }
+  size_t used() const { return used_; }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  uint8_t* base_ = nullptr;
+  size_t capacity_ = 0;
+  size_t used_ = 0;
+  Device device_{};
+};
+
+}  // namespace fusedmoe

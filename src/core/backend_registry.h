@@ -1,0 +1,38 @@
+// Backends register what they implement here: allocation on their device, Experts and
+// PrepareFinalize factories. The factory and Buffer look backends up by id or device kind.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+
+#include "fusedmoe/config.h"
+#include "fusedmoe/experts.h"
+#include "fusedmoe/factory.h"
+#include "fusedmoe/prepare_finalize.h"
+#include "fusedmoe/tensor.h"
+#include "fusedmoe/weights.h"
+
+namespace fusedmoe {
+
+struct BackendImpl {
+  Backend id;
+  const char* name;
+  DeviceKind device_kind;
+  void* (*allocate)(size_t bytes, Device device);
+  void (*deallocate)(void* ptr, Device device);
+  std::unique_ptr<Experts> (*make_experts)(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
+  std::unique_ptr<PrepareFinalize> (*make_prepare_finalize)(const MoEConfig& config, bool monolithic);
+  // Arguments already validated by route().
+  void (*route)(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
+};
+
+// Every backend compiled into this build, in preference order.
+std::span<const BackendImpl* const> registered_backends();
+const BackendImpl& backend_by_id(Backend id);
+const BackendImpl& backend_for_device(Device device);
+
+// Defined by each backend.
+const BackendImpl& cpu_backend();
+
+}  // namespace fusedmoe

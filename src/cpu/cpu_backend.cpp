@@ -1,0 +1,30 @@
+// Registration of the CPU backend: 64-byte aligned host memory and the CPU implementations.
+#include <cstdlib>
+#include <new>
+
+#include "core/backend_registry.h"
+#include "cpu/cpu_backend.h"
+
+namespace fusedmoe {
+namespace {
+
+void* cpu_allocate(size_t bytes, Device) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+void cpu_deallocate(void* p, Device) { std::free(p); }
+
+}  // namespace
+
+const BackendImpl& cpu_backend() {
+  static const BackendImpl impl{Backend::cpu,        "cpu",
+                                DeviceKind::cpu,     cpu_allocate,
+                                cpu_deallocate,      cpu::make_experts,
+                                cpu::make_prepare_finalize, cpu::route};
+  return impl;
+}
+
+}  // namespace fusedmoe

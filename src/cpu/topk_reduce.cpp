@@ -1,0 +1,68 @@
+// Top-k weight and reduce on the CPU: per-slot (standard) and batched expert outputs.
+// Slots whose id is invalid or not local are skipped, never read.
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
+#include "fusedmoe/formats.h"
+
+namespace fusedmoe::cpu {
+namespace {
+
+// Sums the valid slots of token t in slot order into out[t].
+template <class RowOf>
+void reduce_token(const MoEConfig& c, int64_t t, const int32_t* ids, const float* weights, RowOf row_of,
+                  bfloat16* out, std::vector<float>& acc) {
+  const int64_t K = c.hidden_size, k = c.routing.top_k;
+  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
+  const bool on_input = c.apply_router_weight_on_input();
+  std::fill(acc.begin(), acc.end(), 0.0f);
+  for (int64_t s = 0; s < k; ++s) {
+    const int32_t e = local_expert_of(ids[t * k + s], c.num_experts, map);
+    if (e < 0) continue;
+    const float* y = row_of(t, s, e);
+    const float w = on_input ? 1.0f : weights[t * k + s];
+    for (int64_t i = 0; i < K; ++i) acc[i] += w * y[i];
+  }
+  for (int64_t i = 0; i < K; ++i) out[t * K + i] = float_to_bf16(acc[i]);
+}
+
+}  // namespace
+
+void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
+                     const Tensor& out) {
+  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
+  const float* y = per_slot.data_as<const float>();
+  parallel_for(M, [&](int64_t t) {
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<size_t>(K));
+    reduce_token(
+        c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
+        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, out.data_as<bfloat16>(), acc);
+  });
+}
+
+void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
+                    const Tensor& out) {
+  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
+  const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert;
+  const int32_t* ids = topk_ids.data_as<const int32_t>();
+  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
+  // Position of each (token, slot) in its expert's batch: token-then-slot order, as prepare packed it.
+  std::vector<int64_t> position(static_cast<size_t>(M * k), -1), fill(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < M * k; ++i) {
+    const int32_t e = local_expert_of(ids[i], c.num_experts, map);
+    if (e >= 0) position[i] = fill[e]++;
+  }
+  const float* y = batched.data_as<const float>();
+  parallel_for(M, [&](int64_t t) {
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<size_t>(K));
+    reduce_token(
+        c, t, ids, topk_weights.data_as<const float>(),
+        [&](int64_t tok, int64_t s, int32_t e) { return y + (e * T + position[tok * k + s]) * K; },
+        out.data_as<bfloat16>(), acc);
+  });
+}
+
+}  // namespace fusedmoe::cpu

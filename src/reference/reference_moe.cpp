@@ -1,0 +1,223 @@
+// Float64 reference MoE. Deliberately simple and separate from the CPU fast path: a loop
+// over tokens and slots, weights dequantized element by element, every sum in double. It
+// follows the schemes' recipe: input (weighted on the input for llama4) rounded to bf16,
+// quantized per scheme with f32 scales; intermediate re-quantized (fp8 schemes) or rounded
+// to bf16 (the others); output left in double.
+#include "fusedmoe/reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/check.h"
+#include "fusedmoe/error.h"
+#include "fusedmoe/formats.h"
+
+namespace fusedmoe {
+namespace {
+
+struct RefMatrix {  // w13 or w2 of the local experts
+  const ExpertWeights* w;
+  QuantScheme scheme;
+  bool is_w13;
+  int64_t rows, cols;
+
+  double at(int64_t e, int64_t n, int64_t k) const {
+    const Tensor& data = is_w13 ? w->w13 : w->w2;
+    const Tensor& scale = is_w13 ? w->w13_scale : w->w2_scale;
+    const int64_t idx = (e * rows + n) * cols + k;
+    switch (scheme) {
+      case QuantScheme::bf16: return bf16_to_float(data.data_as<const bfloat16>()[idx]);
+      case QuantScheme::fp8_per_tensor:
+        return double(fp8_e4m3_to_float(data.data_as<const uint8_t>()[idx])) * scale.data_as<const float>()[e];
+      case QuantScheme::fp8_per_channel:
+        return double(fp8_e4m3_to_float(data.data_as<const uint8_t>()[idx])) *
+               scale.data_as<const float>()[e * rows + n];
+      case QuantScheme::fp8_block: {
+        const int64_t rb = (rows + 127) / 128, cb = (cols + 127) / 128;
+        return double(fp8_e4m3_to_float(data.data_as<const uint8_t>()[idx])) *
+               scale.data_as<const float>()[(e * rb + n / 128) * cb + k / 128];
+      }
+      case QuantScheme::nvfp4: {
+        const Tensor& global = is_w13 ? w->w13_global_scale : w->w2_global_scale;
+        const uint8_t byte = data.data_as<const uint8_t>()[idx / 2];
+        const double v = fp4_e2m1_to_float(idx % 2 ? byte >> 4 : byte & 0xf);
+        const uint8_t s = scale.data_as<const uint8_t>()[(e * rows + n) * (cols / 16) + k / 16];
+        // the recipe's effective group scale is the f32 product e4m3 * global
+        return v * double(fp8_e4m3_to_float(s) * global.data_as<const float>()[e]);
+      }
+      case QuantScheme::mxfp4: {
+        const uint8_t byte = data.data_as<const uint8_t>()[idx / 2];
+        const double v = fp4_e2m1_to_float(idx % 2 ? byte >> 4 : byte & 0xf);
+        return v * double(ue8m0_to_float(scale.data_as<const uint8_t>()[(e * rows + n) * (cols / 32) + k / 32]));
+      }
+    }
+    return 0.0;
+  }
+};
+
+// x quantized per the scheme and dequantized back, in place.
+void quantize_dequantize(QuantScheme scheme, std::vector<double>& x, float static_scale) {
+  auto fp8_qdq = [](double v, float s) {
+    return double(fp8_e4m3_to_float(float_to_fp8_e4m3(float(v / s)))) * s;
+  };
+  auto dynamic_scale = [](const double* v, size_t n) {
+    double amax = 0.0;
+    for (size_t i = 0; i < n; ++i)
+      if (std::fabs(v[i]) > amax) amax = std::fabs(v[i]);
+    return std::max(float(amax), 1e-10f) / 448.0f;
+  };
+  switch (scheme) {
+    case QuantScheme::fp8_per_tensor:
+      for (double& v : x) v = fp8_qdq(v, static_scale);
+      break;
+    case QuantScheme::fp8_per_channel: {
+      const float s = dynamic_scale(x.data(), x.size());
+      for (double& v : x) v = fp8_qdq(v, s);
+      break;
+    }
+    case QuantScheme::fp8_block:
+      for (size_t g = 0; g < x.size(); g += 128) {
+        const size_t n = std::min<size_t>(128, x.size() - g);
+        const float s = dynamic_scale(x.data() + g, n);
+        for (size_t i = g; i < g + n; ++i) x[i] = fp8_qdq(x[i], s);
+      }
+      break;
+    default:
+      for (double& v : x) v = round_to_bf16(float(v));
+  }
+}
+
+double activate(const Activation& act, const std::vector<double>& h, int64_t i, int64_t I) {
+  auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+  switch (act.kind) {
+    case ActivationKind::silu_mul: return h[i] * sigmoid(h[i]) * h[I + i];
+    case ActivationKind::gelu_mul: return 0.5 * h[i] * (1.0 + std::erf(h[i] / std::sqrt(2.0))) * h[I + i];
+    case ActivationKind::gelu_tanh_mul: {
+      const double g = h[i];
+      return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g))) * h[I + i];
+    }
+    case ActivationKind::swiglu_oai: {
+      const double g = std::min(h[2 * i], double(act.limit));
+      const double u = std::clamp(h[2 * i + 1], -double(act.limit), double(act.limit));
+      return (u + 1.0) * g * sigmoid(double(act.alpha) * g);
+    }
+    case ActivationKind::relu2: {
+      const double r = std::max(h[i], 0.0);
+      return r * r;
+    }
+  }
+  return 0.0;
+}
+
+struct RefSetup {
+  std::vector<int64_t> tokens;
+  RefMatrix w13, w2;
+  const int32_t* map;
+};
+
+RefSetup setup(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden, const Tensor& ids,
+               std::span<const int64_t> tokens) {
+  validate_config(c);
+  validate_weights(c, w);
+  FMOE_CHECK(hidden.defined() && hidden.ndim() == 2, "hidden must be [M, K], got ", hidden.describe());
+  const int64_t M = hidden.size(0);
+  check_tensor(hidden, "hidden", DType::bf16, {M, c.hidden_size}, Device::cpu());
+  check_tensor(ids, "topk_ids", DType::i32, {M, c.routing.top_k}, Device::cpu());
+  RefSetup s{{tokens.begin(), tokens.end()},
+             {&w, c.quant, true, c.w13_rows(), c.hidden_size},
+             {&w, c.quant, false, c.hidden_size, c.intermediate_size},
+             c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr};
+  if (s.tokens.empty()) {
+    s.tokens.resize(static_cast<size_t>(M));
+    std::iota(s.tokens.begin(), s.tokens.end(), 0);
+  }
+  for (int64_t t : s.tokens) FMOE_CHECK(t >= 0 && t < M, "tokens must index rows of hidden [0, ", M, "), got ", t);
+  return s;
+}
+
+int32_t local_of(const MoEConfig& c, const int32_t* map, int32_t id) {
+  if (id < 0 || id >= c.num_experts) return -1;
+  return map ? map[id] : id;
+}
+
+// GEMM1 (+bias) and the activation of one (token, expert), in double.
+std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, const RefMatrix& w13,
+                                 const std::vector<double>& a, int32_t e) {
+  const int64_t N1 = c.w13_rows(), K = c.hidden_size, I = c.intermediate_size;
+  std::vector<double> h(static_cast<size_t>(N1));
+  for (int64_t n = 0; n < N1; ++n) {
+    double acc = 0.0;
+    for (int64_t k = 0; k < K; ++k) acc += a[k] * w13.at(e, n, k);
+    if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
+    h[n] = acc;
+  }
+  std::vector<double> x(static_cast<size_t>(I));
+  for (int64_t i = 0; i < I; ++i) x[i] = activate(c.activation, h, i, I);
+  return x;
+}
+
+}  // namespace
+
+std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden,
+                                  const Tensor& topk_ids, const Tensor& topk_weights, std::span<const int64_t> tokens) {
+  const RefSetup s = setup(c, w, hidden, topk_ids, tokens);
+  const int64_t K = c.hidden_size, I = c.intermediate_size, k = c.routing.top_k;
+  check_tensor(topk_weights, "topk_weights", DType::f32, {hidden.size(0), k}, Device::cpu());
+  const float a1_scale = w.a13_scale.defined() ? *w.a13_scale.data_as<const float>() : 0.0f;
+  const float a2_scale = w.a2_scale.defined() ? *w.a2_scale.data_as<const float>() : 0.0f;
+  const bool on_input = c.apply_router_weight_on_input();
+  std::vector<double> out(s.tokens.size() * static_cast<size_t>(K), 0.0);
+  for (size_t row = 0; row < s.tokens.size(); ++row) {
+    const int64_t t = s.tokens[row];
+    const float* tw = topk_weights.data_as<const float>() + t * k;
+    std::vector<double> a(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) {
+      const double x = bf16_to_float(hidden.data_as<const bfloat16>()[t * K + i]);
+      a[i] = on_input ? round_to_bf16(float(x * tw[0])) : x;
+    }
+    if (scheme_quantizes_activations(c.quant)) quantize_dequantize(c.quant, a, a1_scale);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const int32_t e = local_of(c, s.map, topk_ids.data_as<const int32_t>()[t * k + slot]);
+      if (e < 0) continue;
+      std::vector<double> x = intermediate(c, w, s.w13, a, e);
+      quantize_dequantize(c.quant, x, a2_scale);
+      const double weight = on_input ? 1.0 : tw[slot];
+      for (int64_t n = 0; n < K; ++n) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < I; ++i) acc += x[i] * s.w2.at(e, n, i);
+        if (w.w2_bias.defined()) acc += w.w2_bias.data_as<const float>()[e * K + n];
+        out[row * K + n] += weight * acc;
+      }
+    }
+  }
+  return out;
+}
+
+double reference_intermediate_amax(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden,
+                                   const Tensor& topk_ids, std::span<const int64_t> tokens) {
+  const RefSetup s = setup(c, w, hidden, topk_ids, tokens);
+  const int64_t K = c.hidden_size, k = c.routing.top_k;
+  double amax = 0.0;
+  for (int64_t t : s.tokens) {
+    std::vector<double> a(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) a[i] = bf16_to_float(hidden.data_as<const bfloat16>()[t * K + i]);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const int32_t e = local_of(c, s.map, topk_ids.data_as<const int32_t>()[t * k + slot]);
+      if (e < 0) continue;
+      for (double v : intermediate(c, w, s.w13, a, e)) amax = std::max(amax, std::fabs(v));
+    }
+  }
+  return amax;
+}
+
+Tolerance tolerance_for(QuantScheme scheme) {
+  switch (scheme) {
+    case QuantScheme::fp8_per_tensor:
+    case QuantScheme::fp8_per_channel:
+    case QuantScheme::fp8_block: return {4e-2, 5e-2};
+    default: return {1e-2, 2e-2};
+  }
+}
+
+}  // namespace fusedmoe
