@@ -1,0 +1,103 @@
+// Number formats: hand-computed encodings, rounding ties, saturation, round trips, and the
+// vectorized row decoders against the scalar definitions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "cpu/decode_rows.h"
+#include "fusedmoe/formats.h"
+
+using namespace fusedmoe;
+
+TEST(Fp8E4m3, HandComputedValues) {
+  EXPECT_EQ(float_to_fp8_e4m3(0.0f), 0x00);
+  EXPECT_EQ(float_to_fp8_e4m3(-0.0f), 0x80);
+  EXPECT_EQ(float_to_fp8_e4m3(1.0f), 0x38);    // exp 7, man 0
+  EXPECT_EQ(float_to_fp8_e4m3(-2.0f), 0xc0);
+  EXPECT_EQ(float_to_fp8_e4m3(448.0f), 0x7e);  // max finite
+  EXPECT_EQ(float_to_fp8_e4m3(0.001953125f), 0x01);  // 2^-9, smallest subnormal
+  EXPECT_EQ(float_to_fp8_e4m3(0.015625f), 0x08);     // 2^-6, smallest normal
+  EXPECT_EQ(float_to_fp8_e4m3(1.125f), 0x39);
+  EXPECT_FLOAT_EQ(fp8_e4m3_to_float(0x7e), 448.0f);
+  EXPECT_FLOAT_EQ(fp8_e4m3_to_float(0x01), 0.001953125f);
+  EXPECT_FLOAT_EQ(fp8_e4m3_to_float(0x07), 7 * 0.001953125f);
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(0x7f)));
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(0xff)));
+}
+
+TEST(Fp8E4m3, RoundsHalfToEvenAndSaturates) {
+  EXPECT_EQ(float_to_fp8_e4m3(1.0625f), 0x38);   // halfway 1.0 / 1.125 -> even (1.0)
+  EXPECT_EQ(float_to_fp8_e4m3(1.1875f), 0x3a);   // halfway 1.125 / 1.25 -> even (1.25)
+  EXPECT_EQ(float_to_fp8_e4m3(1.07f), 0x39);     // above half -> up
+  EXPECT_EQ(float_to_fp8_e4m3(0.0029296875f), 0x02);  // 1.5 * 2^-9 -> even (2 * 2^-9)
+  EXPECT_EQ(float_to_fp8_e4m3(0.0009765625f), 0x00);  // 0.5 * 2^-9 -> even (0)
+  EXPECT_EQ(float_to_fp8_e4m3(464.0f), 0x7e);    // would round to 480: saturates
+  EXPECT_EQ(float_to_fp8_e4m3(1e9f), 0x7e);
+  EXPECT_EQ(float_to_fp8_e4m3(-INFINITY), 0xfe);
+  EXPECT_EQ(float_to_fp8_e4m3(NAN) & 0x7f, 0x7f);
+}
+
+TEST(Fp8E4m3, EveryCodeRoundTrips) {
+  for (int v = 0; v < 256; ++v) {
+    if ((v & 0x7f) == 0x7f) continue;
+    EXPECT_EQ(float_to_fp8_e4m3(fp8_e4m3_to_float(uint8_t(v))), v) << "code " << v;
+  }
+}
+
+TEST(Fp4E2m1, ValuesTiesAndSaturation) {
+  const float values[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+  for (int c = 0; c < 16; ++c) {
+    const float v = (c & 8) ? -values[c & 7] : values[c & 7];
+    EXPECT_EQ(fp4_e2m1_to_float(uint8_t(c)), v);
+    if (c != 8) EXPECT_EQ(float_to_fp4_e2m1(v), c);  // -0 encodes as 0x8 too
+  }
+  EXPECT_EQ(float_to_fp4_e2m1(0.25f), 0);   // tie 0 / 0.5 -> 0
+  EXPECT_EQ(float_to_fp4_e2m1(0.75f), 2);   // tie 0.5 / 1 -> 1.0
+  EXPECT_EQ(float_to_fp4_e2m1(1.25f), 2);   // tie 1 / 1.5 -> 1.0
+  EXPECT_EQ(float_to_fp4_e2m1(1.75f), 4);   // tie 1.5 / 2 -> 2.0
+  EXPECT_EQ(float_to_fp4_e2m1(2.5f), 4);    // tie 2 / 3 -> 2
+  EXPECT_EQ(float_to_fp4_e2m1(3.5f), 6);    // tie 3 / 4 -> 4
+  EXPECT_EQ(float_to_fp4_e2m1(5.0f), 6);    // tie 4 / 6 -> 4
+  EXPECT_EQ(float_to_fp4_e2m1(5.1f), 7);
+  EXPECT_EQ(float_to_fp4_e2m1(100.0f), 7);  // saturates at 6
+  EXPECT_EQ(float_to_fp4_e2m1(-100.0f), 15);
+  EXPECT_EQ(float_to_fp4_e2m1(-0.3f), 9);   // -0.5
+}
+
+TEST(Ue8m0, ScalesArePowersOfTwo) {
+  EXPECT_EQ(ue8m0_to_float(127), 1.0f);
+  EXPECT_EQ(ue8m0_to_float(130), 8.0f);
+  EXPECT_EQ(ue8m0_to_float(1), std::ldexp(1.0f, -126));
+  EXPECT_EQ(ue8m0_to_float(0), std::ldexp(1.0f, -127));
+  EXPECT_TRUE(std::isnan(ue8m0_to_float(255)));
+  // OCP MX: 2^(floor(log2 amax) - 2)
+  EXPECT_EQ(mx_e2m1_scale_from_amax(6.0f), 127);   // 2^2 * 2^-2 = 1: 6 fits exactly
+  EXPECT_EQ(mx_e2m1_scale_from_amax(7.9f), 127);   // clips to 6 by definition
+  EXPECT_EQ(mx_e2m1_scale_from_amax(8.0f), 128);
+  EXPECT_EQ(mx_e2m1_scale_from_amax(0.5f), 124);
+  EXPECT_EQ(mx_e2m1_scale_from_amax(0.0f), 0);
+}
+
+TEST(Bf16, RoundsHalfToEven) {
+  EXPECT_EQ(float_to_bf16(1.0f).bits, 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.00390625f).bits, 0x3f80);  // halfway -> even
+  EXPECT_EQ(float_to_bf16(1.01171875f).bits, 0x3f82);  // halfway 0x3f81/0x3f82 -> even
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(NAN))));
+  EXPECT_EQ(bf16_to_float(float_to_bf16(INFINITY)), INFINITY);
+}
+
+TEST(RowDecoders, MatchScalarDefinitions) {
+  uint8_t codes[256];
+  float fast[256];
+  for (int v = 0; v < 256; ++v) codes[v] = uint8_t(v);
+  cpu::decode_fp8_row(codes, 256, fast);
+  for (int v = 0; v < 256; ++v) {
+    const float ref = fp8_e4m3_to_float(uint8_t(v));
+    if (std::isnan(ref)) EXPECT_TRUE(std::isnan(fast[v])) << v;
+    else EXPECT_EQ(fast[v], ref) << "code " << v;
+  }
+  const float scales[8] = {1, 2, 0.5f, 3, 1, 1, 1, 1};
+  float fp4[256];
+  cpu::decode_fp4_row(codes, 256, scales, 32, fp4);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(fp4[i], fp4x2_get(codes, i) * scales[i / 32]) << i;
+}

@@ -1,0 +1,104 @@
+// Shared helpers of the GoogleTest suite: seeds (fresh each run, printed on failure,
+// FUSEDMOE_TEST_SEED to replay), configs, NaN-poisoned outputs and the reference comparison.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fusedmoe/fusedmoe.h"
+#include "testing/synthetic.h"
+
+namespace fusedmoe::test {
+
+inline uint64_t test_seed() {
+  if (const char* env = std::getenv("FUSEDMOE_TEST_SEED")) return std::strtoull(env, nullptr, 10);
+  static std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+#define FMOE_SEED_TRACE(seed) \
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (replay with FUSEDMOE_TEST_SEED=" + std::to_string(seed) + ")")
+
+inline MoEConfig small_config(QuantScheme quant = QuantScheme::bf16, int64_t E = 8, int64_t K = 256, int64_t I = 128,
+                              int top_k = 2) {
+  MoEConfig c;
+  c.num_experts = E;
+  c.hidden_size = K;
+  c.intermediate_size = I;
+  c.quant = quant;
+  c.routing.method = RoutingMethod::softmax_topk_renormalize;
+  c.routing.top_k = top_k;
+  return c;
+}
+
+inline Buffer poisoned_bf16(int64_t M, int64_t K) {
+  Buffer b = Buffer::empty(DType::bf16, {M, K});
+  for (int64_t i = 0; i < M * K; ++i) b.data_as<bfloat16>()[i] = bfloat16{0x7fc1};  // NaN
+  return b;
+}
+
+inline bool bits_equal(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// Everything one layer needs: weights in the scheme's layout, inputs, routing.
+struct Problem {
+  MoEConfig config;
+  OwnedExpertWeights weights;
+  Buffer hidden, logits, ids, topk_weights, bias;
+};
+
+inline Problem make_problem(MoEConfig config, int64_t M, uint64_t seed, bool with_bias = false) {
+  Problem p;
+  p.config = config;
+  if (config.routing.method == RoutingMethod::deepseek_v3) {
+    p.bias = testing::random_f32({config.num_experts}, seed ^ 0xb1a5, 0.1f);
+    p.config.routing.correction_bias = p.bias.view();
+  }
+  p.hidden = testing::random_bf16({M, config.hidden_size}, seed ^ 0x41);
+  p.logits = testing::random_f32({M, config.num_experts}, seed ^ 0x42, 2.0f);
+  p.ids = Buffer::empty(DType::i32, {M, config.routing.top_k});
+  p.topk_weights = Buffer::empty(DType::f32, {M, config.routing.top_k});
+  if (M > 0 && p.config.routing.method != RoutingMethod::precomputed)
+    route(p.config.routing, p.logits, p.ids, p.topk_weights);
+  testing::SyntheticWeightOptions opt;
+  opt.with_bias = with_bias;
+  opt.calibration_hidden = p.hidden.view();
+  opt.calibration_ids = p.ids.view();
+  p.weights = testing::synthetic_expert_weights(p.config, seed, opt);
+  return p;
+}
+
+// Asserts out (bf16 [M, K]) is within the scheme's tolerance of the float64 reference, has no
+// NaN/Inf where the reference is finite, and is not all zero where the reference is not.
+inline void expect_matches_reference(const Problem& p, const Tensor& out, const Tensor& ids, const Tensor& weights) {
+  const int64_t M = out.size(0), K = out.size(1);
+  const std::vector<double> ref = reference_moe(p.config, p.weights.weights, p.hidden, ids, weights);
+  const Tolerance tol = tolerance_for(p.config.quant);
+  double ref_max = 0.0;
+  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
+  int64_t bad = 0, nonzero_out = 0;
+  double worst = 0.0;
+  for (int64_t i = 0; i < M * K; ++i) {
+    const double o = bf16_to_float(out.data_as<const bfloat16>()[i]), r = ref[i];
+    if (o != 0.0) ++nonzero_out;
+    const double err = std::fabs(o - r);
+    if (!(err <= tol.atol * ref_max + tol.rtol * std::fabs(r))) {
+      if (bad++ < 3)
+        ADD_FAILURE() << "out[" << i / K << ", " << i % K << "] = " << o << ", reference " << r << " (max |ref| "
+                      << ref_max << ")";
+    }
+    worst = std::max(worst, err / std::max(ref_max, 1e-30));
+  }
+  EXPECT_EQ(bad, 0) << "elements outside tolerance; worst normalized error " << worst;
+  if (ref_max > 0.0) EXPECT_GT(nonzero_out, 0) << "output is all zero but the reference is not";
+}
+
+}  // namespace fusedmoe::test
