@@ -66,8 +66,14 @@ inline Problem make_problem(MoEConfig config, int64_t M, uint64_t seed, bool wit
   p.logits = testing::random_f32({M, config.num_experts}, seed ^ 0x42, 2.0f);
   p.ids = Buffer::empty(DType::i32, {M, config.routing.top_k});
   p.topk_weights = Buffer::empty(DType::f32, {M, config.routing.top_k});
-  if (M > 0 && p.config.routing.method != RoutingMethod::precomputed)
-    route(p.config.routing, p.logits, p.ids, p.topk_weights);
+  if (p.config.routing.method != RoutingMethod::precomputed) {
+    if (M > 0) route(p.config.routing, p.logits, p.ids, p.topk_weights);
+  } else {  // random ids (duplicates allowed) and positive weights
+    for (int64_t i = 0; i < M * config.routing.top_k; ++i) {
+      p.ids.data_as<int32_t>()[i] = int32_t(uint64_t(1e6 * (1.0f + testing::uniform(seed ^ 0x1d5, i))) % config.num_experts);
+      p.topk_weights.data_as<float>()[i] = 0.5f + 0.25f * testing::uniform(seed ^ 0x3e1, i);
+    }
+  }
   testing::SyntheticWeightOptions opt;
   opt.with_bias = with_bias;
   opt.calibration_hidden = p.hidden.view();
