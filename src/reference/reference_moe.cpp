@@ -54,7 +54,26 @@ struct RefMatrix {  // w13 or w2 of the local experts
     }
     return 0.0;
   }
+
+  // Row n of expert e, dequantized.
+  void row(int64_t e, int64_t n, std::vector<double>& dst) const {
+    dst.resize(static_cast<size_t>(cols));
+    for (int64_t k = 0; k < cols; ++k) dst[k] = at(e, n, k);
+  }
 };
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  size_t i = 0;
+  for (; i + 4 <= a.size(); i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < a.size(); ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
 
 // x quantized per the scheme and dequantized back, in place.
 void quantize_dequantize(QuantScheme scheme, std::vector<double>& x, float static_scale) {
@@ -144,11 +163,11 @@ int32_t local_of(const MoEConfig& c, const int32_t* map, int32_t id) {
 // GEMM1 (+bias) and the activation of one (token, expert), in double.
 std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, const RefMatrix& w13,
                                  const std::vector<double>& a, int32_t e) {
-  const int64_t N1 = c.w13_rows(), K = c.hidden_size, I = c.intermediate_size;
-  std::vector<double> h(static_cast<size_t>(N1));
+  const int64_t N1 = c.w13_rows(), I = c.intermediate_size;
+  std::vector<double> h(static_cast<size_t>(N1)), wrow;
   for (int64_t n = 0; n < N1; ++n) {
-    double acc = 0.0;
-    for (int64_t k = 0; k < K; ++k) acc += a[k] * w13.at(e, n, k);
+    w13.row(e, n, wrow);
+    double acc = dot(a, wrow);
     if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
     h[n] = acc;
   }
@@ -162,7 +181,7 @@ std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, con
 std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden,
                                   const Tensor& topk_ids, const Tensor& topk_weights, std::span<const int64_t> tokens) {
   const RefSetup s = setup(c, w, hidden, topk_ids, tokens);
-  const int64_t K = c.hidden_size, I = c.intermediate_size, k = c.routing.top_k;
+  const int64_t K = c.hidden_size, k = c.routing.top_k;
   check_tensor(topk_weights, "topk_weights", DType::f32, {hidden.size(0), k}, Device::cpu());
   const float a1_scale = w.a13_scale.defined() ? *w.a13_scale.data_as<const float>() : 0.0f;
   const float a2_scale = w.a2_scale.defined() ? *w.a2_scale.data_as<const float>() : 0.0f;
@@ -183,9 +202,10 @@ std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, co
       std::vector<double> x = intermediate(c, w, s.w13, a, e);
       quantize_dequantize(c.quant, x, a2_scale);
       const double weight = on_input ? 1.0 : tw[slot];
+      std::vector<double> wrow;
       for (int64_t n = 0; n < K; ++n) {
-        double acc = 0.0;
-        for (int64_t i = 0; i < I; ++i) acc += x[i] * s.w2.at(e, n, i);
+        s.w2.row(e, n, wrow);
+        double acc = dot(x, wrow);
         if (w.w2_bias.defined()) acc += w.w2_bias.data_as<const float>()[e * K + n];
         out[row * K + n] += weight * acc;
       }
