@@ -138,8 +138,9 @@ int main(int argc, char** argv) try {
                              double(K + config.w13_rows() + 2 * config.intermediate_size + K) * 4.0;
   if (weight_bytes + activations > 0.85 * available) {
     const int64_t fit = std::max<int64_t>(1, int64_t((0.85 * available - activations) / per_expert));
-    FMOE_FAIL(preset->name, " with ", quant_scheme_name(quant), " weights needs ", weight_bytes / (1 << 30),
-              " GiB for ", E, " experts but this machine has ", available / (1 << 30),
+    FMOE_FAIL(preset->name, " with ", quant_scheme_name(quant), " weights does not fit: ", E, " experts take ",
+              weight_bytes / (1 << 30), " GiB plus ", activations / (1 << 30),
+              " GiB of activations, over 85% of the ", available / (1 << 30),
               " GiB available; run with --num-experts ", std::min(fit, E - 1), " or fewer");
   }
 
@@ -248,9 +249,9 @@ int main(int argc, char** argv) try {
                 r.seconds * 1e3, r.flops / r.seconds / 1e12, r.bytes / r.seconds / 1e9,
                 100.0 * r.floor_seconds / r.seconds, r.max_error, r.within_tolerance ? "ok" : "FAIL");
   }
-  std::printf("max_err = max |out - ref| / max |ref| over %lld sampled tokens vs the float64 reference; "
+  std::printf("max_err = max |out - ref| / max |ref| over up to %lld sampled tokens per count vs the float64 reference; "
               "tolerance atol %.0e rtol %.0e\n",
-              static_cast<long long>(rows.empty() ? 0 : rows[0].checked_tokens), tol.atol, tol.rtol);
+              static_cast<long long>(rows.empty() ? 0 : rows.back().checked_tokens), tol.atol, tol.rtol);
 
   if (!opt.json.empty()) {
     std::ofstream js(opt.json);

@@ -24,13 +24,27 @@ inline void decode_fp8_row(const uint8_t* src, int64_t n, float* dst) {
   }
 }
 
+// Both e2m1 values of every byte, low nibble first: one table lookup per byte.
+struct Fp4PairTable {
+  float values[256][2];
+  Fp4PairTable() {
+    for (int b = 0; b < 256; ++b) {
+      values[b][0] = fp4_e2m1_to_float(uint8_t(b & 0xf));
+      values[b][1] = fp4_e2m1_to_float(uint8_t(b >> 4));
+    }
+  }
+};
+
 // e2m1 pairs times one scale per `group` values (group even): dst = e2m1 * scale[i / group].
 inline void decode_fp4_row(const uint8_t* packed, int64_t n, const float* group_scales, int64_t group, float* dst) {
-  for (int64_t i = 0; i < n; i += 2) {
-    const uint8_t byte = packed[i >> 1];
-    const float s = group_scales[i / group];
-    dst[i] = fp4_e2m1_to_float(byte & 0xf) * s;
-    dst[i + 1] = fp4_e2m1_to_float(byte >> 4) * s;
+  static const Fp4PairTable table;
+  for (int64_t g0 = 0; g0 < n; g0 += group) {
+    const float s = group_scales[g0 / group];
+    for (int64_t i = g0; i < g0 + group; i += 2) {
+      const float* pair = table.values[packed[i >> 1]];
+      dst[i] = pair[0] * s;
+      dst[i + 1] = pair[1] * s;
+    }
   }
 }
 
