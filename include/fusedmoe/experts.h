@@ -32,6 +32,14 @@ struct PreparedActivations {
 enum class ExpertsOutputKind : uint8_t {
   per_slot,  // f32 [M, top_k, K]: unweighted output of each (token, slot); invalid slots unwritten
   batched,   // f32 [E_local, max_tokens_per_expert, K]: unweighted, in batch order
+  sorted,    // f32 or bf16 [R, K]: unweighted rows grouped by expert; slot_rows says where each
+             // (token, slot) row is
+};
+
+struct ExpertsOutput {
+  ExpertsOutputKind kind = ExpertsOutputKind::per_slot;
+  Tensor rows;
+  Tensor slot_rows;  // sorted only: i32 [M, top_k], the row of each slot, -1 where it contributes nothing
 };
 
 class Experts {
@@ -41,19 +49,19 @@ class Experts {
   virtual bool is_monolithic() const = 0;
   virtual ActivationFormat activation_format() const = 0;
   virtual Device device() const = 0;
-  // Scratch bytes one call needs for `num_tokens` tokens (output excluded).
+  // Scratch bytes one call needs for `num_tokens` tokens (the modular experts' output included).
   virtual size_t workspace_bytes(int64_t num_tokens) const = 0;
 };
 
 class ModularExperts : public Experts {
  public:
   bool is_monolithic() const final { return false; }
-  virtual ExpertsOutputKind output_kind() const = 0;
-  virtual std::vector<int64_t> output_shape(int64_t num_tokens) const = 0;
   // The checkpoint's static input-activation scale (fp8_per_tensor: f32 [1]) that prepare
   // quantizes with; undefined for the dynamic schemes.
   virtual Tensor static_input_scale() const { return {}; }
-  virtual void apply(const PreparedActivations& input, const Tensor& output, Workspace& workspace) const = 0;
+  // Runs the experts; the output (and, for `sorted`, slot_rows) is carved from `workspace`,
+  // whose size workspace_bytes(M) includes it.
+  virtual ExpertsOutput apply(const PreparedActivations& input, Workspace& workspace) const = 0;
 };
 
 class MonolithicExperts : public Experts {

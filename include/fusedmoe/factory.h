@@ -15,8 +15,9 @@
 namespace fusedmoe {
 
 enum class Backend : uint8_t {
-  auto_select,  // the backend of the weights' device
+  auto_select,  // the backend of the weights' device (make_prepare_finalize: the CPU)
   cpu,
+  cuda,  // Hopper (sm_90a) kernels; present when the library was built with CUDA
 };
 
 const char* backend_name(Backend backend);

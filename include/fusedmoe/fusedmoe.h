@@ -13,6 +13,7 @@
 #include "fusedmoe/quant.h"
 #include "fusedmoe/reference.h"
 #include "fusedmoe/routing.h"
+#include "fusedmoe/stream.h"
 #include "fusedmoe/tensor.h"
 #include "fusedmoe/weights.h"
 #include "fusedmoe/workspace.h"

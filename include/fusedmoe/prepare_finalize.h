@@ -31,8 +31,8 @@ class ModularPrepareFinalize : public PrepareFinalize {
   virtual PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
                                       const Tensor& static_input_scale, Workspace& workspace) const = 0;
   // Weights (unless applied on the input), reduces over top-k in slot order, writes bf16 [M, K].
-  virtual void finalize(const Tensor& experts_output, ExpertsOutputKind kind, const Tensor& topk_ids,
-                        const Tensor& topk_weights, const Tensor& output) const = 0;
+  virtual void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
+                        const Tensor& output) const = 0;
 };
 
 class MonolithicPrepareFinalize : public PrepareFinalize {

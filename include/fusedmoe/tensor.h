@@ -87,3 +87,13 @@ class Buffer {
 };
 
 }  // namespace fusedmoe
+
+namespace fusedmoe {
+
+// Copies `src` into `dst` (same dtype and shape, both contiguous) between any two devices of
+// this build. Synchronous: not for use inside a CUDA graph capture.
+void copy_tensor(const Tensor& dst, const Tensor& src);
+// A contiguous copy of `src` on `device`.
+Buffer copy_to(const Tensor& src, Device device);
+
+}  // namespace fusedmoe

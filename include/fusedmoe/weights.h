@@ -60,6 +60,9 @@ OwnedExpertWeights quantize_expert_weights(const MoEConfig& config, const Tensor
 // Sets the static fp8_per_tensor activation scales of `weights` from amax values.
 void set_static_activation_scales(const ExpertWeights& weights, float input_amax, float intermediate_amax);
 
+// A copy of every defined tensor of `weights` on `device` (e.g. CPU-quantized weights to a GPU).
+OwnedExpertWeights copy_expert_weights(const ExpertWeights& weights, Device device);
+
 // Bytes of expert weight storage (data + scales) of `num_experts` experts in the scheme's layout.
 int64_t expert_weight_bytes(const MoEConfig& config, int64_t num_experts);
 

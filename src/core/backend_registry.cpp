@@ -9,7 +9,11 @@
 namespace fusedmoe {
 
 std::span<const BackendImpl* const> registered_backends() {
+#ifdef FUSEDMOE_WITH_CUDA
+  static const std::array<const BackendImpl*, 2> backends = {&cpu_backend(), &cuda_backend()};
+#else
   static const std::array<const BackendImpl*, 1> backends = {&cpu_backend()};
+#endif
   return backends;
 }
 

@@ -21,6 +21,8 @@ struct BackendImpl {
   DeviceKind device_kind;
   void* (*allocate)(size_t bytes, Device device);
   void (*deallocate)(void* ptr, Device device);
+  // Synchronous copy; one side is this backend's device, the other this device or the CPU.
+  void (*copy)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
   std::unique_ptr<Experts> (*make_experts)(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
   std::unique_ptr<PrepareFinalize> (*make_prepare_finalize)(const MoEConfig& config, bool monolithic);
   // Arguments already validated by route().
@@ -34,5 +36,8 @@ const BackendImpl& backend_for_device(Device device);
 
 // Defined by each backend.
 const BackendImpl& cpu_backend();
+#ifdef FUSEDMOE_WITH_CUDA
+const BackendImpl& cuda_backend();
+#endif
 
 }  // namespace fusedmoe

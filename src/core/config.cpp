@@ -68,10 +68,15 @@ static void validate_routing(const MoEConfig& c) {
     FMOE_CHECK(r.top_k <= r.topk_group * group_size, "routing.top_k must be <= topk_group * experts per group = ",
                r.topk_group * group_size, ", got ", r.top_k);
     if (r.correction_bias.defined()) {
-      check_tensor(r.correction_bias, "routing.correction_bias", DType::f32, {c.num_experts}, Device::cpu());
-      const float* bias = r.correction_bias.data_as<const float>();
-      for (int64_t e = 0; e < c.num_experts; ++e)
-        FMOE_CHECK(std::isfinite(bias[e]), "routing.correction_bias[", e, "] must be finite, got ", bias[e]);
+      // On the device of the logits it routes; its values are checked when they are on the CPU
+      // (reading device memory here would synchronise every routed call).
+      check_tensor(r.correction_bias, "routing.correction_bias", DType::f32, {c.num_experts},
+                   r.correction_bias.device());
+      if (r.correction_bias.device().kind == DeviceKind::cpu) {
+        const float* bias = r.correction_bias.data_as<const float>();
+        for (int64_t e = 0; e < c.num_experts; ++e)
+          FMOE_CHECK(std::isfinite(bias[e]), "routing.correction_bias[", e, "] must be finite, got ", bias[e]);
+      }
       FMOE_CHECK(group_size >= 2 || r.num_expert_group == 1,
                  "routing.correction_bias scores groups by their top-2 experts, so groups need >= 2 experts, got ",
                  group_size);

@@ -3,6 +3,8 @@
 // has been validated.
 #include "fusedmoe/kernel.h"
 
+#include <cstdint>
+
 #include "core/backend_registry.h"
 #include "core/check.h"
 #include "fusedmoe/error.h"
@@ -21,6 +23,12 @@ void check_hidden_and_out(const MoEConfig& c, const Tensor& hidden, const Tensor
   const int64_t M = hidden.size(0);
   check_tensor(hidden, "hidden", DType::bf16, {M, c.hidden_size}, device);
   check_tensor(out, "out", DType::bf16, {M, c.hidden_size}, device);
+  if (device.kind == DeviceKind::cuda) {  // the CUDA kernels move rows in 16-byte vectors
+    FMOE_CHECK(reinterpret_cast<uintptr_t>(hidden.data()) % 16 == 0, "hidden must be 16-byte aligned on ",
+               device.str(), ", got address ", hidden.data());
+    FMOE_CHECK(reinterpret_cast<uintptr_t>(out.data()) % 16 == 0, "out must be 16-byte aligned on ", device.str(),
+               ", got address ", out.data());
+  }
 }
 
 void check_ids(const MoEConfig& c, const Tensor& ids) {
@@ -64,8 +72,6 @@ size_t FusedMoEKernel::workspace_bytes(int64_t M) const {
   size_t bytes = prepare_finalize_->workspace_bytes(M) + experts_->workspace_bytes(M);
   if (!is_monolithic()) {
     const int64_t k = config_.routing.top_k;
-    const std::vector<int64_t> shape = modular_experts(*experts_).output_shape(M);
-    bytes += workspace_tensor_bytes(DType::f32, shape);
     bytes += workspace_tensor_bytes(DType::i32, {M, k}) + workspace_tensor_bytes(DType::f32, {M, k});  // forward
   }
   return bytes;
@@ -73,6 +79,7 @@ size_t FusedMoEKernel::workspace_bytes(int64_t M) const {
 
 static Workspace open_workspace(const Tensor& workspace, size_t needed, Device device, Buffer& owned) {
   if (!workspace.defined()) {
+    // Allocating here is not allowed while a CUDA graph is being captured: pass a workspace.
     owned = Buffer::bytes(needed, device);
     return Workspace(owned.view());
   }
@@ -102,9 +109,8 @@ void FusedMoEKernel::run_modular(const Tensor& hidden, const Tensor& topk_ids, c
   const ModularPrepareFinalize& pf = modular_pf(*prepare_finalize_);
   const ModularExperts& ex = modular_experts(*experts_);
   const PreparedActivations prepared = pf.prepare(hidden, topk_ids, topk_weights, ex.static_input_scale(), ws);
-  const Tensor expert_out = ws.take(DType::f32, ex.output_shape(hidden.size(0)));
-  ex.apply(prepared, expert_out, ws);
-  pf.finalize(expert_out, ex.output_kind(), topk_ids, topk_weights, out);
+  const ExpertsOutput expert_out = ex.apply(prepared, ws);
+  pf.finalize(expert_out, topk_ids, topk_weights, out);
 }
 
 static void check_logits(const MoEConfig& c, const Tensor& logits, int64_t M, Device device) {

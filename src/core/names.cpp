@@ -53,9 +53,10 @@ constexpr std::array<std::pair<ActivationKind, const char*>, 5> kActivationNames
     {ActivationKind::relu2, "relu2"},
 }};
 
-constexpr std::array<std::pair<Backend, const char*>, 2> kBackendNames = {{
+constexpr std::array<std::pair<Backend, const char*>, 3> kBackendNames = {{
     {Backend::auto_select, "auto"},
     {Backend::cpu, "cpu"},
+    {Backend::cuda, "cuda"},
 }};
 
 }  // namespace

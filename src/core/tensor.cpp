@@ -110,4 +110,21 @@ Buffer Buffer::bytes(size_t num_bytes, Device device) {
   return empty(DType::u8, std::span<const int64_t>(&n, 1), device);
 }
 
+void copy_tensor(const Tensor& dst, const Tensor& src) {
+  FMOE_CHECK(dst.defined() && src.defined() && dst.dtype() == src.dtype() && dst.numel() == src.numel() &&
+                 dst.is_contiguous() && src.is_contiguous(),
+             "copy_tensor needs two contiguous tensors of one dtype and size, got ", dst.describe(), " and ",
+             src.describe());
+  if (dst.nbytes() == 0) return;
+  // The backend of the non-CPU side does the copy (the CPU backend when both are on the CPU).
+  const Device device = dst.device().kind != DeviceKind::cpu ? dst.device() : src.device();
+  backend_for_device(device).copy(dst.data(), dst.device(), src.data(), src.device(), dst.nbytes());
+}
+
+Buffer copy_to(const Tensor& src, Device device) {
+  Buffer out = Buffer::empty(src.dtype(), src.shape(), device);
+  copy_tensor(out, src);
+  return out;
+}
+
 }  // namespace fusedmoe

@@ -94,4 +94,19 @@ int64_t expert_weight_bytes(const MoEConfig& config, int64_t num_experts) {
   return bytes;
 }
 
+OwnedExpertWeights copy_expert_weights(const ExpertWeights& weights, Device device) {
+  OwnedExpertWeights owned;
+  static constexpr Tensor ExpertWeights::*kMembers[] = {
+      &ExpertWeights::w13,       &ExpertWeights::w2,        &ExpertWeights::w13_scale,        &ExpertWeights::w2_scale,
+      &ExpertWeights::w13_global_scale, &ExpertWeights::w2_global_scale, &ExpertWeights::a13_scale,
+      &ExpertWeights::a2_scale,  &ExpertWeights::w13_bias,  &ExpertWeights::w2_bias};
+  for (Tensor ExpertWeights::*member : kMembers) {
+    const Tensor& src = weights.*member;
+    if (!src.defined()) continue;
+    owned.storage.push_back(copy_to(src, device));
+    owned.weights.*member = owned.storage.back().view();
+  }
+  return owned;
+}
+
 }  // namespace fusedmoe

@@ -1,43 +1,25 @@
-// Activation functions of the CPU fast path, in f32: h [N1] (GEMM1 output) -> out [I].
+// Activation over one row, in f32: h [N1] (GEMM1 output) -> out [I]. The element math is the
+// shared host/device code of core/activation_math.h.
 #pragma once
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 
+#include "core/activation_math.h"
 #include "fusedmoe/config.h"
 
 namespace fusedmoe::cpu {
 
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
-inline float gelu_tanh(float x) {
-  return 0.5f * x * (1.0f + std::tanh(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-}
-
 inline void apply_activation(const Activation& act, const float* h, int64_t I, float* out) {
   switch (act.kind) {
-    case ActivationKind::silu_mul:
-      for (int64_t i = 0; i < I; ++i) out[i] = silu(h[i]) * h[I + i];
-      break;
-    case ActivationKind::gelu_mul:
-      for (int64_t i = 0; i < I; ++i) out[i] = gelu(h[i]) * h[I + i];
-      break;
-    case ActivationKind::gelu_tanh_mul:
-      for (int64_t i = 0; i < I; ++i) out[i] = gelu_tanh(h[i]) * h[I + i];
-      break;
-    case ActivationKind::swiglu_oai:
-      for (int64_t i = 0; i < I; ++i) {
-        const float g = std::min(h[2 * i], act.limit);
-        const float u = std::clamp(h[2 * i + 1], -act.limit, act.limit);
-        out[i] = (u + 1.0f) * (g / (1.0f + std::exp(-act.alpha * g)));
-      }
+    case ActivationKind::swiglu_oai:  // gate/up interleaved
+      for (int64_t i = 0; i < I; ++i)
+        out[i] = gated_activation(act.kind, h[2 * i], h[2 * i + 1], act.alpha, act.limit);
       break;
     case ActivationKind::relu2:
-      for (int64_t i = 0; i < I; ++i) {
-        const float r = std::max(h[i], 0.0f);
-        out[i] = r * r;
-      }
+      for (int64_t i = 0; i < I; ++i) out[i] = relu2_activation(h[i]);
+      break;
+    default:  // [gate | up]
+      for (int64_t i = 0; i < I; ++i) out[i] = gated_activation(act.kind, h[i], h[I + i], act.alpha, act.limit);
       break;
   }
 }

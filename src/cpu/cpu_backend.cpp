@@ -1,5 +1,6 @@
 // Registration of the CPU backend: 64-byte aligned host memory and the CPU implementations.
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "core/backend_registry.h"
@@ -17,13 +18,14 @@ void* cpu_allocate(size_t bytes, Device) {
 
 void cpu_deallocate(void* p, Device) { std::free(p); }
 
+void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) { std::memcpy(dst, src, bytes); }
+
 }  // namespace
 
 const BackendImpl& cpu_backend() {
-  static const BackendImpl impl{Backend::cpu,        "cpu",
-                                DeviceKind::cpu,     cpu_allocate,
-                                cpu_deallocate,      cpu::make_experts,
-                                cpu::make_prepare_finalize, cpu::route};
+  static const BackendImpl impl{Backend::cpu,       "cpu",          DeviceKind::cpu,
+                                cpu_allocate,       cpu_deallocate, cpu_copy,
+                                cpu::make_experts,  cpu::make_prepare_finalize, cpu::route};
   return impl;
 }
 

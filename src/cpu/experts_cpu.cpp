@@ -28,18 +28,18 @@ class CpuExperts final : public ModularExperts, CpuExpertsBase {
   std::string name() const override { return "cpu.Experts"; }
   ActivationFormat activation_format() const override { return ActivationFormat::standard; }
   Device device() const override { return Device::cpu(); }
-  ExpertsOutputKind output_kind() const override { return ExpertsOutputKind::per_slot; }
-  std::vector<int64_t> output_shape(int64_t M) const override {
-    return {M, config_.routing.top_k, config_.hidden_size};
-  }
   Tensor static_input_scale() const override { return weights_.a13_scale; }
   size_t workspace_bytes(int64_t M) const override {
-    const int64_t R = M * config_.routing.top_k;
-    return row_plan_bytes(config_, R) + expert_mlp_bytes(config_, R);
+    const int64_t k = config_.routing.top_k, R = M * k;
+    return workspace_tensor_bytes(DType::f32, {M, k, config_.hidden_size}) + row_plan_bytes(config_, R) +
+           expert_mlp_bytes(config_, R);
   }
-  void apply(const PreparedActivations& in, const Tensor& output, Workspace& workspace) const override {
+  ExpertsOutput apply(const PreparedActivations& in, Workspace& workspace) const override {
+    const int64_t M = in.topk_ids.size(0);
+    const Tensor output = workspace.take(DType::f32, {M, config_.routing.top_k, config_.hidden_size});
     const RowPlan plan = plan_rows_by_expert(config_, in.topk_ids, workspace);
     run_expert_mlp(config_, weights_, in.a1q, in.a1q_scale, plan, output.data_as<float>(), workspace);
+    return {ExpertsOutputKind::per_slot, output, {}};
   }
 };
 
@@ -49,17 +49,15 @@ class CpuBatchedExperts final : public ModularExperts, CpuExpertsBase {
   std::string name() const override { return "cpu.BatchedExperts"; }
   ActivationFormat activation_format() const override { return ActivationFormat::batched; }
   Device device() const override { return Device::cpu(); }
-  ExpertsOutputKind output_kind() const override { return ExpertsOutputKind::batched; }
-  std::vector<int64_t> output_shape(int64_t) const override {
-    return {config_.num_local_experts(), config_.max_tokens_per_expert, config_.hidden_size};
-  }
   Tensor static_input_scale() const override { return weights_.a13_scale; }
   size_t workspace_bytes(int64_t) const override {
-    const int64_t R = config_.num_local_experts() * config_.max_tokens_per_expert;
-    return row_plan_bytes(config_, R) + expert_mlp_bytes(config_, R);
+    const int64_t E = config_.num_local_experts(), T = config_.max_tokens_per_expert, R = E * T;
+    return workspace_tensor_bytes(DType::f32, {E, T, config_.hidden_size}) + row_plan_bytes(config_, R) +
+           expert_mlp_bytes(config_, R);
   }
-  void apply(const PreparedActivations& in, const Tensor& output, Workspace& workspace) const override {
+  ExpertsOutput apply(const PreparedActivations& in, Workspace& workspace) const override {
     const int64_t E = config_.num_local_experts(), T = config_.max_tokens_per_expert;
+    const Tensor output = workspace.take(DType::f32, {E, T, config_.hidden_size});
     int64_t* offsets = workspace.take(DType::i64, {E + 1}).data_as<int64_t>();
     int64_t* rows = workspace.take(DType::i64, {E * T}).data_as<int64_t>();
     workspace.take(DType::i64, {E * T});  // keeps the layout of row_plan_bytes
@@ -77,6 +75,7 @@ class CpuBatchedExperts final : public ModularExperts, CpuExpertsBase {
     const Tensor flat_in(in.a1q.data(), in.a1q.dtype(), {E * T, K});
     const Tensor flat_scales = G > 0 ? Tensor(in.a1q_scale.data(), DType::f32, {E * T, G}) : Tensor();
     run_expert_mlp(config_, weights_, flat_in, flat_scales, plan, output.data_as<float>(), workspace);
+    return {ExpertsOutputKind::batched, output, {}};
   }
 };
 

@@ -31,10 +31,10 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
     return p;
   }
 
-  void finalize(const Tensor& experts_output, ExpertsOutputKind kind, const Tensor& topk_ids,
-                const Tensor& topk_weights, const Tensor& output) const override {
-    FMOE_CHECK(kind == ExpertsOutputKind::per_slot, name(), " finalizes per-slot expert outputs only");
-    reduce_per_slot(config_, experts_output, topk_ids, topk_weights, output);
+  void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
+                const Tensor& output) const override {
+    FMOE_CHECK(experts_output.kind == ExpertsOutputKind::per_slot, name(), " finalizes per-slot expert outputs only");
+    reduce_per_slot(config_, experts_output.rows, topk_ids, topk_weights, output);
   }
 
  private:
@@ -94,10 +94,10 @@ class PrepareFinalizeBatched final : public ModularPrepareFinalize {
     return p;
   }
 
-  void finalize(const Tensor& experts_output, ExpertsOutputKind kind, const Tensor& topk_ids,
-                const Tensor& topk_weights, const Tensor& output) const override {
-    FMOE_CHECK(kind == ExpertsOutputKind::batched, name(), " finalizes batched expert outputs only");
-    reduce_batched(config_, experts_output, topk_ids, topk_weights, output);
+  void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
+                const Tensor& output) const override {
+    FMOE_CHECK(experts_output.kind == ExpertsOutputKind::batched, name(), " finalizes batched expert outputs only");
+    reduce_batched(config_, experts_output.rows, topk_ids, topk_weights, output);
   }
 
  private:

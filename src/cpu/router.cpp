@@ -4,6 +4,7 @@
 #include "core/route_token.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
+#include "fusedmoe/error.h"
 #include "fusedmoe/formats.h"
 
 namespace fusedmoe::cpu {
@@ -26,6 +27,8 @@ void route_rows(const RoutingParams& params, const Tensor& logits, int64_t row_b
 }
 
 void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights) {
+  FMOE_CHECK(!config.correction_bias.defined() || config.correction_bias.device() == Device::cpu(),
+             "correction_bias must be on the logits' device cpu, got ", config.correction_bias.describe());
   const RoutingParams params = make_routing_params(config, logits.size(1));
   const int64_t M = logits.size(0);
   constexpr int64_t kRowsPerItem = 64;

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""GPU benchmark of fusedmoe's CUDA modular forward (routing included) against PyTorch, one
+process, one GPU. Measures the card's ceilings first (device copy bandwidth, dense bf16 and
+fp8 GEMM rate through cuBLAS/cuBLASLt), then, per model and token count, times with CUDA
+graphs and an L2 flush before every replay:
+  fusedmoe      the fusedmoe C API forward (libfusedmoe_c.so)
+  torch_grouped torch routing + sort + torch._grouped_mm x2 + weighted index_add (bf16)
+  torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
+floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
+            FLOPs / dense GEMM rate), all measured in this run. Output: a table, JSON and a
+roofline PNG under --out. For fp8-block models the torch baselines run bf16 weights (torch has
+no fp8 block-scaled grouped GEMM); fusedmoe runs the fp8 weights.
+"""
+import argparse, ctypes, datetime, json, os, subprocess, sys, time
+
+import torch
+
+PRESETS = {
+    # name: E, K, I, top_k, quant, routing, groups, topk_group, scaling
+    "mixtral-8x7b": dict(E=8, K=4096, I=14336, k=2, quant="bf16", routing="softmax-topk-renormalize"),
+    "qwen3-30b-a3b": dict(E=128, K=2048, I=768, k=8, quant="bf16", routing="softmax-topk-renormalize"),
+    "deepseek-v3": dict(E=256, K=7168, I=2048, k=8, quant="fp8-block", routing="deepseek-v3", groups=8,
+                        topk_group=4, scaling=2.5),
+}
+
+
+class Desc(ctypes.Structure):
+    _fields_ = [("num_experts", ctypes.c_int64), ("hidden_size", ctypes.c_int64),
+                ("intermediate_size", ctypes.c_int64), ("top_k", ctypes.c_int32), ("quant", ctypes.c_char_p),
+                ("activation", ctypes.c_char_p), ("routing", ctypes.c_char_p),
+                ("num_expert_group", ctypes.c_int32), ("topk_group", ctypes.c_int32),
+                ("renormalize", ctypes.c_int32), ("routed_scaling_factor", ctypes.c_float),
+                ("correction_bias", ctypes.c_void_p), ("device", ctypes.c_int32), ("w13", ctypes.c_void_p),
+                ("w2", ctypes.c_void_p), ("w13_scale", ctypes.c_void_p), ("w2_scale", ctypes.c_void_p),
+                ("use_monolithic", ctypes.c_int32)]
+
+
+def load_lib(path):
+    lib = ctypes.CDLL(path)
+    lib.fmoe_layer_create.argtypes = [ctypes.POINTER(Desc), ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
+                                      ctypes.c_size_t]
+    lib.fmoe_layer_workspace_bytes.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.fmoe_layer_workspace_bytes.restype = ctypes.c_size_t
+    lib.fmoe_layer_forward.argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p,
+                                                                                     ctypes.c_void_p, ctypes.c_char_p,
+                                                                                     ctypes.c_size_t]
+    lib.fmoe_layer_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+# ---- timing ------------------------------------------------------------------------------
+_flush = None
+
+
+def time_us(fn, reps, warmup=3):
+    """Median of per-call device times; the L2 is flushed (256 MB memset) before each call."""
+    global _flush
+    if _flush is None:
+        _flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        _flush.zero_()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def graphed(fn):
+    fn()  # warm (allocations, handles) outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def ceilings():
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    a.random_(0, 255)
+    copy_us = time_us(lambda: b.copy_(a), 20)
+    bw = 2 * n / (copy_us * 1e-6)
+    m = 8192
+    x = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    mm_us = time_us(lambda: torch.mm(x, y), 20)
+    bf16_rate = 2 * m ** 3 / (mm_us * 1e-6)
+    xf = x.to(torch.float8_e4m3fn)
+    yf = y.to(torch.float8_e4m3fn).t().contiguous().t()
+    one = torch.ones((), device="cuda")
+    f8_us = time_us(lambda: torch._scaled_mm(xf, yf, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 20)
+    fp8_rate = 2 * m ** 3 / (f8_us * 1e-6)
+    del a, b, x, y, xf, yf
+    return dict(copy_bytes_per_s=bw, bf16_flops_per_s=bf16_rate, fp8_flops_per_s=fp8_rate)
+
+
+# ---- weights -----------------------------------------------------------------------------
+def make_weights(p, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    E, K, I = p["E"], p["K"], p["I"]
+    w = {}
+    for name, (n, k) in (("w13", (2 * I, K)), ("w2", (K, I))):
+        bf = torch.empty(E, n, k, device="cuda", dtype=torch.bfloat16)
+        for e in range(E):
+            bf[e].normal_(0.0, k ** -0.5, generator=g)
+        w[name + "_bf16"] = bf
+        if p["quant"] == "fp8-block":
+            nb, kb = (n + 127) // 128, (k + 127) // 128
+            q = torch.empty(E, n, k, device="cuda", dtype=torch.float8_e4m3fn)
+            s = torch.empty(E, nb, kb, device="cuda", dtype=torch.float32)
+            for e in range(E):
+                blk = bf[e].float().view(nb, 128, kb, 128)
+                amax = blk.abs().amax(dim=(1, 3)).clamp_min(1e-10)
+                sc = amax / 448.0
+                q[e] = (blk / sc[:, None, :, None]).clamp(-448, 448).view(n, k).to(torch.float8_e4m3fn)
+                s[e] = sc
+                # the torch baselines see the dequantized fp8 weights
+                bf[e] = (q[e].float().view(nb, 128, kb, 128) * sc[:, None, :, None]).view(n, k).to(torch.bfloat16)
+            w[name] = q
+            w[name + "_scale"] = s
+        else:
+            w[name] = bf
+    return w
+
+
+# ---- torch routing and baselines ----------------------------------------------------------
+def torch_route(p, logits, bias):
+    k = p["k"]
+    if p["routing"] == "deepseek-v3":
+        s = torch.sigmoid(logits)
+        choice = s + bias
+        E, G = p["E"], p["groups"]
+        gs = choice.view(-1, G, E // G).topk(2, dim=-1).values.sum(-1)
+        gidx = gs.topk(p["topk_group"], dim=-1).indices
+        mask = torch.zeros_like(gs).scatter_(1, gidx, 1.0).repeat_interleave(E // G, dim=1)
+        ids = choice.masked_fill(mask == 0, float("-inf")).topk(k, dim=-1).indices
+        w = s.gather(1, ids)
+        w = w / w.sum(-1, keepdim=True)
+        return ids, w * p.get("scaling", 1.0)
+    probs = torch.softmax(logits, dim=-1)
+    w, ids = probs.topk(k, dim=-1)
+    return ids, w / w.sum(-1, keepdim=True)
+
+
+def silu_mul(h):
+    i = h.shape[-1] // 2
+    return torch.nn.functional.silu(h[:, :i]) * h[:, i:]
+
+
+def torch_grouped(p, w, hidden, logits, bias):
+    ids, wts = torch_route(p, logits, bias)
+    M, k, E = hidden.shape[0], p["k"], p["E"]
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(E, dtype=torch.int64, device="cuda").scatter_add_(0, flat, torch.ones_like(flat))
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    x = hidden[order // k]
+    h = torch._grouped_mm(x, w["w13_bf16"].transpose(1, 2), offs=offs)
+    y = torch._grouped_mm(silu_mul(h), w["w2_bf16"].transpose(1, 2), offs=offs)
+    y = y.float() * wts.reshape(-1)[order, None]
+    out = torch.zeros(M, hidden.shape[1], device="cuda", dtype=torch.float32)
+    out.index_add_(0, order // k, y)
+    return out.to(torch.bfloat16)
+
+
+def torch_loop(p, w, hidden, logits, bias):
+    ids, wts = torch_route(p, logits, bias)
+    out = torch.zeros(hidden.shape, device="cuda", dtype=torch.float32)
+    for e in ids.unique().tolist():
+        tok, slot = (ids == e).nonzero(as_tuple=True)
+        h = hidden[tok] @ w["w13_bf16"][e].t()
+        y = silu_mul(h) @ w["w2_bf16"][e].t()
+        out.index_add_(0, tok, y.float() * wts[tok, slot, None])
+    return out.to(torch.bfloat16)
+
+
+# ---- main ----------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True, help="path to libfusedmoe_c.so")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--models", default=",".join(PRESETS))
+    ap.add_argument("--tokens", default="1,16,128,1024,8192")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    lib = load_lib(args.lib)
+    torch.manual_seed(0)
+    props = torch.cuda.get_device_properties(0)
+    env = dict(card=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+               cuda=torch.version.cuda, date=datetime.datetime.utcnow().isoformat() + "Z",
+               command=" ".join(sys.argv))
+    try:
+        env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True).stdout.strip()
+    except OSError:
+        env["driver"] = "unknown"
+    try:
+        env["fusedmoe_rev"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                             text=True).stdout.strip()
+    except OSError:
+        pass
+    roof = ceilings()
+    print(f"# {env['card']}  copy {roof['copy_bytes_per_s']/1e12:.2f} TB/s  bf16 {roof['bf16_flops_per_s']/1e12:.0f} "
+          f"TFLOP/s  fp8 {roof['fp8_flops_per_s']/1e12:.0f} TFLOP/s", flush=True)
+    rows = []
+    err = ctypes.create_string_buffer(4096)
+    for name in args.models.split(","):
+        p = PRESETS[name]
+        E, K, I, k = p["E"], p["K"], p["I"], p["k"]
+        w = make_weights(p, 1234)
+        bias = (torch.randn(E, device="cuda") * 0.1).float() if p["routing"] == "deepseek-v3" else None
+        d = Desc(E, K, I, k, p["quant"].encode(), b"silu", p["routing"].encode(), p.get("groups", 1),
+                 p.get("topk_group", 1), 1, p.get("scaling", 1.0), bias.data_ptr() if bias is not None else None, 0,
+                 w["w13"].data_ptr(), w["w2"].data_ptr(), w.get("w13_scale", w["w13"]).data_ptr()
+                 if "w13_scale" in w else None, w["w2_scale"].data_ptr() if "w2_scale" in w else None, 0)
+        layer = ctypes.c_void_p()
+        if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
+            sys.exit("fmoe_layer_create: " + err.value.decode())
+        max_m = max(int(t) for t in args.tokens.split(","))
+        ws = torch.empty(lib.fmoe_layer_workspace_bytes(layer, max_m), dtype=torch.uint8, device="cuda")
+        fp8 = p["quant"] == "fp8-block"
+        elem = 1 if fp8 else 2
+        expert_bytes = (2 * I * K + K * I) * elem + (((2 * I + 127) // 128) * ((K + 127) // 128) +
+                                                     ((K + 127) // 128) * ((I + 127) // 128)) * 4 * fp8
+        rate = roof["fp8_flops_per_s"] if fp8 else roof["bf16_flops_per_s"]
+        for M in (int(t) for t in args.tokens.split(",")):
+            hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
+            out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
+
+            def fm():
+                rc = lib.fmoe_layer_forward(layer, hidden.data_ptr(), logits.data_ptr(), out.data_ptr(), M,
+                                            ws.data_ptr(), torch.cuda.current_stream().cuda_stream, err, 4096)
+                if rc:
+                    raise RuntimeError(err.value.decode())
+
+            ids, _ = torch_route(p, logits, bias)
+            active = int(ids.unique().numel())
+            bytes_ = active * expert_bytes + 2 * M * K * 2 + M * E * 4
+            flops = 2 * M * k * (2 * I * K + K * I)
+            floor_us = max(bytes_ / roof["copy_bytes_per_s"], flops / rate) * 1e6
+            res = dict(model=name, quant=p["quant"], tokens=M, active_experts=active, bytes=bytes_, flops=flops,
+                       floor_us=floor_us)
+            res["fusedmoe_us"] = time_us(graphed(fm), args.reps)
+            ref = torch_grouped(p, w, hidden, logits, bias)
+            fm()
+            torch.cuda.synchronize()
+            res["rel_err_vs_torch"] = float((out.float() - ref.float()).norm() / ref.float().norm())
+            res["torch_grouped_us"] = time_us(graphed(lambda: torch_grouped(p, w, hidden, logits, bias)), args.reps)
+            if not args.no_loop:
+                res["torch_loop_us"] = time_us(lambda: torch_loop(p, w, hidden, logits, bias), max(3, args.reps // 5),
+                                               warmup=1)
+            for key in ("fusedmoe", "torch_grouped", "torch_loop"):
+                if key + "_us" in res:
+                    res[key + "_pct_floor"] = 100.0 * floor_us / res[key + "_us"]
+            res["fusedmoe_tflops"] = flops / (res["fusedmoe_us"] * 1e-6) / 1e12
+            res["fusedmoe_gbps"] = bytes_ / (res["fusedmoe_us"] * 1e-6) / 1e9
+            rows.append(res)
+            print(f"  {name:14s} M={M:5d} floor {floor_us:9.1f} us | fusedmoe {res['fusedmoe_us']:9.1f} us "
+                  f"({res['fusedmoe_pct_floor']:5.1f}%) | grouped_mm {res['torch_grouped_us']:9.1f} us "
+                  f"({res['torch_grouped_pct_floor']:5.1f}%)"
+                  + (f" | loop {res['torch_loop_us']:9.1f} us" if "torch_loop_us" in res else "")
+                  + f" | rel err {res['rel_err_vs_torch']:.2e}", flush=True)
+        lib.fmoe_layer_destroy(layer)
+        del w, ws
+        torch.cuda.empty_cache()
+    stamp = datetime.date.today().isoformat()
+    tag = env["card"].replace(" ", "-").replace("/", "-") + (f"-{args.tag}" if args.tag else "")
+    env["pdl"] = os.environ.get("FUSEDMOE_PDL", "0")
+    with open(os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.json"), "w") as f:
+        json.dump(dict(env=env, ceilings=roof, results=rows), f, indent=1)
+    plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))
+    print("\nmodel            tokens   floor_us  fusedmoe_us  %floor  grouped_mm_us  %floor")
+    for r in rows:
+        print(f"{r['model']:15s} {r['tokens']:6d} {r['floor_us']:10.1f} {r['fusedmoe_us']:12.1f} "
+              f"{r['fusedmoe_pct_floor']:7.1f} {r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f}")
+
+
+def plot(rows, roof, env, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for model in sorted({r["model"] for r in rows}):
+        rs = [r for r in rows if r["model"] == model]
+        ax.plot([r["tokens"] for r in rs], [r["fusedmoe_pct_floor"] for r in rs], "o-", label=f"fusedmoe {model}")
+        ax.plot([r["tokens"] for r in rs], [r["torch_grouped_pct_floor"] for r in rs], "x--",
+                label=f"torch grouped_mm {model}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("% of floor (measured copy BW / GEMM rate)")
+    ax.set_title(f"MoE forward vs roofline floor — {env['card']}")
+    ax.axhline(100, color="gray", lw=0.5)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

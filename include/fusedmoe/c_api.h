@@ -1,0 +1,42 @@
+/* fusedmoe C API: one MoE layer over caller-owned device (or host) memory, for engines and
+ * FFIs (ctypes, cffi) that cannot use the C++ API. Every function returns 0 on success and
+ * otherwise copies the fusedmoe::Error message into err (if not null). Pointers are raw data
+ * pointers in the layouts of fusedmoe/weights.h; nothing is copied or owned. */
+#ifndef FUSEDMOE_C_API_H
+#define FUSEDMOE_C_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fmoe_layer fmoe_layer;
+
+typedef struct fmoe_layer_desc {
+  int64_t num_experts, hidden_size, intermediate_size;
+  int32_t top_k;
+  const char* quant;       /* "bf16", "fp8-block", ... (the CLI names) */
+  const char* activation;  /* "silu", "gelu", "gelu-tanh", "swiglu-oai", "relu2" */
+  const char* routing;     /* "softmax-topk", "topk-softmax", "softmax-topk-renormalize", "deepseek-v3", ... */
+  int32_t num_expert_group, topk_group, renormalize;
+  float routed_scaling_factor;
+  const void* correction_bias; /* f32 [E] or null */
+  int32_t device;              /* -1: CPU, else the CUDA device index */
+  const void *w13, *w2, *w13_scale, *w2_scale;
+  int32_t use_monolithic;
+} fmoe_layer_desc;
+
+int fmoe_layer_create(const fmoe_layer_desc* desc, fmoe_layer** out, char* err, size_t err_len);
+void fmoe_layer_destroy(fmoe_layer* layer);
+size_t fmoe_layer_workspace_bytes(const fmoe_layer* layer, int64_t num_tokens);
+/* hidden bf16 [M, K]; router_logits f32 [M, E]; out bf16 [M, K]; workspace (may be null: then
+ * allocated per call, not capturable) of workspace_bytes(M); stream: a cudaStream_t or null. */
+int fmoe_layer_forward(const fmoe_layer* layer, const void* hidden, const void* router_logits, void* out,
+                       int64_t num_tokens, void* workspace, void* stream, char* err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

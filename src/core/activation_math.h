@@ -1,0 +1,38 @@
+// Element-wise activation math shared by the CPU pipeline and the CUDA kernels (host/device).
+#pragma once
+
+#include <cmath>
+
+#include "fusedmoe/config.h"
+#include "fusedmoe/formats.h"
+
+namespace fusedmoe {
+
+FMOE_HOST_DEVICE inline float act_silu(float x) { return x / (1.0f + expf(-x)); }
+FMOE_HOST_DEVICE inline float act_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+FMOE_HOST_DEVICE inline float act_gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+// Gated activations: f(gate) * up. swiglu_oai clamps as gpt-oss does.
+FMOE_HOST_DEVICE inline float gated_activation(ActivationKind kind, float gate, float up, float alpha, float limit) {
+  switch (kind) {
+    case ActivationKind::silu_mul: return act_silu(gate) * up;
+    case ActivationKind::gelu_mul: return act_gelu(gate) * up;
+    case ActivationKind::gelu_tanh_mul: return act_gelu_tanh(gate) * up;
+    case ActivationKind::swiglu_oai: {
+      const float g = gate < limit ? gate : limit;
+      const float u = up < -limit ? -limit : (up > limit ? limit : up);
+      return (u + 1.0f) * (g / (1.0f + expf(-alpha * g)));
+    }
+    case ActivationKind::relu2: break;
+  }
+  return 0.0f;
+}
+
+FMOE_HOST_DEVICE inline float relu2_activation(float x) {
+  const float r = x > 0.0f ? x : 0.0f;
+  return r * r;
+}
+
+}  // namespace fusedmoe

@@ -1,0 +1,45 @@
+// Grouped GEMMs of the large-M path, on CUTLASS (sm_90a: TMA + WGMMA, warp-specialized,
+// persistent). One GEMM runs over all local experts:
+//   D[rows of e, N] = A[rows of e, K] . B[e]^T,   B[e] = weights [N, K] (K-major both sides).
+// Per-group shapes and pointers are built on the device from the row plan (no host sync);
+// experts without rows are empty groups. fp8_block: e4m3 operands, f32 scales per 1x128 (A,
+// grouped M-major) and 128x128 (B, [E, K/128, N/128]) blocks, f32 accumulation promoted
+// per k block. Output bf16. This header stays free of CUTLASS and fusedmoe types so the
+// CUTLASS translation units compile on their own (C++17).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fusedmoe::cuda {
+
+enum class GroupedGemmKind { bf16, fp8_block };
+
+struct GroupedGemmProblem {
+  int num_groups = 0;
+  int64_t N = 0, K = 0;
+  const void* a = nullptr;           // [R, K] bf16 or e4m3, rows grouped by expert
+  const float* a_scales = nullptr;   // fp8_block: grouped M-major [*, K/128]
+  const void* b = nullptr;           // [E, N, K]
+  const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major)
+  void* d = nullptr;                 // bf16 [R, N]
+  const int32_t* counts = nullptr;   // device [E]
+  const int32_t* offsets = nullptr;  // device [E + 1]
+  int sm_count = 0;
+};
+
+// Scratch bytes (argument arrays + CUTLASS workspace) for `num_groups` groups.
+size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count);
+// Returns an empty string on success, else why CUTLASS refused.
+const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, void* workspace,
+                             size_t workspace_bytes, cudaStream_t stream);
+
+// Implemented per kind in its own translation unit.
+size_t grouped_gemm_bf16_workspace_bytes(int num_groups, int sm_count);
+const char* grouped_gemm_bf16(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream);
+size_t grouped_gemm_fp8_block_workspace_bytes(int num_groups, int sm_count);
+const char* grouped_gemm_fp8_block(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream);
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,21 @@
+// fp8 block-scaled grouped GEMM variant: 128x128x128 tiles (k tile = scale block), cooperative,
+// per-k-block promotion of the f32 accumulators, no cluster.
+#include "cuda/cutlass/grouped_gemm_sm90.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+using Variant = sm90::GroupedGemm<cutlass::float_e4m3_t, cute::Shape<cute::_128, cute::_128, cute::_128>,
+                                  cute::Shape<cute::_1, cute::_1, cute::_1>,
+                                  cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise,
+                                  cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, true>;
+}
+
+size_t grouped_gemm_fp8_block_workspace_bytes(int num_groups, int sm_count) {
+  return Variant::workspace_bytes(num_groups, sm_count);
+}
+
+const char* grouped_gemm_fp8_block(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream) {
+  return sm90::run<Variant>(p, workspace, bytes, stream);
+}
+
+}  // namespace fusedmoe::cuda

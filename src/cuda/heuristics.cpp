@@ -1,0 +1,27 @@
+// See heuristics.h. Rows per expert on average decide: up to 12 the layer is bound by the
+// weight stream and the small-M kernel reads each weight once per tile of rows; above, the
+// CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
+// ran at 12-38% of the floor where CUTLASS ran at 60-85%).
+#include "cuda/heuristics.h"
+
+namespace fusedmoe::cuda {
+namespace {
+bool g_overridden = false;
+ExpertsPath g_override;
+}  // namespace
+
+void set_experts_path_override(const ExpertsPath* path) {
+  g_overridden = path != nullptr;
+  if (path) g_override = *path;
+}
+
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts) {
+  if (g_overridden) return g_override;
+  const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
+  ExpertsPath path;
+  path.small_m = rows_per_expert <= 12.0;
+  path.tile_tokens = rows_per_expert <= 6.0 ? 8 : 16;
+  return path;
+}
+
+}  // namespace fusedmoe::cuda

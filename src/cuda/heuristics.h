@@ -1,0 +1,22 @@
+// Path and tile choice of the CUDA modular experts, from what the host knows without a sync:
+// the token count, top-k and the number of local experts. Kept apart from the kernels so it
+// can be tuned from measurements alone. Correctness never depends on it: both paths handle
+// any distribution of rows over experts.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedmoe::cuda {
+
+struct ExpertsPath {
+  bool small_m = false;  // the mma.sync streaming kernel instead of the CUTLASS grouped GEMM
+  int tile_tokens = 8;   // small-M: rows per weight pass (8, 16 or 32)
+};
+
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts);
+
+// Tests and benchmarks force a path (both must be right for every input); null restores the
+// heuristic. Not thread-safe: set it while no forward runs.
+void set_experts_path_override(const ExpertsPath* path);
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,27 @@
+// Device helpers for fp8 e4m3: the dynamic scale recipe of the CPU path and 16-byte packing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+namespace fusedmoe::cuda {
+
+constexpr float kE4m3Max = 448.0f;
+
+// scale = max(amax, 1e-10) / 448, as quantize_activations_fp8.
+__device__ inline float fp8_scale_from_amax(float amax) { return fmaxf(amax, 1e-10f) / kE4m3Max; }
+
+// Round to nearest even, saturating at +-448 (NaN stays NaN).
+__device__ inline uint8_t to_e4m3(float x) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+}
+
+__device__ inline float warp_max_abs(float a) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+  return a;
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,85 @@
+// Launchers of the CUDA backend's kernels (one .cu file per role). Plain host signatures:
+// device pointers, sizes, the stream. Every launcher checks the launch.
+//
+// Row plan: the rows of one forward are the valid (token, slot) pairs, grouped by local
+// expert. Expert e owns rows [offsets[e], offsets[e+1]); within an expert the order of rows is
+// not fixed (atomics), which changes no result: every row is computed on its own and the
+// finalize sums each token's slots in slot order.
+// Scales of grouped rows ("grouped M-major", what the CUTLASS block-scaled GEMM reads): the
+// scale of row r (expert e, m = r - offsets[e]) and 128-group g sits at
+// offsets[e] * G + g * counts[e] + m.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/route_token.h"
+#include "fusedmoe/config.h"
+
+namespace fusedmoe::cuda {
+
+using bf16 = __nv_bfloat16;
+using fp8 = __nv_fp8_e4m3;
+
+inline constexpr int kMaxRouterExperts = 1024;
+inline constexpr int kMaxPlanExperts = 4096;
+
+// router.cu
+void launch_route(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M, int32_t* ids,
+                  float* weights, cudaStream_t s);
+
+// plan.cu — device arrays of one forward's row plan.
+struct RowPlan {
+  int32_t* counts;      // [E_local]
+  int32_t* offsets;     // [E_local + 1]
+  int32_t* active;      // [E_local]: local experts with rows, ascending, then -1
+  int32_t* slot_rows;   // [M * k]: row of each (token, slot), -1 if it contributes nothing
+  int32_t* row_token;   // [M * k]: token of each row
+  int32_t* row_expert;  // [M * k]: local expert of each row
+};
+// ids [M, k]; expert_map (device, may be null) maps global -> local or -1.
+void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
+                 int num_local, const RowPlan& plan, cudaStream_t s);
+
+// quantize.cu
+// x bf16 [M, K] -> q e4m3 [M, K] with f32 scales [M, K/128] (one per 1x128 group).
+// row_weight (may be null): each row is first multiplied by row_weight[row] and rounded to
+// bf16 (llama4's router weight on the input).
+void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
+                               cudaStream_t s);
+// out = bf16(x * row_weight[row]).
+void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s);
+// Gathers the input row of every planned row: dst[r] = src[row_token[r]] (row_bytes each);
+// with scales, src_scales [M, G] row-major -> dst_scales grouped M-major. max_rows = M * k.
+void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
+                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s);
+
+// activation.cu: h bf16 [R, N1] (grouped rows) -> out [R, I]: bf16, or e4m3 with grouped
+// M-major scales per 1x128 group when out_scales is set.
+void launch_activation(const Activation& act, const bf16* h, int64_t I, const RowPlan& plan, int num_local,
+                       int64_t max_rows, void* out, float* out_scales, cudaStream_t s);
+
+// small_m_gemm.cu: the decode path. Y[r, n] = sum_k X[src(r), k] * W[e, n, k] for the rows r
+// of each active expert, streaming W once per tile_tokens rows, tensor cores via mma.sync.
+struct SmallMGemm {
+  const void* x;         // bf16 or e4m3 rows [*, K]
+  const int32_t* x_row;  // source row of each planned row (row_token), or null: row r itself
+  const float* x_scales; // fp8: [*, K/128] row-major when x_row is set, grouped M-major otherwise
+  const void* w;         // [E, N, K] bf16 or e4m3
+  const float* w_scales; // fp8: [E, ceil(N/128), K/128]
+  bf16* y;               // [R, N] grouped rows
+  int64_t N, K;
+  bool fp8_block;
+};
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local, int max_active, int tile_tokens,
+                         cudaStream_t s);
+
+// finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
+// weights == null means unweighted (the weight was applied on the input).
+void launch_finalize(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
+                     int64_t K, bf16* out, cudaStream_t s);
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,35 @@
+// Kernel launch with programmatic dependent launch (PDL, sm_90): a kernel may be scheduled
+// while the previous kernel in the stream finishes, hiding launch latency between the short
+// kernels of a decode-sized forward. Every kernel launched this way calls pdl_wait() before
+// touching global memory, so it still sees all the previous kernel's writes and never
+// overwrites what that kernel reads; pdl_launch_dependents() lets the next kernel start early.
+// Off unless FUSEDMOE_PDL=1 (see cuda_util.h) until it has been measured on every path.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "cuda/cuda_util.h"
+
+namespace fusedmoe::cuda {
+
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
+template <class... KernelArgs, class... Args>
+void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  FMOE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,93 @@
+// Activation preparation kernels: fp8 1x128 block quantization of the layer input (one warp
+// per 128-value group, 4 values per lane), the llama4 input weighting, and the gather of
+// input rows into expert-grouped order for the grouped GEMMs.
+// Limits: K % 128 == 0 for the fp8 quantizer; rows are 16-byte aligned for the gather.
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/fp8_util.cuh"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kBlock = 256;
+
+__global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, uint8_t* q,
+                                          float* scales) {
+  const int64_t groups = K / 128;
+  const int64_t warp = (int64_t(blockIdx.x) * kBlock + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (warp >= M * groups) return;
+  const int64_t row = warp / groups, g = warp % groups;
+  const int64_t base = row * K + g * 128 + lane * 4;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + base);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+  float f[4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[i] = __bfloat162float(v[i]);
+    if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * row_weight[row]));
+    amax = fmaxf(amax, fabsf(f[i]));
+  }
+  const float scale = fp8_scale_from_amax(warp_max_abs(amax));
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) packed |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
+  *reinterpret_cast<uint32_t*>(q + base) = packed;
+  if (lane == 0) scales[row * groups + g] = scale;
+}
+
+__global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out) {
+  const int64_t i = int64_t(blockIdx.x) * kBlock + threadIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (i >= M * K) return;
+  out[i] = __float2bfloat16_rn(__bfloat162float(x[i]) * row_weight[i / K]);
+}
+
+// One block per planned row: 16-byte copies of the row, then its scales.
+__global__ void gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G,
+                                   RowPlan plan, int num_local, uint8_t* dst, float* dst_scales) {
+  const int64_t r = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (r >= plan.offsets[num_local]) return;
+  const int64_t token = plan.row_token[r];
+  const uint4* s = reinterpret_cast<const uint4*>(src + token * row_bytes);
+  uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
+  for (int64_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) d[i] = s[i];
+  if (dst_scales) {
+    const int e = plan.row_expert[r];
+    const int64_t off = plan.offsets[e], count = plan.counts[e];
+    for (int64_t g = threadIdx.x; g < G; g += blockDim.x)
+      dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
+  }
+}
+
+}  // namespace
+
+void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
+                               cudaStream_t s) {
+  const int64_t threads = M * (K / 128) * 32;
+  if (threads == 0) return;
+  launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x,
+         M, K, row_weight, reinterpret_cast<uint8_t*>(q), scales);
+}
+
+void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s) {
+  if (M * K == 0) return;
+  launch(scale_rows_kernel, dim3(static_cast<unsigned>((M * K + kBlock - 1) / kBlock)), dim3(kBlock), s, x, M, K,
+         row_weight, out);
+}
+
+void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
+                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s) {
+  if (max_rows == 0) return;
+  launch(gather_rows_kernel, dim3(static_cast<unsigned>(max_rows)), dim3(128), s, static_cast<const uint8_t*>(src),
+         row_bytes, src_scales, G, plan, num_local, static_cast<uint8_t*>(dst), dst_scales);
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,224 @@
+// Warp-parallel routing of one token: the device counterpart of core/route_token.h, with the
+// same semantics (ties to the lower expert index, NaN as -inf, +inf sharing the softmax mass,
+// grouped selection for deepseek_v3). One warp routes one token; lane l holds the scores of
+// experts l, l+32, ... (J per lane). The modular router kernel and the monolithic kernels
+// both call route_token_warp, so they pick the same experts.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "core/route_token.h"
+
+namespace fusedmoe::cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// (value, index) best under routing_detail::ranks_before; index -1 means "none".
+__device__ inline void warp_best(float& v, int& i) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(kFullMask, v, off);
+    const int oi = __shfl_xor_sync(kFullMask, i, off);
+    if (oi >= 0 && (i < 0 || routing_detail::ranks_before(ov, oi, v, i))) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+__device__ inline float warp_sum(float x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(kFullMask, x, off);
+  return x;
+}
+
+__device__ inline float warp_max(float x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
+  return x;
+}
+
+// Softmax over the present values (absent lanes/slots hold present=false), as routing_detail::softmax.
+template <int J>
+__device__ inline void warp_softmax(float (&x)[J], const bool (&present)[J]) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+    if (present[j]) m = fmaxf(m, x[j]);
+  m = warp_max(m);
+  if (m == INFINITY || m == -INFINITY) {
+    float count = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; ++j) count += (present[j] && x[j] == m) ? 1.0f : 0.0f;
+    count = warp_sum(count);
+#pragma unroll
+    for (int j = 0; j < J; ++j) x[j] = (present[j] && x[j] == m) ? 1.0f / count : 0.0f;
+    return;
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    x[j] = present[j] ? expf(x[j] - m) : 0.0f;
+    sum += x[j];
+  }
+  sum = warp_sum(sum);
+#pragma unroll
+  for (int j = 0; j < J; ++j) x[j] /= sum;
+}
+
+// Picks the k best of v among eligible(e) experts; lane r < k receives pick r in (id, value).
+template <int J, class Eligible>
+__device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
+                                        float& my_value) {
+  const int lane = threadIdx.x & 31;
+  uint32_t picked = 0;
+  my_id = -1;
+  my_value = 0.0f;
+  for (int r = 0; r < k; ++r) {
+    float bv = 0.0f;
+    int bi = -1;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int e = j * 32 + lane;
+      if (e < num_experts && !((picked >> j) & 1u) && eligible(e) &&
+          (bi < 0 || routing_detail::ranks_before(v[j], e, bv, bi))) {
+        bv = v[j];
+        bi = e;
+      }
+    }
+    warp_best(bv, bi);
+    if (bi < 0) break;
+    if ((bi & 31) == lane) picked |= 1u << (bi >> 5);
+    if (lane == r) {
+      my_id = bi;
+      my_value = bv;
+    }
+  }
+}
+
+// Lane r < k receives v[pick r], where lane r holds pick r in `id` (every lane must call).
+template <int J>
+__device__ inline float warp_fetch_picks(const float (&v)[J], int id, int k) {
+  const int lane = threadIdx.x & 31;
+  float result = 0.0f;
+  for (int r = 0; r < k; ++r) {
+    const int e = __shfl_sync(kFullMask, id, r);
+    float mine = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      if (e >= 0 && j == (e >> 5)) mine = v[j];
+    const float value = __shfl_sync(kFullMask, mine, e >= 0 ? (e & 31) : 0);
+    if (lane == r) result = value;
+  }
+  return result;
+}
+
+template <class T>
+__device__ inline float load_logit(const T* p);
+template <>
+__device__ inline float load_logit<float>(const float* p) { return *p; }
+template <>
+__device__ inline float load_logit<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// Routes one token. `group_scores` is per-warp shared scratch of kMaxExpertGroups floats.
+// Lane r < top_k returns pick r in (id, weight).
+template <int J, class T>
+__device__ inline void route_token_warp(const RoutingParams& p, const T* logits, float* group_scores, int& id,
+                                        float& weight) {
+  using namespace routing_detail;
+  const int lane = threadIdx.x & 31, E = p.num_experts, k = p.top_k;
+  float s[J];
+  bool present[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int e = j * 32 + lane;
+    present[j] = e < E;
+    s[j] = present[j] ? sanitize(load_logit(logits + e)) : -INFINITY;
+  }
+  auto all = [](int) { return true; };
+  float value = 0.0f;
+  switch (p.method) {
+    case RoutingMethod::softmax_topk:
+    case RoutingMethod::softmax_topk_renormalize:
+      warp_softmax(s, present);
+      warp_select_topk(s, E, k, all, id, value);
+      weight = value;
+      break;
+    case RoutingMethod::topk_softmax: {
+      warp_select_topk(s, E, k, all, id, value);
+      float w[1] = {value};
+      const bool here[1] = {lane < k};
+      warp_softmax(w, here);
+      weight = w[0];
+      break;
+    }
+    case RoutingMethod::sigmoid_topk:
+    case RoutingMethod::sigmoid_topk_renormalize:
+#pragma unroll
+      for (int j = 0; j < J; ++j) s[j] = sigmoid(s[j]);
+      warp_select_topk(s, E, k, all, id, value);
+      weight = value;
+      break;
+    case RoutingMethod::llama4:
+      warp_select_topk(s, E, 1, all, id, value);
+      weight = sigmoid(value);
+      break;
+    case RoutingMethod::deepseek_v3: {
+      float choice[J];
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int e = j * 32 + lane;
+        s[j] = sigmoid(s[j]);
+        choice[j] = (p.correction_bias && present[j]) ? s[j] + p.correction_bias[e] : s[j];
+      }
+      const int groups = p.num_expert_group, group_size = E / groups, n = p.correction_bias ? 2 : 1;
+      for (int g = 0; g < groups; ++g) {
+        int gid;
+        float gval;
+        auto in_group = [&](int e) { return e / group_size == g; };
+        warp_select_topk(choice, E, n, in_group, gid, gval);
+        // Lanes 0 and 1 hold the group's best two; the score sums the picks that exist.
+        const int id1 = __shfl_sync(kFullMask, gid, 1);
+        const float v0 = __shfl_sync(kFullMask, gval, 0), v1 = __shfl_sync(kFullMask, gval, 1);
+        if (lane == 0) group_scores[g] = (n == 2 && id1 >= 0) ? v0 + v1 : v0;
+      }
+      __syncwarp();
+      float gs[2];
+      bool gpresent[2];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int g = j * 32 + lane;
+        gpresent[j] = g < groups;
+        gs[j] = gpresent[j] ? group_scores[g] : -INFINITY;
+      }
+      int gpick;
+      float gpick_value;
+      warp_select_topk(gs, groups, p.topk_group, all, gpick, gpick_value);
+      uint64_t group_mask = 0;
+      for (int r = 0; r < p.topk_group; ++r) {
+        const int g = __shfl_sync(kFullMask, gpick, r);
+        if (g >= 0) group_mask |= uint64_t(1) << g;
+      }
+      __syncwarp();  // group_scores is reused by the next token of this warp
+      auto in_selected_group = [&](int e) { return ((group_mask >> (e / group_size)) & 1u) != 0; };
+      warp_select_topk(choice, E, k, in_selected_group, id, value);
+      weight = warp_fetch_picks(s, id, k);
+      if (p.renormalize) {
+        const float sum = warp_sum(lane < k ? weight : 0.0f);
+        if (sum > 0.0f) weight /= sum;
+      }
+      break;
+    }
+    case RoutingMethod::precomputed:
+      break;
+  }
+  if (p.method == RoutingMethod::softmax_topk_renormalize || p.method == RoutingMethod::sigmoid_topk_renormalize) {
+    const float sum = warp_sum(lane < k ? weight : 0.0f);
+    if (sum > 0.0f) weight /= sum;
+  }
+  if (p.routed_scaling_factor != 1.0f) weight *= p.routed_scaling_factor;
+}
+
+}  // namespace fusedmoe::cuda

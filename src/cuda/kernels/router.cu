@@ -1,0 +1,60 @@
+// Router kernel: logits [M, E] (f32 or bf16) -> top-k ids i32 [M, k] and weights f32 [M, k].
+// One warp per token (route_token_warp); E <= 1024, groups <= 64 (checked by the host).
+#include <cuda_bf16.h>
+
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/route_warp.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+
+template <int J, class T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) route_kernel(RoutingParams p, const T* logits, int64_t M,
+                                                                    int32_t* ids, float* weights) {
+  __shared__ float group_scores[kWarpsPerBlock][kMaxExpertGroups];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t t = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (t >= M) return;
+  int id;
+  float weight;
+  route_token_warp<J>(p, logits + t * p.num_experts, group_scores[warp], id, weight);
+  if (lane < p.top_k) {
+    ids[t * p.top_k + lane] = id;
+    weights[t * p.top_k + lane] = weight;
+  }
+}
+
+template <class T>
+void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* ids, float* weights,
+                  cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((M + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
+  const int E = p.num_experts;
+  if (E <= 32) launch(route_kernel<1, T>, grid, block, s, p, logits, M, ids, weights);
+  else if (E <= 64) launch(route_kernel<2, T>, grid, block, s, p, logits, M, ids, weights);
+  else if (E <= 128) launch(route_kernel<4, T>, grid, block, s, p, logits, M, ids, weights);
+  else if (E <= 256) launch(route_kernel<8, T>, grid, block, s, p, logits, M, ids, weights);
+  else if (E <= 512) launch(route_kernel<16, T>, grid, block, s, p, logits, M, ids, weights);
+  else launch(route_kernel<32, T>, grid, block, s, p, logits, M, ids, weights);
+}
+
+}  // namespace
+
+void launch_route(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M, int32_t* ids,
+                  float* weights, cudaStream_t s) {
+  FMOE_CHECK(p.num_experts <= kMaxRouterExperts, "the CUDA router handles num_experts <= ", kMaxRouterExperts,
+             ", got ", p.num_experts);
+  FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
+  if (M == 0) return;
+  if (logits_bf16)
+    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, ids, weights, s);
+  else
+    launch_typed(p, static_cast<const float*>(logits), M, ids, weights, s);
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,77 @@
+// Helpers of the CUDA suites: GPU presence (tests skip cleanly without one), moving a Problem
+// to the device, NaN-poisoned device outputs, and running the CUDA modular kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/heuristics.h"
+#include "test_util.h"
+
+namespace fusedmoe::test {
+
+inline bool have_hopper_gpu() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+  return major == 9 && minor == 0;
+}
+
+#define FMOE_REQUIRE_GPU() \
+  if (!::fusedmoe::test::have_hopper_gpu()) GTEST_SKIP() << "no Hopper (sm_90) GPU on this machine"
+
+inline const Device kGpu = Device::cuda(0);
+
+inline Buffer poisoned_bf16_on_gpu(int64_t M, int64_t K) { return copy_to(poisoned_bf16(M, K), kGpu); }
+
+// The problem's inputs and weights on the GPU (the routing bias too).
+struct GpuProblem {
+  MoEConfig config;  // with the correction bias on the GPU
+  OwnedExpertWeights weights;
+  Buffer hidden, logits, ids, topk_weights, bias;
+};
+
+inline GpuProblem to_gpu(const Problem& p) {
+  GpuProblem g;
+  g.config = p.config;
+  g.weights = copy_expert_weights(p.weights.weights, kGpu);
+  g.hidden = copy_to(p.hidden, kGpu);
+  g.logits = copy_to(p.logits, kGpu);
+  g.ids = copy_to(p.ids, kGpu);
+  g.topk_weights = copy_to(p.topk_weights, kGpu);
+  if (p.config.routing.correction_bias.defined()) {
+    g.bias = copy_to(p.config.routing.correction_bias, kGpu);
+    g.config.routing.correction_bias = g.bias.view();
+  }
+  return g;
+}
+
+// Runs the CUDA modular kernel with the problem's ids (apply) into a NaN-poisoned output and
+// returns it on the host.
+inline Buffer run_cuda_apply(const GpuProblem& g, int64_t M) {
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
+  kernel.apply(g.hidden, g.ids, g.topk_weights, out);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return copy_to(out, Device::cpu());
+}
+
+// Forces the small-M or the grouped-GEMM path for a scope.
+class ForcePath {
+ public:
+  explicit ForcePath(bool small_m, int tile_tokens = 16) {
+    cuda::ExpertsPath p;
+    p.small_m = small_m;
+    p.tile_tokens = tile_tokens;
+    cuda::set_experts_path_override(&p);
+  }
+  ~ForcePath() { cuda::set_experts_path_override(nullptr); }
+};
+
+}  // namespace fusedmoe::test

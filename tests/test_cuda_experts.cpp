@@ -1,0 +1,344 @@
+// The CUDA modular experts end to end against the float64 reference, on both paths (small-M
+// streaming kernel, CUTLASS grouped GEMM): every supported scheme x activation, every routing
+// method through forward(), the edge cases of the CPU suite, real model shapes, the > 2^31
+// element case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "cuda_test_util.h"
+
+namespace fusedmoe::test {
+namespace {
+
+using SchemeActPath = std::tuple<QuantScheme, ActivationKind, bool>;
+class CudaSchemeByActivation : public ::testing::TestWithParam<SchemeActPath> {};
+
+TEST_P(CudaSchemeByActivation, MatchesFloat64Reference) {
+  FMOE_REQUIRE_GPU();
+  const auto [scheme, act, small_m] = GetParam();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const ForcePath force(small_m, 16);
+  MoEConfig c = small_config(scheme, /*E=*/10, /*K=*/256, /*I=*/384, /*top_k=*/3);
+  c.activation.kind = act;
+  c.routing.method = RoutingMethod::precomputed;  // random ids with duplicates
+  for (int64_t M : {1, 7, 37, 130}) {
+    const Problem p = make_problem(c, M, seed + M);
+    const Buffer out = run_cuda_apply(to_gpu(p), M);
+    expect_matches_reference(p, out, p.ids, p.topk_weights);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Supported, CudaSchemeByActivation,
+    ::testing::Combine(::testing::Values(QuantScheme::bf16, QuantScheme::fp8_block),
+                       ::testing::Values(ActivationKind::silu_mul, ActivationKind::gelu_mul,
+                                         ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai,
+                                         ActivationKind::relu2),
+                       ::testing::Bool()),
+    [](const auto& info) {
+      std::string name = std::string(quant_scheme_name(std::get<0>(info.param))) + "_" +
+                         activation_name(std::get<1>(info.param)) + (std::get<2>(info.param) ? "_smallm" : "_grouped");
+      for (char& ch : name)
+        if (ch == '-') ch = '_';
+      return name;
+    });
+
+// forward(): routing on the GPU, then the experts; compared with the reference on the ids the
+// GPU picked (the router itself is compared with the CPU's in test_cuda_router).
+Buffer run_cuda_forward(const GpuProblem& g, int64_t M, Buffer* ids_out, Buffer* weights_out) {
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
+  kernel.forward(g.hidden, g.logits, out);
+  const int64_t k = g.config.routing.top_k;
+  Buffer ids = Buffer::empty(DType::i32, {M, k}, kGpu), w = Buffer::empty(DType::f32, {M, k}, kGpu);
+  route(g.config.routing, g.logits, ids, w);
+  *ids_out = copy_to(ids, Device::cpu());
+  *weights_out = copy_to(w, Device::cpu());
+  return copy_to(out, Device::cpu());
+}
+
+TEST(CudaExperts, ForwardWithEveryRoutingMethod) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+    for (RoutingMethod m : {RoutingMethod::softmax_topk, RoutingMethod::topk_softmax,
+                            RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4,
+                            RoutingMethod::sigmoid_topk, RoutingMethod::sigmoid_topk_renormalize}) {
+      SCOPED_TRACE(routing_method_name(m));
+      MoEConfig c = small_config(s, 16, 256, 128, m == RoutingMethod::llama4 ? 1 : 4);
+      c.routing.method = m;
+      if (m == RoutingMethod::deepseek_v3) c.routing.num_expert_group = 4, c.routing.topk_group = 2;
+      const int64_t M = 45;
+      const Problem p = make_problem(c, M, seed);
+      Buffer ids, w;
+      const Buffer out = run_cuda_forward(to_gpu(p), M, &ids, &w);
+      expect_matches_reference(p, out, ids, w);
+    }
+}
+
+TEST(CudaExperts, ZeroTokensIsANoOp) {
+  FMOE_REQUIRE_GPU();
+  const Problem p = make_problem(small_config(QuantScheme::bf16), 0, 1);
+  const GpuProblem g = to_gpu(p);
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  Buffer out = Buffer::empty(DType::bf16, {0, 256}, kGpu);
+  kernel.apply(g.hidden, g.ids, g.topk_weights, out);
+  kernel.forward(g.hidden, g.logits, out);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+TEST(CudaExperts, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  // Every compiled variant: small-M with 8-, 16- and 32-row tiles, and the grouped GEMM.
+  for (const auto& [small_m, tile] : {std::pair{true, 8}, std::pair{true, 16}, std::pair{true, 32}, std::pair{false, 0}}) {
+    SCOPED_TRACE(small_m ? "small-M tile " + std::to_string(tile) : std::string("grouped GEMM"));
+    const ForcePath force(small_m, tile);
+    for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+      // Every token on expert 3 (more rows than any tile), duplicates included.
+      MoEConfig c = small_config(s, 10, 128, 128, 2);
+      c.routing.method = RoutingMethod::precomputed;
+      Problem skew = make_problem(c, 150, seed);
+      std::fill_n(skew.ids.data_as<int32_t>(), 300, 3);
+      expect_matches_reference(skew, run_cuda_apply(to_gpu(skew), 150), skew.ids, skew.topk_weights);
+      // -1, out of range and valid ids mixed.
+      Problem masked = make_problem(c, 6, seed ^ 5);
+      const int32_t ids[] = {-1, 3, 123456789, 9, 10, 0, -7, 5, 2, 2, 4, -1};
+      std::memcpy(masked.ids.data_as<int32_t>(), ids, sizeof(ids));
+      expect_matches_reference(masked, run_cuda_apply(to_gpu(masked), 6), masked.ids, masked.topk_weights);
+      // top_k == E.
+      MoEConfig all = small_config(s, 8, 128, 128, 8);
+      const Problem a = make_problem(all, 5, seed ^ 7);
+      expect_matches_reference(a, run_cuda_apply(to_gpu(a), 5), a.ids, a.topk_weights);
+    }
+  }
+}
+
+TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  // 1500 and 3000 local experts take the 2- and 4-item row plan.
+  for (int64_t E : {1500, 3000}) {
+    MoEConfig c = small_config(QuantScheme::bf16, E, 128, 64, 4);
+    c.routing.method = RoutingMethod::precomputed;
+    const Problem p = make_problem(c, 40, seed + E);
+    expect_matches_reference(p, run_cuda_apply(to_gpu(p), 40), p.ids, p.topk_weights);
+  }
+}
+
+TEST(CudaExperts, ExpertMapShardsSumToTheFullLayer) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const int64_t E = 10, M = 33, K = 256;
+  const Problem full = make_problem(small_config(QuantScheme::fp8_block, E, K, 128, 3), M, seed);
+  const std::vector<std::vector<int32_t>> owned = {{3, 0, 7}, {9, 1, 4, 6}, {2, 8, 5}};
+  std::vector<double> sum(static_cast<size_t>(M * K), 0.0);
+  for (const auto& experts : owned) {
+    Buffer map = Buffer::empty(DType::i32, {E});
+    std::fill_n(map.data_as<int32_t>(), E, -1);
+    for (size_t slot = 0; slot < experts.size(); ++slot) map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
+    MoEConfig c = full.config;
+    c.parallel.expert_map = map.view();
+    OwnedExpertWeights shard = allocate_expert_weights(c, int64_t(experts.size()));
+    const ExpertWeights& fw = full.weights.weights;
+    for (size_t slot = 0; slot < experts.size(); ++slot)
+      for (Tensor ExpertWeights::*m : {&ExpertWeights::w13, &ExpertWeights::w2, &ExpertWeights::w13_scale,
+                                       &ExpertWeights::w2_scale}) {
+        const size_t bytes = (fw.*m).nbytes() / E;
+        std::memcpy((shard.weights.*m).data_as<uint8_t>() + slot * bytes,
+                    (fw.*m).data_as<uint8_t>() + experts[slot] * bytes, bytes);
+      }
+    Problem sp{c, std::move(shard), full.hidden, full.logits, full.ids, full.topk_weights, {}};
+    const Buffer out = run_cuda_apply(to_gpu(sp), M);
+    expect_matches_reference(sp, out, full.ids, full.topk_weights);
+    for (int64_t i = 0; i < M * K; ++i) sum[i] += bf16_to_float(out.data_as<bfloat16>()[i]);
+  }
+  const std::vector<double> ref = reference_moe(full.config, full.weights.weights, full.hidden, full.ids, full.topk_weights);
+  double ref_max = 0.0;
+  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
+  for (int64_t i = 0; i < M * K; ++i) ASSERT_NEAR(sum[i], ref[i], 5e-2 * ref_max + 5e-2 * std::fabs(ref[i])) << i;
+}
+
+TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (bool small_m : {true, false}) {
+    const ForcePath force(small_m, 32);
+    for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+      const Problem p = make_problem(small_config(s, 12, 512, 256, 4), 300, seed);
+      const GpuProblem g = to_gpu(p);
+      EXPECT_TRUE(bits_equal(run_cuda_apply(g, 300), run_cuda_apply(g, 300))) << quant_scheme_name(s);
+    }
+  }
+}
+
+TEST(CudaExperts, NanInOneTokenStaysInThatToken) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (bool small_m : {true, false}) {
+    const ForcePath force(small_m, 16);
+    for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+      Problem p = make_problem(small_config(s, 8, 128, 128, 2), 12, seed);
+      const Buffer clean = run_cuda_apply(to_gpu(p), 12);
+      p.hidden.data_as<bfloat16>()[5 * 128 + 17] = bfloat16{0x7fc0};
+      const Buffer dirty = run_cuda_apply(to_gpu(p), 12);
+      for (int64_t t = 0; t < 12; ++t)
+        if (t != 5)
+          EXPECT_EQ(std::memcmp(clean.data_as<bfloat16>() + t * 128, dirty.data_as<bfloat16>() + t * 128, 256), 0)
+              << quant_scheme_name(s) << " token " << t;
+    }
+  }
+}
+
+TEST(CudaExperts, RealModelShapes) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  // Real hidden/intermediate sizes and top-k, on both paths; fewer experts keep the CPU side
+  // (weight synthesis, float64 reference) quick.
+  MoEConfig mixtral = small_config(QuantScheme::bf16, 4, 4096, 14336, 2);
+  MoEConfig qwen = small_config(QuantScheme::bf16, 32, 2048, 768, 8);
+  MoEConfig ds = small_config(QuantScheme::fp8_block, 16, 7168, 2048, 8);
+  ds.routing.method = RoutingMethod::deepseek_v3;
+  ds.routing.num_expert_group = 8, ds.routing.topk_group = 4, ds.routing.routed_scaling_factor = 2.5f;
+  for (const MoEConfig& c : {mixtral, qwen, ds}) {
+    const int64_t M = 24;
+    const Problem p = make_problem(c, M, seed);
+    const GpuProblem g = to_gpu(p);
+    for (bool small_m : {true, false}) {
+      SCOPED_TRACE("K=" + std::to_string(c.hidden_size) + (small_m ? " small-M" : " grouped GEMM"));
+      const ForcePath force(small_m, 8);
+      Buffer ids, w;
+      const Buffer out = run_cuda_forward(g, M, &ids, &w);
+      expect_matches_reference(p, out, ids, w);
+    }
+  }
+}
+
+TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+    const int64_t M = 96;
+    const Problem p = make_problem(small_config(s, 16, 512, 256, 4), M, seed);
+    const GpuProblem g = to_gpu(p);
+    KernelOptions opt;
+    opt.backend = Backend::cuda;
+    const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+    const Buffer ws = Buffer::bytes(kernel.workspace_bytes(M), kGpu);
+    Buffer out = poisoned_bf16_on_gpu(M, 512);
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    {
+      const CudaStreamGuard guard(stream);
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      kernel.forward(g.hidden, g.logits, out, ws);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    }
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const Buffer replayed = copy_to(out, Device::cpu());
+    // New inputs in the same buffers: a replay computes them (a graph holds no stale data).
+    const Problem q = make_problem(p.config, M, seed ^ 99);
+    copy_tensor(g.hidden, q.hidden);
+    copy_tensor(g.logits, q.logits);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const Buffer replayed_new = copy_to(out, Device::cpu());
+    Buffer direct = poisoned_bf16_on_gpu(M, 512);
+    kernel.forward(g.hidden, g.logits, direct);
+    EXPECT_TRUE(bits_equal(replayed_new, copy_to(direct, Device::cpu()))) << quant_scheme_name(s);
+    EXPECT_FALSE(bits_equal(replayed, replayed_new));
+    Buffer ids, w;
+    GpuProblem gq = to_gpu(q);
+    const Buffer q_out = run_cuda_forward(gq, M, &ids, &w);
+    expect_matches_reference(q, q_out, ids, w);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
+// tokens * top_k * max(hidden, 2 * intermediate) > 2^31: every index that could overflow 32 bits
+// does. Checked against the reference on sampled tokens (first, middle, last).
+TEST(CudaExperts, MoreThan2To31ElementsPerBuffer) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::bf16, 4, 4096, 2048, 4);
+  const int64_t M = 140000, K = 4096;
+  ASSERT_GT(M * 4 * std::max(K, int64_t(4096)), int64_t(1) << 31);
+  const Problem p = make_problem(c, M, seed);
+  Buffer ids, w;
+  const Buffer out = run_cuda_forward(to_gpu(p), M, &ids, &w);
+  for (int64_t t : {int64_t(0), M / 2, M - 1}) {
+    SCOPED_TRACE("token " + std::to_string(t));
+    Problem one{c, {}, testing::random_bf16({1, K}, 0), {}, {}, {}, {}};
+    one.weights.weights = p.weights.weights;
+    std::memcpy(one.hidden.data_as<bfloat16>(), p.hidden.data_as<bfloat16>() + t * K, K * 2);
+    const Tensor one_ids(ids.data_as<int32_t>() + t * 4, DType::i32, {1, 4});
+    const Tensor one_w(w.data_as<float>() + t * 4, DType::f32, {1, 4});
+    const Tensor one_out(const_cast<bfloat16*>(out.data_as<bfloat16>()) + t * K, DType::bf16, {1, K});
+    expect_matches_reference(one, one_out, one_ids, one_w);
+  }
+}
+
+TEST(CudaExperts, BadInputIsAClearErrorAndWritesNothing) {
+  FMOE_REQUIRE_GPU();
+  const Problem p = make_problem(small_config(QuantScheme::bf16), 4, 3);
+  const GpuProblem g = to_gpu(p);
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  // Weights on the CPU with the CUDA backend.
+  try {
+    make_kernel(p.config, p.weights.weights, opt);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
+  }
+  // A scheme the CUDA backend does not run.
+  const Problem fp4 = make_problem(small_config(QuantScheme::nvfp4), 4, 3);
+  try {
+    make_kernel(fp4.config, copy_expert_weights(fp4.weights.weights, kGpu).weights, opt);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 and fp8-block"), std::string::npos) << e.what();
+  }
+  // Monolithic CUDA experts are not built yet: a clear refusal.
+  opt.use_monolithic = true;
+  EXPECT_THROW(make_kernel(g.config, g.weights.weights, opt), Error);
+  opt.use_monolithic = false;
+  // A misaligned hidden pointer; the output stays untouched.
+  const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  const Buffer big = Buffer::bytes(4 * 256 * 2 + 16, kGpu);
+  const Tensor misaligned(big.data_as<uint8_t>() + 2, DType::bf16, {4, 256}, kGpu);
+  Buffer out = poisoned_bf16_on_gpu(4, 256);
+  try {
+    kernel.apply(misaligned, g.ids, g.topk_weights, out);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(bits_equal(copy_to(out, Device::cpu()), poisoned_bf16(4, 256)));
+  // Host tensors handed to the CUDA kernel.
+  EXPECT_THROW(kernel.apply(p.hidden, g.ids, g.topk_weights, out), Error);
+}
+
+}  // namespace
+}  // namespace fusedmoe::test

@@ -1,0 +1,101 @@
+// The CUDA router against the CPU router (the single routing definition, core/route_token.h):
+// identical ids and weights within f32 rounding for every method, with ties, all-negative,
+// NaN and +-inf logits. Skips without a Hopper GPU.
+#include <cmath>
+
+#include "cuda_test_util.h"
+
+namespace fusedmoe::test {
+namespace {
+
+struct Case {
+  RoutingMethod method;
+  int64_t E;
+  int top_k;
+  int groups = 1, topk_group = 1;
+  float scaling = 1.0f;
+};
+
+void expect_same_routing(const RoutingConfig& cfg, const Buffer& logits, const char* what) {
+  const int64_t M = logits.view().size(0), k = cfg.top_k;
+  Buffer ids = Buffer::empty(DType::i32, {M, k}), w = Buffer::empty(DType::f32, {M, k});
+  route(cfg, logits, ids, w);
+  RoutingConfig gcfg = cfg;
+  Buffer bias_gpu;
+  if (cfg.correction_bias.defined()) {
+    bias_gpu = copy_to(cfg.correction_bias, kGpu);
+    gcfg.correction_bias = bias_gpu.view();
+  }
+  const Buffer glogits = copy_to(logits, kGpu);
+  Buffer gids = Buffer::empty(DType::i32, {M, k}, kGpu), gw = Buffer::empty(DType::f32, {M, k}, kGpu);
+  route(gcfg, glogits, gids, gw);
+  const Buffer hids = copy_to(gids, Device::cpu()), hw = copy_to(gw, Device::cpu());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < M * k; ++i) {
+    const int32_t a = ids.data_as<int32_t>()[i], b = hids.data_as<int32_t>()[i];
+    const float x = w.data_as<float>()[i], y = hw.data_as<float>()[i];
+    const bool ok = a == b && (x == y || std::fabs(x - y) <= 2e-6f * std::max(1.0f, std::fabs(x)));
+    if (!ok && bad++ < 5)
+      ADD_FAILURE() << what << " " << routing_method_name(cfg.method) << " token " << i / k << " slot " << i % k
+                    << ": cpu (" << a << ", " << x << ") cuda (" << b << ", " << y << ")";
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(CudaRouter, MatchesCpuRouterForEveryMethod) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const Case cases[] = {
+      {RoutingMethod::softmax_topk, 8, 2},           {RoutingMethod::softmax_topk, 60, 4},
+      {RoutingMethod::topk_softmax, 128, 8},         {RoutingMethod::softmax_topk_renormalize, 128, 8, 1, 1, 2.0f},
+      {RoutingMethod::sigmoid_topk, 40, 6},          {RoutingMethod::sigmoid_topk_renormalize, 300, 7},
+      {RoutingMethod::llama4, 16, 1},                {RoutingMethod::deepseek_v3, 256, 8, 8, 4, 2.5f},
+      {RoutingMethod::deepseek_v3, 64, 6, 4, 2},     {RoutingMethod::softmax_topk, 1024, 16},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    RoutingConfig cfg;
+    cfg.method = c.method;
+    cfg.top_k = c.top_k;
+    cfg.num_expert_group = c.groups;
+    cfg.topk_group = c.topk_group;
+    cfg.routed_scaling_factor = c.scaling;
+    Buffer bias;
+    if (c.method == RoutingMethod::deepseek_v3) {
+      bias = testing::random_f32({c.E}, seed ^ 0xb1a5, 0.1f);
+      cfg.correction_bias = bias.view();
+    }
+    const int64_t M = 97;
+    const uint64_t s = seed + 17 * ++n;
+    expect_same_routing(cfg, testing::random_f32({M, c.E}, s, 2.0f), "random");
+    // Ties: logits from {-1, 0, 1}; all-negative; NaN and +-inf sprinkled in.
+    Buffer ties = testing::random_f32({M, c.E}, s ^ 1, 2.0f);
+    Buffer negative = testing::random_f32({M, c.E}, s ^ 2, 1.0f);
+    Buffer special = testing::random_f32({M, c.E}, s ^ 3, 2.0f);
+    for (int64_t i = 0; i < M * c.E; ++i) {
+      ties.data_as<float>()[i] = std::round(std::clamp(ties.data_as<float>()[i], -1.0f, 1.0f));
+      negative.data_as<float>()[i] = -10.0f - std::fabs(negative.data_as<float>()[i]);
+      const uint64_t r = uint64_t(1e6 * (1.0f + testing::uniform(s ^ 4, i)));
+      if (r % 17 == 0) special.data_as<float>()[i] = NAN;
+      if (r % 101 == 0) special.data_as<float>()[i] = INFINITY;
+      if (r % 103 == 0) special.data_as<float>()[i] = -INFINITY;
+    }
+    expect_same_routing(cfg, ties, "ties");
+    expect_same_routing(cfg, negative, "all-negative");
+    expect_same_routing(cfg, special, "nan/inf");
+  }
+}
+
+TEST(CudaRouter, Bf16Logits) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  RoutingConfig cfg;
+  cfg.method = RoutingMethod::softmax_topk_renormalize;
+  cfg.top_k = 8;
+  expect_same_routing(cfg, testing::random_bf16({50, 128}, seed, 2.0f), "bf16");
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
