@@ -50,12 +50,16 @@ inline GpuProblem to_gpu(const Problem& p) {
   return g;
 }
 
+inline FusedMoEKernel cuda_kernel(const GpuProblem& g) {
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  return make_kernel(g.config, g.weights.weights, opt);
+}
+
 // Runs the CUDA modular kernel with the problem's ids (apply) into a NaN-poisoned output and
 // returns it on the host.
 inline Buffer run_cuda_apply(const GpuProblem& g, int64_t M) {
-  KernelOptions opt;
-  opt.backend = Backend::cuda;
-  FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  const FusedMoEKernel kernel = cuda_kernel(g);
   Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
   kernel.apply(g.hidden, g.ids, g.topk_weights, out);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);

@@ -48,9 +48,7 @@ INSTANTIATE_TEST_SUITE_P(
 // forward(): routing on the GPU, then the experts; compared with the reference on the ids the
 // GPU picked (the router itself is compared with the CPU's in test_cuda_router).
 Buffer run_cuda_forward(const GpuProblem& g, int64_t M, Buffer* ids_out, Buffer* weights_out) {
-  KernelOptions opt;
-  opt.backend = Backend::cuda;
-  const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  const FusedMoEKernel kernel = cuda_kernel(g);
   Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
   kernel.forward(g.hidden, g.logits, out);
   const int64_t k = g.config.routing.top_k;
@@ -85,9 +83,7 @@ TEST(CudaExperts, ZeroTokensIsANoOp) {
   FMOE_REQUIRE_GPU();
   const Problem p = make_problem(small_config(QuantScheme::bf16), 0, 1);
   const GpuProblem g = to_gpu(p);
-  KernelOptions opt;
-  opt.backend = Backend::cuda;
-  const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+  const FusedMoEKernel kernel = cuda_kernel(g);
   Buffer out = Buffer::empty(DType::bf16, {0, 256}, kGpu);
   kernel.apply(g.hidden, g.ids, g.topk_weights, out);
   kernel.forward(g.hidden, g.logits, out);
@@ -144,29 +140,12 @@ TEST(CudaExperts, ExpertMapShardsSumToTheFullLayer) {
   const std::vector<std::vector<int32_t>> owned = {{3, 0, 7}, {9, 1, 4, 6}, {2, 8, 5}};
   std::vector<double> sum(static_cast<size_t>(M * K), 0.0);
   for (const auto& experts : owned) {
-    Buffer map = Buffer::empty(DType::i32, {E});
-    std::fill_n(map.data_as<int32_t>(), E, -1);
-    for (size_t slot = 0; slot < experts.size(); ++slot) map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
-    MoEConfig c = full.config;
-    c.parallel.expert_map = map.view();
-    OwnedExpertWeights shard = allocate_expert_weights(c, int64_t(experts.size()));
-    const ExpertWeights& fw = full.weights.weights;
-    for (size_t slot = 0; slot < experts.size(); ++slot)
-      for (Tensor ExpertWeights::*m : {&ExpertWeights::w13, &ExpertWeights::w2, &ExpertWeights::w13_scale,
-                                       &ExpertWeights::w2_scale}) {
-        const size_t bytes = (fw.*m).nbytes() / E;
-        std::memcpy((shard.weights.*m).data_as<uint8_t>() + slot * bytes,
-                    (fw.*m).data_as<uint8_t>() + experts[slot] * bytes, bytes);
-      }
-    Problem sp{c, std::move(shard), full.hidden, full.logits, full.ids, full.topk_weights, {}};
-    const Buffer out = run_cuda_apply(to_gpu(sp), M);
-    expect_matches_reference(sp, out, full.ids, full.topk_weights);
+    const Shard shard = make_shard(full, experts);
+    const Buffer out = run_cuda_apply(to_gpu(shard.problem), M);
+    expect_matches_reference(shard.problem, out, full.ids, full.topk_weights);
     for (int64_t i = 0; i < M * K; ++i) sum[i] += bf16_to_float(out.data_as<bfloat16>()[i]);
   }
-  const std::vector<double> ref = reference_moe(full.config, full.weights.weights, full.hidden, full.ids, full.topk_weights);
-  double ref_max = 0.0;
-  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
-  for (int64_t i = 0; i < M * K; ++i) ASSERT_NEAR(sum[i], ref[i], 5e-2 * ref_max + 5e-2 * std::fabs(ref[i])) << i;
+  expect_sum_matches_reference(full, sum, 5e-2);
 }
 
 TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
@@ -235,9 +214,7 @@ TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
     const int64_t M = 96;
     const Problem p = make_problem(small_config(s, 16, 512, 256, 4), M, seed);
     const GpuProblem g = to_gpu(p);
-    KernelOptions opt;
-    opt.backend = Backend::cuda;
-    const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+    const FusedMoEKernel kernel = cuda_kernel(g);
     const Buffer ws = Buffer::bytes(kernel.workspace_bytes(M), kGpu);
     Buffer out = poisoned_bf16_on_gpu(M, 512);
     cudaStream_t stream;

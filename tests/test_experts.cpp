@@ -176,35 +176,17 @@ TEST(EdgeCases, ExpertMapShardsSumToTheFullLayer) {
   // PrepareFinalize) and computes the partial sum of its experts.
   const int64_t E = 10, M = 21, K = 128;
   const Problem full = make_problem(small_config(QuantScheme::bf16, E, K, 64, 3), M, seed);
-  const Buffer full_out = run_modular(full, full.ids, full.topk_weights);
   const std::vector<std::vector<int32_t>> owned = {{3, 0, 7}, {9, 1, 4, 6}, {2, 8, 5}};
   std::vector<double> sum(static_cast<size_t>(M * K), 0.0);
   for (const auto& experts : owned) {
-    Buffer map = Buffer::empty(DType::i32, {E});
-    std::fill_n(map.data_as<int32_t>(), E, -1);
-    for (size_t slot = 0; slot < experts.size(); ++slot) map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
-    MoEConfig c = full.config;
-    c.parallel.expert_map = map.view();
-    // The shard's weights are the full weights' slots of its experts.
-    OwnedExpertWeights shard = allocate_expert_weights(c, int64_t(experts.size()));
-    const int64_t w13 = c.w13_rows() * K * 2, w2 = K * c.intermediate_size * 2;
-    for (size_t slot = 0; slot < experts.size(); ++slot) {
-      std::memcpy(shard.weights.w13.data_as<uint8_t>() + slot * w13,
-                  full.weights.weights.w13.data_as<uint8_t>() + experts[slot] * w13, w13);
-      std::memcpy(shard.weights.w2.data_as<uint8_t>() + slot * w2,
-                  full.weights.weights.w2.data_as<uint8_t>() + experts[slot] * w2, w2);
-    }
-    const FusedMoEKernel kernel = make_kernel(c, shard.weights);
+    const Shard shard = make_shard(full, experts);
+    const FusedMoEKernel kernel = make_kernel(shard.problem.config, shard.problem.weights.weights);
     Buffer out = poisoned_bf16(M, K);
     kernel.apply(full.hidden, full.ids, full.topk_weights, out);
-    Problem shard_problem{c, std::move(shard), full.hidden, full.logits, full.ids, full.topk_weights, {}};
-    expect_matches_reference(shard_problem, out, full.ids, full.topk_weights);
+    expect_matches_reference(shard.problem, out, full.ids, full.topk_weights);
     for (int64_t i = 0; i < M * K; ++i) sum[i] += bf16_to_float(out.data_as<bfloat16>()[i]);
   }
-  const std::vector<double> ref = reference_moe(full.config, full.weights.weights, full.hidden, full.ids, full.topk_weights);
-  double ref_max = 0.0;
-  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
-  for (int64_t i = 0; i < M * K; ++i) ASSERT_NEAR(sum[i], ref[i], 2e-2 * ref_max + 2e-2 * std::fabs(ref[i])) << i;
+  expect_sum_matches_reference(full, sum, 2e-2);
 }
 
 TEST(EdgeCases, MaskedAndStaleIdsContributeNothing) {

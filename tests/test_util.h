@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -105,6 +106,44 @@ inline void expect_matches_reference(const Problem& p, const Tensor& out, const 
   }
   EXPECT_EQ(bad, 0) << "elements outside tolerance; worst normalized error " << worst;
   if (ref_max > 0.0) EXPECT_GT(nonzero_out, 0) << "output is all zero but the reference is not";
+}
+
+// One "rank" of an expert-parallel layout without dispatch: an expert_map placing `experts`
+// in local slots 0.., and the full weights' slices of those experts (scales included).
+struct Shard {
+  Buffer map;
+  Problem problem;
+};
+
+inline Shard make_shard(const Problem& full, const std::vector<int32_t>& experts) {
+  const int64_t E = full.config.num_experts;
+  Shard shard;
+  shard.map = Buffer::empty(DType::i32, {E});
+  std::fill_n(shard.map.data_as<int32_t>(), E, -1);
+  for (size_t slot = 0; slot < experts.size(); ++slot) shard.map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
+  MoEConfig c = full.config;
+  c.parallel.expert_map = shard.map.view();
+  OwnedExpertWeights w = allocate_expert_weights(c, int64_t(experts.size()));
+  const ExpertWeights& fw = full.weights.weights;
+  for (Tensor ExpertWeights::*m :
+       {&ExpertWeights::w13, &ExpertWeights::w2, &ExpertWeights::w13_scale, &ExpertWeights::w2_scale}) {
+    if (!(fw.*m).defined()) continue;
+    const size_t bytes = (fw.*m).nbytes() / E;
+    for (size_t slot = 0; slot < experts.size(); ++slot)
+      std::memcpy((w.weights.*m).data_as<uint8_t>() + slot * bytes,
+                  (fw.*m).data_as<const uint8_t>() + experts[slot] * bytes, bytes);
+  }
+  shard.problem = Problem{c, std::move(w), full.hidden, full.logits, full.ids, full.topk_weights, full.bias};
+  return shard;
+}
+
+// Asserts that `sum` (the shards' outputs added up, [M, K]) is the full layer within `tol`.
+inline void expect_sum_matches_reference(const Problem& full, const std::vector<double>& sum, double tol) {
+  const std::vector<double> ref =
+      reference_moe(full.config, full.weights.weights, full.hidden, full.ids, full.topk_weights);
+  double ref_max = 0.0;
+  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
+  for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(sum[i], ref[i], tol * ref_max + tol * std::fabs(ref[i])) << i;
 }
 
 }  // namespace fusedmoe::test
