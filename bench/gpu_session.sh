@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-pdl] [sanitize] [bench] [bench-pdl]
+# Usage: bench/gpu_session.sh [tests] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz]
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
-#   BIN: folder with test_cuda_router, test_cuda_experts and libfusedmoe_c.so (default: build,
+#   BIN: folder with test_cuda_router, test_cuda_experts, fusedmoe-fuzz and libfusedmoe_c.so (default: build,
 #   configured and built here when missing; needs the CUTLASS headers, scripts/fetch_cutlass.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +29,11 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 if [ -z "$BIN" ]; then
   step build 500 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON \
-    -DFUSEDMOE_BUILD_TOOLS=OFF >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts fusedmoe_c"
+    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts fusedmoe_c fusedmoe-fuzz"
   BIN=build-gpu
-  cp build-gpu/tests/test_cuda_* build-gpu/libfusedmoe_c.so "$BIN"/ 2>/dev/null || true
+  cp build-gpu/tests/test_cuda_* build-gpu/tools/fusedmoe-fuzz "$BIN"/ 2>/dev/null || true
 fi
-find_bin() { ls "$BIN/$1" 2>/dev/null || ls "$BIN/tests/$1"; }
+find_bin() { ls "$BIN/$1" 2>/dev/null || ls "$BIN/tests/$1" 2>/dev/null || ls "$BIN/tools/$1"; }
 
 for what in "$@"; do
   case "$what" in
@@ -54,10 +54,14 @@ for what in "$@"; do
         --gtest_filter='Supported/*_silu_*:CudaExperts.SkewMasked*' ;;
     bench)
       step bench 300 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
+    fuzz)  # the GPU campaign: FUZZ_SEEDS (default 1:10000) CUDA cases, memcheck on the first 40
+      step fuzz_cuda 420 "$(find_bin fusedmoe-fuzz)" --backend cuda --small --seeds "${FUZZ_SEEDS:-1:10000}"
+      step fuzz_memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin fusedmoe-fuzz)" \
+        --backend cuda --small --seeds 1:40 ;;
     bench-pdl)
       step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
-grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek)-?[a-z0-9-]* +[0-9]" "$log" | tail -70
+grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:" "$log" | tail -70
 printf '%s\n' "${summary[@]}"

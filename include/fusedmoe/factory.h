@@ -21,6 +21,8 @@ enum class Backend : uint8_t {
 };
 
 const char* backend_name(Backend backend);
+// True when the backend is compiled in and can run here (CUDA: a Hopper GPU is present).
+bool backend_available(Backend backend);
 std::optional<Backend> parse_backend(std::string_view name);
 
 // Without a communicator (or with one of size 1): the no-expert-parallelism PrepareFinalize

@@ -25,6 +25,8 @@ struct BackendImpl {
   void (*copy)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
   std::unique_ptr<Experts> (*make_experts)(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
   std::unique_ptr<PrepareFinalize> (*make_prepare_finalize)(const MoEConfig& config, bool monolithic);
+  // Whether this machine can run the backend (e.g. has a suitable device).
+  bool (*available)();
   // Arguments already validated by route().
   void (*route)(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
 };

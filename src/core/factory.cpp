@@ -6,6 +6,12 @@
 
 namespace fusedmoe {
 
+bool backend_available(Backend backend) {
+  for (const BackendImpl* b : registered_backends())
+    if (b->id == backend || (backend == Backend::auto_select && b->id == Backend::cpu)) return b->available();
+  return false;
+}
+
 static const BackendImpl& resolve_backend(Backend backend, Device device) {
   if (backend == Backend::auto_select) return backend_for_device(device);
   const BackendImpl& impl = backend_by_id(backend);

@@ -18,6 +18,8 @@ void* cpu_allocate(size_t bytes, Device) {
 
 void cpu_deallocate(void* p, Device) { std::free(p); }
 
+bool cpu_available() { return true; }
+
 void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) { std::memcpy(dst, src, bytes); }
 
 }  // namespace
@@ -25,7 +27,8 @@ void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) { std::m
 const BackendImpl& cpu_backend() {
   static const BackendImpl impl{Backend::cpu,       "cpu",          DeviceKind::cpu,
                                 cpu_allocate,       cpu_deallocate, cpu_copy,
-                                cpu::make_experts,  cpu::make_prepare_finalize, cpu::route};
+                                cpu::make_experts,  cpu::make_prepare_finalize, cpu_available,
+                                cpu::route};
   return impl;
 }
 

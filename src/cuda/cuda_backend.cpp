@@ -50,6 +50,16 @@ void require_sm90(Device device, const char* what) {
 
 namespace {
 
+bool cuda_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  const DeviceInfo& info = device_info(0);
+  return info.major == 9 && info.minor == 0;
+}
+
 void* cuda_allocate(size_t bytes, Device device) {
   DeviceGuard guard(device);
   void* p = nullptr;
@@ -88,7 +98,8 @@ void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk
 const BackendImpl& cuda_backend() {
   static const BackendImpl impl{Backend::cuda,         "cuda",          DeviceKind::cuda,
                                 cuda::cuda_allocate,   cuda::cuda_deallocate, cuda::cuda_copy,
-                                cuda::make_experts,    cuda::make_prepare_finalize, cuda::route};
+                                cuda::make_experts,    cuda::make_prepare_finalize, cuda::cuda_available,
+                                cuda::route};
   return impl;
 }
 
