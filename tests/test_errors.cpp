@@ -244,15 +244,15 @@ TEST_F(BadInput, BatchedCapacityExceeded) {
   for (int64_t i = 0; i < kM * kTopK; ++i) p.ids.data_as<int32_t>()[i] = int32_t(i % 2 ? 3 : 5);
   expect_error([&] { kernel().apply(p.hidden, p.ids, p.topk_weights, out); }, "max_tokens_per_expert=1");
 }
-TEST_F(BadInput, CommunicatorWithSeveralRanks) {
-  struct TwoRanks : Communicator {
-    int rank() const override { return 0; }
-    int size() const override { return 2; }
-    std::string name() const override { return "two-ranks"; }
-  } comm;
+TEST_F(BadInput, CommunicatorSizeDisagreesWithConfig) {
+  const auto group = make_in_process_group(2);
   KernelOptions o;
-  o.communicator = &comm;
-  expect_error([&] { make_kernel(p.config, p.weights.weights, o); }, "expert-parallel");
+  o.communicator = group[0].get();
+  expect_error([&] { make_kernel(p.config, p.weights.weights, o); }, "must equal the communicator's size");
+}
+TEST_F(BadInput, ExpertParallelWithoutMapOrTokenBound) {
+  p.config.parallel.ep_size = 2;
+  expect_error([&] { make_kernel(p.config, p.weights.weights); }, "parallel.expert_map is required");
 }
 
 }  // namespace

@@ -35,13 +35,23 @@ enum class ActivationFormat : uint8_t {
   batched,   // local experts x max tokens per expert x hidden, with per-expert counts
 };
 
+// How the modular expert-parallel PrepareFinalize moves tokens (ep_size > 1).
+enum class EpDispatch : uint8_t {
+  all_to_all,  // each token to the ranks owning its experts; partial sums come back (default)
+  all_gather,  // naive DP/EP: every rank gathers every token, results are reduce-scattered
+};
+
 struct ParallelConfig {
   int ep_size = 1;
   int ep_rank = 0;
   int dp_size = 1;
   // Optional i32 [num_experts] on the host: global expert -> local slot, -1 when not local.
-  // Every local slot 0..num_local_experts-1 must appear exactly once.
+  // Every local slot 0..num_local_experts-1 must appear exactly once. Required when
+  // ep_size > 1 (contiguous_expert_map() in comm.h gives the default placement).
   Tensor expert_map;
+  // ep_size > 1: the most tokens any rank passes in one call; sizes the exchange buffers.
+  int64_t max_tokens_per_rank = 0;
+  EpDispatch ep_dispatch = EpDispatch::all_to_all;
 };
 
 struct MoEConfig {

@@ -23,9 +23,11 @@ struct PreparedActivations {
   Tensor a1q_scale;
   // batched only: i32 [E_local] rows used in each expert's batch.
   Tensor expert_num_tokens;
-  // standard only: the caller's top-k ids/weights (the weights already applied when the
-  // routing method applies them on the input).
+  // standard only: the top-k ids/weights of these rows (the caller's, or gathered/dispatched
+  // from the other ranks; the weights already applied when the method applies them on the input).
   Tensor topk_ids, topk_weights;
+  // PrepareFinalize-private bookkeeping that finalize needs (e.g. where dispatched rows came from).
+  Tensor dispatch;
 };
 
 // What modular experts write, for PrepareFinalize::finalize to weight, reduce and combine.

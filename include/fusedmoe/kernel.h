@@ -19,6 +19,8 @@ class FusedMoEKernel {
                  std::unique_ptr<Experts> experts);
 
   bool is_monolithic() const { return experts_->is_monolithic(); }
+  // True under expert parallelism: every rank must call, also with zero tokens.
+  bool is_collective() const { return prepare_finalize_->num_dispatchers() > 1; }
   const MoEConfig& config() const { return config_; }
   const PrepareFinalize& prepare_finalize() const { return *prepare_finalize_; }
   const Experts& experts() const { return *experts_; }

@@ -19,8 +19,12 @@ class PrepareFinalize {
   virtual bool is_monolithic() const = 0;
   virtual ActivationFormat activation_format() const = 0;
   virtual Device device() const = 0;
+  // Ranks that take part in every call (> 1: the call is collective, even with 0 tokens).
   virtual int num_dispatchers() const { return 1; }
+  // Scratch bytes of prepare + finalize for `num_tokens` local tokens.
   virtual size_t workspace_bytes(int64_t num_tokens) const = 0;
+  // The most rows prepare can hand the experts for `num_tokens` local tokens.
+  virtual int64_t max_prepared_tokens(int64_t num_tokens) const { return num_tokens; }
 };
 
 class ModularPrepareFinalize : public PrepareFinalize {
@@ -30,9 +34,10 @@ class ModularPrepareFinalize : public PrepareFinalize {
   // ModularExperts::static_input_scale(). Validated by the caller.
   virtual PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
                                       const Tensor& static_input_scale, Workspace& workspace) const = 0;
-  // Weights (unless applied on the input), reduces over top-k in slot order, writes bf16 [M, K].
-  virtual void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
-                        const Tensor& output) const = 0;
+  // Weights (unless applied on the input) with prepared.topk_weights, reduces over top-k in slot
+  // order (and, under expert parallelism, combines the ranks' partial sums), writes bf16 [M, K].
+  virtual void finalize(const ExpertsOutput& experts_output, const PreparedActivations& prepared,
+                        const Tensor& output, Workspace& workspace) const = 0;
 };
 
 class MonolithicPrepareFinalize : public PrepareFinalize {
@@ -46,7 +51,7 @@ class MonolithicPrepareFinalize : public PrepareFinalize {
   // Where the experts write: `output` itself without parallelism.
   virtual Tensor experts_output(const Tensor& output, int64_t num_prepared_tokens, Workspace& workspace) const = 0;
   // Combines the experts' output into `output` (nothing to do without parallelism).
-  virtual void finalize(const Tensor& experts_output, const Tensor& output) const = 0;
+  virtual void finalize(const Tensor& experts_output, const Tensor& output, Workspace& workspace) const = 0;
 };
 
 }  // namespace fusedmoe

@@ -24,7 +24,9 @@ struct BackendImpl {
   // Synchronous copy; one side is this backend's device, the other this device or the CPU.
   void (*copy)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
   std::unique_ptr<Experts> (*make_experts)(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
-  std::unique_ptr<PrepareFinalize> (*make_prepare_finalize)(const MoEConfig& config, bool monolithic);
+  // communicator: null or of size 1 without expert parallelism.
+  std::unique_ptr<PrepareFinalize> (*make_prepare_finalize)(const MoEConfig& config, const Communicator* communicator,
+                                                            bool monolithic);
   // Whether this machine can run the backend (e.g. has a suitable device).
   bool (*available)();
   // Arguments already validated by route().

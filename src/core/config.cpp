@@ -119,6 +119,12 @@ void validate_config(const MoEConfig& c) {
   if (c.activation_format == ActivationFormat::batched)
     FMOE_CHECK(c.max_tokens_per_expert >= 1, "max_tokens_per_expert must be >= 1 for the batched format, got ",
                c.max_tokens_per_expert);
+  if (p.ep_size > 1) {
+    FMOE_CHECK(p.expert_map.defined(), "parallel.expert_map is required when ep_size > 1 (ep_size=", p.ep_size,
+               "); contiguous_expert_map(num_experts, rank, size) gives the default placement");
+    FMOE_CHECK(p.max_tokens_per_rank >= 1, "parallel.max_tokens_per_rank must be >= 1 when ep_size > 1, got ",
+               p.max_tokens_per_rank);
+  }
 }
 
 }  // namespace fusedmoe

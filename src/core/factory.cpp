@@ -23,12 +23,16 @@ static const BackendImpl& resolve_backend(Backend backend, Device device) {
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool use_monolithic, Backend backend) {
   validate_config(config);
-  if (communicator && communicator->size() > 1)
-    FMOE_FAIL("expert-parallel PrepareFinalize over ", communicator->size(), " ranks (communicator ",
-              communicator->name(), ") is not implemented yet; supported: no communicator or one of size 1");
+  const int ranks = communicator ? communicator->size() : 1;
+  FMOE_CHECK(config.parallel.ep_size == ranks, "parallel.ep_size (", config.parallel.ep_size,
+             ") must equal the communicator's size (", ranks, communicator ? ", " + communicator->name() : std::string(),
+             ")");
+  if (communicator)
+    FMOE_CHECK(config.parallel.ep_rank == communicator->rank(), "parallel.ep_rank (", config.parallel.ep_rank,
+               ") must equal the communicator's rank (", communicator->rank(), ")");
   const BackendImpl& impl =
       backend == Backend::auto_select ? *registered_backends().front() : backend_by_id(backend);
-  return impl.make_prepare_finalize(config, use_monolithic);
+  return impl.make_prepare_finalize(config, ranks > 1 ? communicator : nullptr, use_monolithic);
 }
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, Backend backend,

@@ -69,7 +69,8 @@ FusedMoEKernel::FusedMoEKernel(const MoEConfig& config, std::unique_ptr<PrepareF
 }
 
 size_t FusedMoEKernel::workspace_bytes(int64_t M) const {
-  size_t bytes = prepare_finalize_->workspace_bytes(M) + experts_->workspace_bytes(M);
+  const int64_t prepared = prepare_finalize_->max_prepared_tokens(M);
+  size_t bytes = prepare_finalize_->workspace_bytes(M) + experts_->workspace_bytes(prepared);
   if (!is_monolithic()) {
     const int64_t k = config_.routing.top_k;
     bytes += workspace_tensor_bytes(DType::i32, {M, k}) + workspace_tensor_bytes(DType::f32, {M, k});  // forward
@@ -101,7 +102,7 @@ void FusedMoEKernel::apply(const Tensor& hidden, const Tensor& topk_ids, const T
   check_ids(config_, topk_ids);
   Buffer owned;
   Workspace ws = open_workspace(workspace, workspace_bytes(M), device(), owned);
-  if (M > 0) run_modular(hidden, topk_ids, topk_weights, out, ws);
+  if (M > 0 || is_collective()) run_modular(hidden, topk_ids, topk_weights, out, ws);
 }
 
 void FusedMoEKernel::run_modular(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
@@ -110,7 +111,7 @@ void FusedMoEKernel::run_modular(const Tensor& hidden, const Tensor& topk_ids, c
   const ModularExperts& ex = modular_experts(*experts_);
   const PreparedActivations prepared = pf.prepare(hidden, topk_ids, topk_weights, ex.static_input_scale(), ws);
   const ExpertsOutput expert_out = ex.apply(prepared, ws);
-  pf.finalize(expert_out, topk_ids, topk_weights, out);
+  pf.finalize(expert_out, prepared, out, ws);
 }
 
 static void check_logits(const MoEConfig& c, const Tensor& logits, int64_t M, Device device) {
@@ -128,13 +129,13 @@ void FusedMoEKernel::apply_monolithic(const Tensor& hidden, const Tensor& router
   check_logits(config_, router_logits, M, device());
   Buffer owned;
   Workspace ws = open_workspace(workspace, workspace_bytes(M), device(), owned);
-  if (M == 0) return;
+  if (M == 0 && !is_collective()) return;
   const auto& pf = static_cast<const MonolithicPrepareFinalize&>(*prepare_finalize_);
   const auto& ex = static_cast<const MonolithicExperts&>(*experts_);
   const MonolithicPrepareFinalize::Prepared prepared = pf.prepare(hidden, router_logits, ws);
   const Tensor expert_out = pf.experts_output(out, prepared.hidden.size(0), ws);
   ex.apply_monolithic(prepared.hidden, prepared.router_logits, expert_out, ws);
-  pf.finalize(expert_out, out);
+  pf.finalize(expert_out, out, ws);
 }
 
 void FusedMoEKernel::forward(const Tensor& hidden, const Tensor& router_logits, const Tensor& out,
@@ -147,10 +148,10 @@ void FusedMoEKernel::forward(const Tensor& hidden, const Tensor& router_logits, 
   check_logits(config_, router_logits, M, device());
   Buffer owned;
   Workspace ws = open_workspace(workspace, workspace_bytes(M), device(), owned);
-  if (M == 0) return;
+  if (M == 0 && !is_collective()) return;
   const Tensor ids = ws.take(DType::i32, {M, k});
   const Tensor weights = ws.take(DType::f32, {M, k});
-  backend_for_device(device()).route(config_.routing, router_logits, ids, weights);
+  if (M > 0) backend_for_device(device()).route(config_.routing, router_logits, ids, weights);
   run_modular(hidden, ids, weights, out, ws);
 }
 

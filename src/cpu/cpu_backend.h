@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "core/route_token.h"
+#include "fusedmoe/comm.h"
 #include "fusedmoe/config.h"
 #include "fusedmoe/experts.h"
 #include "fusedmoe/prepare_finalize.h"
@@ -68,6 +69,15 @@ void reduce_batched(const MoEConfig& config, const Tensor& batched, const Tensor
 
 // ---- factories (experts_cpu.cpp, prepare_finalize_cpu.cpp) -----------------------------
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
-std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, bool monolithic);
+std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
+                                                       bool monolithic);
+// Expert-parallel PrepareFinalize implementations (prepare_finalize_ep_cpu.cpp).
+std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& communicator,
+                                                          bool monolithic);
+
+// out[t] = sum over valid local slots, in order, of w[t,k] * per_slot[t,k], in f32 (the
+// partial sum of this rank's experts under expert parallelism).
+void reduce_per_slot_f32(const MoEConfig& config, const Tensor& per_slot, const Tensor& topk_ids,
+                         const Tensor& topk_weights, float* out);
 
 }  // namespace fusedmoe::cpu

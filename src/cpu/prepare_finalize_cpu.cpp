@@ -31,10 +31,10 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
     return p;
   }
 
-  void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
-                const Tensor& output) const override {
+  void finalize(const ExpertsOutput& experts_output, const PreparedActivations& prepared, const Tensor& output,
+                Workspace&) const override {
     FMOE_CHECK(experts_output.kind == ExpertsOutputKind::per_slot, name(), " finalizes per-slot expert outputs only");
-    reduce_per_slot(config_, experts_output.rows, topk_ids, topk_weights, output);
+    reduce_per_slot(config_, experts_output.rows, prepared.topk_ids, prepared.topk_weights, output);
   }
 
  private:
@@ -77,6 +77,8 @@ class PrepareFinalizeBatched final : public ModularPrepareFinalize {
     const DType dtype = rows.data.dtype();
     PreparedActivations p;
     p.format = ActivationFormat::batched;
+    p.topk_ids = topk_ids;  // finalize finds each slot's batch row from them
+    p.topk_weights = topk_weights;
     p.a1q = workspace.take(dtype, {E, T, K});
     p.a1q_scale = workspace.take(DType::f32, {E, T, G});
     p.expert_num_tokens = workspace.take(DType::i32, {E});
@@ -94,10 +96,10 @@ class PrepareFinalizeBatched final : public ModularPrepareFinalize {
     return p;
   }
 
-  void finalize(const ExpertsOutput& experts_output, const Tensor& topk_ids, const Tensor& topk_weights,
-                const Tensor& output) const override {
+  void finalize(const ExpertsOutput& experts_output, const PreparedActivations& prepared, const Tensor& output,
+                Workspace&) const override {
     FMOE_CHECK(experts_output.kind == ExpertsOutputKind::batched, name(), " finalizes batched expert outputs only");
-    reduce_batched(config_, experts_output.rows, topk_ids, topk_weights, output);
+    reduce_batched(config_, experts_output.rows, prepared.topk_ids, prepared.topk_weights, output);
   }
 
  private:
@@ -114,12 +116,14 @@ class PrepareFinalizeNoEPMonolithic final : public MonolithicPrepareFinalize {
     return {hidden, router_logits};
   }
   Tensor experts_output(const Tensor& output, int64_t, Workspace&) const override { return output; }
-  void finalize(const Tensor&, const Tensor&) const override {}
+  void finalize(const Tensor&, const Tensor&, Workspace&) const override {}
 };
 
 }  // namespace
 
-std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, bool monolithic) {
+std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
+                                                       bool monolithic) {
+  if (communicator) return make_ep_prepare_finalize(config, *communicator, monolithic);
   if (monolithic) {
     FMOE_CHECK(config.activation_format == ActivationFormat::standard,
                "monolithic experts take tokens x hidden (standard format), got the batched format");

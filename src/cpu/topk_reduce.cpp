@@ -9,10 +9,10 @@
 namespace fusedmoe::cpu {
 namespace {
 
-// Sums the valid slots of token t in slot order into out[t].
+// Sums the valid slots of token t in slot order into acc[K].
 template <class RowOf>
 void reduce_token(const MoEConfig& c, int64_t t, const int32_t* ids, const float* weights, RowOf row_of,
-                  bfloat16* out, std::vector<float>& acc) {
+                  std::vector<float>& acc) {
   const int64_t K = c.hidden_size, k = c.routing.top_k;
   const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
   const bool on_input = c.apply_router_weight_on_input();
@@ -24,6 +24,10 @@ void reduce_token(const MoEConfig& c, int64_t t, const int32_t* ids, const float
     const float w = on_input ? 1.0f : weights[t * k + s];
     for (int64_t i = 0; i < K; ++i) acc[i] += w * y[i];
   }
+}
+
+void store_bf16(const std::vector<float>& acc, int64_t t, bfloat16* out) {
+  const int64_t K = static_cast<int64_t>(acc.size());
   for (int64_t i = 0; i < K; ++i) out[t * K + i] = float_to_bf16(acc[i]);
 }
 
@@ -38,7 +42,22 @@ void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& t
     acc.resize(static_cast<size_t>(K));
     reduce_token(
         c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
-        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, out.data_as<bfloat16>(), acc);
+        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, acc);
+    store_bf16(acc, t, out.data_as<bfloat16>());
+  });
+}
+
+void reduce_per_slot_f32(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
+                         float* out) {
+  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
+  const float* y = per_slot.data_as<const float>();
+  parallel_for(M, [&](int64_t t) {
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<size_t>(K));
+    reduce_token(
+        c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
+        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, acc);
+    std::copy(acc.begin(), acc.end(), out + t * K);
   });
 }
 
@@ -60,8 +79,8 @@ void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& top
     acc.resize(static_cast<size_t>(K));
     reduce_token(
         c, t, ids, topk_weights.data_as<const float>(),
-        [&](int64_t tok, int64_t s, int32_t e) { return y + (e * T + position[tok * k + s]) * K; },
-        out.data_as<bfloat16>(), acc);
+        [&](int64_t tok, int64_t s, int32_t e) { return y + (e * T + position[tok * k + s]) * K; }, acc);
+    store_bf16(acc, t, out.data_as<bfloat16>());
   });
 }
 

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "fusedmoe/comm.h"
 #include "fusedmoe/config.h"
 #include "fusedmoe/experts.h"
 #include "fusedmoe/prepare_finalize.h"
@@ -11,7 +12,8 @@
 namespace fusedmoe::cuda {
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
-std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, bool monolithic);
+std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
+                                                       bool monolithic);
 void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
 
 // The schemes and shapes the CUDA experts run; throws fusedmoe::Error naming what is supported.

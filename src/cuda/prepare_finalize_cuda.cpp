@@ -56,13 +56,14 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
     return p;
   }
 
-  void finalize(const ExpertsOutput& out, const Tensor& topk_ids, const Tensor& topk_weights,
-                const Tensor& output) const override {
+  void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
+                Workspace&) const override {
     FMOE_CHECK(out.kind == ExpertsOutputKind::sorted && out.rows.dtype() == DType::bf16, name(),
                " finalizes the CUDA experts' grouped bf16 rows only");
     DeviceGuard guard(device_);
-    const int64_t M = topk_ids.size(0);
-    const float* weights = config_.apply_router_weight_on_input() ? nullptr : topk_weights.data_as<const float>();
+    const int64_t M = prepared.topk_ids.size(0);
+    const float* weights =
+        config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
     launch_finalize(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(), weights, M,
                     config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream());
   }
@@ -74,7 +75,10 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
 
 }  // namespace
 
-std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, bool monolithic) {
+std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
+                                                       bool monolithic) {
+  FMOE_CHECK(!communicator, "expert parallelism on CUDA needs the NCCL communicator, which is not built yet (",
+             communicator ? communicator->name() : std::string(), "); the CPU backend runs expert-parallel layers");
   FMOE_CHECK(!monolithic, "monolithic CUDA experts are not built yet, so there is no monolithic CUDA ",
              "PrepareFinalize; use the modular path (use_monolithic=false)");
   return std::make_unique<PrepareFinalizeNoEP>(config);
