@@ -27,16 +27,6 @@ struct EpResult {
   std::vector<std::string> errors;  // per rank, empty when it succeeded
 };
 
-std::vector<int32_t> experts_of(const Buffer& map) {
-  std::vector<std::pair<int32_t, int32_t>> slots;
-  for (int64_t e = 0; e < map.view().numel(); ++e)
-    if (map.data_as<const int32_t>()[e] >= 0) slots.emplace_back(map.data_as<const int32_t>()[e], int32_t(e));
-  std::sort(slots.begin(), slots.end());
-  std::vector<int32_t> experts;
-  for (const auto& s : slots) experts.push_back(s.second);
-  return experts;
-}
-
 EpResult run_ep(const Problem& full, const EpOptions& o) {
   const int n = o.ranks;
   const int64_t K = full.config.hidden_size, k = full.config.routing.top_k;
@@ -53,7 +43,8 @@ EpResult run_ep(const Problem& full, const EpOptions& o) {
     threads.emplace_back([&, r, M, begin] {
       try {
         const std::vector<int32_t> experts =
-            o.placement.empty() ? experts_of(contiguous_expert_map(full.config.num_experts, r, n)) : o.placement[r];
+            o.placement.empty() ? testing::experts_of_map(contiguous_expert_map(full.config.num_experts, r, n))
+                                : o.placement[r];
         Shard shard = make_shard(full, experts);
         MoEConfig& c = shard.problem.config;
         c.parallel.ep_size = n;

@@ -116,23 +116,11 @@ struct Shard {
 };
 
 inline Shard make_shard(const Problem& full, const std::vector<int32_t>& experts) {
-  const int64_t E = full.config.num_experts;
   Shard shard;
-  shard.map = Buffer::empty(DType::i32, {E});
-  std::fill_n(shard.map.data_as<int32_t>(), E, -1);
-  for (size_t slot = 0; slot < experts.size(); ++slot) shard.map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
+  shard.map = testing::expert_map_of(full.config.num_experts, experts);
   MoEConfig c = full.config;
   c.parallel.expert_map = shard.map.view();
-  OwnedExpertWeights w = allocate_expert_weights(c, int64_t(experts.size()));
-  const ExpertWeights& fw = full.weights.weights;
-  for (Tensor ExpertWeights::*m :
-       {&ExpertWeights::w13, &ExpertWeights::w2, &ExpertWeights::w13_scale, &ExpertWeights::w2_scale}) {
-    if (!(fw.*m).defined()) continue;
-    const size_t bytes = (fw.*m).nbytes() / E;
-    for (size_t slot = 0; slot < experts.size(); ++slot)
-      std::memcpy((w.weights.*m).data_as<uint8_t>() + slot * bytes,
-                  (fw.*m).data_as<const uint8_t>() + experts[slot] * bytes, bytes);
-  }
+  OwnedExpertWeights w = testing::slice_experts(full.weights.weights, full.config.num_experts, experts);
   shard.problem = Problem{c, std::move(w), full.hidden, full.logits, full.ids, full.topk_weights, full.bias};
   return shard;
 }

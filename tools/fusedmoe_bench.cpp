@@ -13,6 +13,7 @@
 #include <vector>
 #include <unistd.h>
 
+#include "bench/ep_bench.h"
 #include "bench/presets.h"
 #include "bench/roofline.h"
 #include "fusedmoe/fusedmoe.h"
@@ -31,13 +32,15 @@ struct Options {
   Backend backend = Backend::auto_select;
   bool monolithic = false;
   int64_t num_experts = 0;
+  int ep = 1;
   std::string json;
   uint64_t seed = 1;
 };
 
 const char* kUsage =
     "usage: fusedmoe-bench [--model NAME] [--tokens 1,16,128] [--quant bf16|fp8-tensor|fp8-channel|fp8-block|nvfp4|mxfp4]\n"
-    "                      [--backend auto|cpu] [--monolithic] [--num-experts N] [--json FILE] [--seed S]\n"
+    "                      [--backend auto|cpu] [--monolithic] [--num-experts N] [--ep N] [--json FILE] [--seed S]\n"
+    "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine.\n"
     "With no arguments: qwen3-30b-a3b with 32 experts at 1, 16 and 64 tokens.\n";
 
 std::vector<int64_t> parse_tokens(const std::string& s) {
@@ -82,6 +85,9 @@ Options parse(int argc, char** argv) {
     } else if (a == "--num-experts") {
       o.num_experts = std::atoll(value().c_str());
       FMOE_CHECK(o.num_experts >= 1, "--num-experts must be >= 1");
+    } else if (a == "--ep") {
+      o.ep = std::atoi(value().c_str());
+      FMOE_CHECK(o.ep >= 1 && o.ep <= 64, "--ep must be in [1, 64], got ", o.ep);
     } else if (a == "--json") {
       o.json = value();
     } else if (a == "--seed") {
@@ -176,6 +182,16 @@ int main(int argc, char** argv) try {
   };
   const OwnedExpertWeights weights = testing::synthetic_expert_weights(config, opt.seed, wopt);
   std::fprintf(stderr, "  generated in %.1f s\n", now_s() - gen_start);
+
+  if (opt.ep > 1) {
+    FMOE_CHECK(!opt.monolithic, "--ep times the modular all-to-all PrepareFinalize; drop --monolithic");
+    FMOE_CHECK(E >= opt.ep, "--ep ", opt.ep, " needs at least that many experts, got ", E);
+    bench::EpBenchOptions ep;
+    ep.ranks = opt.ep;
+    ep.tokens_per_rank = opt.tokens;
+    ep.seed = opt.seed;
+    return bench::run_ep_bench(config, weights.weights, ep);
+  }
 
   KernelOptions kopt;
   kopt.backend = opt.backend;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu/thread_pool.h"
@@ -86,6 +87,50 @@ OwnedExpertWeights synthetic_expert_weights(const MoEConfig& c, uint64_t seed, c
     set_static_activation_scales(owned.weights, input_amax, float(std::max(inter_amax, 1e-6)));
   }
   return owned;
+}
+
+OwnedExpertWeights slice_experts(const ExpertWeights& full, int64_t num_experts, const std::vector<int32_t>& experts) {
+  OwnedExpertWeights out;
+  const int64_t n = int64_t(experts.size());
+  for (Tensor ExpertWeights::*m :
+       {&ExpertWeights::w13, &ExpertWeights::w2, &ExpertWeights::w13_scale, &ExpertWeights::w2_scale,
+        &ExpertWeights::w13_global_scale, &ExpertWeights::w2_global_scale, &ExpertWeights::w13_bias,
+        &ExpertWeights::w2_bias, &ExpertWeights::a13_scale, &ExpertWeights::a2_scale}) {
+    const Tensor& src = full.*m;
+    if (!src.defined()) continue;
+    FMOE_CHECK(src.device() == Device::cpu() && src.is_contiguous(), "slice_experts needs contiguous CPU weights");
+    const bool per_expert = src.size(0) == num_experts && m != &ExpertWeights::a13_scale && m != &ExpertWeights::a2_scale;
+    if (!per_expert) {  // shared (static activation scales)
+      out.storage.push_back(copy_to(src, Device::cpu()));
+    } else {
+      std::vector<int64_t> shape(src.shape().begin(), src.shape().end());
+      shape[0] = n;
+      out.storage.push_back(Buffer::empty(src.dtype(), shape));
+      const size_t bytes = src.nbytes() / size_t(num_experts);
+      for (int64_t slot = 0; slot < n; ++slot)
+        std::memcpy(out.storage.back().data_as<uint8_t>() + slot * bytes,
+                    src.data_as<const uint8_t>() + experts[slot] * bytes, bytes);
+    }
+    out.weights.*m = out.storage.back().view();
+  }
+  return out;
+}
+
+Buffer expert_map_of(int64_t num_experts, const std::vector<int32_t>& experts) {
+  Buffer map = Buffer::empty(DType::i32, {num_experts});
+  std::fill_n(map.data_as<int32_t>(), num_experts, -1);
+  for (size_t slot = 0; slot < experts.size(); ++slot) map.data_as<int32_t>()[experts[slot]] = int32_t(slot);
+  return map;
+}
+
+std::vector<int32_t> experts_of_map(const Tensor& expert_map) {
+  std::vector<std::pair<int32_t, int32_t>> slots;
+  for (int64_t e = 0; e < expert_map.numel(); ++e)
+    if (expert_map.data_as<const int32_t>()[e] >= 0) slots.emplace_back(expert_map.data_as<const int32_t>()[e], int32_t(e));
+  std::sort(slots.begin(), slots.end());
+  std::vector<int32_t> experts;
+  for (const auto& s : slots) experts.push_back(s.second);
+  return experts;
 }
 
 }  // namespace fusedmoe::testing

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "fusedmoe/config.h"
 #include "fusedmoe/tensor.h"
@@ -31,5 +32,14 @@ struct SyntheticWeightOptions {
 // Random bf16 weights (std 1/sqrt(fan-in)) converted to the config's scheme.
 OwnedExpertWeights synthetic_expert_weights(const MoEConfig& config, uint64_t seed,
                                             const SyntheticWeightOptions& options = {});
+
+// The weights of `experts` (global ids, in local-slot order) cut from a full layer's CPU weights
+// (every per-expert tensor, scales and biases included; shared static scales copied).
+OwnedExpertWeights slice_experts(const ExpertWeights& full, int64_t num_experts, const std::vector<int32_t>& experts);
+
+// This rank's expert_map for a placement: `experts` in local slots 0.., -1 elsewhere.
+Buffer expert_map_of(int64_t num_experts, const std::vector<int32_t>& experts);
+// The global ids of a map's local experts, in local-slot order.
+std::vector<int32_t> experts_of_map(const Tensor& expert_map);
 
 }  // namespace fusedmoe::testing
