@@ -4,77 +4,17 @@
 // counts (zero included), ranks that send or receive nothing, all tokens on one rank, expert
 // counts not divisible by the ranks, custom placements; bad placements and too many tokens
 // fail with the same error on every rank; a missing rank times out instead of hanging.
-#include <thread>
-
 #include "test_util.h"
+#include "testing/expert_parallel.h"
 
 namespace fusedmoe::test {
 namespace {
 
-struct EpOptions {
-  int ranks = 2;
-  std::vector<int64_t> tokens;                 // per rank; sums to the problem's M
-  std::vector<std::vector<int32_t>> placement;  // experts of each rank (empty: contiguous)
-  bool monolithic = false;
-  EpDispatch dispatch = EpDispatch::all_to_all;
-  int64_t max_tokens_per_rank = 0;  // 0: the largest count
-  int skip_rank = -1;               // this rank never calls (timeout test)
-  double timeout_s = 60.0;
-};
+using EpOptions = testing::EpRunOptions;
+using EpResult = testing::EpRunResult;
 
-struct EpResult {
-  Buffer out;  // [M, K], the ranks' outputs in order
-  std::vector<std::string> errors;  // per rank, empty when it succeeded
-};
-
-EpResult run_ep(const Problem& full, const EpOptions& o) {
-  const int n = o.ranks;
-  const int64_t K = full.config.hidden_size, k = full.config.routing.top_k;
-  int64_t T = o.max_tokens_per_rank;
-  for (int64_t m : o.tokens) T = std::max(T, o.max_tokens_per_rank ? T : m);
-  auto group = make_in_process_group(n, o.timeout_s);
-  EpResult result;
-  result.out = poisoned_bf16(full.hidden.view().size(0), K);
-  result.errors.resize(size_t(n));
-  std::vector<std::thread> threads;
-  int64_t begin = 0;
-  for (int r = 0; r < n; ++r) {
-    const int64_t M = o.tokens[r];
-    threads.emplace_back([&, r, M, begin] {
-      try {
-        const std::vector<int32_t> experts =
-            o.placement.empty() ? testing::experts_of_map(contiguous_expert_map(full.config.num_experts, r, n))
-                                : o.placement[r];
-        Shard shard = make_shard(full, experts);
-        MoEConfig& c = shard.problem.config;
-        c.parallel.ep_size = n;
-        c.parallel.ep_rank = r;
-        c.parallel.max_tokens_per_rank = T;
-        c.parallel.ep_dispatch = o.dispatch;
-        KernelOptions opt;
-        opt.communicator = group[r].get();
-        opt.use_monolithic = o.monolithic;
-        const FusedMoEKernel kernel = make_kernel(c, shard.problem.weights.weights, opt);
-        if (r == o.skip_rank) return;
-        const Tensor hidden(full.hidden.data_as<bfloat16>() + begin * K, DType::bf16, {M, K});
-        const Tensor out(result.out.data_as<bfloat16>() + begin * K, DType::bf16, {M, K});
-        if (full.config.routing.method == RoutingMethod::precomputed) {
-          const Tensor ids(full.ids.data_as<int32_t>() + begin * k, DType::i32, {M, k});
-          const Tensor w(full.topk_weights.data_as<float>() + begin * k, DType::f32, {M, k});
-          kernel.apply(hidden, ids, w, out);
-        } else {
-          const int64_t E = full.config.num_experts;
-          const Tensor logits(full.logits.data_as<float>() + begin * E, DType::f32, {M, E});
-          kernel.forward(hidden, logits, out);
-        }
-      } catch (const std::exception& e) {
-        result.errors[r] = e.what();
-      }
-    });
-    begin += M;
-  }
-  for (std::thread& t : threads) t.join();
-  return result;
+EpResult run_ep(const Problem& p, const EpOptions& o) {
+  return testing::run_expert_parallel(p.config, p.weights.weights, p.hidden, p.logits, p.ids, p.topk_weights, o);
 }
 
 void expect_no_errors(const EpResult& r) {
@@ -200,7 +140,7 @@ TEST(Ep, AMissingRankTimesOutWithAClearErrorInsteadOfHanging) {
   o.ranks = 3;
   o.tokens = {2, 2, 2};
   o.skip_rank = 2;
-  o.timeout_s = 0.5;
+  o.timeout_seconds = 0.5;
   const EpResult r = run_ep(p, o);
   // The first rank to time out names the missing rank; the other is released with that reason.
   for (int rank : {0, 1}) {

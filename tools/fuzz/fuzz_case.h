@@ -45,6 +45,8 @@ struct FuzzCase {
   bool monolithic = false;
   bool batched = false;
   bool bias = false;  // expert biases (w13_bias, w2_bias)
+  int ep_ranks = 1;   // > 1: in-process expert-parallel ranks (CPU), contiguous placement
+  EpDispatch ep_dispatch = EpDispatch::all_to_all;
   Fault fault = Fault::none;
 };
 

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <vector>
 
+#include "testing/expert_parallel.h"
 #include "testing/synthetic.h"
 
 namespace fusedmoe::fuzz {
@@ -251,8 +252,36 @@ Outcome run_fault(FuzzCase c, Inputs& in, Device device) {
   return fail(std::string("expected fusedmoe::Error for fault ") + fault_name(c.fault) + ", got none");
 }
 
-Outcome run_valid(const FuzzCase& c, const Inputs& in, Device device) {
-  const int64_t M = c.tokens, K = c.hidden, k = c.top_k;
+// Splits the case's tokens over its ranks at seeded cut points (some ranks may get none).
+std::vector<int64_t> split_tokens(const FuzzCase& c) {
+  std::vector<int64_t> cuts = {0, c.tokens};
+  for (int r = 1; r < c.ep_ranks; ++r) cuts.push_back(int64_t(mix(c.seed, 30'000 + r) % uint64_t(c.tokens + 1)));
+  std::sort(cuts.begin(), cuts.end());
+  std::vector<int64_t> tokens;
+  for (int r = 0; r < c.ep_ranks; ++r) tokens.push_back(cuts[r + 1] - cuts[r]);
+  return tokens;
+}
+
+// Runs the layer (twice, for the bits) and returns its output on the host.
+Outcome run_layer(const FuzzCase& c, const Inputs& in, Device device, Buffer* host_out) {
+  const int64_t M = c.tokens, K = c.hidden;
+  if (c.ep_ranks > 1) {
+    testing::EpRunOptions o;
+    o.ranks = c.ep_ranks;
+    o.tokens = split_tokens(c);
+    o.monolithic = c.monolithic;
+    o.dispatch = c.ep_dispatch;
+    testing::EpRunResult runs[2];
+    for (testing::EpRunResult& run : runs) {
+      run = testing::run_expert_parallel(in.config, in.expert_weights.weights, in.hidden, in.logits, in.ids,
+                                         in.weights, o);
+      for (size_t r = 0; r < run.errors.size(); ++r)
+        if (!run.errors[r].empty()) return fail("rank " + std::to_string(r) + ": " + run.errors[r]);
+    }
+    if (!same_bits(runs[0].out, runs[1].out)) return fail("two expert-parallel runs gave different bits");
+    *host_out = runs[0].out;
+    return {true, ""};
+  }
   KernelOptions opt;
   opt.backend = c.backend;
   opt.use_monolithic = c.monolithic;
@@ -261,12 +290,20 @@ Outcome run_valid(const FuzzCase& c, const Inputs& in, Device device) {
   Buffer out = poisoned(M, K, device), again = poisoned(M, K, device);
   call(kernel, c, d, d.hidden, d.logits, out, {});
   call(kernel, c, d, d.hidden, d.logits, again, {});
-  const Buffer host = copy_to(out, Device::cpu());
-  if (!same_bits(host, copy_to(again, Device::cpu()))) return fail("two runs gave different bits");
+  *host_out = copy_to(out, Device::cpu());
+  if (!same_bits(*host_out, copy_to(again, Device::cpu()))) return fail("two runs gave different bits");
+  return {true, ""};
+}
+
+Outcome run_valid(const FuzzCase& c, const Inputs& in, Device device) {
+  const int64_t M = c.tokens, K = c.hidden, k = c.top_k;
+  Buffer host;
+  if (Outcome o = run_layer(c, in, device, &host); !o.ok) return o;
   if (M == 0) return {true, ""};
   // The ids the layer used: the case's own (precomputed), else the router of the same backend.
   Buffer ids = in.ids, weights = in.weights;
   if (c.routing != RoutingMethod::precomputed && device != Device::cpu()) {
+    const DeviceInputs d = to_device(in, device);
     Buffer gi = Buffer::empty(DType::i32, {M, k}, device), gw = Buffer::empty(DType::f32, {M, k}, device);
     route(d.config.routing, d.logits, gi, gw);
     ids = copy_to(gi, Device::cpu());
