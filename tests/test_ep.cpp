@@ -1,6 +1,7 @@
 // Expert parallelism on the CPU with the in-process communicator: EP = 2 and 4 equal the
-// float64 reference of the whole layer (and so EP = 1) within tolerance, for the all-to-all and
-// all-gather modular PrepareFinalize and the monolithic one, every routing method, uneven token
+// float64 reference of the whole layer (and so EP = 1) within tolerance, for the all-to-all
+// (standard and batched) and all-gather modular PrepareFinalize and the monolithic one, every
+// routing method, uneven token
 // counts (zero included), ranks that send or receive nothing, all tokens on one rank, expert
 // counts not divisible by the ranks, custom placements; bad placements and too many tokens
 // fail with the same error on every rank; a missing rank times out instead of hanging.
@@ -86,6 +87,42 @@ TEST(Ep, RanksThatSendOrReceiveNothingAndAllTokensOnOneRank) {
     expect_no_errors(r);
     expect_matches_reference(p, r.out, p.ids, p.topk_weights);
   }
+}
+
+TEST(Ep, BatchedAllToAllEqualsTheWholeLayer) {
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+    for (int ranks : {2, 4}) {
+      MoEConfig c = small_config(s, 10, 128, 64, 3);
+      c.activation_format = ActivationFormat::batched;
+      c.max_tokens_per_expert = 64;
+      const Problem p = make_problem(c, 21, seed + ranks);
+      EpOptions o;
+      o.ranks = ranks;
+      o.tokens = ranks == 2 ? std::vector<int64_t>{21, 0} : std::vector<int64_t>{6, 5, 0, 10};
+      const EpResult r = run_ep(p, o);
+      expect_no_errors(r);
+      expect_matches_reference(p, r.out, p.ids, p.topk_weights);
+    }
+}
+
+TEST(Ep, BatchedCapacityExceededIsTheSameErrorOnEveryRank) {
+  MoEConfig c = small_config(QuantScheme::bf16, 8, 128, 64, 2);
+  c.routing.method = RoutingMethod::precomputed;
+  c.activation_format = ActivationFormat::batched;
+  c.max_tokens_per_expert = 3;
+  Problem p = make_problem(c, 6, 11);
+  for (int64_t i = 0; i < 12; ++i) p.ids.data_as<int32_t>()[i] = int32_t(i < 4 ? 0 : 5);  // 4 rows on expert 0
+  EpOptions o;
+  o.ranks = 2;
+  o.tokens = {3, 3};
+  const EpResult r = run_ep(p, o);
+  ASSERT_NE(r.errors[0], "");
+  EXPECT_EQ(r.errors[0], r.errors[1]);
+  EXPECT_NE(r.errors[0].find("rank 0: local expert 0 received 4 rows, over the batched capacity"), std::string::npos)
+      << r.errors[0];
+  EXPECT_TRUE(bits_equal(r.out, poisoned_bf16(6, 128)));
 }
 
 TEST(Ep, CustomPlacementAndMaskedIds) {

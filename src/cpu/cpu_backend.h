@@ -33,6 +33,18 @@ size_t quantized_rows_bytes(const MoEConfig& config, int64_t num_tokens);
 QuantizedRows quantize_input_rows(const MoEConfig& config, const Tensor& hidden, const Tensor& topk_weights,
                                   const Tensor& static_input_scale, Workspace& workspace);
 
+// ---- the batched format (prepare_finalize_cpu.cpp) ---------------------------------------
+// The first local expert with more rows than max_tokens_per_expert (expert -1: none).
+struct BatchedOverflow {
+  int64_t expert = -1, rows = 0;
+};
+BatchedOverflow find_batched_overflow(const MoEConfig& config, const Tensor& topk_ids);
+size_t batched_rows_bytes(const MoEConfig& config);
+// Packs the rows of each local expert into [E_local, max_tokens_per_expert, K] in
+// token-then-slot order (capacity already checked); keeps ids/weights for the reduce.
+PreparedActivations pack_batched(const MoEConfig& config, const QuantizedRows& rows, const Tensor& topk_ids,
+                                 const Tensor& topk_weights, Workspace& workspace);
+
 // ---- the expert MLP pipeline (expert_mlp.cpp) ------------------------------------------
 // Rows grouped by local expert: rows [offsets[e], offsets[e+1]) belong to local expert e;
 // row r reads input row src_row[r] and writes output row dst_row[r].
@@ -66,6 +78,8 @@ void reduce_per_slot(const MoEConfig& config, const Tensor& per_slot, const Tens
                      const Tensor& topk_weights, const Tensor& out);
 void reduce_batched(const MoEConfig& config, const Tensor& batched, const Tensor& topk_ids,
                     const Tensor& topk_weights, const Tensor& out);
+void reduce_batched_f32(const MoEConfig& config, const Tensor& batched, const Tensor& topk_ids,
+                        const Tensor& topk_weights, float* out);
 
 // ---- factories (experts_cpu.cpp, prepare_finalize_cpu.cpp) -----------------------------
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);

@@ -9,6 +9,55 @@
 #include "fusedmoe/error.h"
 
 namespace fusedmoe::cpu {
+
+BatchedOverflow find_batched_overflow(const MoEConfig& c, const Tensor& topk_ids) {
+  const int64_t n = topk_ids.numel(), E = c.num_local_experts();
+  const int32_t* ids = topk_ids.data_as<const int32_t>();
+  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
+  std::vector<int64_t> counts(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (const int32_t e = local_expert_of(ids[i], c.num_experts, map); e >= 0) ++counts[e];
+  for (int64_t e = 0; e < E; ++e)
+    if (counts[e] > c.max_tokens_per_expert) return {e, counts[e]};
+  return {};
+}
+
+size_t batched_rows_bytes(const MoEConfig& c) {
+  const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert, K = c.hidden_size;
+  const int64_t G = activation_scale_cols(c.quant, K);
+  const DType dtype = scheme_quantizes_activations(c.quant) ? DType::fp8_e4m3 : DType::bf16;
+  return workspace_tensor_bytes(dtype, {E, T, K}) + workspace_tensor_bytes(DType::f32, {E, T, G}) +
+         workspace_tensor_bytes(DType::i32, {E});
+}
+
+PreparedActivations pack_batched(const MoEConfig& c, const QuantizedRows& rows, const Tensor& topk_ids,
+                                 const Tensor& topk_weights, Workspace& workspace) {
+  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
+  const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert, G = activation_scale_cols(c.quant, K);
+  const int32_t* ids = topk_ids.data_as<const int32_t>();
+  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
+  const DType dtype = scheme_quantizes_activations(c.quant) ? DType::fp8_e4m3 : DType::bf16;
+  PreparedActivations p;
+  p.format = ActivationFormat::batched;
+  p.topk_ids = topk_ids;  // finalize finds each slot's batch row from them
+  p.topk_weights = topk_weights;
+  p.a1q = workspace.take(dtype, {E, T, K});
+  p.a1q_scale = workspace.take(DType::f32, {E, T, G});
+  p.expert_num_tokens = workspace.take(DType::i32, {E});
+  const size_t row_bytes = static_cast<size_t>(K) * dtype_size(dtype);
+  std::vector<int64_t> fill(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < M * k; ++i) {
+    const int32_t e = local_expert_of(ids[i], c.num_experts, map);
+    if (e < 0) continue;
+    const int64_t dst = e * T + fill[e]++, src = i / k;
+    std::memcpy(p.a1q.data_as<uint8_t>() + dst * row_bytes, rows.data.data_as<const uint8_t>() + src * row_bytes,
+                row_bytes);
+    if (G > 0) std::copy_n(rows.scales.data_as<const float>() + src * G, G, p.a1q_scale.data_as<float>() + dst * G);
+  }
+  for (int64_t e = 0; e < E; ++e) p.expert_num_tokens.data_as<int32_t>()[e] = static_cast<int32_t>(fill[e]);
+  return p;
+}
+
 namespace {
 
 class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
@@ -51,49 +100,16 @@ class PrepareFinalizeBatched final : public ModularPrepareFinalize {
   Device device() const override { return Device::cpu(); }
 
   size_t workspace_bytes(int64_t M) const override {
-    const int64_t E = config_.num_local_experts(), T = config_.max_tokens_per_expert, K = config_.hidden_size;
-    const int64_t G = activation_scale_cols(config_.quant, K);
-    const DType dtype = scheme_quantizes_activations(config_.quant) ? DType::fp8_e4m3 : DType::bf16;
-    return quantized_rows_bytes(config_, M) + workspace_tensor_bytes(dtype, {E, T, K}) +
-           workspace_tensor_bytes(DType::f32, {E, T, G}) + workspace_tensor_bytes(DType::i32, {E});
+    return quantized_rows_bytes(config_, M) + batched_rows_bytes(config_);
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
                               const Tensor& static_input_scale, Workspace& workspace) const override {
-    const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = config_.hidden_size;
-    const int64_t E = config_.num_local_experts(), T = config_.max_tokens_per_expert;
-    const int64_t G = activation_scale_cols(config_.quant, K);
-    const int32_t* ids = topk_ids.data_as<const int32_t>();
-    const int32_t* map =
-        config_.parallel.expert_map.defined() ? config_.parallel.expert_map.data_as<const int32_t>() : nullptr;
-    std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-    for (int64_t i = 0; i < M * k; ++i)
-      if (const int32_t e = local_expert_of(ids[i], config_.num_experts, map); e >= 0) ++counts[e];
-    for (int64_t e = 0; e < E; ++e)
-      FMOE_CHECK(counts[e] <= T, "local expert ", e, " received ", counts[e],
-                 " rows, over the batched capacity max_tokens_per_expert=", T);
-
-    QuantizedRows rows = quantize_input_rows(config_, hidden, topk_weights, static_input_scale, workspace);
-    const DType dtype = rows.data.dtype();
-    PreparedActivations p;
-    p.format = ActivationFormat::batched;
-    p.topk_ids = topk_ids;  // finalize finds each slot's batch row from them
-    p.topk_weights = topk_weights;
-    p.a1q = workspace.take(dtype, {E, T, K});
-    p.a1q_scale = workspace.take(DType::f32, {E, T, G});
-    p.expert_num_tokens = workspace.take(DType::i32, {E});
-    const size_t row_bytes = static_cast<size_t>(K) * dtype_size(dtype);
-    std::vector<int64_t> fill(static_cast<size_t>(E), 0);
-    for (int64_t i = 0; i < M * k; ++i) {
-      const int32_t e = local_expert_of(ids[i], config_.num_experts, map);
-      if (e < 0) continue;
-      const int64_t dst = e * T + fill[e]++, src = i / k;
-      std::memcpy(p.a1q.data_as<uint8_t>() + dst * row_bytes, rows.data.data_as<const uint8_t>() + src * row_bytes,
-                  row_bytes);
-      if (G > 0) std::copy_n(rows.scales.data_as<const float>() + src * G, G, p.a1q_scale.data_as<float>() + dst * G);
-    }
-    for (int64_t e = 0; e < E; ++e) p.expert_num_tokens.data_as<int32_t>()[e] = static_cast<int32_t>(counts[e]);
-    return p;
+    if (const BatchedOverflow o = find_batched_overflow(config_, topk_ids); o.expert >= 0)
+      FMOE_FAIL("local expert ", o.expert, " received ", o.rows,
+                " rows, over the batched capacity max_tokens_per_expert=", config_.max_tokens_per_expert);
+    const QuantizedRows rows = quantize_input_rows(config_, hidden, topk_weights, static_input_scale, workspace);
+    return pack_batched(config_, rows, topk_ids, topk_weights, workspace);
   }
 
   void finalize(const ExpertsOutput& experts_output, const PreparedActivations& prepared, const Tensor& output,

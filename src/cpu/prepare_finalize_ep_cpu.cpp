@@ -4,7 +4,8 @@
 //    all of them and reduce-scatters the weighted partial sums back to the owning ranks.
 //  - AllToAll (modular): each token travels only to the ranks owning one of its experts, once
 //    per rank, as one packed record (row, scales, ids, weights); the ranks return weighted
-//    partial sums that the source adds up in rank order.
+//    partial sums that the source adds up in rank order. Standard or batched format (the
+//    received rows packed per local expert; an expert over capacity fails on every rank).
 //  - AllGatherMonolithic: gathers hidden and router logits; the monolithic experts route and
 //    compute their local experts; the partial outputs are reduce-scattered.
 // Exchanges are sized by parallel.max_tokens_per_rank (T): every call first all-gathers the
@@ -156,7 +157,7 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
       FMOE_CHECK(owner_[e] >= 0, "expert ", e, " is placed on no rank; each expert needs exactly one owner");
   }
   std::string name() const override { return "cpu.PrepareFinalizeAllToAll"; }
-  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  ActivationFormat activation_format() const override { return config_.activation_format; }
   Device device() const override { return Device::cpu(); }
   int num_dispatchers() const override { return n_; }
   int64_t max_prepared_tokens(int64_t) const override { return n_ * T_; }
@@ -169,7 +170,8 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
            2 * workspace_tensor_bytes(DType::u8, {std::max<int64_t>(1, R * rec)}) +
            workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, std::max<int64_t>(G, 1)}) +
            workspace_tensor_bytes(DType::i32, {R, k}) + workspace_tensor_bytes(DType::f32, {R, k}) +
-           2 * workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {T_, K});
+           2 * workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {T_, K}) +
+           (batched() ? workspace_tensor_bytes(DType::i64, {2 * n_}) + batched_rows_bytes(config_) : 0);
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
@@ -216,12 +218,28 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
     const Blocks out_blocks(send_counts, n_, size_t(rec)), in_blocks(recv_counts, n_, size_t(rec));
     comm_.all_to_all_v(send.data(), out_blocks.bytes.data(), out_blocks.offsets.data(), recv.data(),
                        in_blocks.bytes.data(), in_blocks.offsets.data());
-    return unpack(recv.data_as<const uint8_t>(), R, info, ws);
+    PreparedActivations p = unpack(recv.data_as<const uint8_t>(), R, info, ws);
+    if (!batched()) return p;
+    // Batched: every rank learns whether any rank's expert overflows, so all fail alike.
+    const BatchedOverflow mine = find_batched_overflow(config_, p.topk_ids);
+    const int64_t flag[2] = {mine.expert, mine.rows};
+    const Tensor flags = ws.take(DType::i64, {2 * n_});
+    comm_.all_gather(flag, flags.data(), sizeof(flag));
+    for (int r = 0; r < n_; ++r)
+      if (const int64_t* f = flags.data_as<const int64_t>() + 2 * r; f[0] >= 0)
+        FMOE_FAIL("rank ", r, ": local expert ", f[0], " received ", f[1],
+                  " rows, over the batched capacity max_tokens_per_expert=", config_.max_tokens_per_expert,
+                  " (every rank reports this)");
+    const QuantizedRows received{p.a1q, p.a1q_scale};
+    PreparedActivations b = pack_batched(config_, received, p.topk_ids, p.topk_weights, ws);
+    b.dispatch = p.dispatch;
+    return b;
   }
 
   void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
                 Workspace& ws) const override {
-    FMOE_CHECK(out.kind == ExpertsOutputKind::per_slot, name(), " finalizes per-slot expert outputs only");
+    FMOE_CHECK(out.kind == (batched() ? ExpertsOutputKind::batched : ExpertsOutputKind::per_slot), name(),
+               " finalizes ", batched() ? "batched" : "per-slot", " expert outputs only");
     const int64_t K = config_.hidden_size, M = output.size(0);
     const int64_t* send_counts = prepared.dispatch.data_as<const int64_t>();
     const int64_t* recv_counts = send_counts + n_;
@@ -229,7 +247,10 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
     const int64_t* tokens = send_counts + 2 * n_ + 1;
     // Weighted partial sums of the received tokens over this rank's experts, sent back home.
     const Tensor partial = ws.take(DType::f32, {n_ * T_, K});
-    reduce_per_slot_f32(config_, out.rows, prepared.topk_ids, prepared.topk_weights, partial.data_as<float>());
+    if (batched())
+      reduce_batched_f32(config_, out.rows, prepared.topk_ids, prepared.topk_weights, partial.data_as<float>());
+    else
+      reduce_per_slot_f32(config_, out.rows, prepared.topk_ids, prepared.topk_weights, partial.data_as<float>());
     const Tensor back = ws.take(DType::f32, {n_ * T_, K});
     const size_t row = size_t(K) * sizeof(float);
     const Blocks out_blocks(recv_counts, n_, row), in_blocks(send_counts, n_, row);  // the reverse route
@@ -246,6 +267,8 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
   }
 
  private:
+  bool batched() const { return config_.activation_format == ActivationFormat::batched; }
+
   int64_t record_bytes() const {
     const int64_t K = config_.hidden_size, k = config_.routing.top_k;
     return K * int64_t(dtype_size(act_dtype())) + scale_cols() * 4 + k * 8;
@@ -339,10 +362,10 @@ class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinaliz
 
 std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& comm,
                                                           bool monolithic) {
-  FMOE_CHECK(config.activation_format == ActivationFormat::standard,
-             "the expert-parallel PrepareFinalize takes the standard activation format; the batched all-to-all ",
-             "format is not built yet");
   FMOE_CHECK(comm.size() <= 64, "expert parallelism handles up to 64 ranks, got ", comm.size());
+  FMOE_CHECK(config.activation_format == ActivationFormat::standard ||
+                 (!monolithic && config.parallel.ep_dispatch == EpDispatch::all_to_all),
+             "the batched activation format under expert parallelism needs the modular all-to-all PrepareFinalize");
   if (monolithic) return std::make_unique<PrepareFinalizeAllGatherMonolithic>(config, comm);
   if (config.parallel.ep_dispatch == EpDispatch::all_gather)
     return std::make_unique<PrepareFinalizeAllGather>(config, comm);

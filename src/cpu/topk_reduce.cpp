@@ -61,8 +61,10 @@ void reduce_per_slot_f32(const MoEConfig& c, const Tensor& per_slot, const Tenso
   });
 }
 
-void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
-                    const Tensor& out) {
+// Visits the reduced f32 row of every token of a batched expert output.
+template <class Store>
+void reduce_batched_rows(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
+                         Store store) {
   const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
   const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert;
   const int32_t* ids = topk_ids.data_as<const int32_t>();
@@ -80,8 +82,21 @@ void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& top
     reduce_token(
         c, t, ids, topk_weights.data_as<const float>(),
         [&](int64_t tok, int64_t s, int32_t e) { return y + (e * T + position[tok * k + s]) * K; }, acc);
-    store_bf16(acc, t, out.data_as<bfloat16>());
+    store(t, acc);
   });
+}
+
+void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
+                    const Tensor& out) {
+  reduce_batched_rows(c, batched, topk_ids, topk_weights,
+                      [&](int64_t t, const std::vector<float>& acc) { store_bf16(acc, t, out.data_as<bfloat16>()); });
+}
+
+void reduce_batched_f32(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
+                        float* out) {
+  const int64_t K = c.hidden_size;
+  reduce_batched_rows(c, batched, topk_ids, topk_weights,
+                      [&](int64_t t, const std::vector<float>& acc) { std::copy(acc.begin(), acc.end(), out + t * K); });
 }
 
 }  // namespace fusedmoe::cpu

@@ -118,9 +118,10 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
       c.tokens = 3;  // call-time faults need rows to be checked against
     if (c.fault == Fault::batched_overflow && c.tokens < 2) c.tokens = 2;
   }
-  if (!cuda && c.fault == Fault::none && !c.batched && c.experts >= 2 && rng.chance(0.2)) {
+  if (!cuda && c.fault == Fault::none && c.experts >= 2 && rng.chance(0.2)) {
     c.ep_ranks = int(rng.range(2, std::min<int64_t>(4, c.experts)));
-    c.ep_dispatch = rng.chance(0.5) ? EpDispatch::all_to_all : EpDispatch::all_gather;
+    // The batched format travels only through the all-to-all PrepareFinalize.
+    c.ep_dispatch = c.batched || rng.chance(0.5) ? EpDispatch::all_to_all : EpDispatch::all_gather;
     c.map = MapKind::none;  // the ranks' placement is the map
   }
   return c;
@@ -156,8 +157,8 @@ std::string describe(const FuzzCase& c) {
      << (c.monolithic ? " monolithic" : " modular") << (c.batched ? " batched" : "") << (c.bias ? " biases" : "")
      << " fault=" << fault_name(c.fault);
   if (c.ep_ranks > 1)
-    os << " ep=" << c.ep_ranks << (c.monolithic ? "" : c.ep_dispatch == EpDispatch::all_to_all ? "(all-to-all)"
-                                                                                              : "(all-gather)");
+    os << " ep=" << c.ep_ranks
+       << (c.monolithic ? "" : c.ep_dispatch == EpDispatch::all_to_all ? "(all-to-all)" : "(all-gather)");
   return os.str();
 }
 
