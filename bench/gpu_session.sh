@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz]
+# Usage: bench/gpu_session.sh [tests] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl]
+# (nccl needs a machine of two or more GPUs)
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
 #   BIN: folder with test_cuda_router, test_cuda_experts, fusedmoe-fuzz and libfusedmoe_c.so (default: build,
 #   configured and built here when missing; needs the CUTLASS headers, scripts/fetch_cutlass.sh).
@@ -29,7 +30,7 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 if [ -z "$BIN" ]; then
   step build 500 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON \
-    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts fusedmoe_c fusedmoe-fuzz"
+    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts test_nccl fusedmoe_c fusedmoe-fuzz"
   BIN=build-gpu
   cp build-gpu/tests/test_cuda_* build-gpu/tools/fusedmoe-fuzz "$BIN"/ 2>/dev/null || true
 fi
@@ -58,6 +59,8 @@ for what in "$@"; do
       step fuzz_cuda 420 "$(find_bin fusedmoe-fuzz)" --backend cuda --small --seeds "${FUZZ_SEEDS:-1:10000}"
       step fuzz_memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin fusedmoe-fuzz)" \
         --backend cuda --small --seeds 1:40 ;;
+    nccl)
+      step test_nccl 200 "$(find_bin test_nccl)" ;;
     bench-pdl)
       step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;

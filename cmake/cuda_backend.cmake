@@ -59,3 +59,17 @@ target_sources(fusedmoe PRIVATE
   src/cuda/prepare_finalize_cuda.cpp)
 target_compile_definitions(fusedmoe PUBLIC FUSEDMOE_WITH_CUDA)
 target_link_libraries(fusedmoe PUBLIC CUDA::cudart_static)
+
+# NCCL (the GPU communicator): the toolkit's or the system's.
+find_path(FUSEDMOE_NCCL_INCLUDE nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include)
+find_library(FUSEDMOE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+if(FUSEDMOE_NCCL_INCLUDE AND FUSEDMOE_NCCL_LIBRARY)
+  set(FUSEDMOE_WITH_NCCL ON)
+  target_sources(fusedmoe PRIVATE src/cuda/nccl_comm.cpp)
+  target_include_directories(fusedmoe PRIVATE ${FUSEDMOE_NCCL_INCLUDE})
+  target_link_libraries(fusedmoe PUBLIC ${FUSEDMOE_NCCL_LIBRARY})
+  target_compile_definitions(fusedmoe PUBLIC FUSEDMOE_WITH_NCCL)
+  message(STATUS "fusedmoe: NCCL communicator with ${FUSEDMOE_NCCL_LIBRARY}")
+else()
+  message(STATUS "fusedmoe: NCCL not found; no NCCL communicator")
+endif()

@@ -166,7 +166,7 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
     const int64_t K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols(), R = n_ * T_;
     const int64_t rec = record_bytes();
     return workspace_tensor_bytes(DType::i64, {n_}) + quantized_rows_bytes(config_, M) +
-           workspace_tensor_bytes(DType::i64, {3 * n_ + 1 + R}) + workspace_tensor_bytes(DType::i64, {n_ * n_}) +
+           workspace_tensor_bytes(DType::i64, {2 * n_ + 1 + R}) + workspace_tensor_bytes(DType::i64, {n_ * n_}) +
            2 * workspace_tensor_bytes(DType::u8, {std::max<int64_t>(1, R * rec)}) +
            workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, std::max<int64_t>(G, 1)}) +
            workspace_tensor_bytes(DType::i32, {R, k}) + workspace_tensor_bytes(DType::f32, {R, k}) +
@@ -195,7 +195,7 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
       }
     }
     // Bookkeeping for finalize: send counts [n], recv counts [n], S, token list [S].
-    const Tensor info = ws.take(DType::i64, {3 * n_ + 1 + n_ * T_});
+    const Tensor info = ws.take(DType::i64, {2 * n_ + 1 + n_ * T_});
     int64_t* send_counts = info.data_as<int64_t>();
     int64_t* recv_counts = send_counts + n_;
     int64_t* tokens = send_counts + 2 * n_ + 1;

@@ -1,0 +1,145 @@
+// NcclCommunicator (fusedmoe/nccl.h). all_to_all_v is a group of ncclSend/ncclRecv pairs;
+// reduce_scatter_sum is ncclReduceScatter (NCCL's order of summation is fixed for a given
+// communicator, so repeated runs give the same bits).
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "cuda/cuda_util.h"
+#include "fusedmoe/nccl.h"
+
+namespace fusedmoe {
+namespace {
+
+#define FMOE_NCCL_CHECK(expr, rank)                                                                       \
+  do {                                                                                                    \
+    const ncclResult_t fmoe_res_ = (expr);                                                                \
+    if (fmoe_res_ != ncclSuccess)                                                                         \
+      FMOE_FAIL("NCCL rank ", rank, ": ", #expr, " failed: ", ncclGetErrorString(fmoe_res_), " (",       \
+                ncclGetLastError(nullptr), ")");                                                          \
+  } while (0)
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, bool owned, int device, double timeout_s)
+      : comm_(comm), owned_(owned), device_(device), timeout_(timeout_s) {
+    FMOE_NCCL_CHECK(ncclCommUserRank(comm_, &rank_), -1);
+    FMOE_NCCL_CHECK(ncclCommCount(comm_, &size_), rank_);
+  }
+  ~NcclCommunicator() override {
+    if (owned_ && !aborted_) ncclCommDestroy(comm_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override {
+    return "nccl rank " + std::to_string(rank_) + "/" + std::to_string(size_) + " on cuda:" + std::to_string(device_);
+  }
+  Device device() const override { return Device::cuda(device_); }
+
+  void all_gather(const void* send, void* recv, size_t bytes) const override {
+    check_alive();
+    cuda::DeviceGuard guard(device());
+    FMOE_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclUint8, comm_, cuda::stream()), rank_);
+  }
+
+  void reduce_scatter_sum(const float* send, float* recv, size_t count) const override {
+    check_alive();
+    cuda::DeviceGuard guard(device());
+    FMOE_NCCL_CHECK(ncclReduceScatter(send, recv, count, ncclFloat32, ncclSum, comm_, cuda::stream()), rank_);
+  }
+
+  void all_to_all_v(const void* send, const size_t* send_bytes, const size_t* send_offsets, void* recv,
+                    const size_t* recv_bytes, const size_t* recv_offsets) const override {
+    check_alive();
+    cuda::DeviceGuard guard(device());
+    FMOE_NCCL_CHECK(ncclGroupStart(), rank_);
+    for (int p = 0; p < size_; ++p) {
+      if (send_bytes[p])
+        FMOE_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + send_offsets[p], send_bytes[p], ncclUint8, p, comm_,
+                                 cuda::stream()),
+                        rank_);
+      if (recv_bytes[p])
+        FMOE_NCCL_CHECK(
+            ncclRecv(static_cast<char*>(recv) + recv_offsets[p], recv_bytes[p], ncclUint8, p, comm_, cuda::stream()),
+            rank_);
+    }
+    FMOE_NCCL_CHECK(ncclGroupEnd(), rank_);
+  }
+
+  // All ranks meet (a one-int all-reduce) and this thread waits for it, within the timeout.
+  void barrier() const override {
+    check_alive();
+    cuda::DeviceGuard guard(device());
+    int* flag = nullptr;
+    FMOE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof(int), cuda::stream()));
+    FMOE_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), cuda::stream()));
+    FMOE_NCCL_CHECK(ncclAllReduce(flag, flag, 1, ncclInt32, ncclSum, comm_, cuda::stream()), rank_);
+    FMOE_CUDA_CHECK(cudaFreeAsync(flag, cuda::stream()));
+    wait_for_stream("barrier");
+  }
+
+ private:
+  void check_alive() const {
+    FMOE_CHECK(!aborted_, "NCCL rank ", rank_, ": the communicator was aborted after a timeout; create a new one");
+  }
+
+  void wait_for_stream(const char* what) const {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      const cudaError_t q = cudaStreamQuery(cuda::stream());
+      if (q == cudaSuccess) return;
+      if (q != cudaErrorNotReady) FMOE_CUDA_CHECK(q);
+      ncclResult_t async = ncclSuccess;
+      FMOE_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async), rank_);
+      if (async != ncclSuccess && async != ncclInProgress)
+        FMOE_FAIL("NCCL rank ", rank_, ": ", what, " failed asynchronously: ", ncclGetErrorString(async));
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_) {
+        ncclCommAbort(comm_);  // frees it: nothing may use or destroy it afterwards
+        aborted_ = true;
+        FMOE_FAIL("NCCL rank ", rank_, " of ", size_, ": ", what, " waited ", timeout_,
+                  " s for the other ranks; the communicator was aborted");
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  ncclComm_t comm_;
+  bool owned_;
+  int device_;
+  double timeout_;
+  int rank_ = 0, size_ = 1;
+  mutable bool aborted_ = false;
+};
+
+}  // namespace
+
+NcclId nccl_unique_id() {
+  ncclUniqueId id;
+  FMOE_NCCL_CHECK(ncclGetUniqueId(&id), -1);
+  NcclId out;
+  static_assert(sizeof(out.bytes) == sizeof(id.internal), "NCCL unique id size");
+  std::memcpy(out.bytes, id.internal, sizeof(out.bytes));
+  return out;
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank, int size, int device,
+                                                     double timeout_seconds) {
+  FMOE_CHECK(size >= 1 && rank >= 0 && rank < size, "make_nccl_communicator needs 0 <= rank < size, got rank ", rank,
+             " of ", size);
+  cuda::DeviceGuard guard(Device::cuda(device));
+  ncclUniqueId nid;
+  std::memcpy(nid.internal, id.bytes, sizeof(id.bytes));
+  ncclComm_t comm = nullptr;
+  FMOE_NCCL_CHECK(ncclCommInitRank(&comm, size, nid, rank), rank);
+  return std::make_unique<NcclCommunicator>(comm, true, device, timeout_seconds);
+}
+
+std::unique_ptr<Communicator> wrap_nccl_communicator(void* nccl_comm, int device, double timeout_seconds) {
+  FMOE_CHECK(nccl_comm, "wrap_nccl_communicator needs an ncclComm_t, got null");
+  return std::make_unique<NcclCommunicator>(static_cast<ncclComm_t>(nccl_comm), false, device, timeout_seconds);
+}
+
+}  // namespace fusedmoe
