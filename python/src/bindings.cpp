@@ -1,0 +1,201 @@
+// The fusedmoe Python extension (nanobind). Arrays arrive through DLPack or the buffer
+// protocol (torch, numpy, cupy, ...) and are wrapped as fusedmoe::Tensor views without a copy;
+// fusedmoe::Error becomes fusedmoe.Error (a ValueError) with the same message.
+// numpy has no bfloat16: bf16 arguments also accept uint16 arrays of bf16 bit patterns, and
+// fp8 e4m3 arguments uint8 arrays (torch users may pass tensor.view(torch.uint8)).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fusedmoe/fusedmoe.h"
+
+namespace nb = nanobind;
+using namespace fusedmoe;
+
+namespace {
+
+using Array = nb::ndarray<nb::ro>;
+constexpr int kDlCpu = 1, kDlCuda = 2, kDlCudaHost = 3;
+
+std::string describe(const Array& a) {
+  std::string s = "dtype(code " + std::to_string(a.dtype().code) + ", bits " + std::to_string(a.dtype().bits) +
+                  ") shape [";
+  for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + "] on device type " + std::to_string(a.device_type());
+}
+
+bool dtype_matches(const Array& a, DType want) {
+  const auto d = a.dtype();
+  using C = nb::dlpack::dtype_code;
+  auto is = [&](C code, int bits) { return d.code == uint8_t(code) && d.bits == bits && d.lanes == 1; };
+  switch (want) {
+    case DType::f32: return is(C::Float, 32);
+    case DType::bf16: return is(C::Bfloat, 16) || is(C::UInt, 16);
+    case DType::fp8_e4m3: return is(C::UInt, 8) || is(C::Int, 8) || (d.bits == 8 && d.code >= 7);  // float8 codes
+    case DType::i32: return is(C::Int, 32);
+    case DType::u8: return is(C::UInt, 8) || is(C::Int, 8);
+    default: return false;
+  }
+}
+
+// A contiguous view of `a` as `want`; the caller keeps `a` alive.
+Tensor view(const Array& a, DType want, const char* name) {
+  FMOE_CHECK(dtype_matches(a, want), name, " must be ", dtype_name(want),
+             want == DType::bf16 ? " (torch.bfloat16, or uint16 bf16 bits)" : "",
+             want == DType::fp8_e4m3 ? " (torch.float8_e4m3fn, or uint8 bits)" : "", ", got ", describe(a));
+  FMOE_CHECK(a.device_type() == kDlCpu || a.device_type() == kDlCuda || a.device_type() == kDlCudaHost, name,
+             " must be on the CPU or a CUDA device, got ", describe(a));
+  std::vector<int64_t> shape(a.ndim());
+  int64_t expected = 1;
+  for (int i = int(a.ndim()) - 1; i >= 0; --i) {
+    shape[i] = int64_t(a.shape(i));
+    FMOE_CHECK(a.shape(i) <= 1 || a.stride(i) == expected, name, " must be contiguous (row-major), got strides that ",
+               "are not, ", describe(a));
+    expected *= int64_t(a.shape(i));
+  }
+  FMOE_CHECK(a.ndim() >= 1 && a.ndim() <= size_t(Tensor::kMaxDims), name, " must have 1 to ", Tensor::kMaxDims,
+             " dimensions, got ", a.ndim());
+  const Device dev = a.device_type() == kDlCuda ? Device::cuda(a.device_id()) : Device::cpu();
+  return Tensor(const_cast<void*>(a.data()), want, std::span<const int64_t>(shape.data(), shape.size()), dev);
+}
+
+template <class E>
+E parse_enum(const std::string& s, std::optional<E> (*parse)(std::string_view), const char* what) {
+  const auto v = parse(s);
+  FMOE_CHECK(v.has_value(), "unknown ", what, " '", s, "'");
+  return *v;
+}
+
+// One layer: the config, the kernel, and the arrays its views point into.
+struct Layer {
+  MoEConfig config;
+  std::vector<Array> keep_alive;
+  std::unique_ptr<FusedMoEKernel> kernel;
+
+  size_t workspace_bytes(int64_t tokens) const { return kernel->workspace_bytes(tokens); }
+
+  void forward(const Array& hidden, const Array& logits, const Array& out, std::optional<Array> workspace,
+               uintptr_t stream) const {
+    const bool bf16_logits = logits.dtype().code == uint8_t(nb::dlpack::dtype_code::Bfloat);
+    const Tensor ws = workspace ? view(*workspace, DType::u8, "workspace") : Tensor();
+    const CudaStreamGuard guard(reinterpret_cast<void*>(stream));
+    nb::gil_scoped_release release;
+    kernel->forward(view(hidden, DType::bf16, "hidden"),
+                    view(logits, bf16_logits ? DType::bf16 : DType::f32, "router_logits"),
+                    view(out, DType::bf16, "out"), ws);
+  }
+
+  void apply(const Array& hidden, const Array& ids, const Array& weights, const Array& out,
+             std::optional<Array> workspace, uintptr_t stream) const {
+    const Tensor ws = workspace ? view(*workspace, DType::u8, "workspace") : Tensor();
+    const CudaStreamGuard guard(reinterpret_cast<void*>(stream));
+    nb::gil_scoped_release release;
+    kernel->apply(view(hidden, DType::bf16, "hidden"), view(ids, DType::i32, "topk_ids"),
+                  view(weights, DType::f32, "topk_weights"), view(out, DType::bf16, "out"), ws);
+  }
+};
+
+MoEConfig make_config(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size, int top_k,
+                      const std::string& quant, const std::string& activation, const std::string& routing,
+                      int num_expert_group, int topk_group, bool renormalize, float routed_scaling_factor) {
+  MoEConfig c;
+  c.num_experts = num_experts;
+  c.hidden_size = hidden_size;
+  c.intermediate_size = intermediate_size;
+  c.quant = parse_enum<QuantScheme>(quant, parse_quant_scheme, "quant");
+  c.activation.kind = parse_enum<ActivationKind>(activation, parse_activation, "activation");
+  c.routing.method = parse_enum<RoutingMethod>(routing, parse_routing_method, "routing");
+  c.routing.top_k = top_k;
+  c.routing.num_expert_group = num_expert_group;
+  c.routing.topk_group = topk_group;
+  c.routing.renormalize = renormalize;
+  c.routing.routed_scaling_factor = routed_scaling_factor;
+  return c;
+}
+
+std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size, int top_k,
+                                  const std::string& quant, const std::string& activation, const std::string& routing,
+                                  int num_expert_group, int topk_group, bool renormalize, float routed_scaling_factor,
+                                  std::optional<Array> correction_bias, const Array& w13, const Array& w2,
+                                  std::optional<Array> w13_scale, std::optional<Array> w2_scale,
+                                  const std::string& backend, bool monolithic) {
+  auto layer = std::make_unique<Layer>();
+  layer->config = make_config(num_experts, hidden_size, intermediate_size, top_k, quant, activation, routing,
+                              num_expert_group, topk_group, renormalize, routed_scaling_factor);
+  MoEConfig& c = layer->config;
+  if (correction_bias) {
+    c.routing.correction_bias = view(*correction_bias, DType::f32, "correction_bias");
+    layer->keep_alive.push_back(*correction_bias);
+  }
+  const bool fp8 = scheme_quantizes_activations(c.quant);
+  FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block,
+             "the Python API takes bf16 or fp8-block weights so far, got ", quant);
+  ExpertWeights w;
+  w.w13 = view(w13, fp8 ? DType::fp8_e4m3 : DType::bf16, "w13");
+  w.w2 = view(w2, fp8 ? DType::fp8_e4m3 : DType::bf16, "w2");
+  layer->keep_alive.push_back(w13);
+  layer->keep_alive.push_back(w2);
+  if (w13_scale) w.w13_scale = view(*w13_scale, DType::f32, "w13_scale"), layer->keep_alive.push_back(*w13_scale);
+  if (w2_scale) w.w2_scale = view(*w2_scale, DType::f32, "w2_scale"), layer->keep_alive.push_back(*w2_scale);
+  KernelOptions opt;
+  opt.backend = parse_enum<Backend>(backend, parse_backend, "backend");
+  opt.use_monolithic = monolithic;
+  layer->kernel = std::make_unique<FusedMoEKernel>(make_kernel(c, w, opt));
+  return layer;
+}
+
+// float64 reference output [M, K] for given ids/weights (CPU arrays), as a numpy array.
+nb::ndarray<nb::numpy, double> reference(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size,
+                                         int top_k, const std::string& quant, const std::string& activation,
+                                         const Array& w13, const Array& w2, std::optional<Array> w13_scale,
+                                         std::optional<Array> w2_scale, const Array& hidden, const Array& ids,
+                                         const Array& weights) {
+  MoEConfig c = make_config(num_experts, hidden_size, intermediate_size, top_k, quant, activation, "precomputed", 1,
+                            1, true, 1.0f);
+  const bool fp8 = scheme_quantizes_activations(c.quant);
+  ExpertWeights w;
+  w.w13 = view(w13, fp8 ? DType::fp8_e4m3 : DType::bf16, "w13");
+  w.w2 = view(w2, fp8 ? DType::fp8_e4m3 : DType::bf16, "w2");
+  if (w13_scale) w.w13_scale = view(*w13_scale, DType::f32, "w13_scale");
+  if (w2_scale) w.w2_scale = view(*w2_scale, DType::f32, "w2_scale");
+  validate_weights(c, w);
+  auto* out = new std::vector<double>(
+      reference_moe(c, w, view(hidden, DType::bf16, "hidden"), view(ids, DType::i32, "topk_ids"),
+                    view(weights, DType::f32, "topk_weights")));
+  nb::capsule owner(out, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
+  const size_t M = hidden.shape(0);
+  return nb::ndarray<nb::numpy, double>(out->data(), {M, size_t(hidden_size)}, owner);
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "fusedmoe: Mixture-of-Experts layer kernels (C++/CUDA) — low-level bindings";
+  nb::exception<Error>(m, "Error", PyExc_ValueError);
+  nb::class_<Layer>(m, "Layer")
+      .def("forward", &Layer::forward, nb::arg("hidden"), nb::arg("router_logits"), nb::arg("out"),
+           nb::arg("workspace") = nb::none(), nb::arg("stream") = 0)
+      .def("apply", &Layer::apply, nb::arg("hidden"), nb::arg("topk_ids"), nb::arg("topk_weights"), nb::arg("out"),
+           nb::arg("workspace") = nb::none(), nb::arg("stream") = 0)
+      .def("workspace_bytes", &Layer::workspace_bytes, nb::arg("num_tokens"));
+  m.def("make_layer", &make_layer, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
+        nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("routing"), nb::arg("num_expert_group"),
+        nb::arg("topk_group"), nb::arg("renormalize"), nb::arg("routed_scaling_factor"),
+        nb::arg("correction_bias").none(), nb::arg("w13"), nb::arg("w2"), nb::arg("w13_scale").none(),
+        nb::arg("w2_scale").none(), nb::arg("backend"), nb::arg("monolithic"));
+  m.def("reference", &reference, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
+        nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("w13"), nb::arg("w2"),
+        nb::arg("w13_scale").none(), nb::arg("w2_scale").none(), nb::arg("hidden"), nb::arg("topk_ids"),
+        nb::arg("topk_weights"));
+  m.def("backend_available", [](const std::string& b) {
+    return backend_available(parse_enum<Backend>(b, parse_backend, "backend"));
+  });
+}

@@ -1,0 +1,81 @@
+"""The Python API on the CPU (numpy): the layer against the float64 reference, the bf16 helpers,
+and bad input raising fusedmoe.Error with the C++ message. Seeds are printed on failure."""
+import os
+
+import numpy as np
+import pytest
+
+import fusedmoe
+
+SEED = int(os.environ.get("FUSEDMOE_TEST_SEED", np.random.SeedSequence().entropy % (1 << 32)))
+
+
+def make(seed, E=8, K=128, I=64, M=13, top_k=2):
+    rng = np.random.default_rng(seed)
+    w13 = fusedmoe.to_bf16_bits(rng.standard_normal((E, 2 * I, K)) / np.sqrt(K))
+    w2 = fusedmoe.to_bf16_bits(rng.standard_normal((E, K, I)) / np.sqrt(I))
+    hidden = fusedmoe.to_bf16_bits(rng.standard_normal((M, K)))
+    logits = rng.standard_normal((M, E)).astype(np.float32) * 2
+    return w13, w2, hidden, logits
+
+
+def topk_renormalized(logits, k):
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ids = np.argsort(-p, axis=1, kind="stable")[:, :k].astype(np.int32)
+    w = np.take_along_axis(p, ids, axis=1)
+    return ids, (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_bf16_bits_round_trip():
+    x = np.array([1.0, -2.5, 3.14159, 1e-20, np.inf, np.nan], dtype=np.float32)
+    b = fusedmoe.to_bf16_bits(x)
+    y = fusedmoe.from_bf16_bits(b)
+    assert b.dtype == np.uint16
+    assert y[0] == 1.0 and y[1] == -2.5 and abs(y[2] - 3.14159) < 2e-2 and np.isinf(y[4]) and np.isnan(y[5])
+
+
+def test_layer_matches_reference():
+    print("seed", SEED)
+    w13, w2, hidden, logits = make(SEED)
+    moe = fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2)
+    out = fusedmoe.from_bf16_bits(moe(hidden, logits))
+    ids, w = topk_renormalized(logits, 2)
+    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", w13, w2, None, None, hidden, ids, w)
+    tol = 1e-2 * np.abs(ref).max() + 2e-2 * np.abs(ref)
+    assert np.all(np.abs(out - ref) <= tol), f"seed {SEED}: max error {np.abs(out - ref).max()}"
+
+
+def test_apply_with_precomputed_ids_and_workspace():
+    w13, w2, hidden, logits = make(SEED + 1, M=5)
+    ids, w = topk_renormalized(logits, 2)
+    moe = fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2,
+                            routing="precomputed")
+    ws = np.empty(moe.workspace_bytes(5), dtype=np.uint8)
+    out = fusedmoe.from_bf16_bits(moe.apply(hidden, ids, w, workspace=ws))
+    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", w13, w2, None, None, hidden, ids, w)
+    assert np.allclose(out, ref, atol=1e-2 * np.abs(ref).max(), rtol=2e-2), f"seed {SEED}"
+
+
+def test_functional_form():
+    w13, w2, hidden, logits = make(SEED + 2)
+    out = fusedmoe.fused_moe(hidden, logits, w13, w2, top_k=2)
+    assert out.shape == (13, 128) and not np.isnan(fusedmoe.from_bf16_bits(out)).any()
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing():
+    w13, w2, hidden, logits = make(SEED + 3)
+    moe = fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2)
+    out = np.full((13, 128), 0x7FC1, dtype=np.uint16)
+    with pytest.raises(fusedmoe.Error, match="hidden must be bf16"):
+        moe(hidden.astype(np.float64), logits, out)
+    with pytest.raises(fusedmoe.Error, match=r"router_logits must be a contiguous f32\[13, 8\]"):
+        moe(hidden, logits[:, :7].copy(), out)
+    with pytest.raises(fusedmoe.Error, match="contiguous"):
+        moe(hidden, np.asfortranarray(logits), out)
+    assert np.all(out == 0x7FC1)
+    with pytest.raises(fusedmoe.Error, match="unknown quant"):
+        fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2,
+                          quant="int3")
+    with pytest.raises(fusedmoe.Error, match="w13"):
+        fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13[:, :5], w2=w2)
