@@ -1,4 +1,5 @@
-// Workspace: a bump allocator over caller-provided scratch bytes (64-byte aligned slices).
+// Workspace: a bump allocator over caller-provided scratch bytes (64-byte aligned slices; the
+// bytes themselves may start anywhere — up to 63 are skipped, which workspace sizes include).
 #pragma once
 
 #include <cstddef>

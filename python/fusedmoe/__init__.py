@@ -88,6 +88,19 @@ class FusedMoE:
         return out
 
 
+    @classmethod
+    def from_state_dict(cls, state_dict, layout: str, *, top_k: int, prefix: str = "", **config):
+        """The MoE block of a Hugging Face state dict (see fusedmoe.loaders for the layouts).
+        The router weight [E, K] is kept as `router_weight`: logits = hidden @ router_weight.T."""
+        from .loaders import load_moe_block
+
+        router, kwargs = load_moe_block(state_dict, layout, prefix)
+        kwargs.update(config)
+        moe = cls(top_k=top_k, **kwargs)
+        moe.router_weight = router
+        return moe
+
+
 def fused_moe(hidden, router_logits, w13, w2, *, top_k: int, **config):
     """Functional form: builds the layer for these weights and runs it once."""
     e, n1, k = w13.shape

@@ -15,8 +15,11 @@ Workspace::Workspace(const Tensor& bytes)
     : base_(bytes.data_as<uint8_t>()), capacity_(bytes.defined() ? bytes.nbytes() : 0), device_(bytes.device()) {
   FMOE_CHECK(!bytes.defined() || (bytes.dtype() == DType::u8 && bytes.ndim() == 1 && bytes.is_contiguous()),
              "workspace must be a contiguous u8 [n] tensor, got ", bytes.describe());
-  FMOE_CHECK(reinterpret_cast<uintptr_t>(base_) % kWorkspaceAlignment == 0,
-             "workspace must be ", kWorkspaceAlignment, "-byte aligned, got address ", static_cast<void*>(base_));
+  // Any address is accepted: the first slice starts at the next 64-byte boundary.
+  const size_t skip = (kWorkspaceAlignment - reinterpret_cast<uintptr_t>(base_) % kWorkspaceAlignment) %
+                      kWorkspaceAlignment;
+  base_ += skip;
+  capacity_ = capacity_ > skip ? capacity_ - skip : 0;
 }
 
 Tensor Workspace::take(DType dtype, std::span<const int64_t> shape) {
