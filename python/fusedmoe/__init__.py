@@ -59,15 +59,24 @@ def _stream_of(a) -> int:
 class FusedMoE:
     """One MoE layer: config, weights (kept referenced, never copied) and the fused kernel."""
 
+    WEIGHT_NAMES = ("w13", "w2", "w13_scale", "w2_scale", "w13_global_scale", "w2_global_scale", "a13_scale",
+                    "a2_scale", "w13_bias", "w2_bias")
+
     def __init__(self, *, num_experts: int, hidden_size: int, intermediate_size: int, top_k: int, w13, w2,
-                 w13_scale=None, w2_scale=None, quant: str = "bf16", activation: str = "silu",
-                 routing: str = "softmax-topk-renormalize", num_expert_group: int = 1, topk_group: int = 1,
-                 renormalize: bool = True, routed_scaling_factor: float = 1.0, correction_bias=None,
-                 backend: str = "auto", monolithic: bool = False):
+                 quant: str = "bf16", activation: str = "silu", routing: str = "softmax-topk-renormalize",
+                 num_expert_group: int = 1, topk_group: int = 1, renormalize: bool = True,
+                 routed_scaling_factor: float = 1.0, correction_bias=None, backend: str = "auto",
+                 monolithic: bool = False, **weights):
+        """w13 [E, N1, K] / w2 [E, K, I] (+ the scheme's scales, global scales, biases by name;
+        layouts in include/fusedmoe/weights.h)."""
+        unknown = set(weights) - set(self.WEIGHT_NAMES)
+        if unknown:
+            raise TypeError(f"unknown weight argument(s) {sorted(unknown)}; known: {self.WEIGHT_NAMES}")
         self.num_experts, self.hidden_size, self.top_k = num_experts, hidden_size, top_k
+        arrays = {"w13": w13, "w2": w2, **{k: v for k, v in weights.items() if v is not None}}
         self._layer = make_layer(num_experts, hidden_size, intermediate_size, top_k, quant, activation, routing,
                                  num_expert_group, topk_group, renormalize, routed_scaling_factor, correction_bias,
-                                 w13, w2, w13_scale, w2_scale, backend, monolithic)
+                                 arrays, backend, monolithic)
 
     def workspace_bytes(self, num_tokens: int) -> int:
         return self._layer.workspace_bytes(num_tokens)
@@ -91,13 +100,15 @@ class FusedMoE:
     @classmethod
     def from_state_dict(cls, state_dict, layout: str, *, top_k: int, prefix: str = "", **config):
         """The MoE block of a Hugging Face state dict (see fusedmoe.loaders for the layouts).
-        The router weight [E, K] is kept as `router_weight`: logits = hidden @ router_weight.T."""
+        The router is kept as `router_weight` [E, K] and `router_bias` (gpt_oss, else None):
+        logits = hidden @ router_weight.T (+ router_bias)."""
         from .loaders import load_moe_block
 
         router, kwargs = load_moe_block(state_dict, layout, prefix)
+        router_bias = kwargs.pop("router_bias", None)
         kwargs.update(config)
         moe = cls(top_k=top_k, **kwargs)
-        moe.router_weight = router
+        moe.router_weight, moe.router_bias = router, router_bias
         return moe
 
 

@@ -2,9 +2,10 @@
 // protocol (torch, numpy, cupy, ...) and are wrapped as fusedmoe::Tensor views without a copy;
 // fusedmoe::Error becomes fusedmoe.Error (a ValueError) with the same message.
 // numpy has no bfloat16: bf16 arguments also accept uint16 arrays of bf16 bit patterns, and
-// fp8 e4m3 arguments uint8 arrays (torch users may pass tensor.view(torch.uint8)).
+// fp8 e4m3, packed e2m1 pairs and ue8m0 scales uint8 arrays (torch: tensor.view(torch.uint8)).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/weight_layout.h"
 #include "fusedmoe/fusedmoe.h"
 
 namespace nb = nanobind;
@@ -41,7 +43,9 @@ bool dtype_matches(const Array& a, DType want) {
     case DType::bf16: return is(C::Bfloat, 16) || is(C::UInt, 16);
     case DType::fp8_e4m3: return is(C::UInt, 8) || is(C::Int, 8) || (d.bits == 8 && d.code >= 7);  // float8 codes
     case DType::i32: return is(C::Int, 32);
-    case DType::u8: return is(C::UInt, 8) || is(C::Int, 8);
+    case DType::u8:
+    case DType::fp4x2_e2m1:  // packed pairs, low nibble first
+    case DType::ue8m0: return is(C::UInt, 8) || is(C::Int, 8);
     default: return false;
   }
 }
@@ -50,7 +54,8 @@ bool dtype_matches(const Array& a, DType want) {
 Tensor view(const Array& a, DType want, const char* name) {
   FMOE_CHECK(dtype_matches(a, want), name, " must be ", dtype_name(want),
              want == DType::bf16 ? " (torch.bfloat16, or uint16 bf16 bits)" : "",
-             want == DType::fp8_e4m3 ? " (torch.float8_e4m3fn, or uint8 bits)" : "", ", got ", describe(a));
+             want == DType::fp8_e4m3 ? " (torch.float8_e4m3fn, or uint8 bits)" : "",
+             want == DType::fp4x2_e2m1 || want == DType::ue8m0 ? " (uint8)" : "", ", got ", describe(a));
   FMOE_CHECK(a.device_type() == kDlCpu || a.device_type() == kDlCuda || a.device_type() == kDlCudaHost, name,
              " must be on the CPU or a CUDA device, got ", describe(a));
   std::vector<int64_t> shape(a.ndim());
@@ -121,11 +126,33 @@ MoEConfig make_config(int64_t num_experts, int64_t hidden_size, int64_t intermed
   return c;
 }
 
+using WeightDict = std::map<std::string, Array>;
+
+// ExpertWeights from {"w13": ..., "w2": ..., "w13_scale": ..., ...}: every name of the scheme's
+// layout table (weights.h), each array viewed with the dtype the table gives.
+ExpertWeights weights_from(const MoEConfig& c, const WeightDict& arrays, std::vector<Array>* keep_alive) {
+  ExpertWeights w;
+  for (const WeightTensorSpec& spec : weight_layout(c, c.num_local_experts())) {
+    const std::string key = std::string(spec.name).substr(std::string("weights.").size());
+    const auto it = arrays.find(key);
+    if (it == arrays.end()) continue;  // validate_weights reports what a scheme needs
+    w.*spec.member = view(it->second, spec.dtype, spec.name);
+    if (keep_alive) keep_alive->push_back(it->second);
+  }
+  for (const auto& [name, array] : arrays) {
+    bool known = false;
+    for (const WeightTensorSpec& spec : weight_layout(c, c.num_local_experts()))
+      known |= std::string(spec.name) == "weights." + name;
+    FMOE_CHECK(known, "unknown weight '", name, "'; the names are w13, w2, w13_scale, w2_scale, w13_global_scale, ",
+               "w2_global_scale, a13_scale, a2_scale, w13_bias, w2_bias");
+  }
+  return w;
+}
+
 std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size, int top_k,
                                   const std::string& quant, const std::string& activation, const std::string& routing,
                                   int num_expert_group, int topk_group, bool renormalize, float routed_scaling_factor,
-                                  std::optional<Array> correction_bias, const Array& w13, const Array& w2,
-                                  std::optional<Array> w13_scale, std::optional<Array> w2_scale,
+                                  std::optional<Array> correction_bias, const WeightDict& weights,
                                   const std::string& backend, bool monolithic) {
   auto layer = std::make_unique<Layer>();
   layer->config = make_config(num_experts, hidden_size, intermediate_size, top_k, quant, activation, routing,
@@ -135,16 +162,7 @@ std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int6
     c.routing.correction_bias = view(*correction_bias, DType::f32, "correction_bias");
     layer->keep_alive.push_back(*correction_bias);
   }
-  const bool fp8 = scheme_quantizes_activations(c.quant);
-  FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block,
-             "the Python API takes bf16 or fp8-block weights so far, got ", quant);
-  ExpertWeights w;
-  w.w13 = view(w13, fp8 ? DType::fp8_e4m3 : DType::bf16, "w13");
-  w.w2 = view(w2, fp8 ? DType::fp8_e4m3 : DType::bf16, "w2");
-  layer->keep_alive.push_back(w13);
-  layer->keep_alive.push_back(w2);
-  if (w13_scale) w.w13_scale = view(*w13_scale, DType::f32, "w13_scale"), layer->keep_alive.push_back(*w13_scale);
-  if (w2_scale) w.w2_scale = view(*w2_scale, DType::f32, "w2_scale"), layer->keep_alive.push_back(*w2_scale);
+  const ExpertWeights w = weights_from(c, weights, &layer->keep_alive);
   KernelOptions opt;
   opt.backend = parse_enum<Backend>(backend, parse_backend, "backend");
   opt.use_monolithic = monolithic;
@@ -155,21 +173,15 @@ std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int6
 // float64 reference output [M, K] for given ids/weights (CPU arrays), as a numpy array.
 nb::ndarray<nb::numpy, double> reference(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size,
                                          int top_k, const std::string& quant, const std::string& activation,
-                                         const Array& w13, const Array& w2, std::optional<Array> w13_scale,
-                                         std::optional<Array> w2_scale, const Array& hidden, const Array& ids,
-                                         const Array& weights) {
+                                         const WeightDict& weights, const Array& hidden, const Array& ids,
+                                         const Array& topk_weights) {
   MoEConfig c = make_config(num_experts, hidden_size, intermediate_size, top_k, quant, activation, "precomputed", 1,
                             1, true, 1.0f);
-  const bool fp8 = scheme_quantizes_activations(c.quant);
-  ExpertWeights w;
-  w.w13 = view(w13, fp8 ? DType::fp8_e4m3 : DType::bf16, "w13");
-  w.w2 = view(w2, fp8 ? DType::fp8_e4m3 : DType::bf16, "w2");
-  if (w13_scale) w.w13_scale = view(*w13_scale, DType::f32, "w13_scale");
-  if (w2_scale) w.w2_scale = view(*w2_scale, DType::f32, "w2_scale");
+  const ExpertWeights w = weights_from(c, weights, nullptr);
   validate_weights(c, w);
   auto* out = new std::vector<double>(
       reference_moe(c, w, view(hidden, DType::bf16, "hidden"), view(ids, DType::i32, "topk_ids"),
-                    view(weights, DType::f32, "topk_weights")));
+                    view(topk_weights, DType::f32, "topk_weights")));
   nb::capsule owner(out, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
   const size_t M = hidden.shape(0);
   return nb::ndarray<nb::numpy, double>(out->data(), {M, size_t(hidden_size)}, owner);
@@ -189,12 +201,10 @@ NB_MODULE(_C, m) {
   m.def("make_layer", &make_layer, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
         nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("routing"), nb::arg("num_expert_group"),
         nb::arg("topk_group"), nb::arg("renormalize"), nb::arg("routed_scaling_factor"),
-        nb::arg("correction_bias").none(), nb::arg("w13"), nb::arg("w2"), nb::arg("w13_scale").none(),
-        nb::arg("w2_scale").none(), nb::arg("backend"), nb::arg("monolithic"));
+        nb::arg("correction_bias").none(), nb::arg("weights"), nb::arg("backend"), nb::arg("monolithic"));
   m.def("reference", &reference, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
-        nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("w13"), nb::arg("w2"),
-        nb::arg("w13_scale").none(), nb::arg("w2_scale").none(), nb::arg("hidden"), nb::arg("topk_ids"),
-        nb::arg("topk_weights"));
+        nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("weights"), nb::arg("hidden"),
+        nb::arg("topk_ids"), nb::arg("topk_weights"));
   m.def("backend_available", [](const std::string& b) {
     return backend_available(parse_enum<Backend>(b, parse_backend, "backend"));
   });

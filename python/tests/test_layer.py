@@ -41,7 +41,7 @@ def test_layer_matches_reference():
     moe = fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2)
     out = fusedmoe.from_bf16_bits(moe(hidden, logits))
     ids, w = topk_renormalized(logits, 2)
-    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", w13, w2, None, None, hidden, ids, w)
+    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", {"w13": w13, "w2": w2}, hidden, ids, w)
     tol = 1e-2 * np.abs(ref).max() + 2e-2 * np.abs(ref)
     assert np.all(np.abs(out - ref) <= tol), f"seed {SEED}: max error {np.abs(out - ref).max()}"
 
@@ -53,7 +53,7 @@ def test_apply_with_precomputed_ids_and_workspace():
                             routing="precomputed")
     ws = np.empty(moe.workspace_bytes(5), dtype=np.uint8)
     out = fusedmoe.from_bf16_bits(moe.apply(hidden, ids, w, workspace=ws))
-    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", w13, w2, None, None, hidden, ids, w)
+    ref = fusedmoe.reference(8, 128, 64, 2, "bf16", "silu", {"w13": w13, "w2": w2}, hidden, ids, w)
     assert np.allclose(out, ref, atol=1e-2 * np.abs(ref).max(), rtol=2e-2), f"seed {SEED}"
 
 

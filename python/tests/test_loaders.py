@@ -124,3 +124,90 @@ def test_missing_tensors_name_what_is_missing():
         load_moe_block(sd, "qwen3_moe")
     with pytest.raises(ValueError, match="unknown layout"):
         load_moe_block(sd, "gpt2")
+
+
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def unpack_fp4(packed):
+    """uint8 [..., n/2] (low nibble first) -> float64 [..., n]."""
+    lo, hi = E2M1[packed & 0xF], E2M1[packed >> 4]
+    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def test_gpt_oss_mxfp4_layout():
+    rng = np.random.default_rng(SEED + 2)
+    E4, K4, I4, M4 = 4, 64, 64, 7
+    sd = {
+        "model.layers.0.mlp.router.weight": rng.standard_normal((E4, K4)).astype(np.float32),
+        "model.layers.0.mlp.router.bias": rng.standard_normal(E4).astype(np.float32),
+    }
+    p = "model.layers.0.mlp.experts."
+    sd[p + "gate_up_proj_blocks"] = rng.integers(0, 256, (E4, 2 * I4, K4 // 32, 16), dtype=np.uint8)
+    sd[p + "gate_up_proj_scales"] = rng.integers(120, 125, (E4, 2 * I4, K4 // 32), dtype=np.uint8)
+    sd[p + "gate_up_proj_bias"] = fusedmoe.to_bf16_bits(rng.standard_normal((E4, 2 * I4)) * 0.1)
+    sd[p + "down_proj_blocks"] = rng.integers(0, 256, (E4, K4, I4 // 32, 16), dtype=np.uint8)
+    sd[p + "down_proj_scales"] = rng.integers(120, 125, (E4, K4, I4 // 32), dtype=np.uint8)
+    sd[p + "down_proj_bias"] = fusedmoe.to_bf16_bits(rng.standard_normal((E4, K4)) * 0.1)
+    moe = fusedmoe.FusedMoE.from_state_dict(sd, "gpt_oss", top_k=2, prefix="model.layers.0.")
+    hidden = bf16(rng, (M4, K4), 1.0)
+    x = fusedmoe.from_bf16_bits(hidden).astype(np.float64)
+    logits = (x @ moe.router_weight.T + moe.router_bias).astype(np.float32)
+    out = moe(hidden, logits)
+
+    def dequant(blocks, scales):  # [E, rows, G, 16] x [E, rows, G] -> [E, rows, G*32]
+        vals = unpack_fp4(blocks)  # [E, rows, G, 32]
+        return (vals * np.exp2(scales.astype(np.float64) - 127)[..., None]).reshape(*blocks.shape[:2], -1)
+
+    w13 = dequant(sd[p + "gate_up_proj_blocks"], sd[p + "gate_up_proj_scales"])
+    w2 = dequant(sd[p + "down_proj_blocks"], sd[p + "down_proj_scales"])
+    b13 = fusedmoe.from_bf16_bits(sd[p + "gate_up_proj_bias"]).astype(np.float64)
+    b2 = fusedmoe.from_bf16_bits(sd[p + "down_proj_bias"]).astype(np.float64)
+    ids = np.argsort(-logits, axis=1, kind="stable")[:, :2]
+    top = np.take_along_axis(logits, ids, 1).astype(np.float64)
+    w = np.exp(top - top.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    ref = np.zeros((M4, K4))
+    for t in range(M4):
+        for j in range(2):
+            e = ids[t, j]
+            h = w13[e] @ x[t] + b13[e]
+            g, u = np.minimum(h[::2], 7.0), np.clip(h[1::2], -7.0, 7.0)
+            a = (u + 1) * g / (1 + np.exp(-1.702 * g))
+            ref[t] += w[t, j] * (w2[e] @ a + b2[e])
+    expect_close(out, ref, 1e-2, 2e-2)
+
+
+def nvfp4_state_dict(rng, same_global=True):
+    sd = {"mlp.gate.weight": rng.standard_normal((E, K)).astype(np.float32)}
+    experts = []
+    for e in range(E):
+        mats = []
+        for n, (rows, cols) in zip(("gate_proj", "up_proj", "down_proj"), ((I, K), (I, K), (K, I))):
+            packed = rng.integers(0, 256, (rows, cols // 2), dtype=np.uint8)
+            scale_codes = rng.integers(0x30, 0x40, (rows, cols // 16), dtype=np.uint8)  # e4m3 in [0.5, 2)
+            glob = np.float32(0.01 if n != "up_proj" or same_global else 0.02)
+            sd[f"mlp.experts.{e}.{n}.weight"] = packed
+            sd[f"mlp.experts.{e}.{n}.weight_scale"] = scale_codes
+            sd[f"mlp.experts.{e}.{n}.weight_scale_2"] = np.array(glob)
+            sd[f"mlp.experts.{e}.{n}.input_scale"] = np.array(np.float32(1.0))
+            mats.append(unpack_fp4(packed) * np.repeat(e4m3_decode(scale_codes), 16, axis=1) * float(glob))
+        experts.append(tuple(mats))
+    return sd, experts
+
+
+def test_modelopt_nvfp4_layout():
+    rng = np.random.default_rng(SEED + 3)
+    sd, experts = nvfp4_state_dict(rng)
+    moe = fusedmoe.FusedMoE.from_state_dict(sd, "modelopt_nvfp4", top_k=TOP_K, routing="precomputed")
+    hidden = bf16(rng, (M, K), 1.0)
+    ids = rng.integers(0, E, (M, TOP_K)).astype(np.int32)
+    w = rng.uniform(0.2, 1.0, (M, TOP_K)).astype(np.float32)
+    out = moe.apply(hidden, ids, w)
+    expect_close(out, numpy_moe(fusedmoe.from_bf16_bits(hidden).astype(np.float64), ids, w, experts), 1e-2, 2e-2)
+
+
+def test_modelopt_nvfp4_refuses_different_gate_and_up_globals():
+    sd, _ = nvfp4_state_dict(np.random.default_rng(SEED + 4), same_global=False)
+    with pytest.raises(ValueError, match="weight_scale_2 differ"):
+        load_moe_block(sd, "modelopt_nvfp4")
