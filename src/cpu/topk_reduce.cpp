@@ -33,8 +33,10 @@ void store_bf16(const std::vector<float>& acc, int64_t t, bfloat16* out) {
 
 }  // namespace
 
-void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
-                     const Tensor& out) {
+// Visits the reduced f32 row of every token of a per-slot expert output.
+template <class Store>
+void reduce_per_slot_rows(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids,
+                          const Tensor& topk_weights, Store store) {
   const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
   const float* y = per_slot.data_as<const float>();
   parallel_for(M, [&](int64_t t) {
@@ -43,20 +45,20 @@ void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& t
     reduce_token(
         c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
         [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, acc);
-    store_bf16(acc, t, out.data_as<bfloat16>());
+    store(t, acc);
   });
+}
+
+void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
+                     const Tensor& out) {
+  reduce_per_slot_rows(c, per_slot, topk_ids, topk_weights,
+                       [&](int64_t t, const std::vector<float>& acc) { store_bf16(acc, t, out.data_as<bfloat16>()); });
 }
 
 void reduce_per_slot_f32(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
                          float* out) {
-  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
-  const float* y = per_slot.data_as<const float>();
-  parallel_for(M, [&](int64_t t) {
-    thread_local std::vector<float> acc;
-    acc.resize(static_cast<size_t>(K));
-    reduce_token(
-        c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
-        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, acc);
+  const int64_t K = c.hidden_size;
+  reduce_per_slot_rows(c, per_slot, topk_ids, topk_weights, [&](int64_t t, const std::vector<float>& acc) {
     std::copy(acc.begin(), acc.end(), out + t * K);
   });
 }
