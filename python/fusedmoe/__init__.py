@@ -17,6 +17,13 @@ from ._C import Error, backend_available, make_layer, reference
 
 __all__ = ["Error", "FusedMoE", "fused_moe", "to_bf16_bits", "from_bf16_bits", "reference", "backend_available"]
 
+try:  # torch.library ops and the nn.Module, when torch is importable
+    from .torch_ops import FusedMoEModule  # noqa: F401
+
+    __all__.append("FusedMoEModule")
+except ImportError:
+    pass
+
 
 def to_bf16_bits(x) -> np.ndarray:
     """float array -> uint16 bf16 bit patterns (round to nearest even; NaN stays NaN)."""
