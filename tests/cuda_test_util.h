@@ -29,25 +29,10 @@ inline const Device kGpu = Device::cuda(0);
 inline Buffer poisoned_bf16_on_gpu(int64_t M, int64_t K) { return copy_to(poisoned_bf16(M, K), kGpu); }
 
 // The problem's inputs and weights on the GPU (the routing bias too).
-struct GpuProblem {
-  MoEConfig config;  // with the correction bias on the GPU
-  OwnedExpertWeights weights;
-  Buffer hidden, logits, ids, topk_weights, bias;
-};
+using GpuProblem = testing::LayerInputs;
 
 inline GpuProblem to_gpu(const Problem& p) {
-  GpuProblem g;
-  g.config = p.config;
-  g.weights = copy_expert_weights(p.weights.weights, kGpu);
-  g.hidden = copy_to(p.hidden, kGpu);
-  g.logits = copy_to(p.logits, kGpu);
-  g.ids = copy_to(p.ids, kGpu);
-  g.topk_weights = copy_to(p.topk_weights, kGpu);
-  if (p.config.routing.correction_bias.defined()) {
-    g.bias = copy_to(p.config.routing.correction_bias, kGpu);
-    g.config.routing.correction_bias = g.bias.view();
-  }
-  return g;
+  return testing::layer_inputs_on(kGpu, p.config, p.weights.weights, p.hidden, p.logits, p.ids, p.topk_weights);
 }
 
 inline FusedMoEKernel cuda_kernel(const GpuProblem& g) {

@@ -31,74 +31,74 @@ void store_bf16(const std::vector<float>& acc, int64_t t, bfloat16* out) {
   for (int64_t i = 0; i < K; ++i) out[t * K + i] = float_to_bf16(acc[i]);
 }
 
-}  // namespace
-
-// Visits the reduced f32 row of every token of a per-slot expert output.
-template <class Store>
-void reduce_per_slot_rows(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids,
-                          const Tensor& topk_weights, Store store) {
-  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
-  const float* y = per_slot.data_as<const float>();
-  parallel_for(M, [&](int64_t t) {
+// Reduces every token (rows located by row_of) and hands each f32 row to store(t, acc).
+template <class RowOf, class Store>
+void reduce_tokens(const MoEConfig& c, const Tensor& topk_ids, const Tensor& topk_weights, RowOf row_of, Store store) {
+  parallel_for(topk_ids.size(0), [&](int64_t t) {
     thread_local std::vector<float> acc;
-    acc.resize(static_cast<size_t>(K));
-    reduce_token(
-        c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(),
-        [&](int64_t tok, int64_t s, int32_t) { return y + (tok * k + s) * K; }, acc);
+    acc.resize(static_cast<size_t>(c.hidden_size));
+    reduce_token(c, t, topk_ids.data_as<const int32_t>(), topk_weights.data_as<const float>(), row_of, acc);
     store(t, acc);
   });
 }
 
+auto bf16_rows(const Tensor& out) {
+  return [p = out.data_as<bfloat16>()](int64_t t, const std::vector<float>& acc) { store_bf16(acc, t, p); };
+}
+auto f32_rows(float* out) {
+  return [out](int64_t t, const std::vector<float>& acc) { std::copy(acc.begin(), acc.end(), out + t * acc.size()); };
+}
+
+// Per-slot output: row (t, s) of f32 [M, k, K].
+auto per_slot_row(const MoEConfig& c, const Tensor& per_slot, int64_t k) {
+  return [y = per_slot.data_as<const float>(), k, K = c.hidden_size](int64_t t, int64_t s, int32_t) {
+    return y + (t * k + s) * K;
+  };
+}
+
+// Batched output: each (token, slot) at its position in its expert's batch, token-then-slot
+// order as prepare packed it.
+std::vector<int64_t> batch_positions(const MoEConfig& c, const Tensor& topk_ids) {
+  const int64_t n = topk_ids.numel(), E = c.num_local_experts();
+  const int32_t* ids = topk_ids.data_as<const int32_t>();
+  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
+  std::vector<int64_t> position(static_cast<size_t>(n), -1), fill(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (const int32_t e = local_expert_of(ids[i], c.num_experts, map); e >= 0) position[i] = fill[e]++;
+  return position;
+}
+
+template <class Store>
+void reduce_batched_into(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids,
+                         const Tensor& topk_weights, Store store) {
+  const std::vector<int64_t> position = batch_positions(c, topk_ids);
+  const float* y = batched.data_as<const float>();
+  const int64_t k = topk_ids.size(1), K = c.hidden_size, T = c.max_tokens_per_expert;
+  reduce_tokens(
+      c, topk_ids, topk_weights,
+      [&](int64_t t, int64_t s, int32_t e) { return y + (e * T + position[t * k + s]) * K; }, store);
+}
+
+}  // namespace
+
 void reduce_per_slot(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
                      const Tensor& out) {
-  reduce_per_slot_rows(c, per_slot, topk_ids, topk_weights,
-                       [&](int64_t t, const std::vector<float>& acc) { store_bf16(acc, t, out.data_as<bfloat16>()); });
+  reduce_tokens(c, topk_ids, topk_weights, per_slot_row(c, per_slot, topk_ids.size(1)), bf16_rows(out));
 }
 
 void reduce_per_slot_f32(const MoEConfig& c, const Tensor& per_slot, const Tensor& topk_ids, const Tensor& topk_weights,
                          float* out) {
-  const int64_t K = c.hidden_size;
-  reduce_per_slot_rows(c, per_slot, topk_ids, topk_weights, [&](int64_t t, const std::vector<float>& acc) {
-    std::copy(acc.begin(), acc.end(), out + t * K);
-  });
-}
-
-// Visits the reduced f32 row of every token of a batched expert output.
-template <class Store>
-void reduce_batched_rows(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
-                         Store store) {
-  const int64_t M = topk_ids.size(0), k = topk_ids.size(1), K = c.hidden_size;
-  const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert;
-  const int32_t* ids = topk_ids.data_as<const int32_t>();
-  const int32_t* map = c.parallel.expert_map.defined() ? c.parallel.expert_map.data_as<const int32_t>() : nullptr;
-  // Position of each (token, slot) in its expert's batch: token-then-slot order, as prepare packed it.
-  std::vector<int64_t> position(static_cast<size_t>(M * k), -1), fill(static_cast<size_t>(E), 0);
-  for (int64_t i = 0; i < M * k; ++i) {
-    const int32_t e = local_expert_of(ids[i], c.num_experts, map);
-    if (e >= 0) position[i] = fill[e]++;
-  }
-  const float* y = batched.data_as<const float>();
-  parallel_for(M, [&](int64_t t) {
-    thread_local std::vector<float> acc;
-    acc.resize(static_cast<size_t>(K));
-    reduce_token(
-        c, t, ids, topk_weights.data_as<const float>(),
-        [&](int64_t tok, int64_t s, int32_t e) { return y + (e * T + position[tok * k + s]) * K; }, acc);
-    store(t, acc);
-  });
+  reduce_tokens(c, topk_ids, topk_weights, per_slot_row(c, per_slot, topk_ids.size(1)), f32_rows(out));
 }
 
 void reduce_batched(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
                     const Tensor& out) {
-  reduce_batched_rows(c, batched, topk_ids, topk_weights,
-                      [&](int64_t t, const std::vector<float>& acc) { store_bf16(acc, t, out.data_as<bfloat16>()); });
+  reduce_batched_into(c, batched, topk_ids, topk_weights, bf16_rows(out));
 }
 
 void reduce_batched_f32(const MoEConfig& c, const Tensor& batched, const Tensor& topk_ids, const Tensor& topk_weights,
                         float* out) {
-  const int64_t K = c.hidden_size;
-  reduce_batched_rows(c, batched, topk_ids, topk_weights,
-                      [&](int64_t t, const std::vector<float>& acc) { std::copy(acc.begin(), acc.end(), out + t * K); });
+  reduce_batched_into(c, batched, topk_ids, topk_weights, f32_rows(out));
 }
 
 }  // namespace fusedmoe::cpu

@@ -76,7 +76,7 @@ class CudaExperts final : public ModularExperts {
     const int64_t k = config_.routing.top_k, R = M * k, E = num_local_;
     const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
     const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
-    size_t b = 3 * workspace_tensor_bytes(DType::i32, {E + 1}) + 4 * workspace_tensor_bytes(DType::i32, {R});
+    size_t b = 3 * workspace_tensor_bytes(DType::i32, {E + 1}) + 3 * workspace_tensor_bytes(DType::i32, {R});
     b += workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
     b += workspace_tensor_bytes(DType::bf16, {R, N1});                                             // GEMM1 out
     b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
@@ -100,7 +100,6 @@ class CudaExperts final : public ModularExperts {
     plan.slot_rows = slot_rows.data_as<int32_t>();
     plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
     plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
-    ws.take(DType::i32, {R});  // keeps workspace_bytes' count of four i32 [R] arrays honest
     const Tensor x_sorted = ws.take(act, {R, K});
     const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
     const Tensor h = ws.take(DType::bf16, {R, N1});

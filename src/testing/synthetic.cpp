@@ -133,4 +133,25 @@ std::vector<int32_t> experts_of_map(const Tensor& expert_map) {
   return experts;
 }
 
+LayerInputs layer_inputs_on(Device device, const MoEConfig& config, const ExpertWeights& weights,
+                            const Buffer& hidden, const Buffer& logits, const Buffer& ids, const Buffer& topk_weights) {
+  LayerInputs d;
+  d.config = config;
+  if (device == Device::cpu()) {
+    d.weights.weights = weights;
+    d.hidden = hidden, d.logits = logits, d.ids = ids, d.topk_weights = topk_weights;
+    return d;
+  }
+  d.weights = copy_expert_weights(weights, device);
+  d.hidden = copy_to(hidden, device);
+  d.logits = copy_to(logits, device);
+  d.ids = copy_to(ids, device);
+  d.topk_weights = copy_to(topk_weights, device);
+  if (config.routing.correction_bias.defined()) {
+    d.bias = copy_to(config.routing.correction_bias, device);
+    d.config.routing.correction_bias = d.bias.view();
+  }
+  return d;
+}
+
 }  // namespace fusedmoe::testing

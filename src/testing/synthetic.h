@@ -37,6 +37,16 @@ OwnedExpertWeights synthetic_expert_weights(const MoEConfig& config, uint64_t se
 // (every per-expert tensor, scales and biases included; shared static scales copied).
 OwnedExpertWeights slice_experts(const ExpertWeights& full, int64_t num_experts, const std::vector<int32_t>& experts);
 
+// What a kernel call reads, on one device: the config (its correction bias moved along), the
+// weights and the inputs. On the CPU these are views of the given tensors, elsewhere copies.
+struct LayerInputs {
+  MoEConfig config;
+  OwnedExpertWeights weights;
+  Buffer hidden, logits, ids, topk_weights, bias;
+};
+LayerInputs layer_inputs_on(Device device, const MoEConfig& config, const ExpertWeights& weights,
+                            const Buffer& hidden, const Buffer& logits, const Buffer& ids, const Buffer& topk_weights);
+
 // This rank's expert_map for a placement: `experts` in local slots 0.., -1 elsewhere.
 Buffer expert_map_of(int64_t num_experts, const std::vector<int32_t>& experts);
 // The global ids of a map's local experts, in local-slot order.

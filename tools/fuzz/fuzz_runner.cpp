@@ -122,31 +122,11 @@ std::vector<int64_t> sampled_tokens(int64_t M, uint64_t seed) {
   return t;
 }
 
-// Device copies of what the kernel reads (the CPU case uses the host buffers themselves).
-struct DeviceInputs {
-  MoEConfig config;
-  OwnedExpertWeights weights;
-  Buffer hidden, logits, ids, topk_weights, bias;
-};
+using DeviceInputs = testing::LayerInputs;
 
 DeviceInputs to_device(const Inputs& in, Device device) {
-  DeviceInputs d;
-  d.config = in.config;
-  if (device == Device::cpu()) {
-    d.weights.weights = in.expert_weights.weights;
-    d.hidden = in.hidden, d.logits = in.logits, d.ids = in.ids, d.topk_weights = in.weights;
-    return d;
-  }
-  d.weights = copy_expert_weights(in.expert_weights.weights, device);
-  d.hidden = copy_to(in.hidden, device);
-  d.logits = copy_to(in.logits, device);
-  d.ids = copy_to(in.ids, device);
-  d.topk_weights = copy_to(in.weights, device);
-  if (in.config.routing.correction_bias.defined()) {
-    d.bias = copy_to(in.config.routing.correction_bias, device);
-    d.config.routing.correction_bias = d.bias.view();
-  }
-  return d;
+  return testing::layer_inputs_on(device, in.config, in.expert_weights.weights, in.hidden, in.logits, in.ids,
+                                  in.weights);
 }
 
 // One call of the layer into `out`: forward() when the case routes, apply() with its ids otherwise.
@@ -160,12 +140,12 @@ void call(const FusedMoEKernel& kernel, const FuzzCase& c, const DeviceInputs& d
 
 Outcome fail(const std::string& why) { return {false, why}; }
 
-// Local experts of the case's placement, in global order.
-std::vector<int64_t> local_experts(const Inputs& in) {
-  std::vector<int64_t> local;
-  for (int64_t e = 0; e < in.config.num_experts; ++e)
-    if (!in.map.view().defined() || in.map.data_as<const int32_t>()[e] >= 0) local.push_back(e);
-  return local;
+// Local experts of the case's placement (every expert without a map).
+std::vector<int32_t> local_experts(const Inputs& in) {
+  if (in.map.view().defined()) return testing::experts_of_map(in.map);
+  std::vector<int32_t> all(static_cast<size_t>(in.config.num_experts));
+  std::iota(all.begin(), all.end(), 0);
+  return all;
 }
 
 // Applies the case's fault, then expects fusedmoe::Error from construction or the call.
@@ -179,7 +159,7 @@ Outcome run_fault(FuzzCase c, Inputs& in, Device device) {
         std::iota(in.map.data_as<int32_t>(), in.map.data_as<int32_t>() + c.experts, 0);
         in.config.parallel.expert_map = in.map.view();
       }
-      const std::vector<int64_t> local = local_experts(in);
+      const std::vector<int32_t> local = local_experts(in);
       if (local.size() < 2) return {true, ""};  // no second local expert to collide with
       in.map.data_as<int32_t>()[local[1]] = in.map.data_as<int32_t>()[local[0]];
       break;
