@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
+# (python builds the extension here — third_party/cutlass-* must travel with the tree — in the
+#  background from the start, then runs the pytest suite with torch and transformers)
 # (nccl needs a machine of two or more GPUs)
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
 #   BIN: folder with test_cuda_router, test_cuda_experts, fusedmoe-fuzz and libfusedmoe_c.so (default: build,
@@ -34,6 +36,25 @@ if [ -z "$BIN" ]; then
   BIN=build-gpu
   cp build-gpu/tests/test_cuda_* build-gpu/tools/fusedmoe-fuzz "$BIN"/ 2>/dev/null || true
 fi
+if [ ! -d third_party/cutlass-4.2.0.0 ] && [ -f "$BIN/cutlass.tar.xz" ]; then  # the headers, carried packed
+  mkdir -p third_party && tar -xJf "$BIN/cutlass.tar.xz" -C third_party
+fi
+pydir=$PWD/build-py/pkg
+case " $* " in *" python "*)  # build fusedmoe._C for this machine's python while the GPU steps run
+  # with the nanobind version pyproject.toml pins, when its wheel travels in $BIN/wheels
+  nbpath=""
+  if ls "$BIN"/wheels/nanobind-*.whl >/dev/null 2>&1; then
+    pip install -q --no-index --no-deps --target build-py-nanobind "$BIN"/wheels/nanobind-*.whl && nbpath=$PWD/build-py-nanobind
+  fi
+  ( python3 -c 'import nanobind; print("machine nanobind", nanobind.__version__)'
+    PYTHONPATH=$nbpath python3 -c 'import nanobind; print("build nanobind", nanobind.__version__)'
+    PYTHONPATH=$nbpath cmake -S . -B build-py -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_PYTHON=ON -DFUSEDMOE_CUDA=ON \
+      -DFUSEDMOE_BUILD_TESTS=OFF -DFUSEDMOE_BUILD_TOOLS=OFF -DPython_EXECUTABLE="$(command -v python3)" \
+      -DCMAKE_MODULE_LINKER_FLAGS="${PY_LINK_FLAGS:-}" &&
+    timeout 500 cmake --build build-py -j12 --target _C && mkdir -p "$pydir/fusedmoe" &&
+    cp python/fusedmoe/*.py build-py/python/_C*.so "$pydir/fusedmoe/" ) >"$OUT/python_build.txt" 2>&1 &
+  pybuild=$! ;;
+esac
 find_bin() { ls "$BIN/$1" 2>/dev/null || ls "$BIN/tests/$1" 2>/dev/null || ls "$BIN/tools/$1"; }
 
 for what in "$@"; do
@@ -43,28 +64,55 @@ for what in "$@"; do
       step test_cuda_experts 420 "$(find_bin test_cuda_experts)" ;;
     tests-pdl)
       step test_cuda_experts_pdl 300 env FUSEDMOE_PDL=1 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*:CudaExperts.Skew*:CudaExperts.CudaGraph*:CudaExperts.RunTwice*:CudaExperts.ForwardWith*' ;;
+        --gtest_filter='Supported/*:Variants/*:CudaExperts.CudaGraph*:CudaExperts.RunTwice*:CudaExperts.ForwardWith*' ;;
     sanitize)
-      filter='Supported/*silu*:CudaExperts.SkewMasked*:CudaExperts.ZeroTokens*:CudaExperts.CudaGraph*'
+      filter='Supported/*silu*:Variants/*:CudaExperts.ZeroTokens*:CudaExperts.CudaGraph*'
       step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter="$filter"
       step memcheck_router 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_router)"
       step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*_silu_*:CudaExperts.SkewMasked*'
+        --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*_silu_*:CudaExperts.SkewMasked*' ;;
+        --gtest_filter='Supported/*_silu_*:Variants/*' ;;
     bench)
       step bench 300 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
     fuzz)  # the GPU campaign: FUZZ_SEEDS (default 1:10000) CUDA cases, memcheck on the first 40
-      step fuzz_cuda 420 "$(find_bin fusedmoe-fuzz)" --backend cuda --small --seeds "${FUZZ_SEEDS:-1:10000}"
+      step fuzz_cuda $(( ${FUZZ_SECONDS:-400} + 30 )) "$(find_bin fusedmoe-fuzz)" --backend cuda --small --jobs 8 --seeds "${FUZZ_SEEDS:-1:10000}" \
+        --max-seconds "${FUZZ_SECONDS:-400}"
       step fuzz_memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin fusedmoe-fuzz)" \
         --backend cuda --small --seeds 1:40 ;;
+    tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
+      step test_cuda_router 120 "$(find_bin test_cuda_router)"
+      step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
+        --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer' ;;
     nccl)
-      step test_nccl 200 "$(find_bin test_nccl)" ;;
+      step test_nccl 120 "$(find_bin test_nccl)" ;;
+    ep)  # expert parallelism over NCCL on every GPU here: tests, then dispatch/combine next to raw NCCL
+      ngpu=$(nvidia-smi -L | wc -l)
+      step test_cuda_ep 240 "$(find_bin test_cuda_ep)"
+      step ep_bench_deepseek 200 "$(find_bin fusedmoe-bench)" --ep "$ngpu" --backend cuda --model deepseek-v3 \
+        --tokens 1,16,128,512
+      step ep_bench_qwen3 150 "$(find_bin fusedmoe-bench)" --ep "$ngpu" --backend cuda --model qwen3-30b-a3b \
+        --tokens 1,16,128,512 ;;
+    python)
+      step python_build 560 bash -c "while kill -0 $pybuild 2>/dev/null; do sleep 2; done; ls $pydir/fusedmoe/_C*.so"
+      python3 -m pytest --version >/dev/null 2>&1 || pip install -q --no-index --find-links "$BIN/wheels" pytest >>"$log" 2>&1
+      step pytest 300 env PYTHONPATH="$pydir" python3 -m pytest -q -rs -s python/tests
+      # a failing error path, alone, with a native backtrace where gdb exists
+      probe='import fusedmoe._C as C
+try:
+    C.backend_available("nope")
+except ValueError as e:
+    print("error path ok:", e)'
+      step python_error_probe 60 env PYTHONPATH="$pydir" python3 -X faulthandler -c "$probe"
+      { ldd "$pydir"/fusedmoe/_C*.so | grep -E "stdc|gcc_s"; command -v gdb; } >>"$log" 2>&1
+      if command -v gdb >/dev/null; then
+        step python_error_gdb 90 env PYTHONPATH="$pydir" gdb -batch -ex run -ex bt --args python3 -c "$probe"
+      fi ;;
     bench-pdl)
       step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
-grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:" "$log" | tail -70
+grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x" "$log" | tail -70
 printf '%s\n' "${summary[@]}"

@@ -44,6 +44,7 @@ target_include_directories(fusedmoe_cutlass SYSTEM PRIVATE ${FUSEDMOE_CUTLASS_DI
 # fusedmoe's own kernels: C++20, the library's headers.
 fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/activation.cu
+  src/cuda/kernels/ep_dispatch.cu
   src/cuda/kernels/finalize.cu
   src/cuda/kernels/plan.cu
   src/cuda/kernels/quantize.cu
@@ -56,7 +57,8 @@ target_sources(fusedmoe PRIVATE
   src/cuda/cuda_backend.cpp
   src/cuda/experts_cuda.cpp
   src/cuda/heuristics.cpp
-  src/cuda/prepare_finalize_cuda.cpp)
+  src/cuda/prepare_finalize_cuda.cpp
+  src/cuda/prepare_finalize_ep_cuda.cpp)
 target_compile_definitions(fusedmoe PUBLIC FUSEDMOE_WITH_CUDA)
 target_link_libraries(fusedmoe PUBLIC CUDA::cudart_static)
 

@@ -41,12 +41,21 @@ inline FusedMoEKernel cuda_kernel(const GpuProblem& g) {
   return make_kernel(g.config, g.weights.weights, opt);
 }
 
-// Runs the CUDA modular kernel with the problem's ids (apply) into a NaN-poisoned output and
-// returns it on the host.
+// A workspace for M tokens filled with 0xff bytes (NaN as bf16 and f32, -1 as int): an
+// intermediate row a kernel forgets to write shows up as NaN in the output.
+inline Buffer poisoned_workspace(const FusedMoEKernel& kernel, int64_t M) {
+  Buffer ws = Buffer::empty(DType::u8, {static_cast<int64_t>(kernel.workspace_bytes(M))}, kGpu);
+  EXPECT_EQ(cudaMemset(ws.view().data(), 0xff, ws.nbytes()), cudaSuccess);
+  return ws;
+}
+
+// Runs the CUDA modular kernel with the problem's ids (apply) into a NaN-poisoned output, with a
+// poisoned workspace, and returns the output on the host.
 inline Buffer run_cuda_apply(const GpuProblem& g, int64_t M) {
   const FusedMoEKernel kernel = cuda_kernel(g);
   Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
-  kernel.apply(g.hidden, g.ids, g.topk_weights, out);
+  const Buffer ws = poisoned_workspace(kernel, M);
+  kernel.apply(g.hidden, g.ids, g.topk_weights, out, ws.view());
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return copy_to(out, Device::cpu());
 }

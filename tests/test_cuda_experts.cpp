@@ -90,13 +90,17 @@ TEST(CudaExperts, ZeroTokensIsANoOp) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
-TEST(CudaExperts, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
+// Every compiled variant (small-M with 8-, 16- and 32-row tiles, the grouped GEMM), one test
+// each so that a sanitizer report names the variant.
+class CudaExpertsVariant : public ::testing::TestWithParam<int> {};
+
+TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  // Every compiled variant: small-M with 8-, 16- and 32-row tiles, and the grouped GEMM.
-  for (const auto& [small_m, tile] : {std::pair{true, 8}, std::pair{true, 16}, std::pair{true, 32}, std::pair{false, 0}}) {
-    SCOPED_TRACE(small_m ? "small-M tile " + std::to_string(tile) : std::string("grouped GEMM"));
+  const int tile = GetParam();
+  {
+    const bool small_m = tile > 0;
     const ForcePath force(small_m, tile);
     for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
       // Every token on expert 3 (more rows than any tile), duplicates included.
@@ -117,6 +121,11 @@ TEST(CudaExperts, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, 0),
+                         [](const auto& info) {
+                           return info.param ? "small_m_tile" + std::to_string(info.param) : std::string("grouped");
+                         });
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
   FMOE_REQUIRE_GPU();

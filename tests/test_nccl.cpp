@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -93,13 +95,26 @@ TEST(Nccl, CollectivesGiveTheExpectedBytes) {
   for (int r = 0; r < n; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
 }
 
-TEST(Nccl, AMissingRankIsATimeoutErrorNotAHang) {
+// Rank 1 joins the barrier only after rank 0 gave up on it: rank 0 times out, then rank 1
+// (whose peer has aborted) times out too; both report it and neither hangs, in the collective
+// or in tearing the communicator down (an aborted communicator is not destroyed again).
+TEST(Nccl, ALateRankIsATimeoutErrorNotAHang) {
   const int n = gpu_count();
   if (n < 2) GTEST_SKIP() << "needs 2 GPUs, found " << n;
-  const auto errors = on_every_rank(2, [](const Communicator& comm, int r, cudaStream_t) {
-    if (r == 0) comm.barrier();  // rank 1 never joins
+  std::atomic<bool> rank0_done{false};
+  const auto errors = on_every_rank(2, [&](const Communicator& comm, int r, cudaStream_t) {
+    if (r == 1)
+      while (!rank0_done) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    try {
+      comm.barrier();
+    } catch (...) {
+      if (r == 0) rank0_done = true;
+      throw;
+    }
+    if (r == 0) rank0_done = true;
   });
   EXPECT_NE(errors[0].find("waited 5 s"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[1], "") << "rank 1 joined a barrier its peer had abandoned and got no error";
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bench/ep_bench.h"
+#include "bench/ep_bench_cuda.h"
 #include "bench/presets.h"
 #include "bench/roofline.h"
 #include "fusedmoe/fusedmoe.h"
@@ -39,8 +40,9 @@ struct Options {
 
 const char* kUsage =
     "usage: fusedmoe-bench [--model NAME] [--tokens 1,16,128] [--quant bf16|fp8-tensor|fp8-channel|fp8-block|nvfp4|mxfp4]\n"
-    "                      [--backend auto|cpu] [--monolithic] [--num-experts N] [--ep N] [--json FILE] [--seed S]\n"
-    "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine.\n"
+    "                      [--backend auto|cpu|cuda] [--monolithic] [--num-experts N] [--ep N] [--json FILE] [--seed S]\n"
+    "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine;\n"
+    "with --backend cuda, N GPUs of this host (one process each, NCCL), next to NCCL's own all-to-all.\n"
     "With no arguments: qwen3-30b-a3b with 32 experts at 1, 16 and 64 tokens.\n";
 
 std::vector<int64_t> parse_tokens(const std::string& s) {
@@ -78,7 +80,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--backend") {
       const std::string b = value();
       const auto backend = parse_backend(b);
-      FMOE_CHECK(backend.has_value(), "--backend must be auto|cpu, got ", b);
+      FMOE_CHECK(backend.has_value(), "--backend must be auto|cpu|cuda, got ", b);
       o.backend = *backend;
     } else if (a == "--monolithic") {
       o.monolithic = true;
@@ -136,6 +138,16 @@ int main(int argc, char** argv) try {
   MoEConfig config = bench::preset_config(*preset, quant, E);
   const int64_t K = config.hidden_size, max_tokens = *std::max_element(opt.tokens.begin(), opt.tokens.end());
 
+#ifdef FUSEDMOE_WITH_NCCL
+  if (opt.ep > 1 && opt.backend == Backend::cuda) {  // one process per GPU; weights made on the devices
+    FMOE_CHECK(!opt.monolithic, "--ep times the modular PrepareFinalize; drop --monolithic");
+    bench::EpCudaBenchOptions ep;
+    ep.ranks = opt.ep;
+    ep.tokens_per_rank = opt.tokens;
+    ep.seed = opt.seed;
+    return bench::run_ep_bench_cuda(config, ep);
+  }
+#endif
   // Memory: weights in the scheme's layout plus the largest forward's workspace.
   const double weight_bytes = double(expert_weight_bytes(config, E));
   const double per_expert = double(expert_weight_bytes(config, 1));

@@ -90,21 +90,24 @@ struct Layer {
   void forward(const Array& hidden, const Array& logits, const Array& out, std::optional<Array> workspace,
                uintptr_t stream) const {
     const bool bf16_logits = logits.dtype().code == uint8_t(nb::dlpack::dtype_code::Bfloat);
+    // Views (and their errors) with the GIL held; only the kernel runs without it.
     const Tensor ws = workspace ? view(*workspace, DType::u8, "workspace") : Tensor();
+    const Tensor h = view(hidden, DType::bf16, "hidden");
+    const Tensor l = view(logits, bf16_logits ? DType::bf16 : DType::f32, "router_logits");
+    const Tensor o = view(out, DType::bf16, "out");
     const CudaStreamGuard guard(reinterpret_cast<void*>(stream));
     nb::gil_scoped_release release;
-    kernel->forward(view(hidden, DType::bf16, "hidden"),
-                    view(logits, bf16_logits ? DType::bf16 : DType::f32, "router_logits"),
-                    view(out, DType::bf16, "out"), ws);
+    kernel->forward(h, l, o, ws);
   }
 
   void apply(const Array& hidden, const Array& ids, const Array& weights, const Array& out,
              std::optional<Array> workspace, uintptr_t stream) const {
     const Tensor ws = workspace ? view(*workspace, DType::u8, "workspace") : Tensor();
+    const Tensor h = view(hidden, DType::bf16, "hidden"), i = view(ids, DType::i32, "topk_ids");
+    const Tensor w = view(weights, DType::f32, "topk_weights"), o = view(out, DType::bf16, "out");
     const CudaStreamGuard guard(reinterpret_cast<void*>(stream));
     nb::gil_scoped_release release;
-    kernel->apply(view(hidden, DType::bf16, "hidden"), view(ids, DType::i32, "topk_ids"),
-                  view(weights, DType::f32, "topk_weights"), view(out, DType::bf16, "out"), ws);
+    kernel->apply(h, i, w, o, ws);
   }
 };
 

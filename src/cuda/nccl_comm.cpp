@@ -1,6 +1,11 @@
 // NcclCommunicator (fusedmoe/nccl.h). all_to_all_v is a group of ncclSend/ncclRecv pairs;
 // reduce_scatter_sum is ncclReduceScatter (NCCL's order of summation is fixed for a given
 // communicator, so repeated runs give the same bits).
+// Timeouts: communicators made here are nonblocking (ncclConfig_t::blocking = 0), so that a
+// call which waits on the host for an absent peer (init, the first use of a connection,
+// finalize) returns at once and is polled here with the timeout; device-side waits are polled
+// on the stream (barrier). After a timeout the communicator is aborted and every later call
+// fails at once.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -17,10 +22,30 @@ namespace {
 #define FMOE_NCCL_CHECK(expr, rank)                                                                       \
   do {                                                                                                    \
     const ncclResult_t fmoe_res_ = (expr);                                                                \
-    if (fmoe_res_ != ncclSuccess)                                                                         \
+    if (fmoe_res_ != ncclSuccess && fmoe_res_ != ncclInProgress)                                          \
       FMOE_FAIL("NCCL rank ", rank, ": ", #expr, " failed: ", ncclGetErrorString(fmoe_res_), " (",       \
                 ncclGetLastError(nullptr), ")");                                                          \
   } while (0)
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Polls a nonblocking communicator until its last call has completed on the host side;
+// returns false after timeout_s (the caller aborts it).
+bool settle(ncclComm_t comm, int rank, double timeout_s, const char* what) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    ncclResult_t state = ncclSuccess;
+    FMOE_NCCL_CHECK(ncclCommGetAsyncError(comm, &state), rank);
+    if (state == ncclSuccess) return true;
+    if (state != ncclInProgress)
+      FMOE_FAIL("NCCL rank ", rank, ": ", what, " failed: ", ncclGetErrorString(state), " (", ncclGetLastError(comm),
+                ")");
+    if (seconds_since(start) > timeout_s) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
 
 class NcclCommunicator final : public Communicator {
  public:
@@ -30,7 +55,18 @@ class NcclCommunicator final : public Communicator {
     FMOE_NCCL_CHECK(ncclCommCount(comm_, &size_), rank_);
   }
   ~NcclCommunicator() override {
-    if (owned_ && !aborted_) ncclCommDestroy(comm_);
+    if (!owned_ || aborted_) return;
+    try {  // flush and disconnect within the timeout; a peer gone missing means abort instead
+      FMOE_NCCL_CHECK(ncclCommFinalize(comm_), rank_);
+      if (!settle(comm_, rank_, timeout_, "finalize")) {
+        ncclCommAbort(comm_);
+        return;
+      }
+    } catch (const Error&) {
+      ncclCommAbort(comm_);
+      return;
+    }
+    ncclCommDestroy(comm_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -43,12 +79,14 @@ class NcclCommunicator final : public Communicator {
     check_alive();
     cuda::DeviceGuard guard(device());
     FMOE_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclUint8, comm_, cuda::stream()), rank_);
+    settle_or_abort("all_gather");
   }
 
   void reduce_scatter_sum(const float* send, float* recv, size_t count) const override {
     check_alive();
     cuda::DeviceGuard guard(device());
     FMOE_NCCL_CHECK(ncclReduceScatter(send, recv, count, ncclFloat32, ncclSum, comm_, cuda::stream()), rank_);
+    settle_or_abort("reduce_scatter_sum");
   }
 
   void all_to_all_v(const void* send, const size_t* send_bytes, const size_t* send_offsets, void* recv,
@@ -67,6 +105,7 @@ class NcclCommunicator final : public Communicator {
             rank_);
     }
     FMOE_NCCL_CHECK(ncclGroupEnd(), rank_);
+    settle_or_abort("all_to_all_v");
   }
 
   // All ranks meet (a one-int all-reduce) and this thread waits for it, within the timeout.
@@ -77,6 +116,7 @@ class NcclCommunicator final : public Communicator {
     FMOE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof(int), cuda::stream()));
     FMOE_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), cuda::stream()));
     FMOE_NCCL_CHECK(ncclAllReduce(flag, flag, 1, ncclInt32, ncclSum, comm_, cuda::stream()), rank_);
+    settle_or_abort("barrier");
     FMOE_CUDA_CHECK(cudaFreeAsync(flag, cuda::stream()));
     wait_for_stream("barrier");
   }
@@ -84,6 +124,18 @@ class NcclCommunicator final : public Communicator {
  private:
   void check_alive() const {
     FMOE_CHECK(!aborted_, "NCCL rank ", rank_, ": the communicator was aborted after a timeout; create a new one");
+  }
+
+  void settle_or_abort(const char* what) const {
+    if (settle(comm_, rank_, timeout_, what)) return;
+    abort_after_timeout(what);
+  }
+
+  [[noreturn]] void abort_after_timeout(const char* what) const {
+    ncclCommAbort(comm_);  // frees it: nothing may use or destroy it afterwards
+    aborted_ = true;
+    FMOE_FAIL("NCCL rank ", rank_, " of ", size_, ": ", what, " waited ", timeout_,
+              " s for the other ranks; the communicator was aborted");
   }
 
   void wait_for_stream(const char* what) const {
@@ -96,12 +148,7 @@ class NcclCommunicator final : public Communicator {
       FMOE_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async), rank_);
       if (async != ncclSuccess && async != ncclInProgress)
         FMOE_FAIL("NCCL rank ", rank_, ": ", what, " failed asynchronously: ", ncclGetErrorString(async));
-      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_) {
-        ncclCommAbort(comm_);  // frees it: nothing may use or destroy it afterwards
-        aborted_ = true;
-        FMOE_FAIL("NCCL rank ", rank_, " of ", size_, ": ", what, " waited ", timeout_,
-                  " s for the other ranks; the communicator was aborted");
-      }
+      if (seconds_since(start) > timeout_) abort_after_timeout(what);
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
@@ -133,7 +180,14 @@ std::unique_ptr<Communicator> make_nccl_communicator(const NcclId& id, int rank,
   ncclUniqueId nid;
   std::memcpy(nid.internal, id.bytes, sizeof(id.bytes));
   ncclComm_t comm = nullptr;
-  FMOE_NCCL_CHECK(ncclCommInitRank(&comm, size, nid, rank), rank);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;  // every host-side wait is polled with the timeout (see the top of this file)
+  FMOE_NCCL_CHECK(ncclCommInitRankConfig(&comm, size, nid, rank, &config), rank);
+  if (!settle(comm, rank, timeout_seconds, "init")) {
+    ncclCommAbort(comm);
+    FMOE_FAIL("NCCL rank ", rank, " of ", size, ": init waited ", timeout_seconds,
+              " s for the other ranks; the communicator was aborted");
+  }
   return std::make_unique<NcclCommunicator>(comm, true, device, timeout_seconds);
 }
 

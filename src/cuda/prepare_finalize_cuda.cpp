@@ -77,11 +77,15 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
 
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic) {
-  FMOE_CHECK(!communicator, "expert parallelism on CUDA needs the NCCL communicator, which is not built yet (",
-             communicator ? communicator->name() : std::string(), "); the CPU backend runs expert-parallel layers");
   FMOE_CHECK(!monolithic, "monolithic CUDA experts are not built yet, so there is no monolithic CUDA ",
              "PrepareFinalize; use the modular path (use_monolithic=false)");
-  return std::make_unique<PrepareFinalizeNoEP>(config);
+  if (!communicator) return std::make_unique<PrepareFinalizeNoEP>(config);
+  const Device device = current_device();
+  require_sm90(device, "the CUDA PrepareFinalize");
+  check_supported(config);
+  FMOE_CHECK(communicator->device().kind == DeviceKind::cuda, "expert parallelism on CUDA needs a GPU communicator ",
+             "(make_nccl_communicator), got ", communicator->name(), " on ", communicator->device().str());
+  return make_ep_prepare_finalize(config, *communicator, device);
 }
 
 }  // namespace fusedmoe::cuda

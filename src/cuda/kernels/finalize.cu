@@ -1,6 +1,8 @@
 // Finalize kernel: weighted top-k reduce of expert-grouped rows back into token order.
 // out[t] = bf16(sum over slots j in order of w[t, j] * rows[slot_rows[t, j]]), f32 sums;
 // slots with row -1 add nothing. One block per token, 8 columns (16 bytes) per thread step.
+// The f32 form (launch_finalize_f32) writes the sums unrounded: the partial sums an
+// expert-parallel rank sends back to the tokens' home ranks.
 // Deterministic: the order of the sum is fixed by the slot order alone. Limits: K % 8 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -12,8 +14,21 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxTopK = 32;
 
+__device__ inline void store8(const float (&acc)[8], bf16* out) {
+  __align__(16) bf16 o[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
+  *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(o);
+}
+
+__device__ inline void store8(const float (&acc)[8], float* out) {
+  *reinterpret_cast<float4*>(out) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  *reinterpret_cast<float4*>(out + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+}
+
+template <class Out>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, const int32_t* slot_rows,
-                                                            const float* weights, int top_k, int64_t K, bf16* out) {
+                                                            const float* weights, int top_k, int64_t K, Out* out) {
   const int64_t t = blockIdx.x;
   __shared__ int32_t row_of[kMaxTopK];
   __shared__ float weight_of[kMaxTopK];
@@ -35,20 +50,29 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, co
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[i] += w * __bfloat162float(v[i]);
     }
-    __align__(16) bf16 o[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
-    *reinterpret_cast<uint4*>(out + t * K + c) = *reinterpret_cast<const uint4*>(o);
+    store8(acc, out + t * K + c);
   }
+}
+
+template <class Out>
+void launch_typed(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k, int64_t K,
+                  Out* out, cudaStream_t s) {
+  FMOE_CHECK(top_k <= kMaxTopK, "the CUDA finalize handles top_k <= ", kMaxTopK, ", got ", top_k);
+  if (M == 0) return;
+  launch(finalize_kernel<Out>, dim3(static_cast<unsigned>(M)), dim3(kThreads), s, rows, slot_rows, weights, top_k, K,
+         out);
 }
 
 }  // namespace
 
 void launch_finalize(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
                      int64_t K, bf16* out, cudaStream_t s) {
-  FMOE_CHECK(top_k <= kMaxTopK, "the CUDA finalize handles top_k <= ", kMaxTopK, ", got ", top_k);
-  if (M == 0) return;
-  launch(finalize_kernel, dim3(static_cast<unsigned>(M)), dim3(kThreads), s, rows, slot_rows, weights, top_k, K, out);
+  launch_typed(rows, slot_rows, weights, M, top_k, K, out, s);
+}
+
+void launch_finalize_f32(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
+                         int64_t K, float* out, cudaStream_t s) {
+  launch_typed(rows, slot_rows, weights, M, top_k, K, out, s);
 }
 
 }  // namespace fusedmoe::cuda

@@ -81,5 +81,33 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local
 // weights == null means unweighted (the weight was applied on the input).
 void launch_finalize(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
                      int64_t K, bf16* out, cudaStream_t s);
+// The same sums, unrounded f32 (the partial sums of an expert-parallel rank).
+void launch_finalize_f32(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
+                         int64_t K, float* out, cudaStream_t s);
+
+// ep_dispatch.cu: expert-parallel slabs (see the file's header). Record sections, in bytes.
+struct EpRecord {
+  int64_t row_bytes = 0, scale_cols = 0;  // activation row; f32 scales per record (0: none)
+  int64_t scales_at = 0, ids_at = 0, weights_at = 0, bytes = 0;
+  static EpRecord make(int64_t row_bytes, int64_t scale_cols, int top_k);
+  // T records and the 16-byte header holding how many are used.
+  __host__ __device__ int64_t slab_bytes(int64_t T) const { return T * bytes + 16; }
+};
+// pos [M, D]: slot of token t in destination d's slab or -1; counts [D]. owner (device [E],
+// rank of each global expert) null: one destination taking every token in order.
+void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* owner, int D,
+                    int32_t* pos, int32_t* counts, cudaStream_t s);
+// rows [M, row_bytes], scales [M, scale_cols] (may be null when none), ids/weights [M, top_k]
+// (weights may be null: 0) -> send [D, slab].
+void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, const int32_t* ids,
+                    const float* weights, int64_t M, int top_k, const int32_t* pos, const int32_t* counts, int D,
+                    int64_t T, void* send, cudaStream_t s);
+// recv [num_sources, slab] -> rows [num_sources * T, row_bytes], scales, ids (-1 past a slab's
+// count), weights (0 there).
+void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, int64_t T, int top_k, void* rows,
+                      float* scales, int32_t* ids, float* weights, cudaStream_t s);
+// out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] (f32 [D * T, K]).
+void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
+                       cudaStream_t s);
 
 }  // namespace fusedmoe::cuda

@@ -1,0 +1,99 @@
+"""Hugging Face models with their MoE blocks replaced by fusedmoe (needs torch, transformers, a
+Hopper GPU and the CUDA backend; skipped otherwise): a small randomly initialised Mixtral and
+Qwen3-MoE give the same logits as the original model within bf16 tolerance.
+
+The expert weights are read from the block itself, in either layout transformers has used: a
+ModuleList of per-expert Linear layers (w1/w3/w2 or gate_proj/up_proj/down_proj) or fused 3-D
+parameters (experts.gate_up_proj, experts.down_proj)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+import fusedmoe  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not fusedmoe.backend_available("cuda"),
+                                reason="needs a Hopper GPU and the CUDA backend")
+
+H, I, E, TOP_K = 256, 192, 8, 2  # H != 2I, so the orientation of fused parameters is unambiguous
+
+
+def oriented(t, rows, cols):
+    """t as [.., rows, cols] (transposing the last two dims when stored the other way)."""
+    if t.shape[-2:] == (rows, cols):
+        return t
+    assert t.shape[-2:] == (cols, rows), f"unexpected expert weight shape {tuple(t.shape)}"
+    return t.transpose(-1, -2)
+
+
+def expert_weights(experts):
+    """(w13 [E, 2I, H] gate rows first, w2 [E, H, I]) of a transformers experts module."""
+    if isinstance(experts, torch.nn.ModuleList):
+        names = ("w1", "w3", "w2") if hasattr(experts[0], "w1") else ("gate_proj", "up_proj", "down_proj")
+        gate, up, down = ([getattr(x, n).weight for x in experts] for n in names)
+        w13 = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        return w13, torch.stack(list(down))
+    return oriented(experts.gate_up_proj, 2 * I, H), oriented(experts.down_proj, H, I)
+
+
+class FusedBlock(torch.nn.Module):
+    """Stands in for a transformers sparse-MoE block: same router, experts run by fusedmoe."""
+
+    def __init__(self, block, returns_tuple):
+        super().__init__()
+        w13, w2 = expert_weights(block.experts)
+        self.w13, self.w2 = w13.detach().contiguous(), w2.detach().contiguous()
+        self.router = block.gate.weight.detach()
+        moe = fusedmoe.FusedMoE(num_experts=E, hidden_size=H, intermediate_size=I, top_k=TOP_K, w13=self.w13,
+                                w2=self.w2, routing="softmax-topk-renormalize", backend="cuda")
+        self.module = fusedmoe.FusedMoEModule(moe)
+        self.returns_tuple = returns_tuple
+
+    def forward(self, hidden_states):
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, H).contiguous()
+        logits = torch.nn.functional.linear(x, self.router)  # as the model's router computes them
+        out = self.module(x, logits.float().contiguous()).reshape(shape)
+        return (out, logits) if self.returns_tuple else out
+
+
+def moe_blocks(model):
+    for layer in model.model.layers:
+        for attr in ("block_sparse_moe", "mlp"):
+            block = getattr(layer, attr, None)
+            if block is not None and hasattr(block, "experts"):
+                yield layer, attr, block
+
+
+def build(name):
+    common = dict(hidden_size=H, intermediate_size=I, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=128)
+    if name == "mixtral":
+        config = transformers.MixtralConfig(num_local_experts=E, num_experts_per_tok=TOP_K, **common)
+        cls = transformers.MixtralForCausalLM
+    else:
+        config = transformers.Qwen3MoeConfig(num_experts=E, num_experts_per_tok=TOP_K, moe_intermediate_size=I,
+                                             norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                                             head_dim=64, **common)
+        cls = transformers.Qwen3MoeForCausalLM
+    torch.manual_seed(0)
+    return cls(config).to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe"])
+def test_replaced_moe_blocks_give_the_same_logits(name):
+    model = build(name)
+    tokens = torch.randint(0, 512, (3, 37), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    with torch.no_grad():
+        expect = model(tokens).logits.float()
+        blocks = list(moe_blocks(model))
+        assert len(blocks) == 2, "found no MoE blocks to replace"
+        for layer, attr, block in blocks:
+            probe = block(torch.randn(1, 2, H, device="cuda", dtype=torch.bfloat16))
+            setattr(layer, attr, FusedBlock(block, isinstance(probe, tuple)))
+        got = model(tokens).logits.float()
+    rel = ((got - expect).norm() / expect.norm()).item()
+    agree = (got.argmax(-1) == expect.argmax(-1)).float().mean().item()
+    print(f"{name}: relative logits error {rel:.2e}, argmax agreement {agree:.3f}")
+    assert torch.isfinite(got).all()
+    assert rel < 2e-2, f"{name}: relative logits error {rel:.3e}"
+    assert agree > 0.95, f"{name}: argmax agreement {agree:.3f}"

@@ -1,0 +1,179 @@
+// Expert-parallel dispatch and combine kernels (the device half of the CUDA EP PrepareFinalize;
+// the exchanges themselves are NCCL collectives between these launches).
+//
+// Slabs: what a rank sends to one destination is a slab of T fixed-size records (T =
+// max_tokens_per_rank) followed by a 16-byte header holding the number of records used, so
+// every exchange has a size known on the host and the counts travel on the device with the
+// data: no host synchronisation. A record is one token: its activation row, its f32 1x128
+// scales (fp8), its top-k ids (global) and weights, each section 16-byte aligned (EpRecord).
+//  - ep_plan (one 1024-thread block): the slot of each token in each destination's slab
+//    (pos [M, D], -1 when the token does not go there) and the slab counts, by block scans in
+//    token order. With owner == null there is one destination taking every token in order
+//    (the all-gather form).
+//  - ep_pack (a block per token): copies the token's record into its slabs; writes headers.
+//  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
+//    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
+//  - ep_combine (a block per token): out[t] = bf16(sum over destinations d in order of
+//    partial[d * T + pos[t, d]]), f32 sums, so the result does not depend on timing.
+// Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kPlanThreads = 1024;
+constexpr int kCopyThreads = 128;
+
+__global__ void __launch_bounds__(kPlanThreads) ep_plan_kernel(const int32_t* ids, int64_t M, int top_k,
+                                                               int num_experts, const int32_t* owner, int D,
+                                                               int32_t* pos, int32_t* counts) {
+  using Scan = cub::BlockScan<int, kPlanThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int d = 0; d < D; ++d) {
+    int base = 0;
+    for (int64_t t0 = 0; t0 < M; t0 += kPlanThreads) {
+      const int64_t t = t0 + threadIdx.x;
+      int flag = 0;
+      if (t < M) {
+        if (!owner) {
+          flag = 1;
+        } else {
+          for (int j = 0; j < top_k && !flag; ++j) {
+            const int32_t id = ids[t * top_k + j];
+            flag = id >= 0 && id < num_experts && owner[id] == d;
+          }
+        }
+      }
+      int prefix = 0, total = 0;
+      Scan(storage).ExclusiveSum(flag, prefix, total);
+      if (t < M) pos[t * D + d] = flag ? base + prefix : -1;
+      base += total;
+      __syncthreads();  // the scan storage is reused
+    }
+    if (threadIdx.x == 0) counts[d] = base;
+  }
+}
+
+__device__ inline void copy16(const uint8_t* src, uint8_t* dst, int64_t bytes) {
+  for (int64_t i = int64_t(threadIdx.x) * 16; i < bytes; i += int64_t(blockDim.x) * 16)
+    *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+}
+
+__global__ void __launch_bounds__(kCopyThreads) ep_pack_kernel(EpRecord rec, const uint8_t* rows, const float* scales,
+                                                               const int32_t* ids, const float* weights, int64_t M,
+                                                               int top_k, const int32_t* pos, const int32_t* counts,
+                                                               int D, int64_t T, uint8_t* send) {
+  const int64_t t = blockIdx.x;
+  const int64_t slab = rec.slab_bytes(T);
+  pdl_wait();
+  pdl_launch_dependents();
+  if (t == 0 && threadIdx.x < D)
+    *reinterpret_cast<int32_t*>(send + threadIdx.x * slab + T * rec.bytes) = counts[threadIdx.x];
+  if (t >= M) return;  // M == 0: one block writes the headers
+  for (int d = 0; d < D; ++d) {
+    const int32_t p = pos[t * D + d];
+    if (p < 0) continue;
+    uint8_t* dst = send + d * slab + int64_t(p) * rec.bytes;
+    copy16(rows + t * rec.row_bytes, dst, rec.row_bytes);
+    float* s = reinterpret_cast<float*>(dst + rec.scales_at);
+    for (int g = threadIdx.x; g < rec.scale_cols; g += blockDim.x) s[g] = scales[t * rec.scale_cols + g];
+    int32_t* id = reinterpret_cast<int32_t*>(dst + rec.ids_at);
+    float* w = reinterpret_cast<float*>(dst + rec.weights_at);
+    for (int j = threadIdx.x; j < top_k; j += blockDim.x) {
+      id[j] = ids[t * top_k + j];
+      w[j] = weights ? weights[t * top_k + j] : 0.0f;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, const uint8_t* recv, int64_t T,
+                                                                 int top_k, uint8_t* rows, float* scales, int32_t* ids,
+                                                                 float* weights) {
+  const int64_t r = blockIdx.x, peer = r / T, i = r % T;
+  const int64_t slab = rec.slab_bytes(T);
+  pdl_wait();
+  pdl_launch_dependents();
+  const int32_t count = *reinterpret_cast<const int32_t*>(recv + peer * slab + T * rec.bytes);
+  if (i >= count) {
+    for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = -1, weights[r * top_k + j] = 0.0f;
+    return;
+  }
+  const uint8_t* src = recv + peer * slab + i * rec.bytes;
+  copy16(src, rows + r * rec.row_bytes, rec.row_bytes);
+  const float* s = reinterpret_cast<const float*>(src + rec.scales_at);
+  for (int g = threadIdx.x; g < rec.scale_cols; g += blockDim.x) scales[r * rec.scale_cols + g] = s[g];
+  const int32_t* id = reinterpret_cast<const int32_t*>(src + rec.ids_at);
+  const float* w = reinterpret_cast<const float*>(src + rec.weights_at);
+  for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = id[j], weights[r * top_k + j] = w[j];
+}
+
+__global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const float* partial, const int32_t* pos, int D,
+                                                                  int64_t T, int64_t K, bf16* out) {
+  const int64_t t = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kCopyThreads * 8) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int d = 0; d < D; ++d) {
+      const int32_t p = pos[t * D + d];
+      if (p < 0) continue;
+      const float* src = partial + (d * T + p) * K + c;
+      const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
+      acc[0] += a.x, acc[1] += a.y, acc[2] += a.z, acc[3] += a.w;
+      acc[4] += b.x, acc[5] += b.y, acc[6] += b.z, acc[7] += b.w;
+    }
+    __align__(16) bf16 o[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
+    *reinterpret_cast<uint4*>(out + t * K + c) = *reinterpret_cast<const uint4*>(o);
+  }
+}
+
+}  // namespace
+
+EpRecord EpRecord::make(int64_t row_bytes, int64_t scale_cols, int top_k) {
+  auto up16 = [](int64_t b) { return (b + 15) / 16 * 16; };
+  EpRecord r;
+  r.row_bytes = row_bytes;
+  r.scale_cols = scale_cols;
+  r.scales_at = up16(row_bytes);
+  r.ids_at = r.scales_at + up16(scale_cols * 4);
+  r.weights_at = r.ids_at + up16(int64_t(top_k) * 4);
+  r.bytes = r.weights_at + up16(int64_t(top_k) * 4);
+  return r;
+}
+
+void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* owner, int D,
+                    int32_t* pos, int32_t* counts, cudaStream_t s) {
+  launch(ep_plan_kernel, dim3(1), dim3(kPlanThreads), s, ids, M, top_k, num_experts, owner, D, pos, counts);
+}
+
+void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, const int32_t* ids,
+                    const float* weights, int64_t M, int top_k, const int32_t* pos, const int32_t* counts, int D,
+                    int64_t T, void* send, cudaStream_t s) {
+  FMOE_CHECK(D <= kCopyThreads, "the CUDA EP pack handles up to ", kCopyThreads, " destinations, got ", D);
+  launch(ep_pack_kernel, dim3(static_cast<unsigned>(M > 0 ? M : 1)), dim3(kCopyThreads), s, rec,
+         static_cast<const uint8_t*>(rows), scales, ids, weights, M, top_k, pos, counts, D, T,
+         static_cast<uint8_t*>(send));
+}
+
+void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, int64_t T, int top_k, void* rows,
+                      float* scales, int32_t* ids, float* weights, cudaStream_t s) {
+  if (num_sources * T == 0) return;
+  launch(ep_unpack_kernel, dim3(static_cast<unsigned>(num_sources * T)), dim3(kCopyThreads), s, rec,
+         static_cast<const uint8_t*>(recv), T, top_k, static_cast<uint8_t*>(rows), scales, ids, weights);
+}
+
+void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
+                       cudaStream_t s) {
+  if (M == 0) return;
+  launch(ep_combine_kernel, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,191 @@
+// Expert-parallel PrepareFinalize on CUDA over a GPU Communicator (NCCL), modular experts:
+//  - all_to_all: each token travels once to every rank that owns one of its experts; the ranks
+//    send back weighted f32 partial sums, which the home rank adds in rank order.
+//  - all_gather (naive DP/EP): every rank receives every token, runs its experts on all of them
+//    and the partial sums are reduce-scattered home.
+// Both move fixed-size slabs (kernels/ep_dispatch.cu: T = max_tokens_per_rank records and a
+// count header per destination), so the exchange sizes are known on the host while the token
+// counts stay on the device: no host synchronisation, graph-capturable. The price is that a
+// slab travels whole however few of its records are used. Activations are quantized before
+// dispatch (fp8 1x128 for fp8-block). Limits: a rank passing more than T tokens fails on that
+// rank before it communicates (its peers then wait until the communicator's timeout: the GPU
+// path does not exchange counts on the host, so it cannot fail every rank alike).
+#include <algorithm>
+#include <vector>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "fusedmoe/error.h"
+
+namespace fusedmoe::cuda {
+namespace {
+
+class PrepareFinalizeEp final : public ModularPrepareFinalize {
+ public:
+  PrepareFinalizeEp(const MoEConfig& config, const Communicator& comm, Device device)
+      : config_(config), comm_(comm), device_(device), n_(comm.size()), T_(config.parallel.max_tokens_per_rank),
+        all_to_all_(config.parallel.ep_dispatch == EpDispatch::all_to_all) {
+    FMOE_CHECK(comm.device() == device, "the CUDA expert-parallel PrepareFinalize needs a communicator on ",
+               device.str(), ", got ", comm.name(), " on ", comm.device().str());
+    FMOE_CHECK(n_ <= 128, "the CUDA expert-parallel PrepareFinalize handles up to 128 ranks, got ", n_);
+    const int64_t K = config.hidden_size;
+    rec_ = EpRecord::make(K * int64_t(dtype_size(act_dtype())), scale_cols(), config.routing.top_k);
+    D_ = all_to_all_ ? n_ : 1;
+    slab_ = rec_.slab_bytes(T_);
+    if (all_to_all_) find_owners();
+  }
+
+  std::string name() const override {
+    return all_to_all_ ? "cuda.PrepareFinalizeAllToAll" : "cuda.PrepareFinalizeAllGather";
+  }
+  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  Device device() const override { return device_; }
+  int num_dispatchers() const override { return n_; }
+  int64_t max_prepared_tokens(int64_t) const override { return n_ * T_; }
+
+  size_t workspace_bytes(int64_t M) const override {
+    const int64_t K = config_.hidden_size, k = config_.routing.top_k, G = std::max<int64_t>(scale_cols(), 1);
+    const int64_t R = n_ * T_;
+    return workspace_tensor_bytes(act_dtype(), {M, K}) + workspace_tensor_bytes(DType::f32, {M, G}) +  // quantized
+           workspace_tensor_bytes(DType::i32, {M, D_}) + workspace_tensor_bytes(DType::i32, {D_}) +       // plan
+           workspace_tensor_bytes(DType::u8, {D_ * slab_}) + workspace_tensor_bytes(DType::u8, {n_ * slab_}) +
+           workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, G}) +
+           workspace_tensor_bytes(DType::i32, {R, k}) + workspace_tensor_bytes(DType::f32, {R, k}) +
+           workspace_tensor_bytes(DType::f32, {R, K}) +                                     // partial sums
+           workspace_tensor_bytes(DType::f32, {all_to_all_ ? R : T_, K});                   // sums back home
+  }
+
+  PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
+                              const Tensor&, Workspace& ws) const override {
+    DeviceGuard guard(device_);
+    const cudaStream_t s = stream();
+    const int64_t M = hidden.size(0), K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols();
+    FMOE_CHECK(M <= T_, "expert-parallel call on rank ", comm_.rank(), ": ", M,
+               " tokens, over parallel.max_tokens_per_rank=", T_);
+    // Activation rows as they travel (the weights stay home when llama4 applies them first).
+    const bool weight_on_input = config_.apply_router_weight_on_input();
+    const float* row_weight = weight_on_input ? topk_weights.data_as<const float>() : nullptr;
+    const Tensor q = ws.take(act_dtype(), {M, K});
+    const Tensor q_scales = ws.take(DType::f32, {M, std::max<int64_t>(G, 1)});
+    const void* rows = hidden.data();
+    if (config_.quant == QuantScheme::fp8_block) {
+      if (M) launch_quantize_fp8_block(hidden.data_as<const bf16>(), M, K, row_weight, q.data_as<fp8>(),
+                                       q_scales.data_as<float>(), s);
+      rows = q.data();
+    } else if (row_weight) {
+      if (M) launch_scale_rows(hidden.data_as<const bf16>(), M, K, row_weight, q.data_as<bf16>(), s);
+      rows = q.data();
+    }
+    // Plan, pack, exchange, unpack.
+    const Tensor pos = ws.take(DType::i32, {M, D_});
+    const Tensor counts = ws.take(DType::i32, {D_});
+    launch_ep_plan(topk_ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
+                   all_to_all_ ? owner_.data_as<const int32_t>() : nullptr, D_, pos.data_as<int32_t>(),
+                   counts.data_as<int32_t>(), s);
+    const Tensor send = ws.take(DType::u8, {D_ * slab_});
+    const Tensor recv = ws.take(DType::u8, {n_ * slab_});
+    launch_ep_pack(rec_, rows, G ? q_scales.data_as<const float>() : nullptr, topk_ids.data_as<const int32_t>(),
+                   weight_on_input ? nullptr : topk_weights.data_as<const float>(), M, static_cast<int>(k),
+                   pos.data_as<const int32_t>(), counts.data_as<const int32_t>(), D_, T_, send.data(), s);
+    if (all_to_all_) {
+      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(slab_));
+      const std::vector<size_t> offsets = block_offsets(slab_);
+      comm_.all_to_all_v(send.data(), bytes.data(), offsets.data(), recv.data(), bytes.data(), offsets.data());
+    } else {
+      comm_.all_gather(send.data(), recv.data(), static_cast<size_t>(slab_));
+    }
+    const int64_t R = n_ * T_;
+    PreparedActivations p;
+    p.format = ActivationFormat::standard;
+    p.a1q = ws.take(act_dtype(), {R, K});
+    const Tensor scales = ws.take(DType::f32, {R, std::max<int64_t>(G, 1)});
+    if (G) p.a1q_scale = Tensor(scales.data(), DType::f32, {R, G});
+    p.topk_ids = ws.take(DType::i32, {R, k});
+    p.topk_weights = ws.take(DType::f32, {R, k});
+    launch_ep_unpack(rec_, recv.data(), n_, T_, static_cast<int>(k), p.a1q.data(), scales.data_as<float>(),
+                     p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), s);
+    p.dispatch = pos;
+    return p;
+  }
+
+  void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
+                Workspace& ws) const override {
+    FMOE_CHECK(out.kind == ExpertsOutputKind::sorted && out.rows.dtype() == DType::bf16, name(),
+               " finalizes the CUDA experts' grouped bf16 rows only");
+    DeviceGuard guard(device_);
+    const cudaStream_t s = stream();
+    const int64_t K = config_.hidden_size, M = output.size(0), R = n_ * T_;
+    // This rank's weighted sums for every received token, then home.
+    const Tensor partial = ws.take(DType::f32, {R, K});
+    const float* weights =
+        config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
+    launch_finalize_f32(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(), weights, R,
+                        config_.routing.top_k, K, partial.data_as<float>(), s);
+    const Tensor home = ws.take(DType::f32, {all_to_all_ ? R : T_, K});
+    if (all_to_all_) {
+      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(T_ * K * 4));
+      const std::vector<size_t> offsets = block_offsets(T_ * K * 4);
+      comm_.all_to_all_v(partial.data(), bytes.data(), offsets.data(), home.data(), bytes.data(), offsets.data());
+    } else {
+      comm_.reduce_scatter_sum(partial.data_as<const float>(), home.data_as<float>(), static_cast<size_t>(T_ * K));
+    }
+    launch_ep_combine(home.data_as<const float>(), prepared.dispatch.data_as<const int32_t>(), M, D_, T_, K,
+                      output.data_as<bf16>(), s);
+  }
+
+ private:
+  DType act_dtype() const { return config_.quant == QuantScheme::fp8_block ? DType::fp8_e4m3 : DType::bf16; }
+  int64_t scale_cols() const { return config_.quant == QuantScheme::fp8_block ? config_.hidden_size / 128 : 0; }
+
+  std::vector<size_t> block_offsets(int64_t block) const {
+    std::vector<size_t> o(static_cast<size_t>(n_));
+    for (int p = 0; p < n_; ++p) o[p] = static_cast<size_t>(p * block);
+    return o;
+  }
+
+  // Who owns each expert: every rank's expert_map, gathered once at construction (a collective:
+  // all ranks build their PrepareFinalize together). Each expert needs exactly one owner.
+  void find_owners() {
+    DeviceGuard guard(device_);
+    const int64_t E = config_.num_experts;
+    const Buffer mine = copy_to(config_.parallel.expert_map, device_);
+    Buffer all = Buffer::empty(DType::i32, {n_ * E}, device_);
+    comm_.all_gather(mine.view().data(), all.view().data(), static_cast<size_t>(E) * sizeof(int32_t));
+    comm_.barrier();  // waits for the gather, within the communicator's timeout
+    const Buffer maps = copy_to(all.view(), Device::cpu());
+    Buffer owner = Buffer::empty(DType::i32, {E});
+    int32_t* o = owner.data_as<int32_t>();
+    std::fill(o, o + E, -1);
+    for (int r = 0; r < n_; ++r)
+      for (int64_t e = 0; e < E; ++e)
+        if (maps.data_as<const int32_t>()[r * E + e] >= 0) {
+          FMOE_CHECK(o[e] < 0, "expert ", e, " is placed on rank ", o[e], " and on rank ", r,
+                     "; each expert needs exactly one owner");
+          o[e] = r;
+        }
+    for (int64_t e = 0; e < E; ++e)
+      FMOE_CHECK(o[e] >= 0, "expert ", e, " is placed on no rank; each expert needs exactly one owner");
+    owner_ = copy_to(owner.view(), device_);
+  }
+
+  MoEConfig config_;
+  const Communicator& comm_;
+  Device device_;
+  int n_;
+  int64_t T_;
+  bool all_to_all_;
+  int D_ = 1;
+  EpRecord rec_;
+  int64_t slab_ = 0;
+  Buffer owner_;
+};
+
+}  // namespace
+
+std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& comm,
+                                                          Device device) {
+  return std::make_unique<PrepareFinalizeEp>(config, comm, device);
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,181 @@
+// Expert parallelism on CUDA over NCCL: one thread per GPU, each a rank with its contiguous
+// block of experts, the CUDA experts and the all-to-all or all-gather PrepareFinalize. The
+// ranks' outputs, put together, must match the float64 reference of the whole layer (what
+// EP = 1 computes) within the scheme's tolerance: uneven token counts, a rank with no tokens,
+// every token routed to one rank's experts, experts not divisible by the ranks, routing on the
+// GPU, run-twice bitwise equality, and over capacity as a clear error. Skips below 2 GPUs.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "fusedmoe/nccl.h"
+#include "test_util.h"
+
+namespace fusedmoe::test {
+namespace {
+
+int hopper_gpus() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  for (int d = 0; d < n; ++d) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
+    if (major != 9) return 0;
+  }
+  return n;
+}
+
+struct EpGpuCase {
+  const char* name;
+  QuantScheme quant;
+  EpDispatch dispatch;
+  int64_t experts;
+  std::vector<int64_t> tokens;  // per rank (the first n are used)
+  bool all_on_last_rank = false;  // every id lands on the last rank's experts
+  bool route_on_gpu = false;      // forward() with logits instead of apply() with ids
+};
+
+struct RankRun {
+  Buffer out;                        // [M, K] on the host, NaN where no rank wrote
+  std::vector<std::string> errors;   // per rank
+  bool run_twice_equal = true;
+};
+
+// Runs the case on n ranks; `calls` is false on ranks that must not call the layer.
+RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, const std::vector<bool>& calls) {
+  const int64_t E = p.config.num_experts, K = p.config.hidden_size, k = p.config.routing.top_k;
+  const int64_t M = p.hidden.view().size(0);
+  RankRun run;
+  run.out = poisoned_bf16(M, K);
+  run.errors.resize(static_cast<size_t>(n));
+  const NcclId id = nccl_unique_id();
+  std::vector<std::thread> threads;
+  int64_t begin = 0;
+  for (int r = 0; r < n; ++r) {
+    const int64_t rows = c.tokens[r];
+    threads.emplace_back([&, r, rows, begin] {
+      try {
+        FMOE_CHECK(cudaSetDevice(r) == cudaSuccess, "cudaSetDevice");
+        cudaStream_t s;
+        cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+        {
+          const CudaStreamGuard guard(s);
+          auto comm = make_nccl_communicator(id, r, n, r, 30.0);
+          const Device dev = Device::cuda(r);
+          const std::vector<int32_t> experts = testing::experts_of_map(contiguous_expert_map(E, r, n));
+          const Buffer map = testing::expert_map_of(E, experts);
+          const OwnedExpertWeights shard = testing::slice_experts(p.weights.weights, E, experts);
+          MoEConfig cfg = p.config;
+          cfg.parallel.expert_map = map.view();
+          cfg.parallel.ep_size = n;
+          cfg.parallel.ep_rank = r;
+          cfg.parallel.max_tokens_per_rank = T;
+          cfg.parallel.ep_dispatch = c.dispatch;
+          auto rows_of = [&](const Buffer& b, DType dt, int64_t cols) {
+            return copy_to(Tensor(b.data_as<uint8_t>() + begin * cols * int64_t(dtype_size(dt)), dt,
+                                  {rows, cols}),
+                           Device::cpu());
+          };
+          const testing::LayerInputs g =
+              testing::layer_inputs_on(dev, cfg, shard.weights, rows_of(p.hidden, DType::bf16, K),
+                                       rows_of(p.logits, DType::f32, E), rows_of(p.ids, DType::i32, k),
+                                       rows_of(p.topk_weights, DType::f32, k));
+          KernelOptions opt;
+          opt.backend = Backend::cuda;
+          opt.communicator = comm.get();
+          const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+          if (calls[r]) {
+            Buffer ws = Buffer::empty(DType::u8, {int64_t(kernel.workspace_bytes(rows))}, dev);
+            FMOE_CHECK(cudaMemsetAsync(ws.view().data(), 0xff, ws.nbytes(), s) == cudaSuccess, "memset");
+            std::vector<Buffer> outs;
+            for (int i = 0; i < 2; ++i) {
+              outs.push_back(copy_to(poisoned_bf16(rows, K), dev));
+              if (c.route_on_gpu)
+                kernel.forward(g.hidden, g.logits, outs.back(), ws.view());
+              else
+                kernel.apply(g.hidden, g.ids, g.topk_weights, outs.back(), ws.view());
+            }
+            comm->barrier();  // waits for the stream within the timeout
+            const Buffer first = copy_to(outs[0], Device::cpu()), second = copy_to(outs[1], Device::cpu());
+            if (!bits_equal(first, second)) run.run_twice_equal = false;
+            std::memcpy(run.out.data_as<bfloat16>() + begin * K, first.view().data(), first.nbytes());
+          }
+        }
+        cudaStreamDestroy(s);
+      } catch (const std::exception& e) {
+        run.errors[r] = e.what();
+      }
+    });
+    begin += rows;
+  }
+  for (std::thread& t : threads) t.join();
+  return run;
+}
+
+class CudaEp : public ::testing::TestWithParam<EpGpuCase> {};
+
+TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
+  const int n = std::min(hopper_gpus(), 4);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const EpGpuCase& c = GetParam();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  EpGpuCase run_case = c;
+  run_case.tokens.resize(static_cast<size_t>(n), 3);
+  int64_t M = 0;
+  for (int r = 0; r < n; ++r) M += run_case.tokens[r];
+  MoEConfig cfg = small_config(c.quant, c.experts, /*K=*/256, /*I=*/256, /*top_k=*/3);
+  if (!c.route_on_gpu) cfg.routing.method = RoutingMethod::precomputed;
+  Problem p = make_problem(cfg, M, seed);
+  if (c.all_on_last_rank) {  // ids among the last rank's experts only
+    const std::vector<int32_t> last = testing::experts_of_map(contiguous_expert_map(c.experts, n - 1, n));
+    for (int64_t i = 0; i < p.ids.view().numel(); ++i)
+      p.ids.data_as<int32_t>()[i] = last[size_t(i) % last.size()];
+  }
+  const int64_t T = *std::max_element(run_case.tokens.begin(), run_case.tokens.end());
+  const RankRun run = run_on_gpus(p, run_case, n, std::max<int64_t>(T, 1), std::vector<bool>(size_t(n), true));
+  for (int r = 0; r < n; ++r) ASSERT_EQ(run.errors[r], "") << "rank " << r;
+  EXPECT_TRUE(run.run_twice_equal) << "a second identical call gave different bits";
+  expect_matches_reference(p, run.out, p.ids, p.topk_weights);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaEp,
+    ::testing::Values(
+        EpGpuCase{"bf16_a2a_uneven", QuantScheme::bf16, EpDispatch::all_to_all, 9, {37, 5, 11, 2}},
+        EpGpuCase{"fp8_a2a_rank0_empty", QuantScheme::fp8_block, EpDispatch::all_to_all, 9, {0, 19, 4, 7}},
+        EpGpuCase{"bf16_a2a_all_on_last_rank", QuantScheme::bf16, EpDispatch::all_to_all, 10, {16, 16, 16, 16}, true},
+        EpGpuCase{"fp8_a2a_routed_on_gpu", QuantScheme::fp8_block, EpDispatch::all_to_all, 12, {24, 9, 1, 30}, false,
+                  true},
+        EpGpuCase{"bf16_allgather_uneven", QuantScheme::bf16, EpDispatch::all_gather, 9, {7, 30, 0, 12}},
+        EpGpuCase{"fp8_allgather_routed_on_gpu", QuantScheme::fp8_block, EpDispatch::all_gather, 10, {5, 0, 9, 3},
+                  false, true}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
+  const int n = std::min(hopper_gpus(), 4);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  EpGpuCase c{"over", QuantScheme::bf16, EpDispatch::all_to_all, 8, std::vector<int64_t>(size_t(n), 4)};
+  c.tokens[0] = 9;  // over max_tokens_per_rank = 8
+  MoEConfig cfg = small_config(QuantScheme::bf16, 8, 256, 256, 2);
+  cfg.routing.method = RoutingMethod::precomputed;
+  int64_t M = 0;
+  for (int64_t t : c.tokens) M += t;
+  const Problem p = make_problem(cfg, M, test_seed());
+  std::vector<bool> calls(size_t(n), false);
+  calls[0] = true;  // only the offending rank calls: it must fail at once, not wait for the others
+  const RankRun run = run_on_gpus(p, c, n, 8, calls);
+  EXPECT_NE(run.errors[0].find("over parallel.max_tokens_per_rank=8"), std::string::npos) << run.errors[0];
+  for (int64_t i = 0; i < 9 * 256; ++i) ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
