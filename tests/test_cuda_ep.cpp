@@ -123,7 +123,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
 class CudaEp : public ::testing::TestWithParam<EpGpuCase> {};
 
 TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
-  const int n = std::min(hopper_gpus(), 4);
+  const int n = std::min(hopper_gpus(), 8);
   if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
   const EpGpuCase& c = GetParam();
   const uint64_t seed = test_seed();
@@ -161,7 +161,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
-  const int n = std::min(hopper_gpus(), 4);
+  const int n = std::min(hopper_gpus(), 8);
   if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
   EpGpuCase c{"over", QuantScheme::bf16, EpDispatch::all_to_all, 8, std::vector<int64_t>(size_t(n), 4)};
   c.tokens[0] = 9;  // over max_tokens_per_rank = 8

@@ -1,18 +1,21 @@
-"""Hugging Face models with their MoE blocks replaced by fusedmoe (needs torch, transformers, a
-Hopper GPU and the CUDA backend; skipped otherwise): a small randomly initialised Mixtral and
-Qwen3-MoE give the same logits as the original model within bf16 tolerance.
+"""Hugging Face models with their MoE blocks replaced by fusedmoe (needs torch and transformers;
+skipped otherwise): a small randomly initialised Mixtral and Qwen3-MoE give the same logits as
+the original model within bf16 tolerance — on the CPU backend always, and on CUDA when a Hopper
+GPU and the CUDA backend are there.
 
 The expert weights are read from the block itself, in either layout transformers has used: a
 ModuleList of per-expert Linear layers (w1/w3/w2 or gate_proj/up_proj/down_proj) or fused 3-D
 parameters (experts.gate_up_proj, experts.down_proj)."""
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import fusedmoe  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not fusedmoe.backend_available("cuda"),
-                                reason="needs a Hopper GPU and the CUDA backend")
+HAVE_CUDA = torch.cuda.is_available() and fusedmoe.backend_available("cuda")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAVE_CUDA, reason="needs a Hopper GPU"))]
 
 H, I, E, TOP_K = 256, 192, 8, 2  # H != 2I, so the orientation of fused parameters is unambiguous
 
@@ -38,13 +41,13 @@ def expert_weights(experts):
 class FusedBlock(torch.nn.Module):
     """Stands in for a transformers sparse-MoE block: same router, experts run by fusedmoe."""
 
-    def __init__(self, block, returns_tuple):
+    def __init__(self, block, returns_tuple, device):
         super().__init__()
         w13, w2 = expert_weights(block.experts)
         self.w13, self.w2 = w13.detach().contiguous(), w2.detach().contiguous()
         self.router = block.gate.weight.detach()
         moe = fusedmoe.FusedMoE(num_experts=E, hidden_size=H, intermediate_size=I, top_k=TOP_K, w13=self.w13,
-                                w2=self.w2, routing="softmax-topk-renormalize", backend="cuda")
+                                w2=self.w2, routing="softmax-topk-renormalize", backend=device)
         self.module = fusedmoe.FusedMoEModule(moe)
         self.returns_tuple = returns_tuple
 
@@ -64,7 +67,7 @@ def moe_blocks(model):
                 yield layer, attr, block
 
 
-def build(name):
+def build(name, device):
     common = dict(hidden_size=H, intermediate_size=I, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=512, max_position_embeddings=128)
     if name == "mixtral":
@@ -76,24 +79,31 @@ def build(name):
                                              head_dim=64, **common)
         cls = transformers.Qwen3MoeForCausalLM
     torch.manual_seed(0)
-    return cls(config).to(device="cuda", dtype=torch.bfloat16).eval()
+    return cls(config).to(device=device, dtype=torch.bfloat16).eval()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["mixtral", "qwen3_moe"])
-def test_replaced_moe_blocks_give_the_same_logits(name):
-    model = build(name)
-    tokens = torch.randint(0, 512, (3, 37), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+def test_replaced_moe_blocks_give_the_same_logits(name, device):
+    model = build(name, device)
+    tokens = torch.randint(0, 512, (3, 37), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
+        truth = copy.deepcopy(model).float()(tokens).logits  # the same model in f32
         expect = model(tokens).logits.float()
         blocks = list(moe_blocks(model))
         assert len(blocks) == 2, "found no MoE blocks to replace"
         for layer, attr, block in blocks:
-            probe = block(torch.randn(1, 2, H, device="cuda", dtype=torch.bfloat16))
-            setattr(layer, attr, FusedBlock(block, isinstance(probe, tuple)))
+            probe = block(torch.randn(1, 2, H, device=device, dtype=torch.bfloat16))
+            setattr(layer, attr, FusedBlock(block, isinstance(probe, tuple), device))
         got = model(tokens).logits.float()
-    rel = ((got - expect).norm() / expect.norm()).item()
+    def rel(a):
+        return ((a - truth).norm() / truth.norm()).item()
+
     agree = (got.argmax(-1) == expect.argmax(-1)).float().mean().item()
-    print(f"{name}: relative logits error {rel:.2e}, argmax agreement {agree:.3f}")
+    print(f"{name} on {device}: relative logits error vs f32: fusedmoe {rel(got):.2e}, the model's own bf16 "
+          f"{rel(expect):.2e}; argmax agreement with the bf16 model {agree:.3f}")
     assert torch.isfinite(got).all()
-    assert rel < 2e-2, f"{name}: relative logits error {rel:.3e}"
+    # as close to the f32 model as the model's own bf16 MoE is (bf16 rounding, or a near-tie
+    # routed differently, moves either by a few 1e-3)
+    assert rel(got) <= 1.5 * rel(expect) + 5e-3, f"{name}: relative logits error {rel(got):.3e}"
     assert agree > 0.95, f"{name}: argmax agreement {agree:.3f}"
