@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""GPU benchmark of fusedmoe's CUDA modular forward (routing included) against PyTorch, one
-process, one GPU. Measures the card's ceilings first (device copy bandwidth, dense bf16 and
+"""GPU benchmark of fusedmoe's CUDA forward (routing included; modular and monolithic experts)
+against PyTorch, one process, one GPU. Measures the card's ceilings first (device copy bandwidth, dense bf16 and
 fp8 GEMM rate through cuBLAS/cuBLASLt), then, per model and token count, times with CUDA
 graphs and an L2 flush before every replay:
-  fusedmoe      the fusedmoe C API forward (libfusedmoe_c.so)
+  fusedmoe      the fusedmoe C API forward (libfusedmoe_c.so), modular experts
+  fusedmoe_mono the same weights through the monolithic experts (and whether the outputs are equal)
   torch_grouped torch routing + sort + torch._grouped_mm x2 + weighted index_add (bf16)
   torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
 floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
@@ -225,11 +226,15 @@ def main():
                  p.get("topk_group", 1), 1, p.get("scaling", 1.0), bias.data_ptr() if bias is not None else None, 0,
                  w["w13"].data_ptr(), w["w2"].data_ptr(), w.get("w13_scale", w["w13"]).data_ptr()
                  if "w13_scale" in w else None, w["w2_scale"].data_ptr() if "w2_scale" in w else None, 0)
-        layer = ctypes.c_void_p()
+        layer, mono = ctypes.c_void_p(), ctypes.c_void_p()
         if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
             sys.exit("fmoe_layer_create: " + err.value.decode())
+        d.use_monolithic = 1  # the same weights through the monolithic experts
+        if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(mono), err, 4096):
+            sys.exit("fmoe_layer_create (monolithic): " + err.value.decode())
         max_m = max(int(t) for t in args.tokens.split(","))
-        ws = torch.empty(lib.fmoe_layer_workspace_bytes(layer, max_m), dtype=torch.uint8, device="cuda")
+        ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(layer, max_m), lib.fmoe_layer_workspace_bytes(mono, max_m)),
+                         dtype=torch.uint8, device="cuda")
         fp8 = p["quant"] == "fp8-block"
         elem = 1 if fp8 else 2
         expert_bytes = (2 * I * K + K * I) * elem + (((2 * I + 127) // 128) * ((K + 127) // 128) +
@@ -240,8 +245,8 @@ def main():
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
             out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
 
-            def fm():
-                rc = lib.fmoe_layer_forward(layer, hidden.data_ptr(), logits.data_ptr(), out.data_ptr(), M,
+            def fm(which=layer):
+                rc = lib.fmoe_layer_forward(which, hidden.data_ptr(), logits.data_ptr(), out.data_ptr(), M,
                                             ws.data_ptr(), torch.cuda.current_stream().cuda_stream, err, 4096)
                 if rc:
                     raise RuntimeError(err.value.decode())
@@ -254,26 +259,34 @@ def main():
             res = dict(model=name, quant=p["quant"], tokens=M, active_experts=active, bytes=bytes_, flops=flops,
                        floor_us=floor_us)
             res["fusedmoe_us"] = time_us(graphed(fm), args.reps)
+            res["fusedmoe_mono_us"] = time_us(graphed(lambda: fm(mono)), args.reps)
             ref = torch_grouped(p, w, hidden, logits, bias)
+            fm(mono)
+            torch.cuda.synchronize()
+            mono_out = out.clone()
             fm()
             torch.cuda.synchronize()
+            res["mono_equals_modular"] = bool(torch.equal(mono_out, out))
             res["rel_err_vs_torch"] = float((out.float() - ref.float()).norm() / ref.float().norm())
             res["torch_grouped_us"] = time_us(graphed(lambda: torch_grouped(p, w, hidden, logits, bias)), args.reps)
             if not args.no_loop:
                 res["torch_loop_us"] = time_us(lambda: torch_loop(p, w, hidden, logits, bias), max(3, args.reps // 5),
                                                warmup=1)
-            for key in ("fusedmoe", "torch_grouped", "torch_loop"):
+            for key in ("fusedmoe", "fusedmoe_mono", "torch_grouped", "torch_loop"):
                 if key + "_us" in res:
                     res[key + "_pct_floor"] = 100.0 * floor_us / res[key + "_us"]
             res["fusedmoe_tflops"] = flops / (res["fusedmoe_us"] * 1e-6) / 1e12
             res["fusedmoe_gbps"] = bytes_ / (res["fusedmoe_us"] * 1e-6) / 1e9
             rows.append(res)
             print(f"  {name:14s} M={M:5d} floor {floor_us:9.1f} us | fusedmoe {res['fusedmoe_us']:9.1f} us "
-                  f"({res['fusedmoe_pct_floor']:5.1f}%) | grouped_mm {res['torch_grouped_us']:9.1f} us "
+                  f"({res['fusedmoe_pct_floor']:5.1f}%) | monolithic {res['fusedmoe_mono_us']:9.1f} us "
+                  f"({res['fusedmoe_mono_pct_floor']:5.1f}%{'' if res['mono_equals_modular'] else ', DIFFERS'}) "
+                  f"| grouped_mm {res['torch_grouped_us']:9.1f} us "
                   f"({res['torch_grouped_pct_floor']:5.1f}%)"
                   + (f" | loop {res['torch_loop_us']:9.1f} us" if "torch_loop_us" in res else "")
                   + f" | rel err {res['rel_err_vs_torch']:.2e}", flush=True)
         lib.fmoe_layer_destroy(layer)
+        lib.fmoe_layer_destroy(mono)
         del w, ws
         torch.cuda.empty_cache()
     stamp = datetime.date.today().isoformat()
@@ -282,10 +295,11 @@ def main():
     with open(os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.json"), "w") as f:
         json.dump(dict(env=env, ceilings=roof, results=rows), f, indent=1)
     plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))
-    print("\nmodel            tokens   floor_us  fusedmoe_us  %floor  grouped_mm_us  %floor")
+    print("\nmodel            tokens   floor_us  fusedmoe_us  %floor  monolithic_us  %floor  grouped_mm_us  %floor")
     for r in rows:
         print(f"{r['model']:15s} {r['tokens']:6d} {r['floor_us']:10.1f} {r['fusedmoe_us']:12.1f} "
-              f"{r['fusedmoe_pct_floor']:7.1f} {r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f}")
+              f"{r['fusedmoe_pct_floor']:7.1f} {r['fusedmoe_mono_us']:14.1f} {r['fusedmoe_mono_pct_floor']:7.1f} "
+              f"{r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f}")
 
 
 def plot(rows, roof, env, path):

@@ -6,7 +6,8 @@
 #  background from the start, then runs the pytest suite with torch and transformers)
 # (nccl needs a machine of two or more GPUs)
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
-#   BIN: folder with test_cuda_router, test_cuda_experts, fusedmoe-fuzz and libfusedmoe_c.so (default: build,
+#   BIN: folder with the test binaries (test_cuda_*, test_nccl), fusedmoe-fuzz, fusedmoe-bench and
+#   libfusedmoe_c.so (default: build,
 #   configured and built here when missing; needs the CUTLASS headers, scripts/fetch_cutlass.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,9 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 if [ -z "$BIN" ]; then
   step build 500 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON \
-    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts test_nccl fusedmoe_c fusedmoe-fuzz"
-  BIN=build-gpu
-  cp build-gpu/tests/test_cuda_* build-gpu/tools/fusedmoe-fuzz "$BIN"/ 2>/dev/null || true
+    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts test_cuda_monolithic \
+    test_cuda_ep test_nccl fusedmoe_c fusedmoe-fuzz fusedmoe-bench"
+  BIN=build-gpu  # find_bin looks in build-gpu/tests and build-gpu/tools too
 fi
 if [ ! -d third_party/cutlass-4.2.0.0 ] && [ -f "$BIN/cutlass.tar.xz" ]; then  # the headers, carried packed
   mkdir -p third_party && tar -xJf "$BIN/cutlass.tar.xz" -C third_party
@@ -61,7 +62,8 @@ for what in "$@"; do
   case "$what" in
     tests)
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
-      step test_cuda_experts 420 "$(find_bin test_cuda_experts)" ;;
+      step test_cuda_experts 420 "$(find_bin test_cuda_experts)"
+      step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-pdl)
       step test_cuda_experts_pdl 300 env FUSEDMOE_PDL=1 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*:Variants/*:CudaExperts.CudaGraph*:CudaExperts.RunTwice*:CudaExperts.ForwardWith*' ;;
@@ -70,6 +72,10 @@ for what in "$@"; do
       step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter="$filter"
       step memcheck_router 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_router)"
+      step memcheck_monolithic 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*:CudaMonolithic.CudaGraph*'
+      step racecheck_monolithic 300 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*' 
       step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
@@ -84,7 +90,8 @@ for what in "$@"; do
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
       step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer' ;;
+        --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer'
+      step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     nccl)
       step test_nccl 120 "$(find_bin test_nccl)" ;;
     ep)  # expert parallelism over NCCL on every GPU here: tests, then dispatch/combine next to raw NCCL

@@ -47,6 +47,7 @@ fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/ep_dispatch.cu
   src/cuda/kernels/finalize.cu
   src/cuda/kernels/plan.cu
+  src/cuda/kernels/route_plan.cu
   src/cuda/kernels/quantize.cu
   src/cuda/kernels/router.cu
   src/cuda/kernels/small_m_gemm.cu)
@@ -56,6 +57,8 @@ target_compile_definitions(fusedmoe_cuda_kernels PRIVATE FUSEDMOE_WITH_CUDA)
 target_sources(fusedmoe PRIVATE
   src/cuda/cuda_backend.cpp
   src/cuda/experts_cuda.cpp
+  src/cuda/expert_input.cpp
+  src/cuda/monolithic_experts_cuda.cpp
   src/cuda/heuristics.cpp
   src/cuda/prepare_finalize_cuda.cpp
   src/cuda/prepare_finalize_ep_cuda.cpp)

@@ -43,6 +43,8 @@ struct EpGpuCase {
   bool route_on_gpu = false;      // forward() with logits instead of apply() with ids
 };
 
+void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
+
 struct RankRun {
   Buffer out;                        // [M, K] on the host, NaN where no rank wrote
   std::vector<std::string> errors;   // per rank

@@ -306,10 +306,6 @@ TEST(CudaExperts, BadInputIsAClearErrorAndWritesNothing) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("bf16 and fp8-block"), std::string::npos) << e.what();
   }
-  // Monolithic CUDA experts are not built yet: a clear refusal.
-  opt.use_monolithic = true;
-  EXPECT_THROW(make_kernel(g.config, g.weights.weights, opt), Error);
-  opt.use_monolithic = false;
   // A misaligned hidden pointer; the output stays untouched.
   const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
   const Buffer big = Buffer::bytes(4 * 256 * 2 + 16, kGpu);

@@ -8,12 +8,24 @@
 #include "fusedmoe/experts.h"
 #include "fusedmoe/prepare_finalize.h"
 #include "fusedmoe/weights.h"
+#include "fusedmoe/workspace.h"
 
 namespace fusedmoe::cuda {
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic);
+// monolithic_experts_cuda.cpp
+std::unique_ptr<Experts> make_monolithic_experts(const MoEConfig& config, const ExpertWeights& weights);
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic);
+// expert_input.cpp: the rows the experts read (fp8 1x128 + scales for fp8-block; hidden scaled
+// by row_weight, llama4's weight on the input, when row_weight is set; else hidden itself).
+struct ExpertInput {
+  Tensor rows;    // [M, K] bf16 or e4m3
+  Tensor scales;  // f32 [M, K/128] (fp8-block), undefined otherwise
+};
+size_t expert_input_bytes(const MoEConfig& config, int64_t M);
+ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight, Workspace& ws);
+
 // prepare_finalize_ep_cuda.cpp: the all-to-all / all-gather PrepareFinalize over `comm`.
 std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& comm,
                                                           Device device);

@@ -10,6 +10,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
 #include "cuda/cutlass/grouped_gemm.h"
+#include "cuda/experts_cuda.h"
 #include "cuda/heuristics.h"
 #include "cuda/kernels/kernels.h"
 #include "fusedmoe/error.h"
@@ -33,157 +34,149 @@ void check_supported(const MoEConfig& c) {
   FMOE_CHECK(c.routing.top_k <= 32, "the CUDA backend handles top_k <= 32, got ", c.routing.top_k);
 }
 
-namespace {
-
-struct Scratch {
-  RowPlan plan;
-  Tensor slot_rows;
-};
-
-class CudaExperts final : public ModularExperts {
- public:
-  CudaExperts(const MoEConfig& config, const ExpertWeights& weights) : config_(config), weights_(weights) {
-    device_ = weights.w13.device();
-    require_sm90(device_, "the CUDA experts");
-    check_supported(config);
-    FMOE_CHECK(!weights.w13_bias.defined() && !weights.w2_bias.defined(),
-               "the CUDA experts do not take expert biases yet (w13_bias/w2_bias); the CPU backend does");
-    for (const WeightTensorSpec& spec : weight_layout(config, config.num_local_experts())) {
-      const Tensor& t = weights.*spec.member;
-      if (t.defined())
-        FMOE_CHECK(t.device() == device_, "weights.", spec.name, " must be on ", device_.str(), " like w13, got ",
-                   t.describe());
-    }
-    DeviceGuard guard(device_);
-    sm_count_ = device_info(device_.index).sm_count;
-    num_local_ = config.num_local_experts();
-    if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
-    fp8_ = config.quant == QuantScheme::fp8_block;
-    if (fp8_) {  // the CUTLASS kernel reads weight scales MN-major: [E, K/128, N/128]
-      w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
-      w2_scale_mn_ = transpose_block_scales(weights.w2_scale);
-    }
-    gemm_kind_ = fp8_ ? GroupedGemmKind::fp8_block : GroupedGemmKind::bf16;
-    gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
+CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) : config_(config), weights_(weights) {
+  device_ = weights.w13.device();
+  require_sm90(device_, "the CUDA experts");
+  check_supported(config);
+  FMOE_CHECK(!weights.w13_bias.defined() && !weights.w2_bias.defined(),
+             "the CUDA experts do not take expert biases yet (w13_bias/w2_bias); the CPU backend does");
+  for (const WeightTensorSpec& spec : weight_layout(config, config.num_local_experts())) {
+    const Tensor& t = weights.*spec.member;
+    if (t.defined())
+      FMOE_CHECK(t.device() == device_, "weights.", spec.name, " must be on ", device_.str(), " like w13, got ",
+                 t.describe());
   }
-
-  std::string name() const override { return fp8_ ? "cuda.Experts[fp8-block]" : "cuda.Experts[bf16]"; }
-  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
-  Device device() const override { return device_; }
-  Tensor static_input_scale() const override { return {}; }
-
-  size_t workspace_bytes(int64_t M) const override {
-    const int64_t k = config_.routing.top_k, R = M * k, E = num_local_;
-    const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
-    const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
-    size_t b = 3 * workspace_tensor_bytes(DType::i32, {E + 1}) + 3 * workspace_tensor_bytes(DType::i32, {R});
-    b += workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
-    b += workspace_tensor_bytes(DType::bf16, {R, N1});                                             // GEMM1 out
-    b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
-    b += workspace_tensor_bytes(DType::bf16, {R, K});                                              // output rows
-    b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
-    return b;
+  DeviceGuard guard(device_);
+  sm_count_ = device_info(device_.index).sm_count;
+  num_local_ = config.num_local_experts();
+  if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
+  fp8_ = config.quant == QuantScheme::fp8_block;
+  if (fp8_) {  // the CUTLASS kernel reads weight scales MN-major: [E, K/128, N/128]
+    w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
+    w2_scale_mn_ = transpose_block_scales(weights.w2_scale);
   }
+  gemm_kind_ = fp8_ ? GroupedGemmKind::fp8_block : GroupedGemmKind::bf16;
+  gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
+}
 
-  ExpertsOutput apply(const PreparedActivations& in, Workspace& ws) const override {
-    DeviceGuard guard(device_);
-    const cudaStream_t s = stream();
-    const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k, R = M * k, E = num_local_;
-    const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
-    const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
+size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
+  const int64_t R = M * top_k;
+  return 3 * workspace_tensor_bytes(DType::i32, {num_local + 1}) + workspace_tensor_bytes(DType::i32, {M, top_k}) +
+         2 * workspace_tensor_bytes(DType::i32, {R});
+}
 
-    RowPlan plan;
-    plan.counts = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
-    plan.offsets = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
-    plan.active = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
-    const Tensor slot_rows = ws.take(DType::i32, {M, k});
-    plan.slot_rows = slot_rows.data_as<int32_t>();
-    plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
-    plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
-    const Tensor x_sorted = ws.take(act, {R, K});
-    const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
-    const Tensor h = ws.take(DType::bf16, {R, N1});
-    const Tensor h2 = ws.take(act, {R, I});
-    const Tensor h2_scales = ws.take(DType::f32, {R, I / 128});
-    const Tensor y = ws.take(DType::bf16, {R, K});
-    const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
+size_t CudaExperts::workspace_bytes(int64_t M) const {
+  const int64_t k = config_.routing.top_k, R = M * k;
+  const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
+  const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
+  size_t b = plan_bytes(M, static_cast<int>(k), num_local_);
+  b += workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
+  b += workspace_tensor_bytes(DType::bf16, {R, N1});                                             // GEMM1 out
+  b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
+  b += workspace_tensor_bytes(DType::bf16, {R, K});                                              // output rows
+  b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
+  return b;
+}
 
-    const int32_t* map = expert_map_.view().defined() ? expert_map_.data_as<const int32_t>() : nullptr;
-    launch_plan(in.topk_ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
-                map, static_cast<int>(E), plan, s);
+PlanBuffers CudaExperts::take_plan(int64_t M, Workspace& ws) const {
+  const int64_t k = config_.routing.top_k, R = M * k, E = num_local_;
+  PlanBuffers p;
+  p.plan.counts = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  p.plan.offsets = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  p.plan.active = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  p.slot_rows = ws.take(DType::i32, {M, k});
+  p.plan.slot_rows = p.slot_rows.data_as<int32_t>();
+  p.plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
+  p.plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
+  return p;
+}
 
-    const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E);
-    const int max_active = static_cast<int>(std::min(E, R));
-    float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
-    if (path.small_m) {
-      SmallMGemm g1{in.a1q.data(), plan.row_token, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr,
-                    weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
-                    h.data_as<bf16>(), N1, K, fp8_};
-      launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
-      launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
-                        h2_scale_ptr, s);
-      SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
-                    fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr, y.data_as<bf16>(), K, I, fp8_};
-      launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
-    } else {
-      const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
-      launch_gather_rows(in.a1q.data(), row_bytes, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr, K / 128, plan,
-                         static_cast<int>(E), R, x_sorted.data(), fp8_ ? x_sorted_scales.data_as<float>() : nullptr,
-                         s);
-      run_gemm(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, weights_.w13.data(),
-               fp8_ ? w13_scale_mn_.data_as<const float>() : nullptr, h.data(), N1, K, plan, gemm_scratch, s);
-      launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
-                        h2_scale_ptr, s);
-      run_gemm(h2.data(), h2_scale_ptr, weights_.w2.data(), fp8_ ? w2_scale_mn_.data_as<const float>() : nullptr,
-               y.data(), K, I, plan, gemm_scratch, s);
-    }
-    return {ExpertsOutputKind::sorted, y, slot_rows};
+const int32_t* CudaExperts::device_expert_map() const {
+  return expert_map_.view().defined() ? expert_map_.data_as<const int32_t>() : nullptr;
+}
+
+ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) const {
+  DeviceGuard guard(device_);
+  const int64_t M = in.topk_ids.size(0);
+  const PlanBuffers planned = take_plan(M, ws);
+  launch_plan(in.topk_ids.data_as<const int32_t>(), M, config_.routing.top_k, static_cast<int>(config_.num_experts),
+              device_expert_map(), static_cast<int>(num_local_), planned.plan, stream());
+  return run_planned(in, planned, ws);
+}
+
+ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const PlanBuffers& planned,
+                                       Workspace& ws) const {
+  DeviceGuard guard(device_);
+  const cudaStream_t s = stream();
+  const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k, R = M * k, E = num_local_;
+  const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
+  const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
+  const RowPlan& plan = planned.plan;
+  const Tensor x_sorted = ws.take(act, {R, K});
+  const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
+  const Tensor h = ws.take(DType::bf16, {R, N1});
+  const Tensor h2 = ws.take(act, {R, I});
+  const Tensor h2_scales = ws.take(DType::f32, {R, I / 128});
+  const Tensor y = ws.take(DType::bf16, {R, K});
+  const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
+
+  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E);
+  const int max_active = static_cast<int>(std::min(E, R));
+  float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
+  if (path.small_m) {
+    SmallMGemm g1{in.a1q.data(), plan.row_token, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr,
+                  weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
+                  h.data_as<bf16>(), N1, K, fp8_};
+    launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
+    launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
+                      h2_scale_ptr, s);
+    SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
+                  fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr, y.data_as<bf16>(), K, I, fp8_};
+    launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
+  } else {
+    const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
+    launch_gather_rows(in.a1q.data(), row_bytes, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr, K / 128, plan,
+                       static_cast<int>(E), R, x_sorted.data(), fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
+    run_gemm(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, weights_.w13.data(),
+             fp8_ ? w13_scale_mn_.data_as<const float>() : nullptr, h.data(), N1, K, plan, gemm_scratch, s);
+    launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
+                      h2_scale_ptr, s);
+    run_gemm(h2.data(), h2_scale_ptr, weights_.w2.data(), fp8_ ? w2_scale_mn_.data_as<const float>() : nullptr,
+             y.data(), K, I, plan, gemm_scratch, s);
   }
+  return {ExpertsOutputKind::sorted, y, planned.slot_rows};
+}
 
- private:
-  void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
-                int64_t K, const RowPlan& plan, const Tensor& scratch, cudaStream_t s) const {
-    GroupedGemmProblem p;
-    p.num_groups = static_cast<int>(num_local_);
-    p.N = N;
-    p.K = K;
-    p.a = a;
-    p.a_scales = a_scales;
-    p.b = b;
-    p.b_scales = b_scales;
-    p.d = d;
-    p.counts = plan.counts;
-    p.offsets = plan.offsets;
-    p.sm_count = sm_count_;
-    const char* err = run_grouped_gemm(gemm_kind_, p, scratch.data(), scratch.nbytes(), s);
-    FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);
-  }
+void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d,
+                           int64_t N, int64_t K, const RowPlan& plan, const Tensor& scratch, cudaStream_t s) const {
+  GroupedGemmProblem p;
+  p.num_groups = static_cast<int>(num_local_);
+  p.N = N;
+  p.K = K;
+  p.a = a;
+  p.a_scales = a_scales;
+  p.b = b;
+  p.b_scales = b_scales;
+  p.d = d;
+  p.counts = plan.counts;
+  p.offsets = plan.offsets;
+  p.sm_count = sm_count_;
+  const char* err = run_grouped_gemm(gemm_kind_, p, scratch.data(), scratch.nbytes(), s);
+  FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);
+}
 
-  // f32 [E, NB, KB] -> [E, KB, NB], through the host (construction time only).
-  Buffer transpose_block_scales(const Tensor& scales) const {
-    const Buffer host = copy_to(scales, Device::cpu());
-    const int64_t E = scales.size(0), NB = scales.size(1), KB = scales.size(2);
-    Buffer t = Buffer::empty(DType::f32, {E, KB, NB});
-    const float* src = host.data_as<const float>();
-    float* dst = t.data_as<float>();
-    for (int64_t e = 0; e < E; ++e)
-      for (int64_t n = 0; n < NB; ++n)
-        for (int64_t kb = 0; kb < KB; ++kb) dst[(e * KB + kb) * NB + n] = src[(e * NB + n) * KB + kb];
-    return copy_to(t, device_);
-  }
-
-  MoEConfig config_;
-  ExpertWeights weights_;
-  Device device_;
-  int sm_count_ = 0;
-  int64_t num_local_ = 0;
-  bool fp8_ = false;
-  GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
-  size_t gemm_scratch_bytes_ = 0;
-  Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
-};
-
-}  // namespace
+// f32 [E, NB, KB] -> [E, KB, NB], through the host (construction time only).
+Buffer CudaExperts::transpose_block_scales(const Tensor& scales) const {
+  const Buffer host = copy_to(scales, Device::cpu());
+  const int64_t E = scales.size(0), NB = scales.size(1), KB = scales.size(2);
+  Buffer t = Buffer::empty(DType::f32, {E, KB, NB});
+  const float* src = host.data_as<const float>();
+  float* dst = t.data_as<float>();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < NB; ++n)
+      for (int64_t kb = 0; kb < KB; ++kb) dst[(e * KB + kb) * NB + n] = src[(e * NB + n) * KB + kb];
+  return copy_to(t, device_);
+}
 
 size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count) {
   return kind == GroupedGemmKind::fp8_block ? grouped_gemm_fp8_block_workspace_bytes(num_groups, sm_count)
@@ -197,8 +190,7 @@ const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, 
 }
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic) {
-  FMOE_CHECK(!monolithic, "monolithic CUDA experts are not built yet (router logits in, one fused kernel); use ",
-             "the modular CUDA experts (use_monolithic=false) or the CPU backend's monolithic experts");
+  if (monolithic) return make_monolithic_experts(config, weights);
   return std::make_unique<CudaExperts>(config, weights);
 }
 

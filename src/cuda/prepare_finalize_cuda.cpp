@@ -1,6 +1,7 @@
 // CUDA PrepareFinalize without expert parallelism. prepare: llama4's router weight on the
 // input, fp8 1x128 quantization for fp8-block (bf16 passes through untouched). finalize: the
-// deterministic weighted top-k reduce of the experts' grouped rows.
+// deterministic weighted top-k reduce of the experts' grouped rows. The monolithic one moves
+// nothing (the monolithic experts write the output).
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -25,34 +26,20 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
   ActivationFormat activation_format() const override { return ActivationFormat::standard; }
   Device device() const override { return device_; }
 
-  size_t workspace_bytes(int64_t M) const override {
-    const int64_t K = config_.hidden_size;
-    if (config_.quant == QuantScheme::fp8_block)
-      return workspace_tensor_bytes(DType::fp8_e4m3, {M, K}) + workspace_tensor_bytes(DType::f32, {M, K / 128});
-    return config_.apply_router_weight_on_input() ? workspace_tensor_bytes(DType::bf16, {M, K}) : 0;
-  }
+  size_t workspace_bytes(int64_t M) const override { return expert_input_bytes(config_, M); }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
                               const Tensor&, Workspace& ws) const override {
     DeviceGuard guard(device_);
-    const int64_t M = hidden.size(0), K = config_.hidden_size;
     // llama4 has top_k == 1, so row t's weight is topk_weights[t].
     const float* row_weight = config_.apply_router_weight_on_input() ? topk_weights.data_as<const float>() : nullptr;
+    const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
     PreparedActivations p;
     p.format = ActivationFormat::standard;
+    p.a1q = in.rows;
+    p.a1q_scale = in.scales;
     p.topk_ids = topk_ids;
     p.topk_weights = topk_weights;
-    if (config_.quant == QuantScheme::fp8_block) {
-      p.a1q = ws.take(DType::fp8_e4m3, {M, K});
-      p.a1q_scale = ws.take(DType::f32, {M, K / 128});
-      launch_quantize_fp8_block(hidden.data_as<const bf16>(), M, K, row_weight, p.a1q.data_as<fp8>(),
-                                p.a1q_scale.data_as<float>(), stream());
-    } else if (row_weight) {
-      p.a1q = ws.take(DType::bf16, {M, K});
-      launch_scale_rows(hidden.data_as<const bf16>(), M, K, row_weight, p.a1q.data_as<bf16>(), stream());
-    } else {
-      p.a1q = hidden;
-    }
     return p;
   }
 
@@ -73,12 +60,38 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
   Device device_;
 };
 
+// Monolithic experts route, compute and reduce themselves: without expert parallelism this
+// stage moves nothing and the experts write the caller's output.
+class PrepareFinalizeNoEPMonolithic final : public MonolithicPrepareFinalize {
+ public:
+  explicit PrepareFinalizeNoEPMonolithic(Device device) : device_(device) {}
+  std::string name() const override { return "cuda.PrepareFinalizeNoEPMonolithic"; }
+  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  Device device() const override { return device_; }
+  size_t workspace_bytes(int64_t) const override { return 0; }
+  Prepared prepare(const Tensor& hidden, const Tensor& router_logits, Workspace&) const override {
+    return {hidden, router_logits};
+  }
+  Tensor experts_output(const Tensor& output, int64_t, Workspace&) const override { return output; }
+  void finalize(const Tensor&, const Tensor&, Workspace&) const override {}
+
+ private:
+  Device device_;
+};
+
 }  // namespace
 
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic) {
-  FMOE_CHECK(!monolithic, "monolithic CUDA experts are not built yet, so there is no monolithic CUDA ",
-             "PrepareFinalize; use the modular path (use_monolithic=false)");
+  if (monolithic) {
+    FMOE_CHECK(!communicator, "expert parallelism with monolithic CUDA experts is not built yet (",
+               communicator ? communicator->name() : std::string(), "); use the modular path (use_monolithic=false) ",
+               "or the CPU backend's all-gather monolithic PrepareFinalize");
+    const Device device = current_device();
+    require_sm90(device, "the CUDA PrepareFinalize");
+    check_supported(config);
+    return std::make_unique<PrepareFinalizeNoEPMonolithic>(device);
+  }
   if (!communicator) return std::make_unique<PrepareFinalizeNoEP>(config);
   const Device device = current_device();
   require_sm90(device, "the CUDA PrepareFinalize");

@@ -47,7 +47,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   size_t workspace_bytes(int64_t M) const override {
     const int64_t K = config_.hidden_size, k = config_.routing.top_k, G = std::max<int64_t>(scale_cols(), 1);
     const int64_t R = n_ * T_;
-    return workspace_tensor_bytes(act_dtype(), {M, K}) + workspace_tensor_bytes(DType::f32, {M, G}) +  // quantized
+    return expert_input_bytes(config_, M) +                                                             // quantized
            workspace_tensor_bytes(DType::i32, {M, D_}) + workspace_tensor_bytes(DType::i32, {D_}) +       // plan
            workspace_tensor_bytes(DType::u8, {D_ * slab_}) + workspace_tensor_bytes(DType::u8, {n_ * slab_}) +
            workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, G}) +
@@ -66,17 +66,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     // Activation rows as they travel (the weights stay home when llama4 applies them first).
     const bool weight_on_input = config_.apply_router_weight_on_input();
     const float* row_weight = weight_on_input ? topk_weights.data_as<const float>() : nullptr;
-    const Tensor q = ws.take(act_dtype(), {M, K});
-    const Tensor q_scales = ws.take(DType::f32, {M, std::max<int64_t>(G, 1)});
-    const void* rows = hidden.data();
-    if (config_.quant == QuantScheme::fp8_block) {
-      if (M) launch_quantize_fp8_block(hidden.data_as<const bf16>(), M, K, row_weight, q.data_as<fp8>(),
-                                       q_scales.data_as<float>(), s);
-      rows = q.data();
-    } else if (row_weight) {
-      if (M) launch_scale_rows(hidden.data_as<const bf16>(), M, K, row_weight, q.data_as<bf16>(), s);
-      rows = q.data();
-    }
+    const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
     // Plan, pack, exchange, unpack.
     const Tensor pos = ws.take(DType::i32, {M, D_});
     const Tensor counts = ws.take(DType::i32, {D_});
@@ -85,7 +75,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
                    counts.data_as<int32_t>(), s);
     const Tensor send = ws.take(DType::u8, {D_ * slab_});
     const Tensor recv = ws.take(DType::u8, {n_ * slab_});
-    launch_ep_pack(rec_, rows, G ? q_scales.data_as<const float>() : nullptr, topk_ids.data_as<const int32_t>(),
+    launch_ep_pack(rec_, in.rows.data(), G ? in.scales.data_as<const float>() : nullptr, topk_ids.data_as<const int32_t>(),
                    weight_on_input ? nullptr : topk_weights.data_as<const float>(), M, static_cast<int>(k),
                    pos.data_as<const int32_t>(), counts.data_as<const int32_t>(), D_, T_, send.data(), s);
     if (all_to_all_) {

@@ -102,6 +102,10 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
     c.monolithic = c.routing != RoutingMethod::precomputed && rng.chance(0.3);
     c.batched = !c.monolithic && rng.chance(0.15);
     c.bias = rng.chance(c.activation == ActivationKind::swiglu_oai ? 0.6 : 0.15);
+  } else {  // the CUDA monolithic experts, drawn from a stream of its own so that a CUDA seed's
+            // other fields stay what they were before CUDA had monolithic experts
+    Rng mono(seed ^ 0x6d6f6e6fULL);
+    c.monolithic = c.routing != RoutingMethod::precomputed && mono.chance(0.3);
   }
   if (rng.chance(0.15)) {
     std::vector<Fault> faults = {Fault::hidden_dtype, Fault::hidden_shape, Fault::expert_map_twice,

@@ -1,0 +1,57 @@
+// CudaExperts: the CUDA modular experts (standard format), and the pieces of it the monolithic
+// experts reuse: the row plan's buffers and the experts run on a plan that is already built.
+#pragma once
+
+#include <string>
+
+#include "cuda/cutlass/grouped_gemm.h"
+#include "cuda/kernels/kernels.h"
+#include "fusedmoe/experts.h"
+#include "fusedmoe/weights.h"
+
+namespace fusedmoe::cuda {
+
+// The row plan of M tokens, carved from a workspace (RowPlan's pointers, and slot_rows as a tensor).
+struct PlanBuffers {
+  RowPlan plan;
+  Tensor slot_rows;  // i32 [M, k]
+};
+
+class CudaExperts final : public ModularExperts {
+ public:
+  CudaExperts(const MoEConfig& config, const ExpertWeights& weights);
+
+  std::string name() const override { return fp8_ ? "cuda.Experts[fp8-block]" : "cuda.Experts[bf16]"; }
+  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  Device device() const override { return device_; }
+  Tensor static_input_scale() const override { return {}; }
+  size_t workspace_bytes(int64_t M) const override;
+  // Plans the rows of in.topk_ids, then runs the experts on them.
+  ExpertsOutput apply(const PreparedActivations& in, Workspace& ws) const override;
+
+  // The plan's share of workspace_bytes(M), and taking it (first, before the rest).
+  static size_t plan_bytes(int64_t M, int top_k, int64_t num_local);
+  PlanBuffers take_plan(int64_t M, Workspace& ws) const;
+  // The experts on rows already planned (in.topk_ids give M; the plan is of those ids).
+  ExpertsOutput run_planned(const PreparedActivations& in, const PlanBuffers& planned, Workspace& ws) const;
+  // Device expert_map (global -> local), or null when every expert is local.
+  const int32_t* device_expert_map() const;
+  int64_t num_local() const { return num_local_; }
+
+ private:
+  void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
+                int64_t K, const RowPlan& plan, const Tensor& scratch, cudaStream_t s) const;
+  Buffer transpose_block_scales(const Tensor& scales) const;
+
+  MoEConfig config_;
+  ExpertWeights weights_;
+  Device device_;
+  int sm_count_ = 0;
+  int64_t num_local_ = 0;
+  bool fp8_ = false;
+  GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
+  size_t gemm_scratch_bytes_ = 0;
+  Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
+};
+
+}  // namespace fusedmoe::cuda

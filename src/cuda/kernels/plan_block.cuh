@@ -1,0 +1,78 @@
+// The row plan of one forward, computed by one block of kPlanThreads threads (see plan.cu):
+// counts the rows of each local expert, scans them into offsets, lists the active experts and
+// places every valid (token, slot) into its expert's rows. A device function so that the
+// modular plan kernel and the monolithic route+plan kernel run the same code.
+// Limits: num_local <= kItems * kPlanThreads (<= kMaxPlanExperts).
+#pragma once
+
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+
+namespace fusedmoe::cuda {
+
+constexpr int kPlanThreads = 1024;
+
+__device__ inline int local_expert(int32_t id, int num_experts, const int32_t* expert_map) {
+  if (id < 0 || id >= num_experts) return -1;
+  return expert_map ? expert_map[id] : id;
+}
+
+// Every thread of the block must call it; the ids must be visible to the whole block.
+template <int kItems>
+__device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top_k, int num_experts,
+                                  const int32_t* expert_map, int num_local, const RowPlan& plan) {
+  using Scan = cub::BlockScan<int, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int counts[kMaxPlanExperts];
+  for (int e = threadIdx.x; e < num_local; e += kPlanThreads) counts[e] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < num_slots; i += kPlanThreads) {
+    const int e = local_expert(ids[i], num_experts, expert_map);
+    if (e >= 0) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+
+  int c[kItems], offset[kItems], is_active[kItems], active_pos[kItems];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int e = threadIdx.x * kItems + j;
+    c[j] = e < num_local ? counts[e] : 0;
+    is_active[j] = c[j] > 0;
+  }
+  int total;
+  Scan(scan_storage).ExclusiveSum(c, offset, total);
+  __syncthreads();
+  Scan(scan_storage).ExclusiveSum(is_active, active_pos);
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int e = threadIdx.x * kItems + j;
+    if (e < num_local) {
+      plan.counts[e] = c[j];
+      plan.offsets[e] = offset[j];
+      plan.active[e] = -1;
+      counts[e] = offset[j];  // becomes the insertion cursor
+    }
+  }
+  if (threadIdx.x == 0) plan.offsets[num_local] = total;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int e = threadIdx.x * kItems + j;
+    if (e < num_local && is_active[j]) plan.active[active_pos[j]] = e;
+  }
+  for (int64_t i = threadIdx.x; i < num_slots; i += kPlanThreads) {
+    const int e = local_expert(ids[i], num_experts, expert_map);
+    int row = -1;
+    if (e >= 0) {
+      row = atomicAdd(&counts[e], 1);
+      plan.row_token[row] = static_cast<int32_t>(i / top_k);
+      plan.row_expert[row] = e;
+    }
+    plan.slot_rows[i] = row;
+  }
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,71 @@
+// Route + plan kernel, the first step of the monolithic decode path: one block of 1024 threads
+// routes every token (a warp per token, route_token_warp: the modular router's code, so both
+// pick the same experts) and then builds the row plan over the ids it just wrote (plan_block:
+// the modular plan's code). One launch instead of two, for decode-size batches.
+// Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRouterExperts (host-checked).
+#include <cuda_bf16.h>
+
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/plan_block.cuh"
+#include "cuda/kernels/route_warp.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kWarps = kPlanThreads / 32;
+
+template <int J, class T>
+__global__ void __launch_bounds__(kPlanThreads) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
+                                                                  const int32_t* expert_map, int num_local,
+                                                                  int32_t* ids, float* weights, RowPlan plan) {
+  __shared__ float group_scores[kWarps][kMaxExpertGroups];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  pdl_wait();
+  for (int64_t t = warp; t < M; t += kWarps) {
+    int id;
+    float weight;
+    route_token_warp<J>(p, logits + t * p.num_experts, group_scores[warp], id, weight);
+    if (lane < p.top_k) {
+      ids[t * p.top_k + lane] = id;
+      weights[t * p.top_k + lane] = weight;
+    }
+  }
+  __syncthreads();  // the ids are visible to the whole block
+  plan_block<1>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  pdl_launch_dependents();
+}
+
+template <class T>
+void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int32_t* map, int num_local,
+                  int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s) {
+  const int E = p.num_experts;
+  const dim3 grid(1), block(kPlanThreads);
+  if (E <= 32) launch(route_plan_kernel<1, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else if (E <= 64) launch(route_plan_kernel<2, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else if (E <= 128) launch(route_plan_kernel<4, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else if (E <= 256) launch(route_plan_kernel<8, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else if (E <= 512) launch(route_plan_kernel<16, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else launch(route_plan_kernel<32, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+}
+
+}  // namespace
+
+void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
+                       const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
+                       cudaStream_t s) {
+  FMOE_CHECK(M >= 1 && M <= kMaxRoutePlanTokens, "the CUDA route+plan kernel takes 1 to ", kMaxRoutePlanTokens,
+             " tokens, got ", M);
+  FMOE_CHECK(num_local <= kPlanThreads, "the CUDA route+plan kernel handles up to ", kPlanThreads,
+             " local experts, got ", num_local);
+  FMOE_CHECK(p.num_experts <= kMaxRouterExperts, "the CUDA router handles num_experts <= ", kMaxRouterExperts,
+             ", got ", p.num_experts);
+  FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
+  if (logits_bf16)
+    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s);
+  else
+    launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s);
+}
+
+}  // namespace fusedmoe::cuda

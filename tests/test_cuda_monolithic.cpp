@@ -1,0 +1,159 @@
+// The CUDA monolithic experts (router logits in, output out) against the CUDA modular path and
+// the float64 reference: for every routing method, both schemes, decode sizes (the fused
+// route+plan kernel) and a larger batch (route and plan kernels), all-negative and tied logits,
+// bf16 logits. The monolithic output must equal the modular forward's bit for bit (same routing
+// code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips without
+// a Hopper GPU.
+#include <gtest/gtest.h>
+
+#include "cuda_test_util.h"
+
+namespace fusedmoe::test {
+namespace {
+
+struct Outputs {
+  Buffer monolithic, modular, ids, weights;  // on the host
+};
+
+// forward() with the monolithic and the modular CUDA kernels (poisoned outputs and workspaces),
+// and the GPU router's picks for the reference.
+Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits) {
+  Outputs o;
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  const FusedMoEKernel mono = make_kernel(g.config, g.weights.weights, opt);
+  const FusedMoEKernel modular = cuda_kernel(g);
+  EXPECT_TRUE(mono.is_monolithic());
+  Buffer out_mono = poisoned_bf16_on_gpu(M, g.config.hidden_size);
+  Buffer out_mod = poisoned_bf16_on_gpu(M, g.config.hidden_size);
+  const Buffer ws_mono = poisoned_workspace(mono, M), ws_mod = poisoned_workspace(modular, M);
+  mono.forward(g.hidden, logits, out_mono, ws_mono.view());
+  modular.forward(g.hidden, logits, out_mod, ws_mod.view());
+  const int64_t k = g.config.routing.top_k;
+  Buffer ids = Buffer::empty(DType::i32, {M, k}, kGpu), w = Buffer::empty(DType::f32, {M, k}, kGpu);
+  route(g.config.routing, logits, ids, w);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  o.monolithic = copy_to(out_mono, Device::cpu());
+  o.modular = copy_to(out_mod, Device::cpu());
+  o.ids = copy_to(ids, Device::cpu());
+  o.weights = copy_to(w, Device::cpu());
+  return o;
+}
+
+void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int64_t M, const Tensor& logits) {
+  const Outputs o = run_both(g, M, logits);
+  EXPECT_TRUE(bits_equal(o.monolithic, o.modular)) << "monolithic and modular outputs differ";
+  expect_matches_reference(p, o.monolithic, o.ids, o.weights);
+}
+
+MoEConfig config_for(QuantScheme s, RoutingMethod m) {
+  MoEConfig c = small_config(s, 16, 256, 128, m == RoutingMethod::llama4 ? 1 : 4);
+  c.routing.method = m;
+  if (m == RoutingMethod::deepseek_v3) c.routing.num_expert_group = 4, c.routing.topk_group = 2;
+  return c;
+}
+
+TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+    for (RoutingMethod m : {RoutingMethod::softmax_topk, RoutingMethod::topk_softmax,
+                            RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4,
+                            RoutingMethod::sigmoid_topk, RoutingMethod::sigmoid_topk_renormalize})
+      for (int64_t M : {1, 7, 64, 300}) {  // 300: above the single-block route+plan kernel
+        SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m) + " M=" + std::to_string(M));
+        const Problem p = make_problem(config_for(s, m), M, seed + M);
+        const GpuProblem g = to_gpu(p);
+        expect_monolithic_equals_modular(p, g, M, g.logits);
+      }
+}
+
+TEST(CudaMonolithic, AllNegativeTiedAndBf16Logits) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (RoutingMethod m : {RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3,
+                          RoutingMethod::sigmoid_topk})
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(std::string(routing_method_name(m)) + (kind == 0 ? " all negative" : kind == 1 ? " tied" : " bf16"));
+      const int64_t M = 9;
+      Problem p = make_problem(config_for(QuantScheme::bf16, m), M, seed ^ 0x51);
+      const int64_t E = p.config.num_experts;
+      float* l = p.logits.data_as<float>();
+      for (int64_t i = 0; i < M * E; ++i) {
+        if (kind == 0) l[i] = -1000.0f - std::fabs(l[i]);  // every logit negative, far from zero
+        if (kind == 1) l[i] = (i / E) % 2 ? 0.25f : -3.0f;  // every expert of a token tied
+      }
+      const GpuProblem g = to_gpu(p);
+      if (kind < 2) {
+        expect_monolithic_equals_modular(p, g, M, g.logits);
+      } else {  // the same logits as bf16
+        Buffer lb = Buffer::empty(DType::bf16, {M, E});
+        for (int64_t i = 0; i < M * E; ++i) lb.data_as<bfloat16>()[i] = float_to_bf16(l[i]);
+        const Buffer lb_gpu = copy_to(lb, kGpu);
+        expect_monolithic_equals_modular(p, g, M, lb_gpu.view());
+      }
+    }
+}
+
+TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
+  FMOE_REQUIRE_GPU();
+  const Problem p = make_problem(config_for(QuantScheme::fp8_block, RoutingMethod::deepseek_v3), 16, test_seed());
+  const GpuProblem g = to_gpu(p);
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  const FusedMoEKernel mono = make_kernel(g.config, g.weights.weights, opt);
+  const Buffer ws = poisoned_workspace(mono, 16);
+  Buffer direct = poisoned_bf16_on_gpu(16, 256), replayed = poisoned_bf16_on_gpu(16, 256);
+  mono.forward(g.hidden, g.logits, direct, ws.view());
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  {
+    const CudaStreamGuard on(s);
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    mono.forward(g.hidden, g.logits, replayed, ws.view());
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  }
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_TRUE(bits_equal(copy_to(direct, Device::cpu()), copy_to(replayed, Device::cpu())));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
+
+TEST(CudaMonolithic, UnsupportedRequestsAreClearErrors) {
+  FMOE_REQUIRE_GPU();
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  MoEConfig c = config_for(QuantScheme::bf16, RoutingMethod::softmax_topk);
+  c.routing.method = RoutingMethod::precomputed;
+  const Problem p = make_problem(c, 4, 1);
+  const GpuProblem g = to_gpu(p);
+  try {
+    make_kernel(g.config, g.weights.weights, opt);
+    ADD_FAILURE() << "a monolithic kernel with precomputed routing was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("precomputed"), std::string::npos) << e.what();
+  }
+  MoEConfig big = small_config(QuantScheme::bf16, 1100, 128, 128, 2);  // over the GPU router's 1024 experts
+  const Problem pb = make_problem(big, 2, 2);
+  const GpuProblem gb = to_gpu(pb);
+  try {
+    make_kernel(gb.config, gb.weights.weights, opt);
+    ADD_FAILURE() << "a monolithic kernel over 1024 experts was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("1024"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
