@@ -3,7 +3,8 @@
 // ranks' outputs, put together, must match the float64 reference of the whole layer (what
 // EP = 1 computes) within the scheme's tolerance: uneven token counts, a rank with no tokens,
 // every token routed to one rank's experts, experts not divisible by the ranks, routing on the
-// GPU, run-twice bitwise equality, and over capacity as a clear error. Skips below 2 GPUs.
+// GPU (softmax, deepseek-v3, sigmoid) and given ids, modular and monolithic experts,
+// run-twice bitwise equality, and over capacity as a clear error. Skips below 2 GPUs.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -41,6 +42,8 @@ struct EpGpuCase {
   std::vector<int64_t> tokens;  // per rank (the first n are used)
   bool all_on_last_rank = false;  // every id lands on the last rank's experts
   bool route_on_gpu = false;      // forward() with logits instead of apply() with ids
+  bool monolithic = false;        // monolithic experts (all-gather PrepareFinalize; routes on the GPU)
+  RoutingMethod routing = RoutingMethod::softmax_topk_renormalize;
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -93,6 +96,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
           KernelOptions opt;
           opt.backend = Backend::cuda;
           opt.communicator = comm.get();
+          opt.use_monolithic = c.monolithic;
           const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
           if (calls[r]) {
             Buffer ws = Buffer::empty(DType::u8, {int64_t(kernel.workspace_bytes(rows))}, dev);
@@ -100,7 +104,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
             std::vector<Buffer> outs;
             for (int i = 0; i < 2; ++i) {
               outs.push_back(copy_to(poisoned_bf16(rows, K), dev));
-              if (c.route_on_gpu)
+              if (c.route_on_gpu || c.monolithic)
                 kernel.forward(g.hidden, g.logits, outs.back(), ws.view());
               else
                 kernel.apply(g.hidden, g.ids, g.topk_weights, outs.back(), ws.view());
@@ -135,7 +139,8 @@ TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
   int64_t M = 0;
   for (int r = 0; r < n; ++r) M += run_case.tokens[r];
   MoEConfig cfg = small_config(c.quant, c.experts, /*K=*/256, /*I=*/256, /*top_k=*/3);
-  if (!c.route_on_gpu) cfg.routing.method = RoutingMethod::precomputed;
+  cfg.routing.method = c.route_on_gpu || c.monolithic ? c.routing : RoutingMethod::precomputed;
+  if (cfg.routing.method == RoutingMethod::deepseek_v3) cfg.routing.num_expert_group = 4, cfg.routing.topk_group = 2;
   Problem p = make_problem(cfg, M, seed);
   if (c.all_on_last_rank) {  // ids among the last rank's experts only
     const std::vector<int32_t> last = testing::experts_of_map(contiguous_expert_map(c.experts, n - 1, n));
@@ -159,7 +164,13 @@ INSTANTIATE_TEST_SUITE_P(
                   true},
         EpGpuCase{"bf16_allgather_uneven", QuantScheme::bf16, EpDispatch::all_gather, 9, {7, 30, 0, 12}},
         EpGpuCase{"fp8_allgather_routed_on_gpu", QuantScheme::fp8_block, EpDispatch::all_gather, 10, {5, 0, 9, 3},
-                  false, true}),
+                  false, true},
+        EpGpuCase{"fp8_a2a_deepseek_routing", QuantScheme::fp8_block, EpDispatch::all_to_all, 16, {13, 6, 0, 9},
+                  false, true, false, RoutingMethod::deepseek_v3},
+        EpGpuCase{"bf16_monolithic_uneven", QuantScheme::bf16, EpDispatch::all_to_all, 9, {11, 0, 5, 20}, false,
+                  false, true},
+        EpGpuCase{"fp8_monolithic_sigmoid", QuantScheme::fp8_block, EpDispatch::all_gather, 12, {3, 17, 8, 0}, false,
+                  false, true, RoutingMethod::sigmoid_topk_renormalize}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {

@@ -26,9 +26,10 @@ struct ExpertInput {
 size_t expert_input_bytes(const MoEConfig& config, int64_t M);
 ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight, Workspace& ws);
 
-// prepare_finalize_ep_cuda.cpp: the all-to-all / all-gather PrepareFinalize over `comm`.
+// prepare_finalize_ep_cuda.cpp: the all-to-all / all-gather PrepareFinalize over `comm`, or the
+// all-gather one of the monolithic experts.
 std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& comm,
-                                                          Device device);
+                                                          Device device, bool monolithic);
 void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
 
 // The schemes and shapes the CUDA experts run; throws fusedmoe::Error naming what is supported.

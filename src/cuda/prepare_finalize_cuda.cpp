@@ -83,22 +83,19 @@ class PrepareFinalizeNoEPMonolithic final : public MonolithicPrepareFinalize {
 
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic) {
-  if (monolithic) {
-    FMOE_CHECK(!communicator, "expert parallelism with monolithic CUDA experts is not built yet (",
-               communicator ? communicator->name() : std::string(), "); use the modular path (use_monolithic=false) ",
-               "or the CPU backend's all-gather monolithic PrepareFinalize");
+  if (!communicator) {
+    if (!monolithic) return std::make_unique<PrepareFinalizeNoEP>(config);
     const Device device = current_device();
     require_sm90(device, "the CUDA PrepareFinalize");
     check_supported(config);
     return std::make_unique<PrepareFinalizeNoEPMonolithic>(device);
   }
-  if (!communicator) return std::make_unique<PrepareFinalizeNoEP>(config);
   const Device device = current_device();
   require_sm90(device, "the CUDA PrepareFinalize");
   check_supported(config);
   FMOE_CHECK(communicator->device().kind == DeviceKind::cuda, "expert parallelism on CUDA needs a GPU communicator ",
              "(make_nccl_communicator), got ", communicator->name(), " on ", communicator->device().str());
-  return make_ep_prepare_finalize(config, *communicator, device);
+  return make_ep_prepare_finalize(config, *communicator, device, monolithic);
 }
 
 }  // namespace fusedmoe::cuda

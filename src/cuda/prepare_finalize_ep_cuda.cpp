@@ -1,4 +1,4 @@
-// Expert-parallel PrepareFinalize on CUDA over a GPU Communicator (NCCL), modular experts:
+// Expert-parallel PrepareFinalize on CUDA over a GPU Communicator (NCCL). Modular experts:
 //  - all_to_all: each token travels once to every rank that owns one of its experts; the ranks
 //    send back weighted f32 partial sums, which the home rank adds in rank order.
 //  - all_gather (naive DP/EP): every rank receives every token, runs its experts on all of them
@@ -171,10 +171,78 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   Buffer owner_;
 };
 
+// Monolithic experts under expert parallelism (the CPU's AllGatherMonolithic, on the GPU): every
+// rank gathers all ranks' hidden rows and router logits (T rows per rank, zero beyond a rank's
+// tokens), its monolithic experts route every token and compute their local experts, and the
+// bf16 partial outputs are reduce-scattered (in f32) back to the ranks that own the tokens.
+class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinalize {
+ public:
+  PrepareFinalizeAllGatherMonolithic(const MoEConfig& config, const Communicator& comm, Device device)
+      : config_(config), comm_(comm), device_(device), n_(comm.size()), T_(config.parallel.max_tokens_per_rank) {
+    FMOE_CHECK(comm.device() == device, "the CUDA expert-parallel PrepareFinalize needs a communicator on ",
+               device.str(), ", got ", comm.name(), " on ", comm.device().str());
+  }
+  std::string name() const override { return "cuda.PrepareFinalizeAllGatherMonolithic"; }
+  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  Device device() const override { return device_; }
+  int num_dispatchers() const override { return n_; }
+  int64_t max_prepared_tokens(int64_t) const override { return n_ * T_; }
+
+  size_t workspace_bytes(int64_t) const override {
+    const int64_t K = config_.hidden_size, E = config_.num_experts, R = n_ * T_;
+    return 2 * workspace_tensor_bytes(DType::bf16, {T_, K}) + workspace_tensor_bytes(DType::f32, {T_, E}) +
+           workspace_tensor_bytes(DType::bf16, {R, K}) + workspace_tensor_bytes(DType::f32, {R, E}) +
+           workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {T_, K});
+  }
+
+  Prepared prepare(const Tensor& hidden, const Tensor& router_logits, Workspace& ws) const override {
+    DeviceGuard guard(device_);
+    const int64_t M = hidden.size(0), K = config_.hidden_size, E = config_.num_experts;
+    FMOE_CHECK(M <= T_, "expert-parallel call on rank ", comm_.rank(), ": ", M,
+               " tokens, over parallel.max_tokens_per_rank=", T_);
+    const DType logits_dtype = router_logits.dtype();
+    return {gather_rows(hidden, DType::bf16, K, ws), gather_rows(router_logits, logits_dtype, E, ws)};
+  }
+
+  Tensor experts_output(const Tensor&, int64_t rows, Workspace& ws) const override {
+    return ws.take(DType::bf16, {rows, config_.hidden_size});
+  }
+
+  void finalize(const Tensor& experts_output, const Tensor& output, Workspace& ws) const override {
+    DeviceGuard guard(device_);
+    const int64_t K = config_.hidden_size, R = n_ * T_;
+    const Tensor partial = ws.take(DType::f32, {R, K});
+    launch_bf16_to_f32(experts_output.data_as<const bf16>(), R * K, partial.data_as<float>(), stream());
+    const Tensor mine = ws.take(DType::f32, {T_, K});
+    comm_.reduce_scatter_sum(partial.data_as<const float>(), mine.data_as<float>(), static_cast<size_t>(T_ * K));
+    launch_f32_to_bf16(mine.data_as<const float>(), output.size(0) * K, output.data_as<bf16>(), stream());
+  }
+
+ private:
+  // This rank's rows padded with zeros to T (a send block), then every rank's blocks: [n*T, cols].
+  Tensor gather_rows(const Tensor& src, DType dtype, int64_t cols, Workspace& ws) const {
+    const int64_t M = src.size(0);
+    const size_t row = static_cast<size_t>(cols) * dtype_size(dtype), used = static_cast<size_t>(M) * row;
+    const Tensor send = ws.take(dtype, {T_, cols});
+    if (used) FMOE_CUDA_CHECK(cudaMemcpyAsync(send.data(), src.data(), used, cudaMemcpyDeviceToDevice, stream()));
+    FMOE_CUDA_CHECK(cudaMemsetAsync(static_cast<uint8_t*>(send.data()) + used, 0, T_ * row - used, stream()));
+    const Tensor recv = ws.take(dtype, {n_ * T_, cols});
+    comm_.all_gather(send.data(), recv.data(), T_ * row);
+    return recv;
+  }
+
+  MoEConfig config_;
+  const Communicator& comm_;
+  Device device_;
+  int n_;
+  int64_t T_;
+};
+
 }  // namespace
 
 std::unique_ptr<PrepareFinalize> make_ep_prepare_finalize(const MoEConfig& config, const Communicator& comm,
-                                                          Device device) {
+                                                          Device device, bool monolithic) {
+  if (monolithic) return std::make_unique<PrepareFinalizeAllGatherMonolithic>(config, comm, device);
   return std::make_unique<PrepareFinalizeEp>(config, comm, device);
 }
 

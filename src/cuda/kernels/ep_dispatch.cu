@@ -15,8 +15,11 @@
 //    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
 //  - ep_combine (a block per token): out[t] = bf16(sum over destinations d in order of
 //    partial[d * T + pos[t, d]]), f32 sums, so the result does not depend on timing.
+//  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
+
+#include <algorithm>
 
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -135,6 +138,22 @@ __global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const float* p
   }
 }
 
+__global__ void bf16_to_f32_kernel(const bf16* src, int64_t n, float* dst) {
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __bfloat162float(src[i]);
+}
+
+__global__ void f32_to_bf16_kernel(const float* src, int64_t n, bf16* dst) {
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+unsigned cast_blocks(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)); }
+
 }  // namespace
 
 EpRecord EpRecord::make(int64_t row_bytes, int64_t scale_cols, int top_k) {
@@ -174,6 +193,14 @@ void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int 
                        cudaStream_t s) {
   if (M == 0) return;
   launch(ep_combine_kernel, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+}
+
+void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s) {
+  if (n > 0) launch(bf16_to_f32_kernel, dim3(cast_blocks(n)), dim3(256), s, src, n, dst);
+}
+
+void launch_f32_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t s) {
+  if (n > 0) launch(f32_to_bf16_kernel, dim3(cast_blocks(n)), dim3(256), s, src, n, dst);
 }
 
 }  // namespace fusedmoe::cuda

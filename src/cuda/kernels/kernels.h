@@ -116,5 +116,8 @@ void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, in
 // out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] (f32 [D * T, K]).
 void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
                        cudaStream_t s);
+// Element-wise casts of n values (the monolithic expert-parallel partial outputs).
+void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s);
+void launch_f32_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t s);
 
 }  // namespace fusedmoe::cuda
