@@ -60,6 +60,53 @@ inline Buffer run_cuda_apply(const GpuProblem& g, int64_t M) {
   return copy_to(out, Device::cpu());
 }
 
+// A CUDA graph of what `body` enqueues (as the library's current stream, a fresh non-blocking
+// one); replay() launches it and waits.
+class CapturedGraph {
+ public:
+  template <class F>
+  explicit CapturedGraph(F&& body) {
+    EXPECT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
+    {
+      const CudaStreamGuard guard(stream_);
+      EXPECT_EQ(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      body();
+      EXPECT_EQ(cudaStreamEndCapture(stream_, &graph_), cudaSuccess);
+    }
+    EXPECT_EQ(cudaGraphInstantiate(&exec_, graph_, 0), cudaSuccess);
+  }
+  ~CapturedGraph() {
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+    cudaStreamDestroy(stream_);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  void replay() {
+    EXPECT_EQ(cudaGraphLaunch(exec_, stream_), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+  }
+
+ private:
+  cudaStream_t stream_{};
+  cudaGraph_t graph_{};
+  cudaGraphExec_t exec_{};
+};
+
+// Every routing method the GPU router runs, and a small config routed by it (llama4 is top-1;
+// deepseek-v3 gets 4 groups, top-2 groups).
+inline constexpr RoutingMethod kGpuRoutingMethods[] = {
+    RoutingMethod::softmax_topk,  RoutingMethod::topk_softmax, RoutingMethod::softmax_topk_renormalize,
+    RoutingMethod::deepseek_v3,   RoutingMethod::llama4,       RoutingMethod::sigmoid_topk,
+    RoutingMethod::sigmoid_topk_renormalize};
+
+inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
+  MoEConfig c = small_config(s, 16, 256, 128, m == RoutingMethod::llama4 ? 1 : 4);
+  c.routing.method = m;
+  if (m == RoutingMethod::deepseek_v3) c.routing.num_expert_group = 4, c.routing.topk_group = 2;
+  return c;
+}
+
 // Forces the small-M or the grouped-GEMM path for a scope.
 class ForcePath {
  public:

@@ -64,15 +64,10 @@ TEST(CudaExperts, ForwardWithEveryRoutingMethod) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
-    for (RoutingMethod m : {RoutingMethod::softmax_topk, RoutingMethod::topk_softmax,
-                            RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4,
-                            RoutingMethod::sigmoid_topk, RoutingMethod::sigmoid_topk_renormalize}) {
+    for (RoutingMethod m : kGpuRoutingMethods) {
       SCOPED_TRACE(routing_method_name(m));
-      MoEConfig c = small_config(s, 16, 256, 128, m == RoutingMethod::llama4 ? 1 : 4);
-      c.routing.method = m;
-      if (m == RoutingMethod::deepseek_v3) c.routing.num_expert_group = 4, c.routing.topk_group = 2;
       const int64_t M = 45;
-      const Problem p = make_problem(c, M, seed);
+      const Problem p = make_problem(routed_config(s, m), M, seed);
       Buffer ids, w;
       const Buffer out = run_cuda_forward(to_gpu(p), M, &ids, &w);
       expect_matches_reference(p, out, ids, w);
@@ -226,26 +221,14 @@ TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
     const FusedMoEKernel kernel = cuda_kernel(g);
     const Buffer ws = Buffer::bytes(kernel.workspace_bytes(M), kGpu);
     Buffer out = poisoned_bf16_on_gpu(M, 512);
-    cudaStream_t stream;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    {
-      const CudaStreamGuard guard(stream);
-      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-      kernel.forward(g.hidden, g.logits, out, ws);
-      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-    }
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    CapturedGraph graph([&] { kernel.forward(g.hidden, g.logits, out, ws); });
+    graph.replay();
     const Buffer replayed = copy_to(out, Device::cpu());
     // New inputs in the same buffers: a replay computes them (a graph holds no stale data).
     const Problem q = make_problem(p.config, M, seed ^ 99);
     copy_tensor(g.hidden, q.hidden);
     copy_tensor(g.logits, q.logits);
-    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    graph.replay();
     const Buffer replayed_new = copy_to(out, Device::cpu());
     Buffer direct = poisoned_bf16_on_gpu(M, 512);
     kernel.forward(g.hidden, g.logits, direct);
@@ -255,9 +238,6 @@ TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
     GpuProblem gq = to_gpu(q);
     const Buffer q_out = run_cuda_forward(gq, M, &ids, &w);
     expect_matches_reference(q, q_out, ids, w);
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-    cudaStreamDestroy(stream);
   }
 }
 

@@ -47,24 +47,15 @@ void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int
   expect_matches_reference(p, o.monolithic, o.ids, o.weights);
 }
 
-MoEConfig config_for(QuantScheme s, RoutingMethod m) {
-  MoEConfig c = small_config(s, 16, 256, 128, m == RoutingMethod::llama4 ? 1 : 4);
-  c.routing.method = m;
-  if (m == RoutingMethod::deepseek_v3) c.routing.num_expert_group = 4, c.routing.topk_group = 2;
-  return c;
-}
-
 TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
-    for (RoutingMethod m : {RoutingMethod::softmax_topk, RoutingMethod::topk_softmax,
-                            RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4,
-                            RoutingMethod::sigmoid_topk, RoutingMethod::sigmoid_topk_renormalize})
+    for (RoutingMethod m : kGpuRoutingMethods)
       for (int64_t M : {1, 7, 64, 300}) {  // 300: above the single-block route+plan kernel
         SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m) + " M=" + std::to_string(M));
-        const Problem p = make_problem(config_for(s, m), M, seed + M);
+        const Problem p = make_problem(routed_config(s, m), M, seed + M);
         const GpuProblem g = to_gpu(p);
         expect_monolithic_equals_modular(p, g, M, g.logits);
       }
@@ -79,7 +70,7 @@ TEST(CudaMonolithic, AllNegativeTiedAndBf16Logits) {
     for (int kind = 0; kind < 3; ++kind) {
       SCOPED_TRACE(std::string(routing_method_name(m)) + (kind == 0 ? " all negative" : kind == 1 ? " tied" : " bf16"));
       const int64_t M = 9;
-      Problem p = make_problem(config_for(QuantScheme::bf16, m), M, seed ^ 0x51);
+      Problem p = make_problem(routed_config(QuantScheme::bf16, m), M, seed ^ 0x51);
       const int64_t E = p.config.num_experts;
       float* l = p.logits.data_as<float>();
       for (int64_t i = 0; i < M * E; ++i) {
@@ -100,7 +91,7 @@ TEST(CudaMonolithic, AllNegativeTiedAndBf16Logits) {
 
 TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
   FMOE_REQUIRE_GPU();
-  const Problem p = make_problem(config_for(QuantScheme::fp8_block, RoutingMethod::deepseek_v3), 16, test_seed());
+  const Problem p = make_problem(routed_config(QuantScheme::fp8_block, RoutingMethod::deepseek_v3), 16, test_seed());
   const GpuProblem g = to_gpu(p);
   KernelOptions opt;
   opt.backend = Backend::cuda;
@@ -109,50 +100,33 @@ TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
   const Buffer ws = poisoned_workspace(mono, 16);
   Buffer direct = poisoned_bf16_on_gpu(16, 256), replayed = poisoned_bf16_on_gpu(16, 256);
   mono.forward(g.hidden, g.logits, direct, ws.view());
-  cudaStream_t s;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  {
-    const CudaStreamGuard on(s);
-    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    mono.forward(g.hidden, g.logits, replayed, ws.view());
-    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
-  }
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  CapturedGraph graph([&] { mono.forward(g.hidden, g.logits, replayed, ws.view()); });
+  graph.replay();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_TRUE(bits_equal(copy_to(direct, Device::cpu()), copy_to(replayed, Device::cpu())));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(s);
+}
+
+// Building the monolithic CUDA kernel for p fails with an Error mentioning `needle`.
+void expect_monolithic_refused(const Problem& p, const std::string& needle) {
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  const GpuProblem g = to_gpu(p);
+  try {
+    make_kernel(g.config, g.weights.weights, opt);
+    ADD_FAILURE() << "built a monolithic kernel that should be refused (" << needle << ")";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
 }
 
 TEST(CudaMonolithic, UnsupportedRequestsAreClearErrors) {
   FMOE_REQUIRE_GPU();
-  KernelOptions opt;
-  opt.backend = Backend::cuda;
-  opt.use_monolithic = true;
-  MoEConfig c = config_for(QuantScheme::bf16, RoutingMethod::softmax_topk);
+  MoEConfig c = routed_config(QuantScheme::bf16, RoutingMethod::softmax_topk);
   c.routing.method = RoutingMethod::precomputed;
-  const Problem p = make_problem(c, 4, 1);
-  const GpuProblem g = to_gpu(p);
-  try {
-    make_kernel(g.config, g.weights.weights, opt);
-    ADD_FAILURE() << "a monolithic kernel with precomputed routing was built";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("precomputed"), std::string::npos) << e.what();
-  }
-  MoEConfig big = small_config(QuantScheme::bf16, 1100, 128, 128, 2);  // over the GPU router's 1024 experts
-  const Problem pb = make_problem(big, 2, 2);
-  const GpuProblem gb = to_gpu(pb);
-  try {
-    make_kernel(gb.config, gb.weights.weights, opt);
-    ADD_FAILURE() << "a monolithic kernel over 1024 experts was built";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("1024"), std::string::npos) << e.what();
-  }
+  expect_monolithic_refused(make_problem(c, 4, 1), "precomputed");
+  // Over the GPU router's 1024 experts.
+  expect_monolithic_refused(make_problem(small_config(QuantScheme::bf16, 1100, 128, 128, 2), 2, 2), "1024");
 }
 
 }  // namespace

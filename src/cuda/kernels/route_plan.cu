@@ -21,17 +21,9 @@ __global__ void __launch_bounds__(kPlanThreads) route_plan_kernel(RoutingParams 
                                                                   const int32_t* expert_map, int num_local,
                                                                   int32_t* ids, float* weights, RowPlan plan) {
   __shared__ float group_scores[kWarps][kMaxExpertGroups];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   pdl_wait();
-  for (int64_t t = warp; t < M; t += kWarps) {
-    int id;
-    float weight;
-    route_token_warp<J>(p, logits + t * p.num_experts, group_scores[warp], id, weight);
-    if (lane < p.top_k) {
-      ids[t * p.top_k + lane] = id;
-      weights[t * p.top_k + lane] = weight;
-    }
-  }
+  for (int64_t t = warp; t < M; t += kWarps) route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
   __syncthreads();  // the ids are visible to the whole block
   plan_block<1>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
   pdl_launch_dependents();

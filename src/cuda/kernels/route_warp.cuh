@@ -221,4 +221,18 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
   if (p.routed_scaling_factor != 1.0f) weight *= p.routed_scaling_factor;
 }
 
+// Routes token t of logits [*, E] and stores its picks in ids/weights [*, top_k] (every lane calls).
+template <int J, class T>
+__device__ inline void route_and_store(const RoutingParams& p, const T* logits, int64_t t, float* group_scores,
+                                       int32_t* ids, float* weights) {
+  int id;
+  float weight;
+  route_token_warp<J>(p, logits + t * p.num_experts, group_scores, id, weight);
+  const int lane = threadIdx.x & 31;
+  if (lane < p.top_k) {
+    ids[t * p.top_k + lane] = id;
+    weights[t * p.top_k + lane] = weight;
+  }
+}
+
 }  // namespace fusedmoe::cuda

@@ -16,18 +16,12 @@ template <int J, class T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) route_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                     int32_t* ids, float* weights) {
   __shared__ float group_scores[kWarpsPerBlock][kMaxExpertGroups];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int64_t t = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
   pdl_wait();
   pdl_launch_dependents();
   if (t >= M) return;
-  int id;
-  float weight;
-  route_token_warp<J>(p, logits + t * p.num_experts, group_scores[warp], id, weight);
-  if (lane < p.top_k) {
-    ids[t * p.top_k + lane] = id;
-    weights[t * p.top_k + lane] = weight;
-  }
+  route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
 }
 
 template <class T>
