@@ -1,6 +1,6 @@
 // Expert-parallel PrepareFinalize on CUDA over a GPU Communicator (NCCL). Modular experts:
 //  - all_to_all: each token travels once to every rank that owns one of its experts; the ranks
-//    send back weighted f32 partial sums, which the home rank adds in rank order.
+//    send back weighted partial sums as bf16 rows, which the home rank adds in rank order in f32.
 //  - all_gather (naive DP/EP): every rank receives every token, runs its experts on all of them
 //    and the partial sums are reduce-scattered home.
 // Both move fixed-size slabs (kernels/ep_dispatch.cu: T = max_tokens_per_rank records and a
@@ -52,8 +52,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
            workspace_tensor_bytes(DType::u8, {D_ * slab_}) + workspace_tensor_bytes(DType::u8, {n_ * slab_}) +
            workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, G}) +
            workspace_tensor_bytes(DType::i32, {R, k}) + workspace_tensor_bytes(DType::f32, {R, k}) +
-           workspace_tensor_bytes(DType::f32, {R, K}) +                                     // partial sums
-           workspace_tensor_bytes(DType::f32, {all_to_all_ ? R : T_, K});                   // sums back home
+           (all_to_all_ ? 2 * workspace_tensor_bytes(DType::bf16, {R, K})                    // partial sums, home
+                        : workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {T_, K}));
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
@@ -106,22 +106,29 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     DeviceGuard guard(device_);
     const cudaStream_t s = stream();
     const int64_t K = config_.hidden_size, M = output.size(0), R = n_ * T_;
-    // This rank's weighted sums for every received token, then home.
-    const Tensor partial = ws.take(DType::f32, {R, K});
+    // This rank's weighted sums for every received token, then home: bf16 rows over the
+    // all-to-all (half the bytes of f32; the home rank adds them in f32), f32 for the
+    // reduce-scatter (which sums in transit).
+    const DType partial_dtype = all_to_all_ ? DType::bf16 : DType::f32;
+    const Tensor partial = ws.take(partial_dtype, {R, K});
     const float* weights =
         config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
-    launch_finalize_f32(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(), weights, R,
-                        config_.routing.top_k, K, partial.data_as<float>(), s);
-    const Tensor home = ws.take(DType::f32, {all_to_all_ ? R : T_, K});
+    const bf16* rows = out.rows.data_as<const bf16>();
+    const int32_t* slot_rows = out.slot_rows.data_as<const int32_t>();
+    const int32_t* pos = prepared.dispatch.data_as<const int32_t>();
     if (all_to_all_) {
-      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(T_ * K * 4));
-      const std::vector<size_t> offsets = block_offsets(T_ * K * 4);
+      launch_finalize(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<bf16>(), s);
+      const Tensor home = ws.take(DType::bf16, {R, K});
+      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(T_ * K * 2));
+      const std::vector<size_t> offsets = block_offsets(T_ * K * 2);
       comm_.all_to_all_v(partial.data(), bytes.data(), offsets.data(), home.data(), bytes.data(), offsets.data());
+      launch_ep_combine(home.data_as<const bf16>(), pos, M, D_, T_, K, output.data_as<bf16>(), s);
     } else {
+      launch_finalize_f32(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<float>(), s);
+      const Tensor home = ws.take(DType::f32, {T_, K});
       comm_.reduce_scatter_sum(partial.data_as<const float>(), home.data_as<float>(), static_cast<size_t>(T_ * K));
+      launch_ep_combine(home.data_as<const float>(), pos, M, D_, T_, K, output.data_as<bf16>(), s);
     }
-    launch_ep_combine(home.data_as<const float>(), prepared.dispatch.data_as<const int32_t>(), M, D_, T_, K,
-                      output.data_as<bf16>(), s);
   }
 
  private:

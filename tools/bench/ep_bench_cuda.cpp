@@ -6,7 +6,7 @@
 // time counts. The weights are filled
 // with a constant byte pattern on the device (timing only: correctness is tests/test_cuda_ep).
 // The baseline is NCCL's all-to-all (the communicator's all_to_all_v: grouped ncclSend/Recv)
-// moving the same bytes per pair as the dispatch slabs and the combine slabs.
+// moving the same bytes per pair as the dispatch slabs and the combine rows.
 #include "bench/ep_bench_cuda.h"
 
 #include <cuda_runtime.h>
@@ -157,10 +157,11 @@ int run_rank(const MoEConfig& base, const EpCudaBenchOptions& o, int r, const Nc
     BENCH_CUDA(cudaMemset(hidden.view().data(), 0x3c, hidden.nbytes()));
     const int64_t R = pf->max_prepared_tokens(M);
     Buffer ws_buf = Buffer::bytes(pf->workspace_bytes(M) + experts->workspace_bytes(R) + 4096, dev);
-    // Raw NCCL baselines: the same per-pair bytes as the slabs (dispatch) and f32 rows (combine).
+    // Raw NCCL baselines: the same per-pair bytes as the slabs (dispatch) and the partial rows (combine).
     const cuda::EpRecord rec = cuda::EpRecord::make(K * (c.quant == QuantScheme::fp8_block ? 1 : 2),
                                                     c.quant == QuantScheme::fp8_block ? K / 128 : 0, k);
-    const size_t disp_pair = size_t(rec.slab_bytes(M)), comb_pair = size_t(M * K * 4);
+    const size_t comb_elem = o.dispatch == EpDispatch::all_to_all ? 2 : 4;  // bf16 partial rows, f32 for all-gather
+    const size_t disp_pair = size_t(rec.slab_bytes(M)), comb_pair = size_t(M * K) * comb_elem;
     Buffer raw_send = Buffer::bytes(std::max(disp_pair, comb_pair) * n, dev);
     Buffer raw_recv = Buffer::bytes(std::max(disp_pair, comb_pair) * n, dev);
     std::vector<size_t> dbytes(size_t(n), disp_pair), cbytes(size_t(n), comb_pair);

@@ -14,7 +14,8 @@
 //  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
 //    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
 //  - ep_combine (a block per token): out[t] = bf16(sum over destinations d in order of
-//    partial[d * T + pos[t, d]]), f32 sums, so the result does not depend on timing.
+//    partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result does not
+//    depend on timing.
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
@@ -116,7 +117,22 @@ __global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, c
   for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = id[j], weights[r * top_k + j] = w[j];
 }
 
-__global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const float* partial, const int32_t* pos, int D,
+// Adds 8 partial values (f32 or bf16) at src into acc.
+__device__ inline void add8(const float* src, float (&acc)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
+  acc[0] += a.x, acc[1] += a.y, acc[2] += a.z, acc[3] += a.w;
+  acc[4] += b.x, acc[5] += b.y, acc[6] += b.z, acc[7] += b.w;
+}
+
+__device__ inline void add8(const bf16* src, float (&acc)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i] += __bfloat162float(v[i]);
+}
+
+template <class Partial>
+__global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial* partial, const int32_t* pos, int D,
                                                                   int64_t T, int64_t K, bf16* out) {
   const int64_t t = blockIdx.x;
   pdl_wait();
@@ -125,11 +141,7 @@ __global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const float* p
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int d = 0; d < D; ++d) {
       const int32_t p = pos[t * D + d];
-      if (p < 0) continue;
-      const float* src = partial + (d * T + p) * K + c;
-      const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
-      acc[0] += a.x, acc[1] += a.y, acc[2] += a.z, acc[3] += a.w;
-      acc[4] += b.x, acc[5] += b.y, acc[6] += b.z, acc[7] += b.w;
+      if (p >= 0) add8(partial + (d * T + p) * K + c, acc);
     }
     __align__(16) bf16 o[8];
 #pragma unroll
@@ -192,7 +204,13 @@ void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, in
 void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
                        cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+  launch(ep_combine_kernel<float>, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+}
+
+void launch_ep_combine(const bf16* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
+                       cudaStream_t s) {
+  if (M == 0) return;
+  launch(ep_combine_kernel<bf16>, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
 }
 
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s) {

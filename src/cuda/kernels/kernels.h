@@ -113,8 +113,10 @@ void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, 
 // count), weights (0 there).
 void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, int64_t T, int top_k, void* rows,
                       float* scales, int32_t* ids, float* weights, cudaStream_t s);
-// out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] (f32 [D * T, K]).
+// out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] ([D * T, K], f32 or bf16), f32 sums.
 void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
+                       cudaStream_t s);
+void launch_ep_combine(const bf16* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
                        cudaStream_t s);
 // Element-wise casts of n values (the monolithic expert-parallel partial outputs).
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s);
