@@ -116,8 +116,10 @@ class NcclCommunicator final : public Communicator {
     FMOE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof(int), cuda::stream()));
     FMOE_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), cuda::stream()));
     FMOE_NCCL_CHECK(ncclAllReduce(flag, flag, 1, ncclInt32, ncclSum, comm_, cuda::stream()), rank_);
-    FMOE_CUDA_CHECK(cudaFreeAsync(flag, cuda::stream()));  // stream-ordered: after the all-reduce, even on a timeout
+    // Free only once NCCL has enqueued the all-reduce (a nonblocking call may still be enqueueing
+    // it); after a timeout the 4 bytes stay behind with the aborted communicator.
     settle_or_abort("barrier");
+    FMOE_CUDA_CHECK(cudaFreeAsync(flag, cuda::stream()));
     wait_for_stream("barrier");
   }
 
