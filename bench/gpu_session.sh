@@ -7,7 +7,7 @@
 # (nccl needs a machine of two or more GPUs)
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
 #   BIN: folder with the test binaries (test_cuda_*, test_nccl), fusedmoe-fuzz, fusedmoe-bench and
-#   libfusedmoe_c.so (default: build,
+#   libfusedmoe_c.so, loose or packed in bin.tar.xz (bench/make_gpu_bin.sh makes it) (default: build,
 #   configured and built here when missing; needs the CUTLASS headers, scripts/fetch_cutlass.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,9 @@ if [ -z "$BIN" ]; then
     >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts test_cuda_monolithic \
     test_cuda_ep test_nccl fusedmoe_c fusedmoe-fuzz fusedmoe-bench"
   BIN=build-gpu  # find_bin looks in build-gpu/tests and build-gpu/tools too
+fi
+if [ -f "$BIN/bin.tar.xz" ]; then  # the binaries, carried packed (bench/make_gpu_bin.sh)
+  tar -xJf "$BIN/bin.tar.xz" -C "$BIN"
 fi
 if [ ! -d third_party/cutlass-4.2.0.0 ] && [ -f "$BIN/cutlass.tar.xz" ]; then  # the headers, carried packed
   mkdir -p third_party && tar -xJf "$BIN/cutlass.tar.xz" -C third_party

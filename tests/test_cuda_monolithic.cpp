@@ -1,6 +1,6 @@
 // The CUDA monolithic experts (router logits in, output out) against the CUDA modular path and
 // the float64 reference: for every routing method, both schemes, decode sizes (the fused
-// route+plan kernel) and a larger batch (route and plan kernels), all-negative and tied logits,
+// route+plan kernel) and a larger batch or more experts (route and plan kernels), all-negative and tied logits,
 // bf16 logits. The monolithic output must equal the modular forward's bit for bit (same routing
 // code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips without
 // a Hopper GPU.
@@ -59,6 +59,16 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
         const GpuProblem g = to_gpu(p);
         expect_monolithic_equals_modular(p, g, M, g.logits);
       }
+}
+
+TEST(CudaMonolithic, MoreExpertsThanTheSingleBlockKernelTakes) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::bf16, 300, 128, 128, 6);  // E > kMaxRoutePlanExperts (256)
+  const Problem p = make_problem(c, 5, seed);
+  const GpuProblem g = to_gpu(p);
+  expect_monolithic_equals_modular(p, g, 5, g.logits);
 }
 
 TEST(CudaMonolithic, AllNegativeTiedAndBf16Logits) {

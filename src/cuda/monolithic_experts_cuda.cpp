@@ -1,6 +1,6 @@
 // CUDA monolithic experts: router logits in, the layer's output out, as a short chain on the
 // current stream — route+plan in one single-block kernel (decode sizes; route and plan kernels
-// above kMaxRoutePlanTokens tokens or 1024 local experts), the input quantization (fp8-block),
+// above kMaxRoutePlanTokens tokens, 1024 local experts or kMaxRoutePlanExperts experts), the input quantization (fp8-block),
 // the modular experts' GEMM pipeline on that plan, and the weighted top-k reduce straight into
 // the output. Routing runs route_token_warp, the modular router's device code, so the two
 // paths pick the same experts and give the same bits.
@@ -51,7 +51,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     const RoutingParams params = make_routing_params(config_.routing, config_.num_experts);
     const bool bf16_logits = router_logits.dtype() == DType::bf16;
     const int num_local = static_cast<int>(experts_.num_local());
-    if (M <= kMaxRoutePlanTokens && num_local <= 1024) {
+    if (M <= kMaxRoutePlanTokens && num_local <= 1024 && config_.num_experts <= kMaxRoutePlanExperts) {
       launch_route_plan(params, router_logits.data(), bf16_logits, M, experts_.device_expert_map(), num_local,
                         ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s);
     } else {

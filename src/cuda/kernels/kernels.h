@@ -45,8 +45,10 @@ void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, cons
                  int num_local, const RowPlan& plan, cudaStream_t s);
 
 // route_plan.cu: routing (as launch_route) and the row plan (as launch_plan) in one
-// single-block launch, for decode-size batches: 1 <= M <= kMaxRoutePlanTokens, num_local <= 1024.
+// single-block launch, for decode-size batches: 1 <= M <= kMaxRoutePlanTokens, num_local <= 1024,
+// num_experts <= kMaxRoutePlanExperts.
 inline constexpr int64_t kMaxRoutePlanTokens = 256;
+inline constexpr int kMaxRoutePlanExperts = 256;
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
                        cudaStream_t s);

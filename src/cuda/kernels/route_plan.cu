@@ -2,7 +2,9 @@
 // routes every token (a warp per token, route_token_warp: the modular router's code, so both
 // pick the same experts) and then builds the row plan over the ids it just wrote (plan_block:
 // the modular plan's code). One launch instead of two, for decode-size batches.
-// Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRouterExperts (host-checked).
+// Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
+// every routed model of the presets; larger E takes the route and plan kernels — each variant of
+// route_token_warp is large, so only the common ones are compiled here). Host-checked.
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_util.h"
@@ -37,9 +39,7 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
   if (E <= 32) launch(route_plan_kernel<1, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
   else if (E <= 64) launch(route_plan_kernel<2, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
   else if (E <= 128) launch(route_plan_kernel<4, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else if (E <= 256) launch(route_plan_kernel<8, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else if (E <= 512) launch(route_plan_kernel<16, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else launch(route_plan_kernel<32, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  else launch(route_plan_kernel<8, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
 }
 
 }  // namespace
@@ -51,8 +51,8 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
              " tokens, got ", M);
   FMOE_CHECK(num_local <= kPlanThreads, "the CUDA route+plan kernel handles up to ", kPlanThreads,
              " local experts, got ", num_local);
-  FMOE_CHECK(p.num_experts <= kMaxRouterExperts, "the CUDA router handles num_experts <= ", kMaxRouterExperts,
-             ", got ", p.num_experts);
+  FMOE_CHECK(p.num_experts <= kMaxRoutePlanExperts, "the CUDA route+plan kernel handles num_experts <= ",
+             kMaxRoutePlanExperts, ", got ", p.num_experts);
   FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
   if (logits_bf16)
     launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s);

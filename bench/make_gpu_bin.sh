@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds, on the CPU machine, everything a GPU call needs and gathers it in gpu_bin/ (git-ignored;
+# pass carry=["gpu_bin"] to the device tool): the CUDA test binaries, fusedmoe-fuzz,
+# fusedmoe-bench and libfusedmoe_c.so (packed), the CUTLASS headers packed (bench/gpu_session.sh unpacks
+# them for its Python build) and the pinned pytest/nanobind wheels (the GPU machine reaches no
+# package registry). Then: BIN=gpu_bin bash bench/gpu_session.sh <steps>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/gpu_bin/' .git/info/exclude 2>/dev/null || echo '/gpu_bin/' >>.git/info/exclude
+cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON >/dev/null
+cmake --build build-cuda --target test_cuda_router test_cuda_experts test_cuda_monolithic test_cuda_ep test_nccl \
+  fusedmoe-fuzz fusedmoe-bench fusedmoe_c
+rm -rf gpu_bin && mkdir -p gpu_bin/wheels
+# The binaries travel xz-packed (each embeds the same CUDA kernels: 66 MB loose, ~8 MB packed);
+# bench/gpu_session.sh unpacks gpu_bin/bin.tar.xz where it finds one.
+tar -cJf gpu_bin/bin.tar.xz --transform 's|.*/||' build-cuda/tests/test_cuda_router build-cuda/tests/test_cuda_experts \
+  build-cuda/tests/test_cuda_monolithic build-cuda/tests/test_cuda_ep build-cuda/tests/test_nccl \
+  build-cuda/tools/fusedmoe-fuzz build-cuda/tools/fusedmoe-bench build-cuda/libfusedmoe_c.so
+cutlass=$(ls -d third_party/cutlass-* | head -1)
+tar -cJf gpu_bin/cutlass.tar.xz -C third_party "$(basename "$cutlass")"
+python3 -m pip download -q -d gpu_bin/wheels pytest==9.2.0
+python3 -m pip download -q --no-deps -d gpu_bin/wheels nanobind==2.9.2
+du -sh gpu_bin
