@@ -1,9 +1,9 @@
 // The CUDA monolithic experts (router logits in, output out) against the CUDA modular path and
-// the float64 reference: for every routing method, both schemes, decode sizes (the fused
-// route+plan kernel) and a larger batch or more experts (route and plan kernels), all-negative and tied logits,
-// bf16 logits. The monolithic output must equal the modular forward's bit for bit (same routing
-// code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips without
-// a Hopper GPU.
+// the float64 reference: every routing method, both schemes, decode sizes (the single-block
+// route+plan kernel), a larger batch and more experts (the route and plan kernels), all-negative,
+// tied and bf16 logits. The monolithic output must equal the modular forward's bit for bit (same
+// routing code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips
+// without a Hopper GPU.
 #include <gtest/gtest.h>
 
 #include "cuda_test_util.h"
