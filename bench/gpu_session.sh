@@ -2,8 +2,9 @@
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
 # Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
-# (python builds the extension here — third_party/cutlass-* must travel with the tree — in the
-#  background from the start, then runs the pytest suite with torch and transformers)
+# (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
+#  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
+#  with torch and transformers)
 # (nccl needs a machine of two or more GPUs)
 # (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
 #   BIN: folder with the test binaries (test_cuda_*, test_nccl), fusedmoe-fuzz, fusedmoe-bench and
