@@ -103,7 +103,7 @@ def test_replaced_moe_blocks_give_the_same_logits(name, device):
     print(f"{name} on {device}: relative logits error vs f32: fusedmoe {rel(got):.2e}, the model's own bf16 "
           f"{rel(expect):.2e}; argmax agreement with the bf16 model {agree:.3f}")
     assert torch.isfinite(got).all()
-    # as close to the f32 model as the model's own bf16 MoE is (bf16 rounding, or a near-tie
-    # routed differently, moves either by a few 1e-3)
-    assert rel(got) <= 1.5 * rel(expect) + 5e-3, f"{name}: relative logits error {rel(got):.3e}"
+    # at most 5e-3 further from the f32 model than the model's own bf16 MoE (bf16 rounding, or a
+    # near-tie routed differently, moves either by a few 1e-3)
+    assert rel(got) <= rel(expect) + 5e-3, f"{name}: relative logits error {rel(got):.3e} vs {rel(expect):.3e}"
     assert agree > 0.95, f"{name}: argmax agreement {agree:.3f}"
