@@ -51,10 +51,14 @@ class FusedBlock(torch.nn.Module):
         self.module = fusedmoe.FusedMoEModule(moe)
         self.returns_tuple = returns_tuple
 
+    def logits(self, hidden_states):
+        """[tokens, E] router logits, computed as the model's router does (bf16)."""
+        return torch.nn.functional.linear(hidden_states.reshape(-1, H), self.router)
+
     def forward(self, hidden_states):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, H).contiguous()
-        logits = torch.nn.functional.linear(x, self.router)  # as the model's router computes them
+        logits = self.logits(x)
         out = self.module(x, logits.float().contiguous()).reshape(shape)
         return (out, logits) if self.returns_tuple else out
 
@@ -82,28 +86,61 @@ def build(name, device):
     return cls(config).to(device=device, dtype=torch.bfloat16).eval()
 
 
+def boundary_tie(logits):
+    """Per token: the k-th and (k+1)-th largest logits are equal (which experts are picked is a tie-break)."""
+    top = logits.float().topk(TOP_K + 1, dim=-1).values
+    return top[:, TOP_K - 1] == top[:, TOP_K]
+
+
+def rel_error(a, truth):
+    return ((a.float() - truth.float()).norm() / truth.float().norm()).item()
+
+
+def first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["mixtral", "qwen3_moe"])
 def test_replaced_moe_blocks_give_the_same_logits(name, device):
     model = build(name, device)
     tokens = torch.randint(0, 512, (3, 37), generator=torch.Generator().manual_seed(1)).to(device)
+    blocks = list(moe_blocks(model))
+    assert len(blocks) == 2, "found no MoE blocks to replace"
     with torch.no_grad():
         truth = copy.deepcopy(model).float()(tokens).logits  # the same model in f32
+        seen = []  # the hidden states each MoE block receives in the bf16 model
+        hooks = [block.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+                 for _, _, block in blocks]
         expect = model(tokens).logits.float()
-        blocks = list(moe_blocks(model))
-        assert len(blocks) == 2, "found no MoE blocks to replace"
-        for layer, attr, block in blocks:
+        for h in hooks:
+            h.remove()
+        fused = []
+        for (layer, attr, block), x in zip(blocks, seen):
             probe = block(torch.randn(1, 2, H, device=device, dtype=torch.bfloat16))
-            setattr(layer, attr, FusedBlock(block, isinstance(probe, tuple), device))
+            fused.append(FusedBlock(block, isinstance(probe, tuple), device))
+            # Block by block, on the inputs the model really produced: fusedmoe's output is as close to
+            # the block computed in f32 as the block's own bf16 output is. Tokens whose bf16 logits tie at
+            # the top-k boundary are left out: fusedmoe gives a tie to the lower expert index (README),
+            # torch.topk to either, and the f32 block breaks it by digits bf16 does not have.
+            block_truth = first(copy.deepcopy(block).float()(x.float())).reshape(-1, H)
+            clear = ~boundary_tie(fused[-1].logits(x))
+            own = rel_error(first(block(x)).reshape(-1, H)[clear], block_truth[clear])
+            ours = rel_error(first(fused[-1](x)).reshape(-1, H)[clear], block_truth[clear])
+            print(f"{name} on {device}, {attr} of a layer: relative error vs f32: fusedmoe {ours:.2e}, "
+                  f"the block's own bf16 {own:.2e} ({int((~clear).sum())} tied tokens left out)")
+            assert ours <= 1.25 * own + 1e-3, f"{name}: block error {ours:.3e} vs the bf16 block's {own:.3e}"
+        for (layer, attr, _), block in zip(blocks, fused):
+            setattr(layer, attr, block)
         got = model(tokens).logits.float()
-    def rel(a):
-        return ((a - truth).norm() / truth.norm()).item()
 
     agree = (got.argmax(-1) == expect.argmax(-1)).float().mean().item()
-    print(f"{name} on {device}: relative logits error vs f32: fusedmoe {rel(got):.2e}, the model's own bf16 "
-          f"{rel(expect):.2e}; argmax agreement with the bf16 model {agree:.3f}")
+    ours, own = rel_error(got, truth), rel_error(expect, truth)
+    print(f"{name} on {device}: relative logits error vs f32: fusedmoe {ours:.2e}, the model's own bf16 {own:.2e}; "
+          f"argmax agreement with the bf16 model {agree:.3f}")
     assert torch.isfinite(got).all()
-    # at most 5e-3 further from the f32 model than the model's own bf16 MoE (bf16 rounding, or a
-    # near-tie routed differently, moves either by a few 1e-3)
-    assert rel(got) <= rel(expect) + 5e-3, f"{name}: relative logits error {rel(got):.3e} vs {rel(expect):.3e}"
+    # End to end, bf16 rounding anywhere (or a tie broken the other way) is amplified by the layers
+    # after it: on one H200 the own bf16 model was 1.1e-2 from f32 and fusedmoe 1.7e-2, on the CPU 2.0e-2
+    # and 0.5e-2. The block-by-block bound above is the tight one; this one catches a broken layer.
+    assert ours <= 2 * own, f"{name}: relative logits error {ours:.3e} vs the bf16 model's {own:.3e}"
     assert agree > 0.95, f"{name}: argmax agreement {agree:.3f}"
