@@ -45,12 +45,15 @@ target_include_directories(fusedmoe_cutlass SYSTEM PRIVATE ${FUSEDMOE_CUTLASS_DI
 fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/activation.cu
   src/cuda/kernels/ep_dispatch.cu
+  src/cuda/kernels/expert_bias.cu
   src/cuda/kernels/finalize.cu
+  src/cuda/kernels/fp4_dequant.cu
   src/cuda/kernels/plan.cu
   src/cuda/kernels/route_plan.cu
   src/cuda/kernels/quantize.cu
   src/cuda/kernels/router.cu
-  src/cuda/kernels/small_m_gemm.cu)
+  src/cuda/kernels/small_m_gemm.cu
+  src/cuda/kernels/small_m_gemm_fp4.cu)
 target_compile_definitions(fusedmoe_cuda_kernels PRIVATE FUSEDMOE_WITH_CUDA)
 
 # Host side of the backend (plain C++).

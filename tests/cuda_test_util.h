@@ -107,13 +107,15 @@ inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
   return c;
 }
 
-// Forces the small-M or the grouped-GEMM path for a scope.
+// Forces the small-M or the grouped-GEMM path for a scope (and, for fp4 weights on the grouped
+// path, how many experts are dequantized at a time; 0 keeps the budget's choice).
 class ForcePath {
  public:
-  explicit ForcePath(bool small_m, int tile_tokens = 16) {
+  explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0) {
     cuda::ExpertsPath p;
     p.small_m = small_m;
     p.tile_tokens = tile_tokens;
+    p.fp4_chunk_experts = fp4_chunk_experts;
     cuda::set_experts_path_override(&p);
   }
   ~ForcePath() { cuda::set_experts_path_override(nullptr); }

@@ -1,7 +1,8 @@
 // The CUDA modular experts end to end against the float64 reference, on both paths (small-M
-// streaming kernel, CUTLASS grouped GEMM): every supported scheme x activation, every routing
-// method through forward(), the edge cases of the CPU suite, real model shapes, the > 2^31
-// element case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
+// streaming kernel, CUTLASS grouped GEMM): every supported scheme (bf16, fp8-block, nvfp4,
+// mxfp4) x activation, expert biases, every routing method through forward(), the edge cases of
+// the CPU suite, real model shapes (gpt-oss-120b's mxfp4 layer included), the > 2^31 element
+// case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
 #include <algorithm>
 #include <cstring>
 #include <tuple>
@@ -10,6 +11,9 @@
 
 namespace fusedmoe::test {
 namespace {
+
+constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4,
+                                        QuantScheme::mxfp4};
 
 using SchemeActPath = std::tuple<QuantScheme, ActivationKind, bool>;
 class CudaSchemeByActivation : public ::testing::TestWithParam<SchemeActPath> {};
@@ -32,7 +36,8 @@ TEST_P(CudaSchemeByActivation, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Supported, CudaSchemeByActivation,
-    ::testing::Combine(::testing::Values(QuantScheme::bf16, QuantScheme::fp8_block),
+    ::testing::Combine(::testing::Values(QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4,
+                                         QuantScheme::mxfp4),
                        ::testing::Values(ActivationKind::silu_mul, ActivationKind::gelu_mul,
                                          ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai,
                                          ActivationKind::relu2),
@@ -86,7 +91,8 @@ TEST(CudaExperts, ZeroTokensIsANoOp) {
 }
 
 // Every compiled variant (small-M with 8-, 16- and 32-row tiles, the grouped GEMM), one test
-// each so that a sanitizer report names the variant.
+// each so that a sanitizer report names the variant; fp4 on the grouped path is dequantized 3
+// experts at a time (chunks 3, 3, 3, 1 of 10 experts).
 class CudaExpertsVariant : public ::testing::TestWithParam<int> {};
 
 TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
@@ -96,8 +102,9 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   const int tile = GetParam();
   {
     const bool small_m = tile > 0;
-    const ForcePath force(small_m, tile);
-    for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3);
+    for (QuantScheme s : kCudaSchemes) {
+      SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
       c.routing.method = RoutingMethod::precomputed;
@@ -157,9 +164,9 @@ TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   for (bool small_m : {true, false}) {
-    const ForcePath force(small_m, 32);
-    for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
-      const Problem p = make_problem(small_config(s, 12, 512, 256, 4), 300, seed);
+    const ForcePath force(small_m, 32, /*fp4_chunk_experts=*/5);
+    for (QuantScheme s : kCudaSchemes) {
+      const Problem p = make_problem(small_config(s, 12, 512, 256, 4), 300, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
       EXPECT_TRUE(bits_equal(run_cuda_apply(g, 300), run_cuda_apply(g, 300))) << quant_scheme_name(s);
     }
@@ -182,6 +189,49 @@ TEST(CudaExperts, NanInOneTokenStaysInThatToken) {
           EXPECT_EQ(std::memcmp(clean.data_as<bfloat16>() + t * 128, dirty.data_as<bfloat16>() + t * 128, 256), 0)
               << quant_scheme_name(s) << " token " << t;
     }
+  }
+}
+
+// Expert biases (w13_bias, w2_bias): added by the small-M kernels' epilogue, or by the activation
+// kernel and a bias pass on the grouped path.
+TEST(CudaExperts, ExpertBiasesOnBothPaths) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (bool small_m : {true, false}) {
+    const ForcePath force(small_m, 8);
+    for (QuantScheme s : kCudaSchemes)
+      for (ActivationKind act : {ActivationKind::swiglu_oai, ActivationKind::silu_mul, ActivationKind::relu2}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + activation_name(act) +
+                     (small_m ? " small-M" : " grouped"));
+        MoEConfig c = small_config(s, 6, 256, 256, 2);
+        c.activation.kind = act;
+        const int64_t M = 21;
+        const Problem p = make_problem(c, M, seed + M, /*with_bias=*/true);
+        expect_matches_reference(p, run_cuda_apply(to_gpu(p), M), p.ids, p.topk_weights);
+      }
+  }
+}
+
+// gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
+// 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
+// softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
+TEST(CudaExperts, GptOssLayerShapeMxfp4) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::mxfp4, 8, 2880, 2880, 4);
+  c.activation.kind = ActivationKind::swiglu_oai;
+  c.routing.method = RoutingMethod::topk_softmax;
+  const int64_t M = 8;
+  const Problem p = make_problem(c, M, seed, /*with_bias=*/true);
+  const GpuProblem g = to_gpu(p);
+  for (bool small_m : {true, false}) {
+    SCOPED_TRACE(small_m ? "small-M" : "grouped GEMM");
+    const ForcePath force(small_m, 8);
+    Buffer ids, w;
+    const Buffer out = run_cuda_forward(g, M, &ids, &w);
+    expect_matches_reference(p, out, ids, w);
   }
 }
 
@@ -279,12 +329,13 @@ TEST(CudaExperts, BadInputIsAClearErrorAndWritesNothing) {
     EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
   }
   // A scheme the CUDA backend does not run.
-  const Problem fp4 = make_problem(small_config(QuantScheme::nvfp4), 4, 3);
+  MoEConfig per_tensor = small_config(QuantScheme::fp8_per_tensor);
+  const Problem fp8t = make_problem(per_tensor, 4, 3);
   try {
-    make_kernel(fp4.config, copy_expert_weights(fp4.weights.weights, kGpu).weights, opt);
+    make_kernel(fp8t.config, copy_expert_weights(fp8t.weights.weights, kGpu).weights, opt);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16 and fp8-block"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bf16, fp8-block, nvfp4 and mxfp4"), std::string::npos) << e.what();
   }
   // A misaligned hidden pointer; the output stays untouched.
   const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);

@@ -1,5 +1,6 @@
 // The CUDA monolithic experts (router logits in, output out) against the CUDA modular path and
-// the float64 reference: every routing method, both schemes, decode sizes (the single-block
+// the float64 reference: every routing method, every CUDA scheme (bf16, fp8-block, nvfp4, mxfp4; with
+// expert biases), decode sizes (the single-block
 // route+plan kernel), a larger batch and more experts (the route and plan kernels), all-negative,
 // tied and bf16 logits. The monolithic output must equal the modular forward's bit for bit (same
 // routing code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips
@@ -51,11 +52,12 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4, QuantScheme::mxfp4})
     for (RoutingMethod m : kGpuRoutingMethods)
       for (int64_t M : {1, 7, 64, 300}) {  // 300: above the single-block route+plan kernel
         SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m) + " M=" + std::to_string(M));
-        const Problem p = make_problem(routed_config(s, m), M, seed + M);
+        const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
+        const Problem p = make_problem(routed_config(s, m), M, seed + M, /*with_bias=*/fp4);
         const GpuProblem g = to_gpu(p);
         expect_monolithic_equals_modular(p, g, M, g.logits);
       }

@@ -1,8 +1,11 @@
-// CUDA modular experts (standard format): row plan -> GEMM1 -> activation (+ fp8 1x128
-// re-quantization) -> GEMM2, writing unweighted bf16 rows grouped by expert for the
-// PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the small-M
-// streaming kernel for decode-sized batches, the CUTLASS grouped GEMMs (after a row gather)
-// for the rest. Stream-ordered with no host synchronisation, so a forward is graph-capturable.
+// CUDA modular experts (standard format): row plan -> GEMM1 (+ w13 bias) -> activation (+ fp8
+// 1x128 re-quantization) -> GEMM2 (+ w2 bias), writing unweighted bf16 rows grouped by expert for
+// the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the small-M
+// streaming kernels for decode-sized batches, the CUTLASS grouped GEMMs (after a row gather)
+// for the rest. fp4 weights (nvfp4, mxfp4) are W4A16: the small-M kernel dequantizes in
+// registers; the grouped path dequantizes a chunk of experts at a time to bf16 in the workspace
+// and runs the bf16 GEMM on it (a mixed-input GEMM would skip that pass; not written yet).
+// Stream-ordered with no host synchronisation, so a forward is graph-capturable.
 #include <algorithm>
 #include <vector>
 
@@ -17,10 +20,27 @@
 
 namespace fusedmoe::cuda {
 
+namespace {
+
+bool is_fp4(QuantScheme q) { return q == QuantScheme::nvfp4 || q == QuantScheme::mxfp4; }
+
+SmallMWeights small_m_weights(QuantScheme q) {
+  switch (q) {
+    case QuantScheme::fp8_block: return SmallMWeights::fp8_block;
+    case QuantScheme::nvfp4: return SmallMWeights::nvfp4;
+    case QuantScheme::mxfp4: return SmallMWeights::mxfp4;
+    default: return SmallMWeights::bf16;
+  }
+}
+
+const float* f32_or_null(const Tensor& t) { return t.defined() ? t.data_as<const float>() : nullptr; }
+
+}  // namespace
+
 void check_supported(const MoEConfig& c) {
-  FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block,
-             "the CUDA backend runs the bf16 and fp8-block schemes; got ", quant_scheme_name(c.quant),
-             " (fp8-tensor, fp8-channel, nvfp4 and mxfp4 run on the CPU backend)");
+  FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block || is_fp4(c.quant),
+             "the CUDA backend runs the bf16, fp8-block, nvfp4 and mxfp4 schemes; got ", quant_scheme_name(c.quant),
+             " (fp8-tensor and fp8-channel run on the CPU backend)");
   FMOE_CHECK(c.activation_format == ActivationFormat::standard,
              "the CUDA backend takes the standard activation format (tokens x hidden); the batched format runs on ",
              "the CPU backend");
@@ -38,8 +58,6 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   device_ = weights.w13.device();
   require_sm90(device_, "the CUDA experts");
   check_supported(config);
-  FMOE_CHECK(!weights.w13_bias.defined() && !weights.w2_bias.defined(),
-             "the CUDA experts do not take expert biases yet (w13_bias/w2_bias); the CPU backend does");
   for (const WeightTensorSpec& spec : weight_layout(config, config.num_local_experts())) {
     const Tensor& t = weights.*spec.member;
     if (t.defined())
@@ -51,6 +69,17 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   num_local_ = config.num_local_experts();
   if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
   fp8_ = config.quant == QuantScheme::fp8_block;
+  fp4_ = is_fp4(config.quant);
+  weight_format_ = small_m_weights(config.quant);
+  for (const Tensor* bias : {&weights.w13_bias, &weights.w2_bias})
+    if (bias->defined())
+      FMOE_CHECK(reinterpret_cast<uintptr_t>(bias->data()) % 16 == 0,
+                 "the CUDA experts need 16-byte aligned expert biases, got ", bias->describe());
+  if (fp4_) {
+    const int64_t per_expert = std::max(config.w13_rows() * config.hidden_size,
+                                        config.hidden_size * config.intermediate_size) * 2;
+    fp4_chunk_experts_ = choose_fp4_chunk_experts(per_expert, num_local_);
+  }
   if (fp8_) {  // the CUTLASS kernel reads weight scales MN-major: [E, K/128, N/128]
     w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
     w2_scale_mn_ = transpose_block_scales(weights.w2_scale);
@@ -75,6 +104,8 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
   b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                              // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
+  if (fp4_ && !choose_experts_path(M, static_cast<int>(k), num_local_).small_m)
+    b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
   return b;
 }
 
@@ -123,34 +154,67 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
   const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E);
   const int max_active = static_cast<int>(std::min(E, R));
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
+  const float* b13 = f32_or_null(weights_.w13_bias);
+  const float* b2 = f32_or_null(weights_.w2_bias);
   if (path.small_m) {
     SmallMGemm g1{in.a1q.data(), plan.row_token, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr,
                   weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
-                  h.data_as<bf16>(), N1, K, fp8_};
+                  fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
+                  b13, h.data_as<bf16>(), N1, K, weight_format_};
     launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
-    launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
-                      h2_scale_ptr, s);
+    launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
+                      h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
-                  fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr, y.data_as<bf16>(), K, I, fp8_};
+                  fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
+                  fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
+                  b2, y.data_as<bf16>(), K, I, weight_format_};
     launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(in.a1q.data(), row_bytes, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr, K / 128, plan,
                        static_cast<int>(E), R, x_sorted.data(), fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
-    run_gemm(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, weights_.w13.data(),
-             fp8_ ? w13_scale_mn_.data_as<const float>() : nullptr, h.data(), N1, K, plan, gemm_scratch, s);
-    launch_activation(config_.activation, h.data_as<const bf16>(), I, plan, static_cast<int>(E), R, h2.data(),
+    const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
+    run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
+                     h.data(), N1, K, plan, gemm_scratch, dequant, s);
+    launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, h2.data(),
                       h2_scale_ptr, s);
-    run_gemm(h2.data(), h2_scale_ptr, weights_.w2.data(), fp8_ ? w2_scale_mn_.data_as<const float>() : nullptr,
-             y.data(), K, I, plan, gemm_scratch, s);
+    run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, gemm_scratch, dequant, s);
+    if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
   return {ExpertsOutputKind::sorted, y, planned.slot_rows};
 }
 
+int64_t CudaExperts::fp4_dequant_elements() const {
+  return fp4_chunk_experts_ * std::max(config_.w13_rows() * config_.hidden_size,
+                                       config_.hidden_size * config_.intermediate_size);
+}
+
+void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
+                                   const RowPlan& plan, const Tensor& scratch, const Tensor& dequant,
+                                   cudaStream_t s) const {
+  const Tensor& w = w13 ? weights_.w13 : weights_.w2;
+  if (!fp4_) {
+    const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
+    run_gemm(a, a_scales, w.data(), fp8_ ? w_scale_mn.data_as<const float>() : nullptr, d, N, K, 0, num_local_, plan,
+             scratch, s);
+    return;
+  }
+  // fp4: a chunk of experts at a time, dequantized to bf16, then the bf16 grouped GEMM on it.
+  const Tensor& scales = w13 ? weights_.w13_scale : weights_.w2_scale;
+  const float* global = f32_or_null(w13 ? weights_.w13_global_scale : weights_.w2_global_scale);
+  for (int64_t e0 = 0; e0 < num_local_; e0 += fp4_chunk_experts_) {
+    const int64_t n = std::min(fp4_chunk_experts_, num_local_ - e0);
+    launch_dequant_fp4(weight_format_, w.data_as<const uint8_t>(), scales.data_as<const uint8_t>(), global, e0, n, N,
+                       K, dequant.data_as<bf16>(), s);
+    run_gemm(a, nullptr, dequant.data(), nullptr, d, N, K, e0, n, plan, scratch, s);
+  }
+}
+
 void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d,
-                           int64_t N, int64_t K, const RowPlan& plan, const Tensor& scratch, cudaStream_t s) const {
+                           int64_t N, int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan,
+                           const Tensor& scratch, cudaStream_t s) const {
   GroupedGemmProblem p;
-  p.num_groups = static_cast<int>(num_local_);
+  p.num_groups = static_cast<int>(num_experts);
   p.N = N;
   p.K = K;
   p.a = a;
@@ -158,8 +222,8 @@ void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, 
   p.b = b;
   p.b_scales = b_scales;
   p.d = d;
-  p.counts = plan.counts;
-  p.offsets = plan.offsets;
+  p.counts = plan.counts + e0;  // group g is local expert e0 + g
+  p.offsets = plan.offsets + e0;
   p.sm_count = sm_count_;
   const char* err = run_grouped_gemm(gemm_kind_, p, scratch.data(), scratch.nbytes(), s);
   FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);

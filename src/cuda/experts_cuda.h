@@ -21,7 +21,7 @@ class CudaExperts final : public ModularExperts {
  public:
   CudaExperts(const MoEConfig& config, const ExpertWeights& weights);
 
-  std::string name() const override { return fp8_ ? "cuda.Experts[fp8-block]" : "cuda.Experts[bf16]"; }
+  std::string name() const override { return std::string("cuda.Experts[") + quant_scheme_name(config_.quant) + "]"; }
   ActivationFormat activation_format() const override { return ActivationFormat::standard; }
   Device device() const override { return device_; }
   Tensor static_input_scale() const override { return {}; }
@@ -39,8 +39,14 @@ class CudaExperts final : public ModularExperts {
   int64_t num_local() const { return num_local_; }
 
  private:
+  // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`).
+  void run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
+                        const RowPlan& plan, const Tensor& scratch, const Tensor& dequant, cudaStream_t s) const;
+  // Grouped GEMM of local experts [e0, e0 + num_experts), b holding exactly those experts.
   void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
-                int64_t K, const RowPlan& plan, const Tensor& scratch, cudaStream_t s) const;
+                int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, const Tensor& scratch,
+                cudaStream_t s) const;
+  int64_t fp4_dequant_elements() const;
   Buffer transpose_block_scales(const Tensor& scales) const;
 
   MoEConfig config_;
@@ -48,7 +54,9 @@ class CudaExperts final : public ModularExperts {
   Device device_;
   int sm_count_ = 0;
   int64_t num_local_ = 0;
-  bool fp8_ = false;
+  bool fp8_ = false, fp4_ = false;
+  SmallMWeights weight_format_ = SmallMWeights::bf16;
+  int64_t fp4_chunk_experts_ = 0;  // experts dequantized at a time on the fp4 grouped path
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;

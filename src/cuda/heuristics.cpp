@@ -4,6 +4,8 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%).
 #include "cuda/heuristics.h"
 
+#include <algorithm>
+
 namespace fusedmoe::cuda {
 namespace {
 bool g_overridden = false;
@@ -22,6 +24,13 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   path.small_m = rows_per_expert <= 12.0;
   path.tile_tokens = rows_per_expert <= 6.0 ? 8 : 16;
   return path;
+}
+
+int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {
+  constexpr int64_t kBudget = int64_t(256) << 20;
+  const int64_t n = g_overridden && g_override.fp4_chunk_experts > 0 ? g_override.fp4_chunk_experts
+                                                                     : kBudget / std::max<int64_t>(expert_bf16_bytes, 1);
+  return std::clamp<int64_t>(n, 1, std::max<int64_t>(num_local_experts, 1));
 }
 
 }  // namespace fusedmoe::cuda

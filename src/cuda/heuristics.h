@@ -11,9 +11,15 @@ namespace fusedmoe::cuda {
 struct ExpertsPath {
   bool small_m = false;  // the mma.sync streaming kernel instead of the CUTLASS grouped GEMM
   int tile_tokens = 8;   // small-M: rows per weight pass (8, 16 or 32)
+  int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
 };
 
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts);
+
+// fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
+// expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 256 MiB scratch, at
+// least one, at most all. Fixed per layer (it sizes the workspace): read at construction.
+int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts);
 
 // Tests and benchmarks force a path (both must be right for every input); null restores the
 // heuristic. Not thread-safe: set it while no forward runs.

@@ -27,8 +27,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
   }
 
   std::string name() const override {
-    return config_.quant == QuantScheme::fp8_block ? "cuda.MonolithicExperts[fp8-block]"
-                                                   : "cuda.MonolithicExperts[bf16]";
+    return std::string("cuda.MonolithicExperts[") + quant_scheme_name(config_.quant) + "]";
   }
   ActivationFormat activation_format() const override { return ActivationFormat::standard; }
   Device device() const override { return experts_.device(); }

@@ -128,6 +128,12 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
     c.ep_dispatch = c.batched || rng.chance(0.5) ? EpDispatch::all_to_all : EpDispatch::all_gather;
     c.map = MapKind::none;  // the ranks' placement is the map
   }
+  if (cuda) {  // fp4 weights and expert biases on CUDA, from a stream of their own (as monolithic)
+    Rng extra(seed ^ 0x66703462ULL);
+    if (c.quant == QuantScheme::bf16 && extra.chance(0.5))
+      c.quant = extra.pick(std::array{QuantScheme::nvfp4, QuantScheme::mxfp4});  // sizes: % 64 fits them too
+    c.bias = extra.chance(c.activation == ActivationKind::swiglu_oai ? 0.6 : 0.15);
+  }
   return c;
 }
 

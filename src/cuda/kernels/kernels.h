@@ -66,25 +66,48 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
                         int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s);
 
-// activation.cu: h bf16 [R, N1] (grouped rows) -> out [R, I]: bf16, or e4m3 with grouped
-// M-major scales per 1x128 group when out_scales is set.
-void launch_activation(const Activation& act, const bf16* h, int64_t I, const RowPlan& plan, int num_local,
-                       int64_t max_rows, void* out, float* out_scales, cudaStream_t s);
+// activation.cu: h bf16 [R, N1] (grouped rows) (+ bias f32 [E, N1] of the row's expert, when not
+// null) -> out [R, I]: bf16, or e4m3 with grouped M-major scales per 1x128 group when out_scales
+// is set.
+void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
+                       int num_local, int64_t max_rows, void* out, float* out_scales, cudaStream_t s);
 
-// small_m_gemm.cu: the decode path. Y[r, n] = sum_k X[src(r), k] * W[e, n, k] for the rows r
-// of each active expert, streaming W once per tile_tokens rows, tensor cores via mma.sync.
+// small_m_gemm.cu / small_m_gemm_fp4.cu: the decode path. Y[r, n] = sum_k X[src(r), k] * W[e, n, k]
+// (+ bias[e, n]) for the rows r of each active expert, streaming W once per tile_tokens rows,
+// tensor cores via mma.sync.
+enum class SmallMWeights : uint8_t {
+  bf16,       // bf16 W, bf16 X
+  fp8_block,  // e4m3 W with f32 scales per 128x128 block, e4m3 X with f32 scales per 1x128 group
+  nvfp4,      // packed e2m1 W, e4m3 scale per 16 values of a row, f32 global scale per expert; bf16 X
+  mxfp4,      // packed e2m1 W, ue8m0 scale per 32 values of a row; bf16 X
+};
 struct SmallMGemm {
-  const void* x;         // bf16 or e4m3 rows [*, K]
-  const int32_t* x_row;  // source row of each planned row (row_token), or null: row r itself
-  const float* x_scales; // fp8: [*, K/128] row-major when x_row is set, grouped M-major otherwise
-  const void* w;         // [E, N, K] bf16 or e4m3
-  const float* w_scales; // fp8: [E, ceil(N/128), K/128]
-  bf16* y;               // [R, N] grouped rows
+  const void* x;              // bf16 or e4m3 rows [*, K]
+  const int32_t* x_row;       // source row of each planned row (row_token), or null: row r itself
+  const float* x_scales;      // fp8: [*, K/128] row-major when x_row is set, grouped M-major otherwise
+  const void* w;              // [E, N, K] bf16 or e4m3; fp4: [E, N, K/2] bytes, element 2i in the low nibble
+  const float* w_scales;      // fp8: [E, ceil(N/128), K/128]
+  const uint8_t* w_fp4_scales;  // fp4: [E, N, K/16] e4m3 (nvfp4) or [E, N, K/32] ue8m0 (mxfp4)
+  const float* w_global;      // nvfp4: [E]
+  const float* bias;          // optional f32 [E, N]
+  bf16* y;                    // [R, N] grouped rows
   int64_t N, K;
-  bool fp8_block;
+  SmallMWeights weights;
 };
 void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local, int max_active, int tile_tokens,
                          cudaStream_t s);
+// small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
+                             cudaStream_t s);
+
+// fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]
+// (the grouped-GEMM path of fp4 weights): value * group scale (* global scale for nvfp4), rounded
+// once to bf16. Limits: K % 32 == 0.
+void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
+                        int64_t count, int64_t N, int64_t K, bf16* out, cudaStream_t s);
+// y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
+void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
+                            int64_t max_rows, cudaStream_t s);
 
 // finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
 // weights == null means unweighted (the weight was applied on the input).

@@ -1,5 +1,5 @@
 // Small-M grouped GEMM, the decode path: for each active expert e and its rows r,
-//   Y[r, n] = sum_k X[src(r), k] * W[e, n, k]      (fp8-block: per 128-wide k group, times
+//   Y[r, n] = sum_k X[src(r), k] * W[e, n, k] (+ bias[e, n])   (fp8-block: per 128-wide k group, times
 //   the activation scale of (row, group) and the weight scale of (n/128, group)).
 // Decode is memory-bound: the kernel streams each weight row once per 8*NT rows of an expert
 // with 16-byte loads and multiplies on the tensor cores with mma.sync, the weights as the
@@ -13,40 +13,13 @@
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/mma_util.cuh"
 
 namespace fusedmoe::cuda {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
-
-__device__ inline void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                      uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ inline void mma_e4m3_16832(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                      uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ inline uint4 load_streaming(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ inline uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 // One 16-byte chunk of k for one token tile: 2 bf16 k16 steps or 2 e4m3 k32 steps. Lane
 // (g, c) holds words 2s, 2s+1 of its 16 bytes for step s: logical k {2c,2c+1 | 2c+8,2c+9}
@@ -161,7 +134,10 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
           for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
           const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
           const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
-          if (m < count && n < N) g.y[(off + m) * N + n] = __float2bfloat16_rn(v);
+          if (m < count && n < N) {
+            if (g.bias) v += g.bias[e * N + n];
+            g.y[(off + m) * N + n] = __float2bfloat16_rn(v);
+          }
         }
     }
     __syncthreads();
@@ -186,10 +162,12 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local
   (void)num_local;
   if (max_active == 0) return;
   const dim3 grid(static_cast<unsigned>((g.N + kRowsPerBlock - 1) / kRowsPerBlock), static_cast<unsigned>(max_active));
-  if (g.fp8_block)
-    launch_typed<true>(g, plan, grid, tile_tokens, s);
-  else
-    launch_typed<false>(g, plan, grid, tile_tokens, s);
+  switch (g.weights) {
+    case SmallMWeights::fp8_block: launch_typed<true>(g, plan, grid, tile_tokens, s); break;
+    case SmallMWeights::bf16: launch_typed<false>(g, plan, grid, tile_tokens, s); break;
+    case SmallMWeights::nvfp4:
+    case SmallMWeights::mxfp4: launch_small_m_gemm_fp4(g, plan, max_active, tile_tokens, s); break;
+  }
 }
 
 }  // namespace fusedmoe::cuda

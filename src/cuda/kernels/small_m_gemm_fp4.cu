@@ -1,0 +1,191 @@
+// Small-M grouped GEMM for fp4 weights (W4A16), the decode path of the nvfp4 and mxfp4 experts:
+//   Y[r, n] = gs[e] * sum_k X[src(r), k] * e2m1(W[e, n, k]) * s[e, n, k / G]  (+ bias[e, n])
+// G = 16 with e4m3 s and an f32 global scale gs (nvfp4), G = 32 with ue8m0 s and gs = 1 (mxfp4);
+// X bf16, f32 accumulation, bf16 out.
+// The shape is small_m_gemm.cu's (swap-AB mma.sync m16n8k16 with 16 weight rows per block, 4
+// warps splitting k, a fixed-order reduction through shared memory), but one 16-byte load of a
+// lane holds 32 packed values of a weight row. They are dequantized in registers — a 256-entry
+// table in shared memory turns a byte into two bf16, then one bf16x2 multiply by the group scale,
+// exact since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16
+// steps. Each packed weight is read once per 8*NT rows of its expert.
+// Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
+// row may be partial).
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/mma_util.cuh"
+#include "fusedmoe/formats.h"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerBlock = 16;
+
+// bf16 bits of an e2m1 nibble: magnitude codes 2..7 are 2^((c >> 1) - 1) * (1 + (c & 1) / 2)
+// (bf16 exponent (c >> 1) + 126, top mantissa bit c & 1); code 1 is 0.5 and code 0 is zero.
+__device__ inline uint32_t e2m1_bf16_bits(uint32_t nibble) {
+  const uint32_t c = nibble & 7;
+  const uint32_t magnitude = c >= 2 ? (((c >> 1) + 126) << 7) | ((c & 1) << 6) : c == 1 ? 0x3F00u : 0u;
+  return magnitude | ((nibble & 8) << 12);
+}
+
+// Two bf16 of one packed byte: element 2i (low nibble) in the low half, as X's bf16 pairs.
+__device__ inline uint32_t e2m1_pair_bf16(uint32_t byte) {
+  return e2m1_bf16_bits(byte & 0xf) | (e2m1_bf16_bits(byte >> 4) << 16);
+}
+
+__device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
+  const __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), s);
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+template <bool kNv>
+__device__ inline __nv_bfloat162 group_scale(uint32_t bits) {
+  const float f = kNv ? fp8_e4m3_to_float(static_cast<uint8_t>(bits)) : ue8m0_to_float(static_cast<uint8_t>(bits));
+  return __float2bfloat162_rn(f);
+}
+
+// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1. scale_bits: nvfp4 two
+// e4m3 scales (bytes 0-7, bytes 8-15), mxfp4 one ue8m0 scale.
+template <bool kNv>
+__device__ inline void dequant32(const uint32_t* lut, const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
+  const __nv_bfloat162 s0 = group_scale<kNv>(scale_bits & 0xff);
+  const __nv_bfloat162 s1 = kNv ? group_scale<kNv>(scale_bits >> 8) : s0;
+#pragma unroll
+  for (int q = 0; q < 16; ++q) {
+    const uint32_t byte = (word(w, q / 4) >> (8 * (q % 4))) & 0xff;
+    out[q] = mul_bf16x2(lut[byte], q < 8 ? s0 : s1);
+  }
+}
+
+template <bool kNv, int NT, int U>
+__global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+  constexpr int kGroup = kNv ? 16 : 32;
+  __shared__ uint32_t lut[256];
+  __shared__ float partial[kWarps][NT][4][32];
+  for (int i = threadIdx.x; i < 256; i += kWarps * 32) lut[i] = e2m1_pair_bf16(i);
+  __syncthreads();
+
+  pdl_wait();
+  const int e = plan.active[blockIdx.y];
+  if (e < 0) return;
+  const int64_t off = plan.offsets[e], count = plan.counts[e];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+  const int64_t N = g.N, K = g.K, n0 = int64_t(blockIdx.x) * kRowsPerBlock;
+  const int64_t row_bytes = K / 2, slices = K / 32, num_chunks = (K + 127) / 128;
+  const int64_t wr0 = n0 + gq, wr1 = n0 + gq + 8;
+  const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * N * row_bytes;
+  const uint8_t* w_row0 = w + wr0 * row_bytes + cq * 16;
+  const uint8_t* w_row1 = w + wr1 * row_bytes + cq * 16;
+  const uint8_t* s = g.w_fp4_scales + e * N * (K / kGroup);
+  const uint8_t* s_row0 = s + wr0 * (K / kGroup) + cq * (32 / kGroup);
+  const uint8_t* s_row1 = s + wr1 * (K / kGroup) + cq * (32 / kGroup);
+  const bf16* x = static_cast<const bf16*>(g.x);
+  const float gs = kNv ? g.w_global[e] : 1.0f;
+
+  auto scale_bits = [&](const uint8_t* p) -> uint32_t {
+    return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
+  };
+
+  for (int64_t tb = 0; tb < count; tb += NT * 8) {
+    const bf16* x_row[NT];  // this lane's 32 values of its B token in each tile
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const int64_t m = tb + t * 8 + gq;
+      const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
+      x_row[t] = src >= 0 ? x + src * K + cq * 32 : nullptr;
+    }
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+    for (int64_t ch0 = warp; ch0 < num_chunks; ch0 += kWarps * U) {
+      uint4 wa[U], wb[U];
+      uint32_t sa[U], sb[U];
+      bool ok[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
+        const int64_t ch = ch0 + u * kWarps;
+        ok[u] = ch < num_chunks && ch * 4 + cq < slices;
+        const bool ok0 = ok[u] && wr0 < N, ok1 = ok[u] && wr1 < N;
+        wa[u] = ok0 ? load_streaming(w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
+        wb[u] = ok1 ? load_streaming(w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
+        sa[u] = ok0 ? scale_bits(s_row0 + ch * (128 / kGroup)) : 0;
+        sb[u] = ok1 ? scale_bits(s_row1 + ch * (128 / kGroup)) : 0;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t ch = ch0 + u * kWarps;
+        if (ch >= num_chunks) continue;  // the same for the whole warp
+        uint32_t a[16], b[16];
+        dequant32<kNv>(lut, wa[u], sa[u], a);
+        dequant32<kNv>(lut, wb[u], sb[u], b);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          uint4 xv[4];
+          const bool ld = ok[u] && x_row[t];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128) + j) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+          for (int st = 0; st < 8; ++st)
+            mma_bf16_16816(acc[t], a[2 * st], b[2 * st], a[2 * st + 1], b[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
+                           word(xv[st / 2], 2 * (st % 2) + 1));
+        }
+      }
+    }
+    if (tb + NT * 8 >= count) pdl_launch_dependents();
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
+    __syncthreads();
+    if (warp == 0) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float v = partial[0][t][i][lane];
+#pragma unroll
+          for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
+          const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
+          const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
+          if (m < count && n < N) {
+            v *= gs;
+            if (g.bias) v += g.bias[e * N + n];
+            g.y[(off + m) * N + n] = __float2bfloat16_rn(v);
+          }
+        }
+    }
+    __syncthreads();
+  }
+}
+
+template <bool kNv>
+void launch_typed(const SmallMGemm& g, const RowPlan& plan, dim3 grid, int tile_tokens, cudaStream_t s) {
+  const dim3 block(kWarps * 32);
+  switch (tile_tokens) {
+    case 8: launch(small_m_fp4_kernel<kNv, 1, 2>, grid, block, s, g, plan); break;
+    case 16: launch(small_m_fp4_kernel<kNv, 2, 2>, grid, block, s, g, plan); break;
+    case 32: launch(small_m_fp4_kernel<kNv, 4, 1>, grid, block, s, g, plan); break;
+    default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
+  }
+}
+
+}  // namespace
+
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
+                             cudaStream_t s) {
+  if (max_active == 0) return;
+  FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
+  const dim3 grid(static_cast<unsigned>((g.N + kRowsPerBlock - 1) / kRowsPerBlock), static_cast<unsigned>(max_active));
+  if (g.weights == SmallMWeights::nvfp4)
+    launch_typed<true>(g, plan, grid, tile_tokens, s);
+  else
+    launch_typed<false>(g, plan, grid, tile_tokens, s);
+}
+
+}  // namespace fusedmoe::cuda
