@@ -9,8 +9,11 @@ graphs and an L2 flush before every replay:
   torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
 floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
             FLOPs / dense GEMM rate), all measured in this run. Output: a table, JSON and a
-roofline PNG under --out. For fp8-block models the torch baselines run bf16 weights (torch has
-no fp8 block-scaled grouped GEMM); fusedmoe runs the fp8 weights.
+roofline PNG under --out. For fp8-block and fp4 models the torch baselines run the dequantized
+weights in bf16 (torch has no fp8 block-scaled or fp4 grouped GEMM); fusedmoe runs the quantized
+weights. fp4 weights (W4A16) count 4.5 bits (nvfp4) or 4.25 bits (mxfp4) per value with their
+scales; their GEMMs run at the bf16 rate, and the table's last column is the modular forward's
+FLOP rate in % of the dense bf16 GEMM rate (the fp4 target at 8192 tokens).
 """
 import argparse, ctypes, datetime, json, os, subprocess, sys, time
 
@@ -22,7 +25,14 @@ PRESETS = {
     "qwen3-30b-a3b": dict(E=128, K=2048, I=768, k=8, quant="bf16", routing="softmax-topk-renormalize"),
     "deepseek-v3": dict(E=256, K=7168, I=2048, k=8, quant="fp8-block", routing="deepseek-v3", groups=8,
                         topk_group=4, scaling=2.5),
+    # gpt-oss-120b's MoE layer: mxfp4, swiglu-oai (interleaved gate/up) with expert biases, top-4
+    "gpt-oss-120b": dict(E=128, K=2880, I=2880, k=4, quant="mxfp4", routing="topk-softmax", act="swiglu-oai",
+                         bias=True),
+    # Qwen3-30B-A3B as an NVIDIA ModelOpt NVFP4 checkpoint
+    "qwen3-30b-a3b-nvfp4": dict(E=128, K=2048, I=768, k=8, quant="nvfp4", routing="softmax-topk-renormalize"),
 }
+DEFAULT_MODELS = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3,gpt-oss-120b,qwen3-30b-a3b-nvfp4"
+E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 class Desc(ctypes.Structure):
@@ -33,7 +43,9 @@ class Desc(ctypes.Structure):
                 ("renormalize", ctypes.c_int32), ("routed_scaling_factor", ctypes.c_float),
                 ("correction_bias", ctypes.c_void_p), ("device", ctypes.c_int32), ("w13", ctypes.c_void_p),
                 ("w2", ctypes.c_void_p), ("w13_scale", ctypes.c_void_p), ("w2_scale", ctypes.c_void_p),
-                ("use_monolithic", ctypes.c_int32)]
+                ("use_monolithic", ctypes.c_int32), ("w13_global_scale", ctypes.c_void_p),
+                ("w2_global_scale", ctypes.c_void_p), ("a13_scale", ctypes.c_void_p), ("a2_scale", ctypes.c_void_p),
+                ("w13_bias", ctypes.c_void_p), ("w2_bias", ctypes.c_void_p)]
 
 
 def load_lib(path):
@@ -105,6 +117,38 @@ def ceilings():
 
 
 # ---- weights -----------------------------------------------------------------------------
+def to_e2m1(x):
+    """Nearest e2m1 code (sign bit 8) of every value of x (already divided by its scale)."""
+    grid = torch.tensor(E2M1_GRID, device=x.device)
+    mag = torch.bucketize(x.abs().clamp(max=6.0), (grid[1:] + grid[:-1]) / 2)
+    return (mag | ((x < 0).to(mag.dtype) << 3)).to(torch.uint8), grid[mag] * torch.where(x < 0, -1.0, 1.0)
+
+
+def quantize_fp4(bf, quant):
+    """bf16 [n, k] -> (packed uint8 [n, k/2], scales uint8 [n, k/G], global f32 or None, dequantized bf16)."""
+    n, k = bf.shape
+    x = bf.float()
+    if quant == "mxfp4":
+        blk = x.view(n, k // 32, 32)
+        amax = blk.abs().amax(-1).clamp_min(2.0 ** -126)
+        exp = (torch.floor(torch.log2(amax)) - 2).clamp(-127, 127)
+        scale = torch.exp2(exp)
+        codes, vals = to_e2m1(blk / scale[..., None])
+        scales = (exp + 127).to(torch.uint8)
+        deq, glob = vals * scale[..., None], None
+    else:  # nvfp4: e4m3 per 16 values under an f32 global scale
+        glob = (x.abs().amax().clamp_min(1e-12) / (448.0 * 6.0)).reshape(1)
+        blk = x.view(n, k // 16, 16)
+        s8 = (blk.abs().amax(-1) / 6.0 / glob).clamp(max=448.0).to(torch.float8_e4m3fn)
+        eff = s8.float() * glob
+        codes, vals = to_e2m1(blk / eff.clamp_min(1e-30)[..., None])
+        scales = s8.view(torch.uint8)
+        deq = vals * eff[..., None]
+    codes = codes.view(n, k)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return packed.contiguous(), scales.contiguous(), glob, deq.view(n, k).to(torch.bfloat16)
+
+
 def make_weights(p, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     E, K, I = p["E"], p["K"], p["I"]
@@ -114,6 +158,8 @@ def make_weights(p, seed):
         for e in range(E):
             bf[e].normal_(0.0, k ** -0.5, generator=g)
         w[name + "_bf16"] = bf
+        if p.get("bias"):
+            w[name + "_bias"] = (torch.randn(E, n, device="cuda", generator=g) * 0.05).float()
         if p["quant"] == "fp8-block":
             nb, kb = (n + 127) // 128, (k + 127) // 128
             q = torch.empty(E, n, k, device="cuda", dtype=torch.float8_e4m3fn)
@@ -128,9 +174,37 @@ def make_weights(p, seed):
                 bf[e] = (q[e].float().view(nb, 128, kb, 128) * sc[:, None, :, None]).view(n, k).to(torch.bfloat16)
             w[name] = q
             w[name + "_scale"] = s
+        elif p["quant"] in ("nvfp4", "mxfp4"):
+            group = 16 if p["quant"] == "nvfp4" else 32
+            q = torch.empty(E, n, k // 2, device="cuda", dtype=torch.uint8)
+            s = torch.empty(E, n, k // group, device="cuda", dtype=torch.uint8)
+            glob = torch.ones(E, device="cuda", dtype=torch.float32)
+            for e in range(E):
+                q[e], s[e], ge, bf[e] = quantize_fp4(bf[e], p["quant"])  # baselines: the dequantized weights
+                if ge is not None:
+                    glob[e] = ge[0]
+            w[name], w[name + "_scale"] = q, s
+            if p["quant"] == "nvfp4":
+                w[name + "_global"] = glob
         else:
             w[name] = bf
     return w
+
+
+def expert_bytes_of(p):
+    """Weight bytes of one expert in fusedmoe's layout (data, scales, biases)."""
+    K, I = p["K"], p["I"]
+    values = 2 * I * K + K * I
+    q = p["quant"]
+    if q == "fp8-block":
+        b = values + ((2 * I + 127) // 128 * ((K + 127) // 128) + (K + 127) // 128 * ((I + 127) // 128)) * 4
+    elif q == "nvfp4":
+        b = values * 4.5 / 8 + 4 * 2
+    elif q == "mxfp4":
+        b = values * 4.25 / 8
+    else:
+        b = values * 2
+    return b + (4 * (2 * I + K) if p.get("bias") else 0)
 
 
 # ---- torch routing and baselines ----------------------------------------------------------
@@ -147,12 +221,18 @@ def torch_route(p, logits, bias):
         w = s.gather(1, ids)
         w = w / w.sum(-1, keepdim=True)
         return ids, w * p.get("scaling", 1.0)
+    if p["routing"] == "topk-softmax":
+        v, ids = logits.topk(k, dim=-1)
+        return ids, torch.softmax(v, dim=-1)
     probs = torch.softmax(logits, dim=-1)
     w, ids = probs.topk(k, dim=-1)
     return ids, w / w.sum(-1, keepdim=True)
 
 
-def silu_mul(h):
+def activation(p, h):
+    if p.get("act") == "swiglu-oai":  # interleaved (g0, u0, g1, u1, ...), alpha 1.702, limit 7
+        g, u = h[:, 0::2].clamp(max=7.0), h[:, 1::2].clamp(-7.0, 7.0)
+        return (u + 1) * g * torch.sigmoid(1.702 * g)
     i = h.shape[-1] // 2
     return torch.nn.functional.silu(h[:, :i]) * h[:, i:]
 
@@ -166,7 +246,11 @@ def torch_grouped(p, w, hidden, logits, bias):
     offs = torch.cumsum(counts, 0).to(torch.int32)
     x = hidden[order // k]
     h = torch._grouped_mm(x, w["w13_bf16"].transpose(1, 2), offs=offs)
-    y = torch._grouped_mm(silu_mul(h), w["w2_bf16"].transpose(1, 2), offs=offs)
+    if "w13_bias" in w:
+        h = h + w["w13_bias"][flat[order]]
+    y = torch._grouped_mm(activation(p, h).to(torch.bfloat16), w["w2_bf16"].transpose(1, 2), offs=offs)
+    if "w2_bias" in w:
+        y = y + w["w2_bias"][flat[order]]
     y = y.float() * wts.reshape(-1)[order, None]
     out = torch.zeros(M, hidden.shape[1], device="cuda", dtype=torch.float32)
     out.index_add_(0, order // k, y)
@@ -179,7 +263,11 @@ def torch_loop(p, w, hidden, logits, bias):
     for e in ids.unique().tolist():
         tok, slot = (ids == e).nonzero(as_tuple=True)
         h = hidden[tok] @ w["w13_bf16"][e].t()
-        y = silu_mul(h) @ w["w2_bf16"][e].t()
+        if "w13_bias" in w:
+            h = h + w["w13_bias"][e]
+        y = activation(p, h).to(torch.bfloat16) @ w["w2_bf16"][e].t()
+        if "w2_bias" in w:
+            y = y + w["w2_bias"][e]
         out.index_add_(0, tok, y.float() * wts[tok, slot, None])
     return out.to(torch.bfloat16)
 
@@ -189,7 +277,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True, help="path to libfusedmoe_c.so")
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--models", default=",".join(PRESETS))
+    ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument("--tokens", default="1,16,128,1024,8192")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
@@ -222,10 +310,11 @@ def main():
         E, K, I, k = p["E"], p["K"], p["I"], p["k"]
         w = make_weights(p, 1234)
         bias = (torch.randn(E, device="cuda") * 0.1).float() if p["routing"] == "deepseek-v3" else None
-        d = Desc(E, K, I, k, p["quant"].encode(), b"silu", p["routing"].encode(), p.get("groups", 1),
-                 p.get("topk_group", 1), 1, p.get("scaling", 1.0), bias.data_ptr() if bias is not None else None, 0,
-                 w["w13"].data_ptr(), w["w2"].data_ptr(), w.get("w13_scale", w["w13"]).data_ptr()
-                 if "w13_scale" in w else None, w["w2_scale"].data_ptr() if "w2_scale" in w else None, 0)
+        ptr = lambda key: w[key].data_ptr() if key in w else None  # noqa: E731
+        d = Desc(E, K, I, k, p["quant"].encode(), p.get("act", "silu").encode(), p["routing"].encode(),
+                 p.get("groups", 1), p.get("topk_group", 1), 1, p.get("scaling", 1.0),
+                 bias.data_ptr() if bias is not None else None, 0, ptr("w13"), ptr("w2"), ptr("w13_scale"),
+                 ptr("w2_scale"), 0, ptr("w13_global"), ptr("w2_global"), None, None, ptr("w13_bias"), ptr("w2_bias"))
         layer, mono = ctypes.c_void_p(), ctypes.c_void_p()
         if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
             sys.exit("fmoe_layer_create: " + err.value.decode())
@@ -236,9 +325,7 @@ def main():
         ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(layer, max_m), lib.fmoe_layer_workspace_bytes(mono, max_m)),
                          dtype=torch.uint8, device="cuda")
         fp8 = p["quant"] == "fp8-block"
-        elem = 1 if fp8 else 2
-        expert_bytes = (2 * I * K + K * I) * elem + (((2 * I + 127) // 128) * ((K + 127) // 128) +
-                                                     ((K + 127) // 128) * ((I + 127) // 128)) * 4 * fp8
+        expert_bytes = expert_bytes_of(p)
         rate = roof["fp8_flops_per_s"] if fp8 else roof["bf16_flops_per_s"]
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -277,6 +364,7 @@ def main():
                     res[key + "_pct_floor"] = 100.0 * floor_us / res[key + "_us"]
             res["fusedmoe_tflops"] = flops / (res["fusedmoe_us"] * 1e-6) / 1e12
             res["fusedmoe_gbps"] = bytes_ / (res["fusedmoe_us"] * 1e-6) / 1e9
+            res["fusedmoe_pct_bf16_rate"] = 100.0 * flops / (res["fusedmoe_us"] * 1e-6) / roof["bf16_flops_per_s"]
             rows.append(res)
             print(f"  {name:14s} M={M:5d} floor {floor_us:9.1f} us | fusedmoe {res['fusedmoe_us']:9.1f} us "
                   f"({res['fusedmoe_pct_floor']:5.1f}%) | monolithic {res['fusedmoe_mono_us']:9.1f} us "
@@ -295,11 +383,12 @@ def main():
     with open(os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.json"), "w") as f:
         json.dump(dict(env=env, ceilings=roof, results=rows), f, indent=1)
     plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))
-    print("\nmodel            tokens   floor_us  fusedmoe_us  %floor  monolithic_us  %floor  grouped_mm_us  %floor")
+    print("\nmodel               tokens   floor_us  fusedmoe_us  %floor  monolithic_us  %floor  grouped_mm_us  %floor"
+          "  %bf16_rate")
     for r in rows:
-        print(f"{r['model']:15s} {r['tokens']:6d} {r['floor_us']:10.1f} {r['fusedmoe_us']:12.1f} "
+        print(f"{r['model']:19s} {r['tokens']:6d} {r['floor_us']:10.1f} {r['fusedmoe_us']:12.1f} "
               f"{r['fusedmoe_pct_floor']:7.1f} {r['fusedmoe_mono_us']:14.1f} {r['fusedmoe_mono_pct_floor']:7.1f} "
-              f"{r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f}")
+              f"{r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f} {r['fusedmoe_pct_bf16_rate']:10.1f}")
 
 
 def plot(rows, roof, env, path):

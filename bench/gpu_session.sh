@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -85,12 +85,16 @@ for what in "$@"; do
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
     bench)
-      step bench 300 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
+      step bench 480 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
     fuzz)  # the GPU campaign: FUZZ_SEEDS (default 1:10000) CUDA cases, memcheck on the first 40
       step fuzz_cuda $(( ${FUZZ_SECONDS:-400} + 30 )) "$(find_bin fusedmoe-fuzz)" --backend cuda --small --jobs 8 --seeds "${FUZZ_SEEDS:-1:10000}" \
         --max-seconds "${FUZZ_SECONDS:-400}"
       step fuzz_memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin fusedmoe-fuzz)" \
         --backend cuda --small --seeds 1:40 ;;
+    tests-fp4)  # the fp4 and expert-bias cases alone
+      step test_cuda_experts_fp4 300 "$(find_bin test_cuda_experts)" \
+        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*'
+      step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
       step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
@@ -125,5 +129,5 @@ except ValueError as e:
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
-grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x" "$log" | tail -70
+grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x" "$log" | tail -70
 printf '%s\n' "${summary[@]}"

@@ -24,8 +24,11 @@ typedef struct fmoe_layer_desc {
   float routed_scaling_factor;
   const void* correction_bias; /* f32 [E] or null */
   int32_t device;              /* -1: CPU, else the CUDA device index */
-  const void *w13, *w2, *w13_scale, *w2_scale;
+  const void *w13, *w2, *w13_scale, *w2_scale; /* every scheme's layout: fusedmoe/weights.h */
   int32_t use_monolithic;
+  /* The scheme's other tensors, null where it has none: nvfp4's f32 [E] global scales,
+   * fp8-tensor's f32 [1] static activation scales, optional f32 expert biases [E, N1] / [E, K]. */
+  const void *w13_global_scale, *w2_global_scale, *a13_scale, *a2_scale, *w13_bias, *w2_bias;
 } fmoe_layer_desc;
 
 int fmoe_layer_create(const fmoe_layer_desc* desc, fmoe_layer** out, char* err, size_t err_len);

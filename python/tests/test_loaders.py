@@ -135,7 +135,27 @@ def unpack_fp4(packed):
     return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def test_gpt_oss_mxfp4_layout():
+def on_cuda(sd):
+    """The state dict as torch CUDA tensors (uint16 bf16 bits -> torch.bfloat16), as a model loads it."""
+    import torch
+
+    def move(a):
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == np.uint16 else torch.from_numpy(a)
+        return t.cuda()
+    return {k: move(np.ascontiguousarray(v)) for k, v in sd.items()}
+
+
+def have_cuda():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and fusedmoe.backend_available("cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not have_cuda(), reason="needs torch, a Hopper GPU and the CUDA backend"))])
+def test_gpt_oss_mxfp4_layout(device):
     rng = np.random.default_rng(SEED + 2)
     E4, K4, I4, M4 = 4, 64, 64, 7
     sd = {
@@ -149,11 +169,21 @@ def test_gpt_oss_mxfp4_layout():
     sd[p + "down_proj_blocks"] = rng.integers(0, 256, (E4, K4, I4 // 32, 16), dtype=np.uint8)
     sd[p + "down_proj_scales"] = rng.integers(120, 125, (E4, K4, I4 // 32), dtype=np.uint8)
     sd[p + "down_proj_bias"] = fusedmoe.to_bf16_bits(rng.standard_normal((E4, K4)) * 0.1)
-    moe = fusedmoe.FusedMoE.from_state_dict(sd, "gpt_oss", top_k=2, prefix="model.layers.0.")
     hidden = bf16(rng, (M4, K4), 1.0)
     x = fusedmoe.from_bf16_bits(hidden).astype(np.float64)
-    logits = (x @ moe.router_weight.T + moe.router_bias).astype(np.float32)
-    out = moe(hidden, logits)
+    router = "model.layers.0.mlp.router."
+    logits = (x @ sd[router + "weight"].T.astype(np.float64) + sd[router + "bias"]).astype(np.float32)
+    if device == "cpu":
+        moe = fusedmoe.FusedMoE.from_state_dict(sd, "gpt_oss", top_k=2, prefix="model.layers.0.")
+        out = moe(hidden, logits)
+    else:  # mxfp4 weights, swiglu-oai and biases on the CUDA backend, torch tensors in and out
+        import torch
+
+        moe = fusedmoe.FusedMoE.from_state_dict(on_cuda(sd), "gpt_oss", top_k=2, prefix="model.layers.0.",
+                                                backend="cuda")
+        h = torch.from_numpy(hidden.view(np.int16)).view(torch.bfloat16).cuda()
+        got = moe(h, torch.from_numpy(logits).cuda())
+        out = got.cpu().view(torch.int16).numpy().view(np.uint16)
 
     def dequant(blocks, scales):  # [E, rows, G, 16] x [E, rows, G] -> [E, rows, G*32]
         vals = unpack_fp4(blocks)  # [E, rows, G, 32]

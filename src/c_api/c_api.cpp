@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "core/weight_layout.h"
 #include "fusedmoe/fusedmoe.h"
 
 struct fmoe_layer {
@@ -69,18 +70,24 @@ extern "C" int fmoe_layer_create(const fmoe_layer_desc* d, fmoe_layer** out, cha
     layer->device = dev;
     c.routing.correction_bias = view(d->correction_bias, DType::f32, {c.num_experts}, dev);
     validate_config(c);
-    const int64_t E = c.num_local_experts(), N1 = c.w13_rows(), K = c.hidden_size, I = c.intermediate_size;
+    // Views of the caller's pointers in the scheme's layout (shapes and dtypes from the one
+    // table validation reads); make_kernel validates them.
+    const std::pair<Tensor ExpertWeights::*, const void*> given[] = {
+        {&ExpertWeights::w13, d->w13},
+        {&ExpertWeights::w2, d->w2},
+        {&ExpertWeights::w13_scale, d->w13_scale},
+        {&ExpertWeights::w2_scale, d->w2_scale},
+        {&ExpertWeights::w13_global_scale, d->w13_global_scale},
+        {&ExpertWeights::w2_global_scale, d->w2_global_scale},
+        {&ExpertWeights::a13_scale, d->a13_scale},
+        {&ExpertWeights::a2_scale, d->a2_scale},
+        {&ExpertWeights::w13_bias, d->w13_bias},
+        {&ExpertWeights::w2_bias, d->w2_bias}};
     ExpertWeights w;
-    const bool fp8 = c.quant == QuantScheme::fp8_block;
-    FMOE_CHECK(c.quant == QuantScheme::bf16 || fp8, "the C API takes bf16 or fp8-block weights, got ",
-               quant_scheme_name(c.quant));
-    const DType wt = fp8 ? DType::fp8_e4m3 : DType::bf16;
-    w.w13 = view(d->w13, wt, {E, N1, K}, dev);
-    w.w2 = view(d->w2, wt, {E, K, I}, dev);
-    if (fp8) {
-      w.w13_scale = view(d->w13_scale, DType::f32, {E, (N1 + 127) / 128, (K + 127) / 128}, dev);
-      w.w2_scale = view(d->w2_scale, DType::f32, {E, (K + 127) / 128, (I + 127) / 128}, dev);
-    }
+    for (const WeightTensorSpec& spec : weight_layout(c, c.num_local_experts()))
+      for (const auto& [member, ptr] : given)
+        if (member == spec.member && ptr)
+          w.*member = Tensor(const_cast<void*>(ptr), spec.dtype, spec.shape, dev);
     KernelOptions opt;
     opt.use_monolithic = d->use_monolithic != 0;
     layer->kernel = std::make_unique<FusedMoEKernel>(make_kernel(c, w, opt));

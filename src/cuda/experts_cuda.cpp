@@ -104,7 +104,7 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
   b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                              // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
-  if (fp4_ && !choose_experts_path(M, static_cast<int>(k), num_local_).small_m)
+  if (fp4_ && !choose_experts_path(M, static_cast<int>(k), num_local_, fp4_).small_m)
     b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
   return b;
 }
@@ -151,7 +151,7 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
   const Tensor y = ws.take(DType::bf16, {R, K});
   const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
 
-  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E);
+  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E, fp4_);
   const int max_active = static_cast<int>(std::min(E, R));
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
   const float* b13 = f32_or_null(weights_.w13_bias);

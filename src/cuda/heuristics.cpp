@@ -1,7 +1,9 @@
 // See heuristics.h. Rows per expert on average decide: up to 12 the layer is bound by the
 // weight stream and the small-M kernel reads each weight once per tile of rows; above, the
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
-// ran at 12-38% of the floor where CUTLASS ran at 60-85%).
+// ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
+// kernel up to 32 rows per expert (32-row tiles): the grouped path's dequantization pass writes
+// and reads 4 bytes per weight value, which at 1024 tokens cost more than the GEMMs (H200).
 #include "cuda/heuristics.h"
 
 #include <algorithm>
@@ -17,12 +19,12 @@ void set_experts_path_override(const ExpertsPath* path) {
   if (path) g_override = *path;
 }
 
-ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts) {
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, bool fp4_weights) {
   if (g_overridden) return g_override;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
   ExpertsPath path;
-  path.small_m = rows_per_expert <= 12.0;
-  path.tile_tokens = rows_per_expert <= 6.0 ? 8 : 16;
+  path.small_m = rows_per_expert <= (fp4_weights ? 32.0 : 12.0);
+  path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : 32;
   return path;
 }
 

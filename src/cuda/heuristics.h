@@ -14,7 +14,9 @@ struct ExpertsPath {
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
 };
 
-ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts);
+// fp4_weights: the grouped path of fp4 weights first dequantizes every expert to bf16, so the
+// small-M kernel keeps the layer up to more rows per expert.
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, bool fp4_weights = false);
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
 // expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 256 MiB scratch, at

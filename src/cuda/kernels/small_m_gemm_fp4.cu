@@ -8,9 +8,13 @@
 // table in shared memory turns a byte into two bf16, then one bf16x2 multiply by the group scale,
 // exact since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16
 // steps. Each packed weight is read once per 8*NT rows of its expert.
+// Measured (H200, bench/results): decode runs at 18-35% of the floor; the table lookups (bank
+// conflicts) and the per-value ALU work bind it, not the weight stream. One copy of the table per
+// bank (32 KiB, conflict-free) was slower: blocks are short and filling it dominated.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
 #include "cuda/cuda_util.h"
+#include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
@@ -21,24 +25,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
-
-// bf16 bits of an e2m1 nibble: magnitude codes 2..7 are 2^((c >> 1) - 1) * (1 + (c & 1) / 2)
-// (bf16 exponent (c >> 1) + 126, top mantissa bit c & 1); code 1 is 0.5 and code 0 is zero.
-__device__ inline uint32_t e2m1_bf16_bits(uint32_t nibble) {
-  const uint32_t c = nibble & 7;
-  const uint32_t magnitude = c >= 2 ? (((c >> 1) + 126) << 7) | ((c & 1) << 6) : c == 1 ? 0x3F00u : 0u;
-  return magnitude | ((nibble & 8) << 12);
-}
-
-// Two bf16 of one packed byte: element 2i (low nibble) in the low half, as X's bf16 pairs.
-__device__ inline uint32_t e2m1_pair_bf16(uint32_t byte) {
-  return e2m1_bf16_bits(byte & 0xf) | (e2m1_bf16_bits(byte >> 4) << 16);
-}
-
-__device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
-  const __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), s);
-  return *reinterpret_cast<const uint32_t*>(&p);
-}
 
 template <bool kNv>
 __device__ inline __nv_bfloat162 group_scale(uint32_t bits) {
@@ -64,8 +50,7 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
   constexpr int kGroup = kNv ? 16 : 32;
   __shared__ uint32_t lut[256];
   __shared__ float partial[kWarps][NT][4][32];
-  for (int i = threadIdx.x; i < 256; i += kWarps * 32) lut[i] = e2m1_pair_bf16(i);
-  __syncthreads();
+  fill_e2m1_pair_table(lut, kWarps * 32);
 
   pdl_wait();
   const int e = plan.active[blockIdx.y];
@@ -168,7 +153,7 @@ template <bool kNv>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, dim3 grid, int tile_tokens, cudaStream_t s) {
   const dim3 block(kWarps * 32);
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, 2>, grid, block, s, g, plan); break;
+    case 8: launch(small_m_fp4_kernel<kNv, 1, 4>, grid, block, s, g, plan); break;
     case 16: launch(small_m_fp4_kernel<kNv, 2, 2>, grid, block, s, g, plan); break;
     case 32: launch(small_m_fp4_kernel<kNv, 4, 1>, grid, block, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
