@@ -197,8 +197,10 @@ class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinaliz
 
   size_t workspace_bytes(int64_t) const override {
     const int64_t K = config_.hidden_size, E = config_.num_experts, R = n_ * T_;
-    return 2 * workspace_tensor_bytes(DType::bf16, {T_, K}) + workspace_tensor_bytes(DType::f32, {T_, E}) +
-           workspace_tensor_bytes(DType::bf16, {R, K}) + workspace_tensor_bytes(DType::f32, {R, E}) +
+    // hidden: send [T, K] + gathered [R, K]; logits (f32 at most): send [T, E] + gathered [R, E];
+    // experts' bf16 output [R, K]; its f32 copy [R, K] and this rank's reduced block [T, K].
+    return workspace_tensor_bytes(DType::bf16, {T_, K}) + 2 * workspace_tensor_bytes(DType::bf16, {R, K}) +
+           workspace_tensor_bytes(DType::f32, {T_, E}) + workspace_tensor_bytes(DType::f32, {R, E}) +
            workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {T_, K});
   }
 
