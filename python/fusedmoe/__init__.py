@@ -42,8 +42,17 @@ def _is_torch(a) -> bool:
     return type(a).__module__.startswith("torch")
 
 
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
 def _empty_like_rows(hidden, rows: int, cols: int, nbytes: int | None = None):
     """An output [rows, cols] of hidden's kind and device (or a byte workspace when nbytes)."""
+    if _is_cupy(hidden):  # cupy has no bf16: uint16 bits, as for numpy
+        import cupy
+
+        with hidden.device:
+            return cupy.empty(nbytes, dtype=cupy.uint8) if nbytes is not None else cupy.empty((rows, cols), cupy.uint16)
     if _is_torch(hidden):
         import torch
 
@@ -56,10 +65,16 @@ def _empty_like_rows(hidden, rows: int, cols: int, nbytes: int | None = None):
 
 
 def _stream_of(a) -> int:
+    """The caller's current CUDA stream for a device array (torch's or cupy's), else 0."""
     if _is_torch(a) and a.is_cuda:
         import torch
 
         return torch.cuda.current_stream(a.device).cuda_stream
+    if _is_cupy(a):
+        import cupy
+
+        with a.device:
+            return cupy.cuda.get_current_stream().ptr
     return 0
 
 
