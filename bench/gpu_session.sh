@@ -112,7 +112,11 @@ for what in "$@"; do
     python)
       step python_build 560 bash -c "while kill -0 $pybuild 2>/dev/null; do sleep 2; done; ls $pydir/fusedmoe/_C*.so"
       python3 -m pytest --version >/dev/null 2>&1 || pip install -q --no-index --find-links "$BIN/wheels" pytest >>"$log" 2>&1
-      step pytest 300 env PYTHONPATH="$pydir" python3 -m pytest -q -rs -s python/tests
+      pypath=$pydir
+      if [ -f "$BIN/cupy.tar.xz" ]; then  # cupy for python/tests/test_cupy.py (make_gpu_bin.sh --cupy)
+        mkdir -p build-py-cupy && tar -xJf "$BIN/cupy.tar.xz" -C build-py-cupy && pypath=$pydir:$PWD/build-py-cupy
+      fi
+      step pytest 300 env PYTHONPATH="$pypath" python3 -m pytest -q -rs -s python/tests
       # a failing error path, alone, with a native backtrace where gdb exists
       probe='import fusedmoe._C as C
 try:

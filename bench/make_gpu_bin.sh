@@ -4,6 +4,8 @@
 # fusedmoe-bench and libfusedmoe_c.so (packed), the CUTLASS headers packed (bench/gpu_session.sh unpacks
 # them for its Python build) and the pinned pytest/nanobind wheels (the GPU machine reaches no
 # package registry). Then: BIN=gpu_bin bash bench/gpu_session.sh <steps>.
+# With --cupy it also packs cupy (pinned, for the GPU machine's Python 3.12) into gpu_bin/cupy.tar.xz
+# (~52 MB: the carry limit is 64 MiB in all) so the python step can run python/tests/test_cupy.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/gpu_bin/' .git/info/exclude 2>/dev/null || echo '/gpu_bin/' >>.git/info/exclude
@@ -20,4 +22,14 @@ cutlass=$(ls -d third_party/cutlass-* | head -1)
 tar -cJf gpu_bin/cutlass.tar.xz -C third_party "$(basename "$cutlass")"
 python3 -m pip download -q -d gpu_bin/wheels pytest==9.2.0
 python3 -m pip download -q --no-deps -d gpu_bin/wheels nanobind==2.9.2
+if [ "${1:-}" = "--cupy" ]; then  # unpacked wheels, xz-packed (the wheel itself is 69 MB)
+  stage=$(mktemp -d)
+  for req in cupy-cuda13x==14.2.0 cuda-pathfinder==1.9.1; do
+    python3 -m pip download -q --no-deps -d "$stage/whl" "$req" --python-version 3.12 --only-binary=:all: \
+      --platform manylinux2014_x86_64
+  done
+  for w in "$stage"/whl/*.whl; do python3 -m zipfile -e "$w" "$stage/site"; done
+  tar -cf - -C "$stage/site" . | xz -6 -T2 >gpu_bin/cupy.tar.xz
+  rm -rf "$stage"
+fi
 du -sh gpu_bin
