@@ -50,6 +50,31 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// The path heuristic (host code: runs without a GPU too). Decode sizes take the small-M kernel,
+// fp4 weights up to 32 rows per expert (their grouped path first dequantizes every expert), and
+// the fp4 dequantization chunk is whole experts within 256 MiB, at least one, at most all.
+TEST(CudaHeuristics, PathTileAndFp4Chunk) {
+  using cuda::choose_experts_path;
+  EXPECT_TRUE(choose_experts_path(1, 8, 128).small_m);
+  EXPECT_EQ(choose_experts_path(1, 8, 128).tile_tokens, 8);
+  EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
+  EXPECT_FALSE(choose_experts_path(256, 8, 128).small_m);           // 16 rows per expert
+  EXPECT_TRUE(choose_experts_path(256, 8, 128, /*fp4=*/true).small_m);
+  EXPECT_EQ(choose_experts_path(256, 8, 128, true).tile_tokens, 32);
+  EXPECT_TRUE(choose_experts_path(1024, 4, 128, true).small_m);     // gpt-oss at 1024: 32 rows
+  EXPECT_FALSE(choose_experts_path(1024, 8, 128, true).small_m);    // qwen3 at 1024: 64 rows
+  const int64_t mib = int64_t(1) << 20;
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 7);      // gpt-oss-120b's w13
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(300 * mib, 8), 1);       // bigger than the budget
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 10);       // all of them
+  {
+    const ForcePath force(false, 16, 3);
+    EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 3);
+    EXPECT_FALSE(choose_experts_path(1, 8, 128, true).small_m);
+  }
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 10);
+}
+
 // forward(): routing on the GPU, then the experts; compared with the reference on the ids the
 // GPU picked (the router itself is compared with the CPU's in test_cuda_router).
 Buffer run_cuda_forward(const GpuProblem& g, int64_t M, Buffer* ids_out, Buffer* weights_out) {
