@@ -8,9 +8,10 @@
 // table in shared memory turns a byte into two bf16, then one bf16x2 multiply by the group scale,
 // exact since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16
 // steps. Each packed weight is read once per 8*NT rows of its expert.
-// Measured (H200, bench/results): decode runs at 18-35% of the floor; the table lookups (bank
-// conflicts) and the per-value ALU work bind it, not the weight stream. One copy of the table per
-// bank (32 KiB, conflict-free) was slower: blocks are short and filling it dominated.
+// Measured (H200, bench/results): decode runs at 11-33% of the floor, not bound by the weight
+// stream; suspected (not profiled): the short blocks' fixed cost (table fill, split-k reduce) and the
+// table lookups' bank conflicts. One copy of the table per bank (32 KiB, conflict-free) was slower:
+// filling it dominated the short blocks.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
 #include "cuda/cuda_util.h"
