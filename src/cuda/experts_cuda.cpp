@@ -35,6 +35,11 @@ SmallMWeights small_m_weights(QuantScheme q) {
 
 const float* f32_or_null(const Tensor& t) { return t.defined() ? t.data_as<const float>() : nullptr; }
 
+// Values of one expert's larger weight matrix (w13 or w2): the fp4 dequantization scratch per expert.
+int64_t larger_weight_values(const MoEConfig& c) {
+  return std::max(c.w13_rows() * c.hidden_size, c.hidden_size * c.intermediate_size);
+}
+
 }  // namespace
 
 void check_supported(const MoEConfig& c) {
@@ -76,9 +81,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
       FMOE_CHECK(reinterpret_cast<uintptr_t>(bias->data()) % 16 == 0,
                  "the CUDA experts need 16-byte aligned expert biases, got ", bias->describe());
   if (fp4_) {
-    const int64_t per_expert = std::max(config.w13_rows() * config.hidden_size,
-                                        config.hidden_size * config.intermediate_size) * 2;
-    fp4_chunk_experts_ = choose_fp4_chunk_experts(per_expert, num_local_);
+    fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
   }
   if (fp8_) {  // the CUTLASS kernel reads weight scales MN-major: [E, K/128, N/128]
     w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
@@ -185,8 +188,7 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
 }
 
 int64_t CudaExperts::fp4_dequant_elements() const {
-  return fp4_chunk_experts_ * std::max(config_.w13_rows() * config_.hidden_size,
-                                       config_.hidden_size * config_.intermediate_size);
+  return fp4_chunk_experts_ * larger_weight_values(config_);
 }
 
 void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
