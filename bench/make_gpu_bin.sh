@@ -5,7 +5,7 @@
 # them for its Python build) and the pinned pytest/nanobind wheels (the GPU machine reaches no
 # package registry). Then: BIN=gpu_bin bash bench/gpu_session.sh <steps>.
 # With --cupy it also packs cupy (pinned, for the GPU machine's Python 3.12) into gpu_bin/cupy.tar.xz
-# (~52 MB: the carry limit is 64 MiB in all) so the python step can run python/tests/test_cupy.py.
+# (~52 MB: the tree and the carry together must stay under 64 MiB) so the python step can run python/tests/test_cupy.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/gpu_bin/' .git/info/exclude 2>/dev/null || echo '/gpu_bin/' >>.git/info/exclude
@@ -29,7 +29,7 @@ if [ "${1:-}" = "--cupy" ]; then  # unpacked wheels, xz-packed (the wheel itself
       --platform manylinux2014_x86_64
   done
   for w in "$stage"/whl/*.whl; do python3 -m zipfile -e "$w" "$stage/site"; done
-  tar -cf - -C "$stage/site" . | xz -6 -T2 >gpu_bin/cupy.tar.xz
+  tar -cf - -C "$stage/site" . | xz -9e -T2 >gpu_bin/cupy.tar.xz  # -9e: the tree + carry must fit 64 MiB
   rm -rf "$stage"
 fi
 du -sh gpu_bin
