@@ -111,11 +111,12 @@ inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
 // path, how many experts are dequantized at a time; 0 keeps the budget's choice).
 class ForcePath {
  public:
-  explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0) {
+  explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool fp4_warp_tiles = false) {
     cuda::ExpertsPath p;
     p.small_m = small_m;
     p.tile_tokens = tile_tokens;
     p.fp4_chunk_experts = fp4_chunk_experts;
+    p.fp4_warp_tiles = fp4_warp_tiles;
     cuda::set_experts_path_override(&p);
   }
   ~ForcePath() { cuda::set_experts_path_override(nullptr); }

@@ -124,11 +124,13 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const int tile = GetParam();
+  const int param = GetParam();  // > 0: small-M tile; < 0: the same with fp4 warp tiles; 0: grouped
+  const int tile = param < 0 ? -param : param;
   {
     const bool small_m = tile > 0;
-    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3);
+    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3, /*fp4_warp_tiles=*/param < 0);
     for (QuantScheme s : kCudaSchemes) {
+      if (param < 0 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -149,9 +151,11 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, 0),
+INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, 0),
                          [](const auto& info) {
-                           return info.param ? "small_m_tile" + std::to_string(info.param) : std::string("grouped");
+                           const int p = info.param;
+                           if (p == 0) return std::string("grouped");
+                           return (p < 0 ? "small_m_fp4_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
@@ -251,9 +255,9 @@ TEST(CudaExperts, GptOssLayerShapeMxfp4) {
   const int64_t M = 8;
   const Problem p = make_problem(c, M, seed, /*with_bias=*/true);
   const GpuProblem g = to_gpu(p);
-  for (bool small_m : {true, false}) {
-    SCOPED_TRACE(small_m ? "small-M" : "grouped GEMM");
-    const ForcePath force(small_m, 8);
+  for (int variant : {0, 1, 2}) {  // small-M (4 warps split k), small-M with a tile per warp, grouped
+    SCOPED_TRACE(variant == 0 ? "small-M" : variant == 1 ? "small-M, warp tiles" : "grouped GEMM");
+    const ForcePath force(variant < 2, 8, 0, variant == 1);
     Buffer ids, w;
     const Buffer out = run_cuda_forward(g, M, &ids, &w);
     expect_matches_reference(p, out, ids, w);

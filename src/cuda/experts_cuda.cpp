@@ -163,14 +163,14 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
     SmallMGemm g1{in.a1q.data(), plan.row_token, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr,
                   weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
-                  b13, h.data_as<bf16>(), N1, K, weight_format_};
+                  b13, h.data_as<bf16>(), N1, K, weight_format_, path.fp4_warp_tiles};
     launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
     launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
                       h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
                   fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
-                  b2, y.data_as<bf16>(), K, I, weight_format_};
+                  b2, y.data_as<bf16>(), K, I, weight_format_, path.fp4_warp_tiles};
     launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));

@@ -7,6 +7,8 @@
 #include "cuda/heuristics.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 namespace fusedmoe::cuda {
 namespace {
@@ -25,6 +27,13 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   ExpertsPath path;
   path.small_m = rows_per_expert <= (fp4_weights ? 32.0 : 12.0);
   path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : 32;
+  // Experiment switch until measured: FUSEDMOE_FP4_WARP_TILES=1 gives each warp of the fp4 small-M
+  // kernel its own 16-row tile (see small_m_gemm_fp4.cu).
+  static const bool warp_tiles = [] {
+    const char* v = std::getenv("FUSEDMOE_FP4_WARP_TILES");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  path.fp4_warp_tiles = fp4_weights && warp_tiles;
   return path;
 }
 

@@ -12,6 +12,7 @@ struct ExpertsPath {
   bool small_m = false;  // the mma.sync streaming kernel instead of the CUTLASS grouped GEMM
   int tile_tokens = 8;   // small-M: rows per weight pass (8, 16 or 32)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
+  bool fp4_warp_tiles = false;    // fp4 small-M: a 16-row tile per warp instead of 4 warps splitting k
 };
 
 // fp4_weights: the grouped path of fp4 weights first dequantizes every expert to bf16, so the

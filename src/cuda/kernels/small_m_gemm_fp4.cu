@@ -12,6 +12,8 @@
 // stream; suspected (not profiled): the short blocks' fixed cost (table fill, split-k reduce) and the
 // table lookups' bank conflicts. One copy of the table per bank (32 KiB, conflict-free) was slower:
 // filling it dominated the short blocks.
+// Variant (FUSEDMOE_FP4_WARP_TILES=1 / ExpertsPath::fp4_warp_tiles; not yet measured or run on a
+// GPU): each warp takes its own 16-row tile over all of k — 64 rows per block, no split-k reduce.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
 #include "cuda/cuda_util.h"
@@ -46,11 +48,15 @@ __device__ inline void dequant32(const uint32_t* lut, const uint4& w, uint32_t s
   }
 }
 
-template <bool kNv, int NT, int U>
+// kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
+// otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
+// reduction), so a block streams 4x the bytes for one table fill.
+template <bool kNv, int NT, int U, bool kSplitK>
 __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
+  constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
   __shared__ uint32_t lut[256];
-  __shared__ float partial[kWarps][NT][4][32];
+  __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
   fill_e2m1_pair_table(lut, kWarps * 32);
 
   pdl_wait();
@@ -58,7 +64,8 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
   if (e < 0) return;
   const int64_t off = plan.offsets[e], count = plan.counts[e];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
-  const int64_t N = g.N, K = g.K, n0 = int64_t(blockIdx.x) * kRowsPerBlock;
+  const int64_t N = g.N, K = g.K;
+  const int64_t n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerBlock;
   const int64_t row_bytes = K / 2, slices = K / 32, num_chunks = (K + 127) / 128;
   const int64_t wr0 = n0 + gq, wr1 = n0 + gq + 8;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * N * row_bytes;
@@ -88,13 +95,13 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-    for (int64_t ch0 = warp; ch0 < num_chunks; ch0 += kWarps * U) {
+    for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U) {
       uint4 wa[U], wb[U];
       uint32_t sa[U], sb[U];
       bool ok[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
-        const int64_t ch = ch0 + u * kWarps;
+        const int64_t ch = ch0 + u * kChunkStride;
         ok[u] = ch < num_chunks && ch * 4 + cq < slices;
         const bool ok0 = ok[u] && wr0 < N, ok1 = ok[u] && wr1 < N;
         wa[u] = ok0 ? load_streaming(w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
@@ -104,7 +111,7 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t ch = ch0 + u * kWarps;
+        const int64_t ch = ch0 + u * kChunkStride;
         if (ch >= num_chunks) continue;  // the same for the whole warp
         uint32_t a[16], b[16];
         dequant32<kNv>(lut, wa[u], sa[u], a);
@@ -124,19 +131,24 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
       }
     }
     if (tb + NT * 8 >= count) pdl_launch_dependents();
+    if constexpr (kSplitK) {
 #pragma unroll
-    for (int t = 0; t < NT; ++t)
+      for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
-    __syncthreads();
-    if (warp == 0) {
+        for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
+      __syncthreads();
+    }
+    if (!kSplitK || warp == 0) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          float v = partial[0][t][i][lane];
+          float v = acc[t][i];
+          if constexpr (kSplitK) {
+            v = partial[0][t][i][lane];
 #pragma unroll
-          for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
+            for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
+          }
           const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
           const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
           if (m < count && n < N) {
@@ -146,17 +158,19 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
           }
         }
     }
-    __syncthreads();
+    if constexpr (kSplitK) __syncthreads();
   }
 }
 
-template <bool kNv>
-void launch_typed(const SmallMGemm& g, const RowPlan& plan, dim3 grid, int tile_tokens, cudaStream_t s) {
+template <bool kNv, bool kSplitK>
+void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens, cudaStream_t s) {
+  const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
+  const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_active));
   const dim3 block(kWarps * 32);
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, 4>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_fp4_kernel<kNv, 2, 2>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_fp4_kernel<kNv, 4, 1>, grid, block, s, g, plan); break;
+    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK>, grid, block, s, g, plan); break;
+    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK>, grid, block, s, g, plan); break;
+    case 32: launch(small_m_fp4_kernel<kNv, 4, 1, kSplitK>, grid, block, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }
@@ -165,13 +179,14 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, dim3 grid, int tile_
 
 void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
                              cudaStream_t s) {
+  const bool warp_tiles = g.fp4_warp_tiles;
   if (max_active == 0) return;
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
-  const dim3 grid(static_cast<unsigned>((g.N + kRowsPerBlock - 1) / kRowsPerBlock), static_cast<unsigned>(max_active));
-  if (g.weights == SmallMWeights::nvfp4)
-    launch_typed<true>(g, plan, grid, tile_tokens, s);
-  else
-    launch_typed<false>(g, plan, grid, tile_tokens, s);
+  const bool nv = g.weights == SmallMWeights::nvfp4;
+  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_active, tile_tokens, s);
+  else if (nv) launch_typed<true, true>(g, plan, max_active, tile_tokens, s);
+  else if (warp_tiles) launch_typed<false, false>(g, plan, max_active, tile_tokens, s);
+  else launch_typed<false, true>(g, plan, max_active, tile_tokens, s);
 }
 
 }  // namespace fusedmoe::cuda
