@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [bench-fp4-warp-tiles] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -128,12 +128,6 @@ except ValueError as e:
       if command -v gdb >/dev/null; then
         step python_error_gdb 90 env PYTHONPATH="$pydir" gdb -batch -ex run -ex bt --args python3 -c "$probe"
       fi ;;
-    bench-fp4-warp-tiles)  # the fp4 models with and without FUSEDMOE_FP4_WARP_TILES=1, same card
-      step bench_fp4 200 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" --no-loop \
-        --models gpt-oss-120b,qwen3-30b-a3b-nvfp4 --tag fp4
-      step bench_fp4_warp_tiles 200 env FUSEDMOE_FP4_WARP_TILES=1 python3 bench/gpu_bench.py \
-        --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" --no-loop --models gpt-oss-120b,qwen3-30b-a3b-nvfp4 \
-        --tag fp4-warp-tiles ;;
     bench-pdl)
       step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;

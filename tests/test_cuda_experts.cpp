@@ -52,6 +52,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The path heuristic (host code: runs without a GPU too). Decode sizes take the small-M kernel,
 // fp4 weights up to 32 rows per expert (their grouped path first dequantizes every expert), and
+// fp4's small-M kernel gives each warp its own tile from 16 routed rows on, and
 // the fp4 dequantization chunk is whole experts within 256 MiB, at least one, at most all.
 TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   using cuda::choose_experts_path;
@@ -63,6 +64,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(256, 8, 128, true).tile_tokens, 32);
   EXPECT_TRUE(choose_experts_path(1024, 4, 128, true).small_m);     // gpt-oss at 1024: 32 rows
   EXPECT_FALSE(choose_experts_path(1024, 8, 128, true).small_m);    // qwen3 at 1024: 64 rows
+  EXPECT_FALSE(choose_experts_path(1, 8, 128, true).fp4_warp_tiles);  // 8 routed rows: split-k blocks
+  EXPECT_TRUE(choose_experts_path(2, 8, 128, true).fp4_warp_tiles);   // 16: a tile per warp
+  EXPECT_FALSE(choose_experts_path(2, 8, 128, false).fp4_warp_tiles);
   const int64_t mib = int64_t(1) << 20;
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 7);      // gpt-oss-120b's w13
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(300 * mib, 8), 1);       // bigger than the budget

@@ -8,12 +8,12 @@
 // table in shared memory turns a byte into two bf16, then one bf16x2 multiply by the group scale,
 // exact since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16
 // steps. Each packed weight is read once per 8*NT rows of its expert.
-// Measured (H200, bench/results): decode runs at 11-33% of the floor, not bound by the weight
-// stream; suspected (not profiled): the short blocks' fixed cost (table fill, split-k reduce) and the
-// table lookups' bank conflicts. One copy of the table per bank (32 KiB, conflict-free) was slower:
-// filling it dominated the short blocks.
-// Variant (FUSEDMOE_FP4_WARP_TILES=1 / ExpertsPath::fp4_warp_tiles; not yet measured or run on a
-// GPU): each warp takes its own 16-row tile over all of k — 64 rows per block, no split-k reduce.
+// Variant ExpertsPath::fp4_warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
+// its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
+// tokens, which points at the per-block fixed cost (table fill, split-k reduce).
+// Measured (H200, bench/results): decode runs at 10-37% of the floor, not bound by the weight
+// stream; suspected (not profiled) beyond the block cost: the table lookups' bank conflicts. One copy
+// of the table per bank (32 KiB, conflict-free) was slower: filling it dominated the short blocks.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
 #include "cuda/cuda_util.h"
