@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [sanitize-fused] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -71,15 +71,26 @@ for what in "$@"; do
     tests-pdl)
       step test_cuda_experts_pdl 300 env FUSEDMOE_PDL=1 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*:Variants/*:CudaExperts.CudaGraph*:CudaExperts.RunTwice*:CudaExperts.ForwardWith*' ;;
+    sanitize-fused)  # the fused decode kernel alone under memcheck, racecheck, initcheck, synccheck
+      for tool in memcheck racecheck initcheck synccheck; do
+        step "${tool}_fused" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_monolithic)" \
+          --gtest_filter='CudaMonolithic.FusedDecodeOdd*:CudaMonolithic.FusedDecodeGraph*'
+      done
+      step racecheck_chain_graph 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.CudaGraphReplayEqualsDirectRun' ;;
     sanitize)
       filter='Supported/*silu*:Variants/*:CudaExperts.ZeroTokens*:CudaExperts.CudaGraph*'
       step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter="$filter"
       step memcheck_router 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_router)"
       step memcheck_monolithic 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
-        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*:CudaMonolithic.CudaGraph*'
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*:CudaMonolithic.CudaGraph*:CudaMonolithic.FusedDecodeOdd*:CudaMonolithic.FusedDecodeGraph*'
       step racecheck_monolithic 300 compute-sanitizer --tool racecheck --error-exitcode 9 \
-        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*' 
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*:CudaMonolithic.FusedDecodeOdd*'
+      step initcheck_monolithic 300 compute-sanitizer --tool initcheck --error-exitcode 9 \
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.FusedDecodeOdd*:CudaMonolithic.FusedDecodeGraph*'
+      step synccheck_monolithic 300 compute-sanitizer --tool synccheck --error-exitcode 9 \
+        "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.FusedDecodeOdd*' 
       step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
@@ -128,6 +139,14 @@ except ValueError as e:
       if command -v gdb >/dev/null; then
         step python_error_gdb 90 env PYTHONPATH="$pydir" gdb -batch -ex run -ex bt --args python3 -c "$probe"
       fi ;;
+    profile)  # ncu per-kernel time, DRAM throughput and grid of one forward (PROFILE="model:tokens ...")
+      for mt in ${PROFILE:-qwen3-30b-a3b:1 deepseek-v3:1 qwen3-30b-a3b-nvfp4:16}; do
+        step "ncu_${mt//:/_}" 150 ncu --clock-control none --launch-count "${PROFILE_KERNELS:-14}" \
+          -k "regex:${PROFILE_REGEX:-route|plan|small_m|activation|finalize|quantize|gather|dequant|scale_rows|fused_decode}" \
+          --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+          python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
+          --models "${mt%%:*}" --tokens "${mt##*:}"
+      done ;;
     bench-pdl)
       step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;

@@ -67,6 +67,10 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(1, 8, 128, true).fp4_warp_tiles);  // 8 routed rows: split-k blocks
   EXPECT_TRUE(choose_experts_path(2, 8, 128, true).fp4_warp_tiles);   // 16: a tile per warp
   EXPECT_FALSE(choose_experts_path(2, 8, 128, false).fp4_warp_tiles);
+  EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128));     // monolithic bf16 decode: the fused kernel
+  EXPECT_TRUE(cuda::choose_fused_decode(16, 2, 8));      // mixtral at 16: 4 rows per expert
+  EXPECT_FALSE(cuda::choose_fused_decode(16, 8, 8));     // 16 rows per expert: grouped GEMM
+  EXPECT_FALSE(cuda::choose_fused_decode(17, 8, 1024));  // above the fused kernel's range
   const int64_t mib = int64_t(1) << 20;
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 7);      // gpt-oss-120b's w13
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(300 * mib, 8), 1);       // bigger than the budget

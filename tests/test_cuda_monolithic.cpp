@@ -3,9 +3,12 @@
 // expert biases), decode sizes (the single-block
 // route+plan kernel), a larger batch and more experts (the route and plan kernels), all-negative,
 // tied and bf16 logits. The monolithic output must equal the modular forward's bit for bit (same
-// routing code, same GEMM pipeline); both match the reference on the ids the GPU picked. Skips
-// without a Hopper GPU.
+// routing code, same GEMM pipeline); both match the reference on the ids the GPU picked. The fused
+// decode kernel (bf16; forced here up to 64 tokens) against the small-M chain: every activation, biases, tile
+// sizes, weight on the input, expert-map shards, odd shapes, CUDA-graph replays. Skips without a Hopper GPU.
 #include <gtest/gtest.h>
+
+#include <optional>
 
 #include "cuda_test_util.h"
 
@@ -42,7 +45,12 @@ Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits) {
   return o;
 }
 
-void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int64_t M, const Tensor& logits) {
+// Decode sizes: the modular experts on the small-M kernel, which the monolithic chain and the fused
+// decode kernel (bf16) equal bit for bit; larger batches: the heuristic's path for both.
+void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int64_t M, const Tensor& logits,
+                                      int tile_tokens = 8) {
+  std::optional<ForcePath> force;
+  if (M <= 64) force.emplace(true, tile_tokens, 0, false, /*fused_decode=*/true);
   const Outputs o = run_both(g, M, logits);
   EXPECT_TRUE(bits_equal(o.monolithic, o.modular)) << "monolithic and modular outputs differ";
   expect_matches_reference(p, o.monolithic, o.ids, o.weights);
@@ -61,6 +69,73 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
         const GpuProblem g = to_gpu(p);
         expect_monolithic_equals_modular(p, g, M, g.logits);
       }
+}
+
+// The fused decode kernel equals the small-M chain bit for bit and matches the reference.
+void expect_fused_equals_chain(const Problem& p, int64_t M, int tile_tokens) {
+  const GpuProblem g = to_gpu(p);
+  expect_monolithic_equals_modular(p, g, M, g.logits, tile_tokens);
+}
+
+TEST(CudaMonolithic, FusedDecodeEqualsTheSmallMChain) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (ActivationKind a : {ActivationKind::silu_mul, ActivationKind::gelu_mul, ActivationKind::gelu_tanh_mul,
+                           ActivationKind::swiglu_oai, ActivationKind::relu2})
+    for (RoutingMethod m : {RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4})
+      for (int64_t M : {1, 5, 16, 64})
+        for (int tile : {8, 16}) {
+          const bool bias = (M + tile) % 3 != 0;
+          SCOPED_TRACE(std::string(activation_name(a)) + " " + routing_method_name(m) + " M=" + std::to_string(M) +
+                       " tile " + std::to_string(tile) + (bias ? " biases" : ""));
+          MoEConfig c = routed_config(QuantScheme::bf16, m);
+          c.activation.kind = a;
+          expect_fused_equals_chain(make_problem(c, M, seed + M + tile, bias), M, tile);
+        }
+}
+
+TEST(CudaMonolithic, FusedDecodeOddShapesAndShards) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  {
+    SCOPED_TRACE("K = 192, I = 192 (odd multiples of 64); top-8 of 40");
+    const Problem p = make_problem(small_config(QuantScheme::bf16, 40, 192, 192, 8), 23, seed, /*with_bias=*/true);
+    expect_fused_equals_chain(p, 23, 8);
+    expect_fused_equals_chain(p, 23, 16);
+  }
+  {
+    SCOPED_TRACE("expert-map shard: 5 of 16 experts local");
+    const Problem full = make_problem(routed_config(QuantScheme::bf16, RoutingMethod::softmax_topk), 12, seed ^ 7);
+    const Shard shard = make_shard(full, {3, 0, 9, 15, 4});
+    expect_fused_equals_chain(shard.problem, 12, 8);
+  }
+}
+
+TEST(CudaMonolithic, FusedDecodeGraphReplaysEqualTheDirectRun) {
+  FMOE_REQUIRE_GPU();
+  const int64_t M = 16;
+  const Problem p = make_problem(routed_config(QuantScheme::bf16, RoutingMethod::softmax_topk), M, test_seed(), true);
+  const GpuProblem g = to_gpu(p);
+  const ForcePath force(true, 8, 0, false, /*fused_decode=*/true);
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  const FusedMoEKernel mono = make_kernel(g.config, g.weights.weights, opt);
+  const Buffer ws = poisoned_workspace(mono, M);
+  Buffer direct = poisoned_bf16_on_gpu(M, 256), replayed = poisoned_bf16_on_gpu(M, 256);
+  mono.forward(g.hidden, g.logits, direct, ws.view());
+  // The graph replays on its own non-blocking stream with the same workspace: the direct run must
+  // be over first (under a slow tool such as racecheck it was not, and the replay's route+plan reset
+  // the fused kernel's counters while the direct run still used them).
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  CapturedGraph graph([&] { mono.forward(g.hidden, g.logits, replayed, ws.view()); });
+  for (int rep = 0; rep < 3; ++rep) {  // the counters are zeroed again on every replay
+    graph.replay();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(bits_equal(copy_to(direct, Device::cpu()), copy_to(replayed, Device::cpu()))) << "replay " << rep;
+  }
 }
 
 TEST(CudaMonolithic, MoreExpertsThanTheSingleBlockKernelTakes) {
@@ -112,6 +187,10 @@ TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
   const Buffer ws = poisoned_workspace(mono, 16);
   Buffer direct = poisoned_bf16_on_gpu(16, 256), replayed = poisoned_bf16_on_gpu(16, 256);
   mono.forward(g.hidden, g.logits, direct, ws.view());
+  // The graph replays on its own non-blocking stream with the same workspace: the direct run must
+  // be over first (under a slow tool such as racecheck it was not, and the replay's route+plan reset
+  // the fused kernel's counters while the direct run still used them).
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   CapturedGraph graph([&] { mono.forward(g.hidden, g.logits, replayed, ws.view()); });
   graph.replay();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);

@@ -37,6 +37,8 @@ class CudaExperts final : public ModularExperts {
   // Device expert_map (global -> local), or null when every expert is local.
   const int32_t* device_expert_map() const;
   int64_t num_local() const { return num_local_; }
+  const ExpertWeights& weights() const { return weights_; }
+  int sm_count() const { return sm_count_; }
 
  private:
   // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`).

@@ -33,6 +33,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   return path;
 }
 
+bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts) {
+  if (g_overridden) return g_override.fused_decode;
+  return num_tokens <= kMaxFusedDecodeTokens && choose_experts_path(num_tokens, top_k, num_local_experts).small_m;
+}
+
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {
   constexpr int64_t kBudget = int64_t(256) << 20;
   const int64_t n = g_overridden && g_override.fp4_chunk_experts > 0 ? g_override.fp4_chunk_experts

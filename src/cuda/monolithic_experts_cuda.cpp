@@ -1,12 +1,17 @@
-// CUDA monolithic experts: router logits in, the layer's output out, as a short chain on the
-// current stream — route+plan in one single-block kernel (decode sizes; route and plan kernels
+// CUDA monolithic experts: router logits in, the layer's output out. bf16 decode batches (up to
+// kMaxFusedDecodeTokens tokens) run two launches: route+plan, then the fused decode kernel
+// (decode_fused.cu: both GEMMs, the activation and the weighted reduce). Everything else runs a
+// short chain on the current stream — route+plan in one single-block kernel (decode sizes; route and plan kernels
 // above kMaxRoutePlanTokens tokens, 1024 local experts or kMaxRoutePlanExperts experts), the input quantization (fp8-block),
 // the modular experts' GEMM pipeline on that plan, and the weighted top-k reduce straight into
 // the output. Routing runs route_token_warp, the modular router's device code, so the two
 // paths pick the same experts and give the same bits.
+#include <algorithm>
+
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
 #include "cuda/experts_cuda.h"
+#include "cuda/heuristics.h"
 #include "fusedmoe/error.h"
 
 namespace fusedmoe::cuda {
@@ -24,6 +29,9 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     if (config.routing.correction_bias.defined())
       FMOE_CHECK(config.routing.correction_bias.device() == experts_.device(), "routing.correction_bias must be on ",
                  experts_.device().str(), " with the weights, got ", config.routing.correction_bias.describe());
+    fused_decode_supported_ = config.quant == QuantScheme::bf16 && config.hidden_size % 32 == 0 &&
+                              config.intermediate_size % 32 == 0 && config.routing.top_k <= 32 &&
+                              experts_.num_local() <= 1024 && config.num_experts <= kMaxRoutePlanExperts;
   }
 
   std::string name() const override {
@@ -35,7 +43,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
   size_t workspace_bytes(int64_t M) const override {
     const int64_t k = config_.routing.top_k;
     return workspace_tensor_bytes(DType::i32, {M, k}) + workspace_tensor_bytes(DType::f32, {M, k}) +
-           expert_input_bytes(config_, M) + experts_.workspace_bytes(M);
+           expert_input_bytes(config_, M) + experts_.workspace_bytes(M) +
+           workspace_tensor_bytes(DType::i32, {fused_decode_counters(max_active(M), config_.hidden_size)});
   }
 
   void apply_monolithic(const Tensor& hidden, const Tensor& router_logits, const Tensor& output,
@@ -50,6 +59,10 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     const RoutingParams params = make_routing_params(config_.routing, config_.num_experts);
     const bool bf16_logits = router_logits.dtype() == DType::bf16;
     const int num_local = static_cast<int>(experts_.num_local());
+    if (fused_decode_supported_ && M <= kMaxRoutePlanTokens && choose_fused_decode(M, static_cast<int>(k), num_local)) {
+      run_fused_decode(hidden, router_logits, output, ids, weights, planned, params, ws);
+      return;
+    }
     if (M <= kMaxRoutePlanTokens && num_local <= 1024 && config_.num_experts <= kMaxRoutePlanExperts) {
       launch_route_plan(params, router_logits.data(), bf16_logits, M, experts_.device_expert_map(), num_local,
                         ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s);
@@ -73,8 +86,47 @@ class CudaMonolithicExperts final : public MonolithicExperts {
   }
 
  private:
+  int max_active(int64_t M) const {
+    return static_cast<int>(std::min<int64_t>(experts_.num_local(), M * config_.routing.top_k));
+  }
+
+  void run_fused_decode(const Tensor& hidden, const Tensor& router_logits, const Tensor& output, const Tensor& ids,
+                        const Tensor& weights, const PlanBuffers& planned, const RoutingParams& params,
+                        Workspace& ws) const {
+    const cudaStream_t s = stream();
+    const int64_t M = hidden.size(0), k = config_.routing.top_k, K = config_.hidden_size;
+    const int64_t I = config_.intermediate_size;
+    FusedDecode f{};
+    f.max_active = max_active(M);
+    const Tensor counters = ws.take(DType::i32, {fused_decode_counters(f.max_active, K)});
+    launch_route_plan(params, router_logits.data(), router_logits.dtype() == DType::bf16, M,
+                      experts_.device_expert_map(), static_cast<int>(experts_.num_local()), ids.data_as<int32_t>(),
+                      weights.data_as<float>(), planned.plan, s, counters.data_as<int32_t>(), counters.numel());
+    const bool on_input = config_.apply_router_weight_on_input();
+    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr, ws);
+    const ExpertWeights& w = experts_.weights();
+    f.x = in.rows.data_as<const bf16>();
+    f.w13 = w.w13.data_as<const bf16>();
+    f.w2 = w.w2.data_as<const bf16>();
+    f.b13 = w.w13_bias.defined() ? w.w13_bias.data_as<const float>() : nullptr;
+    f.b2 = w.w2_bias.defined() ? w.w2_bias.data_as<const float>() : nullptr;
+    f.topk_weights = on_input ? nullptr : weights.data_as<const float>();
+    f.act = config_.activation;
+    f.M = M, f.K = K, f.I = I;
+    f.top_k = static_cast<int>(k);
+    f.h2 = ws.take(DType::bf16, {M * k, I}).data_as<bf16>();
+    f.y = ws.take(DType::bf16, {M * k, K}).data_as<bf16>();
+    f.out = output.data_as<bf16>();
+    f.counters = counters.data_as<int32_t>();
+    f.done_a = f.counters + 1;
+    f.done_b = f.done_a + f.max_active;
+    const int tile = choose_experts_path(M, static_cast<int>(k), experts_.num_local()).tile_tokens;
+    launch_fused_decode(f, planned.plan, tile, experts_.sm_count(), s);
+  }
+
   MoEConfig config_;
   CudaExperts experts_;
+  bool fused_decode_supported_ = false;
 };
 
 }  // namespace

@@ -49,9 +49,10 @@ void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, cons
 // num_experts <= kMaxRoutePlanExperts.
 inline constexpr int64_t kMaxRoutePlanTokens = 256;
 inline constexpr int kMaxRoutePlanExperts = 256;
+// zero (may be null): n_zero ints it sets to 0 first (the fused decode kernel's counters).
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s);
+                       cudaStream_t s, int32_t* zero = nullptr, int64_t n_zero = 0);
 
 // quantize.cu
 // x bf16 [M, K] -> q e4m3 [M, K] with f32 scales [M, K/128] (one per 1x128 group).
@@ -109,6 +110,30 @@ void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* s
 // y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
 void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
                             int64_t max_rows, cudaStream_t s);
+
+// decode_fused.cu: the monolithic decode forward of bf16 experts after launch_route_plan — GEMM1
+// with the activation in its epilogue, GEMM2 and the weighted top-k reduce in one launch (see the
+// file). Equal bit for bit to the small-M chain (GEMM1, activation, GEMM2, finalize).
+struct FusedDecode {
+  const bf16* x;               // [M, K] expert input (plan.row_token gives each row's token)
+  const bf16* w13;             // [E, N1, K]
+  const bf16* w2;              // [E, K, I]
+  const float* b13;            // optional f32 [E, N1]
+  const float* b2;             // optional f32 [E, K]
+  const float* topk_weights;   // [M, k], or null: unweighted (applied on the input)
+  Activation act;
+  int64_t M, K, I;
+  int top_k, max_active;       // max_active: entries of plan.active that may be >= 0
+  bf16* h2;                    // workspace [M * k, I]
+  bf16* y;                     // workspace [M * k, K]
+  bf16* out;                   // [M, K]
+  int32_t* counters;           // fused_decode_counters(max_active, K) ints, zero at launch
+  int32_t* done_a;             // = counters + 1
+  int32_t* done_b;             // = counters + 1 + max_active
+};
+int64_t fused_decode_counters(int max_active, int64_t K);
+// tile_tokens: token rows per weight pass (8 or 16); sm_count sizes the grid.
+void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int tile_tokens, int sm_count, cudaStream_t s);
 
 // finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
 // weights == null means unweighted (the weight was applied on the input).

@@ -1,6 +1,7 @@
 // Warp-level tensor-core helpers of the small-M kernels (sm_80+ mma.sync, used on sm_90a):
 // bf16 m16n8k16 and e4m3 m16n8k32 with f32 accumulators, a 16-byte streaming load that skips
-// L1, and word access into a 16-byte vector.
+// L1, word access into a 16-byte vector, the swap-AB step over one 16-byte chunk of k, and the
+// split-k sum across warps.
 #pragma once
 
 #include <cstdint>
@@ -34,5 +35,46 @@ __device__ inline uint4 load_streaming(const void* p) {
 }
 
 __device__ inline uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+// One 16-byte chunk of k for one token tile: 2 bf16 k16 steps or 2 e4m3 k32 steps. Lane
+// (g, c) holds words 2s, 2s+1 of its 16 bytes for step s: logical k {2c,2c+1 | 2c+8,2c+9}
+// (bf16) or {4c..4c+3 | 16+4c..} (e4m3) — the same mapping for A and B.
+template <bool kFp8>
+__device__ inline void mma_chunk(float (&d)[4], const uint4& wa, const uint4& wb, const uint4& x) {
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    if constexpr (kFp8)
+      mma_e4m3_16832(d, word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1), word(x, 2 * s),
+                     word(x, 2 * s + 1));
+    else
+      mma_bf16_16816(d, word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1), word(x, 2 * s),
+                     word(x, 2 * s + 1));
+  }
+}
+
+// Split-k reduction of the small-M kernels: each of kWarps warps holds NT C fragments over its
+// share of k; warp 0 returns their sums in v, added in warp order (deterministic). Every thread
+// of the block calls it; `partial` is free again when it returns.
+template <int kWarps, int NT>
+__device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[kWarps][NT][4][32], float (&v)[NT][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float sum = partial[0][t][i][lane];
+#pragma unroll
+        for (int w = 1; w < kWarps; ++w) sum += partial[w][t][i][lane];
+        v[t][i] = sum;
+      }
+  }
+  __syncthreads();
+}
 
 }  // namespace fusedmoe::cuda

@@ -1,7 +1,8 @@
 // Route + plan kernel, the first step of the monolithic decode path: one block of 1024 threads
 // routes every token (a warp per token, route_token_warp: the modular router's code, so both
 // pick the same experts) and then builds the row plan over the ids it just wrote (plan_block:
-// the modular plan's code). One launch instead of two, for decode-size batches.
+// the modular plan's code). One launch instead of two, for decode-size batches. It also zeroes
+// the fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels — each variant of
 // route_token_warp is large, so only the common ones are compiled here). Host-checked.
@@ -21,10 +22,12 @@ constexpr int kWarps = kPlanThreads / 32;
 template <int J, class T>
 __global__ void __launch_bounds__(kPlanThreads) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                   const int32_t* expert_map, int num_local,
-                                                                  int32_t* ids, float* weights, RowPlan plan) {
+                                                                  int32_t* ids, float* weights, RowPlan plan,
+                                                                  int32_t* zero, int64_t n_zero) {
   __shared__ float group_scores[kWarps][kMaxExpertGroups];
   const int warp = threadIdx.x >> 5;
   pdl_wait();
+  for (int64_t i = threadIdx.x; i < n_zero; i += kPlanThreads) zero[i] = 0;
   for (int64_t t = warp; t < M; t += kWarps) route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
   __syncthreads();  // the ids are visible to the whole block
   plan_block<1>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
@@ -33,20 +36,21 @@ __global__ void __launch_bounds__(kPlanThreads) route_plan_kernel(RoutingParams 
 
 template <class T>
 void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int32_t* map, int num_local,
-                  int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s) {
+                  int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero) {
   const int E = p.num_experts;
   const dim3 grid(1), block(kPlanThreads);
-  if (E <= 32) launch(route_plan_kernel<1, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else if (E <= 64) launch(route_plan_kernel<2, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else if (E <= 128) launch(route_plan_kernel<4, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
-  else launch(route_plan_kernel<8, T>, grid, block, s, p, logits, M, map, num_local, ids, weights, plan);
+  auto go = [&](auto kernel) { launch(kernel, grid, block, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero); };
+  if (E <= 32) go(route_plan_kernel<1, T>);
+  else if (E <= 64) go(route_plan_kernel<2, T>);
+  else if (E <= 128) go(route_plan_kernel<4, T>);
+  else go(route_plan_kernel<8, T>);
 }
 
 }  // namespace
 
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s) {
+                       cudaStream_t s, int32_t* zero, int64_t n_zero) {
   FMOE_CHECK(M >= 1 && M <= kMaxRoutePlanTokens, "the CUDA route+plan kernel takes 1 to ", kMaxRoutePlanTokens,
              " tokens, got ", M);
   FMOE_CHECK(num_local <= kPlanThreads, "the CUDA route+plan kernel handles up to ", kPlanThreads,
@@ -55,9 +59,10 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
              kMaxRoutePlanExperts, ", got ", p.num_experts);
   FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
   if (logits_bf16)
-    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s);
+    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero,
+                 n_zero);
   else
-    launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s);
+    launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero, n_zero);
 }
 
 }  // namespace fusedmoe::cuda

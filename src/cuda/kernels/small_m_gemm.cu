@@ -21,22 +21,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
 
-// One 16-byte chunk of k for one token tile: 2 bf16 k16 steps or 2 e4m3 k32 steps. Lane
-// (g, c) holds words 2s, 2s+1 of its 16 bytes for step s: logical k {2c,2c+1 | 2c+8,2c+9}
-// (bf16) or {4c..4c+3 | 16+4c..} (e4m3) — the same mapping for A and B.
-template <bool kFp8>
-__device__ inline void mma_chunk(float (&d)[4], const uint4& wa, const uint4& wb, const uint4& x) {
-#pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    if constexpr (kFp8)
-      mma_e4m3_16832(d, word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1), word(x, 2 * s),
-                     word(x, 2 * s + 1));
-    else
-      mma_bf16_16816(d, word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1), word(x, 2 * s),
-                     word(x, 2 * s + 1));
-  }
-}
-
 template <bool kFp8, int NT, int U>
 __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kElemBytes = kFp8 ? 1 : 2;
@@ -119,19 +103,14 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
     }
     if (tb + NT * 8 >= count) pdl_launch_dependents();  // last pass: the next kernel may launch
     // Split-k reduction in warp order, then warp 0 writes bf16 rows.
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
-    __syncthreads();
+    float sum[NT][4];
+    split_k_sum<kWarps, NT>(acc, partial, sum);
     if (warp == 0) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          float v = partial[0][t][i][lane];
-#pragma unroll
-          for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
+          float v = sum[t][i];
           const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
           const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
           if (m < count && n < N) {
@@ -140,7 +119,6 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
           }
         }
     }
-    __syncthreads();
   }
 }
 

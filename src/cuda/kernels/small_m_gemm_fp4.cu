@@ -131,24 +131,21 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
       }
     }
     if (tb + NT * 8 >= count) pdl_launch_dependents();
+    float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
     if constexpr (kSplitK) {
+      split_k_sum<kWarps, NT>(acc, partial, sum);
+    } else {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
-      __syncthreads();
+        for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
     }
     if (!kSplitK || warp == 0) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          float v = acc[t][i];
-          if constexpr (kSplitK) {
-            v = partial[0][t][i][lane];
-#pragma unroll
-            for (int w2 = 1; w2 < kWarps; ++w2) v += partial[w2][t][i][lane];
-          }
+          float v = sum[t][i];
           const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
           const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
           if (m < count && n < N) {
@@ -158,7 +155,6 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
           }
         }
     }
-    if constexpr (kSplitK) __syncthreads();
   }
 }
 
