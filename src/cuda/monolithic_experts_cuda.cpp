@@ -1,11 +1,12 @@
 // CUDA monolithic experts: router logits in, the layer's output out. bf16 decode batches (up to
 // kMaxFusedDecodeTokens tokens) run two launches: route+plan, then the fused decode kernel
 // (decode_fused.cu: both GEMMs, the activation and the weighted reduce). Everything else runs a
-// short chain on the current stream — route+plan in one single-block kernel (decode sizes; route and plan kernels
-// above kMaxRoutePlanTokens tokens, 1024 local experts or kMaxRoutePlanExperts experts), the input quantization (fp8-block),
-// the modular experts' GEMM pipeline on that plan, and the weighted top-k reduce straight into
-// the output. Routing runs route_token_warp, the modular router's device code, so the two
-// paths pick the same experts and give the same bits.
+// short chain on the current stream: route+plan in one single-block kernel (decode sizes; the
+// route and plan kernels above kMaxRoutePlanTokens tokens, 1024 local experts or
+// kMaxRoutePlanExperts experts), the input quantization (fp8-block), the modular experts' GEMM
+// pipeline on that plan, and the weighted top-k reduce straight into the output. Routing runs
+// route_token_warp, the modular router's device code, so the two paths pick the same experts and
+// give the same bits.
 #include <algorithm>
 
 #include "cuda/cuda_backend.h"
