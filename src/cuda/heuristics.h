@@ -22,8 +22,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
 
 // The monolithic experts of a scheme the fused decode kernel runs (bf16): that kernel for decode
 // batches (up to kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M
-// kernel (its tiles are the same), the chain of kernels otherwise. Measured on H200: 1.07-1.13x
-// the chain at 1 token (qwen3-30b-a3b, mixtral), 1.03x / 0.98x at 16, 0.95x on qwen3 at 64.
+// kernel (its tiles are the same), the chain of kernels otherwise. Measured on H200: 1.06-1.13x
+// the chain at 1 token (qwen3-30b-a3b, mixtral), within 3% at 16, 0.95x on qwen3 at 64.
 inline constexpr int64_t kMaxFusedDecodeTokens = 16;
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts);
 
