@@ -4,6 +4,8 @@
 // split-k sum across warps.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 namespace fusedmoe::cuda {
@@ -75,6 +77,27 @@ __device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[k
       }
   }
   __syncthreads();
+}
+
+// Warp 0's epilogue of the small-M kernels: y[(off + m) * N + n] = bf16(sum * scale + bias[e, n]) for
+// its C fragments (rows n = n0 + gq, + 8; tokens m = tb + 8t + 2cq, + 1) inside the expert's rows and N.
+// scale 1 (bf16, fp8) leaves the sum exact.
+template <int NT>
+__device__ inline void store_tile(const float (&sum)[NT][4], float scale, const float* bias, int64_t e, int64_t N,
+                                  int64_t n0, int64_t tb, int64_t count, int64_t off, __nv_bfloat16* y) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
+      const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
+      if (m < count && n < N) {
+        float v = sum[t][i] * scale;
+        if (bias) v += bias[e * N + n];
+        y[(off + m) * N + n] = __float2bfloat16_rn(v);
+      }
+    }
 }
 
 }  // namespace fusedmoe::cuda

@@ -105,20 +105,7 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
     // Split-k reduction in warp order, then warp 0 writes bf16 rows.
     float sum[NT][4];
     split_k_sum<kWarps, NT>(acc, partial, sum);
-    if (warp == 0) {
-#pragma unroll
-      for (int t = 0; t < NT; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float v = sum[t][i];
-          const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
-          const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
-          if (m < count && n < N) {
-            if (g.bias) v += g.bias[e * N + n];
-            g.y[(off + m) * N + n] = __float2bfloat16_rn(v);
-          }
-        }
-    }
+    if (warp == 0) store_tile<NT>(sum, 1.0f, g.bias, e, N, n0, tb, count, off, g.y);
   }
 }
 

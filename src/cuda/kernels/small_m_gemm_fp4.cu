@@ -140,21 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
 #pragma unroll
         for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
     }
-    if (!kSplitK || warp == 0) {
-#pragma unroll
-      for (int t = 0; t < NT; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float v = sum[t][i];
-          const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
-          const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
-          if (m < count && n < N) {
-            v *= gs;
-            if (g.bias) v += g.bias[e * N + n];
-            g.y[(off + m) * N + n] = __float2bfloat16_rn(v);
-          }
-        }
-    }
+    if (!kSplitK || warp == 0) store_tile<NT>(sum, gs, g.bias, e, N, n0, tb, count, off, g.y);
   }
 }
 
