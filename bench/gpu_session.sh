@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [sanitize-fused] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [stalls] [ab] [sanitize-fused] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -40,6 +40,9 @@ if [ -z "$BIN" ]; then
 fi
 if [ -f "$BIN/bin.tar.xz" ]; then  # the binaries, carried packed (bench/make_gpu_bin.sh)
   tar -xJf "$BIN/bin.tar.xz" -C "$BIN"
+fi
+if [ -f "$BIN/base/libfusedmoe_c.so.xz" ]; then  # the ab step's baseline library
+  xz -dc "$BIN/base/libfusedmoe_c.so.xz" >"$BIN/base/libfusedmoe_c.so"
 fi
 if [ ! -d third_party/cutlass-4.2.0.0 ] && [ -f "$BIN/cutlass.tar.xz" ]; then  # the headers, carried packed
   mkdir -p third_party && tar -xJf "$BIN/cutlass.tar.xz" -C third_party
@@ -144,6 +147,19 @@ except ValueError as e:
         step "ncu_${mt//:/_}" 150 ncu --clock-control none --launch-count "${PROFILE_KERNELS:-14}" \
           -k "regex:${PROFILE_REGEX:-route|plan|small_m|activation|finalize|quantize|gather|dequant|scale_rows|fused_decode}" \
           --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+          python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
+          --models "${mt%%:*}" --tokens "${mt##*:}"
+      done ;;
+    ab)  # same-run A/B: $BIN/base/libfusedmoe_c.so (make_gpu_bin.sh --base LIB) against this tree's library
+      for lib in base/libfusedmoe_c.so libfusedmoe_c.so; do
+        step "bench_${lib%%/*}" 200 python3 bench/gpu_bench.py --lib "$BIN/$lib" --out "$OUT/${lib%%/*}" --no-loop \
+          ${BENCH_ARGS:---models qwen3-30b-a3b,mixtral-8x7b,deepseek-v3 --tokens 1,16}
+      done ;;
+    stalls)  # ncu warp-state and source stall sections of the kernels PROFILE_REGEX names (PROFILE as for profile)
+      for mt in ${PROFILE:-qwen3-30b-a3b:1}; do
+        step "stalls_${mt//:/_}" 200 ncu --clock-control none --launch-skip "${PROFILE_SKIP:-2}" --launch-count 1 \
+          -k "regex:${PROFILE_REGEX:-fused_decode}" --section WarpStateStats --section SourceCounters \
+          --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
           python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
           --models "${mt%%:*}" --tokens "${mt##*:}"
       done ;;

@@ -4,6 +4,7 @@
 # fusedmoe-bench and libfusedmoe_c.so (packed), the CUTLASS headers packed (bench/gpu_session.sh unpacks
 # them for its Python build) and the pinned pytest/nanobind wheels (the GPU machine reaches no
 # package registry). Then: BIN=gpu_bin bash bench/gpu_session.sh <steps>.
+# With --base LIB it also packs a baseline libfusedmoe_c.so (built from another commit) for gpu_session.sh ab.
 # With --cupy it also packs cupy (pinned, for the GPU machine's Python 3.12) into gpu_bin/cupy.tar.xz
 # (~52 MB: the tree and the carry together must stay under 64 MiB) so the python step can run python/tests/test_cupy.py.
 set -euo pipefail
@@ -31,5 +32,8 @@ if [ "${1:-}" = "--cupy" ]; then  # unpacked wheels, xz-packed (the wheel itself
   for w in "$stage"/whl/*.whl; do python3 -m zipfile -e "$w" "$stage/site"; done
   tar -cf - -C "$stage/site" . | xz -9e -T2 >gpu_bin/cupy.tar.xz  # -9e: the tree + carry must fit 64 MiB
   rm -rf "$stage"
+fi
+if [ "${1:-}" = "--base" ]; then  # a baseline C library built earlier (path $2), for gpu_session.sh ab
+  mkdir -p gpu_bin/base && xz -T2 -c "$2" >gpu_bin/base/libfusedmoe_c.so.xz
 fi
 du -sh gpu_bin

@@ -22,12 +22,14 @@
 // stream of a one-wave decode is the limit (ptxas-scheduled register loads; a two-stage register
 // pipeline and L2 bulk prefetches were slower) — a cp.async/TMA shared-memory pipeline is next.
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/activation_math.h"
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
+#include "cuda/kernels/topk_sum.cuh"
 
 namespace fusedmoe::cuda {
 namespace {
@@ -36,12 +38,6 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 16;  // weight rows per A/B item, output columns per C item
 constexpr int kU = 4;      // 16-byte chunks in flight per lane and weight row
-
-__device__ inline uint4 load_l2(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
 
 __device__ inline int load_acquire(const int* p) {
   int v;
@@ -222,26 +218,16 @@ __device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int til
   for (int64_t p = threadIdx.x; p < f.M * 2; p += kThreads) {
     const int64_t t = p >> 1, c = n0 + (p & 1) * 8;
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int j = 0; j < k; ++j) {
-      const int32_t r = plan.slot_rows[t * k + j];
-      if (r < 0) continue;
-      const uint4 raw = load_l2(f.y + int64_t(r) * K + c);
-      const bf16* v = reinterpret_cast<const bf16*>(&raw);
-      const float w = f.topk_weights ? f.topk_weights[t * k + j] : 1.0f;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] += w * __bfloat162float(v[i]);
-    }
-    __align__(16) bf16 o[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
-    *reinterpret_cast<uint4*>(f.out + t * K + c) = *reinterpret_cast<const uint4*>(o);
+    add_weighted_rows8<true>(plan.slot_rows + t * k, f.topk_weights ? f.topk_weights + t * k : nullptr, k, f.y, K, c,
+                             acc);
+    store_bf16x8(acc, f.out + t * K + c);
   }
 }
 
 template <int NT>
 __device__ __forceinline__ void fused_decode_body(const FusedDecode& f, const RowPlan& plan) {
   __shared__ float partial[kWarps][NT][4][32];
-  __shared__ int item_of_block;
+  __shared__ int item_of_block[2];  // this item and the next, alternating
   pdl_wait();
   // The active experts are a prefix of plan.active; every warp counts them.
   int n_active = 0;
@@ -252,12 +238,13 @@ __device__ __forceinline__ void fused_decode_body(const FusedDecode& f, const Ro
   const bool gated = f.act.kind != ActivationKind::relu2;
   const int t1 = static_cast<int>(gated ? f.I / 8 : f.I / 16), t2 = static_cast<int>(f.K / kTile);
   const int64_t num_a = int64_t(n_active) * t1, num_b = int64_t(n_active) * t2, total = num_a + num_b + t2;
-  for (;;) {
-    if (threadIdx.x == 0) item_of_block = atomicAdd(f.counters, 1);
-    __syncthreads();
-    const int64_t item = item_of_block;
-    __syncthreads();
+  if (threadIdx.x == 0) item_of_block[0] = atomicAdd(f.counters, 1);
+  __syncthreads();
+  int64_t item = item_of_block[0];
+  for (int slot_of_next = 1;; slot_of_next ^= 1) {
     if (item >= total) break;
+    // EXPERIMENT (FUSEDMOE_FUSED_EARLY_CLAIM): claim the next item now, read it after this one.
+    if (f.early_claim && threadIdx.x == 0) item_of_block[slot_of_next] = atomicAdd(f.counters, 1);
     if (item < num_a) {
       const int slot = static_cast<int>(item / t1);
       gemm1_item<NT>(f, plan, plan.active[slot], static_cast<int>(item % t1), partial);
@@ -268,6 +255,9 @@ __device__ __forceinline__ void fused_decode_body(const FusedDecode& f, const Ro
     } else {
       finalize_item(f, plan, static_cast<int>(item - num_a - num_b), n_active);
     }
+    if (!f.early_claim && threadIdx.x == 0) item_of_block[slot_of_next] = atomicAdd(f.counters, 1);
+    __syncthreads();
+    item = item_of_block[slot_of_next];
   }
 }
 
@@ -293,7 +283,10 @@ void launch_typed(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaS
   const int64_t t1 = f.act.kind != ActivationKind::relu2 ? f.I / 8 : f.I / 16, t2 = f.K / kTile;
   const int64_t max_items = int64_t(f.max_active) * (t1 + t2) + t2;
   const int64_t grid = std::min<int64_t>(max_items, resident_blocks<NT>(sm_count));
-  launch(fused_decode_kernel<NT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), s, f, plan);
+  static const bool early_claim = std::getenv("FUSEDMOE_FUSED_EARLY_CLAIM") != nullptr;  // EXPERIMENT
+  FusedDecode g = f;
+  g.early_claim = early_claim;
+  launch(fused_decode_kernel<NT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), s, g, plan);
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 //  - ep_pack (a block per token): copies the token's record into its slabs; writes headers.
 //  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
 //    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
-//  - ep_combine (a block per token): out[t] = bf16(sum over destinations d in order of
+//  - ep_combine (a block per token and 1024 columns): out[t] = bf16(sum over destinations d in order of
 //    partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result does not
 //    depend on timing.
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
@@ -25,12 +25,14 @@
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/topk_sum.cuh"
 
 namespace fusedmoe::cuda {
 namespace {
 
 constexpr int kPlanThreads = 1024;
 constexpr int kCopyThreads = 128;
+constexpr int kCombineColumns = kCopyThreads * 8;  // per ep_combine block
 
 __global__ void __launch_bounds__(kPlanThreads) ep_plan_kernel(const int32_t* ids, int64_t M, int top_k,
                                                                int num_experts, const int32_t* owner, int D,
@@ -64,9 +66,19 @@ __global__ void __launch_bounds__(kPlanThreads) ep_plan_kernel(const int32_t* id
   }
 }
 
+// Copies bytes (a multiple of 16) with the block, 4 loads per thread in flight before their stores.
 __device__ inline void copy16(const uint8_t* src, uint8_t* dst, int64_t bytes) {
-  for (int64_t i = int64_t(threadIdx.x) * 16; i < bytes; i += int64_t(blockDim.x) * 16)
-    *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+  constexpr int kU = 4;
+  const int64_t step = int64_t(blockDim.x) * 16;
+  for (int64_t i0 = int64_t(threadIdx.x) * 16; i0 < bytes; i0 += kU * step) {
+    uint4 v[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (i0 + u * step < bytes) v[u] = *reinterpret_cast<const uint4*>(src + i0 + u * step);
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (i0 + u * step < bytes) *reinterpret_cast<uint4*>(dst + i0 + u * step) = v[u];
+  }
 }
 
 __global__ void __launch_bounds__(kCopyThreads) ep_pack_kernel(EpRecord rec, const uint8_t* rows, const float* scales,
@@ -117,37 +129,45 @@ __global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, c
   for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = id[j], weights[r * top_k + j] = w[j];
 }
 
-// Adds 8 partial values (f32 or bf16) at src into acc.
-__device__ inline void add8(const float* src, float (&acc)[8]) {
+// Reads 8 partial values (f32 or bf16) at src as f32.
+__device__ inline void load8(const float* src, float (&v)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
-  acc[0] += a.x, acc[1] += a.y, acc[2] += a.z, acc[3] += a.w;
-  acc[4] += b.x, acc[5] += b.y, acc[6] += b.z, acc[7] += b.w;
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-__device__ inline void add8(const bf16* src, float (&acc)[8]) {
+__device__ inline void load8(const bf16* src, float (&v)[8]) {
   const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+  const bf16* h = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) acc[i] += __bfloat162float(v[i]);
+  for (int i = 0; i < 8; ++i) v[i] = __bfloat162float(h[i]);
 }
 
+// Grid (token, 1024-column block), one 8-column chunk per thread; the partials of 4 destinations
+// are loaded before they are added (in destination order).
 template <class Partial>
 __global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial* partial, const int32_t* pos, int D,
                                                                   int64_t T, int64_t K, bf16* out) {
-  const int64_t t = blockIdx.x;
+  constexpr int kU = 4;
+  const int64_t t = blockIdx.x, c = int64_t(blockIdx.y) * kCombineColumns + threadIdx.x * 8;
   pdl_wait();
   pdl_launch_dependents();
-  for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kCopyThreads * 8) {
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int d = 0; d < D; ++d) {
-      const int32_t p = pos[t * D + d];
-      if (p >= 0) add8(partial + (d * T + p) * K + c, acc);
-    }
-    __align__(16) bf16 o[8];
+  if (c >= K) return;
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  for (int d0 = 0; d0 < D; d0 += kU) {
+    int32_t p[kU];
+    float v[kU][8];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
-    *reinterpret_cast<uint4*>(out + t * K + c) = *reinterpret_cast<const uint4*>(o);
+    for (int u = 0; u < kU; ++u) {
+      p[u] = d0 + u < D ? pos[t * D + d0 + u] : -1;
+      if (p[u] >= 0) load8(partial + ((d0 + u) * T + p[u]) * K + c, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (p[u] >= 0)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] += v[u][i];
   }
+  store_bf16x8(acc, out + t * K + c);
 }
 
 __global__ void bf16_to_f32_kernel(const bf16* src, int64_t n, float* dst) {
@@ -162,6 +182,10 @@ __global__ void f32_to_bf16_kernel(const float* src, int64_t n, bf16* dst) {
   pdl_launch_dependents();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+dim3 combine_grid(int64_t M, int64_t K) {
+  return dim3(static_cast<unsigned>(M), static_cast<unsigned>((K + kCombineColumns - 1) / kCombineColumns));
 }
 
 unsigned cast_blocks(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)); }
@@ -204,13 +228,13 @@ void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, in
 void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
                        cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel<float>, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+  launch(ep_combine_kernel<float>, combine_grid(M, K), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
 }
 
 void launch_ep_combine(const bf16* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
                        cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel<bf16>, dim3(static_cast<unsigned>(M)), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+  launch(ep_combine_kernel<bf16>, combine_grid(M, K), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
 }
 
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s) {

@@ -1,25 +1,24 @@
 // Finalize kernel: weighted top-k reduce of expert-grouped rows back into token order.
 // out[t] = bf16(sum over slots j in order of w[t, j] * rows[slot_rows[t, j]]), f32 sums;
-// slots with row -1 add nothing. One block per token, 8 columns (16 bytes) per thread step.
+// slots with row -1 add nothing. Grid (token, 1024-column block), one 8-column (16-byte) chunk
+// per thread, the slots' rows loaded 8 at a time before they are added (topk_sum.cuh): a decode
+// batch pays two memory round trips, not one per slot.
 // The f32 form (launch_finalize_f32) writes the sums unrounded: the partial sums an
 // expert-parallel rank sends back to the tokens' home ranks.
 // Deterministic: the order of the sum is fixed by the slot order alone. Limits: K % 8 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/topk_sum.cuh"
 
 namespace fusedmoe::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kColumnsPerBlock = kThreads * 8;
 constexpr int kMaxTopK = 32;
 
-__device__ inline void store8(const float (&acc)[8], bf16* out) {
-  __align__(16) bf16 o[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16_rn(acc[i]);
-  *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(o);
-}
+__device__ inline void store8(const float (&acc)[8], bf16* out) { store_bf16x8(acc, out); }
 
 __device__ inline void store8(const float (&acc)[8], float* out) {
   *reinterpret_cast<float4*>(out) = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -29,7 +28,7 @@ __device__ inline void store8(const float (&acc)[8], float* out) {
 template <class Out>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, const int32_t* slot_rows,
                                                             const float* weights, int top_k, int64_t K, Out* out) {
-  const int64_t t = blockIdx.x;
+  const int64_t t = blockIdx.x, c = int64_t(blockIdx.y) * kColumnsPerBlock + threadIdx.x * 8;
   __shared__ int32_t row_of[kMaxTopK];
   __shared__ float weight_of[kMaxTopK];
   pdl_wait();
@@ -39,19 +38,10 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, co
     weight_of[threadIdx.x] = weights ? weights[t * top_k + threadIdx.x] : 1.0f;
   }
   __syncthreads();
-  for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kThreads * 8) {
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int j = 0; j < top_k; ++j) {
-      const int32_t r = row_of[j];
-      if (r < 0) continue;
-      const uint4 raw = *reinterpret_cast<const uint4*>(rows + int64_t(r) * K + c);
-      const bf16* v = reinterpret_cast<const bf16*>(&raw);
-      const float w = weight_of[j];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] += w * __bfloat162float(v[i]);
-    }
-    store8(acc, out + t * K + c);
-  }
+  if (c >= K) return;
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  add_weighted_rows8<false>(row_of, weight_of, top_k, rows, K, c, acc);
+  store8(acc, out + t * K + c);
 }
 
 template <class Out>
@@ -59,8 +49,8 @@ void launch_typed(const bf16* rows, const int32_t* slot_rows, const float* weigh
                   Out* out, cudaStream_t s) {
   FMOE_CHECK(top_k <= kMaxTopK, "the CUDA finalize handles top_k <= ", kMaxTopK, ", got ", top_k);
   if (M == 0) return;
-  launch(finalize_kernel<Out>, dim3(static_cast<unsigned>(M)), dim3(kThreads), s, rows, slot_rows, weights, top_k, K,
-         out);
+  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>((K + kColumnsPerBlock - 1) / kColumnsPerBlock));
+  launch(finalize_kernel<Out>, grid, dim3(kThreads), s, rows, slot_rows, weights, top_k, K, out);
 }
 
 }  // namespace
