@@ -106,6 +106,11 @@ TEST(CudaMonolithic, FusedDecodeOddShapesAndShards) {
     expect_fused_equals_chain(p, 23, 16);
   }
   {
+    SCOPED_TRACE("top-12 of 40: the reduce adds its slots in two groups of 8, the second part-filled");
+    const Problem p = make_problem(small_config(QuantScheme::bf16, 40, 128, 64, 12), 9, seed ^ 3);
+    expect_fused_equals_chain(p, 9, 8);
+  }
+  {
     SCOPED_TRACE("expert-map shard: 5 of 16 experts local");
     const Problem full = make_problem(routed_config(QuantScheme::bf16, RoutingMethod::softmax_topk), 12, seed ^ 7);
     const Shard shard = make_shard(full, {3, 0, 9, 15, 4});
