@@ -130,7 +130,6 @@ struct FusedDecode {
   int32_t* counters;           // fused_decode_counters(max_active, K) ints, zero at launch
   int32_t* done_a;             // = counters + 1
   int32_t* done_b;             // = counters + 1 + max_active
-  bool early_claim = false;    // EXPERIMENT: claim the next work item before running this one
 };
 int64_t fused_decode_counters(int max_active, int64_t K);
 // tile_tokens: token rows per weight pass (8 or 16); sm_count sizes the grid.

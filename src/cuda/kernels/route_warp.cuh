@@ -68,7 +68,8 @@ __device__ inline void warp_softmax(float (&x)[J], const bool (&present)[J]) {
   for (int j = 0; j < J; ++j) x[j] /= sum;
 }
 
-// Picks the k best of v among eligible(e) experts; lane r < k receives pick r in (id, value).
+// Picks the k best of v among the eligible experts (eligible(j): this lane's slot j, expert
+// j * 32 + lane); lane r < k receives pick r in (id, value).
 template <int J, class Eligible>
 __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
                                         float& my_value) {
@@ -82,7 +83,7 @@ __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, in
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int e = j * 32 + lane;
-      if (e < num_experts && !((picked >> j) & 1u) && eligible(e) &&
+      if (e < num_experts && !((picked >> j) & 1u) && eligible(j) &&
           (bi < 0 || routing_detail::ranks_before(v[j], e, bv, bi))) {
         bv = v[j];
         bi = e;
@@ -113,6 +114,36 @@ __device__ inline float warp_fetch_picks(const float (&v)[J], int id, int k) {
     if (lane == r) result = value;
   }
   return result;
+}
+
+// deepseek-v3 group scores: group_scores[g] = the sum of group g's two largest choice values
+// (top2) or its largest, as route_token.h computes them (top1 + top2; which expert holds a value
+// does not change the sum, so no indices are needed). Each lane takes the best two of its own
+// experts in g (group[j], -1 for none), then the warp merges the pairs.
+template <int J>
+__device__ inline void warp_group_scores(const float (&choice)[J], const int (&group)[J], int groups, bool top2,
+                                         float* group_scores) {
+  for (int g = 0; g < groups; ++g) {
+    float a = -INFINITY, b = -INFINITY;  // a >= b
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      if (group[j] == g) {
+        const float x = choice[j];
+        if (x > a) {
+          b = a;
+          a = x;
+        } else if (x > b) {
+          b = x;
+        }
+      }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float oa = __shfl_xor_sync(kFullMask, a, off), ob = __shfl_xor_sync(kFullMask, b, off);
+      b = fmaxf(fminf(a, oa), fmaxf(b, ob));
+      a = fmaxf(a, oa);
+    }
+    if ((threadIdx.x & 31) == 0) group_scores[g] = top2 ? a + b : a;
+  }
 }
 
 template <class T>
@@ -173,17 +204,11 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
         s[j] = sigmoid(s[j]);
         choice[j] = (p.correction_bias && present[j]) ? s[j] + p.correction_bias[e] : s[j];
       }
-      const int groups = p.num_expert_group, group_size = E / groups, n = p.correction_bias ? 2 : 1;
-      for (int g = 0; g < groups; ++g) {
-        int gid;
-        float gval;
-        auto in_group = [&](int e) { return e / group_size == g; };
-        warp_select_topk(choice, E, n, in_group, gid, gval);
-        // Lanes 0 and 1 hold the group's best two; the score sums the picks that exist.
-        const int id1 = __shfl_sync(kFullMask, gid, 1);
-        const float v0 = __shfl_sync(kFullMask, gval, 0), v1 = __shfl_sync(kFullMask, gval, 1);
-        if (lane == 0) group_scores[g] = (n == 2 && id1 >= 0) ? v0 + v1 : v0;
-      }
+      const int groups = p.num_expert_group, group_size = E / groups;
+      int group[J];  // the group of each of this lane's experts, divided once
+#pragma unroll
+      for (int j = 0; j < J; ++j) group[j] = present[j] ? (j * 32 + lane) / group_size : -1;
+      warp_group_scores(choice, group, groups, p.correction_bias != nullptr && group_size >= 2, group_scores);
       __syncwarp();
       float gs[2];
       bool gpresent[2];
@@ -202,7 +227,7 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
         if (g >= 0) group_mask |= uint64_t(1) << g;
       }
       __syncwarp();  // group_scores is reused by the next token of this warp
-      auto in_selected_group = [&](int e) { return ((group_mask >> (e / group_size)) & 1u) != 0; };
+      auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
       warp_select_topk(choice, E, k, in_selected_group, id, value);
       weight = warp_fetch_picks(s, id, k);
       if (p.renormalize) {
