@@ -8,7 +8,7 @@
 // scales (fp8), its top-k ids (global) and weights, each section 16-byte aligned (EpRecord).
 //  - ep_plan (one 1024-thread block): the slot of each token in each destination's slab
 //    (pos [M, D], -1 when the token does not go there) and the slab counts, by block scans in
-//    token order. With owner == null there is one destination taking every token in order
+//    token order over a per-token mask of destinations (each token's ids and owners read once). With owner == null there is one destination taking every token in order
 //    (the all-gather form).
 //  - ep_pack (a block per token): copies the token's record into its slabs; writes headers.
 //  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
@@ -31,39 +31,55 @@ namespace fusedmoe::cuda {
 namespace {
 
 constexpr int kPlanThreads = 1024;
+constexpr int kMaxDestinations = 128;
 constexpr int kCopyThreads = 128;
 constexpr int kCombineColumns = kCopyThreads * 8;  // per ep_combine block
+
+// Whether token t goes to each destination, as a 128-bit mask (D <= kMaxDestinations): the ids of
+// 8 slots are loaded, then their owners, before any is tested (two memory round trips per 8 slots).
+__device__ inline void destinations_of(const int32_t* ids, int top_k, int num_experts, const int32_t* owner,
+                                       uint64_t (&mask)[2]) {
+  mask[0] = mask[1] = 0;
+  for (int j0 = 0; j0 < top_k; j0 += 8) {
+    int32_t id[8], own[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      id[u] = j0 + u < top_k ? ids[j0 + u] : -1;
+      if (id[u] >= num_experts) id[u] = -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) own[u] = id[u] >= 0 ? owner[id[u]] : -1;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (own[u] >= 0) mask[own[u] >> 6] |= uint64_t(1) << (own[u] & 63);
+  }
+}
 
 __global__ void __launch_bounds__(kPlanThreads) ep_plan_kernel(const int32_t* ids, int64_t M, int top_k,
                                                                int num_experts, const int32_t* owner, int D,
                                                                int32_t* pos, int32_t* counts) {
   using Scan = cub::BlockScan<int, kPlanThreads>;
   __shared__ typename Scan::TempStorage storage;
+  __shared__ int base[kMaxDestinations];  // records placed so far in each destination's slab
   pdl_wait();
   pdl_launch_dependents();
-  for (int d = 0; d < D; ++d) {
-    int base = 0;
-    for (int64_t t0 = 0; t0 < M; t0 += kPlanThreads) {
-      const int64_t t = t0 + threadIdx.x;
-      int flag = 0;
-      if (t < M) {
-        if (!owner) {
-          flag = 1;
-        } else {
-          for (int j = 0; j < top_k && !flag; ++j) {
-            const int32_t id = ids[t * top_k + j];
-            flag = id >= 0 && id < num_experts && owner[id] == d;
-          }
-        }
-      }
+  if (threadIdx.x < D) base[threadIdx.x] = 0;
+  __syncthreads();
+  for (int64_t t0 = 0; t0 < M; t0 += kPlanThreads) {
+    const int64_t t = t0 + threadIdx.x;
+    uint64_t mask[2] = {~uint64_t(0), ~uint64_t(0)};  // no owner: every token goes to the one destination
+    if (t < M && owner) destinations_of(ids + t * top_k, top_k, num_experts, owner, mask);
+    for (int d = 0; d < D; ++d) {
+      const int flag = t < M && ((d < 64 ? mask[0] >> d : mask[1] >> (d - 64)) & 1u);
       int prefix = 0, total = 0;
       Scan(storage).ExclusiveSum(flag, prefix, total);
-      if (t < M) pos[t * D + d] = flag ? base + prefix : -1;
-      base += total;
-      __syncthreads();  // the scan storage is reused
+      if (t < M) pos[t * D + d] = flag ? base[d] + prefix : -1;
+      __syncthreads();  // the scan storage is reused; base[d] is read before it grows
+      if (threadIdx.x == 0) base[d] += total;
     }
-    if (threadIdx.x == 0) counts[d] = base;
   }
+  __syncthreads();
+  if (threadIdx.x < D) counts[threadIdx.x] = base[threadIdx.x];
 }
 
 // Copies bytes (a multiple of 16) with the block, 4 loads per thread in flight before their stores.
@@ -206,6 +222,8 @@ EpRecord EpRecord::make(int64_t row_bytes, int64_t scale_cols, int top_k) {
 
 void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* owner, int D,
                     int32_t* pos, int32_t* counts, cudaStream_t s) {
+  FMOE_CHECK(D >= 1 && D <= kMaxDestinations, "the CUDA EP plan handles 1 to ", kMaxDestinations,
+             " destinations, got ", D);
   launch(ep_plan_kernel, dim3(1), dim3(kPlanThreads), s, ids, M, top_k, num_experts, owner, D, pos, counts);
 }
 
