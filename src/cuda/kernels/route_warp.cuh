@@ -15,17 +15,30 @@ namespace fusedmoe::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// (value, index) best under routing_detail::ranks_before; index -1 means "none".
-__device__ inline void warp_best(float& v, int& i) {
+// A 64-bit sort key of (value, expert e): a larger key ranks first, in routing_detail::ranks_before's
+// order — larger value first, then lower expert index; -0 and +0 rank as equal, NaN last (the CUDA
+// routing sanitizes logits, so NaN only comes from a NaN correction bias). 0 means "no candidate".
+__device__ inline uint64_t rank_key(float v, int e) {
+  uint32_t b = __float_as_uint(v + 0.0f);                  // -0 -> +0
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);           // monotonic float -> uint
+  if (v != v) b = 0;
+  return (uint64_t(b) << 32) | uint32_t(0x7fffffff - e);  // low half > 0 for e < 2^31 - 1
+}
+
+__device__ inline int key_expert(uint64_t key) { return 0x7fffffff - static_cast<int>(uint32_t(key)); }
+
+__device__ inline float key_value(uint64_t key) {
+  const uint32_t b = uint32_t(key >> 32);
+  return __uint_as_float((b & 0x80000000u) ? (b & 0x7fffffffu) : ~b);
+}
+
+__device__ inline uint64_t warp_max_key(uint64_t key) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
-    const float ov = __shfl_xor_sync(kFullMask, v, off);
-    const int oi = __shfl_xor_sync(kFullMask, i, off);
-    if (oi >= 0 && (i < 0 || routing_detail::ranks_before(ov, oi, v, i))) {
-      v = ov;
-      i = oi;
-    }
+    const uint64_t other = __shfl_xor_sync(kFullMask, key, off);
+    key = other > key ? other : key;
   }
+  return key;
 }
 
 __device__ inline float warp_sum(float x) {
@@ -69,51 +82,49 @@ __device__ inline void warp_softmax(float (&x)[J], const bool (&present)[J]) {
 }
 
 // Picks the k best of v among the eligible experts (eligible(j): this lane's slot j, expert
-// j * 32 + lane); lane r < k receives pick r in (id, value).
+// j * 32 + lane); lane r < k receives pick r in (id, value) and also[] of the pick in my_also (the
+// pick's weight when it is chosen on other scores). Each round is a max over this lane's keys and
+// one warp max; the lane that held the pick drops it and hands out its also[].
 template <int J, class Eligible>
 __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
-                                        float& my_value) {
+                                        float& my_value, const float (&also)[J], float& my_also) {
   const int lane = threadIdx.x & 31;
-  uint32_t picked = 0;
-  my_id = -1;
-  my_value = 0.0f;
-  for (int r = 0; r < k; ++r) {
-    float bv = 0.0f;
-    int bi = -1;
+  uint64_t key[J];
 #pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int e = j * 32 + lane;
-      if (e < num_experts && !((picked >> j) & 1u) && eligible(j) &&
-          (bi < 0 || routing_detail::ranks_before(v[j], e, bv, bi))) {
-        bv = v[j];
-        bi = e;
+  for (int j = 0; j < J; ++j) {
+    const int e = j * 32 + lane;
+    key[j] = e < num_experts && eligible(j) ? rank_key(v[j], e) : 0;
+  }
+  my_id = -1;
+  my_value = my_also = 0.0f;
+  for (int r = 0; r < k; ++r) {
+    uint64_t best = 0;
+#pragma unroll
+    for (int j = 0; j < J; ++j) best = key[j] > best ? key[j] : best;
+    best = warp_max_key(best);
+    if (best == 0) break;
+    const int e = key_expert(best);
+    float held = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      if (j * 32 + lane == e) {
+        key[j] = 0;
+        held = also[j];
       }
-    }
-    warp_best(bv, bi);
-    if (bi < 0) break;
-    if ((bi & 31) == lane) picked |= 1u << (bi >> 5);
+    held = __shfl_sync(kFullMask, held, e & 31);
     if (lane == r) {
-      my_id = bi;
-      my_value = bv;
+      my_id = e;
+      my_value = key_value(best);
+      my_also = held;
     }
   }
 }
 
-// Lane r < k receives v[pick r], where lane r holds pick r in `id` (every lane must call).
-template <int J>
-__device__ inline float warp_fetch_picks(const float (&v)[J], int id, int k) {
-  const int lane = threadIdx.x & 31;
-  float result = 0.0f;
-  for (int r = 0; r < k; ++r) {
-    const int e = __shfl_sync(kFullMask, id, r);
-    float mine = 0.0f;
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-      if (e >= 0 && j == (e >> 5)) mine = v[j];
-    const float value = __shfl_sync(kFullMask, mine, e >= 0 ? (e & 31) : 0);
-    if (lane == r) result = value;
-  }
-  return result;
+template <int J, class Eligible>
+__device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
+                                        float& my_value) {
+  float unused;
+  warp_select_topk(v, num_experts, k, eligible, my_id, my_value, v, unused);
 }
 
 // deepseek-v3 group scores: group_scores[g] = the sum of group g's two largest choice values
@@ -228,8 +239,7 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
       }
       __syncwarp();  // group_scores is reused by the next token of this warp
       auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
-      warp_select_topk(choice, E, k, in_selected_group, id, value);
-      weight = warp_fetch_picks(s, id, k);
+      warp_select_topk(choice, E, k, in_selected_group, id, value, s, weight);
       if (p.renormalize) {
         const float sum = warp_sum(lane < k ? weight : 0.0f);
         if (sum > 0.0f) weight /= sum;
