@@ -44,6 +44,7 @@ struct EpGpuCase {
   bool route_on_gpu = false;      // forward() with logits instead of apply() with ids
   bool monolithic = false;        // monolithic experts (all-gather PrepareFinalize; routes on the GPU)
   RoutingMethod routing = RoutingMethod::softmax_topk_renormalize;
+  bool check_all_ranks = false;   // parallel.capacity_check_all_ranks
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -84,6 +85,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
           cfg.parallel.ep_rank = r;
           cfg.parallel.max_tokens_per_rank = T;
           cfg.parallel.ep_dispatch = c.dispatch;
+          cfg.parallel.capacity_check_all_ranks = c.check_all_ranks;
           auto rows_of = [&](const Buffer& b, DType dt, int64_t cols) {
             return copy_to(Tensor(b.data_as<uint8_t>() + begin * cols * int64_t(dtype_size(dt)), dt,
                                   {rows, cols}),
@@ -170,7 +172,11 @@ INSTANTIATE_TEST_SUITE_P(
         EpGpuCase{"bf16_monolithic_uneven", QuantScheme::bf16, EpDispatch::all_to_all, 9, {11, 0, 5, 20}, false,
                   false, true},
         EpGpuCase{"fp8_monolithic_sigmoid", QuantScheme::fp8_block, EpDispatch::all_gather, 12, {3, 17, 8, 0}, false,
-                  false, true, RoutingMethod::sigmoid_topk_renormalize}),
+                  false, true, RoutingMethod::sigmoid_topk_renormalize},
+        EpGpuCase{"bf16_counts_checked_on_all_ranks", QuantScheme::bf16, EpDispatch::all_to_all, 8, {6, 0, 13, 2},
+                  false, false, false, RoutingMethod::softmax_topk_renormalize, /*check_all_ranks=*/true},
+        EpGpuCase{"bf16_monolithic_counts_checked", QuantScheme::bf16, EpDispatch::all_to_all, 8, {5, 9, 1, 4},
+                  false, false, true, RoutingMethod::softmax_topk_renormalize, /*check_all_ranks=*/true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
@@ -188,6 +194,29 @@ TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
   const RankRun run = run_on_gpus(p, c, n, 8, calls);
   EXPECT_NE(run.errors[0].find("over parallel.max_tokens_per_rank=8"), std::string::npos) << run.errors[0];
   for (int64_t i = 0; i < 9 * 256; ++i) ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
+}
+
+// With parallel.capacity_check_all_ranks every rank calls, all fail with the same message naming the
+// offending rank, and no rank writes its output; modular and monolithic.
+TEST(CudaEpErrors, OverCapacityCheckedOnAllRanksFailsEveryRankAlike) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  for (bool monolithic : {false, true}) {
+    SCOPED_TRACE(monolithic ? "monolithic" : "modular");
+    EpGpuCase c{"over_all", QuantScheme::bf16, EpDispatch::all_to_all, 8, std::vector<int64_t>(size_t(n), 4)};
+    c.tokens[n - 1] = 11;  // over max_tokens_per_rank = 8, on the last rank
+    c.monolithic = monolithic;
+    c.check_all_ranks = true;
+    MoEConfig cfg = small_config(QuantScheme::bf16, 8, 256, 256, 2);
+    if (!monolithic) cfg.routing.method = RoutingMethod::precomputed;
+    int64_t M = 0;
+    for (int64_t t : c.tokens) M += t;
+    const Problem p = make_problem(cfg, M, test_seed());
+    const RankRun run = run_on_gpus(p, c, n, 8, std::vector<bool>(size_t(n), true));
+    const std::string expected = "rank " + std::to_string(n - 1) + " passed 11 tokens, over parallel.max_tokens_per_rank=8";
+    for (int r = 0; r < n; ++r) EXPECT_NE(run.errors[r].find(expected), std::string::npos) << "rank " << r << ": " << run.errors[r];
+    for (int64_t i = 0; i < M * 256; ++i) ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
+  }
 }
 
 }  // namespace

@@ -52,6 +52,13 @@ struct ParallelConfig {
   // ep_size > 1: the most tokens any rank passes in one call; sizes the exchange buffers.
   int64_t max_tokens_per_rank = 0;
   EpDispatch ep_dispatch = EpDispatch::all_to_all;
+  // GPU ranks: every call first all-gathers the ranks' token counts and waits for them on the host,
+  // so a rank over max_tokens_per_rank fails with the same error on every rank, before any token
+  // moves. It costs a host synchronisation per call and cannot run inside CUDA-graph capture (a
+  // clear error there). Off (default): no host synchronisation; the offending rank fails at once,
+  // before it communicates, and its peers' next collective ends in the communicator's timeout
+  // error. CPU ranks always check every rank.
+  bool capacity_check_all_ranks = false;
 };
 
 struct MoEConfig {

@@ -7,9 +7,10 @@
 // count header per destination), so the exchange sizes are known on the host while the token
 // counts stay on the device: no host synchronisation, graph-capturable. The price is that a
 // slab travels whole however few of its records are used. Activations are quantized before
-// dispatch (fp8 1x128 for fp8-block). Limits: a rank passing more than T tokens fails on that
-// rank before it communicates (its peers then wait until the communicator's timeout: the GPU
-// path does not exchange counts on the host, so it cannot fail every rank alike).
+// dispatch (fp8 1x128 for fp8-block). A rank passing more than T tokens fails on that rank
+// before it communicates (its peers then wait until the communicator's timeout: the GPU path
+// does not exchange counts on the host) — unless parallel.capacity_check_all_ranks asks every
+// call to all-gather the counts and wait for them, so that every rank fails alike.
 #include <algorithm>
 #include <vector>
 
@@ -21,6 +22,39 @@
 namespace fusedmoe::cuda {
 namespace {
 
+// The token-count check every EP call makes before it communicates. With all_ranks, the ranks'
+// counts are all-gathered and waited for (the barrier polls the stream within the communicator's
+// timeout), so every rank raises the same error; otherwise only this rank's count is checked.
+// `counts` is a device buffer of comm.size() + 1 int64 (all_ranks only).
+void check_token_counts(const Communicator& comm, int64_t M, int64_t T, bool all_ranks, const Buffer& counts) {
+  if (!all_ranks) {
+    FMOE_CHECK(M <= T, "expert-parallel call on rank ", comm.rank(), ": ", M,
+               " tokens, over parallel.max_tokens_per_rank=", T);
+    return;
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  FMOE_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capture));
+  FMOE_CHECK(capture == cudaStreamCaptureStatusNone,
+             "parallel.capacity_check_all_ranks waits on the host for every rank's token count, which a CUDA-graph ",
+             "capture cannot do; capture with it off");
+  const int n = comm.size();
+  int64_t* mine = static_cast<int64_t*>(counts.view().data());
+  FMOE_CUDA_CHECK(cudaMemcpyAsync(mine, &M, sizeof(M), cudaMemcpyHostToDevice, stream()));
+  comm.all_gather(mine, mine + 1, sizeof(int64_t));
+  comm.barrier();  // the gather is done (or the communicator timed out and was aborted)
+  std::vector<int64_t> c(static_cast<size_t>(n));
+  FMOE_CUDA_CHECK(cudaMemcpy(c.data(), mine + 1, n * sizeof(int64_t), cudaMemcpyDeviceToHost));
+  for (int r = 0; r < n; ++r)
+    FMOE_CHECK(c[r] <= T, "expert-parallel call: rank ", r, " passed ", c[r],
+               " tokens, over parallel.max_tokens_per_rank=", T, " (every rank reports this)");
+}
+
+Buffer token_count_buffer(const MoEConfig& config, int ranks, Device device) {
+  if (!config.parallel.capacity_check_all_ranks) return {};
+  DeviceGuard guard(device);
+  return Buffer::empty(DType::i64, {ranks + 1}, device);
+}
+
 class PrepareFinalizeEp final : public ModularPrepareFinalize {
  public:
   PrepareFinalizeEp(const MoEConfig& config, const Communicator& comm, Device device)
@@ -31,6 +65,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     FMOE_CHECK(n_ <= 128, "the CUDA expert-parallel PrepareFinalize handles up to 128 ranks, got ", n_);
     const int64_t K = config.hidden_size;
     rec_ = EpRecord::make(K * int64_t(dtype_size(act_dtype())), scale_cols(), config.routing.top_k);
+    counts_ = token_count_buffer(config, n_, device);
     D_ = all_to_all_ ? n_ : 1;
     slab_ = rec_.slab_bytes(T_);
     if (all_to_all_) find_owners();
@@ -61,8 +96,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     DeviceGuard guard(device_);
     const cudaStream_t s = stream();
     const int64_t M = hidden.size(0), K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols();
-    FMOE_CHECK(M <= T_, "expert-parallel call on rank ", comm_.rank(), ": ", M,
-               " tokens, over parallel.max_tokens_per_rank=", T_);
+    check_token_counts(comm_, M, T_, config_.parallel.capacity_check_all_ranks, counts_);
     // Activation rows as they travel (the weights stay home when llama4 applies them first).
     const bool weight_on_input = config_.apply_router_weight_on_input();
     const float* row_weight = weight_on_input ? topk_weights.data_as<const float>() : nullptr;
@@ -176,6 +210,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   EpRecord rec_;
   int64_t slab_ = 0;
   Buffer owner_;
+  Buffer counts_;  // device scratch of the all-ranks token-count check
 };
 
 // Monolithic experts under expert parallelism (the CPU's AllGatherMonolithic, on the GPU): every
@@ -185,7 +220,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
 class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinalize {
  public:
   PrepareFinalizeAllGatherMonolithic(const MoEConfig& config, const Communicator& comm, Device device)
-      : config_(config), comm_(comm), device_(device), n_(comm.size()), T_(config.parallel.max_tokens_per_rank) {
+      : config_(config), comm_(comm), device_(device), n_(comm.size()), T_(config.parallel.max_tokens_per_rank),
+        counts_(token_count_buffer(config, n_, device)) {
     FMOE_CHECK(comm.device() == device, "the CUDA expert-parallel PrepareFinalize needs a communicator on ",
                device.str(), ", got ", comm.name(), " on ", comm.device().str());
   }
@@ -207,8 +243,7 @@ class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinaliz
   Prepared prepare(const Tensor& hidden, const Tensor& router_logits, Workspace& ws) const override {
     DeviceGuard guard(device_);
     const int64_t M = hidden.size(0), K = config_.hidden_size, E = config_.num_experts;
-    FMOE_CHECK(M <= T_, "expert-parallel call on rank ", comm_.rank(), ": ", M,
-               " tokens, over parallel.max_tokens_per_rank=", T_);
+    check_token_counts(comm_, M, T_, config_.parallel.capacity_check_all_ranks, counts_);
     const DType logits_dtype = router_logits.dtype();
     return {gather_rows(hidden, DType::bf16, K, ws), gather_rows(router_logits, logits_dtype, E, ws)};
   }
@@ -245,6 +280,7 @@ class PrepareFinalizeAllGatherMonolithic final : public MonolithicPrepareFinaliz
   Device device_;
   int n_;
   int64_t T_;
+  Buffer counts_;  // device scratch of the all-ranks token-count check
 };
 
 }  // namespace
