@@ -213,8 +213,10 @@ TEST(CudaEpErrors, OverCapacityCheckedOnAllRanksFailsEveryRankAlike) {
     for (int64_t t : c.tokens) M += t;
     const Problem p = make_problem(cfg, M, test_seed());
     const RankRun run = run_on_gpus(p, c, n, 8, std::vector<bool>(size_t(n), true));
-    const std::string expected = "rank " + std::to_string(n - 1) + " passed 11 tokens, over parallel.max_tokens_per_rank=8";
-    for (int r = 0; r < n; ++r) EXPECT_NE(run.errors[r].find(expected), std::string::npos) << "rank " << r << ": " << run.errors[r];
+    const std::string expected =
+        "rank " + std::to_string(n - 1) + " passed 11 tokens, over parallel.max_tokens_per_rank=8";
+    for (int r = 0; r < n; ++r)
+      EXPECT_NE(run.errors[r].find(expected), std::string::npos) << "rank " << r << ": " << run.errors[r];
     for (int64_t i = 0; i < M * 256; ++i) ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
   }
 }

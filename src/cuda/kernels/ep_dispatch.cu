@@ -8,14 +8,15 @@
 // scales (fp8), its top-k ids (global) and weights, each section 16-byte aligned (EpRecord).
 //  - ep_plan (one 1024-thread block): the slot of each token in each destination's slab
 //    (pos [M, D], -1 when the token does not go there) and the slab counts, by block scans in
-//    token order over a per-token mask of destinations (each token's ids and owners read once). With owner == null there is one destination taking every token in order
-//    (the all-gather form).
+//    token order over a per-token mask of destinations (each token's ids and owners read
+//    once). With owner == null there is one destination taking every token in order (the
+//    all-gather form).
 //  - ep_pack (a block per token): copies the token's record into its slabs; writes headers.
 //  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
 //    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
-//  - ep_combine (a block per token and 1024 columns): out[t] = bf16(sum over destinations d in order of
-//    partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result does not
-//    depend on timing.
+//  - ep_combine (a block per token and 1024 columns): out[t] = bf16(sum over destinations d
+//    in order of partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result
+//    does not depend on timing.
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
