@@ -17,10 +17,10 @@
 // modular chain rounds them, so the output equals the modular small-M forward bit for bit.
 // Data written in this kernel (h2, y) is read through L2 (ld.global.cg), never a stale L1 line.
 // Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32.
-// Measured (H200, bench/results/gpu-h200-session4-2026-11-28.md): with route+plan, 1.06-1.12x
-// (qwen3-30b-a3b) and 1.13x (mixtral) the modular chain at 1 token, but 37-41% / 80% of the floor: the weight
-// stream of a one-wave decode is the limit (ptxas-scheduled register loads; a two-stage register
-// pipeline and L2 bulk prefetches were slower) — a cp.async/TMA shared-memory pipeline is next.
+// Measured (H200, bench/results/gpu-h200-session{4,5}-2026-11-28.md): with route+plan, 1.08x
+// (qwen3-30b-a3b) and 1.19x (mixtral) the modular chain at 1 token, 44% / 82% of the floor: the weight
+// stream is the limit (40-55% of DRAM peak; 16 warps per SM, register-bound). A two-stage register
+// pipeline, L2 bulk prefetches, a cp.async shared-memory pipeline and early work claims were slower.
 #include <algorithm>
 
 #include "core/activation_math.h"

@@ -39,7 +39,9 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
                   int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero) {
   const int E = p.num_experts;
   const dim3 grid(1), block(kPlanThreads);
-  auto go = [&](auto kernel) { launch(kernel, grid, block, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero); };
+  auto go = [&](auto kernel) {
+    launch(kernel, grid, block, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero);
+  };
   if (E <= 32) go(route_plan_kernel<1, T>);
   else if (E <= 64) go(route_plan_kernel<2, T>);
   else if (E <= 128) go(route_plan_kernel<4, T>);
