@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [stalls] [ab] [sanitize-fused] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -150,6 +150,9 @@ except ValueError as e:
           python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
           --models "${mt%%:*}" --tokens "${mt##*:}"
       done ;;
+    probe)  # weight-streaming probe: access patterns of the decode kernels vs a device copy (bf16 and fp8 rows)
+      step probe_bf16_rows 60 "$(find_bin fusedmoe-stream-probe)" 256 4096
+      step probe_fp8_rows 60 "$(find_bin fusedmoe-stream-probe)" 256 7168 ;;
     ab)  # same-run A/B: $BIN/base/libfusedmoe_c.so (make_gpu_bin.sh --base LIB) against this tree's library
       for lib in base/libfusedmoe_c.so libfusedmoe_c.so; do
         step "bench_${lib%%/*}" 200 python3 bench/gpu_bench.py --lib "$BIN/$lib" --out "$OUT/${lib%%/*}" --no-loop \
@@ -168,5 +171,5 @@ except ValueError as e:
         --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
-grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x" "$log" | tail -70
+grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x|^(memcpy d2d|linear<|smallm<|rowrun<|bulk<)" "$log" | tail -70
 printf '%s\n' "${summary[@]}"
