@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [sanitize-batched] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -70,6 +70,7 @@ for what in "$@"; do
     tests)
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
       step test_cuda_experts 420 "$(find_bin test_cuda_experts)"
+      step test_cuda_batched 180 "$(find_bin test_cuda_batched)"
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-pdl)
       step test_cuda_experts_pdl 300 env FUSEDMOE_PDL=1 "$(find_bin test_cuda_experts)" \
@@ -98,6 +99,11 @@ for what in "$@"; do
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
+    sanitize-batched)  # the batched format's tests under every compute-sanitizer tool
+      for tool in memcheck racecheck initcheck synccheck; do
+        step "${tool}_batched" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_batched)" \
+          --gtest_filter='-CudaBatched.EqualsStandardFormatBitwiseOnBothPaths'
+      done ;;
     bench)
       step bench 480 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
     fuzz)  # the GPU campaign: FUZZ_SEEDS (default 1:10000) CUDA cases, memcheck on the first 40
@@ -113,6 +119,7 @@ for what in "$@"; do
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
       step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
         --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer'
+      step test_cuda_batched 180 "$(find_bin test_cuda_batched)"
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     nccl)
       step test_nccl 120 "$(find_bin test_nccl)" ;;

@@ -4,7 +4,8 @@
 // EP = 1 computes) within the scheme's tolerance: uneven token counts, a rank with no tokens,
 // every token routed to one rank's experts, experts not divisible by the ranks, routing on the
 // GPU (softmax, deepseek-v3, sigmoid) and given ids, modular and monolithic experts,
-// run-twice bitwise equality, and over capacity as a clear error. Skips below 2 GPUs.
+// run-twice bitwise equality, the batched format (all-to-all and all-gather), and over capacity
+// as a clear error. Skips below 2 GPUs.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -45,6 +46,8 @@ struct EpGpuCase {
   bool monolithic = false;        // monolithic experts (all-gather PrepareFinalize; routes on the GPU)
   RoutingMethod routing = RoutingMethod::softmax_topk_renormalize;
   bool check_all_ranks = false;   // parallel.capacity_check_all_ranks
+  bool batched = false;           // the batched format, max_tokens_per_expert = batch_capacity
+  int64_t batch_capacity = 0;     // 0: ranks x max_tokens_per_rank (the least the GPU accepts)
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -86,6 +89,10 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
           cfg.parallel.max_tokens_per_rank = T;
           cfg.parallel.ep_dispatch = c.dispatch;
           cfg.parallel.capacity_check_all_ranks = c.check_all_ranks;
+          if (c.batched) {
+            cfg.activation_format = ActivationFormat::batched;
+            cfg.max_tokens_per_expert = c.batch_capacity ? c.batch_capacity : n * T;
+          }
           auto rows_of = [&](const Buffer& b, DType dt, int64_t cols) {
             return copy_to(Tensor(b.data_as<uint8_t>() + begin * cols * int64_t(dtype_size(dt)), dt,
                                   {rows, cols}),
@@ -176,7 +183,15 @@ INSTANTIATE_TEST_SUITE_P(
         EpGpuCase{"bf16_counts_checked_on_all_ranks", QuantScheme::bf16, EpDispatch::all_to_all, 8, {6, 0, 13, 2},
                   false, false, false, RoutingMethod::softmax_topk_renormalize, /*check_all_ranks=*/true},
         EpGpuCase{"bf16_monolithic_counts_checked", QuantScheme::bf16, EpDispatch::all_to_all, 8, {5, 9, 1, 4},
-                  false, false, true, RoutingMethod::softmax_topk_renormalize, /*check_all_ranks=*/true}),
+                  false, false, true, RoutingMethod::softmax_topk_renormalize, /*check_all_ranks=*/true},
+        EpGpuCase{"fp8_a2a_batched_rank0_empty", QuantScheme::fp8_block, EpDispatch::all_to_all, 9, {0, 19, 4, 7},
+                  false, false, false, RoutingMethod::softmax_topk_renormalize, false, /*batched=*/true},
+        EpGpuCase{"bf16_a2a_batched_all_on_last_rank", QuantScheme::bf16, EpDispatch::all_to_all, 10,
+                  {16, 16, 16, 16}, true, false, false, RoutingMethod::softmax_topk_renormalize, false, true},
+        EpGpuCase{"mxfp4_allgather_batched_routed_on_gpu", QuantScheme::mxfp4, EpDispatch::all_gather, 12,
+                  {24, 9, 1, 30}, false, true, false, RoutingMethod::softmax_topk_renormalize, false, true},
+        EpGpuCase{"fp8_a2a_batched_deepseek_routing", QuantScheme::fp8_block, EpDispatch::all_to_all, 16,
+                  {13, 6, 0, 9}, false, true, false, RoutingMethod::deepseek_v3, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
@@ -219,6 +234,23 @@ TEST(CudaEpErrors, OverCapacityCheckedOnAllRanksFailsEveryRankAlike) {
       EXPECT_NE(run.errors[r].find(expected), std::string::npos) << "rank " << r << ": " << run.errors[r];
     for (int64_t i = 0; i < M * 256; ++i) ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
   }
+}
+
+// The batched format on the GPU needs room for every token any rank may send: construction with
+// max_tokens_per_expert below ranks x max_tokens_per_rank fails on every rank, naming both.
+TEST(CudaEpErrors, BatchedCapacityBelowRanksTimesTokensFailsAtConstruction) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  EpGpuCase c{"batched_small", QuantScheme::bf16, EpDispatch::all_to_all, 8, std::vector<int64_t>(size_t(n), 4)};
+  c.batched = true;
+  c.batch_capacity = n * 8 - 1;
+  MoEConfig cfg = small_config(QuantScheme::bf16, 8, 256, 256, 2);
+  cfg.routing.method = RoutingMethod::precomputed;
+  const Problem p = make_problem(cfg, 4 * n, test_seed());
+  const RankRun run = run_on_gpus(p, c, n, 8, std::vector<bool>(size_t(n), true));
+  for (int r = 0; r < n; ++r)
+    EXPECT_NE(run.errors[r].find("max_tokens_per_expert >= ranks x parallel.max_tokens_per_rank"), std::string::npos)
+        << "rank " << r << ": " << run.errors[r];
 }
 
 }  // namespace

@@ -32,6 +32,7 @@ struct Options {
   std::optional<QuantScheme> quant;
   Backend backend = Backend::auto_select;
   bool monolithic = false;
+  bool batched = false;
   int64_t num_experts = 0;
   int ep = 1;
   std::string json;
@@ -40,7 +41,10 @@ struct Options {
 
 const char* kUsage =
     "usage: fusedmoe-bench [--model NAME] [--tokens 1,16,128] [--quant bf16|fp8-tensor|fp8-channel|fp8-block|nvfp4|mxfp4]\n"
-    "                      [--backend auto|cpu|cuda] [--monolithic] [--num-experts N] [--ep N] [--json FILE] [--seed S]\n"
+    "                      [--backend auto|cpu|cuda] [--monolithic] [--format standard|batched] [--num-experts N]\n"
+    "                      [--ep N] [--json FILE] [--seed S]\n"
+    "--format batched: the [local experts, capacity, hidden] activation format (capacity = the tokens that can\n"
+    "reach a rank: the largest --tokens, times N with --ep N).\n"
     "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine;\n"
     "with --backend cuda, N GPUs of this host (one process each, NCCL), next to NCCL's own all-to-all.\n"
     "With no arguments: qwen3-30b-a3b with 32 experts at 1, 16 and 64 tokens.\n";
@@ -84,6 +88,10 @@ Options parse(int argc, char** argv) {
       o.backend = *backend;
     } else if (a == "--monolithic") {
       o.monolithic = true;
+    } else if (a == "--format") {
+      const std::string f = value();
+      FMOE_CHECK(f == "standard" || f == "batched", "--format must be standard|batched, got ", f);
+      o.batched = f == "batched";
     } else if (a == "--num-experts") {
       o.num_experts = std::atoll(value().c_str());
       FMOE_CHECK(o.num_experts >= 1, "--num-experts must be >= 1");
@@ -137,6 +145,11 @@ int main(int argc, char** argv) try {
   const int64_t E = opt.num_experts > 0 ? opt.num_experts : preset->num_experts;
   MoEConfig config = bench::preset_config(*preset, quant, E);
   const int64_t K = config.hidden_size, max_tokens = *std::max_element(opt.tokens.begin(), opt.tokens.end());
+  if (opt.batched) {  // the EP benches set the capacity per token count
+    FMOE_CHECK(!opt.monolithic, "--format batched needs modular experts; drop --monolithic");
+    config.activation_format = ActivationFormat::batched;
+    config.max_tokens_per_expert = max_tokens;
+  }
 
 #ifdef FUSEDMOE_WITH_NCCL
   if (opt.ep > 1 && opt.backend == Backend::cuda) {  // one process per GPU; weights made on the devices
@@ -265,7 +278,7 @@ int main(int argc, char** argv) try {
               preset->name.c_str(), quant_scheme_name(quant), static_cast<long long>(E), config.routing.top_k,
               static_cast<long long>(K), static_cast<long long>(config.intermediate_size),
               backend_name(opt.backend == Backend::auto_select ? Backend::cpu : opt.backend),
-              opt.monolithic ? "monolithic" : "modular");
+              opt.monolithic ? "monolithic" : opt.batched ? "modular, batched format" : "modular");
   std::printf("machine: %d threads, copy %.1f GB/s, f32 FMA peak %.1f GFLOP/s (measured)\n", roof.threads,
               roof.copy_bytes_per_s / 1e9, roof.fma_flops_per_s / 1e9);
   std::printf("%8s %12s %10s %10s %12s %12s %8s\n", "tokens", "time_ms", "TFLOP/s", "GB/s", "%roofline", "max_err",

@@ -33,7 +33,8 @@ struct PreparedActivations {
 // What modular experts write, for PrepareFinalize::finalize to weight, reduce and combine.
 enum class ExpertsOutputKind : uint8_t {
   per_slot,  // f32 [M, top_k, K]: unweighted output of each (token, slot); invalid slots unwritten
-  batched,   // f32 [E_local, max_tokens_per_expert, K]: unweighted, in batch order
+  batched,   // f32 (CPU) or bf16 (CUDA) [E_local, max_tokens_per_expert, K]: unweighted, in batch
+             // order; rows past an expert's count are unspecified
   sorted,    // f32 or bf16 [R, K]: unweighted rows grouped by expert; slot_rows says where each
              // (token, slot) row is
 };

@@ -25,6 +25,19 @@ struct ExpertInput {
 };
 size_t expert_input_bytes(const MoEConfig& config, int64_t M);
 ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight, Workspace& ws);
+// The batched format's activations (kernels/batched.cu): the rows of an ExpertInput packed by
+// their ids [M, k] into [E_local, T, K], T = max_tokens_per_expert. A token's rows take at most
+// one place per local expert, so M <= T always fits (the caller checks it).
+struct BatchedInput {
+  Tensor rows;    // [E_local, T, K] bf16 or e4m3; rows past an expert's count are not written
+  Tensor scales;  // f32 [E_local, T, K/128] (fp8-block), undefined otherwise
+  Tensor counts;  // i32 [E_local]: rows used in each expert's batch
+};
+size_t batched_input_bytes(const MoEConfig& config);
+// expert_map: device global -> local (null: every expert local). slot_pos: device i32 [M, k] the
+// caller provides, set to each (token, slot)'s batch row (-1: no local expert).
+BatchedInput make_batched_input(const MoEConfig& config, const ExpertInput& in, const Tensor& ids,
+                                const int32_t* expert_map, int32_t* slot_pos, Workspace& ws);
 
 // prepare_finalize_ep_cuda.cpp: the all-to-all / all-gather PrepareFinalize over `comm`, or the
 // all-gather one of the monolithic experts.
@@ -34,5 +47,7 @@ void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk
 
 // The schemes and shapes the CUDA experts run; throws fusedmoe::Error naming what is supported.
 void check_supported(const MoEConfig& config);
+// Monolithic experts and their PrepareFinalize take the standard format only.
+void check_monolithic_format(const MoEConfig& config);
 
 }  // namespace fusedmoe::cuda

@@ -1,6 +1,7 @@
 // The activation rows the CUDA experts read, made from hidden bf16 [M, K] on the current
 // stream: fp8 1x128 with f32 scales for fp8-block, llama4's router weight applied on the input
 // (row_weight), or hidden itself. Shared by every CUDA PrepareFinalize and the monolithic experts.
+// And the same rows packed into the batched format's [E_local, T, K] batches.
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -29,6 +30,29 @@ ExpertInput make_expert_input(const MoEConfig& c, const Tensor& hidden, const fl
     in.rows = hidden;
   }
   return in;
+}
+
+size_t batched_input_bytes(const MoEConfig& c) {
+  const int64_t E = c.num_local_experts(), T = c.max_tokens_per_expert, K = c.hidden_size;
+  const bool fp8 = c.quant == QuantScheme::fp8_block;
+  return workspace_tensor_bytes(fp8 ? DType::fp8_e4m3 : DType::bf16, {E, T, K}) +
+         (fp8 ? workspace_tensor_bytes(DType::f32, {E, T, K / 128}) : 0) + workspace_tensor_bytes(DType::i32, {E});
+}
+
+BatchedInput make_batched_input(const MoEConfig& c, const ExpertInput& in, const Tensor& ids,
+                                const int32_t* expert_map, int32_t* slot_pos, Workspace& ws) {
+  const int64_t M = ids.size(0), k = ids.size(1), E = c.num_local_experts(), T = c.max_tokens_per_expert;
+  const int64_t K = c.hidden_size, G = in.scales.defined() ? K / 128 : 0;
+  BatchedInput b;
+  b.rows = ws.take(in.rows.dtype(), {E, T, K});
+  if (G) b.scales = ws.take(DType::f32, {E, T, G});
+  b.counts = ws.take(DType::i32, {E});
+  launch_batch_slots(ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(c.num_experts), expert_map,
+                     static_cast<int>(E), T, slot_pos, b.counts.data_as<int32_t>(), stream());
+  launch_batch_pack(in.rows.data(), K * static_cast<int64_t>(dtype_size(in.rows.dtype())),
+                    G ? in.scales.data_as<const float>() : nullptr, G, slot_pos, M, static_cast<int>(k), b.rows.data(),
+                    G ? b.scales.data_as<float>() : nullptr, stream());
+  return b;
 }
 
 }  // namespace fusedmoe::cuda

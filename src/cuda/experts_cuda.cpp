@@ -1,4 +1,4 @@
-// CUDA modular experts (standard format): row plan -> GEMM1 (+ w13 bias) -> activation (+ fp8
+// CUDA modular experts (standard and batched formats): row plan -> GEMM1 (+ w13 bias) -> activation (+ fp8
 // 1x128 re-quantization) -> GEMM2 (+ w2 bias), writing unweighted bf16 rows grouped by expert for
 // the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the small-M
 // streaming kernels for decode-sized batches, the CUTLASS grouped GEMMs (after a row gather)
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/check.h"
 #include "core/weight_layout.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
@@ -46,9 +47,6 @@ void check_supported(const MoEConfig& c) {
   FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block || is_fp4(c.quant),
              "the CUDA backend runs the bf16, fp8-block, nvfp4 and mxfp4 schemes; got ", quant_scheme_name(c.quant),
              " (fp8-tensor and fp8-channel run on the CPU backend)");
-  FMOE_CHECK(c.activation_format == ActivationFormat::standard,
-             "the CUDA backend takes the standard activation format (tokens x hidden); the batched format runs on ",
-             "the CPU backend");
   const int64_t align = c.quant == QuantScheme::fp8_block ? 128 : 64;
   FMOE_CHECK(c.hidden_size % align == 0, "the CUDA ", quant_scheme_name(c.quant), " experts need hidden_size % ",
              align, " == 0, got hidden_size=", c.hidden_size);
@@ -57,6 +55,11 @@ void check_supported(const MoEConfig& c) {
   FMOE_CHECK(c.num_local_experts() <= kMaxPlanExperts, "the CUDA backend handles up to ", kMaxPlanExperts,
              " local experts, got ", c.num_local_experts());
   FMOE_CHECK(c.routing.top_k <= 32, "the CUDA backend handles top_k <= 32, got ", c.routing.top_k);
+}
+
+void check_monolithic_format(const MoEConfig& c) {
+  FMOE_CHECK(c.activation_format == ActivationFormat::standard,
+             "monolithic experts take tokens x hidden (standard format), got the batched format");
 }
 
 CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) : config_(config), weights_(weights) {
@@ -87,6 +90,11 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
     w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
     w2_scale_mn_ = transpose_block_scales(weights.w2_scale);
   }
+  batched_ = config.activation_format == ActivationFormat::batched;
+  if (batched_)
+    FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
+               "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
+               " x ", config.max_tokens_per_expert);
   gemm_kind_ = fp8_ ? GroupedGemmKind::fp8_block : GroupedGemmKind::bf16;
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
 }
@@ -98,17 +106,25 @@ size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
 }
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
-  const int64_t k = config_.routing.top_k, R = M * k;
+  const int k = config_.routing.top_k;
+  if (batched_) {  // the plan of E x T rows, then the rows; fp4 keeps room for either path
+    const int64_t R = num_local_ * config_.max_tokens_per_expert;
+    return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
+           rows_workspace_bytes(R, /*grouped=*/true);
+  }
+  const bool grouped = !choose_experts_path(M, k, num_local_, fp4_).small_m;
+  return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, grouped);
+}
+
+size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped) const {
   const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
-  size_t b = plan_bytes(M, static_cast<int>(k), num_local_);
-  b += workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
-  b += workspace_tensor_bytes(DType::bf16, {R, N1});                                             // GEMM1 out
-  b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});  // GEMM2 in
-  b += workspace_tensor_bytes(DType::bf16, {R, K});                                              // output rows
+  size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
+  b += workspace_tensor_bytes(DType::bf16, {R, N1});                                                 // GEMM1 out
+  b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});      // GEMM2 in
+  b += workspace_tensor_bytes(DType::bf16, {R, K});                                                  // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
-  if (fp4_ && !choose_experts_path(M, static_cast<int>(k), num_local_, fp4_).small_m)
-    b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
+  if (fp4_ && grouped) b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
   return b;
 }
 
@@ -131,6 +147,7 @@ const int32_t* CudaExperts::device_expert_map() const {
 
 ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) const {
   DeviceGuard guard(device_);
+  if (batched_) return apply_batched(in, ws);
   const int64_t M = in.topk_ids.size(0);
   const PlanBuffers planned = take_plan(M, ws);
   launch_plan(in.topk_ids.data_as<const int32_t>(), M, config_.routing.top_k, static_cast<int>(config_.num_experts),
@@ -138,14 +155,45 @@ ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) c
   return run_planned(in, planned, ws);
 }
 
+// Batched input [E, T, K] (+ scales [E, T, G]) with expert_num_tokens [E] on the device: a plan
+// whose expert e owns rows e*T .. e*T + count (the rest skipped), the same kernels as the
+// standard format on it, output rows in batch order. The path is the standard format's for the
+// prepared token count (topk_ids' rows; T when a producer does not pass them).
+ExpertsOutput CudaExperts::apply_batched(const PreparedActivations& in, Workspace& ws) const {
+  const int64_t E = num_local_, T = config_.max_tokens_per_expert, R = E * T, K = config_.hidden_size;
+  FMOE_CHECK(in.format == ActivationFormat::batched, name(), " takes the batched format");
+  check_tensor(in.a1q, "a1q", fp8_ ? DType::fp8_e4m3 : DType::bf16, {E, T, K}, device_);
+  if (fp8_) check_tensor(in.a1q_scale, "a1q_scale", DType::f32, {E, T, K / 128}, device_);
+  check_tensor(in.expert_num_tokens, "expert_num_tokens", DType::i32, {E}, device_);
+  RowPlan plan{};
+  plan.counts = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  plan.offsets = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  plan.active = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
+  plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
+  plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
+  launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
+  const int64_t tokens = in.topk_ids.defined() ? in.topk_ids.size(0) : T;
+  const ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, E, fp4_);
+  const Tensor y = run_rows(in.a1q, in.a1q_scale, plan, R, path, ws);
+  return {ExpertsOutputKind::batched, Tensor(y.data(), DType::bf16, {E, T, K}), {}};
+}
+
 ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const PlanBuffers& planned,
                                        Workspace& ws) const {
   DeviceGuard guard(device_);
+  const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k;
+  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), num_local_, fp4_);
+  return {ExpertsOutputKind::sorted, run_rows(in.a1q, in.a1q_scale, planned.plan, M * k, path, ws), planned.slot_rows};
+}
+
+// The experts on the R planned rows of x: row r of the plan reads x[row_token[r]] (with its
+// row-major scales for fp8). Returns the bf16 output rows [R, K], in plan order.
+Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowPlan& plan, int64_t R,
+                             const ExpertsPath& path, Workspace& ws) const {
   const cudaStream_t s = stream();
-  const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k, R = M * k, E = num_local_;
+  const int64_t E = num_local_;
   const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
-  const RowPlan& plan = planned.plan;
   const Tensor x_sorted = ws.take(act, {R, K});
   const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
   const Tensor h = ws.take(DType::bf16, {R, N1});
@@ -154,14 +202,13 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
   const Tensor y = ws.take(DType::bf16, {R, K});
   const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
 
-  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), E, fp4_);
   const int max_active = static_cast<int>(std::min(E, R));
+  const float* x_scale_ptr = fp8_ ? x_scales.data_as<const float>() : nullptr;
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
   if (path.small_m) {
-    SmallMGemm g1{in.a1q.data(), plan.row_token, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr,
-                  weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
+    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.fp4_warp_tiles};
     launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
@@ -174,8 +221,8 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
     launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
-    launch_gather_rows(in.a1q.data(), row_bytes, fp8_ ? in.a1q_scale.data_as<const float>() : nullptr, K / 128, plan,
-                       static_cast<int>(E), R, x_sorted.data(), fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
+    launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
+                       fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
     run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
                      h.data(), N1, K, plan, gemm_scratch, dequant, s);
@@ -184,7 +231,7 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
     run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, gemm_scratch, dequant, s);
     if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
-  return {ExpertsOutputKind::sorted, y, planned.slot_rows};
+  return y;
 }
 
 int64_t CudaExperts::fp4_dequant_elements() const {

@@ -1,10 +1,11 @@
-// CudaExperts: the CUDA modular experts (standard format), and the pieces of it the monolithic
+// CudaExperts: the CUDA modular experts (standard or batched format), and the pieces of it the monolithic
 // experts reuse: the row plan's buffers and the experts run on a plan that is already built.
 #pragma once
 
 #include <string>
 
 #include "cuda/cutlass/grouped_gemm.h"
+#include "cuda/heuristics.h"
 #include "cuda/kernels/kernels.h"
 #include "fusedmoe/experts.h"
 #include "fusedmoe/weights.h"
@@ -21,12 +22,15 @@ class CudaExperts final : public ModularExperts {
  public:
   CudaExperts(const MoEConfig& config, const ExpertWeights& weights);
 
-  std::string name() const override { return std::string("cuda.Experts[") + quant_scheme_name(config_.quant) + "]"; }
-  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  std::string name() const override {
+    return std::string(batched_ ? "cuda.BatchedExperts[" : "cuda.Experts[") + quant_scheme_name(config_.quant) + "]";
+  }
+  ActivationFormat activation_format() const override { return config_.activation_format; }
   Device device() const override { return device_; }
   Tensor static_input_scale() const override { return {}; }
   size_t workspace_bytes(int64_t M) const override;
-  // Plans the rows of in.topk_ids, then runs the experts on them.
+  // Standard: plans the rows of in.topk_ids, then runs the experts on them. Batched: plans the
+  // batches of in.expert_num_tokens.
   ExpertsOutput apply(const PreparedActivations& in, Workspace& ws) const override;
 
   // The plan's share of workspace_bytes(M), and taking it (first, before the rest).
@@ -41,6 +45,11 @@ class CudaExperts final : public ModularExperts {
   int sm_count() const { return sm_count_; }
 
  private:
+  ExpertsOutput apply_batched(const PreparedActivations& in, Workspace& ws) const;
+  // GEMM1, activation, GEMM2 of R planned rows of x; the bf16 output rows [R, K].
+  Tensor run_rows(const Tensor& x, const Tensor& x_scales, const RowPlan& plan, int64_t R, const ExpertsPath& path,
+                  Workspace& ws) const;
+  size_t rows_workspace_bytes(int64_t R, bool grouped) const;
   // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`).
   void run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
                         const RowPlan& plan, const Tensor& scratch, const Tensor& dequant, cudaStream_t s) const;
@@ -56,7 +65,7 @@ class CudaExperts final : public ModularExperts {
   Device device_;
   int sm_count_ = 0;
   int64_t num_local_ = 0;
-  bool fp8_ = false, fp4_ = false;
+  bool fp8_ = false, fp4_ = false, batched_ = false;
   SmallMWeights weight_format_ = SmallMWeights::bf16;
   int64_t fp4_chunk_experts_ = 0;  // experts dequantized at a time on the fp4 grouped path
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;

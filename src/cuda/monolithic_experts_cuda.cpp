@@ -133,6 +133,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
 }  // namespace
 
 std::unique_ptr<Experts> make_monolithic_experts(const MoEConfig& config, const ExpertWeights& weights) {
+  check_monolithic_format(config);
   return std::make_unique<CudaMonolithicExperts>(config, weights);
 }
 

@@ -1,6 +1,7 @@
 // CUDA PrepareFinalize without expert parallelism. prepare: llama4's router weight on the
-// input, fp8 1x128 quantization for fp8-block (bf16 passes through untouched). finalize: the
-// deterministic weighted top-k reduce of the experts' grouped rows. The monolithic one moves
+// input, fp8 1x128 quantization for fp8-block (bf16 passes through untouched), and for the
+// batched format the packing into per-expert batches. finalize: the deterministic weighted top-k
+// reduce of the experts' grouped (or batch) rows. The monolithic one moves
 // nothing (the monolithic experts write the output).
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
@@ -60,6 +61,66 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
   Device device_;
 };
 
+// Batched format: the prepared rows packed into [E_local, T, K] batches (T =
+// max_tokens_per_expert) on the device; finalize reduces the experts' batch rows through each
+// slot's batch position. The host checks only M <= T — a token takes at most one row of an
+// expert's batch — since the per-expert counts stay on the device.
+class PrepareFinalizeBatched final : public ModularPrepareFinalize {
+ public:
+  explicit PrepareFinalizeBatched(const MoEConfig& config) : config_(config), device_(current_device()) {
+    require_sm90(device_, "the CUDA PrepareFinalize");
+    check_supported(config);
+    if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
+  }
+  std::string name() const override { return "cuda.PrepareFinalizeBatched"; }
+  ActivationFormat activation_format() const override { return ActivationFormat::batched; }
+  Device device() const override { return device_; }
+
+  size_t workspace_bytes(int64_t M) const override {
+    return expert_input_bytes(config_, M) + batched_input_bytes(config_) +
+           workspace_tensor_bytes(DType::i32, {M, config_.routing.top_k});
+  }
+
+  PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
+                              const Tensor&, Workspace& ws) const override {
+    const int64_t M = hidden.size(0), T = config_.max_tokens_per_expert;
+    FMOE_CHECK(M <= T, name(), ": ", M, " tokens, over the batched capacity max_tokens_per_expert=", T,
+               " (on the GPU the capacity must cover every token: each can reach any expert)");
+    DeviceGuard guard(device_);
+    const float* row_weight = config_.apply_router_weight_on_input() ? topk_weights.data_as<const float>() : nullptr;
+    const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
+    const Tensor slot_pos = ws.take(DType::i32, {M, config_.routing.top_k});
+    const int32_t* map = expert_map_.view().defined() ? expert_map_.data_as<const int32_t>() : nullptr;
+    const BatchedInput b = make_batched_input(config_, in, topk_ids, map, slot_pos.data_as<int32_t>(), ws);
+    PreparedActivations p;
+    p.format = ActivationFormat::batched;
+    p.a1q = b.rows;
+    p.a1q_scale = b.scales;
+    p.expert_num_tokens = b.counts;
+    p.topk_ids = topk_ids;
+    p.topk_weights = topk_weights;
+    p.dispatch = slot_pos;
+    return p;
+  }
+
+  void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
+                Workspace&) const override {
+    FMOE_CHECK(out.kind == ExpertsOutputKind::batched && out.rows.dtype() == DType::bf16, name(),
+               " finalizes the CUDA batched experts' bf16 rows only");
+    DeviceGuard guard(device_);
+    const int64_t M = prepared.topk_ids.size(0);
+    const float* weights =
+        config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
+    launch_finalize(out.rows.data_as<const bf16>(), prepared.dispatch.data_as<const int32_t>(), weights, M,
+                    config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream());
+  }
+
+ private:
+  MoEConfig config_;
+  Device device_;
+  Buffer expert_map_;
+};
+
 // Monolithic experts route, compute and reduce themselves: without expert parallelism this
 // stage moves nothing and the experts write the caller's output.
 class PrepareFinalizeNoEPMonolithic final : public MonolithicPrepareFinalize {
@@ -83,7 +144,10 @@ class PrepareFinalizeNoEPMonolithic final : public MonolithicPrepareFinalize {
 
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic) {
+  if (monolithic) check_monolithic_format(config);
   if (!communicator) {
+    if (!monolithic && config.activation_format == ActivationFormat::batched)
+      return std::make_unique<PrepareFinalizeBatched>(config);
     if (!monolithic) return std::make_unique<PrepareFinalizeNoEP>(config);
     const Device device = current_device();
     require_sm90(device, "the CUDA PrepareFinalize");

@@ -3,6 +3,9 @@
 //    send back weighted partial sums as bf16 rows, which the home rank adds in rank order in f32.
 //  - all_gather (naive DP/EP): every rank receives every token, runs its experts on all of them
 //    and the partial sums are reduce-scattered home.
+// Standard or batched format: the batched one packs the received rows into [E_local, T, K]
+// batches (T = max_tokens_per_expert >= ranks x max_tokens_per_rank, checked at construction:
+// the per-expert counts stay on the device) and reduces each received token's slots from them.
 // Both move fixed-size slabs (kernels/ep_dispatch.cu: T = max_tokens_per_rank records and a
 // count header per destination), so the exchange sizes are known on the host while the token
 // counts stay on the device: no host synchronisation, graph-capturable. The price is that a
@@ -59,7 +62,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
  public:
   PrepareFinalizeEp(const MoEConfig& config, const Communicator& comm, Device device)
       : config_(config), comm_(comm), device_(device), n_(comm.size()), T_(config.parallel.max_tokens_per_rank),
-        all_to_all_(config.parallel.ep_dispatch == EpDispatch::all_to_all) {
+        all_to_all_(config.parallel.ep_dispatch == EpDispatch::all_to_all),
+        batched_(config.activation_format == ActivationFormat::batched) {
     FMOE_CHECK(comm.device() == device, "the CUDA expert-parallel PrepareFinalize needs a communicator on ",
                device.str(), ", got ", comm.name(), " on ", comm.device().str());
     FMOE_CHECK(n_ <= 128, "the CUDA expert-parallel PrepareFinalize handles up to 128 ranks, got ", n_);
@@ -69,20 +73,31 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     D_ = all_to_all_ ? n_ : 1;
     slab_ = rec_.slab_bytes(T_);
     if (all_to_all_) find_owners();
+    if (batched_) {
+      FMOE_CHECK(config.max_tokens_per_expert >= n_ * T_, "the CUDA batched format under expert parallelism needs ",
+                 "max_tokens_per_expert >= ranks x parallel.max_tokens_per_rank = ", n_, " x ", T_, " = ", n_ * T_,
+                 " (any received token can reach any local expert; the counts stay on the device), got ",
+                 config.max_tokens_per_expert);
+      DeviceGuard guard(device_);
+      local_map_ = copy_to(config.parallel.expert_map, device_);
+    }
   }
 
   std::string name() const override {
     return all_to_all_ ? "cuda.PrepareFinalizeAllToAll" : "cuda.PrepareFinalizeAllGather";
   }
-  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
+  ActivationFormat activation_format() const override { return config_.activation_format; }
   Device device() const override { return device_; }
   int num_dispatchers() const override { return n_; }
   int64_t max_prepared_tokens(int64_t) const override { return n_ * T_; }
 
   size_t workspace_bytes(int64_t M) const override {
+    const int64_t batch = batched_ ? workspace_tensor_bytes(DType::i32, {n_ * T_, config_.routing.top_k}) +
+                                         batched_input_bytes(config_)
+                                   : 0;
     const int64_t K = config_.hidden_size, k = config_.routing.top_k, G = std::max<int64_t>(scale_cols(), 1);
     const int64_t R = n_ * T_;
-    return expert_input_bytes(config_, M) +                                                             // quantized
+    return expert_input_bytes(config_, M) + batch +                                                     // quantized
            workspace_tensor_bytes(DType::i32, {M, D_}) + workspace_tensor_bytes(DType::i32, {D_}) +       // plan
            workspace_tensor_bytes(DType::u8, {D_ * slab_}) + workspace_tensor_bytes(DType::u8, {n_ * slab_}) +
            workspace_tensor_bytes(act_dtype(), {R, K}) + workspace_tensor_bytes(DType::f32, {R, G}) +
@@ -101,8 +116,11 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     const bool weight_on_input = config_.apply_router_weight_on_input();
     const float* row_weight = weight_on_input ? topk_weights.data_as<const float>() : nullptr;
     const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
-    // Plan, pack, exchange, unpack.
-    const Tensor pos = ws.take(DType::i32, {M, D_});
+    // Plan, pack, exchange, unpack. dispatch: where each token went ([M, D]), then (batched) each
+    // received slot's batch row ([R, k]).
+    const int64_t R = n_ * T_;
+    const Tensor dispatch = ws.take(DType::i32, {M * D_ + (batched_ ? R * k : 0)});
+    const Tensor pos(dispatch.data(), DType::i32, {M, D_});
     const Tensor counts = ws.take(DType::i32, {D_});
     launch_ep_plan(topk_ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
                    all_to_all_ ? owner_.data_as<const int32_t>() : nullptr, D_, pos.data_as<int32_t>(),
@@ -119,7 +137,6 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     } else {
       comm_.all_gather(send.data(), recv.data(), static_cast<size_t>(slab_));
     }
-    const int64_t R = n_ * T_;
     PreparedActivations p;
     p.format = ActivationFormat::standard;
     p.a1q = ws.take(act_dtype(), {R, K});
@@ -129,14 +146,24 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     p.topk_weights = ws.take(DType::f32, {R, k});
     launch_ep_unpack(rec_, recv.data(), n_, T_, static_cast<int>(k), p.a1q.data(), scales.data_as<float>(),
                      p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), s);
-    p.dispatch = pos;
+    p.dispatch = dispatch;
+    if (batched_) {
+      int32_t* slot_pos = dispatch.data_as<int32_t>() + M * D_;
+      const BatchedInput b = make_batched_input(config_, ExpertInput{p.a1q, p.a1q_scale}, p.topk_ids,
+                                                local_map_.data_as<const int32_t>(), slot_pos, ws);
+      p.format = ActivationFormat::batched;
+      p.a1q = b.rows;
+      p.a1q_scale = b.scales;
+      p.expert_num_tokens = b.counts;
+    }
     return p;
   }
 
   void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
                 Workspace& ws) const override {
-    FMOE_CHECK(out.kind == ExpertsOutputKind::sorted && out.rows.dtype() == DType::bf16, name(),
-               " finalizes the CUDA experts' grouped bf16 rows only");
+    const ExpertsOutputKind kind = batched_ ? ExpertsOutputKind::batched : ExpertsOutputKind::sorted;
+    FMOE_CHECK(out.kind == kind && out.rows.dtype() == DType::bf16, name(), " finalizes the CUDA experts' ",
+               batched_ ? "batched" : "grouped", " bf16 rows only");
     DeviceGuard guard(device_);
     const cudaStream_t s = stream();
     const int64_t K = config_.hidden_size, M = output.size(0), R = n_ * T_;
@@ -148,8 +175,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     const float* weights =
         config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
     const bf16* rows = out.rows.data_as<const bf16>();
-    const int32_t* slot_rows = out.slot_rows.data_as<const int32_t>();
     const int32_t* pos = prepared.dispatch.data_as<const int32_t>();
+    const int32_t* slot_rows = batched_ ? pos + M * D_ : out.slot_rows.data_as<const int32_t>();
     if (all_to_all_) {
       launch_finalize(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<bf16>(), s);
       const Tensor home = ws.take(DType::bf16, {R, K});
@@ -205,12 +232,13 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   Device device_;
   int n_;
   int64_t T_;
-  bool all_to_all_;
+  bool all_to_all_, batched_;
   int D_ = 1;
   EpRecord rec_;
   int64_t slab_ = 0;
   Buffer owner_;
-  Buffer counts_;  // device scratch of the all-ranks token-count check
+  Buffer local_map_;  // batched: this rank's expert_map (global -> local) on the device
+  Buffer counts_;     // device scratch of the all-ranks token-count check
 };
 
 // Monolithic experts under expert parallelism (the CPU's AllGatherMonolithic, on the GPU): every

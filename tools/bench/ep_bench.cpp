@@ -58,8 +58,9 @@ int run_ep_bench(const MoEConfig& base, const ExpertWeights& full, const EpBench
   }
   const int64_t G = activation_scale_cols(base.quant, K);
   const int64_t record = K * (scheme_quantizes_activations(base.quant) ? 1 : 2) + 4 * G + 8 * k;
-  std::printf("fusedmoe-bench --ep %d: in-process ranks (threads), CPU backend, all-to-all PrepareFinalize, "
-              "contiguous placement; times are the slowest rank's, per call\n", n);
+  std::printf("fusedmoe-bench --ep %d: in-process ranks (threads), CPU backend, all-to-all PrepareFinalize, %s format, "
+              "contiguous placement; times are the slowest rank's, per call\n",
+              n, base.activation_format == ActivationFormat::batched ? "batched" : "standard");
   std::printf("%8s %10s %12s %12s %12s %12s %8s %10s %8s\n", "tok/rank", "layer_ms", "dispatch_ms", "combine_ms",
               "raw_a2a_ms", "(d+c)/raw", "GB/s", "max_err", "check");
   bool all_ok = true;
@@ -76,6 +77,7 @@ int run_ep_bench(const MoEConfig& base, const ExpertWeights& full, const EpBench
         c.parallel.ep_rank = r;
         c.parallel.expert_map = maps[r].view();
         c.parallel.max_tokens_per_rank = T;
+        if (c.activation_format == ActivationFormat::batched) c.max_tokens_per_expert = n * T;
         const OwnedExpertWeights shard =
             testing::slice_experts(full, E, testing::experts_of_map(maps[r].view()));
         const auto pf = make_prepare_finalize(c, &comm, false, Backend::cpu);

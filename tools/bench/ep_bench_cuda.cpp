@@ -137,15 +137,17 @@ int run_rank(const MoEConfig& base, const EpCudaBenchOptions& o, int r, const Nc
   Timer timer(s);
   for (int64_t M : o.tokens_per_rank) {
     c.parallel.max_tokens_per_rank = M;
+    if (c.activation_format == ActivationFormat::batched) c.max_tokens_per_expert = n * M;
     auto pf = make_prepare_finalize(c, comm.get(), false, Backend::cuda);
     auto experts_base = make_experts(c, w, Backend::cuda, false);
     auto* experts = dynamic_cast<ModularExperts*>(experts_base.get());
     auto* mpf = dynamic_cast<ModularPrepareFinalize*>(pf.get());
     FMOE_CHECK(experts && mpf, "the CUDA EP bench needs modular stages");
     if (r == 0 && M == o.tokens_per_rank.front()) {
-      std::printf("\nfusedmoe-bench --ep %d --backend cuda: %s, %lld experts (%lld per rank), K=%lld, top-%d, %s\n", n,
-                  quant_scheme_name(c.quant), (long long)E, (long long)c.num_local_experts(), (long long)K, k,
-                  pf->name().c_str());
+      std::printf("\nfusedmoe-bench --ep %d --backend cuda: %s, %lld experts (%lld per rank), K=%lld, top-%d, %s, %s "
+                  "format\n",
+                  n, quant_scheme_name(c.quant), (long long)E, (long long)c.num_local_experts(), (long long)K, k,
+                  pf->name().c_str(), c.activation_format == ActivationFormat::batched ? "batched" : "standard");
       std::printf("%8s %10s %12s %12s %14s %14s %10s %12s %12s\n", "tok/rank", "layer_us", "dispatch_us",
                   "combine_us", "nccl_a2a_d_us", "nccl_a2a_c_us", "ratio", "disp_GB/s", "comb_GB/s");
     }

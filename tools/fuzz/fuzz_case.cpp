@@ -106,6 +106,8 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
             // other fields stay what they were before CUDA had monolithic experts
     Rng mono(seed ^ 0x6d6f6e6fULL);
     c.monolithic = c.routing != RoutingMethod::precomputed && mono.chance(0.3);
+    Rng format(seed ^ 0x62617463ULL);  // the batched format, likewise from its own stream
+    c.batched = !c.monolithic && format.chance(0.15);
   }
   if (rng.chance(0.15)) {
     std::vector<Fault> faults = {Fault::hidden_dtype, Fault::hidden_shape, Fault::expert_map_twice,
@@ -114,7 +116,7 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
     if (c.quant != QuantScheme::bf16) faults.push_back(Fault::scale_shape);
     if (cuda) faults.push_back(Fault::misaligned_out);
     if (!cuda && !c.monolithic) faults.push_back(Fault::strict_bad_id);
-    if (!cuda && c.batched) faults.push_back(Fault::batched_overflow);
+    if (c.batched) faults.push_back(Fault::batched_overflow);
     c.fault = rng.pick(faults);
     if (c.fault == Fault::expert_map_twice && c.experts < 2) c.fault = Fault::hidden_shape;
     if (c.tokens == 0 && c.fault != Fault::top_k_too_large && c.fault != Fault::expert_map_twice &&

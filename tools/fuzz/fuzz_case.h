@@ -23,7 +23,7 @@ enum class Fault : uint8_t {
   scale_shape,         // a weight-scale tensor with one block too few
   workspace_small,     // a workspace one byte short
   logits_dtype,        // router logits of dtype i32
-  batched_overflow,    // batched capacity smaller than an expert's rows (CPU)
+  batched_overflow,    // batched capacity smaller than an expert's rows (CUDA: than the token count)
   top_k_too_large,     // top_k > num_experts
   misaligned_out,      // out 2 bytes off 16-byte alignment (CUDA)
 };

@@ -1,7 +1,8 @@
 // Activation kernel: GEMM1 output h bf16 [R, N1] (expert-grouped rows), plus the w13 bias of the
 // row's expert when given, -> the GEMM2 input [R, I], bf16 or e4m3 with one f32 scale per 1x128
 // group (grouped M-major, see kernels.h).
-// One block per planned row; each warp takes 128 columns at a time, 4 per lane.
+// One block per planned row (rows with row_expert -1, a batched plan's unused rows, are skipped);
+// each warp takes 128 columns at a time, 4 per lane.
 // Layouts of h: [gate | up] for the *_mul activations, interleaved (g0,u0,g1,u1,...) for
 // swiglu_oai, I columns for relu2. Limits: I % 4 == 0 (bf16 out), I % 128 == 0 (fp8 out).
 #include "core/activation_math.h"
@@ -34,10 +35,12 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(Activation act, co
   pdl_wait();
   pdl_launch_dependents();
   if (r >= plan.offsets[num_local]) return;
+  const int e = plan.row_expert[r];
+  if (e < 0) return;  // an unused row of a batched plan
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t N1 = act.kind != ActivationKind::relu2 ? 2 * I : I;
   const bf16* row = h + r * N1;
-  const float* row_bias = bias ? bias + int64_t(plan.row_expert[r]) * N1 : nullptr;
+  const float* row_bias = bias ? bias + int64_t(e) * N1 : nullptr;
   const int64_t groups = (I + 127) / 128;
   for (int64_t g = warp; g < groups; g += kThreads / 32) {
     const int64_t c = g * 128 + lane * 4;
@@ -74,7 +77,6 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(Activation act, co
       for (int i = 0; i < 4; ++i) packed |= uint32_t(to_e4m3(a[i] / scale)) << (8 * i);
       *reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(out) + r * I + c) = packed;
       if (lane == 0) {
-        const int e = plan.row_expert[r];
         const int64_t off = plan.offsets[e];
         out_scales[off * groups + g * plan.counts[e] + (r - off)] = scale;
       }

@@ -17,7 +17,9 @@ __global__ void __launch_bounds__(kThreads) add_expert_bias_kernel(bf16* y, int6
   pdl_wait();
   pdl_launch_dependents();
   if (r >= plan.offsets[num_local]) return;
-  const float* b = bias + int64_t(plan.row_expert[r]) * N;
+  const int e = plan.row_expert[r];
+  if (e < 0) return;  // an unused row of a batched plan
+  const float* b = bias + int64_t(e) * N;
   bf16* row = y + r * N;
   for (int64_t c = int64_t(threadIdx.x) * 8; c < N; c += kThreads * 8) {
     __align__(16) bf16 v[8];

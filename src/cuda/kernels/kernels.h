@@ -38,11 +38,26 @@ struct RowPlan {
   int32_t* active;      // [E_local]: local experts with rows, ascending, then -1
   int32_t* slot_rows;   // [M * k]: row of each (token, slot), -1 if it contributes nothing
   int32_t* row_token;   // [M * k]: token of each row
-  int32_t* row_expert;  // [M * k]: local expert of each row
+  int32_t* row_expert;  // [M * k]: local expert of each row (-1: a batched plan's unused row)
 };
 // ids [M, k]; expert_map (device, may be null) maps global -> local or -1.
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
                  int num_local, const RowPlan& plan, cudaStream_t s);
+
+// batched.cu: the batched format [E_local, T, K] (see the file). batch_pos [M, k]: the batch row
+// e*T + position of each (token, slot), -1 where the slot has no local expert; a token's repeated
+// id shares one row. counts [E_local]: rows used per expert.
+void launch_batch_slots(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
+                        int num_local, int64_t T, int32_t* batch_pos, int32_t* counts, cudaStream_t s);
+// rows [M, row_bytes] (+ scales [M, G], may be null) -> out_rows [E_local * T, row_bytes] (+ out_scales
+// [E_local * T, G]) at batch_pos; rows past a batch's count are left as they were.
+void launch_batch_pack(const void* rows, int64_t row_bytes, const float* scales, int64_t G, const int32_t* batch_pos,
+                       int64_t M, int top_k, void* out_rows, float* out_scales, cudaStream_t s);
+// The plan of a batch (expert_num_tokens device [E_local]): offsets[e] = e*T, counts clamped to
+// [0, T], row_token[r] = r, row_expert[r] = -1 on the unused rows (the row-wise kernels skip them);
+// slot_rows is not touched.
+void launch_batched_plan(const int32_t* expert_num_tokens, int num_local, int64_t T, const RowPlan& plan,
+                         cudaStream_t s);
 
 // route_plan.cu: routing (as launch_route) and the row plan (as launch_plan) in one
 // single-block launch, for decode-size batches: 1 <= M <= kMaxRoutePlanTokens, num_local <= 1024,

@@ -55,12 +55,13 @@ __global__ void gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const 
   pdl_wait();
   pdl_launch_dependents();
   if (r >= plan.offsets[num_local]) return;
+  const int e = plan.row_expert[r];
+  if (e < 0) return;  // an unused row of a batched plan
   const int64_t token = plan.row_token[r];
   const uint4* s = reinterpret_cast<const uint4*>(src + token * row_bytes);
   uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
   for (int64_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) d[i] = s[i];
   if (dst_scales) {
-    const int e = plan.row_expert[r];
     const int64_t off = plan.offsets[e], count = plan.counts[e];
     for (int64_t g = threadIdx.x; g < G; g += blockDim.x)
       dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
