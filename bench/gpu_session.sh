@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [sanitize-batched] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [sanitize-batched] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -123,6 +123,16 @@ for what in "$@"; do
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     nccl)
       step test_nccl 120 "$(find_bin test_nccl)" ;;
+    ep-batched)  # the batched format's dispatch + combine next to the standard format's, alternating, same machine
+      ngpu=$(nvidia-smi -L | wc -l)
+      for i in 1 2; do
+        for fmt in standard batched; do
+          for model in deepseek-v3 qwen3-30b-a3b; do
+            step "ep_${model}_${fmt}_$i" 150 "$(find_bin fusedmoe-bench)" --ep "$ngpu" --backend cuda --model "$model" \
+              --format "$fmt" --tokens 1,16,128
+          done
+        done
+      done ;;
     ep)  # expert parallelism over NCCL on every GPU here: tests, then dispatch/combine next to raw NCCL
       ngpu=$(nvidia-smi -L | wc -l)
       step test_cuda_ep 240 "$(find_bin test_cuda_ep)"
