@@ -379,7 +379,7 @@ def main():
         torch.cuda.empty_cache()
     stamp = datetime.date.today().isoformat()
     tag = env["card"].replace(" ", "-").replace("/", "-") + (f"-{args.tag}" if args.tag else "")
-    env["pdl"] = os.environ.get("FUSEDMOE_PDL", "0")
+    env["pdl"] = os.environ.get("FUSEDMOE_PDL", "1")
     with open(os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.json"), "w") as f:
         json.dump(dict(env=env, ceilings=roof, results=rows), f, indent=1)
     plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-pdl] [sanitize] [sanitize-batched] [bench] [bench-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
 # (nccl needs a machine of two or more GPUs)
-# (the -pdl steps run with FUSEDMOE_PDL=1: programmatic dependent launch between kernels)
+# (the -no-pdl steps run with FUSEDMOE_PDL=0: no programmatic dependent launch between kernels)
 #   BIN: folder with the test binaries (test_cuda_*, test_nccl), fusedmoe-fuzz, fusedmoe-bench and
 #   libfusedmoe_c.so, loose or packed in bin.tar.xz (bench/make_gpu_bin.sh makes it) (default: build,
 #   configured and built here when missing; needs the CUTLASS headers, scripts/fetch_cutlass.sh).
@@ -72,8 +72,8 @@ for what in "$@"; do
       step test_cuda_experts 420 "$(find_bin test_cuda_experts)"
       step test_cuda_batched 180 "$(find_bin test_cuda_batched)"
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
-    tests-pdl)
-      step test_cuda_experts_pdl 300 env FUSEDMOE_PDL=1 "$(find_bin test_cuda_experts)" \
+    tests-no-pdl)  # the kernels launched without programmatic dependent launch (FUSEDMOE_PDL=0)
+      step test_cuda_experts_no_pdl 300 env FUSEDMOE_PDL=0 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*:Variants/*:CudaExperts.CudaGraph*:CudaExperts.RunTwice*:CudaExperts.ForwardWith*' ;;
     sanitize-fused)  # the fused decode kernel alone under memcheck, racecheck, initcheck, synccheck
       for tool in memcheck racecheck initcheck synccheck; do
@@ -183,9 +183,9 @@ except ValueError as e:
           python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
           --models "${mt%%:*}" --tokens "${mt##*:}"
       done ;;
-    bench-pdl)
-      step bench_pdl 300 env FUSEDMOE_PDL=1 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
-        --out "$OUT" --tag pdl --no-loop ${BENCH_ARGS:-} ;;
+    bench-no-pdl)
+      step bench_no_pdl 300 env FUSEDMOE_PDL=0 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
+        --out "$OUT" --tag no-pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
 grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x|^(memcpy d2d|linear<|smallm<|rowrun<|bulk<)" "$log" | tail -70

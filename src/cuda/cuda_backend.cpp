@@ -30,7 +30,7 @@ const DeviceInfo& device_info(int device) {
 bool pdl_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("FUSEDMOE_PDL");
-    return v && v[0] == '1';
+    return !(v && v[0] == '0');
   }();
   return enabled;
 }

@@ -43,7 +43,7 @@ struct DeviceInfo {
 // Cached per device index.
 const DeviceInfo& device_info(int device);
 
-// Programmatic dependent launch between fusedmoe's own kernels: FUSEDMOE_PDL=1 turns it on.
+// Programmatic dependent launch between fusedmoe's own kernels: on unless FUSEDMOE_PDL=0.
 bool pdl_enabled();
 
 // Throws unless `device` is a Hopper GPU (compute capability 9.0) this build has kernels for.
