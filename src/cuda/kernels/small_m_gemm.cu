@@ -6,8 +6,9 @@
 // 16-row "A" operand and up to 8*NT token rows as "B" (swap-AB). A and B use one permutation
 // of k inside each 16-byte load (both sides agree, so the dot product is unchanged), which lets
 // every thread load its operands straight from global memory without shared memory.
-// Block: 4 warps split k (16-byte chunks w, w+4, ...: side by side in each row) and reduce
-// through shared memory in a fixed order. Grid: (ceil(N/16), max active experts).
+// Block: 4 warps split k (16-byte chunks w, w+4, ...: side by side in each row; fp8 pairs of
+// chunks, one 128-wide scale group, so each group's mma sums are scaled once) and reduce through
+// shared memory in a fixed order. Grid: (ceil(N/16), max active experts).
 // Limits: K % 32 (bf16) / K % 128 (fp8). A variant reading 32 contiguous bytes per lane with
 // contiguous per-warp k ranges measured 15-35% slower at decode on H200 (bench/results).
 #include "cuda/cuda_util.h"
@@ -25,6 +26,10 @@ template <bool kFp8, int NT, int U>
 __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kElemBytes = kFp8 ? 1 : 2;
   constexpr int kChunk = 4 * 16 / kElemBytes;  // k values per 16-byte load of each of 4 lanes
+  // Chunks a warp takes side by side: fp8 two (one 128-wide scale group: its mma sums are scaled
+  // once), bf16 one. Group q covers chunks q*G .. q*G + G-1; warp w takes groups w, w+4, ...
+  constexpr int G = kFp8 ? 2 : 1;
+  static_assert(U % G == 0, "a round holds whole chunk groups");
   __shared__ float partial[kWarps][NT][4][32];
 
   pdl_wait();
@@ -33,22 +38,35 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
   const int64_t off = plan.offsets[e], count = plan.counts[e];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   const int64_t N = g.N, K = g.K, n0 = int64_t(blockIdx.x) * kRowsPerBlock;
-  const int64_t num_chunks = K / kChunk, kg_count = K / 128;
+  const int64_t num_chunks = K / kChunk, num_groups = num_chunks / G, kg_count = K / 128;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + (e * N) * K * kElemBytes;
   const int64_t wr0 = n0 + gq, wr1 = n0 + gq + 8;
   const uint8_t* w_row0 = w + wr0 * K * kElemBytes + cq * 16;
   const uint8_t* w_row1 = w + wr1 * K * kElemBytes + cq * 16;
   const uint8_t* x = static_cast<const uint8_t*>(g.x);
   const float* w_scale = kFp8 ? g.w_scales + (e * ((N + 127) / 128) + n0 / 128) * kg_count : nullptr;
+  // fp8: the activation scale of token m at group kg is sa_base[kg * sa_stride] (row-major when
+  // x_row is set, grouped M-major otherwise).
+  const int64_t sa_stride = g.x_row ? 1 : count;
 
   for (int64_t tb = 0; tb < count; tb += NT * 8) {
-    // Source row of this lane's B token in each tile.
+    // Source row of this lane's B token in each tile, and (fp8) the scales of its two C columns.
     const uint8_t* x_row[NT];
+    const float* sa_base[NT][2];
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       const int64_t m = tb + t * 8 + gq;
       const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
       x_row[t] = src >= 0 ? x + src * K * kElemBytes + cq * 16 : nullptr;
+      if constexpr (kFp8) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int64_t mc = tb + t * 8 + 2 * cq + j;
+          sa_base[t][j] = mc >= count ? nullptr
+                          : g.x_row   ? g.x_scales + int64_t(g.x_row[off + mc]) * kg_count
+                                      : g.x_scales + off * kg_count + mc;
+        }
+      }
     }
     float acc[NT][4];
 #pragma unroll
@@ -56,12 +74,12 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-    // Warp w takes chunks w, w+4, w+8, ...: the 4 warps read each row's bytes side by side.
-    for (int64_t ch0 = warp; ch0 < num_chunks; ch0 += kWarps * U) {
+    // Each round: U chunks per warp (U / G groups), all loads first.
+    for (int64_t q0 = warp; q0 < num_groups; q0 += kWarps * (U / G)) {
       uint4 wa[U], wb[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t ch = ch0 + u * kWarps;
+        const int64_t ch = (q0 + (u / G) * kWarps) * G + u % G;
         const bool ok = ch < num_chunks;
         wa[u] = ok && wr0 < N ? load_streaming(w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
         wb[u] = ok && wr1 < N ? load_streaming(w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
@@ -71,33 +89,30 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
         uint4 xv[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int64_t ch = ch0 + u * kWarps;
+          const int64_t ch = (q0 + (u / G) * kWarps) * G + u % G;
           xv[u] = (x_row[t] && ch < num_chunks) ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 64))
                                                 : make_uint4(0, 0, 0, 0);
         }
+        if constexpr (kFp8) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int64_t ch = ch0 + u * kWarps;
-          if constexpr (kFp8) {
-            if (ch >= num_chunks) continue;
+          for (int gi = 0; gi < U / G; ++gi) {
+            const int64_t kg = q0 + gi * kWarps;  // a group is one 128-wide scale group
+            if (kg >= num_groups) continue;
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            mma_chunk<true>(d, wa[u], wb[u], xv[u]);
-            const int64_t kg = ch * kChunk / 128;
+#pragma unroll
+            for (int c = 0; c < G; ++c) mma_chunk<true>(d, wa[gi * G + c], wb[gi * G + c], xv[gi * G + c]);
             const float sw = w_scale[kg];
             // This lane's C columns are tokens 2cq and 2cq+1 of the tile.
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int64_t m = tb + t * 8 + 2 * cq + j;
-              float sa = 0.0f;
-              if (m < count)
-                sa = g.x_row ? g.x_scales[int64_t(g.x_row[off + m]) * kg_count + kg]
-                             : g.x_scales[off * kg_count + kg * count + m];
+              const float sa = sa_base[t][j] ? sa_base[t][j][kg * sa_stride] : 0.0f;
               acc[t][j] += d[j] * sa * sw;
               acc[t][2 + j] += d[2 + j] * sa * sw;
             }
-          } else {
-            mma_chunk<false>(acc[t], wa[u], wb[u], xv[u]);
           }
+        } else {
+#pragma unroll
+          for (int u = 0; u < U; ++u) mma_chunk<false>(acc[t], wa[u], wb[u], xv[u]);
         }
       }
     }
