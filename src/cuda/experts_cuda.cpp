@@ -208,7 +208,8 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
   if (path.small_m) {
-    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(), fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
+    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(),
+                  fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.fp4_warp_tiles};
     launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
