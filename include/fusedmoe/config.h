@@ -70,7 +70,10 @@ struct MoEConfig {
   RoutingConfig routing;
   ParallelConfig parallel;
   ActivationFormat activation_format = ActivationFormat::standard;
-  int64_t max_tokens_per_expert = 0;  // batched format: capacity of each expert's batch
+  // Batched format: capacity of each expert's batch. The CPU checks the rows each expert gets; the
+  // GPU keeps those counts on the device and needs capacity for every token that can reach it
+  // (>= the call's tokens; >= ranks x parallel.max_tokens_per_rank under expert parallelism).
+  int64_t max_tokens_per_expert = 0;
   // Top-k ids outside [0, num_experts) (-1 masked slots, stale ids in padded rows) contribute
   // nothing by default, on every backend. With strict_expert_ids the CPU rejects them instead.
   bool strict_expert_ids = false;
