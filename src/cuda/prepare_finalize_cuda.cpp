@@ -17,108 +17,76 @@ Device current_device() {
   return Device::cuda(index);
 }
 
-class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
- public:
-  explicit PrepareFinalizeNoEP(const MoEConfig& config) : config_(config), device_(current_device()) {
-    require_sm90(device_, "the CUDA PrepareFinalize");
-    check_supported(config);
-  }
-  std::string name() const override { return "cuda.PrepareFinalizeNoEP"; }
-  ActivationFormat activation_format() const override { return ActivationFormat::standard; }
-  Device device() const override { return device_; }
-
-  size_t workspace_bytes(int64_t M) const override { return expert_input_bytes(config_, M); }
-
-  PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor&, Workspace& ws) const override {
-    DeviceGuard guard(device_);
-    // llama4 has top_k == 1, so row t's weight is topk_weights[t].
-    const float* row_weight = config_.apply_router_weight_on_input() ? topk_weights.data_as<const float>() : nullptr;
-    const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
-    PreparedActivations p;
-    p.format = ActivationFormat::standard;
-    p.a1q = in.rows;
-    p.a1q_scale = in.scales;
-    p.topk_ids = topk_ids;
-    p.topk_weights = topk_weights;
-    return p;
-  }
-
-  void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
-                Workspace&) const override {
-    FMOE_CHECK(out.kind == ExpertsOutputKind::sorted && out.rows.dtype() == DType::bf16, name(),
-               " finalizes the CUDA experts' grouped bf16 rows only");
-    DeviceGuard guard(device_);
-    const int64_t M = prepared.topk_ids.size(0);
-    const float* weights =
-        config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
-    launch_finalize(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(), weights, M,
-                    config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream());
-  }
-
- private:
-  MoEConfig config_;
-  Device device_;
-};
-
+// Standard format: the prepared rows [M, K] and finalize over the experts' grouped rows.
 // Batched format: the prepared rows packed into [E_local, T, K] batches (T =
 // max_tokens_per_expert) on the device; finalize reduces the experts' batch rows through each
-// slot's batch position. The host checks only M <= T — a token takes at most one row of an
-// expert's batch — since the per-expert counts stay on the device.
-class PrepareFinalizeBatched final : public ModularPrepareFinalize {
+// slot's batch position (kept in PreparedActivations::dispatch). The host checks only M <= T —
+// a token takes at most one row of an expert's batch — since the per-expert counts stay on the
+// device.
+class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
  public:
-  explicit PrepareFinalizeBatched(const MoEConfig& config) : config_(config), device_(current_device()) {
+  explicit PrepareFinalizeNoEP(const MoEConfig& config)
+      : config_(config), device_(current_device()), batched_(config.activation_format == ActivationFormat::batched) {
     require_sm90(device_, "the CUDA PrepareFinalize");
     check_supported(config);
-    if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
+    if (batched_ && config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
   }
-  std::string name() const override { return "cuda.PrepareFinalizeBatched"; }
-  ActivationFormat activation_format() const override { return ActivationFormat::batched; }
+  std::string name() const override { return batched_ ? "cuda.PrepareFinalizeBatched" : "cuda.PrepareFinalizeNoEP"; }
+  ActivationFormat activation_format() const override { return config_.activation_format; }
   Device device() const override { return device_; }
 
   size_t workspace_bytes(int64_t M) const override {
-    return expert_input_bytes(config_, M) + batched_input_bytes(config_) +
-           workspace_tensor_bytes(DType::i32, {M, config_.routing.top_k});
+    const size_t batch =
+        batched_ ? batched_input_bytes(config_) + workspace_tensor_bytes(DType::i32, {M, config_.routing.top_k}) : 0;
+    return expert_input_bytes(config_, M) + batch;
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
                               const Tensor&, Workspace& ws) const override {
     const int64_t M = hidden.size(0), T = config_.max_tokens_per_expert;
-    FMOE_CHECK(M <= T, name(), ": ", M, " tokens, over the batched capacity max_tokens_per_expert=", T,
-               " (on the GPU the capacity must cover every token: each can reach any expert)");
+    if (batched_)
+      FMOE_CHECK(M <= T, name(), ": ", M, " tokens, over the batched capacity max_tokens_per_expert=", T,
+                 " (on the GPU the capacity must cover every token: each can reach any expert)");
     DeviceGuard guard(device_);
+    // llama4 has top_k == 1, so row t's weight is topk_weights[t].
     const float* row_weight = config_.apply_router_weight_on_input() ? topk_weights.data_as<const float>() : nullptr;
     const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
-    const Tensor slot_pos = ws.take(DType::i32, {M, config_.routing.top_k});
-    const int32_t* map = expert_map_.view().defined() ? expert_map_.data_as<const int32_t>() : nullptr;
-    const BatchedInput b = make_batched_input(config_, in, topk_ids, map, slot_pos.data_as<int32_t>(), ws);
     PreparedActivations p;
-    p.format = ActivationFormat::batched;
-    p.a1q = b.rows;
-    p.a1q_scale = b.scales;
-    p.expert_num_tokens = b.counts;
+    p.format = config_.activation_format;
+    p.a1q = in.rows;
+    p.a1q_scale = in.scales;
     p.topk_ids = topk_ids;
     p.topk_weights = topk_weights;
-    p.dispatch = slot_pos;
+    if (batched_) {
+      p.dispatch = ws.take(DType::i32, {M, config_.routing.top_k});
+      const int32_t* map = expert_map_.view().defined() ? expert_map_.data_as<const int32_t>() : nullptr;
+      const BatchedInput b = make_batched_input(config_, in, topk_ids, map, p.dispatch.data_as<int32_t>(), ws);
+      p.a1q = b.rows;
+      p.a1q_scale = b.scales;
+      p.expert_num_tokens = b.counts;
+    }
     return p;
   }
 
   void finalize(const ExpertsOutput& out, const PreparedActivations& prepared, const Tensor& output,
                 Workspace&) const override {
-    FMOE_CHECK(out.kind == ExpertsOutputKind::batched && out.rows.dtype() == DType::bf16, name(),
-               " finalizes the CUDA batched experts' bf16 rows only");
+    const ExpertsOutputKind kind = batched_ ? ExpertsOutputKind::batched : ExpertsOutputKind::sorted;
+    FMOE_CHECK(out.kind == kind && out.rows.dtype() == DType::bf16, name(), " finalizes the CUDA experts' ",
+               batched_ ? "batched" : "grouped", " bf16 rows only");
     DeviceGuard guard(device_);
     const int64_t M = prepared.topk_ids.size(0);
     const float* weights =
         config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
-    launch_finalize(out.rows.data_as<const bf16>(), prepared.dispatch.data_as<const int32_t>(), weights, M,
+    const Tensor& slot_rows = batched_ ? prepared.dispatch : out.slot_rows;
+    launch_finalize(out.rows.data_as<const bf16>(), slot_rows.data_as<const int32_t>(), weights, M,
                     config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream());
   }
 
  private:
   MoEConfig config_;
   Device device_;
-  Buffer expert_map_;
+  bool batched_;
+  Buffer expert_map_;  // batched: the expert_map (global -> local) on the device
 };
 
 // Monolithic experts route, compute and reduce themselves: without expert parallelism this
@@ -146,8 +114,6 @@ std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, 
                                                        bool monolithic) {
   if (monolithic) check_monolithic_format(config);
   if (!communicator) {
-    if (!monolithic && config.activation_format == ActivationFormat::batched)
-      return std::make_unique<PrepareFinalizeBatched>(config);
     if (!monolithic) return std::make_unique<PrepareFinalizeNoEP>(config);
     const Device device = current_device();
     require_sm90(device, "the CUDA PrepareFinalize");
