@@ -15,30 +15,34 @@ namespace fusedmoe::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Order-preserving map of a non-NaN float to uint32 (-0 and +0 map alike) and back.
+__device__ inline uint32_t ordered_bits(float v) {
+  const uint32_t b = __float_as_uint(v + 0.0f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ inline float from_ordered_bits(uint32_t b) {
+  return __uint_as_float((b & 0x80000000u) ? (b & 0x7fffffffu) : ~b);
+}
+
 // A 64-bit sort key of (value, expert e): a larger key ranks first, in routing_detail::ranks_before's
 // order — larger value first, then lower expert index; -0 and +0 rank as equal, NaN last (the CUDA
 // routing sanitizes logits, so NaN only comes from a NaN correction bias). 0 means "no candidate".
 __device__ inline uint64_t rank_key(float v, int e) {
-  uint32_t b = __float_as_uint(v + 0.0f);                  // -0 -> +0
-  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);           // monotonic float -> uint
-  if (v != v) b = 0;
+  const uint32_t b = v != v ? 0u : ordered_bits(v);
   return (uint64_t(b) << 32) | uint32_t(0x7fffffff - e);  // low half > 0 for e < 2^31 - 1
 }
 
 __device__ inline int key_expert(uint64_t key) { return 0x7fffffff - static_cast<int>(uint32_t(key)); }
 
-__device__ inline float key_value(uint64_t key) {
-  const uint32_t b = uint32_t(key >> 32);
-  return __uint_as_float((b & 0x80000000u) ? (b & 0x7fffffffu) : ~b);
-}
+__device__ inline float key_value(uint64_t key) { return from_ordered_bits(uint32_t(key >> 32)); }
 
+// The warp's largest key in two redux.sync steps (sm_80+): the largest high half, then the
+// largest low half among the lanes that hold it — the 64-bit maximum, without a shuffle tree.
 __device__ inline uint64_t warp_max_key(uint64_t key) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const uint64_t other = __shfl_xor_sync(kFullMask, key, off);
-    key = other > key ? other : key;
-  }
-  return key;
+  const uint32_t hi = __reduce_max_sync(kFullMask, uint32_t(key >> 32));
+  const uint32_t lo = __reduce_max_sync(kFullMask, uint32_t(key >> 32) == hi ? uint32_t(key) : 0u);
+  return (uint64_t(hi) << 32) | lo;
 }
 
 __device__ inline float warp_sum(float x) {
@@ -47,11 +51,8 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
-__device__ inline float warp_max(float x) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, off));
-  return x;
-}
+// Max of a non-NaN float over the warp (the routing sanitizes logits), one redux.sync.
+__device__ inline float warp_max(float x) { return from_ordered_bits(__reduce_max_sync(kFullMask, ordered_bits(x))); }
 
 // Softmax over the present values (absent lanes/slots hold present=false), as routing_detail::softmax.
 template <int J>
@@ -130,7 +131,9 @@ __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, in
 // deepseek-v3 group scores: group_scores[g] = the sum of group g's two largest choice values
 // (top2) or its largest, as route_token.h computes them (top1 + top2; which expert holds a value
 // does not change the sum, so no indices are needed). Each lane takes the best two of its own
-// experts in g (group[j], -1 for none), then the warp merges the pairs.
+// experts in g (group[j], -1 for none); the warp's largest is one redux.sync, and the second is
+// the largest of every lane's best except the first lane holding the largest, which offers its
+// second instead (a second redux).
 template <int J>
 __device__ inline void warp_group_scores(const float (&choice)[J], const int (&group)[J], int groups, bool top2,
                                          float* group_scores) {
@@ -147,13 +150,12 @@ __device__ inline void warp_group_scores(const float (&choice)[J], const int (&g
           b = x;
         }
       }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const float oa = __shfl_xor_sync(kFullMask, a, off), ob = __shfl_xor_sync(kFullMask, b, off);
-      b = fmaxf(fminf(a, oa), fmaxf(b, ob));
-      a = fmaxf(a, oa);
-    }
-    if ((threadIdx.x & 31) == 0) group_scores[g] = top2 ? a + b : a;
+    const uint32_t oa = ordered_bits(a), top = __reduce_max_sync(kFullMask, oa);
+    const int holder = __ffs(__ballot_sync(kFullMask, oa == top)) - 1;
+    const uint32_t second =
+        __reduce_max_sync(kFullMask, (threadIdx.x & 31) == holder ? ordered_bits(b) : oa);
+    if ((threadIdx.x & 31) == 0)
+      group_scores[g] = top2 ? from_ordered_bits(top) + from_ordered_bits(second) : from_ordered_bits(top);
   }
 }
 
