@@ -16,6 +16,9 @@
 // of the table per bank (32 KiB, conflict-free) was slower: filling it dominated the short blocks.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
+#include <cstdlib>
+#include <type_traits>
+
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -37,27 +40,29 @@ __device__ inline __nv_bfloat162 group_scale(uint32_t bits) {
 
 // 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1. scale_bits: nvfp4 two
 // e4m3 scales (bytes 0-7, bytes 8-15), mxfp4 one ue8m0 scale.
-template <bool kNv>
+// kAlu (WIP, FUSEDMOE_FP4_ALU=1): the bit-placement dequantization instead of the shared-memory table.
+template <bool kNv, bool kAlu>
 __device__ inline void dequant32(const uint32_t* lut, const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
   const __nv_bfloat162 s0 = group_scale<kNv>(scale_bits & 0xff);
   const __nv_bfloat162 s1 = kNv ? group_scale<kNv>(scale_bits >> 8) : s0;
 #pragma unroll
   for (int q = 0; q < 16; ++q) {
-    const uint32_t byte = (word(w, q / 4) >> (8 * (q % 4))) & 0xff;
-    out[q] = mul_bf16x2(lut[byte], q < 8 ? s0 : s1);
+    const uint32_t shifted = word(w, q / 4) >> (8 * (q % 4));
+    const uint32_t pair = kAlu ? e2m1_pair_bf16_alu(shifted) : lut[shifted & 0xff];
+    out[q] = mul_bf16x2(pair, q < 8 ? s0 : s1);
   }
 }
 
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
 // otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
 // reduction), so a block streams 4x the bytes for one table fill.
-template <bool kNv, int NT, int U, bool kSplitK>
+template <bool kNv, int NT, int U, bool kSplitK, bool kAlu>
 __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
   __shared__ uint32_t lut[256];
   __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
-  fill_e2m1_pair_table(lut, kWarps * 32);
+  if (!kAlu) fill_e2m1_pair_table(lut, kWarps * 32);
 
   pdl_wait();
   const int e = plan.active[blockIdx.y];
@@ -114,8 +119,8 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
         const int64_t ch = ch0 + u * kChunkStride;
         if (ch >= num_chunks) continue;  // the same for the whole warp
         uint32_t a[16], b[16];
-        dequant32<kNv>(lut, wa[u], sa[u], a);
-        dequant32<kNv>(lut, wb[u], sb[u], b);
+        dequant32<kNv, kAlu>(lut, wa[u], sa[u], a);
+        dequant32<kNv, kAlu>(lut, wb[u], sb[u], b);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
           uint4 xv[4];
@@ -144,15 +149,15 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
   }
 }
 
-template <bool kNv, bool kSplitK>
+template <bool kNv, bool kSplitK, bool kAlu>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
   const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_active));
   const dim3 block(kWarps * 32);
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_fp4_kernel<kNv, 4, 1, kSplitK>, grid, block, s, g, plan); break;
+    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK, kAlu>, grid, block, s, g, plan); break;
+    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK, kAlu>, grid, block, s, g, plan); break;
+    case 32: launch(small_m_fp4_kernel<kNv, 4, 1, kSplitK, kAlu>, grid, block, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }
@@ -165,10 +170,19 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_a
   if (max_active == 0) return;
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
-  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_active, tile_tokens, s);
-  else if (nv) launch_typed<true, true>(g, plan, max_active, tile_tokens, s);
-  else if (warp_tiles) launch_typed<false, false>(g, plan, max_active, tile_tokens, s);
-  else launch_typed<false, true>(g, plan, max_active, tile_tokens, s);
+  static const bool alu = [] {  // WIP switch for the A/B run
+    const char* v = std::getenv("FUSEDMOE_FP4_ALU");
+    return v && v[0] == '1';
+  }();
+  auto go = [&](auto alu_tag) {
+    constexpr bool kAlu = decltype(alu_tag)::value;
+    if (nv && warp_tiles) launch_typed<true, false, kAlu>(g, plan, max_active, tile_tokens, s);
+    else if (nv) launch_typed<true, true, kAlu>(g, plan, max_active, tile_tokens, s);
+    else if (warp_tiles) launch_typed<false, false, kAlu>(g, plan, max_active, tile_tokens, s);
+    else launch_typed<false, true, kAlu>(g, plan, max_active, tile_tokens, s);
+  };
+  if (alu) go(std::true_type{});
+  else go(std::false_type{});
 }
 
 }  // namespace fusedmoe::cuda
