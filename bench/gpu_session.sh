@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-batched] [bench] [bench-no-pdl] [wip] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -113,7 +113,7 @@ for what in "$@"; do
         --backend cuda --small --seeds 1:40 ;;
     tests-fp4)  # the fp4 and expert-bias cases alone
       step test_cuda_experts_fp4 300 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*'
+        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*:CudaExperts.Fp4*'
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
@@ -182,21 +182,6 @@ except ValueError as e:
           --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
           python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
           --models "${mt%%:*}" --tokens "${mt##*:}"
-      done ;;
-    wip)  # the wip/next-gpu-call branch in one go: router on redux.sync, fp4 table-free dequantization
-      step wip_router 120 "$(find_bin test_cuda_router)"
-      step wip_monolithic 240 "$(find_bin test_cuda_monolithic)"
-      for v in 0 1; do
-        step "wip_fp4_alu_$v" 240 env FUSEDMOE_FP4_ALU=$v "$(find_bin test_cuda_experts)" \
-          --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.GptOss*:CudaExperts.SmallMPathIsBatchInvariant'
-      done
-      step wip_racecheck_router 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$(find_bin test_cuda_router)"
-      for v in 0 1; do  # base library (main) then this branch's, each with the fp4 switch off and on
-        for lib in base/libfusedmoe_c.so libfusedmoe_c.so; do
-          step "wip_bench_${lib%%/*}_alu$v" 200 env FUSEDMOE_FP4_ALU=$v python3 bench/gpu_bench.py --lib "$BIN/$lib" \
-            --out "$OUT/wip_${lib%%/*}_alu$v" --no-loop \
-            --models deepseek-v3,qwen3-30b-a3b,qwen3-30b-a3b-nvfp4,gpt-oss-120b --tokens 1,16,128
-        done
       done ;;
     bench-no-pdl)
       step bench_no_pdl 300 env FUSEDMOE_PDL=0 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \

@@ -311,6 +311,38 @@ TEST(CudaExperts, GptOssLayerShapeMxfp4) {
   }
 }
 
+// fp4 group scales over their range, not only what quantizing random weights gives: mxfp4 ue8m0
+// scales 120..136 on w13 (above 128 — scales above 2 — the kernels multiply in two steps, with
+// lanes of one warp on both sides) and tiny ones (1..20, values near the bottom of bf16's range)
+// on w2; nvfp4 e4m3 scales over every finite positive code (subnormal to 448). Both paths.
+TEST(CudaExperts, Fp4ScalesOverTheirRange) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    MoEConfig c = small_config(s, 6, 256, 128, 2);
+    c.routing.method = RoutingMethod::precomputed;
+    const int64_t M = 9;
+    Problem p = make_problem(c, M, seed);
+    auto fill = [&](const Tensor& t, uint64_t salt, int lo, int hi) {  // uniform codes in [lo, hi]
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        const float u01 = 0.5f * (testing::uniform(seed ^ salt, i) + 1.0f);
+        t.data_as<uint8_t>()[i] = uint8_t(lo + std::min(hi - lo, int(u01 * float(hi - lo + 1))));
+      }
+    };
+    const bool mx = s == QuantScheme::mxfp4;
+    fill(p.weights.weights.w13_scale, 0x5c1, mx ? 120 : 1, mx ? 136 : 0x7e);
+    fill(p.weights.weights.w2_scale, 0x5c2, 1, mx ? 20 : 0x7e);
+    const GpuProblem g = to_gpu(p);
+    for (int variant : {0, 1, 2}) {  // small-M split-k, small-M warp tiles, grouped (dequantize first)
+      SCOPED_TRACE(variant);
+      const ForcePath force(variant < 2, 8, 0, variant == 1);
+      expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
+    }
+  }
+}
+
 TEST(CudaExperts, RealModelShapes) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -4,7 +4,7 @@
 // scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3 scale and the expert's global
 // scale, as the reference takes it. Bandwidth-bound: each thread turns 4 packed bytes (8
 // values) into one 16-byte store, so a warp reads 128 and writes 512 contiguous bytes; bytes
-// become bf16 pairs through fp4_util.cuh's table in shared memory. Grid-stride over the chunk.
+// become bf16 pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk.
 // Limits: K % 32 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
@@ -23,8 +23,6 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
                                                                const float* global, int64_t e0, int64_t count,
                                                                int64_t N, int64_t K, bf16* out) {
   constexpr int kGroup = kNv ? 16 : 32;
-  __shared__ uint32_t lut[256];
-  fill_e2m1_pair_table(lut, kThreads);
   pdl_wait();
   pdl_launch_dependents();
   const int64_t words_per_row = K / 8;  // 4 packed bytes each
@@ -36,19 +34,25 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
     const uint32_t packed = src[i];
     const uint8_t s = src_scales[row * (K / kGroup) + k0 / kGroup];
     uint32_t o[4];
+    e2m1x8_bf16_times_2m126(packed, o);
     if constexpr (kNv) {
       const float sc = fp8_e4m3_to_float(s) * global[e0 + row / N];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const uint32_t pair = lut[(packed >> (8 * q)) & 0xff];
+        const uint32_t pair = mul_bf16x2(o[q], bf16x2_two_pow_126());
         const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
         const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * sc, f.y * sc);
         o[q] = *reinterpret_cast<const uint32_t*>(&r);
       }
     } else {
-      const __nv_bfloat162 sc = __float2bfloat162_rn(ue8m0_to_float(s));
+      bool big;
+      const __nv_bfloat162 m = ue8m0_multiplier(s, big);
+      const __nv_bfloat162 sc = __float2bfloat162_rn(big ? ue8m0_to_float(s) : 1.0f);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) o[q] = mul_bf16x2(lut[(packed >> (8 * q)) & 0xff], sc);
+      for (int q = 0; q < 4; ++q) {
+        o[q] = mul_bf16x2(o[q], m);
+        if (big) o[q] = mul_bf16x2(o[q], sc);
+      }
     }
     reinterpret_cast<uint4*>(out)[i] = make_uint4(o[0], o[1], o[2], o[3]);  // out + row * K + k0
   }

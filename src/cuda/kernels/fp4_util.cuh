@@ -1,6 +1,6 @@
 // Device helpers for packed fp4 e2m1 weights (two values per byte, element 2i in the low
-// nibble): a 256-entry table turning one byte into two bf16 (a bf16x2 word, element 2i in the low
-// half, as bf16 pairs of activations lie in memory), and exact bf16x2 scaling.
+// nibble): one byte to two bf16 by bit placement (a bf16x2 word, element 2i in the low half, as
+// bf16 pairs of activations lie in memory), and exact bf16x2 scaling.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,41 +9,43 @@
 
 namespace fusedmoe::cuda {
 
-// bf16 bits of an e2m1 nibble: magnitude codes 2..7 are 2^((c >> 1) - 1) * (1 + (c & 1) / 2)
-// (bf16 exponent (c >> 1) + 126, top mantissa bit c & 1); code 1 is 0.5 and code 0 is zero.
-__device__ inline uint32_t e2m1_bf16_bits(uint32_t nibble) {
-  const uint32_t c = nibble & 7;
-  const uint32_t magnitude = c >= 2 ? (((c >> 1) + 126) << 7) | ((c & 1) << 6) : c == 1 ? 0x3F00u : 0u;
-  return magnitude | ((nibble & 8) << 12);
-}
-
-// Two bf16 of one packed byte: element 2i (low nibble) in the low half, as X's bf16 pairs.
-__device__ inline uint32_t e2m1_pair_bf16(uint32_t byte) {
-  return e2m1_bf16_bits(byte & 0xf) | (e2m1_bf16_bits(byte >> 4) << 16);
-}
-
 __device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
   const __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), s);
   return *reinterpret_cast<const uint32_t*>(&p);
 }
 
-// Two bf16 of one packed byte without a table: the nibble's sign goes to bit 15 and its three
-// magnitude bits (e1 e0 m) to bits 8..6 of a bf16, which then reads 2^(e-127) (1 + m/2) for e >= 1
-// and, as a subnormal, m 2^-127 for e = 0 — e2m1's value times 2^-126 in both cases. One multiply
-// by 2^126 (exact, if bf16 multiplies keep subnormal inputs) gives the value. Element 2i (low
-// nibble) in the low half. `t` holds the byte in bits 0..7 (higher bits are ignored).
-__device__ inline uint32_t e2m1_pair_bf16_alu(uint32_t t) {
-  const uint32_t x = (t & 0xFu) | ((t << 12) & 0xF0000u);  // low nibble | high nibble << 16
-  const uint32_t placed = ((x & 0x00070007u) << 6) | ((x & 0x00080008u) << 12);
-  const __nv_bfloat162 two126 = __halves2bfloat162(__ushort_as_bfloat16(0x7E80), __ushort_as_bfloat16(0x7E80));
-  const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&placed), two126);
-  return *reinterpret_cast<const uint32_t*>(&v);
+// Eight e2m1 values of one packed word (element i in nibble i) as four bf16x2 words, out[q] =
+// elements 2q (low half) and 2q + 1, each value times 2^-126 — no table, 3 instructions a pair:
+// a prmt puts pair q's two nibbles at bits 0..3 and 16..19 (zero elsewhere: a selector with bit
+// 3 set copies the sign of a byte below 0x80, i.e. 0); one multiply by 64 + 4096 adds the copy
+// shifted by 6 (magnitude bits m e0 e1 to bf16 bits 6..8) and the copy shifted by 12 (sign to bit
+// 15) — they share no bits, so the sum is their OR — and one AND keeps those bits of each half.
+// The bf16 then reads 2^(e-127) (1 + m/2) for e >= 1 and, as a subnormal, m 2^-127 for e = 0:
+// e2m1's value times 2^-126 in both cases. Multiplying by 2^126 (or folding it into the scale)
+// gives the value exactly: bf16 multiplies keep subnormal inputs on sm_90 (the fp4 tests would
+// catch a flush: code 1 = 0.5 would come out 0).
+__device__ inline void e2m1x8_bf16_times_2m126(uint32_t w, uint32_t (&out)[4]) {
+  const uint32_t even = w & 0x0F0F0F0Fu, odd = (w >> 4) & 0x0F0F0F0Fu;  // one nibble per byte
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    uint32_t x;  // [even byte q, 0, odd byte q, 0]
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(x) : "r"(even), "r"(odd), "r"(0x8480u + 0x1111u * q));
+    out[q] = (x * 4160u) & 0x81C081C0u;
+  }
 }
 
-// table[b] = e2m1_pair_bf16(b) for b in 0..255, filled by the block's `threads` threads.
-__device__ inline void fill_e2m1_pair_table(uint32_t* table, int threads) {
-  for (int i = threadIdx.x; i < 256; i += threads) table[i] = e2m1_pair_bf16(i);
-  __syncthreads();
+// bf16 2^126 in both halves.
+__device__ inline __nv_bfloat162 bf16x2_two_pow_126() {
+  return __halves2bfloat162(__ushort_as_bfloat16(0x7E80), __ushort_as_bfloat16(0x7E80));
+}
+
+// The bf16x2 multiplier taking e2m1x8_bf16_times_2m126's output to value * 2^(u-127) for a ue8m0
+// scale u in one multiply: 2^(u-1), finite for u <= 128 (scales up to 2); `big` says when u is
+// larger (or NaN) and the caller must multiply by 2^126 and the scale in two steps instead.
+__device__ inline __nv_bfloat162 ue8m0_multiplier(uint32_t u, bool& big) {
+  big = u > 128;
+  const uint32_t bits = big ? 0x7E80u : (u + 126) << 7;
+  return __halves2bfloat162(__ushort_as_bfloat16(bits), __ushort_as_bfloat16(bits));
 }
 
 }  // namespace fusedmoe::cuda

@@ -4,21 +4,19 @@
 // X bf16, f32 accumulation, bf16 out.
 // The shape is small_m_gemm.cu's (swap-AB mma.sync m16n8k16 with 16 weight rows per block, 4
 // warps splitting k, a fixed-order reduction through shared memory), but one 16-byte load of a
-// lane holds 32 packed values of a weight row. They are dequantized in registers — a 256-entry
-// table in shared memory turns a byte into two bf16, then one bf16x2 multiply by the group scale,
-// exact since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16
-// steps. Each packed weight is read once per 8*NT rows of its expert.
+// lane holds 32 packed values of a weight row. They are dequantized in registers — three integer
+// instructions a pair of values (fp4_util.cuh, no table) and one bf16x2 multiply by the group scale
+// with fp4_util's 2^126 folded in (nvfp4: s 2^118, the other 2^8 in the f32 global scale) — exact,
+// since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16 steps.
+// Each packed weight is read once per 8*NT rows of its expert.
 // Variant ExpertsPath::fp4_warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
 // its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
-// tokens, which points at the per-block fixed cost (table fill, split-k reduce).
-// Measured (H200, bench/results): decode runs at 10-37% of the floor, not bound by the weight
-// stream; suspected (not profiled) beyond the block cost: the table lookups' bank conflicts. One copy
-// of the table per bank (32 KiB, conflict-free) was slower: filling it dominated the short blocks.
+// tokens than the split-k blocks.
+// Measured (H200, bench/results): ncu showed the kernel issue-bound (4 warps per scheduler, an
+// instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
+// to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial).
-#include <cstdlib>
-#include <type_traits>
-
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -32,37 +30,50 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
 
-template <bool kNv>
-__device__ inline __nv_bfloat162 group_scale(uint32_t bits) {
-  const float f = kNv ? fp8_e4m3_to_float(static_cast<uint8_t>(bits)) : ue8m0_to_float(static_cast<uint8_t>(bits));
-  return __float2bfloat162_rn(f);
+// nvfp4: the bf16x2 multiplier of an e4m3 group scale s for e2m1x8_bf16_times_2m126's output, s * 2^118
+// (finite: |s| <= 448 < 2^9); the products come out as value * s * 2^-8, and the missing 2^8 is
+// folded into the f32 global scale of the epilogue. Exact: e2m1 has 2 significant bits, e4m3 4.
+__device__ inline __nv_bfloat162 nv_multiplier(uint32_t bits) {
+  return __float2bfloat162_rn(fp8_e4m3_to_float(static_cast<uint8_t>(bits)) * 0x1p118f);
 }
+constexpr float kNvEpilogueFactor = 256.0f;  // 2^8
 
-// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1. scale_bits: nvfp4 two
-// e4m3 scales (bytes 0-7, bytes 8-15), mxfp4 one ue8m0 scale.
-// kAlu (WIP, FUSEDMOE_FP4_ALU=1): the bit-placement dequantization instead of the shared-memory table.
-template <bool kNv, bool kAlu>
-__device__ inline void dequant32(const uint32_t* lut, const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
-  const __nv_bfloat162 s0 = group_scale<kNv>(scale_bits & 0xff);
-  const __nv_bfloat162 s1 = kNv ? group_scale<kNv>(scale_bits >> 8) : s0;
+// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, times the group scale
+// (nvfp4: times s 2^-8, see nv_multiplier). scale_bits: nvfp4 two e4m3 scales (bytes 0-7, bytes
+// 8-15), mxfp4 one ue8m0 scale. Called by whole warps (the mxfp4 branch on large scales is voted).
+template <bool kNv>
+__device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
+  __nv_bfloat162 m0, m1;
+  bool big = false;
+  if constexpr (kNv) {
+    m0 = nv_multiplier(scale_bits & 0xff);
+    m1 = nv_multiplier(scale_bits >> 8);
+  } else {
+    m0 = m1 = ue8m0_multiplier(scale_bits & 0xff, big);
+  }
 #pragma unroll
-  for (int q = 0; q < 16; ++q) {
-    const uint32_t shifted = word(w, q / 4) >> (8 * (q % 4));
-    const uint32_t pair = kAlu ? e2m1_pair_bf16_alu(shifted) : lut[shifted & 0xff];
-    out[q] = mul_bf16x2(pair, q < 8 ? s0 : s1);
+  for (int i = 0; i < 4; ++i) {
+    uint32_t p[4];
+    e2m1x8_bf16_times_2m126(word(w, i), p);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) out[4 * i + q] = mul_bf16x2(p[q], i < 2 ? m0 : m1);
+  }
+  if (!kNv && __any_sync(0xffffffffu, big)) {  // scales above 2 (not seen in checkpoints): times 2^(u-127)
+    const __nv_bfloat162 sc = big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits)))
+                                  : __float2bfloat162_rn(1.0f);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) out[j] = mul_bf16x2(out[j], sc);
   }
 }
 
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
 // otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
-// reduction), so a block streams 4x the bytes for one table fill.
-template <bool kNv, int NT, int U, bool kSplitK, bool kAlu>
-__global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+// reduction), so a block streams 4x the bytes per block.
+template <bool kNv, int NT, int U, bool kSplitK>
+__global__ void __launch_bounds__(kWarps * 32, 4) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
-  __shared__ uint32_t lut[256];
   __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
-  if (!kAlu) fill_e2m1_pair_table(lut, kWarps * 32);
 
   pdl_wait();
   const int e = plan.active[blockIdx.y];
@@ -80,7 +91,7 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
   const uint8_t* s_row0 = s + wr0 * (K / kGroup) + cq * (32 / kGroup);
   const uint8_t* s_row1 = s + wr1 * (K / kGroup) + cq * (32 / kGroup);
   const bf16* x = static_cast<const bf16*>(g.x);
-  const float gs = kNv ? g.w_global[e] : 1.0f;
+  const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
 
   auto scale_bits = [&](const uint8_t* p) -> uint32_t {
     return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
@@ -119,8 +130,8 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
         const int64_t ch = ch0 + u * kChunkStride;
         if (ch >= num_chunks) continue;  // the same for the whole warp
         uint32_t a[16], b[16];
-        dequant32<kNv, kAlu>(lut, wa[u], sa[u], a);
-        dequant32<kNv, kAlu>(lut, wb[u], sb[u], b);
+        dequant32<kNv>(wa[u], sa[u], a);
+        dequant32<kNv>(wb[u], sb[u], b);
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
           uint4 xv[4];
@@ -149,15 +160,15 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_fp4_kernel(SmallMGemm g, 
   }
 }
 
-template <bool kNv, bool kSplitK, bool kAlu>
+template <bool kNv, bool kSplitK>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
   const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_active));
   const dim3 block(kWarps * 32);
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK, kAlu>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK, kAlu>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_fp4_kernel<kNv, 4, 1, kSplitK, kAlu>, grid, block, s, g, plan); break;
+    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK>, grid, block, s, g, plan); break;
+    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK>, grid, block, s, g, plan); break;
+    case 32: launch(small_m_fp4_kernel<kNv, 4, 1, kSplitK>, grid, block, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }
@@ -170,19 +181,10 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_a
   if (max_active == 0) return;
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
-  static const bool alu = [] {  // WIP switch for the A/B run
-    const char* v = std::getenv("FUSEDMOE_FP4_ALU");
-    return v && v[0] == '1';
-  }();
-  auto go = [&](auto alu_tag) {
-    constexpr bool kAlu = decltype(alu_tag)::value;
-    if (nv && warp_tiles) launch_typed<true, false, kAlu>(g, plan, max_active, tile_tokens, s);
-    else if (nv) launch_typed<true, true, kAlu>(g, plan, max_active, tile_tokens, s);
-    else if (warp_tiles) launch_typed<false, false, kAlu>(g, plan, max_active, tile_tokens, s);
-    else launch_typed<false, true, kAlu>(g, plan, max_active, tile_tokens, s);
-  };
-  if (alu) go(std::true_type{});
-  else go(std::false_type{});
+  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_active, tile_tokens, s);
+  else if (nv) launch_typed<true, true>(g, plan, max_active, tile_tokens, s);
+  else if (warp_tiles) launch_typed<false, false>(g, plan, max_active, tile_tokens, s);
+  else launch_typed<false, true>(g, plan, max_active, tile_tokens, s);
 }
 
 }  // namespace fusedmoe::cuda
