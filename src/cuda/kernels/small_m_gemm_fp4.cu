@@ -69,8 +69,14 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
 // otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
 // reduction), so a block streams 4x the bytes per block.
+// Blocks per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16 tokens,
+// 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k blocks
+// (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7.
+template <int NT, bool kSplitK>
+constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
+
 template <bool kNv, int NT, int U, bool kSplitK>
-__global__ void __launch_bounds__(kWarps * 32, 4) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<NT, kSplitK>)) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
   __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
