@@ -86,7 +86,8 @@ template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 
 template <bool kNv, int NT, int U, bool kSplitK>
-__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<NT, kSplitK>)) small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<NT, kSplitK>))
+    small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
   __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
@@ -140,7 +141,8 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<NT, kSplitK>)) small_
         for (int t = 0; t < NT; ++t) {
           const int64_t ch = ch0 + u;
           const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
-          cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + lane], valid ? x_row[t] + ch * 128 + warp * 8 : x, valid);
+          const bf16* src = valid ? x_row[t] + ch * 128 + warp * 8 : x;
+          cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + lane], src, valid);
         }
       cp_async_commit();
     };
