@@ -214,8 +214,7 @@ TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
 // tokens share the call — each token is its own mma column, k is summed in a fixed order, and
 // activations are quantized per token. Checked bitwise for every scheme, with the fp4 kernel form
 // held fixed (split-k blocks and warp tiles add k in different orders, so the heuristic's switch
-// between them at 16 routed rows is not batch-invariant for fp4 — to be stated in the README once
-// this test has run).
+// between them at 16 routed rows is not batch-invariant for fp4, as the README says).
 TEST(CudaExperts, SmallMPathIsBatchInvariant) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
