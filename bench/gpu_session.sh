@@ -113,7 +113,7 @@ for what in "$@"; do
         --backend cuda --small --seeds 1:40 ;;
     tests-fp4)  # the fp4 and expert-bias cases alone
       step test_cuda_experts_fp4 300 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*:CudaExperts.Fp4*'
+        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*:CudaExperts.Fp4*:CudaExperts.TwoHundred*'
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
