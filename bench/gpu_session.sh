@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -99,6 +99,11 @@ for what in "$@"; do
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
+    sanitize-variants)  # every compiled small-M/grouped variant under memcheck, racecheck and initcheck
+      for tool in memcheck racecheck initcheck; do
+        step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
+          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant'
+      done ;;
     sanitize-batched)  # the batched format's tests under every compute-sanitizer tool
       for tool in memcheck racecheck initcheck synccheck; do
         step "${tool}_batched" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_batched)" \

@@ -112,13 +112,13 @@ inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
 // monolithic bf16 experts take the fused decode kernel).
 class ForcePath {
  public:
-  explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool fp4_warp_tiles = false,
+  explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool warp_tiles = false,
                      bool fused_decode = false) {
     cuda::ExpertsPath p;
     p.small_m = small_m;
     p.tile_tokens = tile_tokens;
     p.fp4_chunk_experts = fp4_chunk_experts;
-    p.fp4_warp_tiles = fp4_warp_tiles;
+    p.warp_tiles = warp_tiles;
     p.fused_decode = fused_decode;
     cuda::set_experts_path_override(&p);
   }

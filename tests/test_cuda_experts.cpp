@@ -52,25 +52,31 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The path heuristic (host code: runs without a GPU too). Decode sizes take the small-M kernel,
 // fp4 weights up to 32 rows per expert (their grouped path first dequantizes every expert), and
-// fp4's small-M kernel gives each warp its own tile from 16 routed rows on, and
+// the small-M kernel gives each warp its own tile from 16 routed rows on (bf16: from 16-row tiles), and
 // the fp4 dequantization chunk is whole experts within 256 MiB, at least one, at most all.
 TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   using cuda::choose_experts_path;
+  const QuantScheme nv = QuantScheme::nvfp4, fp8 = QuantScheme::fp8_block;
   EXPECT_TRUE(choose_experts_path(1, 8, 128).small_m);
   EXPECT_EQ(choose_experts_path(1, 8, 128).tile_tokens, 8);
   EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
   EXPECT_FALSE(choose_experts_path(256, 8, 128).small_m);           // 16 rows per expert
-  EXPECT_TRUE(choose_experts_path(256, 8, 128, /*fp4=*/true).small_m);
-  EXPECT_EQ(choose_experts_path(256, 8, 128, true).tile_tokens, 32);
-  EXPECT_TRUE(choose_experts_path(1024, 4, 128, true).small_m);     // gpt-oss at 1024: 32 rows
-  EXPECT_FALSE(choose_experts_path(1024, 8, 128, true).small_m);    // qwen3 at 1024: 64 rows
-  EXPECT_FALSE(choose_experts_path(1, 8, 128, true).fp4_warp_tiles);  // 8 routed rows: split-k blocks
-  EXPECT_TRUE(choose_experts_path(2, 8, 128, true).fp4_warp_tiles);   // 16: a tile per warp
-  EXPECT_FALSE(choose_experts_path(2, 8, 128, false).fp4_warp_tiles);
+  EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
+  EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
+  EXPECT_TRUE(choose_experts_path(1024, 4, 128, nv).small_m);     // gpt-oss at 1024: 32 rows
+  EXPECT_FALSE(choose_experts_path(1024, 8, 128, nv).small_m);    // qwen3 at 1024: 64 rows
+  EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).warp_tiles);   // 8 routed rows: split-k blocks
+  EXPECT_TRUE(choose_experts_path(2, 8, 128, nv).warp_tiles);    // 16: a tile per warp
+  EXPECT_FALSE(choose_experts_path(1, 8, 256, fp8).warp_tiles);  // deepseek-v3 at 1 token
+  EXPECT_TRUE(choose_experts_path(2, 8, 256, fp8).warp_tiles);
+  EXPECT_FALSE(choose_experts_path(2, 8, 128).warp_tiles);       // bf16, 8-row tiles: split-k blocks
+  EXPECT_TRUE(choose_experts_path(160, 8, 128).warp_tiles);      // bf16, 16-row tiles: a tile per warp
+  EXPECT_FALSE(choose_experts_path(256, 8, 128, fp8).warp_tiles);  // grouped GEMM
   EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128));     // monolithic bf16 decode: the fused kernel
   EXPECT_TRUE(cuda::choose_fused_decode(16, 2, 8));      // mixtral at 16: 4 rows per expert
   EXPECT_FALSE(cuda::choose_fused_decode(16, 8, 8));     // 16 rows per expert: grouped GEMM
   EXPECT_FALSE(cuda::choose_fused_decode(17, 8, 1024));  // above the fused kernel's range
+  EXPECT_FALSE(cuda::choose_fused_decode(16, 4, 8));     // 8 rows per expert: modular takes warp tiles
   const int64_t mib = int64_t(1) << 20;
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 7);      // gpt-oss-120b's w13
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(300 * mib, 8), 1);       // bigger than the budget
@@ -78,7 +84,7 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   {
     const ForcePath force(false, 16, 3);
     EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 3);
-    EXPECT_FALSE(choose_experts_path(1, 8, 128, true).small_m);
+    EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).small_m);
   }
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 10);
 }
@@ -132,13 +138,12 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const int param = GetParam();  // > 0: small-M tile; < 0: the same with fp4 warp tiles; 0: grouped
+  const int param = GetParam();  // > 0: small-M tile; < 0: the same with a tile per warp; 0: grouped
   const int tile = param < 0 ? -param : param;
   {
     const bool small_m = tile > 0;
-    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3, /*fp4_warp_tiles=*/param < 0);
+    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0);
     for (QuantScheme s : kCudaSchemes) {
-      if (param < 0 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -163,7 +168,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 
                          [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
-                           return (p < 0 ? "small_m_fp4_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
+                           return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
@@ -212,7 +217,7 @@ TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
 
 // A race shows up as a sporadic wrong tile (the bug catalogue's SM90 MXFP4 grouped GEMM wrote wrong
 // tiles in a fraction of calls), so one kernel runs 200 times into the same buffers and every output
-// must equal the first bit for bit: the fp4 warp tiles (X staged in shared memory by cp.async behind
+// must equal the first bit for bit: the warp tiles (X staged in shared memory by cp.async behind
 // barriers) at 8- and 32-token tiles, and the split-k blocks, with per-expert scales and biases.
 TEST(CudaExperts, TwoHundredRepeatsAreBitwiseEqual) {
   FMOE_REQUIRE_GPU();
@@ -220,8 +225,6 @@ TEST(CudaExperts, TwoHundredRepeatsAreBitwiseEqual) {
   FMOE_SEED_TRACE(seed);
   for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4, QuantScheme::bf16, QuantScheme::fp8_block})
     for (int variant : {0, 1, 2}) {  // split-k blocks (tile 8), warp tiles of 8, warp tiles of 32
-      const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
-      if (variant > 0 && !fp4) continue;
       SCOPED_TRACE(std::string(quant_scheme_name(s)) + " variant " + std::to_string(variant));
       const ForcePath force(true, variant == 2 ? 32 : 8, 0, variant > 0);
       const int64_t M = 40;
@@ -246,20 +249,18 @@ TEST(CudaExperts, TwoHundredRepeatsAreBitwiseEqual) {
 
 // Batch invariance on the decode (small-M) path: a token's output does not depend on which other
 // tokens share the call — each token is its own mma column, k is summed in a fixed order, and
-// activations are quantized per token. Checked bitwise for every scheme, with the fp4 kernel form
+// activations are quantized per token. Checked bitwise for every scheme and both kernel forms, each
 // held fixed (split-k blocks and warp tiles add k in different orders, so the heuristic's switch
-// between them at 16 routed rows is not batch-invariant for fp4, as the README says).
+// between them is not batch-invariant, as the README says).
 TEST(CudaExperts, SmallMPathIsBatchInvariant) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   const int64_t M = 13, K = 256;
-  for (bool fp4_warp_tiles : {false, true}) {
-    const ForcePath force(true, 8, 0, fp4_warp_tiles);
+  for (bool warp_tiles : {false, true}) {
+    const ForcePath force(true, 8, 0, warp_tiles);
     for (QuantScheme s : kCudaSchemes) {
-      const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
-      if (fp4_warp_tiles && !fp4) continue;
-      SCOPED_TRACE(std::string(quant_scheme_name(s)) + (fp4_warp_tiles ? " warp tiles" : ""));
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + (warp_tiles ? " warp tiles" : ""));
       const Problem p = make_problem(small_config(s, 10, K, 128, 3), M, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
       const Buffer all = run_cuda_apply(g, M);

@@ -112,7 +112,7 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
            rows_workspace_bytes(R, /*grouped=*/true);
   }
-  const bool grouped = !choose_experts_path(M, k, num_local_, fp4_).small_m;
+  const bool grouped = !choose_experts_path(M, k, num_local_, config_.quant).small_m;
   return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, grouped);
 }
 
@@ -173,7 +173,7 @@ ExpertsOutput CudaExperts::apply_batched(const PreparedActivations& in, Workspac
   plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
   const int64_t tokens = in.topk_ids.defined() ? in.topk_ids.size(0) : T;
-  const ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, E, fp4_);
+  const ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, E, config_.quant);
   const Tensor y = run_rows(in.a1q, in.a1q_scale, plan, R, path, ws);
   return {ExpertsOutputKind::batched, Tensor(y.data(), DType::bf16, {E, T, K}), {}};
 }
@@ -182,7 +182,7 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
                                        Workspace& ws) const {
   DeviceGuard guard(device_);
   const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k;
-  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), num_local_, fp4_);
+  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), num_local_, config_.quant);
   return {ExpertsOutputKind::sorted, run_rows(in.a1q, in.a1q_scale, planned.plan, M * k, path, ws), planned.slot_rows};
 }
 
@@ -211,14 +211,14 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(),
                   fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
-                  b13, h.data_as<bf16>(), N1, K, weight_format_, path.fp4_warp_tiles};
+                  b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
     launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
     launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
                       h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
                   fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
-                  b2, y.data_as<bf16>(), K, I, weight_format_, path.fp4_warp_tiles};
+                  b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
     launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));

@@ -4,7 +4,7 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 32 rows per expert (32-row tiles): the grouped path's dequantization pass writes
 // and reads 4 bytes per weight value, which at 1024 tokens cost more than the GEMMs (H200).
-// fp4 small-M picks its tile shape by the routed rows (below).
+// The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
 #include <algorithm>
@@ -20,22 +20,27 @@ void set_experts_path_override(const ExpertsPath* path) {
   if (path) g_override = *path;
 }
 
-ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, bool fp4_weights) {
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights) {
   if (g_overridden) return g_override;
+  const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
   ExpertsPath path;
   path.small_m = rows_per_expert <= (fp4_weights ? 32.0 : 12.0);
   path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : 32;
-  // fp4: a 16-row tile per warp (64 rows per block, no split-k) from 16 routed rows on: 10-30% faster
-  // at 16-1024 tokens on gpt-oss-120b and qwen3-nvfp4, but 8% slower at 1 token on qwen3 (8 rows), whose
-  // small experts then give too few blocks to fill the card (H200, bench/results, 2026-11-28).
-  path.fp4_warp_tiles = fp4_weights && num_tokens * top_k >= 16;
+  // A 16-row tile per warp (64 rows per block, no split-k) from 16 routed rows on, for bf16 weights
+  // only from 16-row tiles on (H200, bench/results, 2026-11-28). fp4: 10-30% faster at 16-1024 tokens
+  // (gpt-oss-120b, qwen3-nvfp4); fp8-block: 5-6% at 16-64 tokens, 2% at 128, 18% at 256 (deepseek-v3);
+  // bf16: 5% at qwen3's 128 tokens (16-row tiles), within +-2% at 8-row tiles. Below 16 routed rows a
+  // layer with small experts (qwen3 at 1 token) gets too few blocks to fill the card: 4-8% slower.
+  const bool quantized = weights != QuantScheme::bf16;
+  path.warp_tiles = path.small_m && num_tokens * top_k >= 16 && (quantized || path.tile_tokens >= 16);
   return path;
 }
 
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts) {
   if (g_overridden) return g_override.fused_decode;
-  return num_tokens <= kMaxFusedDecodeTokens && choose_experts_path(num_tokens, top_k, num_local_experts).small_m;
+  const ExpertsPath modular = choose_experts_path(num_tokens, top_k, num_local_experts, QuantScheme::bf16);
+  return num_tokens <= kMaxFusedDecodeTokens && modular.small_m && !modular.warp_tiles;
 }
 
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {

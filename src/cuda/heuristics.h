@@ -6,23 +6,27 @@
 
 #include <cstdint>
 
+#include "fusedmoe/quant.h"
+
 namespace fusedmoe::cuda {
 
 struct ExpertsPath {
   bool small_m = false;  // the mma.sync streaming kernel instead of the CUTLASS grouped GEMM
   int tile_tokens = 8;   // small-M: rows per weight pass (8, 16 or 32)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
-  bool fp4_warp_tiles = false;    // fp4 small-M: a 16-row tile per warp instead of 4 warps splitting k
+  bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
 };
 
-// fp4_weights: the grouped path of fp4 weights first dequantizes every expert to bf16, so the
-// small-M kernel keeps the layer up to more rows per expert.
-ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, bool fp4_weights = false);
+// weights: the scheme of the expert weights. The grouped path of fp4 weights first dequantizes every
+// expert to bf16, so the small-M kernel keeps the layer up to more rows per expert.
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
+                                QuantScheme weights = QuantScheme::bf16);
 
 // The monolithic experts of a scheme the fused decode kernel runs (bf16): that kernel for decode
 // batches (up to kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M
-// kernel (its tiles are the same), the chain of kernels otherwise. Measured on H200: 1.06-1.13x
+// kernel with split-k blocks (its tiles and order of k are the same, so monolithic equals modular
+// bit for bit), the chain of kernels otherwise. Measured on H200: 1.06-1.13x
 // the chain at 1 token (qwen3-30b-a3b, mixtral), within 3% at 16, 0.95x on qwen3 at 64.
 inline constexpr int64_t kMaxFusedDecodeTokens = 16;
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts);

@@ -109,7 +109,7 @@ struct SmallMGemm {
   bf16* y;                    // [R, N] grouped rows
   int64_t N, K;
   SmallMWeights weights;
-  bool fp4_warp_tiles = false;  // fp4: each warp its own 16-row tile over all of k (64 rows per block)
+  bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
 };
 void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local, int max_active, int tile_tokens,
                          cudaStream_t s);

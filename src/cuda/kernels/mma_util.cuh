@@ -100,4 +100,12 @@ __device__ inline void store_tile(const float (&sum)[NT][4], float scale, const 
     }
 }
 
+// 16 bytes global -> shared without registers (cp.async, L2 only); zeros when !valid (no read).
+__device__ inline void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
 }  // namespace fusedmoe::cuda

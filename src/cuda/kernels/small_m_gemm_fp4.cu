@@ -9,7 +9,7 @@
 // with fp4_util's 2^126 folded in (nvfp4: s 2^118, the other 2^8 in the f32 global scale) — exact,
 // since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16 steps.
 // Each packed weight is read once per 8*NT rows of its expert.
-// Variant ExpertsPath::fp4_warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
+// Variant SmallMGemm::warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
 // its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
 // tokens than the split-k blocks. Its four warps need the same X, which the block stages once in
 // shared memory (cp.async, two buffers of U chunks, one barrier per step while the weight loads are
@@ -67,14 +67,6 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
     for (int j = 0; j < 16; ++j) out[j] = mul_bf16x2(out[j], sc);
   }
 }
-
-// 16 bytes global -> shared without registers (cp.async, L2 only); zeros when !valid (no read).
-__device__ inline void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
 // otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
@@ -228,7 +220,7 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int 
 
 void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
                              cudaStream_t s) {
-  const bool warp_tiles = g.fp4_warp_tiles;
+  const bool warp_tiles = g.warp_tiles;
   if (max_active == 0) return;
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
