@@ -102,7 +102,7 @@ for what in "$@"; do
     sanitize-variants)  # every compiled small-M/grouped variant under memcheck, racecheck and initcheck
       for tool in memcheck racecheck initcheck; do
         step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant'
+          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*'
       done ;;
     sanitize-batched)  # the batched format's tests under every compute-sanitizer tool
       for tool in memcheck racecheck initcheck synccheck; do

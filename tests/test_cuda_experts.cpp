@@ -5,6 +5,7 @@
 // case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <tuple>
 
 #include "cuda_test_util.h"
@@ -69,6 +70,8 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(2, 8, 128, nv).warp_tiles);    // 16: a tile per warp
   EXPECT_FALSE(choose_experts_path(1, 8, 256, fp8).warp_tiles);  // deepseek-v3 at 1 token
   EXPECT_TRUE(choose_experts_path(2, 8, 256, fp8).warp_tiles);
+  EXPECT_EQ(choose_experts_path(2, 8, 256, fp8).tile_tokens, 32);  // fp8 warp tiles: up to 32 rows a pass
+  EXPECT_EQ(choose_experts_path(1, 8, 256, fp8).tile_tokens, 8);
   EXPECT_FALSE(choose_experts_path(2, 8, 128).warp_tiles);       // bf16, 8-row tiles: split-k blocks
   EXPECT_TRUE(choose_experts_path(160, 8, 128).warp_tiles);      // bf16, 16-row tiles: a tile per warp
   EXPECT_FALSE(choose_experts_path(256, 8, 128, fp8).warp_tiles);  // grouped GEMM
@@ -170,6 +173,39 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 
                            if (p == 0) return std::string("grouped");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
+
+// The bf16/fp8 small-M kernel takes, per pass, the smallest token tile that holds an expert's
+// remaining rows (up to the launch's tile): experts with 1..41 rows (across every tile boundary)
+// give the reference's answer, and the same bits whatever the largest tile, since k is summed in
+// one order per column.
+TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const std::vector<int32_t> rows = {1, 7, 8, 9, 15, 16, 17, 31, 33, 41};
+  std::vector<int32_t> ids;
+  for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const int64_t M = static_cast<int64_t>(ids.size());
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+    for (bool warp_tiles : {false, true}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + (warp_tiles ? " warp tiles" : " split-k"));
+      MoEConfig c = small_config(s, static_cast<int64_t>(rows.size()), 256, 128, 1);
+      c.routing.method = RoutingMethod::precomputed;
+      Problem p = make_problem(c, M, seed, /*with_bias=*/true);
+      std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
+      const GpuProblem g = to_gpu(p);
+      Buffer by_tile[3];
+      for (int i = 0; i < 3; ++i) {
+        const ForcePath force(true, 8 << i, 0, warp_tiles);
+        by_tile[i] = run_cuda_apply(g, M);
+      }
+      expect_matches_reference(p, by_tile[2], p.ids, p.topk_weights);
+      EXPECT_TRUE(bits_equal(by_tile[0], by_tile[1])) << "largest tile 16 differs from 8";
+      EXPECT_TRUE(bits_equal(by_tile[0], by_tile[2])) << "largest tile 32 differs from 8";
+    }
+}
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
   FMOE_REQUIRE_GPU();

@@ -34,6 +34,13 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // layer with small experts (qwen3 at 1 token) gets too few blocks to fill the card: 4-8% slower.
   const bool quantized = weights != QuantScheme::bf16;
   path.warp_tiles = path.small_m && num_tokens * top_k >= 16 && (quantized || path.tile_tokens >= 16);
+  // The bf16/fp8 kernel takes, per pass over an expert's weights, the smallest token tile that holds
+  // its remaining rows, up to tile_tokens. fp8 warp tiles allow 32 rows: routed rows pile up on some
+  // experts (deepseek-v3's grouped routing: ~7 rows per active expert at 128 tokens), and each pass
+  // re-reads the weights — deepseek-v3 -12/-27/-15% at 64/128/256 tokens. bf16 and the split-k
+  // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
+  // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
+  if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
   return path;
 }
 
