@@ -227,7 +227,9 @@ void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& in
     q.resize(static_cast<size_t>(I));
     for (int64_t r = block * kRowBlock; r < std::min(R, (block + 1) * kRowBlock); ++r) {
       float* act = a2 + r * I;
-      apply_activation(c.activation, h + r * N1, I, act);
+      float* h_row = h + r * N1;  // GEMM1's output is bf16 (as vLLM's cache1 and the CUDA kernels)
+      for (int64_t i = 0; i < N1; ++i) h_row[i] = round_to_bf16(h_row[i]);
+      apply_activation(c.activation, h_row, I, act);
       if (scheme_quantizes_activations(c.quant)) {
         quantize_row_fp8(c.quant, act, I, static_a2, q.data(), s2 + r * G2);
         decode_fp8_row(q.data(), I, act);

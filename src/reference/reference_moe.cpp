@@ -1,8 +1,9 @@
 // Float64 reference MoE. Deliberately simple and separate from the CPU fast path: a loop
 // over tokens and slots, weights dequantized element by element, every sum in double. It
 // follows the schemes' recipe: input (weighted on the input for llama4) rounded to bf16,
-// quantized per scheme with f32 scales; intermediate re-quantized (fp8 schemes) or rounded
-// to bf16 (the others); output left in double.
+// quantized per scheme with f32 scales; GEMM1's output (bias included) rounded to bf16; the
+// activation's output re-quantized (fp8 schemes) or rounded to bf16 (the others); output left
+// in double.
 #include "fusedmoe/reference.h"
 
 #include <algorithm>
@@ -169,7 +170,7 @@ std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, con
     w13.row(e, n, wrow);
     double acc = dot(a, wrow);
     if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
-    h[n] = acc;
+    h[n] = round_to_bf16(float(acc));  // GEMM1's output is a bf16 tensor (vLLM's cache1)
   }
   std::vector<double> x(static_cast<size_t>(I));
   for (int64_t i = 0; i < I; ++i) x[i] = activate(c.activation, h, i, I);
