@@ -159,6 +159,10 @@ __device__ __forceinline__ void gemm_pass(const SmallMGemm& g, const BlockTile& 
   }
 }
 
+// Chunks in flight per warp (U) of each token tile of NT * 8 rows.
+template <int NT>
+constexpr int kU = NT == 4 ? 2 : 4;
+
 // kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds
 // the expert's remaining rows, so an expert's weights are read once per 8 * kMaxNT of its rows,
 // and one with few rows does no mma work for empty columns. k is summed in the same order
@@ -167,7 +171,7 @@ template <bool kFp8, int kMaxNT, bool kWarpTiles>
 __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kElemBytes = kFp8 ? 1 : 2;
   constexpr int kChunk = 4 * 16 / kElemBytes;  // k values per 16-byte load of each of 4 lanes
-  constexpr int kMaxSlots = kMaxNT * (kMaxNT == 4 ? 2 : 4) * 32;  // NT * U * 32 of the largest tile
+  constexpr int kMaxSlots = kMaxNT * kU<kMaxNT> * 32;  // NT * U * 32, largest at the largest tile
   __shared__ float partial[kWarpTiles ? 1 : kWarps * kMaxNT * 4 * 32];
   __shared__ uint4 xs[kWarpTiles ? 2 * kMaxSlots : 1];
 
@@ -196,19 +200,19 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
     const int64_t rest = b.count - tb;
     if constexpr (kMaxNT >= 4) {
       if (rest > 16) {
-        gemm_pass<kFp8, 4, 2, kWarpTiles>(g, b, tb, partial, xs);
+        gemm_pass<kFp8, 4, kU<4>, kWarpTiles>(g, b, tb, partial, xs);
         tb += 32;
         continue;
       }
     }
     if constexpr (kMaxNT >= 2) {
       if (rest > 8) {
-        gemm_pass<kFp8, 2, 4, kWarpTiles>(g, b, tb, partial, xs);
+        gemm_pass<kFp8, 2, kU<2>, kWarpTiles>(g, b, tb, partial, xs);
         tb += 16;
         continue;
       }
     }
-    gemm_pass<kFp8, 1, 4, kWarpTiles>(g, b, tb, partial, xs);
+    gemm_pass<kFp8, 1, kU<1>, kWarpTiles>(g, b, tb, partial, xs);
     tb += 8;
   }
 }
