@@ -282,6 +282,9 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--router-skew", type=float, default=0.0,
+                    help="add S x a fixed per-expert N(0,1) offset to the random logits, so some experts "
+                         "draw more tokens than others as trained routers do (0: uniform)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     lib = load_lib(args.lib)
@@ -330,6 +333,9 @@ def main():
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
+            if args.router_skew:
+                gen = torch.Generator(device="cuda").manual_seed(1234)
+                logits += args.router_skew * torch.randn(E, device="cuda", generator=gen)
             out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
 
             def fm(which=layer):

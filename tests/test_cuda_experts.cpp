@@ -174,7 +174,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
 
-// The bf16/fp8 small-M kernel takes, per pass, the smallest token tile that holds an expert's
+// The small-M kernels take, per pass, the smallest token tile that holds an expert's
 // remaining rows (up to the launch's tile): experts with 1..41 rows (across every tile boundary)
 // give the reference's answer, and the same bits whatever the largest tile, since k is summed in
 // one order per column.
@@ -188,7 +188,7 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
   std::mt19937_64 rng(seed);
   std::shuffle(ids.begin(), ids.end(), rng);
   const int64_t M = static_cast<int64_t>(ids.size());
-  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+  for (QuantScheme s : kCudaSchemes)
     for (bool warp_tiles : {false, true}) {
       SCOPED_TRACE(std::string(quant_scheme_name(s)) + (warp_tiles ? " warp tiles" : " split-k"));
       MoEConfig c = small_config(s, static_cast<int64_t>(rows.size()), 256, 128, 1);

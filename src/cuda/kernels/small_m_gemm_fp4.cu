@@ -8,7 +8,8 @@
 // instructions a pair of values (fp4_util.cuh, no table) and one bf16x2 multiply by the group scale
 // with fp4_util's 2^126 folded in (nvfp4: s 2^118, the other 2^8 in the f32 global scale) — exact,
 // since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16 steps.
-// Each packed weight is read once per 8*NT rows of its expert.
+// Each packed weight is read once per pass over up to 8*NT rows of its expert; each pass takes the
+// smallest tile that holds the expert's remaining rows (up to the launch's tile).
 // Variant SmallMGemm::warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
 // its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
 // tokens than the split-k blocks. Its four warps need the same X, which the block stages once in
@@ -77,127 +78,181 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 
+// What a block knows about its expert and its 16 (split-k) or 64 (warp tiles) weight rows.
+struct Fp4BlockTile {
+  int64_t e, off, count, N, K, n0, slices, num_chunks, wr0, wr1;
+  int warp, lane, gq, cq;
+  const uint8_t* w_row0;
+  const uint8_t* w_row1;
+  const uint8_t* s_row0;
+  const uint8_t* s_row1;
+  const bf16* x;
+  float gs;
+};
+
+// One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight),
+// then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp tiles).
 template <bool kNv, int NT, int U, bool kSplitK>
-__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<NT, kSplitK>))
-    small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+__device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb, float* partial_raw,
+                                         uint4* xs_raw) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
-  __shared__ float partial[kSplitK ? kWarps : 1][NT][4][32];
-  // Warp tiles: the 4 warps share X, staged here U chunks at a time (double-buffered): slot
+  // Warp tiles: the 4 warps share X, staged U chunks at a time (double-buffered): slot
   // ((u * NT + t) * 4 + j) * 32 + lane holds the j-th 16 bytes of that lane's 32 values of chunk u,
   // tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
-  __shared__ uint4 xs[kSplitK ? 1 : 2][kSplitK ? 1 : U * NT * 4 * 32];
-
-  pdl_wait();
-  const int e = plan.active[blockIdx.y];
-  if (e < 0) return;
-  const int64_t off = plan.offsets[e], count = plan.counts[e];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
-  const int64_t N = g.N, K = g.K;
-  const int64_t n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerBlock;
-  const int64_t row_bytes = K / 2, slices = K / 32, num_chunks = (K + 127) / 128;
-  const int64_t wr0 = n0 + gq, wr1 = n0 + gq + 8;
-  const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * N * row_bytes;
-  const uint8_t* w_row0 = w + wr0 * row_bytes + cq * 16;
-  const uint8_t* w_row1 = w + wr1 * row_bytes + cq * 16;
-  const uint8_t* s = g.w_fp4_scales + e * N * (K / kGroup);
-  const uint8_t* s_row0 = s + wr0 * (K / kGroup) + cq * (32 / kGroup);
-  const uint8_t* s_row1 = s + wr1 * (K / kGroup) + cq * (32 / kGroup);
-  const bf16* x = static_cast<const bf16*>(g.x);
-  const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
-
+  uint4 (*xs)[U * NT * 4 * 32] = reinterpret_cast<uint4 (*)[U * NT * 4 * 32]>(xs_raw);
+  const int64_t count = b.count, off = b.off, num_chunks = b.num_chunks, slices = b.slices;
+  const int warp = b.warp, lane = b.lane, gq = b.gq, cq = b.cq;
   auto scale_bits = [&](const uint8_t* p) -> uint32_t {
     return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
   };
 
-  for (int64_t tb = 0; tb < count; tb += NT * 8) {
-    const bf16* x_row[NT];  // this lane's 32 values of its B token in each tile
+  const bf16* x_row[NT];  // this lane's 32 values of its B token in each tile
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int64_t m = tb + t * 8 + gq;
-      const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
-      x_row[t] = src >= 0 ? x + src * K + cq * 32 : nullptr;
+  for (int t = 0; t < NT; ++t) {
+    const int64_t m = tb + t * 8 + gq;
+    const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
+    x_row[t] = src >= 0 ? b.x + src * b.K + cq * 32 : nullptr;
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+  // Warp tiles: warp j copies the j-th 16 bytes of every lane's slice (its own lane's token and
+  // slice), zeros for chunks, slices or tokens out of range.
+  auto stage_x = [&](int buf, int64_t ch0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const int64_t ch = ch0 + u;
+        const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
+        const bf16* src = valid ? x_row[t] + ch * 128 + warp * 8 : b.x;
+        cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + lane], src, valid);
+      }
+    cp_async_commit();
+  };
+  int buf = 0;
+  if constexpr (!kSplitK) {
+    __syncthreads();  // every warp is done reading xs (previous pass)
+    stage_x(0, 0);
+  }
+  for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U, buf ^= 1) {
+    uint4 wa[U], wb[U];
+    uint32_t sa[U], sb[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
+      const int64_t ch = ch0 + u * kChunkStride;
+      ok[u] = ch < num_chunks && ch * 4 + cq < slices;
+      const bool ok0 = ok[u] && b.wr0 < b.N, ok1 = ok[u] && b.wr1 < b.N;
+      wa[u] = ok0 ? load_streaming(b.w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
+      wb[u] = ok1 ? load_streaming(b.w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
+      sa[u] = ok0 ? scale_bits(b.s_row0 + ch * (128 / kGroup)) : 0;
+      sb[u] = ok1 ? scale_bits(b.s_row1 + ch * (128 / kGroup)) : 0;
     }
-    float acc[NT][4];
+    if constexpr (!kSplitK) {  // the weight loads above are in flight across the barrier
+      cp_async_wait_all();
+      __syncthreads();  // X of chunks ch0.. is in xs[buf]; every warp is done with xs[buf ^ 1]
+      if (ch0 + U < num_chunks) stage_x(buf ^ 1, ch0 + U);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t ch = ch0 + u * kChunkStride;
+      if (ch >= num_chunks) continue;  // the same for the whole warp
+      uint32_t a[16], bw[16];
+      dequant32<kNv>(wa[u], sa[u], a);
+      dequant32<kNv>(wb[u], sb[u], bw);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        uint4 xv[4];
+        const bool ld = ok[u] && x_row[t];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if constexpr (kSplitK)
+            xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128) + j) : make_uint4(0, 0, 0, 0);
+          else
+            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + lane];
+        }
+#pragma unroll
+        for (int st = 0; st < 8; ++st)
+          mma_bf16_16816(acc[t], a[2 * st], bw[2 * st], a[2 * st + 1], bw[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
+                         word(xv[st / 2], 2 * (st % 2) + 1));
+      }
+    }
+  }
+  if (tb + NT * 8 >= count) pdl_launch_dependents();
+  float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
+  if constexpr (kSplitK) {
+    split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
+  } else {
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+      for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
+  }
+  if (!kSplitK || warp == 0) store_tile<NT>(sum, b.gs, g.bias, b.e, b.N, b.n0, tb, count, off, g.y);
+}
 
-    // Warp tiles: warp j copies the j-th 16 bytes of every lane's slice (its own lane's token and
-    // slice), zeros for chunks, slices or tokens out of range.
-    auto stage_x = [&](int buf, int64_t ch0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          const int64_t ch = ch0 + u;
-          const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
-          const bf16* src = valid ? x_row[t] + ch * 128 + warp * 8 : x;
-          cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + lane], src, valid);
-        }
-      cp_async_commit();
-    };
-    int buf = 0;
-    if constexpr (!kSplitK) {
-      __syncthreads();  // every warp is done reading xs (previous token tile)
-      stage_x(0, 0);
-    }
-    for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U, buf ^= 1) {
-      uint4 wa[U], wb[U];
-      uint32_t sa[U], sb[U];
-      bool ok[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
-        const int64_t ch = ch0 + u * kChunkStride;
-        ok[u] = ch < num_chunks && ch * 4 + cq < slices;
-        const bool ok0 = ok[u] && wr0 < N, ok1 = ok[u] && wr1 < N;
-        wa[u] = ok0 ? load_streaming(w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
-        wb[u] = ok1 ? load_streaming(w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
-        sa[u] = ok0 ? scale_bits(s_row0 + ch * (128 / kGroup)) : 0;
-        sb[u] = ok1 ? scale_bits(s_row1 + ch * (128 / kGroup)) : 0;
-      }
-      if constexpr (!kSplitK) {  // the weight loads above are in flight across the barrier
-        cp_async_wait_all();
-        __syncthreads();  // X of chunks ch0.. is in xs[buf]; every warp is done with xs[buf ^ 1]
-        if (ch0 + U < num_chunks) stage_x(buf ^ 1, ch0 + U);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t ch = ch0 + u * kChunkStride;
-        if (ch >= num_chunks) continue;  // the same for the whole warp
-        uint32_t a[16], b[16];
-        dequant32<kNv>(wa[u], sa[u], a);
-        dequant32<kNv>(wb[u], sb[u], b);
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          uint4 xv[4];
-          const bool ld = ok[u] && x_row[t];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            if constexpr (kSplitK)
-              xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128) + j) : make_uint4(0, 0, 0, 0);
-            else
-              xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + lane];
-          }
-#pragma unroll
-          for (int st = 0; st < 8; ++st)
-            mma_bf16_16816(acc[t], a[2 * st], b[2 * st], a[2 * st + 1], b[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
-                           word(xv[st / 2], 2 * (st % 2) + 1));
-        }
+// Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
+// than U=1 at 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few
+// spilled registers.
+template <int NT>
+constexpr int kFp4U = NT == 1 ? 4 : 2;
+
+// kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds the
+// expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
+// no mma work for empty columns. k is summed in the same order whatever the tile.
+template <bool kNv, int kMaxNT, bool kSplitK>
+__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
+    small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+  constexpr int kGroup = kNv ? 16 : 32;
+  constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
+  __shared__ float partial[kSplitK ? kWarps * kMaxNT * 4 * 32 : 1];
+  __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
+
+  pdl_wait();
+  const int e = plan.active[blockIdx.y];
+  if (e < 0) return;
+  Fp4BlockTile b;
+  b.e = e;
+  b.off = plan.offsets[e];
+  b.count = plan.counts[e];
+  b.warp = threadIdx.x >> 5, b.lane = threadIdx.x & 31, b.gq = b.lane >> 2, b.cq = b.lane & 3;
+  b.N = g.N, b.K = g.K;
+  b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kWarps + b.warp) * kRowsPerBlock;
+  const int64_t row_bytes = b.K / 2;
+  b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
+  b.wr0 = b.n0 + b.gq, b.wr1 = b.n0 + b.gq + 8;
+  const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
+  b.w_row0 = w + b.wr0 * row_bytes + b.cq * 16;
+  b.w_row1 = w + b.wr1 * row_bytes + b.cq * 16;
+  const uint8_t* s = g.w_fp4_scales + e * b.N * (b.K / kGroup);
+  b.s_row0 = s + b.wr0 * (b.K / kGroup) + b.cq * (32 / kGroup);
+  b.s_row1 = s + b.wr1 * (b.K / kGroup) + b.cq * (32 / kGroup);
+  b.x = static_cast<const bf16*>(g.x);
+  b.gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
+
+  for (int64_t tb = 0; tb < b.count;) {
+    const int64_t rest = b.count - tb;
+    if constexpr (kMaxNT >= 4) {
+      if (rest > 16) {
+        fp4_pass<kNv, 4, kFp4U<4>, kSplitK>(g, b, tb, partial, xs);
+        tb += 32;
+        continue;
       }
     }
-    if (tb + NT * 8 >= count) pdl_launch_dependents();
-    float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
-    if constexpr (kSplitK) {
-      split_k_sum<kWarps, NT>(acc, partial, sum);
-    } else {
-#pragma unroll
-      for (int t = 0; t < NT; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
+    if constexpr (kMaxNT >= 2) {
+      if (rest > 8) {
+        fp4_pass<kNv, 2, kFp4U<2>, kSplitK>(g, b, tb, partial, xs);
+        tb += 16;
+        continue;
+      }
     }
-    if (!kSplitK || warp == 0) store_tile<NT>(sum, gs, g.bias, e, N, n0, tb, count, off, g.y);
+    fp4_pass<kNv, 1, kFp4U<1>, kSplitK>(g, b, tb, partial, xs);
+    tb += 8;
   }
 }
 
@@ -206,12 +261,10 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int 
   const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
   const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_active));
   const dim3 block(kWarps * 32);
-  // U (chunks in flight per lane and row): 32-token tiles with U=2 were 3-9% faster than U=1 at
-  // 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few spilled registers.
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, 4, kSplitK>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_fp4_kernel<kNv, 2, 2, kSplitK>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_fp4_kernel<kNv, 4, 2, kSplitK>, grid, block, s, g, plan); break;
+    case 8: launch(small_m_fp4_kernel<kNv, 1, kSplitK>, grid, block, s, g, plan); break;
+    case 16: launch(small_m_fp4_kernel<kNv, 2, kSplitK>, grid, block, s, g, plan); break;
+    case 32: launch(small_m_fp4_kernel<kNv, 4, kSplitK>, grid, block, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }
