@@ -34,8 +34,8 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 if [ -z "$BIN" ]; then
   step build 500 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON \
-    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_experts test_cuda_monolithic \
-    test_cuda_ep test_nccl fusedmoe_c fusedmoe-fuzz fusedmoe-bench"
+    >/dev/null && cmake --build build-gpu -j16 --target test_cuda_router test_cuda_plan test_cuda_experts \
+    test_cuda_monolithic test_cuda_ep test_nccl fusedmoe_c fusedmoe-fuzz fusedmoe-bench"
   BIN=build-gpu  # find_bin looks in build-gpu/tests and build-gpu/tools too
 fi
 if [ -f "$BIN/bin.tar.xz" ]; then  # the binaries, carried packed (bench/make_gpu_bin.sh)
@@ -69,6 +69,7 @@ for what in "$@"; do
   case "$what" in
     tests)
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
+      step test_cuda_plan 120 "$(find_bin test_cuda_plan)"
       step test_cuda_experts 420 "$(find_bin test_cuda_experts)"
       step test_cuda_batched 180 "$(find_bin test_cuda_batched)"
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
@@ -87,6 +88,9 @@ for what in "$@"; do
       step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter="$filter"
       step memcheck_router 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$(find_bin test_cuda_router)"
+      for tool in memcheck racecheck initcheck; do
+        step "${tool}_plan" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_plan)"
+      done
       step memcheck_monolithic 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
         "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.AllNegative*:CudaMonolithic.CudaGraph*:CudaMonolithic.FusedDecodeOdd*:CudaMonolithic.FusedDecodeGraph*'
       step racecheck_monolithic 300 compute-sanitizer --tool racecheck --error-exitcode 9 \
@@ -99,10 +103,11 @@ for what in "$@"; do
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
-    sanitize-variants)  # every compiled small-M/grouped variant under memcheck, racecheck and initcheck
+    sanitize-variants)  # every compiled small-M/grouped variant and the row plan under memcheck, racecheck, initcheck
       for tool in memcheck racecheck initcheck; do
         step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
           --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*'
+        step "${tool}_plan" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_plan)"
       done ;;
     sanitize-batched)  # the batched format's tests under every compute-sanitizer tool
       for tool in memcheck racecheck initcheck synccheck; do
@@ -122,6 +127,7 @@ for what in "$@"; do
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
+      step test_cuda_plan 120 "$(find_bin test_cuda_plan)"
       step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
         --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer'
       step test_cuda_batched 180 "$(find_bin test_cuda_batched)"

@@ -11,12 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/gpu_bin/' .git/info/exclude 2>/dev/null || echo '/gpu_bin/' >>.git/info/exclude
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDMOE_CUDA=ON >/dev/null
-cmake --build build-cuda --target test_cuda_router test_cuda_experts test_cuda_monolithic test_cuda_batched test_cuda_ep test_nccl \
+cmake --build build-cuda --target test_cuda_router test_cuda_plan test_cuda_experts test_cuda_monolithic test_cuda_batched test_cuda_ep test_nccl \
   fusedmoe-fuzz fusedmoe-bench fusedmoe_c fusedmoe-stream-probe
 rm -rf gpu_bin && mkdir -p gpu_bin/wheels
 # The binaries travel xz-packed (each embeds the same CUDA kernels: 66 MB loose, ~8 MB packed);
 # bench/gpu_session.sh unpacks gpu_bin/bin.tar.xz where it finds one.
-tar -cJf gpu_bin/bin.tar.xz --transform 's|.*/||' build-cuda/tests/test_cuda_router build-cuda/tests/test_cuda_experts \
+tar -cJf gpu_bin/bin.tar.xz --transform 's|.*/||' build-cuda/tests/test_cuda_router build-cuda/tests/test_cuda_plan build-cuda/tests/test_cuda_experts \
   build-cuda/tests/test_cuda_monolithic build-cuda/tests/test_cuda_batched build-cuda/tests/test_cuda_ep build-cuda/tests/test_nccl \
   build-cuda/tools/fusedmoe-fuzz build-cuda/tools/fusedmoe-bench build-cuda/tools/fusedmoe-stream-probe \
   build-cuda/libfusedmoe_c.so

@@ -112,9 +112,11 @@ inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
 // monolithic bf16 experts take the fused decode kernel).
 class ForcePath {
  public:
+  // gemm_tile_m: the grouped path's CUTLASS tile rows (128 or 64).
   explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool warp_tiles = false,
-                     bool fused_decode = false) {
+                     bool fused_decode = false, int gemm_tile_m = 128) {
     cuda::ExpertsPath p;
+    p.gemm_tile_m = gemm_tile_m;
     p.small_m = small_m;
     p.tile_tokens = tile_tokens;
     p.fp4_chunk_experts = fp4_chunk_experts;

@@ -24,14 +24,18 @@ TEST_P(CudaSchemeByActivation, MatchesFloat64Reference) {
   const auto [scheme, act, small_m] = GetParam();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const ForcePath force(small_m, 16);
   MoEConfig c = small_config(scheme, /*E=*/10, /*K=*/256, /*I=*/384, /*top_k=*/3);
   c.activation.kind = act;
   c.routing.method = RoutingMethod::precomputed;  // random ids with duplicates
   for (int64_t M : {1, 7, 37, 130}) {
     const Problem p = make_problem(c, M, seed + M);
-    const Buffer out = run_cuda_apply(to_gpu(p), M);
-    expect_matches_reference(p, out, p.ids, p.topk_weights);
+    for (int gemm_tile_m : {128, 64}) {  // the grouped path's two CUTLASS variants
+      if (small_m && gemm_tile_m == 64) continue;
+      SCOPED_TRACE("M " + std::to_string(M) + (small_m ? "" : " gemm tile " + std::to_string(gemm_tile_m)));
+      const ForcePath force(small_m, 16, 0, false, false, gemm_tile_m);
+      const Buffer out = run_cuda_apply(to_gpu(p), M);
+      expect_matches_reference(p, out, p.ids, p.topk_weights);
+    }
   }
 }
 
@@ -75,6 +79,11 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(2, 8, 128).warp_tiles);       // bf16, 8-row tiles: split-k blocks
   EXPECT_TRUE(choose_experts_path(160, 8, 128).warp_tiles);      // bf16, 16-row tiles: a tile per warp
   EXPECT_FALSE(choose_experts_path(256, 8, 128, fp8).warp_tiles);  // grouped GEMM
+  EXPECT_EQ(choose_experts_path(1024, 8, 128).gemm_tile_m, 64);    // qwen3 at 1024: 64 rows per expert
+  EXPECT_EQ(choose_experts_path(1024, 8, 256, fp8).gemm_tile_m, 64);  // deepseek-v3 at 1024: 32 rows
+  EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
+  EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
+  EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert
   EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128));     // monolithic bf16 decode: the fused kernel
   EXPECT_TRUE(cuda::choose_fused_decode(16, 2, 8));      // mixtral at 16: 4 rows per expert
   EXPECT_FALSE(cuda::choose_fused_decode(16, 8, 8));     // 16 rows per expert: grouped GEMM
@@ -141,11 +150,13 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const int param = GetParam();  // > 0: small-M tile; < 0: the same with a tile per warp; 0: grouped
+  // 8/16/32: small-M tile; -8/-16/-32: the same with a tile per warp; 0 / 64: grouped, 128- / 64-row GEMM tiles
+  const int param = GetParam();
   const int tile = param < 0 ? -param : param;
   {
-    const bool small_m = tile > 0;
-    const ForcePath force(small_m, tile, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0);
+    const bool small_m = tile > 0 && tile <= 32;
+    const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
+                          param == 64 ? 64 : 128);
     for (QuantScheme s : kCudaSchemes) {
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
@@ -167,10 +178,11 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, 0),
+INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, 0, 64),
                          [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
+                           if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
 
@@ -241,8 +253,9 @@ TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (bool small_m : {true, false}) {
-    const ForcePath force(small_m, 32, /*fp4_chunk_experts=*/5);
+  for (int path : {0, 128, 64}) {  // small-M, grouped with 128- and 64-row GEMM tiles
+    const bool small_m = path == 0;
+    const ForcePath force(small_m, 32, /*fp4_chunk_experts=*/5, false, false, small_m ? 128 : path);
     for (QuantScheme s : kCudaSchemes) {
       const Problem p = make_problem(small_config(s, 12, 512, 256, 4), 300, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);

@@ -102,7 +102,8 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
 size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
   const int64_t R = M * top_k;
   return 3 * workspace_tensor_bytes(DType::i32, {num_local + 1}) + workspace_tensor_bytes(DType::i32, {M, top_k}) +
-         2 * workspace_tensor_bytes(DType::i32, {R});
+         2 * workspace_tensor_bytes(DType::i32, {R}) +
+         workspace_tensor_bytes(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, num_local), 1)});
 }
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
@@ -138,6 +139,7 @@ PlanBuffers CudaExperts::take_plan(int64_t M, Workspace& ws) const {
   p.plan.slot_rows = p.slot_rows.data_as<int32_t>();
   p.plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
+  p.scratch = ws.take(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, E), 1)}).data_as<int32_t>();
   return p;
 }
 
@@ -151,7 +153,7 @@ ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) c
   const int64_t M = in.topk_ids.size(0);
   const PlanBuffers planned = take_plan(M, ws);
   launch_plan(in.topk_ids.data_as<const int32_t>(), M, config_.routing.top_k, static_cast<int>(config_.num_experts),
-              device_expert_map(), static_cast<int>(num_local_), planned.plan, stream());
+              device_expert_map(), static_cast<int>(num_local_), planned.plan, planned.scratch, stream());
   return run_planned(in, planned, ws);
 }
 
@@ -226,10 +228,11 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                        fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
     run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
-                     h.data(), N1, K, plan, gemm_scratch, dequant, s);
+                     h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
     launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, h2.data(),
                       h2_scale_ptr, s);
-    run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, gemm_scratch, dequant, s);
+    run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
+                     dequant, s);
     if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
   return y;
@@ -240,13 +243,13 @@ int64_t CudaExperts::fp4_dequant_elements() const {
 }
 
 void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
-                                   const RowPlan& plan, const Tensor& scratch, const Tensor& dequant,
+                                   const RowPlan& plan, int tile_m, const Tensor& scratch, const Tensor& dequant,
                                    cudaStream_t s) const {
   const Tensor& w = w13 ? weights_.w13 : weights_.w2;
   if (!fp4_) {
     const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
     run_gemm(a, a_scales, w.data(), fp8_ ? w_scale_mn.data_as<const float>() : nullptr, d, N, K, 0, num_local_, plan,
-             scratch, s);
+             tile_m, scratch, s);
     return;
   }
   // fp4: a chunk of experts at a time, dequantized to bf16, then the bf16 grouped GEMM on it.
@@ -256,12 +259,12 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
     const int64_t n = std::min(fp4_chunk_experts_, num_local_ - e0);
     launch_dequant_fp4(weight_format_, w.data_as<const uint8_t>(), scales.data_as<const uint8_t>(), global, e0, n, N,
                        K, dequant.data_as<bf16>(), s);
-    run_gemm(a, nullptr, dequant.data(), nullptr, d, N, K, e0, n, plan, scratch, s);
+    run_gemm(a, nullptr, dequant.data(), nullptr, d, N, K, e0, n, plan, tile_m, scratch, s);
   }
 }
 
 void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d,
-                           int64_t N, int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan,
+                           int64_t N, int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, int tile_m,
                            const Tensor& scratch, cudaStream_t s) const {
   GroupedGemmProblem p;
   p.num_groups = static_cast<int>(num_experts);
@@ -275,6 +278,7 @@ void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, 
   p.counts = plan.counts + e0;  // group g is local expert e0 + g
   p.offsets = plan.offsets + e0;
   p.sm_count = sm_count_;
+  p.tile_m = tile_m;
   const char* err = run_grouped_gemm(gemm_kind_, p, scratch.data(), scratch.nbytes(), s);
   FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);
 }
@@ -292,15 +296,23 @@ Buffer CudaExperts::transpose_block_scales(const Tensor& scales) const {
   return copy_to(t, device_);
 }
 
+namespace {
+const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
+  if (kind == GroupedGemmKind::fp8_block)
+    return tile_m == 64 ? kGroupedGemmFp8Pingpong64x128 : kGroupedGemmFp8Coop128x128;
+  return tile_m == 64 ? kGroupedGemmBf16Pingpong64x256 : kGroupedGemmBf16Coop128x256;
+}
+}  // namespace
+
 size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count) {
-  return kind == GroupedGemmKind::fp8_block ? grouped_gemm_fp8_block_workspace_bytes(num_groups, sm_count)
-                                            : grouped_gemm_bf16_workspace_bytes(num_groups, sm_count);
+  return std::max(gemm_variant(kind, 128).workspace_bytes(num_groups, sm_count),
+                  gemm_variant(kind, 64).workspace_bytes(num_groups, sm_count));
 }
 
 const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, void* workspace, size_t bytes,
                              cudaStream_t stream) {
-  return kind == GroupedGemmKind::fp8_block ? grouped_gemm_fp8_block(p, workspace, bytes, stream)
-                                            : grouped_gemm_bf16(p, workspace, bytes, stream);
+  if (p.tile_m != 64 && p.tile_m != 128) return "tile_m must be 64 or 128";
+  return gemm_variant(kind, p.tile_m).run(p, workspace, bytes, stream);
 }
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic) {

@@ -16,6 +16,7 @@ namespace fusedmoe::cuda {
 struct PlanBuffers {
   RowPlan plan;
   Tensor slot_rows;  // i32 [M, k]
+  int32_t* scratch;  // plan_scratch_ints(M * k, E_local) ints for launch_plan (null if 0)
 };
 
 class CudaExperts final : public ModularExperts {
@@ -50,12 +51,14 @@ class CudaExperts final : public ModularExperts {
   Tensor run_rows(const Tensor& x, const Tensor& x_scales, const RowPlan& plan, int64_t R, const ExpertsPath& path,
                   Workspace& ws) const;
   size_t rows_workspace_bytes(int64_t R, bool grouped) const;
-  // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`).
+  // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`); tile_m: the
+  // grouped GEMM variant's rows per tile (ExpertsPath::gemm_tile_m).
   void run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
-                        const RowPlan& plan, const Tensor& scratch, const Tensor& dequant, cudaStream_t s) const;
+                        const RowPlan& plan, int tile_m, const Tensor& scratch, const Tensor& dequant,
+                        cudaStream_t s) const;
   // Grouped GEMM of local experts [e0, e0 + num_experts), b holding exactly those experts.
   void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
-                int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, const Tensor& scratch,
+                int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, int tile_m, const Tensor& scratch,
                 cudaStream_t s) const;
   int64_t fp4_dequant_elements() const;
   Buffer transpose_block_scales(const Tensor& scales) const;

@@ -41,6 +41,12 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
   if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
+  // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /
+  // 14% / 6% faster for deepseek-v3 at 512 / 1024 / 2048 tokens (16 / 32 / 64 rows per expert), 11%
+  // for mixtral at 512 (128 rows), 2-5% for qwen3-30b-a3b at 1024-2048; 3% slower only for mixtral at
+  // 256 (64 rows). Above, 128-row tiles (cooperative): the 64-row ones cost 2% (bf16, qwen3) and 8%
+  // (fp8-block, deepseek-v3) at 8192 tokens (256-512 rows per expert). H200, bench/results, 2026-11-29.
+  path.gemm_tile_m = rows_per_expert <= 128.0 ? 64 : 128;
   return path;
 }
 

@@ -16,6 +16,7 @@ struct ExpertsPath {
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
+  int gemm_tile_m = 128;          // grouped path: 128-row cooperative tiles or 64-row pingpong tiles
 };
 
 // weights: the scheme of the expert weights. The grouped path of fp4 weights first dequantizes every

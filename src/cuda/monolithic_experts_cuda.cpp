@@ -70,7 +70,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     } else {
       launch_route(params, router_logits.data(), bf16_logits, M, ids.data_as<int32_t>(), weights.data_as<float>(), s);
       launch_plan(ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
-                  experts_.device_expert_map(), num_local, planned.plan, s);
+                  experts_.device_expert_map(), num_local, planned.plan, planned.scratch, s);
     }
     // llama4 has top_k == 1: token t's weight is weights[t], applied on the input.
     const bool on_input = config_.apply_router_weight_on_input();

@@ -28,18 +28,24 @@ struct GroupedGemmProblem {
   const int32_t* counts = nullptr;   // device [E]
   const int32_t* offsets = nullptr;  // device [E + 1]
   int sm_count = 0;
+  int tile_m = 128;                  // rows of A per tile: 128 (cooperative) or 64 (pingpong)
 };
 
-// Scratch bytes (argument arrays + CUTLASS workspace) for `num_groups` groups.
+// Scratch bytes (argument arrays + CUTLASS workspace) for `num_groups` groups, either tile.
 size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count);
 // Returns an empty string on success, else why CUTLASS refused.
 const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, void* workspace,
                              size_t workspace_bytes, cudaStream_t stream);
 
-// Implemented per kind in its own translation unit.
-size_t grouped_gemm_bf16_workspace_bytes(int num_groups, int sm_count);
-const char* grouped_gemm_bf16(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream);
-size_t grouped_gemm_fp8_block_workspace_bytes(int num_groups, int sm_count);
-const char* grouped_gemm_fp8_block(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream);
+// The compiled variants, one translation unit each: per kind, 128-row tiles on two consumer
+// warpgroups (cooperative) and 64-row tiles, one per warpgroup in turn (pingpong).
+struct GroupedGemmVariant {
+  size_t (*workspace_bytes)(int num_groups, int sm_count);
+  const char* (*run)(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream);
+};
+extern const GroupedGemmVariant kGroupedGemmBf16Coop128x256;
+extern const GroupedGemmVariant kGroupedGemmBf16Pingpong64x256;
+extern const GroupedGemmVariant kGroupedGemmFp8Coop128x128;
+extern const GroupedGemmVariant kGroupedGemmFp8Pingpong64x128;
 
 }  // namespace fusedmoe::cuda

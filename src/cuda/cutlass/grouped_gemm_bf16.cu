@@ -8,13 +8,5 @@ using Variant = sm90::GroupedGemm<cutlass::bfloat16_t, cute::Shape<cute::_128, c
                                   cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                                   cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, false>;
 }
-
-size_t grouped_gemm_bf16_workspace_bytes(int num_groups, int sm_count) {
-  return Variant::workspace_bytes(num_groups, sm_count);
-}
-
-const char* grouped_gemm_bf16(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream) {
-  return sm90::run<Variant>(p, workspace, bytes, stream);
-}
-
+const GroupedGemmVariant kGroupedGemmBf16Coop128x256{&Variant::workspace_bytes, &sm90::run<Variant>};
 }  // namespace fusedmoe::cuda

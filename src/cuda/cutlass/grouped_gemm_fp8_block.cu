@@ -9,13 +9,5 @@ using Variant = sm90::GroupedGemm<cutlass::float_e4m3_t, cute::Shape<cute::_128,
                                   cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise,
                                   cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, true>;
 }
-
-size_t grouped_gemm_fp8_block_workspace_bytes(int num_groups, int sm_count) {
-  return Variant::workspace_bytes(num_groups, sm_count);
-}
-
-const char* grouped_gemm_fp8_block(const GroupedGemmProblem& p, void* workspace, size_t bytes, cudaStream_t stream) {
-  return sm90::run<Variant>(p, workspace, bytes, stream);
-}
-
+const GroupedGemmVariant kGroupedGemmFp8Coop128x128{&Variant::workspace_bytes, &sm90::run<Variant>};
 }  // namespace fusedmoe::cuda

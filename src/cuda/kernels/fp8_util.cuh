@@ -18,9 +18,10 @@ __device__ inline uint8_t to_e4m3(float x) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
 }
 
-__device__ inline float warp_max_abs(float a) {
+// The largest of a over the 16 lanes of this half-warp (the whole warp must call it).
+__device__ inline float half_warp_max(float a) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+  for (int off = 8; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
   return a;
 }
 

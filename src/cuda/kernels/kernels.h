@@ -40,9 +40,11 @@ struct RowPlan {
   int32_t* row_token;   // [M * k]: token of each row
   int32_t* row_expert;  // [M * k]: local expert of each row (-1: a batched plan's unused row)
 };
-// ids [M, k]; expert_map (device, may be null) maps global -> local or -1.
+// ids [M, k]; expert_map (device, may be null) maps global -> local or -1. scratch: device ints,
+// plan_scratch_ints(M * k, num_local) of them (0 for decode-size batches: may then be null).
+int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local);
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
-                 int num_local, const RowPlan& plan, cudaStream_t s);
+                 int num_local, const RowPlan& plan, int32_t* scratch, cudaStream_t s);
 
 // batched.cu: the batched format [E_local, T, K] (see the file). batch_pos [M, k]: the batch row
 // e*T + position of each (token, slot), -1 where the slot has no local expert; a token's repeated

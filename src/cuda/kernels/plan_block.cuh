@@ -1,7 +1,8 @@
-// The row plan of one forward, computed by one block of kPlanThreads threads (see plan.cu):
-// counts the rows of each local expert, scans them into offsets, lists the active experts and
-// places every valid (token, slot) into its expert's rows. A device function so that the
-// modular plan kernel and the monolithic route+plan kernel run the same code.
+// The row plan of one forward (see plan.cu): counts the rows of each local expert, scans them
+// into offsets, lists the active experts and places every valid (token, slot) into its expert's
+// rows. plan_block does it all in one block of kPlanThreads threads: device code so that the
+// modular plan kernel and the monolithic route+plan kernel run the same code; the parts are the
+// steps of the multi-block plan for large batches.
 // Limits: num_local <= kItems * kPlanThreads (<= kMaxPlanExperts).
 #pragma once
 
@@ -19,21 +20,12 @@ __device__ inline int local_expert(int32_t id, int num_experts, const int32_t* e
   return expert_map ? expert_map[id] : id;
 }
 
-// Every thread of the block must call it; the ids must be visible to the whole block.
+// Counts, offsets and the active list from the per-expert row counts in counts[] (shared, the
+// whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
 template <int kItems>
-__device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top_k, int num_experts,
-                                  const int32_t* expert_map, int num_local, const RowPlan& plan) {
+__device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan) {
   using Scan = cub::BlockScan<int, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int counts[kMaxPlanExperts];
-  for (int e = threadIdx.x; e < num_local; e += kPlanThreads) counts[e] = 0;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < num_slots; i += kPlanThreads) {
-    const int e = local_expert(ids[i], num_experts, expert_map);
-    if (e >= 0) atomicAdd(&counts[e], 1);
-  }
-  __syncthreads();
-
   int c[kItems], offset[kItems], is_active[kItems], active_pos[kItems];
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
@@ -53,7 +45,7 @@ __device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top
       plan.counts[e] = c[j];
       plan.offsets[e] = offset[j];
       plan.active[e] = -1;
-      counts[e] = offset[j];  // becomes the insertion cursor
+      counts[e] = offset[j];
     }
   }
   if (threadIdx.x == 0) plan.offsets[num_local] = total;
@@ -63,16 +55,43 @@ __device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top
     const int e = threadIdx.x * kItems + j;
     if (e < num_local && is_active[j]) plan.active[active_pos[j]] = e;
   }
-  for (int64_t i = threadIdx.x; i < num_slots; i += kPlanThreads) {
+}
+
+// Slots [begin, end) to rows: cursor[e] (shared) is the next free row of expert e.
+__device__ inline void place_slots(const int32_t* ids, int64_t begin, int64_t end, int top_k, int num_experts,
+                                   const int32_t* expert_map, int* cursor, const RowPlan& plan) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const int e = local_expert(ids[i], num_experts, expert_map);
     int row = -1;
     if (e >= 0) {
-      row = atomicAdd(&counts[e], 1);
+      row = atomicAdd(&cursor[e], 1);
       plan.row_token[row] = static_cast<int32_t>(i / top_k);
       plan.row_expert[row] = e;
     }
     plan.slot_rows[i] = row;
   }
+}
+
+// Slots [begin, end) counted into counts[] (shared, zeroed by the caller).
+__device__ inline void count_slots(const int32_t* ids, int64_t begin, int64_t end, int num_experts,
+                                   const int32_t* expert_map, int* counts) {
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const int e = local_expert(ids[i], num_experts, expert_map);
+    if (e >= 0) atomicAdd(&counts[e], 1);
+  }
+}
+
+// Every thread of the block must call it; the ids must be visible to the whole block.
+template <int kItems>
+__device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top_k, int num_experts,
+                                  const int32_t* expert_map, int num_local, const RowPlan& plan) {
+  __shared__ int counts[kMaxPlanExperts];
+  for (int e = threadIdx.x; e < num_local; e += kPlanThreads) counts[e] = 0;
+  __syncthreads();
+  count_slots(ids, 0, num_slots, num_experts, expert_map, counts);
+  __syncthreads();
+  plan_offsets<kItems>(counts, num_local, plan);  // counts[] becomes the insertion cursor
+  place_slots(ids, 0, num_slots, top_k, num_experts, expert_map, counts, plan);
 }
 
 }  // namespace fusedmoe::cuda

@@ -1,5 +1,5 @@
-// Activation preparation kernels: fp8 1x128 block quantization of the layer input (one warp
-// per 128-value group, 4 values per lane), the llama4 input weighting, and the gather of
+// Activation preparation kernels: fp8 1x128 block quantization of the layer input (a half-warp
+// per 128-value group, 8 values per lane), the llama4 input weighting, and the gather of
 // input rows into expert-grouped order for the grouped GEMMs.
 // Limits: K % 128 == 0 for the fp8 quantizer; rows are 16-byte aligned for the gather.
 #include "cuda/cuda_util.h"
@@ -12,32 +12,39 @@ namespace {
 
 constexpr int kBlock = 256;
 
+// A half-warp per 128-value group, 8 values (16 bytes) per lane.
 __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, uint8_t* q,
                                           float* scales) {
   const int64_t groups = K / 128;
-  const int64_t warp = (int64_t(blockIdx.x) * kBlock + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
+  const int64_t item = (int64_t(blockIdx.x) * kBlock + threadIdx.x) >> 4;
+  const int sub = threadIdx.x & 15;
   pdl_wait();
   pdl_launch_dependents();
-  if (warp >= M * groups) return;
-  const int64_t row = warp / groups, g = warp % groups;
-  const int64_t base = row * K + g * 128 + lane * 4;
-  const uint2 raw = *reinterpret_cast<const uint2*>(x + base);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-  float f[4];
+  const bool live = item < M * groups;
+  const int64_t row = live ? item / groups : 0, g = live ? item % groups : 0;
+  const int64_t base = row * K + g * 128 + sub * 8;
+  float f[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   float amax = 0.0f;
+  if (live) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(x + base);
+    const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      f[i] = __bfloat162float(v[i]);
+      if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * row_weight[row]));
+      amax = fmaxf(amax, fabsf(f[i]));
+    }
+  }
+  const float scale = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
+  if (!live) return;
+  uint2 packed = make_uint2(0, 0);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    f[i] = __bfloat162float(v[i]);
-    if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * row_weight[row]));
-    amax = fmaxf(amax, fabsf(f[i]));
+    packed.x |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
+    packed.y |= uint32_t(to_e4m3(f[4 + i] / scale)) << (8 * i);
   }
-  const float scale = fp8_scale_from_amax(warp_max_abs(amax));
-  uint32_t packed = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) packed |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
-  *reinterpret_cast<uint32_t*>(q + base) = packed;
-  if (lane == 0) scales[row * groups + g] = scale;
+  *reinterpret_cast<uint2*>(q + base) = packed;
+  if (sub == 0) scales[row * groups + g] = scale;
 }
 
 __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out) {
@@ -72,10 +79,10 @@ __global__ void gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const 
 
 void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
                                cudaStream_t s) {
-  const int64_t threads = M * (K / 128) * 32;
+  const int64_t threads = M * (K / 128) * 16;
   if (threads == 0) return;
-  launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x,
-         M, K, row_weight, reinterpret_cast<uint8_t*>(q), scales);
+  launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x, M,
+         K, row_weight, reinterpret_cast<uint8_t*>(q), scales);
 }
 
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s) {

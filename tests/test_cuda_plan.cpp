@@ -1,0 +1,115 @@
+// The CUDA row plan (launch_plan) on its own: for random ids with masked (-1), out-of-range and
+// unmapped experts, the counts, offsets and active list equal the host's count, and every valid
+// (token, slot) has exactly one row inside its expert's range that names its token and expert.
+// Covers the one-block plan and the multi-block plan (count, offsets, place) with partial last
+// chunks and 1, 2 and 4 scan items per thread. Outputs are poisoned before the call. Skips
+// without a Hopper GPU.
+#include <random>
+#include <vector>
+
+#include "cuda/kernels/kernels.h"
+#include "cuda_test_util.h"
+
+namespace fusedmoe::test {
+namespace {
+
+struct PlanCase {
+  int64_t M;
+  int top_k;
+  int num_experts;  // global ids are drawn from [-2, num_experts + 2)
+  bool map;         // expert_map: every third expert is not local, the rest in reverse order
+};
+
+void check_plan(const PlanCase& pc, uint64_t seed) {
+  SCOPED_TRACE("M " + std::to_string(pc.M) + " top_k " + std::to_string(pc.top_k) + " E " +
+               std::to_string(pc.num_experts) + (pc.map ? " mapped" : ""));
+  const int64_t slots = pc.M * pc.top_k;
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(slots)), map;
+  std::uniform_int_distribution<int32_t> pick(-2, pc.num_experts + 1);
+  for (auto& id : ids) id = pick(rng);
+  int num_local = pc.num_experts;
+  if (pc.map) {
+    num_local = 0;
+    map.assign(static_cast<size_t>(pc.num_experts), -1);
+    for (int e = pc.num_experts - 1; e >= 0; --e)
+      if (e % 3 != 0) map[e] = num_local++;
+  }
+  auto local = [&](int32_t id) { return id < 0 || id >= pc.num_experts ? -1 : pc.map ? map[id] : id; };
+  std::vector<int32_t> want_counts(static_cast<size_t>(num_local), 0);
+  for (int32_t id : ids)
+    if (local(id) >= 0) ++want_counts[local(id)];
+
+  auto dev_ints = [](int64_t n, const std::vector<int32_t>* from = nullptr) {
+    Buffer b = Buffer::empty(DType::i32, {std::max<int64_t>(n, 1)}, kGpu);
+    if (from)
+      cudaMemcpy(b.data_as<int32_t>(), from->data(), from->size() * sizeof(int32_t), cudaMemcpyHostToDevice);
+    else
+      cudaMemset(b.data_as<int32_t>(), 0x7f, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(int32_t));  // poison
+    return b;
+  };
+  const Buffer d_ids = dev_ints(slots, &ids), d_map = pc.map ? dev_ints(pc.num_experts, &map) : Buffer{};
+  Buffer counts = dev_ints(num_local + 1), offsets = dev_ints(num_local + 1), active = dev_ints(num_local + 1);
+  Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
+  Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
+  cuda::RowPlan plan{counts.data_as<int32_t>(),    offsets.data_as<int32_t>(),   active.data_as<int32_t>(),
+                     slot_rows.data_as<int32_t>(), row_token.data_as<int32_t>(), row_expert.data_as<int32_t>()};
+  cuda::launch_plan(d_ids.data_as<const int32_t>(), pc.M, pc.top_k, pc.num_experts,
+                    pc.map ? d_map.data_as<const int32_t>() : nullptr, num_local, plan, scratch.data_as<int32_t>(),
+                    nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto host = [](const Buffer& b, int64_t n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    cudaMemcpy(v.data(), b.data_as<int32_t>(), v.size() * sizeof(int32_t), cudaMemcpyDeviceToHost);
+    return v;
+  };
+  const auto h_counts = host(counts, num_local), h_offsets = host(offsets, num_local + 1),
+             h_active = host(active, num_local), h_slot_rows = host(slot_rows, slots);
+  int64_t total = 0;
+  std::vector<int32_t> want_active;
+  for (int e = 0; e < num_local; ++e) {
+    ASSERT_EQ(h_counts[e], want_counts[e]) << "counts[" << e << "]";
+    ASSERT_EQ(h_offsets[e], total) << "offsets[" << e << "]";
+    total += want_counts[e];
+    if (want_counts[e] > 0) want_active.push_back(e);
+  }
+  ASSERT_EQ(h_offsets[num_local], total);
+  want_active.resize(static_cast<size_t>(num_local), -1);
+  ASSERT_EQ(h_active, want_active);
+  const auto h_row_token = host(row_token, total), h_row_expert = host(row_expert, total);
+  std::vector<int> hits(static_cast<size_t>(total), 0);
+  for (int64_t i = 0; i < slots; ++i) {
+    const int e = local(ids[i]);
+    const int32_t r = h_slot_rows[i];
+    if (e < 0) {
+      ASSERT_EQ(r, -1) << "slot " << i << " (id " << ids[i] << ") has no local expert";
+      continue;
+    }
+    ASSERT_TRUE(r >= h_offsets[e] && r < h_offsets[e] + h_counts[e]) << "slot " << i << " row " << r;
+    ASSERT_EQ(h_row_token[r], i / pc.top_k) << "row " << r;
+    ASSERT_EQ(h_row_expert[r], e) << "row " << r;
+    ++hits[r];
+  }
+  for (int64_t r = 0; r < total; ++r) ASSERT_EQ(hits[r], 1) << "row " << r;
+}
+
+TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const PlanCase cases[] = {
+      {1000, 4, 10, false},    // 4000 slots: one block
+      {1100, 4, 10, false},    // 4400: three chunks, the last partial
+      {1100, 4, 10, true},     //   with an expert map
+      {8192, 8, 128, false},   // qwen3-30b-a3b at 8192 tokens
+      {8192, 8, 384, true},    // 256 local experts of 384
+      {3001, 3, 1500, false},  // 2 scan items per thread
+      {2000, 5, 3000, true},   // 2000 local experts: 2 items
+      {1500, 4, 4000, false},  // 4 items
+      {1, 1, 8, false},        // one slot
+  };
+  for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
