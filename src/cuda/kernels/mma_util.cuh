@@ -1,12 +1,13 @@
 // Warp-level tensor-core helpers of the small-M kernels (sm_80+ mma.sync, used on sm_90a):
 // bf16 m16n8k16 and e4m3 m16n8k32 with f32 accumulators, a 16-byte streaming load that skips
-// L1, word access into a 16-byte vector, the swap-AB step over one 16-byte chunk of k, and the
-// split-k sum across warps.
+// L1, word access into a 16-byte vector, the swap-AB step over one 16-byte chunk of k, the
+// split-k sum across warps, and the fitted-tile passes over an expert's rows.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fusedmoe::cuda {
 
@@ -107,5 +108,31 @@ __device__ inline void cp_async_16(void* smem, const void* gmem, bool valid) {
 }
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// The passes over an expert's `count` rows of the small-M kernels: each takes the smallest token
+// tile (8 * NT rows, NT = 1, 2 or 4) that holds the remaining rows, up to 8 * kMaxNT, and calls
+// pass(std::integral_constant<int, NT>{}, first_row).
+template <int kMaxNT, class Pass>
+__device__ __forceinline__ void for_each_fitted_pass(int64_t count, Pass&& pass) {
+  for (int64_t tb = 0; tb < count;) {
+    const int64_t rest = count - tb;
+    if constexpr (kMaxNT >= 4) {
+      if (rest > 16) {
+        pass(std::integral_constant<int, 4>{}, tb);
+        tb += 32;
+        continue;
+      }
+    }
+    if constexpr (kMaxNT >= 2) {
+      if (rest > 8) {
+        pass(std::integral_constant<int, 2>{}, tb);
+        tb += 16;
+        continue;
+      }
+    }
+    pass(std::integral_constant<int, 1>{}, tb);
+    tb += 8;
+  }
+}
 
 }  // namespace fusedmoe::cuda

@@ -196,25 +196,9 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
   // x_row is set, grouped M-major otherwise).
   b.sa_stride = g.x_row ? 1 : b.count;
 
-  for (int64_t tb = 0; tb < b.count;) {
-    const int64_t rest = b.count - tb;
-    if constexpr (kMaxNT >= 4) {
-      if (rest > 16) {
-        gemm_pass<kFp8, 4, kU<4>, kWarpTiles>(g, b, tb, partial, xs);
-        tb += 32;
-        continue;
-      }
-    }
-    if constexpr (kMaxNT >= 2) {
-      if (rest > 8) {
-        gemm_pass<kFp8, 2, kU<2>, kWarpTiles>(g, b, tb, partial, xs);
-        tb += 16;
-        continue;
-      }
-    }
-    gemm_pass<kFp8, 1, kU<1>, kWarpTiles>(g, b, tb, partial, xs);
-    tb += 8;
-  }
+  for_each_fitted_pass<kMaxNT>(b.count, [&](auto nt, int64_t tb) {
+    gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles>(g, b, tb, partial, xs);
+  });
 }
 
 template <bool kFp8, bool kWarpTiles>

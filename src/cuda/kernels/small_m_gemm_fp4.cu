@@ -235,25 +235,9 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
   b.x = static_cast<const bf16*>(g.x);
   b.gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
 
-  for (int64_t tb = 0; tb < b.count;) {
-    const int64_t rest = b.count - tb;
-    if constexpr (kMaxNT >= 4) {
-      if (rest > 16) {
-        fp4_pass<kNv, 4, kFp4U<4>, kSplitK>(g, b, tb, partial, xs);
-        tb += 32;
-        continue;
-      }
-    }
-    if constexpr (kMaxNT >= 2) {
-      if (rest > 8) {
-        fp4_pass<kNv, 2, kFp4U<2>, kSplitK>(g, b, tb, partial, xs);
-        tb += 16;
-        continue;
-      }
-    }
-    fp4_pass<kNv, 1, kFp4U<1>, kSplitK>(g, b, tb, partial, xs);
-    tb += 8;
-  }
+  for_each_fitted_pass<kMaxNT>(b.count, [&](auto nt, int64_t tb) {
+    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK>(g, b, tb, partial, xs);
+  });
 }
 
 template <bool kNv, bool kSplitK>
