@@ -2,8 +2,9 @@
 // unmapped experts, the counts, offsets and active list equal the host's count, and every valid
 // (token, slot) has exactly one row inside its expert's range that names its token and expert.
 // Covers the one-block plan and the multi-block plan (count, offsets, place) with partial last
-// chunks and 1, 2 and 4 scan items per thread. Outputs are poisoned before the call. Skips
-// without a Hopper GPU.
+// chunks and 1, 2 and 4 scan items per thread, and the small-M work items (each active expert's
+// rows cut every item_rows, in expert order). Outputs are poisoned before the call. Skips without
+// a Hopper GPU.
 #include <random>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct PlanCase {
   int top_k;
   int num_experts;  // global ids are drawn from [-2, num_experts + 2)
   bool map;         // expert_map: every third expert is not local, the rest in reverse order
+  int item_rows;    // 0: no work items
 };
 
 void check_plan(const PlanCase& pc, uint64_t seed) {
@@ -52,8 +54,12 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer counts = dev_ints(num_local + 1), offsets = dev_ints(num_local + 1), active = dev_ints(num_local + 1);
   Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
+  const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
+  Buffer items = dev_ints(2 * max_items), item_count = dev_ints(1);
   cuda::RowPlan plan{counts.data_as<int32_t>(),    offsets.data_as<int32_t>(),   active.data_as<int32_t>(),
-                     slot_rows.data_as<int32_t>(), row_token.data_as<int32_t>(), row_expert.data_as<int32_t>()};
+                     slot_rows.data_as<int32_t>(), row_token.data_as<int32_t>(), row_expert.data_as<int32_t>(),
+                     reinterpret_cast<int2*>(items.data_as<int32_t>()), item_count.data_as<int32_t>(),
+                     pc.item_rows};
   cuda::launch_plan(d_ids.data_as<const int32_t>(), pc.M, pc.top_k, pc.num_experts,
                     pc.map ? d_map.data_as<const int32_t>() : nullptr, num_local, plan, scratch.data_as<int32_t>(),
                     nullptr);
@@ -91,6 +97,17 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
     ++hits[r];
   }
   for (int64_t r = 0; r < total; ++r) ASSERT_EQ(hits[r], 1) << "row " << r;
+  if (pc.item_rows == 0) {
+    ASSERT_EQ(host(item_count, 1)[0], 0x7f7f7f7f) << "a plan without work items wrote item_count";
+    return;
+  }
+  std::vector<int32_t> want_items;  // {expert, first row} pairs
+  for (int e : want_active)
+    for (int32_t r = 0; e >= 0 && r < want_counts[e]; r += pc.item_rows) want_items.insert(want_items.end(), {e, r});
+  const int64_t n = static_cast<int64_t>(want_items.size()) / 2;
+  ASSERT_LE(n, max_items);
+  ASSERT_EQ(host(item_count, 1)[0], n);
+  ASSERT_EQ(host(items, 2 * n), want_items);
 }
 
 TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
@@ -98,15 +115,16 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   const PlanCase cases[] = {
-      {1000, 4, 10, false},    // 4000 slots: one block
-      {1100, 4, 10, false},    // 4400: three chunks, the last partial
-      {1100, 4, 10, true},     //   with an expert map
-      {8192, 8, 128, false},   // qwen3-30b-a3b at 8192 tokens
-      {8192, 8, 384, true},    // 256 local experts of 384
-      {3001, 3, 1500, false},  // 2 scan items per thread
-      {2000, 5, 3000, true},   // 2000 local experts: 2 items
-      {1500, 4, 4000, false},  // 4 items
-      {1, 1, 8, false},        // one slot
+      {1000, 4, 10, false, 32},    // 4000 slots: one block; work items of 32 rows
+      {1100, 4, 10, false, 0},     // 4400: three chunks, the last partial
+      {1100, 4, 10, true, 16},     //   with an expert map
+      {8192, 8, 128, false, 0},    // qwen3-30b-a3b at 8192 tokens
+      {8192, 8, 384, true, 8},     // 256 local experts of 384
+      {3001, 3, 1500, false, 8},   // 2 scan items per thread
+      {2000, 5, 3000, true, 16},   // 2000 local experts: 2 items
+      {1500, 4, 4000, false, 32},  // 4 items
+      {1, 1, 8, false, 8},         // one slot
+      {128, 8, 128, false, 16},    // qwen3-30b-a3b at 128 tokens
   };
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
 }

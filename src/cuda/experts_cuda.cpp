@@ -99,11 +99,29 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
 }
 
+namespace {
+// Room for the work items of a plan of R rows at the smallest tile (8 rows): the most items.
+int64_t item_capacity(int64_t R, int64_t num_local) { return std::max<int64_t>(plan_max_items(R, num_local, 8), 1); }
+
+size_t items_bytes(int64_t R, int64_t num_local) {
+  return workspace_tensor_bytes(DType::i32, {2 * item_capacity(R, num_local)}) +
+         workspace_tensor_bytes(DType::i32, {1});
+}
+
+// The plan's work items for the path's small-M tile (none on the grouped path).
+void take_items(RowPlan& plan, int64_t R, int64_t num_local, const ExpertsPath& path, Workspace& ws) {
+  plan.items = reinterpret_cast<int2*>(ws.take(DType::i32, {2 * item_capacity(R, num_local)}).data_as<int32_t>());
+  plan.item_count = ws.take(DType::i32, {1}).data_as<int32_t>();
+  plan.item_rows = path.small_m ? path.tile_tokens : 0;
+}
+}  // namespace
+
 size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
   const int64_t R = M * top_k;
   return 3 * workspace_tensor_bytes(DType::i32, {num_local + 1}) + workspace_tensor_bytes(DType::i32, {M, top_k}) +
          2 * workspace_tensor_bytes(DType::i32, {R}) +
-         workspace_tensor_bytes(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, num_local), 1)});
+         workspace_tensor_bytes(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, num_local), 1)}) +
+         items_bytes(R, num_local);
 }
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
@@ -111,7 +129,7 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
   if (batched_) {  // the plan of E x T rows, then the rows; fp4 keeps room for either path
     const int64_t R = num_local_ * config_.max_tokens_per_expert;
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
-           rows_workspace_bytes(R, /*grouped=*/true);
+           items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true);
   }
   const bool grouped = !choose_experts_path(M, k, num_local_, config_.quant).small_m;
   return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, grouped);
@@ -140,6 +158,7 @@ PlanBuffers CudaExperts::take_plan(int64_t M, Workspace& ws) const {
   p.plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.scratch = ws.take(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, E), 1)}).data_as<int32_t>();
+  take_items(p.plan, R, E, choose_experts_path(M, static_cast<int>(k), E, config_.quant), ws);
   return p;
 }
 
@@ -173,9 +192,10 @@ ExpertsOutput CudaExperts::apply_batched(const PreparedActivations& in, Workspac
   plan.active = ws.take(DType::i32, {E + 1}).data_as<int32_t>();
   plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
-  launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
   const int64_t tokens = in.topk_ids.defined() ? in.topk_ids.size(0) : T;
   const ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, E, config_.quant);
+  take_items(plan, R, E, path, ws);
+  launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
   const Tensor y = run_rows(in.a1q, in.a1q_scale, plan, R, path, ws);
   return {ExpertsOutputKind::batched, Tensor(y.data(), DType::bf16, {E, T, K}), {}};
 }
@@ -204,24 +224,24 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const Tensor y = ws.take(DType::bf16, {R, K});
   const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
 
-  const int max_active = static_cast<int>(std::min(E, R));
   const float* x_scale_ptr = fp8_ ? x_scales.data_as<const float>() : nullptr;
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
   if (path.small_m) {
+    const int64_t max_items = plan_max_items(R, E, path.tile_tokens);
     SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(),
                   fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
-    launch_small_m_gemm(g1, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
+    launch_small_m_gemm(g1, plan, max_items, path.tile_tokens, s);
     launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
                       h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
                   fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
                   b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
-    launch_small_m_gemm(g2, plan, static_cast<int>(E), max_active, path.tile_tokens, s);
+    launch_small_m_gemm(g2, plan, max_items, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),

@@ -10,7 +10,8 @@
 //  - batch_pack (a block per slot): copies each token's row (and f32 scales) into its batch rows.
 //  - batched_plan: the RowPlan of a batch for the expert kernels — offsets[e] = e*T, counts
 //    clamped to [0, T] (device counts cannot be checked on the host without a sync), rows past
-//    an expert's count marked row_expert = -1 so the row-wise kernels skip them, row_token[r] = r.
+//    an expert's count marked row_expert = -1 so the row-wise kernels skip them, row_token[r] = r,
+//    and the small-M work items when plan.item_rows > 0.
 // Limits: num_local <= kMaxPlanExperts, num_local * T < 2^31 (int32 rows).
 #include <algorithm>
 
@@ -87,14 +88,14 @@ __global__ void __launch_bounds__(kThreads) batched_plan_kernel(const int32_t* e
   if (blockIdx.x == 0) {  // counts, offsets and the active list
     using Scan = cub::BlockScan<int, kThreads>;
     __shared__ typename Scan::TempStorage scan_storage;
-    int is_active[kScanItems], active_pos[kScanItems];
+    int c[kScanItems], is_active[kScanItems], active_pos[kScanItems];
 #pragma unroll
     for (int j = 0; j < kScanItems; ++j) {
       const int e = threadIdx.x * kScanItems + j;
-      const int c = e < num_local ? max(0, min(expert_num_tokens[e], static_cast<int>(T))) : 0;
-      is_active[j] = c > 0;
+      c[j] = e < num_local ? max(0, min(expert_num_tokens[e], static_cast<int>(T))) : 0;
+      is_active[j] = c[j] > 0;
       if (e < num_local) {
-        plan.counts[e] = c;
+        plan.counts[e] = c[j];
         plan.offsets[e] = static_cast<int32_t>(e * T);
         plan.active[e] = -1;
       }
@@ -102,6 +103,7 @@ __global__ void __launch_bounds__(kThreads) batched_plan_kernel(const int32_t* e
     if (threadIdx.x == 0) plan.offsets[num_local] = static_cast<int32_t>(num_local * T);
     Scan(scan_storage).ExclusiveSum(is_active, active_pos);
     __syncthreads();  // every -1 above is written before the active entries below
+    list_items<kScanItems, kThreads>(c, num_local, plan);
 #pragma unroll
     for (int j = 0; j < kScanItems; ++j)
       if (is_active[j]) plan.active[active_pos[j]] = threadIdx.x * kScanItems + j;

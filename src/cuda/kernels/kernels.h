@@ -39,7 +39,18 @@ struct RowPlan {
   int32_t* slot_rows;   // [M * k]: row of each (token, slot), -1 if it contributes nothing
   int32_t* row_token;   // [M * k]: token of each row
   int32_t* row_expert;  // [M * k]: local expert of each row (-1: a batched plan's unused row)
+  // The small-M kernels' work items, when item_rows > 0: each active expert's rows cut into chunks of
+  // item_rows (the kernels' token tile), one item {local expert, first row within the expert} per
+  // chunk, in expert order; *item_count of them (at most plan_max_items). A hot expert's chunks go to
+  // different blocks instead of one block running them one after another.
+  int2* items;
+  int32_t* item_count;
+  int item_rows;
 };
+// Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,
+// num_slots)) with c_e >= 1 rows make sum(ceil(c_e / item_rows)) <= A + (num_slots - A) / item_rows
+// items, which grows with A. No more grid rows than active experts when num_slots <= num_local.
+int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows);
 // ids [M, k]; expert_map (device, may be null) maps global -> local or -1. scratch: device ints,
 // plan_scratch_ints(M * k, num_local) of them (0 for decode-size batches: may then be null).
 int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local);
@@ -113,10 +124,11 @@ struct SmallMGemm {
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
 };
-void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local, int max_active, int tile_tokens,
+// A block row per work item of the plan (plan.item_rows == tile_tokens); max_items: plan_max_items.
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
                          cudaStream_t s);
 // small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
-void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
                              cudaStream_t s);
 
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]

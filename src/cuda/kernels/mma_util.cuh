@@ -109,30 +109,20 @@ __device__ inline void cp_async_16(void* smem, const void* gmem, bool valid) {
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
-// The passes over an expert's `count` rows of the small-M kernels: each takes the smallest token
-// tile (8 * NT rows, NT = 1, 2 or 4) that holds the remaining rows, up to 8 * kMaxNT, and calls
-// pass(std::integral_constant<int, NT>{}, first_row).
+// The pass of a small-M work item over an expert's rows [begin, end), end - begin <= 8 * kMaxNT:
+// it takes the smallest token tile (8 * NT rows, NT = 1, 2 or 4) that holds them and calls
+// pass(std::integral_constant<int, NT>{}, begin). Items cut an expert's rows every 8 * kMaxNT, so
+// the passes are those one block running over all of the expert's rows would make.
 template <int kMaxNT, class Pass>
-__device__ __forceinline__ void for_each_fitted_pass(int64_t count, Pass&& pass) {
-  for (int64_t tb = 0; tb < count;) {
-    const int64_t rest = count - tb;
-    if constexpr (kMaxNT >= 4) {
-      if (rest > 16) {
-        pass(std::integral_constant<int, 4>{}, tb);
-        tb += 32;
-        continue;
-      }
-    }
-    if constexpr (kMaxNT >= 2) {
-      if (rest > 8) {
-        pass(std::integral_constant<int, 2>{}, tb);
-        tb += 16;
-        continue;
-      }
-    }
-    pass(std::integral_constant<int, 1>{}, tb);
-    tb += 8;
+__device__ __forceinline__ void fitted_pass(int64_t begin, int64_t end, Pass&& pass) {
+  const int64_t rest = end - begin;
+  if constexpr (kMaxNT >= 4) {
+    if (rest > 16) return pass(std::integral_constant<int, 4>{}, begin);
   }
+  if constexpr (kMaxNT >= 2) {
+    if (rest > 8) return pass(std::integral_constant<int, 2>{}, begin);
+  }
+  pass(std::integral_constant<int, 1>{}, begin);
 }
 
 }  // namespace fusedmoe::cuda

@@ -1,5 +1,6 @@
 // Row plan kernels: count the rows of each local expert, scan them into offsets, list the active
-// experts and place every valid (token, slot) into its expert's rows. Ids outside [0, E) and
+// experts and place every valid (token, slot) into its expert's rows (and list the small-M
+// kernels' work items when the plan asks: RowPlan::items). Ids outside [0, E) and
 // experts mapped to -1 contribute no row. Within an expert, rows are in no particular order (every
 // consumer reads the plan through slot_rows / row_token, so the output does not depend on it).
 // Up to kOneBlockSlots slots: one block of 1024 threads does it all (one launch; the counts live
@@ -100,6 +101,12 @@ void by_items(int num_local, F&& f) {
 }  // namespace
 
 int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local) { return num_chunks(num_slots) * num_local; }
+
+int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows) {
+  if (item_rows <= 0) return 0;
+  const int64_t most_active = std::min(num_local, num_slots);
+  return most_active + (num_slots - most_active) / item_rows;
+}
 
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map, int num_local,
                  const RowPlan& plan, int32_t* scratch, cudaStream_t s) {

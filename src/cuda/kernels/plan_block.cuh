@@ -20,8 +20,27 @@ __device__ inline int local_expert(int32_t id, int num_experts, const int32_t* e
   return expert_map ? expert_map[id] : id;
 }
 
-// Counts, offsets and the active list from the per-expert row counts in counts[] (shared, the
-// whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
+// The work items (RowPlan::items) of the experts whose row counts c[] this thread holds (experts
+// threadIdx.x * kItems + j), when plan.item_rows > 0; the block's threads call it together.
+template <int kItems, int kThreads>
+__device__ inline void list_items(const int (&c)[kItems], int num_local, const RowPlan& plan) {
+  if (plan.item_rows <= 0) return;
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int chunks[kItems], first[kItems], total;
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) chunks[j] = (c[j] + plan.item_rows - 1) / plan.item_rows;
+  Scan(scan_storage).ExclusiveSum(chunks, first, total);
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int e = threadIdx.x * kItems + j;
+    for (int q = 0; q < chunks[j] && e < num_local; ++q) plan.items[first[j] + q] = make_int2(e, q * plan.item_rows);
+  }
+  if (threadIdx.x == 0) *plan.item_count = total;
+}
+
+// Counts, offsets, the active list and the work items from the per-expert row counts in counts[]
+// (shared, the whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
 template <int kItems>
 __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan) {
   using Scan = cub::BlockScan<int, kPlanThreads>;
@@ -38,6 +57,7 @@ __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& p
   __syncthreads();
   Scan(scan_storage).ExclusiveSum(is_active, active_pos);
   __syncthreads();
+  list_items<kItems, kPlanThreads>(c, num_local, plan);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;

@@ -55,23 +55,39 @@ __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const flo
   out[i] = __float2bfloat16_rn(__bfloat162float(x[i]) * row_weight[i / K]);
 }
 
-// One block per planned row: 16-byte copies of the row, then its scales.
-__global__ void gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G,
-                                   RowPlan plan, int num_local, uint8_t* dst, float* dst_scales) {
-  const int64_t r = blockIdx.x;
+// A warp per planned row, 8 rows per block: the row's plan entries read together, then 16-byte
+// pieces, 8 per lane loaded before any is stored, then the row's scales. (A block of 128 threads
+// per row, one piece in flight per thread after three dependent plan reads, took 118 us at 72% of
+// DRAM peak for qwen3-30b-a3b at 8192 tokens; this one 109 us at 77%. ncu, H200.)
+constexpr int kGatherWarps = 8;
+constexpr int kGatherPieces = 8;
+
+__global__ void __launch_bounds__(kGatherWarps * 32)
+    gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
+                       int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales) {
+  const int64_t r = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
   pdl_wait();
   pdl_launch_dependents();
-  if (r >= plan.offsets[num_local]) return;
+  if (r >= max_rows || r >= plan.offsets[num_local]) return;
   const int e = plan.row_expert[r];
-  if (e < 0) return;  // an unused row of a batched plan
   const int64_t token = plan.row_token[r];
+  if (e < 0) return;  // an unused row of a batched plan
   const uint4* s = reinterpret_cast<const uint4*>(src + token * row_bytes);
   uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
-  for (int64_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) d[i] = s[i];
+  const int64_t n = row_bytes / 16;
+  for (int64_t i0 = lane; i0 < n; i0 += 32 * kGatherPieces) {
+    uint4 v[kGatherPieces];
+#pragma unroll
+    for (int u = 0; u < kGatherPieces; ++u)
+      if (i0 + u * 32 < n) v[u] = __ldg(s + i0 + u * 32);
+#pragma unroll
+    for (int u = 0; u < kGatherPieces; ++u)
+      if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
+  }
   if (dst_scales) {
     const int64_t off = plan.offsets[e], count = plan.counts[e];
-    for (int64_t g = threadIdx.x; g < G; g += blockDim.x)
-      dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
+    for (int64_t g = lane; g < G; g += 32) dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
   }
 }
 
@@ -94,8 +110,9 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
                         int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s) {
   if (max_rows == 0) return;
-  launch(gather_rows_kernel, dim3(static_cast<unsigned>(max_rows)), dim3(128), s, static_cast<const uint8_t*>(src),
-         row_bytes, src_scales, G, plan, num_local, static_cast<uint8_t*>(dst), dst_scales);
+  launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
+         dim3(kGatherWarps * 32), s, static_cast<const uint8_t*>(src), row_bytes, src_scales, G, plan, num_local,
+         max_rows, static_cast<uint8_t*>(dst), dst_scales);
 }
 
 }  // namespace fusedmoe::cuda

@@ -11,7 +11,9 @@
 // every thread load its operands straight from global memory without shared memory.
 // Block: 4 warps split k (16-byte chunks w, w+4, ...: side by side in each row; fp8 pairs of
 // chunks, one 128-wide scale group, so each group's mma sums are scaled once) and reduce through
-// shared memory in a fixed order. Grid: (ceil(N/16), max active experts).
+// shared memory in a fixed order. Grid: (ceil(N/16), the plan's most work items): a block row per
+// item of the row plan (RowPlan::items), one tile of up to tile_tokens rows of one expert, so the
+// rows of an expert that draws many tokens run side by side in several blocks.
 // Variant SmallMGemm::warp_tiles (the heuristic's choice, heuristics.cpp): each warp takes its own
 // 16-row tile over all of k — 64 rows per block, no split-k reduce — and the block stages X once in
 // shared memory for its four warps (cp.async, two buffers, one barrier per step while the weight
@@ -149,7 +151,7 @@ __device__ __forceinline__ void gemm_pass(const SmallMGemm& g, const BlockTile& 
       }
     }
   }
-  if (tb + NT * 8 >= count) pdl_launch_dependents();  // last pass: the next kernel may launch
+  pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   if constexpr (kWarpTiles) {  // each warp writes its own rows
     store_tile<NT>(acc, 1.0f, g.bias, b.e, b.N, b.n0, tb, count, off, g.y);
   } else {  // split-k reduction in warp order, then warp 0 writes bf16 rows
@@ -167,8 +169,18 @@ constexpr int kU = NT == 4 ? 2 : 4;
 // the expert's remaining rows, so an expert's weights are read once per 8 * kMaxNT of its rows,
 // and one with few rows does no mma work for empty columns. k is summed in the same order
 // whatever the tile (per column, by chunk group), so the choice does not change any bit.
+// Blocks per SM the registers must allow for the variants the heuristic uses: with one pass per
+// block ptxas took more registers (fp8 32-row warp tiles 188, 2 blocks per SM: deepseek-v3 7% slower
+// at 128-256 tokens; bf16 8-row split-k 86, 5 blocks: qwen3-30b-a3b's 768 one-token blocks in two
+// waves). These keep the occupancy of the multi-pass kernel (H200, bench/results, session 10).
 template <bool kFp8, int kMaxNT, bool kWarpTiles>
-__global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g, RowPlan plan) {
+constexpr int kMinBlocks = kWarpTiles ? (kFp8 && kMaxNT == 4 ? 4 : 1)
+                           : kFp8     ? (kMaxNT == 1 ? 4 : kMaxNT == 2 ? 3 : 1)
+                                      : (kMaxNT == 1 ? 8 : 1);
+
+template <bool kFp8, int kMaxNT, bool kWarpTiles>
+__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTiles>))
+    small_m_gemm_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kElemBytes = kFp8 ? 1 : 2;
   constexpr int kChunk = 4 * 16 / kElemBytes;  // k values per 16-byte load of each of 4 lanes
   constexpr int kMaxSlots = kMaxNT * kU<kMaxNT> * 32;  // NT * U * 32, largest at the largest tile
@@ -176,8 +188,9 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
   __shared__ uint4 xs[kWarpTiles ? 2 * kMaxSlots : 1];
 
   pdl_wait();
-  const int e = plan.active[blockIdx.y];
-  if (e < 0) return;
+  if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
+  const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
+  const int e = item.x;
   BlockTile b;
   b.e = e;
   b.off = plan.offsets[e];
@@ -196,17 +209,20 @@ __global__ void __launch_bounds__(kWarps * 32) small_m_gemm_kernel(SmallMGemm g,
   // x_row is set, grouped M-major otherwise).
   b.sa_stride = g.x_row ? 1 : b.count;
 
-  for_each_fitted_pass<kMaxNT>(b.count, [&](auto nt, int64_t tb) {
+  const int64_t end = min(b.count, int64_t(item.y) + plan.item_rows);
+  fitted_pass<kMaxNT>(item.y, end, [&](auto nt, int64_t tb) {
     gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles>(g, b, tb, partial, xs);
   });
 }
 
 template <bool kFp8, bool kWarpTiles>
-void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens, cudaStream_t s) {
+void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kRowsPerBlock * (kWarpTiles ? kWarps : 1);
   const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block),
-                  static_cast<unsigned>(max_active));
+                  static_cast<unsigned>(max_items));
   const dim3 block(kWarps * 32);
+  FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the small-M GEMM of ", tile_tokens,
+             "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
   switch (tile_tokens) {
     case 8: launch(small_m_gemm_kernel<kFp8, 1, kWarpTiles>, grid, block, s, g, plan); break;
     case 16: launch(small_m_gemm_kernel<kFp8, 2, kWarpTiles>, grid, block, s, g, plan); break;
@@ -217,21 +233,20 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int 
 
 }  // namespace
 
-void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int num_local, int max_active, int tile_tokens,
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
                          cudaStream_t s) {
-  (void)num_local;
-  if (max_active == 0) return;
+  if (max_items == 0) return;
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
   switch (g.weights) {
     case SmallMWeights::fp8_block:
     case SmallMWeights::bf16:
-      if (fp8 && g.warp_tiles) launch_typed<true, true>(g, plan, max_active, tile_tokens, s);
-      else if (fp8) launch_typed<true, false>(g, plan, max_active, tile_tokens, s);
-      else if (g.warp_tiles) launch_typed<false, true>(g, plan, max_active, tile_tokens, s);
-      else launch_typed<false, false>(g, plan, max_active, tile_tokens, s);
+      if (fp8 && g.warp_tiles) launch_typed<true, true>(g, plan, max_items, tile_tokens, s);
+      else if (fp8) launch_typed<true, false>(g, plan, max_items, tile_tokens, s);
+      else if (g.warp_tiles) launch_typed<false, true>(g, plan, max_items, tile_tokens, s);
+      else launch_typed<false, false>(g, plan, max_items, tile_tokens, s);
       break;
     case SmallMWeights::nvfp4:
-    case SmallMWeights::mxfp4: launch_small_m_gemm_fp4(g, plan, max_active, tile_tokens, s); break;
+    case SmallMWeights::mxfp4: launch_small_m_gemm_fp4(g, plan, max_items, tile_tokens, s); break;
   }
 }
 

@@ -9,7 +9,8 @@
 // with fp4_util's 2^126 folded in (nvfp4: s 2^118, the other 2^8 in the f32 global scale) — exact,
 // since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16 steps.
 // Each packed weight is read once per pass over up to 8*NT rows of its expert; each pass takes the
-// smallest tile that holds the expert's remaining rows (up to the launch's tile).
+// smallest tile that holds the expert's remaining rows (up to the launch's tile). A block row per
+// work item of the row plan (RowPlan::items: one tile of rows of one expert), as small_m_gemm.cu.
 // Variant SmallMGemm::warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
 // its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
 // tokens than the split-k blocks. Its four warps need the same X, which the block stages once in
@@ -183,7 +184,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
       }
     }
   }
-  if (tb + NT * 8 >= count) pdl_launch_dependents();
+  pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
   if constexpr (kSplitK) {
     split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
@@ -214,8 +215,9 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
   __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
 
   pdl_wait();
-  const int e = plan.active[blockIdx.y];
-  if (e < 0) return;
+  if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
+  const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
+  const int e = item.x;
   Fp4BlockTile b;
   b.e = e;
   b.off = plan.offsets[e];
@@ -235,16 +237,19 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
   b.x = static_cast<const bf16*>(g.x);
   b.gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
 
-  for_each_fitted_pass<kMaxNT>(b.count, [&](auto nt, int64_t tb) {
+  const int64_t end = min(b.count, int64_t(item.y) + plan.item_rows);
+  fitted_pass<kMaxNT>(item.y, end, [&](auto nt, int64_t tb) {
     fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK>(g, b, tb, partial, xs);
   });
 }
 
 template <bool kNv, bool kSplitK>
-void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens, cudaStream_t s) {
+void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
-  const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_active));
+  const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_items));
   const dim3 block(kWarps * 32);
+  FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the fp4 small-M GEMM of ", tile_tokens,
+             "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
   switch (tile_tokens) {
     case 8: launch(small_m_fp4_kernel<kNv, 1, kSplitK>, grid, block, s, g, plan); break;
     case 16: launch(small_m_fp4_kernel<kNv, 2, kSplitK>, grid, block, s, g, plan); break;
@@ -255,16 +260,16 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int max_active, int 
 
 }  // namespace
 
-void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int max_active, int tile_tokens,
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
                              cudaStream_t s) {
   const bool warp_tiles = g.warp_tiles;
-  if (max_active == 0) return;
+  if (max_items == 0) return;
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
-  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_active, tile_tokens, s);
-  else if (nv) launch_typed<true, true>(g, plan, max_active, tile_tokens, s);
-  else if (warp_tiles) launch_typed<false, false>(g, plan, max_active, tile_tokens, s);
-  else launch_typed<false, true>(g, plan, max_active, tile_tokens, s);
+  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s);
+  else if (nv) launch_typed<true, true>(g, plan, max_items, tile_tokens, s);
+  else if (warp_tiles) launch_typed<false, false>(g, plan, max_items, tile_tokens, s);
+  else launch_typed<false, true>(g, plan, max_items, tile_tokens, s);
 }
 
 }  // namespace fusedmoe::cuda
