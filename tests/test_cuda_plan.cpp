@@ -129,5 +129,43 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
 }
 
+// plan_max_items sizes the small-M grid and the items buffer: on the host, for adversarial and
+// random row counts, the items a plan lists never exceed it, and some distribution reaches it.
+TEST(CudaPlan, MaxItemsBoundHoldsAndIsReached) {
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  auto items_of = [](const std::vector<int64_t>& counts, int item_rows) {
+    int64_t n = 0;
+    for (int64_t c : counts) n += (c + item_rows - 1) / item_rows;
+    return n;
+  };
+  for (int item_rows : {8, 16, 32})
+    for (int64_t slots : {int64_t(1), int64_t(8), int64_t(127), int64_t(128), int64_t(1024), int64_t(8192)})
+      for (int64_t E : {int64_t(8), int64_t(128), int64_t(256)}) {
+        SCOPED_TRACE("slots " + std::to_string(slots) + " E " + std::to_string(E) + " rows " +
+                     std::to_string(item_rows));
+        const int64_t bound = cuda::plan_max_items(slots, E, item_rows);
+        // The bound is reached: as many experts as possible with one row, the rest on one expert.
+        const int64_t active = std::min(E, slots);
+        std::vector<int64_t> most(static_cast<size_t>(E), 0);
+        for (int64_t e = 0; e < active; ++e) most[e] = 1;
+        most[0] += slots - active;
+        ASSERT_EQ(items_of(most, item_rows), bound);
+        // Every token on one expert; then random splits of the slots (some masked).
+        std::vector<int64_t> one(static_cast<size_t>(E), 0);
+        one[0] = slots;
+        ASSERT_LE(items_of(one, item_rows), bound);
+        for (int trial = 0; trial < 50; ++trial) {
+          std::vector<int64_t> counts(static_cast<size_t>(E), 0);
+          std::uniform_int_distribution<int64_t> pick(-1, E - 1);
+          for (int64_t i = 0; i < slots; ++i)
+            if (const int64_t e = pick(rng); e >= 0) ++counts[e];
+          ASSERT_LE(items_of(counts, item_rows), bound);
+        }
+      }
+  EXPECT_EQ(cuda::plan_max_items(100, 10, 0), 0) << "no items without a tile";
+}
+
 }  // namespace
 }  // namespace fusedmoe::test
