@@ -15,8 +15,6 @@
 // Limits: num_local <= kMaxPlanExperts, num_local * T < 2^31 (int32 rows).
 #include <algorithm>
 
-#include <cub/block/block_scan.cuh>
-
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
@@ -85,15 +83,13 @@ __global__ void __launch_bounds__(128) batch_pack_kernel(const uint8_t* rows, in
 __global__ void __launch_bounds__(kThreads) batched_plan_kernel(const int32_t* expert_num_tokens, int num_local,
                                                                 int64_t T, RowPlan plan) {
   pdl_wait();
-  if (blockIdx.x == 0) {  // counts, offsets and the active list
-    using Scan = cub::BlockScan<int, kThreads>;
-    __shared__ typename Scan::TempStorage scan_storage;
-    int c[kScanItems], is_active[kScanItems], active_pos[kScanItems];
+  if (blockIdx.x == 0) {  // counts, offsets, the active list and the work items
+    int c[kScanItems];
+    PlanSums first[kScanItems];
 #pragma unroll
     for (int j = 0; j < kScanItems; ++j) {
       const int e = threadIdx.x * kScanItems + j;
       c[j] = e < num_local ? max(0, min(expert_num_tokens[e], static_cast<int>(T))) : 0;
-      is_active[j] = c[j] > 0;
       if (e < num_local) {
         plan.counts[e] = c[j];
         plan.offsets[e] = static_cast<int32_t>(e * T);
@@ -101,12 +97,9 @@ __global__ void __launch_bounds__(kThreads) batched_plan_kernel(const int32_t* e
       }
     }
     if (threadIdx.x == 0) plan.offsets[num_local] = static_cast<int32_t>(num_local * T);
-    Scan(scan_storage).ExclusiveSum(is_active, active_pos);
+    const PlanSums total = scan_plan<kScanItems, kThreads>(c, plan.item_rows, first);
     __syncthreads();  // every -1 above is written before the active entries below
-    list_items<kScanItems, kThreads>(c, num_local, plan);
-#pragma unroll
-    for (int j = 0; j < kScanItems; ++j)
-      if (is_active[j]) plan.active[active_pos[j]] = threadIdx.x * kScanItems + j;
+    list_active(c, first, total, num_local, plan);
   }
   const int64_t r = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (r < num_local * T) {

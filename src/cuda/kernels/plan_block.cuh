@@ -20,61 +20,73 @@ __device__ inline int local_expert(int32_t id, int num_experts, const int32_t* e
   return expert_map ? expert_map[id] : id;
 }
 
-// The work items (RowPlan::items) of the experts whose row counts c[] this thread holds (experts
-// threadIdx.x * kItems + j), when plan.item_rows > 0; the block's threads call it together.
+// The per-expert prefix sums of the plan, scanned together in one block scan: rows (offsets),
+// active experts (positions in the active list) and work items (RowPlan::items, when
+// plan.item_rows > 0).
+struct PlanSums {
+  int rows, active, items;
+};
+__device__ inline PlanSums operator+(PlanSums a, PlanSums b) {
+  return {a.rows + b.rows, a.active + b.active, a.items + b.items};
+}
+
+// c[j] holds the rows of expert threadIdx.x * kItems + j (0 past the last expert); first[j] gets
+// the sums over the experts before it. Returns the block's totals; the block's threads call it
+// together.
 template <int kItems, int kThreads>
-__device__ inline void list_items(const int (&c)[kItems], int num_local, const RowPlan& plan) {
-  if (plan.item_rows <= 0) return;
-  using Scan = cub::BlockScan<int, kThreads>;
+__device__ inline PlanSums scan_plan(const int (&c)[kItems], int item_rows, PlanSums (&first)[kItems]) {
+  using Scan = cub::BlockScan<PlanSums, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
-  int chunks[kItems], first[kItems], total;
+  PlanSums own[kItems], total;
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) chunks[j] = (c[j] + plan.item_rows - 1) / plan.item_rows;
-  Scan(scan_storage).ExclusiveSum(chunks, first, total);
+  for (int j = 0; j < kItems; ++j)
+    own[j] = {c[j], c[j] > 0, item_rows > 0 ? (c[j] + item_rows - 1) / item_rows : 0};
+  Scan(scan_storage).ExclusiveSum(own, first, total);
+  return total;
+}
+
+// The active list and the work items from scan_plan's sums; plan.active[] must be -1 past the
+// active experts (the caller writes it, with a __syncthreads() between).
+template <int kItems>
+__device__ inline void list_active(const int (&c)[kItems], const PlanSums (&first)[kItems], const PlanSums& total,
+                                   int num_local, const RowPlan& plan) {
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;
-    for (int q = 0; q < chunks[j] && e < num_local; ++q) plan.items[first[j] + q] = make_int2(e, q * plan.item_rows);
+    if (e >= num_local || c[j] == 0) continue;
+    plan.active[first[j].active] = e;
+    if (plan.item_rows > 0)
+      for (int q = 0; q * plan.item_rows < c[j]; ++q)
+        plan.items[first[j].items + q] = make_int2(e, q * plan.item_rows);
   }
-  if (threadIdx.x == 0) *plan.item_count = total;
+  if (threadIdx.x == 0 && plan.item_rows > 0) *plan.item_count = total.items;
 }
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]
 // (shared, the whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
 template <int kItems>
 __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan) {
-  using Scan = cub::BlockScan<int, kPlanThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
-  int c[kItems], offset[kItems], is_active[kItems], active_pos[kItems];
+  int c[kItems];
+  PlanSums first[kItems];
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;
     c[j] = e < num_local ? counts[e] : 0;
-    is_active[j] = c[j] > 0;
   }
-  int total;
-  Scan(scan_storage).ExclusiveSum(c, offset, total);
-  __syncthreads();
-  Scan(scan_storage).ExclusiveSum(is_active, active_pos);
-  __syncthreads();
-  list_items<kItems, kPlanThreads>(c, num_local, plan);
+  const PlanSums total = scan_plan<kItems, kPlanThreads>(c, plan.item_rows, first);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;
     if (e < num_local) {
       plan.counts[e] = c[j];
-      plan.offsets[e] = offset[j];
+      plan.offsets[e] = first[j].rows;
       plan.active[e] = -1;
-      counts[e] = offset[j];
+      counts[e] = first[j].rows;
     }
   }
-  if (threadIdx.x == 0) plan.offsets[num_local] = total;
+  if (threadIdx.x == 0) plan.offsets[num_local] = total.rows;
   __syncthreads();
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int e = threadIdx.x * kItems + j;
-    if (e < num_local && is_active[j]) plan.active[active_pos[j]] = e;
-  }
+  list_active(c, first, total, num_local, plan);
 }
 
 // Slots [begin, end) to rows: cursor[e] (shared) is the next free row of expert e.
