@@ -1,18 +1,12 @@
-// Element-wise activation math shared by the CPU pipeline and the CUDA kernels (host/device).
+// Element-wise activation math shared by the CPU pipeline and the CUDA kernels (host/device): the
+// gated and relu2 activations by kind, on the scalar functions of activation_fn.h.
 #pragma once
 
-#include <cmath>
-
+#include "core/activation_fn.h"
 #include "fusedmoe/config.h"
 #include "fusedmoe/formats.h"
 
 namespace fusedmoe {
-
-FMOE_HOST_DEVICE inline float act_silu(float x) { return x / (1.0f + expf(-x)); }
-FMOE_HOST_DEVICE inline float act_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-FMOE_HOST_DEVICE inline float act_gelu_tanh(float x) {
-  return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-}
 
 // Gated activations: f(gate) * up. swiglu_oai clamps as gpt-oss does.
 FMOE_HOST_DEVICE inline float gated_activation(ActivationKind kind, float gate, float up, float alpha, float limit) {
@@ -23,7 +17,7 @@ FMOE_HOST_DEVICE inline float gated_activation(ActivationKind kind, float gate, 
     case ActivationKind::swiglu_oai: {
       const float g = gate < limit ? gate : limit;
       const float u = up < -limit ? -limit : (up > limit ? limit : up);
-      return (u + 1.0f) * (g / (1.0f + expf(-alpha * g)));
+      return (u + 1.0f) * act_sigmoid_mul(g, alpha);
     }
     case ActivationKind::relu2: break;
   }
