@@ -219,6 +219,33 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
     }
 }
 
+// The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the
+// experts are built: default on for fp4, whose dequantization writes w13 in gate/up blocks; opt-in
+// for bf16, which keeps a blocked copy of w13) gives the bits of GEMM1 + the activation kernel,
+// with several groups per tile row, partial 64-row tiles and fp4 chunks of two experts.
+TEST(CudaExperts, GatedGemm1EqualsUnfused) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme q : {QuantScheme::bf16, QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::gelu_mul, ActivationKind::gelu_tanh_mul}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(q)) + " activation " + std::to_string(static_cast<int>(act)));
+      MoEConfig c = small_config(q, 6, 256, 384, 2);
+      c.activation.kind = act;
+      c.routing.method = RoutingMethod::precomputed;
+      const Problem p = make_problem(c, 300, seed);
+      const GpuProblem g = to_gpu(p);
+      const ForcePath force(false, 16, /*fp4_chunk_experts=*/2, false, false, 128);
+      setenv("FUSEDMOE_FUSED_GEMM1", "0", 1);
+      const Buffer plain = run_cuda_apply(g, 300);
+      setenv("FUSEDMOE_FUSED_GEMM1", "1", 1);
+      const Buffer fused = run_cuda_apply(g, 300);
+      unsetenv("FUSEDMOE_FUSED_GEMM1");
+      expect_matches_reference(p, fused, p.ids, p.topk_weights);
+      EXPECT_TRUE(bits_equal(plain, fused)) << "the gated GEMM1 differs from GEMM1 + activation";
+    }
+}
+
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -52,14 +52,16 @@ class CudaExperts final : public ModularExperts {
                   Workspace& ws) const;
   size_t rows_workspace_bytes(int64_t R, bool grouped) const;
   // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`); tile_m: the
-  // grouped GEMM variant's rows per tile (ExpertsPath::gemm_tile_m).
+  // grouped GEMM variant's rows per tile (ExpertsPath::gemm_tile_m). gated_act > 0 (w13 only):
+  // GEMM1 with the activation in its epilogue, d is then h2, N/2 wide.
   void run_gemm_weights(const void* a, const float* a_scales, bool w13, void* d, int64_t N, int64_t K,
                         const RowPlan& plan, int tile_m, const Tensor& scratch, const Tensor& dequant,
-                        cudaStream_t s) const;
+                        cudaStream_t s, int gated_act = 0) const;
   // Grouped GEMM of local experts [e0, e0 + num_experts), b holding exactly those experts.
   void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
                 int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, int tile_m, const Tensor& scratch,
-                cudaStream_t s) const;
+                cudaStream_t s, int gated_act = 0) const;
+  void choose_gated_gemm1();
   int64_t fp4_dequant_elements() const;
   Buffer transpose_block_scales(const Tensor& scales) const;
 
@@ -74,6 +76,11 @@ class CudaExperts final : public ModularExperts {
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
+  // The grouped path's GEMM1 with the gated activation in its epilogue (sm90 GatedAct, 0: GEMM1
+  // then the activation kernel). It reads w13 with rows blocked by 128 (gate block j, then up block
+  // j): fp4 dequantizes into that order; bf16 keeps the copy w13_blocked_ (opt-in, it costs w13's size).
+  int gated_gemm1_ = 0;
+  Buffer w13_blocked_;
 };
 
 }  // namespace fusedmoe::cuda

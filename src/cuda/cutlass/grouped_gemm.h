@@ -29,6 +29,8 @@ struct GroupedGemmProblem {
   const int32_t* offsets = nullptr;  // device [E + 1]
   int sm_count = 0;
   int tile_m = 128;                  // rows of A per tile: 128 (cooperative) or 64 (pingpong)
+  int gated_act = 0;                 // > 0: GEMM1 with the gated activation in its epilogue (sm90::GatedAct:
+                                     // 1 silu, 2 gelu, 3 gelu_tanh), B rows blocked by 128, d bf16 [R, N/2]
 };
 
 // Scratch bytes (argument arrays + CUTLASS workspace) for `num_groups` groups, either tile.
@@ -47,5 +49,7 @@ extern const GroupedGemmVariant kGroupedGemmBf16Coop128x256;
 extern const GroupedGemmVariant kGroupedGemmBf16Pingpong64x256;
 extern const GroupedGemmVariant kGroupedGemmFp8Coop128x128;
 extern const GroupedGemmVariant kGroupedGemmFp8Pingpong64x128;
+// bf16 GEMM1 with the gated activation in the epilogue, 64x256 pingpong (gated_epilogue_sm90.cuh).
+extern const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256;
 
 }  // namespace fusedmoe::cuda

@@ -14,6 +14,7 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/util/packed_stride.hpp>
 
+#include "cuda/cutlass/gated_epilogue_sm90.cuh"
 #include "cuda/cutlass/grouped_gemm.h"
 
 namespace fusedmoe::cuda::sm90 {
@@ -25,8 +26,11 @@ using UnderlyingShape = ProblemShape::UnderlyingProblemShape;
 constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
 // Tile config of one variant.
-template <class ElementAB, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule, bool kBlockScaled>
+// kGated: GEMM1 with the gated activation in the epilogue (gated_epilogue_sm90.cuh).
+template <class ElementAB, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule, bool kBlockScaled,
+          bool kGated = false>
 struct GroupedGemm {
+  static constexpr bool Gated = kGated;
   using ElementD = cutlass::bfloat16_t;
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
@@ -38,10 +42,18 @@ struct GroupedGemm {
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
 
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*,
-      kAlignD, EpilogueSchedule, cutlass::epilogue::fusion::LinearCombination<ElementD, float>>::CollectiveOp;
+  template <bool kG, class = void>
+  struct EpilogueOf {  // the builder's epilogue, instantiated only when used
+    using type = typename cutlass::epilogue::collective::CollectiveBuilder<
+        cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
+        cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*,
+        kAlignD, EpilogueSchedule, cutlass::epilogue::fusion::LinearCombination<ElementD, float>>::CollectiveOp;
+  };
+  template <class V>
+  struct EpilogueOf<true, V> {
+    using type = GatedEpilogueAdapter<GatedActivationEpilogueArray<cutlass::detail::TagToStrideC_t<LayoutD*>>>;
+  };
+  using Epilogue = typename EpilogueOf<kGated>::type;
 
   using StrideArgA = cute::conditional_t<kBlockScaled, cute::tuple<LayoutA*, LayoutSFA*>, LayoutA*>;
   using StrideArgB = cute::conditional_t<kBlockScaled, cute::tuple<LayoutB*, LayoutSFB*>, LayoutB*>;
@@ -106,22 +118,30 @@ struct GroupedGemm {
     cudaGetDevice(&hw.device_id);
     hw.sm_count = p.sm_count;
     typename Gemm::Arguments args;
-    decltype(args.epilogue.thread) fusion{};
-    fusion.alpha = 1.0f;
-    fusion.beta = 0.0f;
-    if constexpr (kBlockScaled) {
-      args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                      {p.num_groups, arr.shapes, nullptr},
-                                      {arr.a, arr.stride_a, arr.b, arr.stride_b, arr.sfa, arr.layout_sfa, arr.sfb,
-                                       arr.layout_sfb},
-                                      {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
-                                      hw};
-    } else {
+    if constexpr (kGated) {
       args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
                                       {p.num_groups, arr.shapes, nullptr},
                                       {arr.a, arr.stride_a, arr.b, arr.stride_b},
-                                      {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
+                                      {arr.d, arr.stride_d, p.gated_act},
                                       hw};
+    } else {
+      decltype(args.epilogue.thread) fusion{};
+      fusion.alpha = 1.0f;
+      fusion.beta = 0.0f;
+      if constexpr (kBlockScaled) {
+        args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                        {p.num_groups, arr.shapes, nullptr},
+                                        {arr.a, arr.stride_a, arr.b, arr.stride_b, arr.sfa, arr.layout_sfa, arr.sfb,
+                                         arr.layout_sfb},
+                                        {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
+                                        hw};
+      } else {
+        args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                        {p.num_groups, arr.shapes, nullptr},
+                                        {arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                        {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
+                                        hw};
+      }
     }
     return args;
   }
@@ -145,10 +165,11 @@ __global__ void fill_group_arguments(typename G::Arrays arr, GroupedGemmProblem 
   arr.shapes[e] = UnderlyingShape(m, n, k);
   arr.a[e] = static_cast<const AB*>(p.a) + row0 * p.K;
   arr.b[e] = static_cast<const AB*>(p.b) + int64_t(e) * p.N * p.K;
-  arr.d[e] = static_cast<typename G::ElementD*>(p.d) + row0 * p.N;
+  const int n_out = G::Gated ? n / 2 : n;  // the gated epilogue writes N/2 columns
+  arr.d[e] = static_cast<typename G::ElementD*>(p.d) + row0 * n_out;
   arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, cute::make_shape(m, k, 1));
   arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, cute::make_shape(n, k, 1));
-  arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, cute::make_shape(m, n, 1));
+  arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, cute::make_shape(m, n_out, 1));
   if (p.a_scales) {
     const int64_t kb = (p.K + 127) / 128, nb = (p.N + 127) / 128;
     arr.sfa[e] = p.a_scales + row0 * kb;

@@ -4,8 +4,10 @@
 // scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3 scale and the expert's global
 // scale, as the reference takes it. Bandwidth-bound: each thread turns 4 packed bytes (8
 // values) into one 16-byte store, so a warp reads 128 and writes 512 contiguous bytes; bytes
-// become bf16 pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk.
-// Limits: K % 32 == 0.
+// become bf16 pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk. With
+// gate_up_blocked, w13's output rows go in the gated GEMM1's order: within an expert, gate row
+// 128j + i to row 256j + i and up row 128j + i to row 256j + 128 + i.
+// Limits: K % 32 == 0; gate_up_blocked: N % 256 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -21,7 +23,8 @@ constexpr int kMaxBlocks = 8192;
 template <bool kNv>
 __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w, const uint8_t* scales,
                                                                const float* global, int64_t e0, int64_t count,
-                                                               int64_t N, int64_t K, bf16* out) {
+                                                               int64_t N, int64_t K, bool gate_up_blocked,
+                                                               bf16* out) {
   constexpr int kGroup = kNv ? 16 : 32;
   pdl_wait();
   pdl_launch_dependents();
@@ -54,22 +57,32 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
         if (big) o[q] = mul_bf16x2(o[q], sc);
       }
     }
-    reinterpret_cast<uint4*>(out)[i] = make_uint4(o[0], o[1], o[2], o[3]);  // out + row * K + k0
+    int64_t out_row = row;
+    if (gate_up_blocked) {  // 32-bit: the chunk's rows fit, and a 64-bit division per word would dominate
+      const uint32_t n = static_cast<uint32_t>(row) % static_cast<uint32_t>(N), I = static_cast<uint32_t>(N / 2);
+      const uint32_t half = n >= I, m = n - half * I;
+      out_row = row - n + ((m >> 7) << 8) + (half << 7) + (m & 127);
+    }
+    *reinterpret_cast<uint4*>(out + out_row * K + k0) = make_uint4(o[0], o[1], o[2], o[3]);
   }
 }
 
 }  // namespace
 
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
-                        int64_t count, int64_t N, int64_t K, bf16* out, cudaStream_t s) {
+                        int64_t count, int64_t N, int64_t K, bool gate_up_blocked, bf16* out, cudaStream_t s) {
   FMOE_CHECK(K % 32 == 0, "fp4 dequantization needs K % 32 == 0, got K=", K);
+  FMOE_CHECK(!gate_up_blocked || (N % 256 == 0 && count * N < (int64_t(1) << 32)),
+             "fp4 dequantization in gate/up blocks needs N % 256 == 0 and fewer than 2^32 rows, got N=", N, " x ", count);
   const int64_t words = count * N * (K / 8);
   if (words == 0) return;
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((words + kThreads - 1) / kThreads, kMaxBlocks)));
   if (format == SmallMWeights::nvfp4)
-    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, out);
+    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, gate_up_blocked,
+           out);
   else
-    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, out);
+    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, gate_up_blocked,
+           out);
 }
 
 }  // namespace fusedmoe::cuda
