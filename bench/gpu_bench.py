@@ -282,6 +282,8 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--modular-only", action="store_true",
+                    help="time the modular forward alone (no monolithic, no torch baselines): for same-run A/B")
     ap.add_argument("--router-skew", type=float, default=0.0,
                     help="add S x a fixed per-expert N(0,1) offset to the random logits, so some experts "
                          "draw more tokens than others as trained routers do (0: uniform)")
@@ -352,6 +354,12 @@ def main():
             res = dict(model=name, quant=p["quant"], tokens=M, active_experts=active, bytes=bytes_, flops=flops,
                        floor_us=floor_us)
             res["fusedmoe_us"] = time_us(graphed(fm), args.reps)
+            if args.modular_only:
+                res["fusedmoe_pct_floor"] = 100.0 * floor_us / res["fusedmoe_us"]
+                rows.append(res)
+                print(f"  {name:14s} M={M:5d} floor {floor_us:9.1f} us | fusedmoe {res['fusedmoe_us']:9.1f} us "
+                      f"({res['fusedmoe_pct_floor']:5.1f}%)", flush=True)
+                continue
             res["fusedmoe_mono_us"] = time_us(graphed(lambda: fm(mono)), args.reps)
             ref = torch_grouped(p, w, hidden, logits, bias)
             fm(mono)
@@ -388,6 +396,8 @@ def main():
     env["pdl"] = os.environ.get("FUSEDMOE_PDL", "1")
     with open(os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.json"), "w") as f:
         json.dump(dict(env=env, ceilings=roof, results=rows), f, indent=1)
+    if args.modular_only:
+        return
     plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))
     print("\nmodel               tokens   floor_us  fusedmoe_us  %floor  monolithic_us  %floor  grouped_mm_us  %floor"
           "  %bf16_rate")

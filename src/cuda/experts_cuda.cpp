@@ -131,17 +131,41 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
   if (batched_) {  // the plan of E x T rows, then the rows; fp4 keeps room for either path
     const int64_t R = num_local_ * config_.max_tokens_per_expert;
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
-           items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true);
+           items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true, /*gemm1_rows=*/R);
   }
-  const bool grouped = !choose_experts_path(M, k, num_local_, config_.quant).small_m;
-  return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, grouped);
+  const ExpertsPath path = choose_experts_path(M, k, num_local_, config_.quant);
+  return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, !path.small_m, gemm1_out_rows(M));
 }
 
-size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped) const {
+// fp4 runs each chunk of experts' GEMM1 in about one wave, where the epilogue's math is not hidden
+// behind the other warpgroup's mainloop: fused only from the 128-row tiles on (more rows per
+// expert); on H200 qwen3-nvfp4 at 1024/2048 tokens (64-row tiles) was 5%/3.5% slower fused.
+bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
+  return !path.small_m && gated_gemm1_ > 0 && (!fp4_ || path.gemm_tile_m == 128);
+}
+
+// The gated GEMM1 takes over from a token count on (the path is monotone in it), and a workspace sized
+// for M must serve every smaller count: below that point, GEMM1's output rows of the largest count
+// that writes them (a binary search over the heuristic).
+int64_t CudaExperts::gemm1_out_rows(int64_t M) const {
+  const int k = config_.routing.top_k;
+  const auto writes = [&](int64_t m) {
+    return !gated_gemm1_runs(choose_experts_path(m, k, num_local_, config_.quant));
+  };
+  if (writes(M)) return M * k;
+  int64_t lo = 0, hi = M;  // writes(lo) or lo == 0; !writes(hi)
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (writes(mid) ? lo : hi) = mid;
+  }
+  return lo * k;
+}
+
+size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_rows) const {
   const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
   size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
-  b += workspace_tensor_bytes(DType::bf16, {R, N1});                                                 // GEMM1 out
+  b += workspace_tensor_bytes(DType::bf16, {gemm1_rows, N1});                                        // GEMM1 out
   b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});      // GEMM2 in
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                                  // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
@@ -220,7 +244,9 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
   const Tensor x_sorted = ws.take(act, {R, K});
   const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
-  const Tensor h = ws.take(DType::bf16, {R, N1});
+  // GEMM1's output before the activation; the gated GEMM1 writes h2 directly (no room taken for h).
+  const bool gated = gated_gemm1_runs(path);
+  const Tensor h = gated ? Tensor{} : ws.take(DType::bf16, {R, N1});
   const Tensor h2 = ws.take(act, {R, I});
   const Tensor h2_scales = ws.take(DType::f32, {R, I / 128});
   const Tensor y = ws.take(DType::bf16, {R, K});
@@ -249,10 +275,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
                        fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
-    // fp4 runs each chunk of experts' GEMM1 in about one wave, where the epilogue's math is not hidden
-    // behind the other warpgroup's mainloop: fused only from the 128-row tiles on (more rows per
-    // expert); on H200 qwen3-nvfp4 at 1024/2048 tokens (64-row tiles) was 5%/3.5% slower fused.
-    if (gated_gemm1_ > 0 && (!fp4_ || path.gemm_tile_m == 128)) {  // GEMM1 writes act(gate) * up to h2
+    if (gated) {  // GEMM1 writes act(gate) * up to h2
       run_gemm_weights(x_sorted.data(), nullptr, /*w13=*/true, h2.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch,
                        dequant, s, gated_gemm1_);
     } else {

@@ -50,7 +50,12 @@ class CudaExperts final : public ModularExperts {
   // GEMM1, activation, GEMM2 of R planned rows of x; the bf16 output rows [R, K].
   Tensor run_rows(const Tensor& x, const Tensor& x_scales, const RowPlan& plan, int64_t R, const ExpertsPath& path,
                   Workspace& ws) const;
-  size_t rows_workspace_bytes(int64_t R, bool grouped) const;
+  // run_rows' share of the workspace; gemm1_rows: rows of room for GEMM1's output before the activation.
+  size_t rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_rows) const;
+  // Whether the path's GEMM1 is the gated one (it writes h2, not GEMM1's output), and the rows of
+  // GEMM1 output a workspace for M tokens keeps room for (workspace_bytes never shrinks as M grows).
+  bool gated_gemm1_runs(const ExpertsPath& path) const;
+  int64_t gemm1_out_rows(int64_t M) const;
   // GEMM of the planned rows with w13 or w2 (fp4: chunk by chunk through `dequant`); tile_m: the
   // grouped GEMM variant's rows per tile (ExpertsPath::gemm_tile_m). gated_act > 0 (w13 only):
   // GEMM1 with the activation in its epilogue, d is then h2, N/2 wide.
