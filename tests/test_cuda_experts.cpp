@@ -254,30 +254,33 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme q : kCudaSchemes)
-    for (const char* fused : {"0", "1"}) {
-      SCOPED_TRACE(std::string(quant_scheme_name(q)) + " FUSEDMOE_FUSED_GEMM1=" + fused);
-      MoEConfig c = small_config(q, 6, 256, 256, 2);
-      c.routing.method = RoutingMethod::precomputed;
-      const int64_t max_m = 600;
-      const Problem p = make_problem(c, max_m, seed);
-      const GpuProblem g = to_gpu(p);
-      setenv("FUSEDMOE_FUSED_GEMM1", fused, 1);
-      const FusedMoEKernel kernel = cuda_kernel(g);
-      unsetenv("FUSEDMOE_FUSED_GEMM1");
-      for (int64_t m = 2; m <= max_m; ++m)
-        ASSERT_GE(kernel.workspace_bytes(m), kernel.workspace_bytes(m - 1)) << "at " << m << " tokens";
-      const Buffer ws = poisoned_workspace(kernel, max_m);
-      for (int64_t m : {36, 37, 96, 97, 384, 385}) {  // 2 m / 6 rows per expert: 12, 32 and 128 are the switches
-        SCOPED_TRACE("tokens " + std::to_string(m));
-        const auto head = [m](const Tensor& t) { return Tensor(t.data(), t.dtype(), {m, t.size(1)}, t.device()); };
-        Buffer out = poisoned_bf16_on_gpu(m, c.hidden_size);
-        kernel.apply(head(g.hidden), head(g.ids), head(g.topk_weights), out, ws.view());
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        // the reference of all 600 tokens, compared on the first m
-        expect_matches_reference(p, copy_to(out, Device::cpu()), p.ids, p.topk_weights);
-      }
+  const std::pair<QuantScheme, const char*> cases[] = {{QuantScheme::bf16, "0"},
+                                                       {QuantScheme::bf16, "1"},
+                                                       {QuantScheme::fp8_block, "0"},
+                                                       {QuantScheme::nvfp4, "0"},
+                                                       {QuantScheme::nvfp4, "1"}};
+  for (const auto& [q, fused] : cases) {
+    SCOPED_TRACE(std::string(quant_scheme_name(q)) + " FUSEDMOE_FUSED_GEMM1=" + fused);
+    MoEConfig c = small_config(q, 6, 256, 256, 2);
+    c.routing.method = RoutingMethod::precomputed;
+    const int64_t max_m = 600;
+    const Problem p = make_problem(c, max_m, seed);
+    const GpuProblem g = to_gpu(p);
+    setenv("FUSEDMOE_FUSED_GEMM1", fused, 1);
+    const FusedMoEKernel kernel = cuda_kernel(g);
+    unsetenv("FUSEDMOE_FUSED_GEMM1");
+    for (int64_t m = 2; m <= max_m; ++m)
+      ASSERT_GE(kernel.workspace_bytes(m), kernel.workspace_bytes(m - 1)) << "at " << m << " tokens";
+    const Buffer ws = poisoned_workspace(kernel, max_m);
+    for (int64_t m : {36, 37, 96, 97, 384, 385}) {  // 2 m / 6 rows per expert: 12, 32 and 128 are the switches
+      SCOPED_TRACE("tokens " + std::to_string(m));
+      const auto head = [m](const Tensor& t) { return Tensor(t.data(), t.dtype(), {m, t.size(1)}, t.device()); };
+      Buffer out = poisoned_bf16_on_gpu(m, c.hidden_size);
+      kernel.apply(head(g.hidden), head(g.ids), head(g.topk_weights), out, ws.view());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      expect_matches_reference(p, head(p.hidden), copy_to(out, Device::cpu()), head(p.ids), head(p.topk_weights));
     }
+  }
   // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16.
   MoEConfig c = small_config(QuantScheme::nvfp4, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;

@@ -85,9 +85,11 @@ inline Problem make_problem(MoEConfig config, int64_t M, uint64_t seed, bool wit
 
 // Asserts out (bf16 [M, K]) is within the scheme's tolerance of the float64 reference, has no
 // NaN/Inf where the reference is finite, and is not all zero where the reference is not.
-inline void expect_matches_reference(const Problem& p, const Tensor& out, const Tensor& ids, const Tensor& weights) {
+// (hidden: the problem's tokens, or the first rows of them with ids and weights of as many rows.)
+inline void expect_matches_reference(const Problem& p, const Tensor& hidden, const Tensor& out, const Tensor& ids,
+                                     const Tensor& weights) {
   const int64_t M = out.size(0), K = out.size(1);
-  const std::vector<double> ref = reference_moe(p.config, p.weights.weights, p.hidden, ids, weights);
+  const std::vector<double> ref = reference_moe(p.config, p.weights.weights, hidden, ids, weights);
   const Tolerance tol = tolerance_for(p.config.quant);
   double ref_max = 0.0;
   for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
@@ -106,6 +108,10 @@ inline void expect_matches_reference(const Problem& p, const Tensor& out, const 
   }
   EXPECT_EQ(bad, 0) << "elements outside tolerance; worst normalized error " << worst;
   if (ref_max > 0.0) EXPECT_GT(nonzero_out, 0) << "output is all zero but the reference is not";
+}
+
+inline void expect_matches_reference(const Problem& p, const Tensor& out, const Tensor& ids, const Tensor& weights) {
+  expect_matches_reference(p, p.hidden, out, ids, weights);
 }
 
 // One "rank" of an expert-parallel layout without dispatch: an expert_map placing `experts`

@@ -2,9 +2,10 @@
 // [e0, e0 + count) of W [E, N, K/2] (packed e2m1, element 2i in the low nibble) -> bf16
 // [count, N, K], each value times its group scale, rounded once: mxfp4 multiplies by the ue8m0
 // scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3 scale and the expert's global
-// scale, as the reference takes it. Bandwidth-bound: each thread turns 4 packed bytes (8
-// values) into one 16-byte store, so a warp reads 128 and writes 512 contiguous bytes; bytes
-// become bf16 pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk. With
+// scale, as the reference takes it. Per step a thread turns 4 packed words (32 values) into four
+// 16-byte stores, the warp's stores of one word index 512 contiguous bytes; bytes become bf16
+// pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk, 32-bit indices (on H200 the
+// nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). With
 // gate_up_blocked, w13's output rows go in the gated GEMM1's order: within an expert, gate row
 // 128j + i to row 256j + i and up row 128j + i to row 256j + 128 + i.
 // Limits: K % 32 == 0; gate_up_blocked: N % 256 == 0.
@@ -20,50 +21,71 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 8192;
 
+// One packed word (8 values of row `row`, starting at column k0) to 8 bf16 values times their scale.
+template <bool kNv>
+__device__ __forceinline__ uint4 dequant_word(uint32_t packed, uint8_t s, float global_scale) {
+  uint32_t o[4];
+  e2m1x8_bf16_times_2m126(packed, o);
+  if constexpr (kNv) {
+    const float sc = fp8_e4m3_to_float(s) * global_scale;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t pair = mul_bf16x2(o[q], bf16x2_two_pow_126());
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
+      const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * sc, f.y * sc);
+      o[q] = *reinterpret_cast<const uint32_t*>(&r);
+    }
+  } else {
+    bool big;
+    const __nv_bfloat162 m = ue8m0_multiplier(s, big);
+    const __nv_bfloat162 sc = __float2bfloat162_rn(big ? ue8m0_to_float(s) : 1.0f);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      o[q] = mul_bf16x2(o[q], m);
+      if (big) o[q] = mul_bf16x2(o[q], sc);
+    }
+  }
+  return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+// The output row of chunk row `row` (rows of N per expert): itself, or with gate_up_blocked its
+// place in the gated GEMM1's order.
+__device__ __forceinline__ uint32_t blocked_row(uint32_t row, uint32_t N) {
+  const uint32_t n = row % N, I = N / 2;
+  const uint32_t half = n >= I, m = n - half * I;
+  return row - n + ((m >> 7) << 8) + (half << 7) + (m & 127);
+}
+
 template <bool kNv>
 __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w, const uint8_t* scales,
-                                                               const float* global, int64_t e0, int64_t count,
-                                                               int64_t N, int64_t K, bool gate_up_blocked,
+                                                               const float* global, int64_t e0, uint32_t total,
+                                                               uint32_t N, uint32_t words_per_row, bool gate_up_blocked,
                                                                bf16* out) {
   constexpr int kGroup = kNv ? 16 : 32;
   pdl_wait();
   pdl_launch_dependents();
-  const int64_t words_per_row = K / 8;  // 4 packed bytes each
-  const int64_t total = count * N * words_per_row;
+  const uint32_t K = words_per_row * 8;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(w + e0 * N * (K / 2));
   const uint8_t* src_scales = scales + e0 * N * (K / kGroup);
-  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
-    const int64_t row = i / words_per_row, k0 = (i % words_per_row) * 8;
-    const uint32_t packed = src[i];
-    const uint8_t s = src_scales[row * (K / kGroup) + k0 / kGroup];
-    uint32_t o[4];
-    e2m1x8_bf16_times_2m126(packed, o);
-    if constexpr (kNv) {
-      const float sc = fp8_e4m3_to_float(s) * global[e0 + row / N];
+  const float* gscale = kNv ? global + e0 : nullptr;
+  const uint32_t warp_base = (blockIdx.x * kThreads + (threadIdx.x & ~31u)) * 4, lane = threadIdx.x & 31;
+  for (uint32_t base = warp_base; base < total; base += gridDim.x * kThreads * 4) {
+    uint32_t packed[4];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const uint32_t pair = mul_bf16x2(o[q], bf16x2_two_pow_126());
-        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
-        const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * sc, f.y * sc);
-        o[q] = *reinterpret_cast<const uint32_t*>(&r);
-      }
-    } else {
-      bool big;
-      const __nv_bfloat162 m = ue8m0_multiplier(s, big);
-      const __nv_bfloat162 sc = __float2bfloat162_rn(big ? ue8m0_to_float(s) : 1.0f);
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      if (i < total) packed[j] = __ldg(src + i);
+    }
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        o[q] = mul_bf16x2(o[q], m);
-        if (big) o[q] = mul_bf16x2(o[q], sc);
-      }
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t i = base + 32 * j + lane;
+      if (i >= total) break;
+      const uint32_t row = i / words_per_row, k0 = (i - row * words_per_row) * 8;
+      const uint4 v = dequant_word<kNv>(packed[j], __ldg(src_scales + size_t(row) * (K / kGroup) + k0 / kGroup),
+                                        kNv ? __ldg(gscale + row / N) : 0.0f);
+      const uint32_t out_row = gate_up_blocked ? blocked_row(row, N) : row;
+      *reinterpret_cast<uint4*>(out + size_t(out_row) * K + k0) = v;
     }
-    int64_t out_row = row;
-    if (gate_up_blocked) {  // 32-bit: the chunk's rows fit, and a 64-bit division per word would dominate
-      const uint32_t n = static_cast<uint32_t>(row) % static_cast<uint32_t>(N), I = static_cast<uint32_t>(N / 2);
-      const uint32_t half = n >= I, m = n - half * I;
-      out_row = row - n + ((m >> 7) << 8) + (half << 7) + (m & 127);
-    }
-    *reinterpret_cast<uint4*>(out + out_row * K + k0) = make_uint4(o[0], o[1], o[2], o[3]);
   }
 }
 
@@ -76,12 +98,15 @@ void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* s
              "fp4 dequantization in gate/up blocks needs N % 256 == 0 and fewer than 2^32 rows, got N=", N, " x ", count);
   const int64_t words = count * N * (K / 8);
   if (words == 0) return;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((words + kThreads - 1) / kThreads, kMaxBlocks)));
+  FMOE_CHECK(words < (int64_t(1) << 32) - int64_t(kMaxBlocks) * kThreads * 4,
+             "fp4 dequantization takes fewer than 2^32 packed words per chunk, got ", words);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((words + 4 * kThreads - 1) / (4 * kThreads), kMaxBlocks)));
+  const auto total = static_cast<uint32_t>(words), n32 = static_cast<uint32_t>(N), wpr = static_cast<uint32_t>(K / 8);
   if (format == SmallMWeights::nvfp4)
-    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, gate_up_blocked,
+    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, gate_up_blocked,
            out);
   else
-    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, count, N, K, gate_up_blocked,
+    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, gate_up_blocked,
            out);
 }
 
