@@ -90,8 +90,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(cuda::choose_fused_decode(17, 8, 1024));  // above the fused kernel's range
   EXPECT_FALSE(cuda::choose_fused_decode(16, 4, 8));     // 8 rows per expert: modular takes warp tiles
   const int64_t mib = int64_t(1) << 20;
-  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 7);      // gpt-oss-120b's w13
-  EXPECT_EQ(cuda::choose_fp4_chunk_experts(300 * mib, 8), 1);       // bigger than the budget
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 31);     // gpt-oss-120b's w13: 1 GiB / 33 MiB
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(6 * mib, 128), 128);     // qwen3-nvfp4's w13: every expert
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(1500 * mib, 8), 1);      // bigger than the budget
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(1 * mib, 10), 10);       // all of them
   {
     const ForcePath force(false, 16, 3);
