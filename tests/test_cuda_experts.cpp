@@ -59,6 +59,20 @@ INSTANTIATE_TEST_SUITE_P(
 // fp4 weights up to 32 rows per expert (their grouped path first dequantizes every expert), and
 // the small-M kernel gives each warp its own tile from 16 routed rows on (bf16: from 16-row tiles), and
 // the fp4 dequantization chunk is whole experts within 256 MiB, at least one, at most all.
+// FUSEDMOE_FP4_DEQUANT_MIB sets the fp4 chunk budget; a value that is not a whole number of MiB in
+// [1, 16384] is a clear error.
+TEST(CudaHeuristics, Fp4DequantBudgetFromTheEnvironment) {
+  const int64_t mib = int64_t(1) << 20;
+  for (const char* bad : {"abc", "0", "512MiB", "-3", "20000"}) {
+    setenv("FUSEDMOE_FP4_DEQUANT_MIB", bad, 1);
+    EXPECT_THROW(cuda::choose_fp4_chunk_experts(33 * mib, 128), Error) << bad;
+  }
+  setenv("FUSEDMOE_FP4_DEQUANT_MIB", "512", 1);
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 15);  // 512 MiB / 33 MiB
+  unsetenv("FUSEDMOE_FP4_DEQUANT_MIB");
+  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 31);  // the default, 1 GiB
+}
+
 TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   using cuda::choose_experts_path;
   const QuantScheme nv = QuantScheme::nvfp4, fp8 = QuantScheme::fp8_block;

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "fusedmoe/error.h"
+
 namespace fusedmoe::cuda {
 namespace {
 bool g_overridden = false;
@@ -58,16 +60,20 @@ bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_expert
 }
 
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {
-  // FUSEDMOE_FP4_DEQUANT_MIB (read once) sets the budget. Fewer chunks make fewer, fuller grouped GEMMs:
-  // at 1024-8192 tokens (qwen3-nvfp4, gpt-oss-120b; H200, 2026-11-29) 512 MiB was 1.03-1.07x faster
-  // than 256 MiB, and 1 GiB with the 32-bit dequantization kernel 1.08-1.16x.
-  static const int64_t kBudget = [] {
-    const char* env = std::getenv("FUSEDMOE_FP4_DEQUANT_MIB");
-    const int64_t mib = env && env[0] ? std::atoll(env) : 1024;
-    return std::clamp<int64_t>(mib, 1, 16384) << 20;  // up to 16 GiB: the dequant kernel counts words in 32 bits
-  }();
+  // FUSEDMOE_FP4_DEQUANT_MIB sets the budget (read on each call: the experts call this once, when built).
+  // Fewer chunks make fewer, fuller grouped GEMMs: at 1024-8192 tokens (qwen3-nvfp4, gpt-oss-120b; H200,
+  // 2026-11-29) 512 MiB was 1.03-1.07x faster than 256 MiB, and 1 GiB with the 32-bit dequantization
+  // kernel 1.08-1.16x. At most 16 GiB: the dequantization kernel counts a chunk's words in 32 bits.
+  int64_t budget = int64_t(1024) << 20;
+  if (const char* env = std::getenv("FUSEDMOE_FP4_DEQUANT_MIB"); env && env[0]) {
+    char* end = nullptr;
+    const long long mib = std::strtoll(env, &end, 10);
+    FMOE_CHECK(*end == '\0' && mib >= 1 && mib <= 16384,
+               "FUSEDMOE_FP4_DEQUANT_MIB must be a whole number of MiB in [1, 16384], got '", env, "'");
+    budget = int64_t(mib) << 20;
+  }
   const int64_t n = g_overridden && g_override.fp4_chunk_experts > 0 ? g_override.fp4_chunk_experts
-                                                                     : kBudget / std::max<int64_t>(expert_bf16_bytes, 1);
+                                                                     : budget / std::max<int64_t>(expert_bf16_bytes, 1);
   return std::clamp<int64_t>(n, 1, std::max<int64_t>(num_local_experts, 1));
 }
 

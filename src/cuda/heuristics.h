@@ -34,8 +34,8 @@ bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_expert
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
 // expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 1 GiB scratch
-// (FUSEDMOE_FP4_DEQUANT_MIB sets another), at least one, at most all. Fixed per layer (it sizes the
-// workspace): read at construction.
+// (FUSEDMOE_FP4_DEQUANT_MIB=n sets n MiB, 1 <= n <= 16384, else a clear error), at least one, at most
+// all. Fixed per layer (it sizes the workspace): called at construction.
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts);
 
 // Tests and benchmarks force a path (both must be right for every input); null restores the
