@@ -4,6 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/heuristics.h"
 #include "test_util.h"
 
@@ -25,6 +28,24 @@ inline bool have_hopper_gpu() {
   if (!::fusedmoe::test::have_hopper_gpu()) GTEST_SKIP() << "no Hopper (sm_90) GPU on this machine"
 
 inline const Device kGpu = Device::cuda(0);
+
+// Sets an environment variable for its scope (the CUDA switches are read when experts are built) and
+// restores the previous value, also when an assertion leaves the test early.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() { had_ ? setenv(name_, old_.c_str(), 1) : unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
 
 inline Buffer poisoned_bf16_on_gpu(int64_t M, int64_t K) { return copy_to(poisoned_bf16(M, K), kGpu); }
 

@@ -64,12 +64,13 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(CudaHeuristics, Fp4DequantBudgetFromTheEnvironment) {
   const int64_t mib = int64_t(1) << 20;
   for (const char* bad : {"abc", "0", "512MiB", "-3", "20000"}) {
-    setenv("FUSEDMOE_FP4_DEQUANT_MIB", bad, 1);
+    const ScopedEnv env("FUSEDMOE_FP4_DEQUANT_MIB", bad);
     EXPECT_THROW(cuda::choose_fp4_chunk_experts(33 * mib, 128), Error) << bad;
   }
-  setenv("FUSEDMOE_FP4_DEQUANT_MIB", "512", 1);
-  EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 15);  // 512 MiB / 33 MiB
-  unsetenv("FUSEDMOE_FP4_DEQUANT_MIB");
+  {
+    const ScopedEnv env("FUSEDMOE_FP4_DEQUANT_MIB", "512");
+    EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 15);  // 512 MiB / 33 MiB
+  }
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 31);  // the default, 1 GiB
 }
 
@@ -251,11 +252,12 @@ TEST(CudaExperts, GatedGemm1EqualsUnfused) {
       const Problem p = make_problem(c, 300, seed);
       const GpuProblem g = to_gpu(p);
       const ForcePath force(false, 16, /*fp4_chunk_experts=*/2, false, false, 128);
-      setenv("FUSEDMOE_FUSED_GEMM1", "0", 1);
-      const Buffer plain = run_cuda_apply(g, 300);
-      setenv("FUSEDMOE_FUSED_GEMM1", "1", 1);
-      const Buffer fused = run_cuda_apply(g, 300);
-      unsetenv("FUSEDMOE_FUSED_GEMM1");
+      const auto run_with = [&](const char* fused) {
+        const ScopedEnv env("FUSEDMOE_FUSED_GEMM1", fused);
+        return run_cuda_apply(g, 300);
+      };
+      const Buffer plain = run_with("0");
+      const Buffer fused = run_with("1");
       expect_matches_reference(p, fused, p.ids, p.topk_weights);
       EXPECT_TRUE(bits_equal(plain, fused)) << "the gated GEMM1 differs from GEMM1 + activation";
     }
@@ -281,9 +283,10 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     const int64_t max_m = 600;
     const Problem p = make_problem(c, max_m, seed);
     const GpuProblem g = to_gpu(p);
-    setenv("FUSEDMOE_FUSED_GEMM1", fused, 1);
-    const FusedMoEKernel kernel = cuda_kernel(g);
-    unsetenv("FUSEDMOE_FUSED_GEMM1");
+    const FusedMoEKernel kernel = [&] {
+      const ScopedEnv env("FUSEDMOE_FUSED_GEMM1", fused);
+      return cuda_kernel(g);
+    }();
     for (int64_t m = 2; m <= max_m; ++m)
       ASSERT_GE(kernel.workspace_bytes(m), kernel.workspace_bytes(m - 1)) << "at " << m << " tokens";
     const Buffer ws = poisoned_workspace(kernel, max_m);
@@ -300,11 +303,11 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   MoEConfig c = small_config(QuantScheme::nvfp4, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;
   const GpuProblem g = to_gpu(make_problem(c, 4, seed));
-  setenv("FUSEDMOE_FUSED_GEMM1", "0", 1);
-  const size_t plain = cuda_kernel(g).workspace_bytes(4096);
-  setenv("FUSEDMOE_FUSED_GEMM1", "1", 1);
-  const size_t gated = cuda_kernel(g).workspace_bytes(4096);
-  unsetenv("FUSEDMOE_FUSED_GEMM1");
+  const auto bytes_with = [&](const char* fused) {
+    const ScopedEnv env("FUSEDMOE_FUSED_GEMM1", fused);
+    return cuda_kernel(g).workspace_bytes(4096);
+  };
+  const size_t plain = bytes_with("0"), gated = bytes_with("1");
   EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {4096 * 2, 512}) -
                                workspace_tensor_bytes(DType::bf16, {384 * 2, 512}));
 }

@@ -21,7 +21,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 8192;
 
-// One packed word (8 values of row `row`, starting at column k0) to 8 bf16 values times their scale.
+// One packed word (8 values of one scale group) to 8 bf16 values times the group scale s (nvfp4: times
+// the expert's global scale too).
 template <bool kNv>
 __device__ __forceinline__ uint4 dequant_word(uint32_t packed, uint8_t s, float global_scale) {
   uint32_t o[4];
@@ -48,8 +49,7 @@ __device__ __forceinline__ uint4 dequant_word(uint32_t packed, uint8_t s, float 
   return make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-// The output row of chunk row `row` (rows of N per expert): itself, or with gate_up_blocked its
-// place in the gated GEMM1's order.
+// Where chunk row `row` (N rows per expert) goes in the gated GEMM1's order (gate_up_blocked).
 __device__ __forceinline__ uint32_t blocked_row(uint32_t row, uint32_t N) {
   const uint32_t n = row % N, I = N / 2;
   const uint32_t half = n >= I, m = n - half * I;
