@@ -84,7 +84,11 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
   EXPECT_TRUE(choose_experts_path(1024, 4, 128, nv).small_m);     // gpt-oss at 1024: 32 rows
-  EXPECT_FALSE(choose_experts_path(1024, 8, 128, nv).small_m);    // qwen3 at 1024: 64 rows
+  EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 32);
+  EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows
+  EXPECT_EQ(choose_experts_path(1024, 8, 128, nv).tile_tokens, 64);
+  EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).warp_tiles);
+  EXPECT_FALSE(choose_experts_path(2048, 8, 128, nv).small_m);    // qwen3 at 2048: 128 rows
   EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).warp_tiles);   // 8 routed rows: split-k blocks
   EXPECT_TRUE(choose_experts_path(2, 8, 128, nv).warp_tiles);    // 16: a tile per warp
   EXPECT_FALSE(choose_experts_path(1, 8, 256, fp8).warp_tiles);  // deepseek-v3 at 1 token
@@ -157,8 +161,8 @@ TEST(CudaExperts, ZeroTokensIsANoOp) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
-// Every compiled variant (small-M with 8-, 16- and 32-row tiles, the grouped GEMM), one test
-// each so that a sanitizer report names the variant; fp4 on the grouped path is dequantized 3
+// Every compiled variant (small-M with 8-, 16- and 32-row tiles, 64 for fp4 warp tiles; the grouped
+// GEMM), one test each so that a sanitizer report names the variant; fp4 on the grouped path is dequantized 3
 // experts at a time (chunks 3, 3, 3, 1 of 10 experts).
 class CudaExpertsVariant : public ::testing::TestWithParam<int> {};
 
@@ -166,14 +170,16 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  // 8/16/32: small-M tile; -8/-16/-32: the same with a tile per warp; 0 / 64: grouped, 128- / 64-row GEMM tiles
+  // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; 0 / 64: grouped, 128- /
+  // 64-row GEMM tiles
   const int param = GetParam();
   const int tile = param < 0 ? -param : param;
   {
-    const bool small_m = tile > 0 && tile <= 32;
+    const bool small_m = param < 0 || (tile > 0 && tile <= 32);
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
                           param == 64 ? 64 : 128);
     for (QuantScheme s : kCudaSchemes) {
+      if (param == -64 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;  // fp4 warp tiles only
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -194,7 +200,7 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, 0, 64),
+INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, -64, 0, 64),
                          [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
@@ -203,14 +209,14 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 
                          });
 
 // The small-M kernels take, per pass, the smallest token tile that holds an expert's
-// remaining rows (up to the launch's tile): experts with 1..41 rows (across every tile boundary)
-// give the reference's answer, and the same bits whatever the largest tile, since k is summed in
-// one order per column.
+// remaining rows (up to the launch's tile): experts with 1..97 rows (across every tile boundary)
+// give the reference's answer, and the same bits whatever the largest tile (64 for fp4 warp
+// tiles), since k is summed in one order per column.
 TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const std::vector<int32_t> rows = {1, 7, 8, 9, 15, 16, 17, 31, 33, 41};
+  const std::vector<int32_t> rows = {1, 7, 8, 9, 15, 16, 17, 31, 33, 41, 63, 64, 65, 97};
   std::vector<int32_t> ids;
   for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
   std::mt19937_64 rng(seed);
@@ -224,14 +230,16 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
       Problem p = make_problem(c, M, seed, /*with_bias=*/true);
       std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
       const GpuProblem g = to_gpu(p);
-      Buffer by_tile[3];
-      for (int i = 0; i < 3; ++i) {
+      const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
+      const int tiles = fp4 && warp_tiles ? 4 : 3;  // 8, 16, 32 rows (and 64)
+      Buffer by_tile[4];
+      for (int i = 0; i < tiles; ++i) {
         const ForcePath force(true, 8 << i, 0, warp_tiles);
         by_tile[i] = run_cuda_apply(g, M);
       }
-      expect_matches_reference(p, by_tile[2], p.ids, p.topk_weights);
-      EXPECT_TRUE(bits_equal(by_tile[0], by_tile[1])) << "largest tile 16 differs from 8";
-      EXPECT_TRUE(bits_equal(by_tile[0], by_tile[2])) << "largest tile 32 differs from 8";
+      expect_matches_reference(p, by_tile[tiles - 1], p.ids, p.topk_weights);
+      for (int i = 1; i < tiles; ++i)
+        EXPECT_TRUE(bits_equal(by_tile[0], by_tile[i])) << "largest tile " << (8 << i) << " differs from 8";
     }
 }
 

@@ -2,7 +2,7 @@
 // weight stream and the small-M kernel reads each weight once per tile of rows; above, the
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
-// kernel up to 32 rows per expert (32-row tiles): the grouped path's dequantization pass writes
+// kernel up to 64 rows per expert (64-row tiles): the grouped path's dequantization pass writes
 // and reads 4 bytes per weight value, which at 1024 tokens cost more than the GEMMs (H200).
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
@@ -28,8 +28,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
   ExpertsPath path;
-  path.small_m = rows_per_expert <= (fp4_weights ? 32.0 : 12.0);
-  path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : 32;
+  path.small_m = rows_per_expert <= (fp4_weights ? 64.0 : 12.0);
+  path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : rows_per_expert <= 32.0 ? 32 : 64;
   // A 16-row tile per warp (64 rows per block, no split-k) from 16 routed rows on, for bf16 weights
   // only from 16-row tiles on (H200, bench/results, 2026-11-28). fp4: 10-30% faster at 16-1024 tokens
   // (gpt-oss-120b, qwen3-nvfp4); fp8-block: 5-6% at 16-64 tokens, 2% at 128, 18% at 256 (deepseek-v3);
@@ -44,6 +44,9 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
   if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
+  // fp4 warp tiles of 64 rows (blocks of 8 warps, small_m_gemm_fp4.cu) above 32 rows per expert: 1.47x
+  // the grouped path on qwen3-nvfp4 at 1024 tokens, 1.53x on gpt-oss-120b at 2048 (64 rows per expert).
+  // At 32 rows per expert 64-row tiles were within 1% of 32-row ones (H200, session 13).
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /
   // 14% / 6% faster for deepseek-v3 at 512 / 1024 / 2048 tokens (16 / 32 / 64 rows per expert), 11%
   // for mixtral at 512 (128 rows), 2-5% for qwen3-30b-a3b at 1024-2048; 3% slower only for mixtral at

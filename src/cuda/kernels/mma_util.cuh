@@ -110,12 +110,15 @@ __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // The pass of a small-M work item over an expert's rows [begin, end), end - begin <= 8 * kMaxNT:
-// it takes the smallest token tile (8 * NT rows, NT = 1, 2 or 4) that holds them and calls
+// it takes the smallest token tile (8 * NT rows, NT = 1, 2, 4 or 8) that holds them and calls
 // pass(std::integral_constant<int, NT>{}, begin). Items cut an expert's rows every 8 * kMaxNT, so
 // the passes are those one block running over all of the expert's rows would make.
 template <int kMaxNT, class Pass>
 __device__ __forceinline__ void fitted_pass(int64_t begin, int64_t end, Pass&& pass) {
   const int64_t rest = end - begin;
+  if constexpr (kMaxNT >= 8) {
+    if (rest > 32) return pass(std::integral_constant<int, 8>{}, begin);
+  }
   if constexpr (kMaxNT >= 4) {
     if (rest > 16) return pass(std::integral_constant<int, 4>{}, begin);
   }

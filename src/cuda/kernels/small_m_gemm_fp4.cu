@@ -12,15 +12,17 @@
 // smallest tile that holds the expert's remaining rows (up to the launch's tile). A block row per
 // work item of the row plan (RowPlan::items: one tile of rows of one expert), as small_m_gemm.cu.
 // Variant SmallMGemm::warp_tiles (the heuristic's choice from 16 routed rows on): each warp takes
-// its own 16-row tile over all of k — 64 rows per block, no split-k reduce; 10-30% faster at 16-1024
-// tokens than the split-k blocks. Its four warps need the same X, which the block stages once in
-// shared memory (cp.async, two buffers of U chunks, one barrier per step while the weight loads are
-// in flight) instead of each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7).
-// Measured (H200, bench/results): ncu showed the kernel issue-bound (4 warps per scheduler, an
+// its own 16-row tile over all of k — no split-k reduce; 10-30% faster at 16-1024 tokens than the
+// split-k blocks. Its warps need the same X, which the block stages once in shared memory (cp.async,
+// two buffers of U chunks, one barrier per step while the weight loads are in flight) instead of
+// each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7). 8- and 16-row tiles
+// run in blocks of 4 warps (64 weight rows); 32- and 64-row tiles, where X's reads from L2 bound the
+// kernel, in blocks of 8 (128 rows) that stage X in whole 32-byte sectors (session 13).
+// Measured (H200, bench/results): ncu showed the small tiles issue-bound (4 warps per scheduler, an
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
-// row may be partial).
+// row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -71,15 +73,16 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 }
 
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
-// otherwise each warp takes its own 16-row tile over the whole of k (64 rows per block, no
-// reduction), so a block streams 4x the bytes per block.
-// Blocks per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16 tokens,
-// 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k blocks
-// (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7.
+// otherwise each warp takes its own 16-row tile over the whole of k (64 or 128 rows per block, no
+// reduction), so a block streams 4x or 8x the bytes per block.
+// Blocks of 4 warps per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16
+// tokens, 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k
+// blocks (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7. Blocks of
+// 8 warps: half as many, the same 128 registers.
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 
-// What a block knows about its expert and its 16 (split-k) or 64 (warp tiles) weight rows.
+// What a block knows about its expert and its 16 (split-k) or 64 / 128 (warp tiles) weight rows.
 struct Fp4BlockTile {
   int64_t e, off, count, N, K, n0, slices, num_chunks, wr0, wr1;
   int warp, lane, gq, cq;
@@ -92,28 +95,31 @@ struct Fp4BlockTile {
 };
 
 // One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight),
-// then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp tiles).
-template <bool kNv, int NT, int U, bool kSplitK>
+// then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp
+// tiles: kBlockWarps = 4 or 8 warps of 16 rows each).
+template <bool kNv, int NT, int U, bool kSplitK, int kBlockWarps>
 __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb, float* partial_raw,
                                          uint4* xs_raw) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
-  // Warp tiles: the 4 warps share X, staged U chunks at a time (double-buffered): slot
-  // ((u * NT + t) * 4 + j) * 32 + lane holds the j-th 16 bytes of that lane's 32 values of chunk u,
-  // tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
+  // Warp tiles: the block's warps share X, staged U chunks at a time (double-buffered): slot
+  // ((u * NT + t) * 4 + j) * 32 + gq * 4 + (cq ^ sw(j)) holds the j-th 16 bytes of lane (gq, cq)'s 32
+  // values of chunk u, tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
+  // sw(j) = j for the 8-warp blocks (see stage_x), 0 for the 4-warp ones.
+  constexpr bool kWholeSectors = !kSplitK && kBlockWarps == 8;
   uint4 (*xs)[U * NT * 4 * 32] = reinterpret_cast<uint4 (*)[U * NT * 4 * 32]>(xs_raw);
   const int64_t count = b.count, off = b.off, num_chunks = b.num_chunks, slices = b.slices;
-  const int warp = b.warp, lane = b.lane, gq = b.gq, cq = b.cq;
+  const int warp = b.warp, gq = b.gq, cq = b.cq;
   auto scale_bits = [&](const uint8_t* p) -> uint32_t {
     return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
   };
 
-  const bf16* x_row[NT];  // this lane's 32 values of its B token in each tile
+  const bf16* x_row[NT];  // this lane's B token (row gq of each tile)
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     const int64_t m = tb + t * 8 + gq;
     const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
-    x_row[t] = src >= 0 ? b.x + src * b.K + cq * 32 : nullptr;
+    x_row[t] = src >= 0 ? b.x + src * b.K : nullptr;
   }
   float acc[NT][4];
 #pragma unroll
@@ -121,17 +127,34 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
-  // Warp tiles: warp j copies the j-th 16 bytes of every lane's slice (its own lane's token and
-  // slice), zeros for chunks, slices or tokens out of range.
+  // Staging, zeros for chunks, slices or tokens out of range:
+  // - 4-warp blocks (8- and 16-row tiles): warp j copies piece j (16 bytes) of every lane's 32 values.
+  //   Each lane reads 16 bytes of a 32-byte sector, but the reads stay simple: the 32-byte layout
+  //   below measured 2-3% slower at 16-128 tokens (H200, session 13).
+  // - 8-warp blocks (32- and 64-row tiles): warp w copies slice s = w % 4 (the 32 values of the lanes
+  //   with cq == s) of every token of the (u, t) with (u * NT + t) % 2 == w / 4, its lane (gq, cq)
+  //   piece cq of token gq: four lanes read 64 contiguous bytes, whole sectors. X's reads from L2
+  //   bounded these tiles (ncu: L2 75-83% busy, DRAM 15-23%); with 128 rows per block and whole
+  //   sectors a block reads a quarter of the L2 sectors per weight row. The cq ^ j swizzle of the
+  //   slot keeps these writes conflict-free too.
+  static_assert(kSplitK || kBlockWarps == 4 || kBlockWarps == 8, "warp tiles take blocks of 4 or 8 warps");
   auto stage_x = [&](int buf, int64_t ch0) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const int64_t ch = ch0 + u;
-        const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
-        const bf16* src = valid ? x_row[t] + ch * 128 + warp * 8 : b.x;
-        cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + lane], src, valid);
+        if constexpr (kWholeSectors) {
+          const int slice = warp % 4;
+          if ((u * NT + t) % 2 != warp / 4) continue;
+          const bool valid = ch < num_chunks && ch * 4 + slice < slices && x_row[t] != nullptr;
+          const bf16* src = valid ? x_row[t] + ch * 128 + slice * 32 + cq * 8 : b.x;
+          cp_async_16(&xs[buf][((u * NT + t) * 4 + cq) * 32 + gq * 4 + (slice ^ cq)], src, valid);
+        } else {
+          const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
+          const bf16* src = valid ? x_row[t] + ch * 128 + cq * 32 + warp * 8 : b.x;
+          cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + gq * 4 + cq], src, valid);
+        }
       }
     cp_async_commit();
   };
@@ -173,9 +196,10 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           if constexpr (kSplitK)
-            xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128) + j) : make_uint4(0, 0, 0, 0);
+            xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128 + cq * 32) + j)
+                       : make_uint4(0, 0, 0, 0);
           else
-            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + lane];
+            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + gq * 4 + (kWholeSectors ? cq ^ j : cq)];
         }
 #pragma unroll
         for (int st = 0; st < 8; ++st)
@@ -199,15 +223,16 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
 // than U=1 at 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few
-// spilled registers.
+// spilled registers. 64-token tiles (warp tiles only) take U=1: their staged X is then 32 KB, as the
+// 32-token tiles' at U=2.
 template <int NT>
-constexpr int kFp4U = NT == 1 ? 4 : 2;
+constexpr int kFp4U = NT == 1 ? 4 : NT == 8 ? 1 : 2;
 
 // kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds the
 // expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
 // no mma work for empty columns. k is summed in the same order whatever the tile.
-template <bool kNv, int kMaxNT, bool kSplitK>
-__global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
+template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
+__global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
@@ -224,7 +249,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
   b.count = plan.counts[e];
   b.warp = threadIdx.x >> 5, b.lane = threadIdx.x & 31, b.gq = b.lane >> 2, b.cq = b.lane & 3;
   b.N = g.N, b.K = g.K;
-  b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kWarps + b.warp) * kRowsPerBlock;
+  b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kBlockWarps + b.warp) * kRowsPerBlock;
   const int64_t row_bytes = b.K / 2;
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
   b.wr0 = b.n0 + b.gq, b.wr1 = b.n0 + b.gq + 8;
@@ -239,22 +264,40 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kMaxNT, kSplitK>))
 
   const int64_t end = min(b.count, int64_t(item.y) + plan.item_rows);
   fitted_pass<kMaxNT>(item.y, end, [&](auto nt, int64_t tb) {
-    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK>(g, b, tb, partial, xs);
+    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps>(g, b, tb, partial, xs);
   });
 }
 
+// Warp tiles of 32 and 64 rows run in blocks of 8 warps (128 weight rows), which halves the L2 reads
+// of X per weight byte. With whole-sector staging and the 64-row tiles: 1.29-1.53x the previous code
+// (4-warp blocks, half-sector copies; the grouped path at 64 rows per expert) at 512-2048 tokens on
+// gpt-oss-120b, 1.18-1.47x at 512-1024 on qwen3-nvfp4; the same with 4-warp blocks, 1.01-1.16x (H200,
+// session 13). At 16-row tiles 8 warps were 8% faster on gpt-oss-120b at 256 tokens but 5% slower on
+// qwen3-nvfp4 at 128: kept at 4.
 template <bool kNv, bool kSplitK>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
-  const int64_t rows_per_block = kSplitK ? kRowsPerBlock : kRowsPerBlock * kWarps;
-  const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(max_items));
-  const dim3 block(kWarps * 32);
   FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the fp4 small-M GEMM of ", tile_tokens,
              "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
+  constexpr int kWide = kSplitK ? kWarps : 2 * kWarps;
+  const auto go = [&](auto kernel, int block_warps) {
+    const int64_t rows_per_block = kRowsPerBlock * (kSplitK ? 1 : block_warps);
+    const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block),
+                    static_cast<unsigned>(max_items));
+    launch(kernel, grid, dim3(block_warps * 32), s, g, plan);
+  };
   switch (tile_tokens) {
-    case 8: launch(small_m_fp4_kernel<kNv, 1, kSplitK>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_fp4_kernel<kNv, 2, kSplitK>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_fp4_kernel<kNv, 4, kSplitK>, grid, block, s, g, plan); break;
-    default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
+    case 8: go(small_m_fp4_kernel<kNv, 1, kSplitK, kWarps>, kWarps); break;
+    case 16: go(small_m_fp4_kernel<kNv, 2, kSplitK, kWarps>, kWarps); break;
+    case 32: go(small_m_fp4_kernel<kNv, 4, kSplitK, kWide>, kWide); break;
+    case 64:
+      if constexpr (!kSplitK) {
+        go(small_m_fp4_kernel<kNv, 8, false, kWide>, kWide);
+        break;
+      }
+      [[fallthrough]];
+    default:
+      FMOE_FAIL("the fp4 small-M GEMM takes tiles of 8, 16 or 32 rows, and 64 with a tile per warp (warp_tiles); got ",
+                tile_tokens, kSplitK ? " with split-k blocks" : "");
   }
 }
 
