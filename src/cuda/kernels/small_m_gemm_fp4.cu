@@ -17,7 +17,7 @@
 // two buffers of U chunks, one barrier per step while the weight loads are in flight) instead of
 // each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7). 8- and 16-row tiles
 // run in blocks of 4 warps (64 weight rows); 32- and 64-row tiles, where X's reads from L2 bound the
-// kernel, in blocks of 8 (128 rows) that stage X in whole 32-byte sectors (session 13).
+// kernel, in blocks of 8 and 16 (128 and 256 rows) that stage X in whole 32-byte sectors (session 13).
 // Measured (H200, bench/results): ncu showed the small tiles issue-bound (4 warps per scheduler, an
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
@@ -73,16 +73,16 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 }
 
 // kSplitK: the block's 4 warps split k over one 16-row tile and reduce through shared memory;
-// otherwise each warp takes its own 16-row tile over the whole of k (64 or 128 rows per block, no
-// reduction), so a block streams 4x or 8x the bytes per block.
+// otherwise each warp takes its own 16-row tile over the whole of k (64, 128 or 256 rows per block, no
+// reduction), so a block streams 4x, 8x or 16x the bytes per block.
 // Blocks of 4 warps per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16
 // tokens, 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k
 // blocks (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7. Blocks of
-// 8 warps: half as many, the same 128 registers.
+// 8 or 16 warps: a half or a quarter as many, the same 128 registers.
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 
-// What a block knows about its expert and its 16 (split-k) or 64 / 128 (warp tiles) weight rows.
+// What a block knows about its expert and its 16 (split-k) or 64 / 128 / 256 (warp tiles) weight rows.
 struct Fp4BlockTile {
   int64_t e, off, count, N, K, n0, slices, num_chunks, wr0, wr1;
   int warp, lane, gq, cq;
@@ -96,7 +96,7 @@ struct Fp4BlockTile {
 
 // One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight),
 // then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp
-// tiles: kBlockWarps = 4 or 8 warps of 16 rows each).
+// tiles: kBlockWarps = 4, 8 or 16 warps of 16 rows each).
 template <bool kNv, int NT, int U, bool kSplitK, int kBlockWarps>
 __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb, float* partial_raw,
                                          uint4* xs_raw) {
@@ -105,8 +105,8 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
   // Warp tiles: the block's warps share X, staged U chunks at a time (double-buffered): slot
   // ((u * NT + t) * 4 + j) * 32 + gq * 4 + (cq ^ sw(j)) holds the j-th 16 bytes of lane (gq, cq)'s 32
   // values of chunk u, tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
-  // sw(j) = j for the 8-warp blocks (see stage_x), 0 for the 4-warp ones.
-  constexpr bool kWholeSectors = !kSplitK && kBlockWarps == 8;
+  // sw(j) = j for the 8- and 16-warp blocks (see stage_x), 0 for the 4-warp ones.
+  constexpr bool kWholeSectors = !kSplitK && kBlockWarps >= 8;
   uint4 (*xs)[U * NT * 4 * 32] = reinterpret_cast<uint4 (*)[U * NT * 4 * 32]>(xs_raw);
   const int64_t count = b.count, off = b.off, num_chunks = b.num_chunks, slices = b.slices;
   const int warp = b.warp, gq = b.gq, cq = b.cq;
@@ -131,13 +131,14 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
   // - 4-warp blocks (8- and 16-row tiles): warp j copies piece j (16 bytes) of every lane's 32 values.
   //   Each lane reads 16 bytes of a 32-byte sector, but the reads stay simple: the 32-byte layout
   //   below measured 2-3% slower at 16-128 tokens (H200, session 13).
-  // - 8-warp blocks (32- and 64-row tiles): warp w copies slice s = w % 4 (the 32 values of the lanes
-  //   with cq == s) of every token of the (u, t) with (u * NT + t) % 2 == w / 4, its lane (gq, cq)
-  //   piece cq of token gq: four lanes read 64 contiguous bytes, whole sectors. X's reads from L2
-  //   bounded these tiles (ncu: L2 75-83% busy, DRAM 15-23%); with 128 rows per block and whole
-  //   sectors a block reads a quarter of the L2 sectors per weight row. The cq ^ j swizzle of the
-  //   slot keeps these writes conflict-free too.
-  static_assert(kSplitK || kBlockWarps == 4 || kBlockWarps == 8, "warp tiles take blocks of 4 or 8 warps");
+  // - 8- and 16-warp blocks (32- and 64-row tiles): warp w copies slice s = w % 4 (the 32 values of
+  //   the lanes with cq == s) of every token of the (u, t) with (u * NT + t) % (kBlockWarps / 4) == w / 4,
+  //   its lane (gq, cq) piece cq of token gq: four lanes read 64 contiguous bytes, whole sectors. X's
+  //   reads from L2 bounded these tiles in 4-warp blocks (ncu: L2 75-83% busy, DRAM 15-23%); 128 rows
+  //   per block and whole sectors cut the L2 sectors per weight row to a quarter (then L2 ~70% busy,
+  //   issue slots 43-54%), 256 rows to an eighth. The cq ^ j swizzle of the slot keeps these writes conflict-free too.
+  static_assert(kSplitK || kBlockWarps == 4 || kBlockWarps == 8 || kBlockWarps == 16,
+                "warp tiles take blocks of 4, 8 or 16 warps");
   auto stage_x = [&](int buf, int64_t ch0) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
@@ -146,7 +147,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
         const int64_t ch = ch0 + u;
         if constexpr (kWholeSectors) {
           const int slice = warp % 4;
-          if ((u * NT + t) % 2 != warp / 4) continue;
+          if ((u * NT + t) % (kBlockWarps / 4) != warp / 4) continue;
           const bool valid = ch < num_chunks && ch * 4 + slice < slices && x_row[t] != nullptr;
           const bf16* src = valid ? x_row[t] + ch * 128 + slice * 32 + cq * 8 : b.x;
           cp_async_16(&xs[buf][((u * NT + t) * 4 + cq) * 32 + gq * 4 + (slice ^ cq)], src, valid);
@@ -268,12 +269,14 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   });
 }
 
-// Warp tiles of 32 and 64 rows run in blocks of 8 warps (128 weight rows), which halves the L2 reads
-// of X per weight byte. With whole-sector staging and the 64-row tiles: 1.29-1.53x the previous code
-// (4-warp blocks, half-sector copies; the grouped path at 64 rows per expert) at 512-2048 tokens on
-// gpt-oss-120b, 1.18-1.47x at 512-1024 on qwen3-nvfp4; the same with 4-warp blocks, 1.01-1.16x (H200,
-// session 13). At 16-row tiles 8 warps were 8% faster on gpt-oss-120b at 256 tokens but 5% slower on
-// qwen3-nvfp4 at 128: kept at 4.
+// Warp tiles of 32 rows run in blocks of 8 warps (128 weight rows), of 64 rows in blocks of 16 (256
+// rows, one block per SM), which cut the L2 reads of X per weight byte. With whole-sector staging and
+// the 64-row tiles in 8-warp blocks: 1.29-1.53x the previous code (4-warp blocks, half-sector copies; the
+// grouped path at 64 rows per expert) at 512-2048 tokens on gpt-oss-120b, 1.18-1.47x at 512-1024 on
+// qwen3-nvfp4; the same with 4-warp blocks, 1.01-1.16x. 16-warp blocks then: 64-row tiles 1.08-1.09x on
+// gpt-oss-120b at 2048 tokens, 0.98-1.00x on qwen3-nvfp4 at 1024; 32-row tiles 0.91x at 512. At 16-row
+// tiles 8 warps were 8% faster on gpt-oss-120b at 256 tokens but 5% slower on qwen3-nvfp4 at 128: kept
+// at 4. H200, session 13.
 template <bool kNv, bool kSplitK>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the fp4 small-M GEMM of ", tile_tokens,
@@ -291,7 +294,7 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
     case 32: go(small_m_fp4_kernel<kNv, 4, kSplitK, kWide>, kWide); break;
     case 64:
       if constexpr (!kSplitK) {
-        go(small_m_fp4_kernel<kNv, 8, false, kWide>, kWide);
+        go(small_m_fp4_kernel<kNv, 8, false, 4 * kWarps>, 4 * kWarps);
         break;
       }
       [[fallthrough]];
