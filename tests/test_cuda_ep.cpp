@@ -5,7 +5,7 @@
 // every token routed to one rank's experts, experts not divisible by the ranks, routing on the
 // GPU (softmax, deepseek-v3, sigmoid) and given ids, modular and monolithic experts,
 // run-twice bitwise equality, the batched format (all-to-all and all-gather), and over capacity
-// as a clear error. Skips below 2 GPUs.
+// and ranks built with different capacities as clear errors. Skips below 2 GPUs.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -48,6 +48,7 @@ struct EpGpuCase {
   bool check_all_ranks = false;   // parallel.capacity_check_all_ranks
   bool batched = false;           // the batched format, max_tokens_per_expert = batch_capacity
   int64_t batch_capacity = 0;     // 0: ranks x max_tokens_per_rank (the least the GPU accepts)
+  int64_t last_rank_capacity = 0;  // > 0: the last rank is built with this max_tokens_per_rank instead
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -86,7 +87,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
           cfg.parallel.expert_map = map.view();
           cfg.parallel.ep_size = n;
           cfg.parallel.ep_rank = r;
-          cfg.parallel.max_tokens_per_rank = T;
+          cfg.parallel.max_tokens_per_rank = c.last_rank_capacity && r == n - 1 ? c.last_rank_capacity : T;
           cfg.parallel.ep_dispatch = c.dispatch;
           cfg.parallel.capacity_check_all_ranks = c.check_all_ranks;
           if (c.batched) {
@@ -213,6 +214,27 @@ TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {
 
 // With parallel.capacity_check_all_ranks every rank calls, all fail with the same message naming the
 // offending rank, and no rank writes its output; modular and monolithic.
+// Ranks built with different capacities fail alike at construction instead of posting collectives of
+// different sizes (DeepEP #208 hangs there), over NCCL as over the in-process group (test_ep.cpp).
+TEST(CudaEpErrors, RanksBuiltWithDifferentCapacitiesFailAlikeAtConstruction) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  for (EpDispatch dispatch : {EpDispatch::all_to_all, EpDispatch::all_gather}) {
+    SCOPED_TRACE(dispatch == EpDispatch::all_to_all ? "all-to-all" : "all-gather");
+    EpGpuCase c{"disagree", QuantScheme::bf16, dispatch, 8, std::vector<int64_t>(size_t(n), 4)};
+    c.last_rank_capacity = 16;
+    MoEConfig cfg = small_config(QuantScheme::bf16, 8, 256, 256, 2);
+    cfg.routing.method = RoutingMethod::precomputed;
+    const Problem p = make_problem(cfg, 4 * n, test_seed());
+    const RankRun run = run_on_gpus(p, c, n, 8, std::vector<bool>(size_t(n), true));
+    const std::string expected = "parallel.max_tokens_per_rank is 8 on rank 0 and 16 on rank " + std::to_string(n - 1);
+    for (int r = 0; r < n; ++r)
+      EXPECT_NE(run.errors[r].find(expected), std::string::npos) << "rank " << r << ": " << run.errors[r];
+    for (int64_t i = 0; i < 4 * n * 256; ++i)
+      ASSERT_TRUE(std::isnan(bf16_to_float(run.out.data_as<bfloat16>()[i])));
+  }
+}
+
 TEST(CudaEpErrors, OverCapacityCheckedOnAllRanksFailsEveryRankAlike) {
   const int n = std::min(hopper_gpus(), 8);
   if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;

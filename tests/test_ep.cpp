@@ -4,7 +4,8 @@
 // routing method, uneven token
 // counts (zero included), ranks that send or receive nothing, all tokens on one rank, expert
 // counts not divisible by the ranks, custom placements; bad placements and too many tokens
-// fail with the same error on every rank; a missing rank times out instead of hanging.
+// fail with the same error on every rank, as do ranks built with different layers; a missing rank
+// times out instead of hanging.
 #include "test_util.h"
 #include "testing/expert_parallel.h"
 
@@ -169,6 +170,33 @@ TEST(Ep, ExpertOnTwoRanksIsRefusedOnEveryRank) {
   const EpResult r = run_ep(p, o);
   for (const std::string& e : r.errors)
     EXPECT_NE(e.find("expert 3 is placed on rank 0 and on rank 1"), std::string::npos) << e;
+}
+
+// Ranks built with different layers (here another capacity, which hangs DeepEP's collectives, #208, and
+// another routed scaling factor) fail alike at construction, each field named, for every PrepareFinalize;
+// a rank whose expert_map alone differs is how expert parallelism works and builds.
+TEST(Ep, RanksBuiltWithDifferentLayersFailAlikeAtConstruction) {
+  const Problem p = make_problem(small_config(QuantScheme::bf16, 6, 128, 64, 2), 4, 8);
+  for (int kind : {0, 1, 2}) {  // all-to-all, all-gather, monolithic
+    SCOPED_TRACE(kind);
+    EpOptions o;
+    o.ranks = 3;
+    o.tokens = {2, 1, 1};
+    o.monolithic = kind == 2;
+    o.dispatch = kind == 1 ? EpDispatch::all_gather : EpDispatch::all_to_all;
+    o.timeout_seconds = 5.0;
+    o.adjust_config = [](int rank, MoEConfig& c) {
+      if (rank == 2) c.parallel.max_tokens_per_rank = 8;
+      if (rank == 1) c.routing.routed_scaling_factor = 2.5f;
+    };
+    const EpResult r = run_ep(p, o);
+    for (const std::string& e : r.errors) {
+      EXPECT_NE(e.find("expert-parallel ranks were built with different layers"), std::string::npos) << e;
+      EXPECT_NE(e.find("routing.routed_scaling_factor is 1 on rank 0 and 2.5 on rank 1"), std::string::npos) << e;
+      EXPECT_NE(e.find("parallel.max_tokens_per_rank is 2 on rank 0 and 8 on rank 2"), std::string::npos) << e;
+    }
+    EXPECT_TRUE(std::isnan(bf16_to_float(r.out.data_as<bfloat16>()[0]))) << "a rank wrote output";
+  }
 }
 
 TEST(Ep, AMissingRankTimesOutWithAClearErrorInsteadOfHanging) {

@@ -2,6 +2,7 @@
 #include "fusedmoe/factory.h"
 
 #include "core/backend_registry.h"
+#include "core/rank_agreement.h"
 #include "fusedmoe/error.h"
 
 namespace fusedmoe {
@@ -30,6 +31,8 @@ std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, 
   if (communicator)
     FMOE_CHECK(config.parallel.ep_rank == communicator->rank(), "parallel.ep_rank (", config.parallel.ep_rank,
                ") must equal the communicator's rank (", communicator->rank(), ")");
+  // Before the backend's PrepareFinalize posts any collective sized by the config.
+  if (ranks > 1) check_ranks_agree(config, use_monolithic, *communicator);
   const BackendImpl& impl =
       backend == Backend::auto_select ? *registered_backends().front() : backend_by_id(backend);
   return impl.make_prepare_finalize(config, ranks > 1 ? communicator : nullptr, use_monolithic);

@@ -36,6 +36,7 @@ EpRunResult run_expert_parallel(const MoEConfig& config, const ExpertWeights& we
         c.parallel.ep_rank = r;
         c.parallel.max_tokens_per_rank = T;
         c.parallel.ep_dispatch = o.dispatch;
+        if (o.adjust_config) o.adjust_config(r, c);
         KernelOptions opt;
         opt.communicator = group[r].get();
         opt.use_monolithic = o.monolithic;

@@ -2,6 +2,7 @@
 // EP tests, the fuzzer and fusedmoe-bench share. Rank r takes the next tokens[r] rows.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct EpRunOptions {
   int64_t max_tokens_per_rank = 0;  // 0: the largest of `tokens`
   int skip_rank = -1;               // this rank builds its kernel but never calls it
   double timeout_seconds = 60.0;
+  std::function<void(int rank, MoEConfig&)> adjust_config;  // a per-rank change (tests of ranks that disagree)
 };
 
 struct EpRunResult {
