@@ -538,7 +538,10 @@ TEST(CudaExperts, RealModelShapes) {
   MoEConfig ds = small_config(QuantScheme::fp8_block, 16, 7168, 2048, 8);
   ds.routing.method = RoutingMethod::deepseek_v3;
   ds.routing.num_expert_group = 8, ds.routing.topk_group = 4, ds.routing.routed_scaling_factor = 2.5f;
-  for (const MoEConfig& c : {mixtral, qwen, ds}) {
+  // Nemotron-Nano: relu2, hidden 2688 and intermediate 1856 (multiples of 64, not of 128), top-6.
+  MoEConfig nemotron = small_config(QuantScheme::bf16, 8, 2688, 1856, 6);
+  nemotron.activation.kind = ActivationKind::relu2;
+  for (const MoEConfig& c : {mixtral, qwen, ds, nemotron}) {
     const int64_t M = 24;
     const Problem p = make_problem(c, M, seed);
     const GpuProblem g = to_gpu(p);

@@ -236,7 +236,7 @@ TEST(EdgeCases, Llama4AppliesTheWeightOnTheInput) {
   }
 }
 
-TEST(RealShapes, Qwen3AndDeepSeekLayersWithFewerExperts) {
+TEST(RealShapes, Qwen3DeepSeekAndNemotronLayersWithFewerExperts) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   MoEConfig qwen = small_config(QuantScheme::bf16, 16, 2048, 768, 8);
@@ -247,6 +247,15 @@ TEST(RealShapes, Qwen3AndDeepSeekLayersWithFewerExperts) {
   ds.routing.num_expert_group = 8, ds.routing.topk_group = 4, ds.routing.routed_scaling_factor = 2.5f;
   const Problem d = make_problem(ds, 2, seed);
   expect_matches_reference(d, run_forward(d, true), d.ids, d.topk_weights);
+  // Nemotron-Nano's layer: relu2 (not gated), hidden 2688, intermediate 1856 = 14.5 fp8 blocks (the
+  // shape a peer's nvfp4 validation rejected, FlashInfer #4653), top-6.
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    MoEConfig nemotron = small_config(s, 8, 2688, 1856, 6);
+    nemotron.activation.kind = ActivationKind::relu2;
+    const Problem n = make_problem(nemotron, 3, seed);
+    expect_matches_reference(n, run_forward(n, false), n.ids, n.topk_weights);
+  }
 }
 
 }  // namespace
