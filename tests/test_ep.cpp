@@ -5,7 +5,7 @@
 // counts (zero included), ranks that send or receive nothing, all tokens on one rank, expert
 // counts not divisible by the ranks, custom placements; bad placements and too many tokens
 // fail with the same error on every rank, as do ranks built with different layers; a missing rank
-// times out instead of hanging.
+// times out instead of hanging; 100 calls at capacity give the first call's bits.
 #include "test_util.h"
 #include "testing/expert_parallel.h"
 
@@ -106,6 +106,33 @@ TEST(Ep, BatchedAllToAllEqualsTheWholeLayer) {
       expect_no_errors(r);
       expect_matches_reference(p, r.out, p.ids, p.topk_weights);
     }
+}
+
+// Repeated exchanges at capacity (every rank passes max_tokens_per_rank tokens, skewed onto one rank's
+// experts) give the same bits every time: a peer's combine returned one corrupted row in 1.5-3% of
+// calls at max tokens per rank (DeepEP #700). 100 calls for each PrepareFinalize.
+TEST(Ep, HundredCallsAtCapacityGiveTheFirstCallsBits) {
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (int kind : {0, 1, 2, 3}) {  // all-to-all, all-to-all batched, all-gather, monolithic
+    SCOPED_TRACE(kind);
+    MoEConfig c = small_config(QuantScheme::fp8_block, 9, 128, 64, 3);
+    if (kind == 1) c.activation_format = ActivationFormat::batched, c.max_tokens_per_expert = 24;
+    if (kind != 3) c.routing.method = RoutingMethod::precomputed;
+    Problem p = make_problem(c, 24, seed + kind);
+    if (kind != 3)  // half the slots on rank 2's experts (the monolithic kernel routes the logits itself)
+      for (int64_t i = 0; i < 24 * 3; i += 2) p.ids.data_as<int32_t>()[i] = int32_t(6 + i % 3);
+    EpOptions o;
+    o.ranks = 3;
+    o.tokens = {8, 8, 8};
+    o.max_tokens_per_rank = 8;
+    o.dispatch = kind == 2 ? EpDispatch::all_gather : EpDispatch::all_to_all;
+    o.monolithic = kind == 3;
+    o.calls = 100;
+    const EpResult r = run_ep(p, o);
+    expect_no_errors(r);
+    expect_matches_reference(p, r.out, p.ids, p.topk_weights);
+  }
 }
 
 TEST(Ep, BatchedCapacityExceededIsTheSameErrorOnEveryRank) {

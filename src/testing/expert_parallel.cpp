@@ -1,6 +1,8 @@
 #include "testing/expert_parallel.h"
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 #include <thread>
 
 #include "testing/synthetic.h"
@@ -44,11 +46,20 @@ EpRunResult run_expert_parallel(const MoEConfig& config, const ExpertWeights& we
         if (r == o.skip_rank) return;
         const Tensor h(hidden.data_as<bfloat16>() + begin * K, DType::bf16, {rows, K});
         const Tensor out(result.out.data_as<bfloat16>() + begin * K, DType::bf16, {rows, K});
-        if (config.routing.method == RoutingMethod::precomputed) {
-          kernel.apply(h, Tensor(ids.data_as<int32_t>() + begin * k, DType::i32, {rows, k}),
-                       Tensor(topk_weights.data_as<float>() + begin * k, DType::f32, {rows, k}), out);
-        } else {
-          kernel.forward(h, Tensor(logits.data_as<float>() + begin * E, DType::f32, {rows, E}), out);
+        const auto call = [&](const Tensor& dst) {
+          if (config.routing.method == RoutingMethod::precomputed) {
+            kernel.apply(h, Tensor(ids.data_as<int32_t>() + begin * k, DType::i32, {rows, k}),
+                         Tensor(topk_weights.data_as<float>() + begin * k, DType::f32, {rows, k}), dst);
+          } else {
+            kernel.forward(h, Tensor(logits.data_as<float>() + begin * E, DType::f32, {rows, E}), dst);
+          }
+        };
+        call(out);
+        const Buffer again = Buffer::empty(DType::bf16, {rows, K});
+        for (int i = 1; i < o.calls; ++i) {  // the same calls on every rank, so no rank leaves early
+          call(again);
+          if (result.errors[r].empty() && rows && std::memcmp(again.view().data(), out.data(), out.nbytes()) != 0)
+            result.errors[r] = "call " + std::to_string(i) + " differs from the first";
         }
       } catch (const std::exception& e) {
         result.errors[r] = e.what();

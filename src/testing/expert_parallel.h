@@ -20,6 +20,7 @@ struct EpRunOptions {
   int skip_rank = -1;               // this rank builds its kernel but never calls it
   double timeout_seconds = 60.0;
   std::function<void(int rank, MoEConfig&)> adjust_config;  // a per-rank change (tests of ranks that disagree)
+  int calls = 1;  // calls per rank; every call after the first must give the first's bits (else an error)
 };
 
 struct EpRunResult {
