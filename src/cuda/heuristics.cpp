@@ -44,9 +44,10 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
   if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
-  // fp4 warp tiles of 64 rows (blocks of 8 warps, small_m_gemm_fp4.cu) above 32 rows per expert: 1.47x
-  // the grouped path on qwen3-nvfp4 at 1024 tokens, 1.53x on gpt-oss-120b at 2048 (64 rows per expert).
-  // At 32 rows per expert 64-row tiles were within 1% of 32-row ones (H200, session 13).
+  // fp4 warp tiles of 64 rows (blocks of 16 warps, small_m_gemm_fp4.cu) above 32 rows per expert, where
+  // the grouped path ran before: 1.47x on qwen3-nvfp4 at 1024 tokens, 1.53x on gpt-oss-120b at 2048 (64
+  // rows per expert) in blocks of 8 warps, 16 warps another 1.09x on gpt-oss-120b. At 32 rows per expert
+  // 64-row tiles were within 1% of 32-row ones (H200, session 13).
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /
   // 14% / 6% faster for deepseek-v3 at 512 / 1024 / 2048 tokens (16 / 32 / 64 rows per expert), 11%
   // for mixtral at 512 (128 rows), 2-5% for qwen3-30b-a3b at 1024-2048; 3% slower only for mixtral at
