@@ -170,8 +170,8 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; 0 / 64: grouped, 128- /
-  // 64-row GEMM tiles
+  // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; -256 (fp4 only): the
+  // wgmma kernel; 0 / 64: grouped, 128- / 64-row GEMM tiles
   const int param = GetParam();
   const int tile = param < 0 ? -param : param;
   {
@@ -179,7 +179,8 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
                           param == 64 ? 64 : 128);
     for (QuantScheme s : kCudaSchemes) {
-      if (param == -64 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;  // fp4 warp tiles only
+      // fp4 only: 64-row warp tiles, and 256 (the wgmma kernel)
+      if (param <= -64 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -200,10 +201,11 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant, ::testing::Values(8, 16, 32, -8, -16, -32, -64, 0, 64),
-                         [](const auto& info) {
+INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant,
+                         ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, 0, 64), [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
+                           if (p == -256) return std::string("fp4_wgmma");
                            if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
@@ -240,7 +242,30 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
       expect_matches_reference(p, by_tile[tiles - 1], p.ids, p.topk_weights);
       for (int i = 1; i < tiles; ++i)
         EXPECT_TRUE(bits_equal(by_tile[0], by_tile[i])) << "largest tile " << (8 << i) << " differs from 8";
+      if (fp4 && warp_tiles) {  // the wgmma kernel: n = 64 products up to 64 rows, 128 above; k in another order
+        const ForcePath force(true, 256, 0, true);
+        expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
+      }
     }
+}
+
+// The fp4 wgmma kernel over many k tiles (K = 704 and 320: 11 and 5 tiles of 64), a partial block of
+// weight rows (GEMM2's N = 704 of 128-row blocks), items of 256 rows and a partial one per expert
+// (n = 256 and n = 64 products), biases, both fp4 formats.
+TEST(CudaExperts, Fp4WgmmaDeepKPartialTiles) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    MoEConfig c = small_config(s, 4, 704, 320, 2);
+    const Problem p = make_problem(c, 600, seed, /*with_bias=*/true);
+    const GpuProblem g = to_gpu(p);
+    const ForcePath force(true, 256, 0, true);
+    Buffer ids, w;
+    const Buffer out = run_cuda_forward(g, 600, &ids, &w);
+    expect_matches_reference(p, out, ids, w);
+  }
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the

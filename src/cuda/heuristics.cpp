@@ -54,6 +54,15 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // 256 (64 rows). Above, 128-row tiles (cooperative): the 64-row ones cost 2% (bf16, qwen3) and 8%
   // (fp8-block, deepseek-v3) at 8192 tokens (256-512 rows per expert). H200, bench/results, 2026-11-29.
   path.gemm_tile_m = rows_per_expert <= 128.0 ? 64 : 128;
+  // TEMPORARY (session 14 A/B): fp4 above FUSEDMOE_FP4_WGMMA_FROM rows per expert (default 64) takes the
+  // wgmma kernel (fp4_wgmma_gemm.cu, 256-row items) instead of the dequantization + CUTLASS path.
+  double wgmma_from = 64.0;
+  if (const char* env = std::getenv("FUSEDMOE_FP4_WGMMA_FROM"); env && env[0]) wgmma_from = std::atof(env);
+  if (fp4_weights && rows_per_expert > wgmma_from) {
+    path.small_m = true;
+    path.warp_tiles = true;
+    path.tile_tokens = 256;
+  }
   return path;
 }
 

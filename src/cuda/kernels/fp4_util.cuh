@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "fusedmoe/formats.h"
+
 namespace fusedmoe::cuda {
 
 __device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
@@ -47,5 +49,18 @@ __device__ inline __nv_bfloat162 ue8m0_multiplier(uint32_t u, bool& big) {
   const uint32_t bits = big ? 0x7E80u : (u + 126) << 7;
   return __halves2bfloat162(__ushort_as_bfloat16(bits), __ushort_as_bfloat16(bits));
 }
+
+// nvfp4: the bf16x2 multiplier of an e4m3 group scale s for e2m1x8_bf16_times_2m126's output, s * 2^118
+// (finite: |s| <= 448 < 2^9); the products come out as value * s * 2^-8, and the missing 2^8 is
+// folded into the f32 global scale of the epilogue. Exact: e2m1 has 2 significant bits, e4m3 4.
+// The e4m3 exponent and mantissa bits placed at f32 bits 20..26 read s * 2^-120 (subnormal e4m3 as
+// subnormal f32), two exact multiplies by 2^119 give s * 2^118; 0x7f / 0xff are NaN as in e4m3.
+__device__ inline __nv_bfloat162 nv_multiplier(uint32_t bits) {
+  const uint32_t b = bits & 0xffu;
+  float f = __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * 0x1p119f * 0x1p119f;
+  if ((b & 0x7fu) == 0x7fu) f = __uint_as_float(0x7fc00000u);
+  return __float2bfloat162_rn(f);
+}
+inline constexpr float kNvEpilogueFactor = 256.0f;  // 2^8
 
 }  // namespace fusedmoe::cuda

@@ -36,14 +36,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
 
-// nvfp4: the bf16x2 multiplier of an e4m3 group scale s for e2m1x8_bf16_times_2m126's output, s * 2^118
-// (finite: |s| <= 448 < 2^9); the products come out as value * s * 2^-8, and the missing 2^8 is
-// folded into the f32 global scale of the epilogue. Exact: e2m1 has 2 significant bits, e4m3 4.
-__device__ inline __nv_bfloat162 nv_multiplier(uint32_t bits) {
-  return __float2bfloat162_rn(fp8_e4m3_to_float(static_cast<uint8_t>(bits)) * 0x1p118f);
-}
-constexpr float kNvEpilogueFactor = 256.0f;  // 2^8
-
 // 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, times the group scale
 // (nvfp4: times s 2^-8, see nv_multiplier). scale_bits: nvfp4 two e4m3 scales (bytes 0-7, bytes
 // 8-15), mxfp4 one ue8m0 scale. Called by whole warps (the mxfp4 branch on large scales is voted).
@@ -310,6 +302,7 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int64_t m
                              cudaStream_t s) {
   const bool warp_tiles = g.warp_tiles;
   if (max_items == 0) return;
+  if (tile_tokens == 256) return launch_fp4_wgmma_gemm(g, plan, max_items, s);
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
   if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s);
