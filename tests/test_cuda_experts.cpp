@@ -85,10 +85,10 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
   EXPECT_TRUE(choose_experts_path(1024, 4, 128, nv).small_m);     // gpt-oss at 1024: 32 rows
   EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 32);
-  EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows
-  EXPECT_EQ(choose_experts_path(1024, 8, 128, nv).tile_tokens, 64);
-  EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).warp_tiles);
-  EXPECT_FALSE(choose_experts_path(2048, 8, 128, nv).small_m);    // qwen3 at 2048: 128 rows
+  EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows, the fp4 wgmma kernel
+  EXPECT_EQ(choose_experts_path(1024, 8, 128, nv).tile_tokens, 256);
+  EXPECT_EQ(choose_experts_path(8192, 4, 128, QuantScheme::mxfp4).tile_tokens, 256);  // gpt-oss at 8192
+  EXPECT_TRUE(choose_experts_path(8192, 8, 128, nv).small_m);     // never the dequantizing CUTLASS path
   EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).warp_tiles);   // 8 routed rows: split-k blocks
   EXPECT_TRUE(choose_experts_path(2, 8, 128, nv).warp_tiles);    // 16: a tile per warp
   EXPECT_FALSE(choose_experts_path(1, 8, 256, fp8).warp_tiles);  // deepseek-v3 at 1 token
@@ -323,7 +323,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     for (int64_t m = 2; m <= max_m; ++m)
       ASSERT_GE(kernel.workspace_bytes(m), kernel.workspace_bytes(m - 1)) << "at " << m << " tokens";
     const Buffer ws = poisoned_workspace(kernel, max_m);
-    for (int64_t m : {36, 37, 96, 97, 384, 385}) {  // 2 m / 6 rows per expert: 12, 32 and 128 are the switches
+    for (int64_t m : {36, 37, 96, 97, 384, 385}) {  // 2 m / 6 rows per expert: 12, 32 (fp4) and 128 are switches
       SCOPED_TRACE("tokens " + std::to_string(m));
       const auto head = [m](const Tensor& t) { return Tensor(t.data(), t.dtype(), {m, t.size(1)}, t.device()); };
       Buffer out = poisoned_bf16_on_gpu(m, c.hidden_size);
@@ -332,8 +332,9 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
       expect_matches_reference(p, head(p.hidden), copy_to(out, Device::cpu()), head(p.ids), head(p.topk_weights));
     }
   }
-  // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16.
-  MoEConfig c = small_config(QuantScheme::nvfp4, 6, 256, 256, 2);
+  // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16, for the token counts on
+  // the grouped path (bf16: above 12 rows per expert, 36 tokens; fp4 weights no longer take it).
+  MoEConfig c = small_config(QuantScheme::bf16, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;
   const GpuProblem g = to_gpu(make_problem(c, 4, seed));
   const auto bytes_with = [&](const char* fused) {
@@ -342,7 +343,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   };
   const size_t plain = bytes_with("0"), gated = bytes_with("1");
   EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {4096 * 2, 512}) -
-                               workspace_tensor_bytes(DType::bf16, {384 * 2, 512}));
+                               workspace_tensor_bytes(DType::bf16, {36 * 2, 512}));
 }
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {

@@ -2,8 +2,8 @@
 // weight stream and the small-M kernel reads each weight once per tile of rows; above, the
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
-// kernel up to 64 rows per expert (64-row tiles): the grouped path's dequantization pass writes
-// and reads 4 bytes per weight value, which at 1024 tokens cost more than the GEMMs (H200).
+// kernel up to 32 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
+// copy of the weights, 4 bytes written and read per value) is no longer chosen.
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
@@ -28,7 +28,7 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
   ExpertsPath path;
-  path.small_m = rows_per_expert <= (fp4_weights ? 64.0 : 12.0);
+  path.small_m = fp4_weights || rows_per_expert <= 12.0;  // fp4: small-M, or the fp4 wgmma kernel (below)
   path.tile_tokens = rows_per_expert <= 6.0 ? 8 : rows_per_expert <= 12.0 ? 16 : rows_per_expert <= 32.0 ? 32 : 64;
   // A 16-row tile per warp (64 rows per block, no split-k) from 16 routed rows on, for bf16 weights
   // only from 16-row tiles on (H200, bench/results, 2026-11-28). fp4: 10-30% faster at 16-1024 tokens
@@ -44,21 +44,21 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
   if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
-  // fp4 warp tiles of 64 rows (blocks of 16 warps, small_m_gemm_fp4.cu) above 32 rows per expert, where
-  // the grouped path ran before: 1.47x on qwen3-nvfp4 at 1024 tokens, 1.53x on gpt-oss-120b at 2048 (64
-  // rows per expert) in blocks of 8 warps, 16 warps another 1.09x on gpt-oss-120b. At 32 rows per expert
-  // 64-row tiles were within 1% of 32-row ones (H200, session 13).
+  // (fp4 warp tiles of 64 rows, session 13, ran above 32 rows per expert until the fp4 wgmma kernel below
+  // replaced them; they stay a compiled, tested variant.)
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /
   // 14% / 6% faster for deepseek-v3 at 512 / 1024 / 2048 tokens (16 / 32 / 64 rows per expert), 11%
   // for mixtral at 512 (128 rows), 2-5% for qwen3-30b-a3b at 1024-2048; 3% slower only for mixtral at
   // 256 (64 rows). Above, 128-row tiles (cooperative): the 64-row ones cost 2% (bf16, qwen3) and 8%
   // (fp8-block, deepseek-v3) at 8192 tokens (256-512 rows per expert). H200, bench/results, 2026-11-29.
   path.gemm_tile_m = rows_per_expert <= 128.0 ? 64 : 128;
-  // TEMPORARY (session 14 A/B): fp4 above FUSEDMOE_FP4_WGMMA_FROM rows per expert (default 64) takes the
-  // wgmma kernel (fp4_wgmma_gemm.cu, 256-row items) instead of the dequantization + CUTLASS path.
-  double wgmma_from = 64.0;
-  if (const char* env = std::getenv("FUSEDMOE_FP4_WGMMA_FROM"); env && env[0]) wgmma_from = std::atof(env);
-  if (fp4_weights && rows_per_expert > wgmma_from) {
+  // fp4 weights above 32 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
+  // small-M path's plan, gather and epilogue), which dequantizes in registers instead of writing a bf16
+  // copy of the weights for CUTLASS. Same-run on H200 (session 14), against the path before it: gpt-oss-120b
+  // 1.18x at 2048 tokens (64 rows per expert, small-M 64-row tiles), 1.67x at 4096, 1.33x at 8192;
+  // qwen3-nvfp4 1.22x at 1024, 1.41-1.47x at 2048, 1.16-1.21x at 4096, 0.97-1.00x at 8192. At 32 rows
+  // per expert (gpt-oss-120b at 1024) the small-M kernel stays 8% faster.
+  if (fp4_weights && rows_per_expert > 32.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;

@@ -11,7 +11,7 @@
 namespace fusedmoe::cuda {
 
 struct ExpertsPath {
-  bool small_m = false;  // the mma.sync streaming kernel instead of the CUTLASS grouped GEMM
+  bool small_m = false;  // the row-plan kernels (mma.sync small-M; fp4 wgmma at 256) instead of CUTLASS
   int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16 or 32; 64 for fp4 warp tiles; 256: fp4 wgmma kernel)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
@@ -19,8 +19,8 @@ struct ExpertsPath {
   int gemm_tile_m = 128;          // grouped path: 128-row cooperative tiles or 64-row pingpong tiles
 };
 
-// weights: the scheme of the expert weights. The grouped path of fp4 weights first dequantizes every
-// expert to bf16, so the small-M kernel keeps the layer up to more rows per expert.
+// weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
+// copy of each expert): the small-M kernel up to 32 rows per expert, the fp4 wgmma kernel above.
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16);
 

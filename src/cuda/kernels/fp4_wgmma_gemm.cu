@@ -1,18 +1,27 @@
-// Grouped GEMM for fp4 weights (W4A16) on Hopper's warpgroup tensor cores, the many-rows path of the
-// nvfp4 and mxfp4 experts — small_m_gemm_fp4.cu's product and formats:
+// Grouped GEMM for fp4 weights (W4A16) on Hopper's warpgroup tensor cores, the path of the nvfp4 and
+// mxfp4 experts above 32 rows per expert — small_m_gemm_fp4.cu's product and formats:
 //   Y[r, n] = gs[e] * sum_k X[src(r), k] * e2m1(W[e, n, k]) * s[e, n, k / G]  (+ bias[e, n])
-// without the dequantized bf16 copy of the weights that the CUTLASS path needs (4 bytes written and
-// read again per weight value, more than the GEMMs at 1-8K tokens).
+// without the bf16 copy of the weights the CUTLASS path needs (4 bytes written and read again per
+// weight value, more than the GEMMs themselves at 1-8K tokens).
 // Swap-AB: the weights are wgmma's A operand, dequantized in registers (fp4_util.cuh's bit placement
-// and group multipliers, exact); the item's tokens are B, bf16 in shared memory.
-// A block: 256 weight rows (2 warpgroups x 2 m64 tiles) x one work item of the row plan (up to 128
-// rows of one expert; items of <= 64 rows run n = 64 products), k in tiles of 128 through a 4-stage
-// cp.async ring (prefetch distance 2): X rows gathered through x_row into the K-major layout with the
-// 128-byte swizzle that wgmma reads, W rows as they lie (64 bytes a row). A lane's fragment of a
-// 32-value chunk of a weight row is byte c of each of the chunk's four words (lane 4g + c): one 16-byte
-// shared load and three prmt give a packed word whose dequantization is the A registers of two k16
-// steps. Chunk h + 1 is dequantized while chunk h's wgmma group runs (two register buffers).
-// Limits: K % 32 == 0; the plan's items of 128 rows.
+// and group multipliers, exact); the tokens of one plan item are B, bf16 in shared memory.
+// A block: 128 weight rows x one work item of the row plan (up to 256 rows of one expert; items of up
+// to 128 / 64 rows run n = 128 / 64 products), in 3 warpgroups:
+// - a producer fills a 5-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
+//   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
+//   (32 bytes a row), each row's group scales of the tile as one word. A stage's full barrier completes
+//   when its copies land; its empty barrier when both consumers are done with it.
+// - two consumers, an m64 tile of weight rows each, m64n256k16 wgmma with A from registers. A lane's
+//   fragment of a 32-value chunk of a weight row is byte c of each of the chunk's four words (lane
+//   4g + c): one 16-byte shared load and three prmt give a packed word whose unpacking and scaling are
+//   the A registers of two k16 steps. Chunk h + 1 is unpacked while chunk h's wgmma run and scaled
+//   into the other register buffer once chunk h - 1's are done. Consumers read no global memory in the
+//   loop (the scales come through shared memory), so nothing but the stages holds up a wgmma fence.
+// Measured (H200, session 14): with the producer's scale load waiting in line, its generic (not
+// shared-space) loads and per-copy address arithmetic, the consumers waited on full stages 27-32% of
+// the time and the kernel ran at 0.6-0.9x the CUTLASS path; without them 1.0-1.7x. A persistent variant
+// (one block per SM walking the units) was 2-4% slower.
+// Limits: K % 64 == 0 (the CUDA fp4 experts' hidden and intermediate sizes); plan items of 256 rows.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -87,36 +96,50 @@ __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], ui
   else wgmma_m64n64k16_rs(d, a, desc);
 }
 
-// The A registers of k16 steps 2h and 2h + 1 (chunk h, 32 values) of a k tile in shared memory (ws:
-// 32 bytes a block row) for the lane's rows `row` and row + 8; sel picks byte c of two words.
+// Chunk h (32 values, k16 steps 2h and 2h + 1) of a k tile in shared memory (ws: 32 bytes a block
+// row) for the lane's rows `row` and row + 8, unpacked but not yet scaled: q[hi][i] = values times
+// 2^-126 (fp4_util.cuh), m0 / m1 the group multipliers of the two steps. sel picks byte c of two words.
 // scales[hi]: the tile's group scales of row + 8 hi, byte i = group i (nvfp4: 4 groups of 16, mxfp4: 2
-// of 32).
+// of 32). It writes no fragment register, so it may run while the wgmma reading them are in flight.
+struct UnpackedChunk {
+  uint32_t q[2][4];
+  __nv_bfloat162 m0[2], m1[2];
+  uint32_t big_scale[2];  // mxfp4 scales above 2: the scale byte (else 0), applied in a second multiply
+};
+
 template <bool kNv>
-__device__ inline void dequant_chunk(const uint8_t* ws, int h, const uint32_t (&scales)[2], int row, uint32_t sel,
-                                     uint32_t (&fr)[2][4]) {
+__device__ inline void unpack_chunk(const uint8_t* ws, int h, const uint32_t (&scales)[2], int row, uint32_t sel,
+                                    UnpackedChunk& c) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     const uint4 v = *reinterpret_cast<const uint4*>(ws + (row + 8 * hi) * 32 + h * 16);
     // Byte c of words 0..3: values k = 2c, 2c + 1 | 2c + 8, 2c + 9 of step 2h, then of step 2h + 1.
-    uint32_t q[4];
-    e2m1x8_bf16_times_2m126(prmt(prmt(v.x, v.y, sel), prmt(v.z, v.w, sel), 0x5410), q);
-    __nv_bfloat162 m0, m1;
-    bool big = false;
-    uint32_t u = 0;
+    e2m1x8_bf16_times_2m126(prmt(prmt(v.x, v.y, sel), prmt(v.z, v.w, sel), 0x5410), c.q[hi]);
+    c.big_scale[hi] = 0;
     if constexpr (kNv) {
       const uint32_t two = scales[hi] >> (16 * h);  // the scales of steps 2h, 2h + 1
-      m0 = nv_multiplier(two & 0xff);
-      m1 = nv_multiplier((two >> 8) & 0xff);
+      c.m0[hi] = nv_multiplier(two & 0xff);
+      c.m1[hi] = nv_multiplier((two >> 8) & 0xff);
     } else {
-      u = (scales[hi] >> (8 * h)) & 0xff;  // one scale for both steps
-      m0 = m1 = ue8m0_multiplier(u, big);
+      const uint32_t u = (scales[hi] >> (8 * h)) & 0xff;  // one scale for both steps
+      bool big;
+      c.m0[hi] = c.m1[hi] = ue8m0_multiplier(u, big);
+      if (big) c.big_scale[hi] = u;
     }
-    fr[0][hi] = mul_bf16x2(q[0], m0);
-    fr[0][2 + hi] = mul_bf16x2(q[1], m0);
-    fr[1][hi] = mul_bf16x2(q[2], m1);
-    fr[1][2 + hi] = mul_bf16x2(q[3], m1);
-    if (!kNv && big) {  // scales above 2 (not seen in checkpoints): times 2^(u-127) in a second step
-      const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(u)));
+  }
+}
+
+// The A registers of steps 2h, 2h + 1 from an unpacked chunk: fr[step][i] in wgmma's A order (rows
+// g, g + 8 at k 2c, 2c + 1, then at k 2c + 8, 2c + 9).
+__device__ inline void scale_chunk(const UnpackedChunk& c, uint32_t (&fr)[2][4]) {
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    fr[0][hi] = mul_bf16x2(c.q[hi][0], c.m0[hi]);
+    fr[0][2 + hi] = mul_bf16x2(c.q[hi][1], c.m0[hi]);
+    fr[1][hi] = mul_bf16x2(c.q[hi][2], c.m1[hi]);
+    fr[1][2 + hi] = mul_bf16x2(c.q[hi][3], c.m1[hi]);
+    if (c.big_scale[hi]) {  // not seen in checkpoints: times 2^(u-127) in a second step
+      const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(c.big_scale[hi])));
 #pragma unroll
       for (int st = 0; st < 2; ++st) {
         fr[st][hi] = mul_bf16x2(fr[st][hi], s2);
@@ -156,7 +179,7 @@ __device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* sme
     // c ^ (t % 8) of the row's 128 bytes), W's rows unchanged, each row's group scales of the tile as
     // a word (4 nvfp4 or 2 mxfp4 bytes, aligned as K % 64 == 0); zeros past the rows or N. The scales
     // go through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async), so that
-    // the consumers read no global memory: their wgmma fences would wait for such loads.
+    // the consumers read no global memory in their loop.
     setmaxnreg_dec<kProducerRegs>();
     const int p = tid - 128 * kConsumers;
     const bf16* x = static_cast<const bf16*>(g.x);
@@ -227,7 +250,9 @@ __device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* sme
     const uint32_t sc[2] = {reinterpret_cast<const uint32_t*>(ws + kWBytes)[row],
                             reinterpret_cast<const uint32_t*>(ws + kWBytes)[row + 8]};
     const uint32_t xs_addr = smem_addr(xs);
-    dequant_chunk<kNv>(ws, 0, sc, row, sel, fr[0]);  // fr[0] last fed the previous tile's chunk 0: done
+    UnpackedChunk unpacked;
+    unpack_chunk<kNv>(ws, 0, sc, row, sel, unpacked);
+    scale_chunk(unpacked, fr[0]);  // fr[0] last fed the previous tile's chunk 0: done
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       wgmma_fence();  // the fragments written above are visible to the wgmma
@@ -235,13 +260,16 @@ __device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* sme
       for (int sub = 0; sub < 2; ++sub)  // k16 step 2h + sub: 32 bytes into each 128-byte X row
         wgmma_rs<kTok>(acc, fr[h][sub], smem_desc_k_major_sw128(xs_addr + (2 * h + sub) * 32));
       wgmma_commit();
+      // Chunk 1's unpacking runs while chunk 0 and the previous tile's chunk 1 are in flight; only its
+      // scaling, which writes fr[1], waits for the latter.
+      if (h == 0) unpack_chunk<kNv>(ws, 1, sc, row, sel, unpacked);
       wgmma_wait<1>();  // chunk h - 1 (at h = 0: the previous tile's chunk 1) is done with fr[h ^ 1]
       // Pins fr[h ^ 1] to its registers up to here (at h = 0 that holds the previous tile's chunk 1):
       // the compiler may not reuse them while the wgmma reads them.
       fence_fragments(fr[h ^ 1]);
       if (h == 0) {
         if (kt > 0 && releaser) mbar_arrive(&empty[(kt - 1) % kStages]);  // tile kt - 1 is done
-        dequant_chunk<kNv>(ws, 1, sc, row, sel, fr[1]);
+        scale_chunk(unpacked, fr[1]);
       }
     }
   }
