@@ -12,7 +12,7 @@ namespace fusedmoe::cuda {
 
 struct ExpertsPath {
   bool small_m = false;  // the row-plan kernels (mma.sync small-M; fp4 wgmma at 256) instead of CUTLASS
-  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16 or 32; 64 for fp4 warp tiles; 256: fp4 wgmma kernel)
+  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 256: fp4 wgmma)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
