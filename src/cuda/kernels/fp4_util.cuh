@@ -7,8 +7,6 @@
 
 #include <cstdint>
 
-#include "fusedmoe/formats.h"
-
 namespace fusedmoe::cuda {
 
 __device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
