@@ -83,8 +83,10 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(256, 8, 128).small_m);           // 16 rows per expert
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
+  EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 32);  // 24 rows: the small-M kernel
+  EXPECT_EQ(choose_experts_path(392, 8, 128, nv).tile_tokens, 256);  // 24.5 rows: the fp4 wgmma kernel
   EXPECT_TRUE(choose_experts_path(1024, 4, 128, nv).small_m);     // gpt-oss at 1024: 32 rows
-  EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 32);
+  EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 256);
   EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows, the fp4 wgmma kernel
   EXPECT_EQ(choose_experts_path(1024, 8, 128, nv).tile_tokens, 256);
   EXPECT_EQ(choose_experts_path(8192, 4, 128, QuantScheme::mxfp4).tile_tokens, 256);  // gpt-oss at 8192
@@ -249,23 +251,25 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
     }
 }
 
-// The fp4 wgmma kernel over many k tiles (K = 704 and 320: 11 and 5 tiles of 64), a partial block of
-// weight rows (GEMM2's N = 704 of 128-row blocks), items of 256 rows and a partial one per expert
-// (n = 256 and n = 64 products), biases, both fp4 formats.
+// The fp4 wgmma kernel over many k tiles (K = 704 and 320: 11 and 5 tiles of 64), partial blocks of
+// weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows), items of 256 rows and a partial one
+// per expert at 600 tokens (n = 256 and n = 64 products), items of 65-128 rows at 240 tokens (n = 128),
+// biases, both fp4 formats.
 TEST(CudaExperts, Fp4WgmmaDeepKPartialTiles) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
-    SCOPED_TRACE(quant_scheme_name(s));
-    MoEConfig c = small_config(s, 4, 704, 320, 2);
-    const Problem p = make_problem(c, 600, seed, /*with_bias=*/true);
-    const GpuProblem g = to_gpu(p);
-    const ForcePath force(true, 256, 0, true);
-    Buffer ids, w;
-    const Buffer out = run_cuda_forward(g, 600, &ids, &w);
-    expect_matches_reference(p, out, ids, w);
-  }
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (int64_t tokens : {600, 240}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + " tokens " + std::to_string(tokens));
+      MoEConfig c = small_config(s, 4, 704, 320, 2);
+      const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);
+      const GpuProblem g = to_gpu(p);
+      const ForcePath force(true, 256, 0, true);
+      Buffer ids, w;
+      const Buffer out = run_cuda_forward(g, tokens, &ids, &w);
+      expect_matches_reference(p, out, ids, w);
+    }
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the

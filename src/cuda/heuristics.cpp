@@ -2,7 +2,7 @@
 // weight stream and the small-M kernel reads each weight once per tile of rows; above, the
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
-// kernel up to 32 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
+// kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen.
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
@@ -52,13 +52,14 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // 256 (64 rows). Above, 128-row tiles (cooperative): the 64-row ones cost 2% (bf16, qwen3) and 8%
   // (fp8-block, deepseek-v3) at 8192 tokens (256-512 rows per expert). H200, bench/results, 2026-11-29.
   path.gemm_tile_m = rows_per_expert <= 128.0 ? 64 : 128;
-  // fp4 weights above 32 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
+  // fp4 weights above 24 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
   // small-M path's plan, gather and epilogue), which dequantizes in registers instead of writing a bf16
   // copy of the weights for CUTLASS. Same-run on H200 (session 14), against the path before it: gpt-oss-120b
   // 1.18x at 2048 tokens (64 rows per expert, small-M 64-row tiles), 1.67x at 4096, 1.33x at 8192;
-  // qwen3-nvfp4 1.22x at 1024, 1.41-1.47x at 2048, 1.16-1.21x at 4096, 0.97-1.00x at 8192. At 32 rows
-  // per expert (gpt-oss-120b at 1024) the small-M kernel stays 8% faster.
-  if (fp4_weights && rows_per_expert > 32.0) {
+  // qwen3-nvfp4 1.22x at 1024, 1.41-1.47x at 2048, 1.16-1.21x at 4096, 0.97-1.00x at 8192. Session 15:
+  // with its 512-row blocks for items of up to 64 rows it beats the small-M kernel at 32 rows per expert
+  // (gpt-oss-120b at 1024 tokens: 1.10-1.13x; qwen3-nvfp4 at 512: 1.02x).
+  if (fp4_weights && rows_per_expert > 24.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;

@@ -20,7 +20,7 @@ struct ExpertsPath {
 };
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
-// copy of each expert): the small-M kernel up to 32 rows per expert, the fp4 wgmma kernel above.
+// copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above.
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16);
 
