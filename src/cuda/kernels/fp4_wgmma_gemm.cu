@@ -50,8 +50,7 @@ constexpr int kTileTokens = 256;
 // full item's time (H200, session 15).
 template <int kTok, int kT>
 struct Shape {
-  static constexpr int kTiles = kT;
-  static constexpr int kBlockRows = kSlabRows * kTiles;
+  static constexpr int kBlockRows = kSlabRows * kT;
   static constexpr int kXBytes = kTok * kTileK * 2;      // token rows of 128 bytes
   static constexpr int kWBytes = kBlockRows * kTileK / 2;  // weight rows of 32 bytes
   static constexpr int kSBytes = kBlockRows * 4;           // their group scales, a word a row
@@ -228,10 +227,10 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     w_ok |= uint32_t(r < N) << i;
   }
   // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead (the store waits for them).
-  const uint8_t* s_row[S::kTiles];
+  const uint8_t* s_row[kT];
   uint32_t s_ok = 0;
 #pragma unroll
-  for (int j = 0; j < S::kTiles; ++j) {
+  for (int j = 0; j < kT; ++j) {
     const bool ok = n0 + p + 128 * j < N;
     s_row[j] = g.w_fp4_scales + (e * N + (ok ? n0 + p + 128 * j : 0)) * groups;
     s_ok |= uint32_t(ok) << j;
@@ -242,9 +241,9 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     else v = __ldg(reinterpret_cast<const uint16_t*>(s_row[j]) + kt);
     return (s_ok >> j) & 1 ? v : 0u;
   };
-  uint32_t sw[S::kTiles];
+  uint32_t sw[kT];
 #pragma unroll
-  for (int j = 0; j < S::kTiles; ++j) sw[j] = load_scale(j, 0);
+  for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, 0);
   for (int kt = 0; kt < num_kt; ++kt) {
     const int st = kt % kStages;
     if (kt >= kStages) mbar_wait(&empty[st], ((kt / kStages) - 1) & 1);
@@ -262,12 +261,12 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       w_src[i] += kTileK / 2;
     }
 #pragma unroll
-    for (int j = 0; j < S::kTiles; ++j) reinterpret_cast<uint32_t*>(ws + S::kWBytes)[p + 128 * j] = sw[j];
+    for (int j = 0; j < kT; ++j) reinterpret_cast<uint32_t*>(ws + S::kWBytes)[p + 128 * j] = sw[j];
     mbar_arrive(&full[st]);  // release: the scale words are visible to whoever waits on full[st]
     cp_async_arrive(&full[st]);
     if (kt + 1 < num_kt)
 #pragma unroll
-      for (int j = 0; j < S::kTiles; ++j) sw[j] = load_scale(j, kt + 1);
+      for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, kt + 1);
   }
   cp_async_wait_all();
 }
@@ -389,7 +388,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   }
 }
 
-// One block's item: weight rows n0 .. n0 + 128 kTiles - 1 of expert e against the item's `rows` token
+// One block's item: weight rows n0 .. n0 + 128 kT - 1 of expert e against the item's `rows` token
 // rows (src_rows: their rows of X, -1 past them).
 template <bool kNv, int kTok, int kT>
 __device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* smem, uint64_t* full, uint64_t* empty,
@@ -419,19 +418,19 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   const int e = item.x;
   const int64_t first = plan.offsets[e] + item.y;
   const int64_t rows = min(int64_t(plan.counts[e]) - item.y, int64_t(kTileTokens));
-  // Block x covers weight rows from 128 kTiles x: items of fewer rows take fewer, taller blocks.
+  // Block x covers weight rows from 128 T x: items of fewer rows take fewer, taller blocks.
   const int tiles = rows > 128 ? 1 : rows > 64 ? 2 : 4;
   const int64_t n0 = int64_t(blockIdx.x) * kSlabRows * tiles;
   if (n0 >= g.N) return;
   for (int t = threadIdx.x; t < kTileTokens; t += kThreads)
     src_rows[t] = t < rows ? (g.x_row ? g.x_row[first + t] : static_cast<int32_t>(first + t)) : -1;
   if (threadIdx.x < kStages) {
-    mbar_init(&full[threadIdx.x], 2 * 128);     // each producer thread's copies and scale word
+    mbar_init(&full[threadIdx.x], 2 * 128);           // each producer thread's copies and scale word
     mbar_init(&empty[threadIdx.x], 128 * kConsumers);  // each consumer thread, after its reads
   }
   __syncthreads();
-  if (rows > 128) fp4_wgmma_item<kNv, 256, 1>(g, smem, full, empty, src_rows, e, n0, rows, first);
-  else if (rows > 64) fp4_wgmma_item<kNv, 128, 2>(g, smem, full, empty, src_rows, e, n0, rows, first);
+  if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full, empty, src_rows, e, n0, rows, first);
+  else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full, empty, src_rows, e, n0, rows, first);
   else fp4_wgmma_item<kNv, 64, 4>(g, smem, full, empty, src_rows, e, n0, rows, first);
 }
 
