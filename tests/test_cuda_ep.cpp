@@ -3,7 +3,7 @@
 // ranks' outputs, put together, must match the float64 reference of the whole layer (what
 // EP = 1 computes) within the scheme's tolerance: uneven token counts, a rank with no tokens,
 // every token routed to one rank's experts, experts not divisible by the ranks, routing on the
-// GPU (softmax, deepseek-v3, sigmoid) and given ids, modular and monolithic experts,
+// GPU (every method) and given ids, modular and monolithic experts,
 // run-twice bitwise equality, the batched format (all-to-all and all-gather), and over capacity
 // and ranks built with different capacities as clear errors. Skips below 2 GPUs.
 #include <cuda_runtime.h>
@@ -49,6 +49,7 @@ struct EpGpuCase {
   bool batched = false;           // the batched format, max_tokens_per_expert = batch_capacity
   int64_t batch_capacity = 0;     // 0: ranks x max_tokens_per_rank (the least the GPU accepts)
   int64_t last_rank_capacity = 0;  // > 0: the last rank is built with this max_tokens_per_rank instead
+  int top_k = 3;
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -136,19 +137,13 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
   return run;
 }
 
-class CudaEp : public ::testing::TestWithParam<EpGpuCase> {};
-
-TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
-  const int n = std::min(hopper_gpus(), 8);
-  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
-  const EpGpuCase& c = GetParam();
-  const uint64_t seed = test_seed();
-  FMOE_SEED_TRACE(seed);
+// Runs case c on n GPUs and checks the ranks' outputs together against the whole layer.
+void expect_ranks_match_whole_layer(const EpGpuCase& c, int n, uint64_t seed) {
   EpGpuCase run_case = c;
   run_case.tokens.resize(static_cast<size_t>(n), 3);
   int64_t M = 0;
   for (int r = 0; r < n; ++r) M += run_case.tokens[r];
-  MoEConfig cfg = small_config(c.quant, c.experts, /*K=*/256, /*I=*/256, /*top_k=*/3);
+  MoEConfig cfg = small_config(c.quant, c.experts, /*K=*/256, /*I=*/256, c.top_k);
   cfg.routing.method = c.route_on_gpu || c.monolithic ? c.routing : RoutingMethod::precomputed;
   if (cfg.routing.method == RoutingMethod::deepseek_v3) cfg.routing.num_expert_group = 4, cfg.routing.topk_group = 2;
   Problem p = make_problem(cfg, M, seed);
@@ -162,6 +157,40 @@ TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
   for (int r = 0; r < n; ++r) ASSERT_EQ(run.errors[r], "") << "rank " << r;
   EXPECT_TRUE(run.run_twice_equal) << "a second identical call gave different bits";
   expect_matches_reference(p, run.out, p.ids, p.topk_weights);
+}
+
+class CudaEp : public ::testing::TestWithParam<EpGpuCase> {};
+
+TEST_P(CudaEp, RanksTogetherMatchTheWholeLayer) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  expect_ranks_match_whole_layer(GetParam(), n, seed);
+}
+
+// Every routing method, routed on the GPU, through the modular all-to-all (bf16) and all-gather
+// (fp8-block) PrepareFinalize and the monolithic experts (fp8-block), with a rank that has no tokens.
+TEST(CudaEpEveryMethod, RanksTogetherMatchTheWholeLayer) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (RoutingMethod m : {RoutingMethod::softmax_topk, RoutingMethod::topk_softmax,
+                          RoutingMethod::softmax_topk_renormalize, RoutingMethod::deepseek_v3, RoutingMethod::llama4,
+                          RoutingMethod::sigmoid_topk, RoutingMethod::sigmoid_topk_renormalize}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(std::string(routing_method_name(m)) + (kind == 0 ? " all-to-all" : kind == 1 ? " all-gather"
+                                                                                                  : " monolithic"));
+      EpGpuCase c{"every_method", kind == 0 ? QuantScheme::bf16 : QuantScheme::fp8_block,
+                  kind == 1 ? EpDispatch::all_gather : EpDispatch::all_to_all, 16, {9, 0, 14, 5}};
+      c.route_on_gpu = true;
+      c.monolithic = kind == 2;
+      c.routing = m;
+      c.top_k = m == RoutingMethod::llama4 ? 1 : 3;
+      expect_ranks_match_whole_layer(c, n, seed);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

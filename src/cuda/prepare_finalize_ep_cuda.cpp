@@ -1,6 +1,8 @@
 // Expert-parallel PrepareFinalize on CUDA over a GPU Communicator (NCCL). Modular experts:
 //  - all_to_all: each token travels once to every rank that owns one of its experts; the ranks
 //    send back weighted partial sums as bf16 rows, which the home rank adds in rank order in f32.
+//    A rank's own slab and own partial sums never go through NCCL: the kernels read them where
+//    they were written.
 //  - all_gather (naive DP/EP): every rank receives every token, runs its experts on all of them
 //    and the partial sums are reduce-scattered home.
 // Standard or batched format: the batched one packs the received rows into [E_local, T, K]
@@ -127,13 +129,16 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
                    counts.data_as<int32_t>(), s);
     const Tensor send = ws.take(DType::u8, {D_ * slab_});
     const Tensor recv = ws.take(DType::u8, {n_ * slab_});
-    launch_ep_pack(rec_, in.rows.data(), G ? in.scales.data_as<const float>() : nullptr, topk_ids.data_as<const int32_t>(),
-                   weight_on_input ? nullptr : topk_weights.data_as<const float>(), M, static_cast<int>(k),
-                   pos.data_as<const int32_t>(), counts.data_as<const int32_t>(), D_, T_, send.data(), s);
+    launch_ep_pack(rec_, in.rows.data(), G ? in.scales.data_as<const float>() : nullptr,
+                   topk_ids.data_as<const int32_t>(), weight_on_input ? nullptr : topk_weights.data_as<const float>(),
+                   M, static_cast<int>(k), pos.data_as<const int32_t>(), counts.data_as<const int32_t>(), D_, T_,
+                   send.data(), s);
+    EpOwn own_slab;  // all-to-all: this rank's own slab stays in the send buffer
     if (all_to_all_) {
-      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(slab_));
+      const std::vector<size_t> bytes = peer_bytes(slab_);
       const std::vector<size_t> offsets = block_offsets(slab_);
       comm_.all_to_all_v(send.data(), bytes.data(), offsets.data(), recv.data(), bytes.data(), offsets.data());
+      own_slab = {send.data_as<uint8_t>() + comm_.rank() * slab_, comm_.rank()};
     } else {
       comm_.all_gather(send.data(), recv.data(), static_cast<size_t>(slab_));
     }
@@ -144,8 +149,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     if (G) p.a1q_scale = Tensor(scales.data(), DType::f32, {R, G});
     p.topk_ids = ws.take(DType::i32, {R, k});
     p.topk_weights = ws.take(DType::f32, {R, k});
-    launch_ep_unpack(rec_, recv.data(), n_, T_, static_cast<int>(k), p.a1q.data(), scales.data_as<float>(),
-                     p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), s);
+    launch_ep_unpack(rec_, recv.data(), own_slab, n_, T_, static_cast<int>(k), p.a1q.data(),
+                     scales.data_as<float>(), p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), s);
     p.dispatch = dispatch;
     if (batched_) {
       int32_t* slot_pos = dispatch.data_as<int32_t>() + M * D_;
@@ -180,21 +185,30 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     if (all_to_all_) {
       launch_finalize(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<bf16>(), s);
       const Tensor home = ws.take(DType::bf16, {R, K});
-      const std::vector<size_t> bytes(static_cast<size_t>(n_), static_cast<size_t>(T_ * K * 2));
+      const std::vector<size_t> bytes = peer_bytes(T_ * K * 2);
       const std::vector<size_t> offsets = block_offsets(T_ * K * 2);
       comm_.all_to_all_v(partial.data(), bytes.data(), offsets.data(), home.data(), bytes.data(), offsets.data());
-      launch_ep_combine(home.data_as<const bf16>(), pos, M, D_, T_, K, output.data_as<bf16>(), s);
+      const EpOwn own_block{partial.data_as<bf16>() + comm_.rank() * T_ * K, comm_.rank()};  // never sent
+      launch_ep_combine(home.data_as<const bf16>(), own_block, pos, M, D_, T_, K, output.data_as<bf16>(), s);
     } else {
       launch_finalize_f32(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<float>(), s);
       const Tensor home = ws.take(DType::f32, {T_, K});
       comm_.reduce_scatter_sum(partial.data_as<const float>(), home.data_as<float>(), static_cast<size_t>(T_ * K));
-      launch_ep_combine(home.data_as<const float>(), pos, M, D_, T_, K, output.data_as<bf16>(), s);
+      launch_ep_combine(home.data_as<const float>(), EpOwn{}, pos, M, D_, T_, K, output.data_as<bf16>(), s);
     }
   }
 
  private:
   DType act_dtype() const { return config_.quant == QuantScheme::fp8_block ? DType::fp8_e4m3 : DType::bf16; }
   int64_t scale_cols() const { return config_.quant == QuantScheme::fp8_block ? config_.hidden_size / 128 : 0; }
+
+  // An all-to-all's byte counts: `block` to and from every peer, none to itself (a rank's own
+  // block never goes through the communicator; the kernels read it where it was written).
+  std::vector<size_t> peer_bytes(int64_t block) const {
+    std::vector<size_t> b(static_cast<size_t>(n_), static_cast<size_t>(block));
+    b[static_cast<size_t>(comm_.rank())] = 0;
+    return b;
+  }
 
   std::vector<size_t> block_offsets(int64_t block) const {
     std::vector<size_t> o(static_cast<size_t>(n_));

@@ -13,10 +13,11 @@
 //    all-gather form).
 //  - ep_pack (a block per token): copies the token's record into its slabs; writes headers.
 //  - ep_unpack (a block per received record slot): splits the received slabs [n, slab] into
-//    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0.
+//    the experts' inputs [n*T, ...]; unused slots get ids -1 (no expert row) and weight 0. The
+//    all-to-all keeps a rank's own slab out of NCCL: that source is read from the send buffer.
 //  - ep_combine (a block per token and 1024 columns): out[t] = bf16(sum over destinations d
 //    in order of partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result
-//    does not depend on timing.
+//    does not depend on timing. The rank's own block (never sent) is read where it was written.
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
@@ -125,19 +126,19 @@ __global__ void __launch_bounds__(kCopyThreads) ep_pack_kernel(EpRecord rec, con
   }
 }
 
-__global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, const uint8_t* recv, int64_t T,
-                                                                 int top_k, uint8_t* rows, float* scales, int32_t* ids,
-                                                                 float* weights) {
+__global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, const uint8_t* recv, EpOwn own,
+                                                                 int64_t T, int top_k, uint8_t* rows, float* scales,
+                                                                 int32_t* ids, float* weights) {
   const int64_t r = blockIdx.x, peer = r / T, i = r % T;
-  const int64_t slab = rec.slab_bytes(T);
+  const uint8_t* slab = peer == own.index ? static_cast<const uint8_t*>(own.at) : recv + peer * rec.slab_bytes(T);
   pdl_wait();
   pdl_launch_dependents();
-  const int32_t count = *reinterpret_cast<const int32_t*>(recv + peer * slab + T * rec.bytes);
+  const int32_t count = *reinterpret_cast<const int32_t*>(slab + T * rec.bytes);
   if (i >= count) {
     for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = -1, weights[r * top_k + j] = 0.0f;
     return;
   }
-  const uint8_t* src = recv + peer * slab + i * rec.bytes;
+  const uint8_t* src = slab + i * rec.bytes;
   copy16(src, rows + r * rec.row_bytes, rec.row_bytes);
   const float* s = reinterpret_cast<const float*>(src + rec.scales_at);
   for (int g = threadIdx.x; g < rec.scale_cols; g += blockDim.x) scales[r * rec.scale_cols + g] = s[g];
@@ -162,8 +163,9 @@ __device__ inline void load8(const bf16* src, float (&v)[8]) {
 // Grid (token, 1024-column block), one 8-column chunk per thread; the partials of 4 destinations
 // are loaded before they are added (in destination order).
 template <class Partial>
-__global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial* partial, const int32_t* pos, int D,
-                                                                  int64_t T, int64_t K, bf16* out) {
+__global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial* partial, EpOwn own,
+                                                                  const int32_t* pos, int D, int64_t T, int64_t K,
+                                                                  bf16* out) {
   constexpr int kU = 4;
   const int64_t t = blockIdx.x, c = int64_t(blockIdx.y) * kCombineColumns + threadIdx.x * 8;
   pdl_wait();
@@ -176,7 +178,9 @@ __global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial*
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       p[u] = d0 + u < D ? pos[t * D + d0 + u] : -1;
-      if (p[u] >= 0) load8(partial + ((d0 + u) * T + p[u]) * K + c, v[u]);
+      const Partial* block =
+          d0 + u == own.index ? static_cast<const Partial*>(own.at) : partial + (d0 + u) * T * K;
+      if (p[u] >= 0) load8(block + p[u] * K + c, v[u]);
     }
 #pragma unroll
     for (int u = 0; u < kU; ++u)
@@ -237,23 +241,23 @@ void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, 
          static_cast<uint8_t*>(send));
 }
 
-void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, int64_t T, int top_k, void* rows,
-                      float* scales, int32_t* ids, float* weights, cudaStream_t s) {
+void launch_ep_unpack(const EpRecord& rec, const void* recv, EpOwn own, int num_sources, int64_t T, int top_k,
+                      void* rows, float* scales, int32_t* ids, float* weights, cudaStream_t s) {
   if (num_sources * T == 0) return;
   launch(ep_unpack_kernel, dim3(static_cast<unsigned>(num_sources * T)), dim3(kCopyThreads), s, rec,
-         static_cast<const uint8_t*>(recv), T, top_k, static_cast<uint8_t*>(rows), scales, ids, weights);
+         static_cast<const uint8_t*>(recv), own, T, top_k, static_cast<uint8_t*>(rows), scales, ids, weights);
 }
 
-void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
-                       cudaStream_t s) {
+void launch_ep_combine(const float* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
+                       bf16* out, cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel<float>, combine_grid(M, K), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+  launch(ep_combine_kernel<float>, combine_grid(M, K), dim3(kCopyThreads), s, partial, own, pos, D, T, K, out);
 }
 
-void launch_ep_combine(const bf16* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
-                       cudaStream_t s) {
+void launch_ep_combine(const bf16* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
+                       bf16* out, cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel<bf16>, combine_grid(M, K), dim3(kCopyThreads), s, partial, pos, D, T, K, out);
+  launch(ep_combine_kernel<bf16>, combine_grid(M, K), dim3(kCopyThreads), s, partial, own, pos, D, T, K, out);
 }
 
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s) {

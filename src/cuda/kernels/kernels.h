@@ -195,15 +195,22 @@ void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, c
 void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, const int32_t* ids,
                     const float* weights, int64_t M, int top_k, const int32_t* pos, const int32_t* counts, int D,
                     int64_t T, void* send, cudaStream_t s);
-// recv [num_sources, slab] -> rows [num_sources * T, row_bytes], scales, ids (-1 past a slab's
-// count), weights (0 there).
-void launch_ep_unpack(const EpRecord& rec, const void* recv, int num_sources, int64_t T, int top_k, void* rows,
-                      float* scales, int32_t* ids, float* weights, cudaStream_t s);
-// out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] ([D * T, K], f32 or bf16), f32 sums.
-void launch_ep_combine(const float* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
-                       cudaStream_t s);
-void launch_ep_combine(const bf16* partial, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K, bf16* out,
-                       cudaStream_t s);
+// A rank's own block of an exchange, which never travels: block `index` is read from `at`
+// instead of the received buffer (index -1: none).
+struct EpOwn {
+  const void* at = nullptr;
+  int index = -1;
+};
+// recv [num_sources, slab] (slab own.index at own.at) -> rows [num_sources * T, row_bytes],
+// scales, ids (-1 past a slab's count), weights (0 there).
+void launch_ep_unpack(const EpRecord& rec, const void* recv, EpOwn own, int num_sources, int64_t T, int top_k,
+                      void* rows, float* scales, int32_t* ids, float* weights, cudaStream_t s);
+// out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] ([D * T, K], f32 or bf16; block
+// own.index, [T, K], at own.at), f32 sums.
+void launch_ep_combine(const float* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
+                       bf16* out, cudaStream_t s);
+void launch_ep_combine(const bf16* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
+                       bf16* out, cudaStream_t s);
 // Element-wise casts of n values (the monolithic expert-parallel partial outputs).
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s);
 void launch_f32_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t s);
