@@ -81,6 +81,8 @@ if(FUSEDMOE_NCCL_INCLUDE AND FUSEDMOE_NCCL_LIBRARY)
   set(FUSEDMOE_WITH_NCCL ON)
   target_sources(fusedmoe PRIVATE src/cuda/nccl_comm.cpp)
   target_include_directories(fusedmoe PRIVATE ${FUSEDMOE_NCCL_INCLUDE})
+  fusedmoe_cuda_objects(fusedmoe_nccl_window 20 src/cuda/nccl_window.cu)  # the device API behind PeerWindow
+  target_include_directories(fusedmoe_nccl_window PRIVATE ${FUSEDMOE_NCCL_INCLUDE})
   target_link_libraries(fusedmoe PUBLIC ${FUSEDMOE_NCCL_LIBRARY})
   target_compile_definitions(fusedmoe PUBLIC FUSEDMOE_WITH_NCCL)
   message(STATUS "fusedmoe: NCCL communicator with ${FUSEDMOE_NCCL_LIBRARY}")

@@ -4,12 +4,14 @@
 // EP = 1 computes) within the scheme's tolerance: uneven token counts, a rank with no tokens,
 // every token routed to one rank's experts, experts not divisible by the ranks, routing on the
 // GPU (every method) and given ids, modular and monolithic experts,
-// run-twice bitwise equality, the batched format (all-to-all and all-gather), and over capacity
+// run-twice bitwise equality, the batched format (all-to-all and all-gather), the all-to-all over
+// peer-window stores (the default on one NVLink host) and over NCCL, and over capacity
 // and ranks built with different capacities as clear errors. Skips below 2 GPUs.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -191,6 +193,25 @@ TEST(CudaEpEveryMethod, RanksTogetherMatchTheWholeLayer) {
       expect_ranks_match_whole_layer(c, n, seed);
     }
   }
+}
+
+// The all-to-all with NCCL carrying the exchange instead of peer-window stores
+// (FUSEDMOE_EP_PEER_WINDOW=0): the same answers.
+TEST(CudaEpOverNccl, RanksTogetherMatchTheWholeLayer) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  ASSERT_EQ(setenv("FUSEDMOE_EP_PEER_WINDOW", "0", 1), 0);
+  EpGpuCase bf16{"nccl_bf16", QuantScheme::bf16, EpDispatch::all_to_all, 9, {37, 5, 11, 2}};
+  EpGpuCase fp8{"nccl_fp8", QuantScheme::fp8_block, EpDispatch::all_to_all, 9, {0, 19, 4, 7}};
+  EpGpuCase batched = fp8;
+  batched.batched = true;
+  for (const EpGpuCase& c : {bf16, fp8, batched}) {
+    SCOPED_TRACE(c.name);
+    expect_ranks_match_whole_layer(c, n, seed);
+  }
+  unsetenv("FUSEDMOE_EP_PEER_WINDOW");
 }
 
 INSTANTIATE_TEST_SUITE_P(

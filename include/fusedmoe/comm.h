@@ -5,7 +5,8 @@
 // the peers it waited for and the collective.
 //
 // Implementations: the in-process group (threads of one process as ranks, host memory; what
-// the CPU tests and `fusedmoe-bench --ep N` use). NCCL is the GPU one (see README status).
+// the CPU tests and `fusedmoe-bench --ep N` use). NCCL is the GPU one (see README status); it
+// also makes PeerWindows from NCCL symmetric memory when every rank is on one NVLink domain.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +17,18 @@
 #include "fusedmoe/tensor.h"
 
 namespace fusedmoe {
+
+// Device memory on every rank of a group that every rank reads and writes with plain loads and
+// stores (NVLink within one host): `bytes` per rank, made by all ranks together and freed when
+// the last reference goes (before its Communicator).
+class PeerWindow {
+ public:
+  virtual ~PeerWindow() = default;
+  // A device array of the group's size: entry r is rank r's memory as this rank addresses it.
+  virtual void* const* peers() const = 0;
+  // How long a kernel may wait for a peer's signal in this memory before it gives up.
+  virtual double timeout_seconds() const = 0;
+};
 
 class Communicator {
  public:
@@ -34,6 +47,9 @@ class Communicator {
   virtual void all_to_all_v(const void* send, const size_t* send_bytes, const size_t* send_offsets, void* recv,
                             const size_t* recv_bytes, const size_t* recv_offsets) const = 0;
   virtual void barrier() const = 0;
+  // A PeerWindow of `bytes` per rank, made by all ranks together; null (on every rank) where some
+  // rank cannot reach another's memory with loads and stores, or the implementation has none.
+  virtual std::shared_ptr<PeerWindow> make_peer_window(size_t) const { return nullptr; }
 };
 
 // `size` communicators of one in-process group (rank i at index i), to be used by `size`

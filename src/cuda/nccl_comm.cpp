@@ -6,6 +6,9 @@
 // finalize) returns at once and is polled here with the timeout; device-side waits are polled
 // on the stream (barrier). After a timeout the communicator is aborted and every later call
 // fails at once.
+// Peer windows: NCCL symmetric memory (ncclMemAlloc, registered as a symmetric window, a
+// collective) when NCCL's load/store team is the whole communicator; their peer addresses are
+// read once with the device API (nccl_window.cu).
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -14,6 +17,7 @@
 #include <thread>
 
 #include "cuda/cuda_util.h"
+#include "cuda/nccl_window.h"
 #include "fusedmoe/nccl.h"
 
 namespace fusedmoe {
@@ -109,6 +113,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   // All ranks meet (a one-int all-reduce) and this thread waits for it, within the timeout.
+  std::shared_ptr<PeerWindow> make_peer_window(size_t bytes) const override;
+
   void barrier() const override {
     check_alive();
     cuda::DeviceGuard guard(device());
@@ -123,14 +129,18 @@ class NcclCommunicator final : public Communicator {
     wait_for_stream("barrier");
   }
 
- private:
-  void check_alive() const {
-    FMOE_CHECK(!aborted_, "NCCL rank ", rank_, ": the communicator was aborted after a timeout; create a new one");
-  }
+  ncclComm_t handle() const { return comm_; }
+  bool aborted() const { return aborted_; }
+  double timeout() const { return timeout_; }
 
   void settle_or_abort(const char* what) const {
     if (settle(comm_, rank_, timeout_, what)) return;
     abort_after_timeout(what);
+  }
+
+ private:
+  void check_alive() const {
+    FMOE_CHECK(!aborted_, "NCCL rank ", rank_, ": the communicator was aborted after a timeout; create a new one");
   }
 
   [[noreturn]] void abort_after_timeout(const char* what) const {
@@ -162,6 +172,64 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   mutable bool aborted_ = false;
 };
+
+// Lives no longer than its communicator. Its memory starts zeroed on every rank before any rank
+// returns from the constructor (a barrier), so that no early signal from a peer is wiped.
+class NcclPeerWindow final : public PeerWindow {
+ public:
+  NcclPeerWindow(const NcclCommunicator& comm, size_t bytes) : comm_(comm) {
+    const size_t align = NCCL_WIN_REQUIRED_ALIGNMENT, size = (bytes + align - 1) / align * align;
+    FMOE_NCCL_CHECK(ncclMemAlloc(&base_, size), comm.rank());
+    try {
+      FMOE_NCCL_CHECK(ncclCommWindowRegister(comm.handle(), base_, size, &win_, NCCL_WIN_COLL_SYMMETRIC),
+                      comm.rank());
+      comm.settle_or_abort("peer window registration");
+      peers_ = Buffer::empty(DType::u8, {int64_t(comm.size() * sizeof(void*))}, comm.device());
+      cuda::nccl_window_peer_pointers(win_, comm.size(), peers_.data_as<void*>(), cuda::stream());
+      FMOE_CUDA_CHECK(cudaMemsetAsync(base_, 0, size, cuda::stream()));
+      comm.barrier();
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~NcclPeerWindow() override {
+    cuda::DeviceGuard guard(comm_.device());
+    release();
+  }
+  void* const* peers() const override { return peers_.data_as<void* const>(); }
+  double timeout_seconds() const override { return comm_.timeout(); }
+
+ private:
+  // Deregisters (a collective) and frees; after a timeout or an abort the memory stays behind
+  // rather than be freed under a registration NCCL may still hold.
+  void release() noexcept {
+    bool free_memory = !win_;
+    if (win_ && !comm_.aborted()) {
+      try {
+        const ncclResult_t r = ncclCommWindowDeregister(comm_.handle(), win_);
+        free_memory = (r == ncclSuccess || r == ncclInProgress) &&
+                      settle(comm_.handle(), comm_.rank(), comm_.timeout(), "peer window deregistration");
+      } catch (const Error&) {
+      }
+    }
+    if (base_ && free_memory) ncclMemFree(base_);
+    win_ = nullptr;
+    base_ = nullptr;
+  }
+
+  const NcclCommunicator& comm_;
+  void* base_ = nullptr;
+  ncclWindow_t win_ = nullptr;
+  Buffer peers_;
+};
+
+std::shared_ptr<PeerWindow> NcclCommunicator::make_peer_window(size_t bytes) const {
+  check_alive();
+  cuda::DeviceGuard guard(device());
+  if (!cuda::nccl_reaches_every_rank(comm_)) return nullptr;
+  return std::make_shared<NcclPeerWindow>(*this, bytes);
+}
 
 }  // namespace
 

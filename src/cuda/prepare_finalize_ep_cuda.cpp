@@ -17,6 +17,9 @@
 // does not exchange counts on the host) — unless parallel.capacity_check_all_ranks asks every
 // call to all-gather the counts and wait for them, so that every rank fails alike.
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "cuda/cuda_backend.h"
@@ -75,6 +78,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     D_ = all_to_all_ ? n_ : 1;
     slab_ = rec_.slab_bytes(T_);
     if (all_to_all_) find_owners();
+    if (all_to_all_) open_peer_window();
     if (batched_) {
       FMOE_CHECK(config.max_tokens_per_expert >= n_ * T_, "the CUDA batched format under expert parallelism needs ",
                  "max_tokens_per_expert >= ranks x parallel.max_tokens_per_rank = ", n_, " x ", T_, " = ", n_ * T_,
@@ -86,7 +90,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   }
 
   std::string name() const override {
-    return all_to_all_ ? "cuda.PrepareFinalizeAllToAll" : "cuda.PrepareFinalizeAllGather";
+    if (!all_to_all_) return "cuda.PrepareFinalizeAllGather";
+    return peer_.peers ? "cuda.PrepareFinalizeAllToAll.nvlink" : "cuda.PrepareFinalizeAllToAll";
   }
   ActivationFormat activation_format() const override { return config_.activation_format; }
   Device device() const override { return device_; }
@@ -127,14 +132,17 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     launch_ep_plan(topk_ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
                    all_to_all_ ? owner_.data_as<const int32_t>() : nullptr, D_, pos.data_as<int32_t>(),
                    counts.data_as<int32_t>(), s);
-    const Tensor send = ws.take(DType::u8, {D_ * slab_});
-    const Tensor recv = ws.take(DType::u8, {n_ * slab_});
+    // With a peer window the slabs go straight into the ranks' windows: no send or receive buffer.
+    const Tensor send = peer_.peers ? Tensor() : ws.take(DType::u8, {D_ * slab_});
+    const Tensor recv = peer_.peers ? Tensor() : ws.take(DType::u8, {n_ * slab_});
     launch_ep_pack(rec_, in.rows.data(), G ? in.scales.data_as<const float>() : nullptr,
                    topk_ids.data_as<const int32_t>(), weight_on_input ? nullptr : topk_weights.data_as<const float>(),
                    M, static_cast<int>(k), pos.data_as<const int32_t>(), counts.data_as<const int32_t>(), D_, T_,
-                   send.data(), s);
-    EpOwn own_slab;  // all-to-all: this rank's own slab stays in the send buffer
-    if (all_to_all_) {
+                   send.data(), peer_, s);
+    EpOwn own_slab;  // all-to-all over NCCL: this rank's own slab stays in the send buffer
+    if (peer_.peers) {
+      // exchanged by the pack's stores; the unpack waits for each source's signal
+    } else if (all_to_all_) {
       const std::vector<size_t> bytes = peer_bytes(slab_);
       const std::vector<size_t> offsets = block_offsets(slab_);
       comm_.all_to_all_v(send.data(), bytes.data(), offsets.data(), recv.data(), bytes.data(), offsets.data());
@@ -150,7 +158,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     p.topk_ids = ws.take(DType::i32, {R, k});
     p.topk_weights = ws.take(DType::f32, {R, k});
     launch_ep_unpack(rec_, recv.data(), own_slab, n_, T_, static_cast<int>(k), p.a1q.data(),
-                     scales.data_as<float>(), p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), s);
+                     scales.data_as<float>(), p.topk_ids.data_as<int32_t>(), p.topk_weights.data_as<float>(), peer_,
+                     s);
     p.dispatch = dispatch;
     if (batched_) {
       int32_t* slot_pos = dispatch.data_as<int32_t>() + M * D_;
@@ -184,12 +193,18 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     const int32_t* slot_rows = batched_ ? pos + M * D_ : out.slot_rows.data_as<const int32_t>();
     if (all_to_all_) {
       launch_finalize(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<bf16>(), s);
+      const EpOwn own_block{partial.data_as<bf16>() + comm_.rank() * T_ * K, comm_.rank()};  // never sent
+      if (peer_.peers) {  // stored into the other ranks' windows; the combine waits for their signals
+        launch_ep_put(rec_, partial.data_as<const bf16>(), T_, K, peer_, s);
+        launch_ep_combine(nullptr, own_block, pos, M, D_, T_, K, output.data_as<bf16>(), peer_, s);
+        return;
+      }
       const Tensor home = ws.take(DType::bf16, {R, K});
       const std::vector<size_t> bytes = peer_bytes(T_ * K * 2);
       const std::vector<size_t> offsets = block_offsets(T_ * K * 2);
       comm_.all_to_all_v(partial.data(), bytes.data(), offsets.data(), home.data(), bytes.data(), offsets.data());
-      const EpOwn own_block{partial.data_as<bf16>() + comm_.rank() * T_ * K, comm_.rank()};  // never sent
-      launch_ep_combine(home.data_as<const bf16>(), own_block, pos, M, D_, T_, K, output.data_as<bf16>(), s);
+      launch_ep_combine(home.data_as<const bf16>(), own_block, pos, M, D_, T_, K, output.data_as<bf16>(), EpPeer{},
+                        s);
     } else {
       launch_finalize_f32(rows, slot_rows, weights, R, config_.routing.top_k, K, partial.data_as<float>(), s);
       const Tensor home = ws.take(DType::f32, {T_, K});
@@ -214,6 +229,31 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     std::vector<size_t> o(static_cast<size_t>(n_));
     for (int p = 0; p < n_; ++p) o[p] = static_cast<size_t>(p * block);
     return o;
+  }
+
+  // The all-to-all over a PeerWindow when the communicator offers one (NVLink within one host),
+  // unless FUSEDMOE_EP_PEER_WINDOW=0 (then NCCL carries it; every rank must see the same
+  // setting). Window layout: see EpPeer (kernels.h).
+  void open_peer_window() {
+    const char* env = std::getenv("FUSEDMOE_EP_PEER_WINDOW");
+    if (env && std::string(env) == "0") return;
+    auto up256 = [](int64_t b) { return (b + 255) / 256 * 256; };
+    EpPeer w;
+    w.dispatch_at = up256(2 * n_ * int64_t(sizeof(uint32_t)));  // after the signal words
+    w.dispatch_parity_bytes = up256(n_ * slab_);
+    w.combine_at = w.dispatch_at + 2 * w.dispatch_parity_bytes;
+    w.combine_parity_bytes = up256(n_ * T_ * config_.hidden_size * 2);
+    DeviceGuard guard(device_);
+    window_ = comm_.make_peer_window(static_cast<size_t>(w.combine_at + 2 * w.combine_parity_bytes));
+    if (!window_) return;
+    state_ = Buffer::empty(DType::i32, {4}, device_);
+    FMOE_CUDA_CHECK(cudaMemset(state_.view().data(), 0, state_.nbytes()));
+    w.peers = window_->peers();
+    w.rank = comm_.rank();
+    w.ranks = n_;
+    w.state = state_.data_as<uint32_t>();
+    w.timeout_ns = static_cast<int64_t>(window_->timeout_seconds() * 1e9);
+    peer_ = w;
   }
 
   // Who owns each expert: every rank's expert_map, gathered once at construction (a collective:
@@ -251,6 +291,9 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   EpRecord rec_;
   int64_t slab_ = 0;
   Buffer owner_;
+  std::shared_ptr<PeerWindow> window_;  // all-to-all over NVLink stores (null: over NCCL)
+  Buffer state_;                        // the window's call and block counters (EpPeer::state)
+  EpPeer peer_;
   Buffer local_map_;  // batched: this rank's expert_map (global -> local) on the device
   Buffer counts_;     // device scratch of the all-ranks token-count check
 };

@@ -21,8 +21,10 @@
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
+#include <cuda/atomic>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -99,21 +101,79 @@ __device__ inline void copy16(const uint8_t* src, uint8_t* dst, int64_t bytes) {
   }
 }
 
+// --- Peer windows: signals between ranks -------------------------------------------------------
+
+__device__ inline uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ inline uint32_t* signal_word(const EpPeer& p, int owner, int word) {
+  return static_cast<uint32_t*>(p.peers[owner]) + word;
+}
+
+// Called by every thread at the end of a kernel. The grid's last block to finish (after every
+// block's stores are visible system-wide) stores `call` into signal word `word` of every other
+// rank's window and records the call in state[call_slot]; done counts the finished blocks.
+__device__ inline void signal_peers_when_done(const EpPeer& p, uint32_t* done, int word, uint32_t call,
+                                              int call_slot) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence_system();
+    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
+    if (last) {
+      *done = 0;
+      __threadfence_system();
+      for (int r = 0; r < p.ranks; ++r)
+        if (r != p.rank)
+          ::cuda::atomic_ref<uint32_t, ::cuda::thread_scope_system>(*signal_word(p, r, word))
+              .store(call, ::cuda::memory_order_release);
+      p.state[call_slot] = call;
+    }
+  }
+}
+
+// Thread 0 waits until rank `from` has signalled `call` in word `word` of this rank's window; past
+// the timeout it reports who waited for whom and traps (the stream fails; nothing hangs).
+__device__ inline void wait_for_signal(const EpPeer& p, int word, int from, uint32_t call, const char* what) {
+  ::cuda::atomic_ref<uint32_t, ::cuda::thread_scope_system> s(*signal_word(p, p.rank, word));
+  const uint64_t start = global_ns();
+  while (static_cast<int32_t>(s.load(::cuda::memory_order_acquire) - call) < 0) {
+    if (global_ns() - start > static_cast<uint64_t>(p.timeout_ns)) {
+      printf("fusedmoe: expert-parallel rank %d waited %.1f s for rank %d's %s of call %u; giving up\n", p.rank,
+             p.timeout_ns * 1e-9, from, what, call);
+      __trap();
+    }
+  }
+}
+
+__device__ inline uint8_t* window_at(const EpPeer& p, int owner, int64_t at) {
+  return static_cast<uint8_t*>(p.peers[owner]) + at;
+}
+
 __global__ void __launch_bounds__(kCopyThreads) ep_pack_kernel(EpRecord rec, const uint8_t* rows, const float* scales,
                                                                const int32_t* ids, const float* weights, int64_t M,
                                                                int top_k, const int32_t* pos, const int32_t* counts,
-                                                               int D, int64_t T, uint8_t* send) {
+                                                               int D, int64_t T, uint8_t* send, EpPeer peer) {
   const int64_t t = blockIdx.x;
   const int64_t slab = rec.slab_bytes(T);
   pdl_wait();
   pdl_launch_dependents();
+  const uint32_t call = peer.peers ? peer.state[0] + 1 : 0;
+  // Destination d's slab: in the send buffer, or block `rank` of d's window.
+  auto slab_of = [&](int d) {
+    return peer.peers ? window_at(peer, d, peer.dispatch_at + (call & 1) * peer.dispatch_parity_bytes +
+                                               peer.rank * slab)
+                      : send + d * slab;
+  };
   if (t == 0 && threadIdx.x < D)
-    *reinterpret_cast<int32_t*>(send + threadIdx.x * slab + T * rec.bytes) = counts[threadIdx.x];
-  if (t >= M) return;  // M == 0: one block writes the headers
-  for (int d = 0; d < D; ++d) {
+    *reinterpret_cast<int32_t*>(slab_of(static_cast<int>(threadIdx.x)) + T * rec.bytes) = counts[threadIdx.x];
+  for (int d = 0; d < D && t < M; ++d) {  // M == 0: one block writes the headers
     const int32_t p = pos[t * D + d];
     if (p < 0) continue;
-    uint8_t* dst = send + d * slab + int64_t(p) * rec.bytes;
+    uint8_t* dst = slab_of(d) + int64_t(p) * rec.bytes;
     copy16(rows + t * rec.row_bytes, dst, rec.row_bytes);
     float* s = reinterpret_cast<float*>(dst + rec.scales_at);
     for (int g = threadIdx.x; g < rec.scale_cols; g += blockDim.x) s[g] = scales[t * rec.scale_cols + g];
@@ -124,15 +184,22 @@ __global__ void __launch_bounds__(kCopyThreads) ep_pack_kernel(EpRecord rec, con
       w[j] = weights ? weights[t * top_k + j] : 0.0f;
     }
   }
+  if (peer.peers) signal_peers_when_done(peer, &peer.state[1], peer.rank, call, 0);
 }
 
 __global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, const uint8_t* recv, EpOwn own,
                                                                  int64_t T, int top_k, uint8_t* rows, float* scales,
-                                                                 int32_t* ids, float* weights) {
+                                                                 int32_t* ids, float* weights, EpPeer window) {
   const int64_t r = blockIdx.x, peer = r / T, i = r % T;
-  const uint8_t* slab = peer == own.index ? static_cast<const uint8_t*>(own.at) : recv + peer * rec.slab_bytes(T);
   pdl_wait();
   pdl_launch_dependents();
+  if (window.peers) {  // this rank's window, once the source has signalled this call's slab
+    const uint32_t call = window.state[0];
+    recv = window_at(window, window.rank, window.dispatch_at + (call & 1) * window.dispatch_parity_bytes);
+    if (threadIdx.x == 0 && peer != window.rank) wait_for_signal(window, int(peer), int(peer), call, "dispatch");
+    __syncthreads();
+  }
+  const uint8_t* slab = peer == own.index ? static_cast<const uint8_t*>(own.at) : recv + peer * rec.slab_bytes(T);
   const int32_t count = *reinterpret_cast<const int32_t*>(slab + T * rec.bytes);
   if (i >= count) {
     for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = -1, weights[r * top_k + j] = 0.0f;
@@ -145,6 +212,27 @@ __global__ void __launch_bounds__(kCopyThreads) ep_unpack_kernel(EpRecord rec, c
   const int32_t* id = reinterpret_cast<const int32_t*>(src + rec.ids_at);
   const float* w = reinterpret_cast<const float*>(src + rec.weights_at);
   for (int j = threadIdx.x; j < top_k; j += blockDim.x) ids[r * top_k + j] = id[j], weights[r * top_k + j] = w[j];
+}
+
+// Grid (row of n * T, 1024-column block): partial row d * T + i into rank d's window (block rank,
+// this combine call's parity) when rank d sent at least i + 1 tokens; then the signal.
+__global__ void __launch_bounds__(kCopyThreads) ep_put_kernel(EpRecord rec, const bf16* partial, int64_t T, int64_t K,
+                                                              EpPeer peer) {
+  const int64_t r = blockIdx.x, i = r % T;
+  const int d = static_cast<int>(r / T);
+  pdl_wait();
+  pdl_launch_dependents();
+  const uint32_t call = peer.state[2] + 1;
+  const uint8_t* received =
+      window_at(peer, peer.rank, peer.dispatch_at + (peer.state[0] & 1) * peer.dispatch_parity_bytes);
+  const int32_t sent = *reinterpret_cast<const int32_t*>(received + d * rec.slab_bytes(T) + T * rec.bytes);
+  const int64_t c0 = int64_t(blockIdx.y) * kCombineColumns, cols = std::min<int64_t>(kCombineColumns, K - c0);
+  if (d != peer.rank && i < sent && cols > 0) {
+    bf16* window = reinterpret_cast<bf16*>(window_at(peer, d, peer.combine_at + (call & 1) * peer.combine_parity_bytes));
+    bf16* dst = window + (peer.rank * T + i) * K + c0;
+    copy16(reinterpret_cast<const uint8_t*>(partial + r * K + c0), reinterpret_cast<uint8_t*>(dst), cols * 2);
+  }
+  signal_peers_when_done(peer, &peer.state[3], peer.ranks + peer.rank, call, 2);
 }
 
 // Reads 8 partial values (f32 or bf16) at src as f32.
@@ -164,13 +252,22 @@ __device__ inline void load8(const bf16* src, float (&v)[8]) {
 // are loaded before they are added (in destination order).
 template <class Partial>
 __global__ void __launch_bounds__(kCopyThreads) ep_combine_kernel(const Partial* partial, EpOwn own,
-                                                                  const int32_t* pos, int D, int64_t T, int64_t K,
-                                                                  bf16* out) {
+                                                                  const int32_t* pos, int64_t M, int D, int64_t T,
+                                                                  int64_t K, bf16* out, EpPeer peer) {
   constexpr int kU = 4;
   const int64_t t = blockIdx.x, c = int64_t(blockIdx.y) * kCombineColumns + threadIdx.x * 8;
   pdl_wait();
   pdl_launch_dependents();
-  if (c >= K) return;
+  if (peer.peers) {  // this rank's window, once every other rank has signalled this combine call
+    const uint32_t call = peer.state[2];
+    partial = reinterpret_cast<const Partial*>(
+        window_at(peer, peer.rank, peer.combine_at + (call & 1) * peer.combine_parity_bytes));
+    if (threadIdx.x == 0)
+      for (int r = 0; r < peer.ranks; ++r)
+        if (r != peer.rank) wait_for_signal(peer, peer.ranks + r, r, call, "partial sums");
+    __syncthreads();
+  }
+  if (t >= M || c >= K) return;
   float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   for (int d0 = 0; d0 < D; d0 += kU) {
     int32_t p[kU];
@@ -234,30 +331,39 @@ void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, c
 
 void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, const int32_t* ids,
                     const float* weights, int64_t M, int top_k, const int32_t* pos, const int32_t* counts, int D,
-                    int64_t T, void* send, cudaStream_t s) {
+                    int64_t T, void* send, const EpPeer& peer, cudaStream_t s) {
   FMOE_CHECK(D <= kCopyThreads, "the CUDA EP pack handles up to ", kCopyThreads, " destinations, got ", D);
   launch(ep_pack_kernel, dim3(static_cast<unsigned>(M > 0 ? M : 1)), dim3(kCopyThreads), s, rec,
          static_cast<const uint8_t*>(rows), scales, ids, weights, M, top_k, pos, counts, D, T,
-         static_cast<uint8_t*>(send));
+         static_cast<uint8_t*>(send), peer);
 }
 
 void launch_ep_unpack(const EpRecord& rec, const void* recv, EpOwn own, int num_sources, int64_t T, int top_k,
-                      void* rows, float* scales, int32_t* ids, float* weights, cudaStream_t s) {
+                      void* rows, float* scales, int32_t* ids, float* weights, const EpPeer& peer, cudaStream_t s) {
   if (num_sources * T == 0) return;
   launch(ep_unpack_kernel, dim3(static_cast<unsigned>(num_sources * T)), dim3(kCopyThreads), s, rec,
-         static_cast<const uint8_t*>(recv), own, T, top_k, static_cast<uint8_t*>(rows), scales, ids, weights);
+         static_cast<const uint8_t*>(recv), own, T, top_k, static_cast<uint8_t*>(rows), scales, ids, weights, peer);
+}
+
+void launch_ep_put(const EpRecord& rec, const bf16* partial, int64_t T, int64_t K, const EpPeer& peer,
+                   cudaStream_t s) {
+  FMOE_CHECK(peer.peers && T > 0, "the CUDA EP put needs a peer window and T > 0");
+  launch(ep_put_kernel, combine_grid(peer.ranks * T, K), dim3(kCopyThreads), s, rec, partial, T, K, peer);
 }
 
 void launch_ep_combine(const float* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
                        bf16* out, cudaStream_t s) {
   if (M == 0) return;
-  launch(ep_combine_kernel<float>, combine_grid(M, K), dim3(kCopyThreads), s, partial, own, pos, D, T, K, out);
+  launch(ep_combine_kernel<float>, combine_grid(M, K), dim3(kCopyThreads), s, partial, own, pos, M, D, T, K, out,
+         EpPeer{});
 }
 
 void launch_ep_combine(const bf16* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
-                       bf16* out, cudaStream_t s) {
-  if (M == 0) return;
-  launch(ep_combine_kernel<bf16>, combine_grid(M, K), dim3(kCopyThreads), s, partial, own, pos, D, T, K, out);
+                       bf16* out, const EpPeer& peer, cudaStream_t s) {
+  if (M == 0 && !peer.peers) return;
+  // With a peer window every rank waits in the kernel, also with no tokens of its own (one idle block).
+  const dim3 grid = M ? combine_grid(M, K) : dim3(1);
+  launch(ep_combine_kernel<bf16>, grid, dim3(kCopyThreads), s, partial, own, pos, M, D, T, K, out, peer);
 }
 
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s) {

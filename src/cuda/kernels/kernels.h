@@ -186,31 +186,51 @@ struct EpRecord {
   // T records and the 16-byte header holding how many are used.
   __host__ __device__ int64_t slab_bytes(int64_t T) const { return T * bytes + 16; }
 };
+// The all-to-all over a PeerWindow (stores over NVLink instead of NCCL). Each rank's window holds
+// 2n signal words (dispatch from rank r at word r, combine at word n + r), then two parities
+// (alternate calls) of the dispatch slabs [n, slab] and of the partial sums [n, T, K] bf16; block
+// r is written by rank r. state (this rank's, device): {dispatch calls, pack blocks done, combine
+// calls, put blocks done}, zero at first. peers == null: NCCL carries the exchange instead.
+struct EpPeer {
+  void* const* peers = nullptr;  // [ranks] device array (PeerWindow::peers)
+  int rank = 0, ranks = 0;
+  int64_t dispatch_at = 0, combine_at = 0;                  // byte offsets in the window
+  int64_t dispatch_parity_bytes = 0, combine_parity_bytes = 0;
+  uint32_t* state = nullptr;
+  int64_t timeout_ns = 0;  // a wait for a peer's signal longer than this traps the kernel
+};
 // pos [M, D]: slot of token t in destination d's slab or -1; counts [D]. owner (device [E],
 // rank of each global expert) null: one destination taking every token in order.
 void launch_ep_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* owner, int D,
                     int32_t* pos, int32_t* counts, cudaStream_t s);
 // rows [M, row_bytes], scales [M, scale_cols] (may be null when none), ids/weights [M, top_k]
-// (weights may be null: 0) -> send [D, slab].
+// (weights may be null: 0) -> send [D, slab], or with peer.peers straight into every rank's
+// window (this call's parity, block rank), then signals them.
 void launch_ep_pack(const EpRecord& rec, const void* rows, const float* scales, const int32_t* ids,
                     const float* weights, int64_t M, int top_k, const int32_t* pos, const int32_t* counts, int D,
-                    int64_t T, void* send, cudaStream_t s);
+                    int64_t T, void* send, const EpPeer& peer, cudaStream_t s);
 // A rank's own block of an exchange, which never travels: block `index` is read from `at`
 // instead of the received buffer (index -1: none).
 struct EpOwn {
   const void* at = nullptr;
   int index = -1;
 };
-// recv [num_sources, slab] (slab own.index at own.at) -> rows [num_sources * T, row_bytes],
-// scales, ids (-1 past a slab's count), weights (0 there).
+// recv [num_sources, slab] (slab own.index at own.at; with peer.peers, this rank's window once
+// each source has signalled) -> rows [num_sources * T, row_bytes], scales, ids (-1 past a slab's
+// count), weights (0 there).
 void launch_ep_unpack(const EpRecord& rec, const void* recv, EpOwn own, int num_sources, int64_t T, int top_k,
-                      void* rows, float* scales, int32_t* ids, float* weights, cudaStream_t s);
+                      void* rows, float* scales, int32_t* ids, float* weights, const EpPeer& peer, cudaStream_t s);
+// Peer windows: this rank's partial sums [n * T, K] (block d for rank d) into block `rank` of every
+// other rank's window (rows past the count of tokens rank d sent are skipped), then signals them.
+void launch_ep_put(const EpRecord& rec, const bf16* partial, int64_t T, int64_t K, const EpPeer& peer,
+                   cudaStream_t s);
 // out [M, K] bf16 = sum over d of partial[d * T + pos[t, d]] ([D * T, K], f32 or bf16; block
-// own.index, [T, K], at own.at), f32 sums.
+// own.index, [T, K], at own.at; with peer.peers, the partial sums are this rank's window once
+// every other rank has signalled), f32 sums.
 void launch_ep_combine(const float* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
                        bf16* out, cudaStream_t s);
 void launch_ep_combine(const bf16* partial, EpOwn own, const int32_t* pos, int64_t M, int D, int64_t T, int64_t K,
-                       bf16* out, cudaStream_t s);
+                       bf16* out, const EpPeer& peer, cudaStream_t s);
 // Element-wise casts of n values (the monolithic expert-parallel partial outputs).
 void launch_bf16_to_f32(const bf16* src, int64_t n, float* dst, cudaStream_t s);
 void launch_f32_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t s);
