@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
-# (nccl needs a machine of two or more GPUs)
+# (nccl, ep, sanitize-ep and ep-batched need a machine of two or more GPUs)
 # (the -no-pdl steps run with FUSEDMOE_PDL=0: no programmatic dependent launch between kernels)
 #   BIN: folder with the test binaries (test_cuda_*, test_nccl), fusedmoe-fuzz, fusedmoe-bench and
 #   libfusedmoe_c.so, loose or packed in bin.tar.xz (bench/make_gpu_bin.sh makes it) (default: build,
@@ -146,6 +146,14 @@ for what in "$@"; do
               --format "$fmt" --tokens 1,16,128
           done
         done
+      done ;;
+    sanitize-ep)  # the EP kernels (NVLink peer-window and NCCL all-to-all) on 2 GPUs under memcheck
+      # (NCCL's own kernels and its probing of kernel images are left out: its LL protocol reads
+      # buffers it never initialised, by design; its initialisation needs a longer timeout)
+      for tool in ${EP_SANITIZERS:-memcheck}; do  # initcheck: see docs/TESTING.md
+        step "${tool}_ep" 280 env FUSEDMOE_TEST_NCCL_TIMEOUT_S=240 compute-sanitizer --tool "$tool" \
+          --report-api-errors no --kernel-name-exclude kns=ncclDevKernel --error-exitcode 9 "$(find_bin test_cuda_ep)" \
+          --gtest_filter='*fp8_a2a_rank0_empty:*bf16_a2a_batched_all_on_last_rank'
       done ;;
     ep)  # expert parallelism over NCCL on every GPU here: tests, then dispatch/combine next to raw NCCL
       ngpu=$(nvidia-smi -L | wc -l)

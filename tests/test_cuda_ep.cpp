@@ -37,6 +37,13 @@ int hopper_gpus() {
   return n;
 }
 
+// The communicators' timeout: 30 s, or FUSEDMOE_TEST_NCCL_TIMEOUT_S (compute-sanitizer slows
+// NCCL's initialisation past 30 s).
+double nccl_timeout() {
+  const char* env = std::getenv("FUSEDMOE_TEST_NCCL_TIMEOUT_S");
+  return env && env[0] ? std::atof(env) : 30.0;
+}
+
 struct EpGpuCase {
   const char* name;
   QuantScheme quant;
@@ -81,7 +88,7 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
         cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
         {
           const CudaStreamGuard guard(s);
-          auto comm = make_nccl_communicator(id, r, n, r, 30.0);
+          auto comm = make_nccl_communicator(id, r, n, r, nccl_timeout());
           const Device dev = Device::cuda(r);
           const std::vector<int32_t> experts = testing::experts_of_map(contiguous_expert_map(E, r, n));
           const Buffer map = testing::expert_map_of(E, experts);
