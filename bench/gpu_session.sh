@@ -152,8 +152,8 @@ for what in "$@"; do
       # buffers it never initialised, by design; its initialisation needs a longer timeout)
       for tool in ${EP_SANITIZERS:-memcheck}; do  # initcheck: see docs/TESTING.md
         step "${tool}_ep" 280 env FUSEDMOE_TEST_NCCL_TIMEOUT_S=240 compute-sanitizer --tool "$tool" \
-          --report-api-errors no --kernel-name-exclude kns=ncclDevKernel --error-exitcode 9 "$(find_bin test_cuda_ep)" \
-          --gtest_filter='*fp8_a2a_rank0_empty:*bf16_a2a_batched_all_on_last_rank'
+          --report-api-errors no --kernel-name-exclude kns=ncclDevKernel --error-exitcode 9 \
+          "$(find_bin test_cuda_ep)" --gtest_filter='*fp8_a2a_rank0_empty:*bf16_a2a_batched_all_on_last_rank'
       done ;;
     ep)  # expert parallelism over NCCL on every GPU here: tests, then dispatch/combine next to raw NCCL
       ngpu=$(nvidia-smi -L | wc -l)

@@ -247,7 +247,8 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     window_ = comm_.make_peer_window(static_cast<size_t>(w.combine_at + 2 * w.combine_parity_bytes));
     if (!window_) return;
     state_ = Buffer::empty(DType::i32, {4}, device_);
-    FMOE_CUDA_CHECK(cudaMemset(state_.view().data(), 0, state_.nbytes()));
+    FMOE_CUDA_CHECK(cudaMemsetAsync(state_.view().data(), 0, state_.nbytes(), stream()));
+    FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));  // zero before any call, whichever stream it is on
     w.peers = window_->peers();
     w.rank = comm_.rank();
     w.ranks = n_;

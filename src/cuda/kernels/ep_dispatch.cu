@@ -1,5 +1,6 @@
 // Expert-parallel dispatch and combine kernels (the device half of the CUDA EP PrepareFinalize;
-// the exchanges themselves are NCCL collectives between these launches).
+// the exchanges are NCCL collectives between these launches, or the kernels' own stores into
+// peer windows).
 //
 // Slabs: what a rank sends to one destination is a slab of T fixed-size records (T =
 // max_tokens_per_rank) followed by a 16-byte header holding the number of records used, so
@@ -18,7 +19,13 @@
 //  - ep_combine (a block per token and 1024 columns): out[t] = bf16(sum over destinations d
 //    in order of partial[d * T + pos[t, d]]), f32 sums of f32 or bf16 partials, so the result
 //    does not depend on timing. The rank's own block (never sent) is read where it was written.
+//  - ep_put (peer windows only; a block per partial row and 1024 columns): stores the partial
+//    sums into their home ranks' windows.
 //  - bf16 <-> f32 casts around the monolithic form's f32 reduce-scatter.
+// Peer windows (EpPeer, kernels.h): on one NVLink domain pack and put store straight into the
+// other ranks' NCCL symmetric memory, and the grid's last block stores a release signal (the call
+// number) into each; unpack and combine wait for it with an acquire load. A wait past the
+// timeout prints who waited for whom and traps.
 // Limits: row bytes, K % 8 == 0 (16-byte copies, 8 columns per step).
 #include <cub/block/block_scan.cuh>
 #include <cuda/atomic>
@@ -118,12 +125,10 @@ __device__ inline uint32_t* signal_word(const EpPeer& p, int owner, int word) {
 // rank's window and records the call in state[call_slot]; done counts the finished blocks.
 __device__ inline void signal_peers_when_done(const EpPeer& p, uint32_t* done, int word, uint32_t call,
                                               int call_slot) {
-  __shared__ bool last;
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence_system();
-    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
-    if (last) {
+    if (atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1) {
       *done = 0;
       __threadfence_system();
       for (int r = 0; r < p.ranks; ++r)
@@ -228,8 +233,8 @@ __global__ void __launch_bounds__(kCopyThreads) ep_put_kernel(EpRecord rec, cons
   const int32_t sent = *reinterpret_cast<const int32_t*>(received + d * rec.slab_bytes(T) + T * rec.bytes);
   const int64_t c0 = int64_t(blockIdx.y) * kCombineColumns, cols = std::min<int64_t>(kCombineColumns, K - c0);
   if (d != peer.rank && i < sent && cols > 0) {
-    bf16* window = reinterpret_cast<bf16*>(window_at(peer, d, peer.combine_at + (call & 1) * peer.combine_parity_bytes));
-    bf16* dst = window + (peer.rank * T + i) * K + c0;
+    bf16* home = reinterpret_cast<bf16*>(window_at(peer, d, peer.combine_at + (call & 1) * peer.combine_parity_bytes));
+    bf16* dst = home + (peer.rank * T + i) * K + c0;
     copy16(reinterpret_cast<const uint8_t*>(partial + r * K + c0), reinterpret_cast<uint8_t*>(dst), cols * 2);
   }
   signal_peers_when_done(peer, &peer.state[3], peer.ranks + peer.rank, call, 2);
