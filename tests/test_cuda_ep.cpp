@@ -59,6 +59,7 @@ struct EpGpuCase {
   int64_t batch_capacity = 0;     // 0: ranks x max_tokens_per_rank (the least the GPU accepts)
   int64_t last_rank_capacity = 0;  // > 0: the last rank is built with this max_tokens_per_rank instead
   int top_k = 3;
+  bool graph = false;  // then a third call is captured in a CUDA graph and replayed three times
 };
 
 void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
@@ -66,7 +67,7 @@ void PrintTo(const EpGpuCase& c, std::ostream* os) { *os << c.name; }
 struct RankRun {
   Buffer out;                        // [M, K] on the host, NaN where no rank wrote
   std::vector<std::string> errors;   // per rank
-  bool run_twice_equal = true;
+  bool run_twice_equal = true;     // and, with EpGpuCase::graph, every replay equal to the first call
 };
 
 // Runs the case on n ranks; `calls` is false on ranks that must not call the layer.
@@ -129,9 +130,26 @@ RankRun run_on_gpus(const Problem& p, const EpGpuCase& c, int n, int64_t T, cons
               else
                 kernel.apply(g.hidden, g.ids, g.topk_weights, outs.back(), ws.view());
             }
+            if (c.graph) {  // the replays go on counting calls: the window parities alternate as well
+              outs.push_back(copy_to(poisoned_bf16(rows, K), dev));
+              cudaGraph_t graph = nullptr;
+              cudaGraphExec_t exec = nullptr;
+              FMOE_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess, "capture");
+              if (c.route_on_gpu || c.monolithic)
+                kernel.forward(g.hidden, g.logits, outs.back(), ws.view());
+              else
+                kernel.apply(g.hidden, g.ids, g.topk_weights, outs.back(), ws.view());
+              FMOE_CHECK(cudaStreamEndCapture(s, &graph) == cudaSuccess, "end capture");
+              FMOE_CHECK(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess, "instantiate");
+              for (int i = 0; i < 3; ++i) FMOE_CHECK(cudaGraphLaunch(exec, s) == cudaSuccess, "graph launch");
+              comm->barrier();
+              cudaGraphExecDestroy(exec);
+              cudaGraphDestroy(graph);
+            }
             comm->barrier();  // waits for the stream within the timeout
             const Buffer first = copy_to(outs[0], Device::cpu()), second = copy_to(outs[1], Device::cpu());
             if (!bits_equal(first, second)) run.run_twice_equal = false;
+            if (c.graph && !bits_equal(first, copy_to(outs[2], Device::cpu()))) run.run_twice_equal = false;
             std::memcpy(run.out.data_as<bfloat16>() + begin * K, first.view().data(), first.nbytes());
           }
         }
@@ -164,7 +182,7 @@ void expect_ranks_match_whole_layer(const EpGpuCase& c, int n, uint64_t seed) {
   const int64_t T = *std::max_element(run_case.tokens.begin(), run_case.tokens.end());
   const RankRun run = run_on_gpus(p, run_case, n, std::max<int64_t>(T, 1), std::vector<bool>(size_t(n), true));
   for (int r = 0; r < n; ++r) ASSERT_EQ(run.errors[r], "") << "rank " << r;
-  EXPECT_TRUE(run.run_twice_equal) << "a second identical call gave different bits";
+  EXPECT_TRUE(run.run_twice_equal) << "a second identical call (or a graph replay) gave different bits";
   expect_matches_reference(p, run.out, p.ids, p.topk_weights);
 }
 
@@ -200,6 +218,29 @@ TEST(CudaEpEveryMethod, RanksTogetherMatchTheWholeLayer) {
       expect_ranks_match_whole_layer(c, n, seed);
     }
   }
+}
+
+// A call captured in a CUDA graph and replayed three times gives the direct call's bits: the
+// peer-window all-to-all (bf16; fp8 batched), the same over NCCL, and the monolithic all-gather.
+TEST(CudaEpGraph, ReplaysEqualTheDirectCall) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  EpGpuCase bf16{"graph_bf16", QuantScheme::bf16, EpDispatch::all_to_all, 9, {37, 5, 11, 2}};
+  EpGpuCase batched{"graph_fp8_batched", QuantScheme::fp8_block, EpDispatch::all_to_all, 9, {0, 19, 4, 7}};
+  batched.batched = true;
+  EpGpuCase monolithic{"graph_monolithic", QuantScheme::bf16, EpDispatch::all_to_all, 9, {11, 0, 5, 20}};
+  monolithic.monolithic = true;
+  for (EpGpuCase* c : {&bf16, &batched, &monolithic}) {
+    c->graph = true;
+    SCOPED_TRACE(c->name);
+    expect_ranks_match_whole_layer(*c, n, seed);
+  }
+  ASSERT_EQ(setenv("FUSEDMOE_EP_PEER_WINDOW", "0", 1), 0);
+  SCOPED_TRACE("over NCCL");
+  expect_ranks_match_whole_layer(bf16, n, seed);
+  unsetenv("FUSEDMOE_EP_PEER_WINDOW");
 }
 
 // The all-to-all with NCCL carrying the exchange instead of peer-window stores
