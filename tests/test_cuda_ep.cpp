@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "fusedmoe/nccl.h"
 #include "test_util.h"
 
@@ -237,10 +238,9 @@ TEST(CudaEpGraph, ReplaysEqualTheDirectCall) {
     SCOPED_TRACE(c->name);
     expect_ranks_match_whole_layer(*c, n, seed);
   }
-  ASSERT_EQ(setenv("FUSEDMOE_EP_PEER_WINDOW", "0", 1), 0);
+  const ScopedEnv nccl("FUSEDMOE_EP_PEER_WINDOW", "0");
   SCOPED_TRACE("over NCCL");
   expect_ranks_match_whole_layer(bf16, n, seed);
-  unsetenv("FUSEDMOE_EP_PEER_WINDOW");
 }
 
 // The all-to-all with NCCL carrying the exchange instead of peer-window stores
@@ -250,7 +250,7 @@ TEST(CudaEpOverNccl, RanksTogetherMatchTheWholeLayer) {
   if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  ASSERT_EQ(setenv("FUSEDMOE_EP_PEER_WINDOW", "0", 1), 0);
+  const ScopedEnv nccl("FUSEDMOE_EP_PEER_WINDOW", "0");
   EpGpuCase bf16{"nccl_bf16", QuantScheme::bf16, EpDispatch::all_to_all, 9, {37, 5, 11, 2}};
   EpGpuCase fp8{"nccl_fp8", QuantScheme::fp8_block, EpDispatch::all_to_all, 9, {0, 19, 4, 7}};
   EpGpuCase batched = fp8;
@@ -259,7 +259,6 @@ TEST(CudaEpOverNccl, RanksTogetherMatchTheWholeLayer) {
     SCOPED_TRACE(c.name);
     expect_ranks_match_whole_layer(c, n, seed);
   }
-  unsetenv("FUSEDMOE_EP_PEER_WINDOW");
 }
 
 INSTANTIATE_TEST_SUITE_P(

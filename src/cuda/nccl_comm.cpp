@@ -112,9 +112,9 @@ class NcclCommunicator final : public Communicator {
     settle_or_abort("all_to_all_v");
   }
 
-  // All ranks meet (a one-int all-reduce) and this thread waits for it, within the timeout.
   std::shared_ptr<PeerWindow> make_peer_window(size_t bytes) const override;
 
+  // All ranks meet (a one-int all-reduce) and this thread waits for it, within the timeout.
   void barrier() const override {
     check_alive();
     cuda::DeviceGuard guard(device());
