@@ -25,7 +25,8 @@
 // (one block per SM walking the units) was 2-4% slower. Session 15: taller blocks for items of up to 128
 // rows gave 1.05x at 8192 tokens (an expert's last, partial item had taken a whole 128-row block,
 // latency-bound) and 1.1-1.25x at 32-64 rows per expert.
-// Limits: K % 64 == 0 (the CUDA fp4 experts' hidden and intermediate sizes); plan items of 256 rows.
+// Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
+// aligned; plan items of 256 rows.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -60,9 +61,12 @@ template <class S>
 constexpr int stage_bytes() { return stage_bytes(S::kXBytes, S::kWBytes, S::kSBytes); }
 constexpr int kStageBytes = stage_bytes<Shape<256, 1>>();
 static_assert(stage_bytes<Shape<128, 2>>() <= kStageBytes && stage_bytes<Shape<64, 4>>() <= kStageBytes);
-// The stages (X 1024-byte aligned), then the full and empty barriers of each stage, then the item's rows
-// of X (+ alignment).
+// The stages (X 1024-byte aligned), the full and empty barriers of each stage, the item's rows of X
+// (+ alignment). Once both consumers are done with the stages, the epilogue reuses them: a consumer's
+// output tiles take kTok x 64 kT bf16 = 32 KiB, less than half the ring.
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + kTileTokens * sizeof(int32_t) + 1024;
+constexpr int kEpiBytes = kTileTokens * 128;
+static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
 
 __device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
@@ -93,6 +97,24 @@ __device__ inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
   return d;
+}
+
+// Stores four 8x8 bf16 matrices transposed: lane l's register i holds row l / 4, columns 2 (l % 4) and
+// 2 (l % 4) + 1 of matrix i; row r of the transpose goes to the 16 bytes at lane 8 i + r's address.
+__device__ inline void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+// Named barriers (0 is __syncthreads'): 1 for both consumer warpgroups, 2 and 3 for one of them.
+__device__ inline void consumers_bar() { asm volatile("bar.sync 1, %0;\n" ::"n"(128 * kConsumers) : "memory"); }
+__device__ inline void warpgroup_bar(int wg) {
+  if (wg == 0) asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  else asm volatile("bar.sync 3, 128;\n" ::: "memory");
+}
+__device__ inline uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // Register budgets of the warpgroup roles (setmaxnreg; 80 x 128 + 208 x 256 <= 64 Ki): without them
@@ -204,17 +226,19 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   const int p = threadIdx.x - 128 * kConsumers;
   const bf16* x = static_cast<const bf16*>(g.x);
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * N * row_bytes;
-  // X: this thread copies chunk c of rows p / 8 + 16 i, all with t % 8 == (p / 8) % 8 (one swizzled
-  // slot). W: 16-byte half cw = p % 2 of block rows p / 2 + 64 i. The source pointers stay in registers
-  // and step a tile at a time (rows past the item or N copy nothing, from a valid address: the
-  // expert's first row), so that a copy issues at a few instructions.
-  const int c = p & 7, slot = (c ^ ((p >> 3) & 7)) << 4;
-  const bf16* x_src[kTok / 16];
+  // X: this thread copies chunks 2 cp, 2 cp + 1 (32 bytes) of rows p / 4 + 32 i, all with t % 8 == (p / 4) % 8
+  // (two fixed swizzled slots). W: 16-byte half cw = p % 2 of block rows p / 2 + 64 i. The source pointers
+  // stay in registers, one per X row, and step a tile at a time (rows past the item or N copy nothing,
+  // from a valid address: the expert's first row), so that a copy issues at a few instructions.
+  const int cp = p & 3, t8 = (p >> 2) & 7;
+  const int slot0 = ((2 * cp) ^ t8) << 4, slot1 = ((2 * cp + 1) ^ t8) << 4;
+  constexpr int kXRows = kTok / 32;  // X rows a thread copies
+  const bf16* x_src[kXRows];
   uint32_t x_ok = 0;
 #pragma unroll
-  for (int i = 0; i < kTok / 16; ++i) {
-    const int32_t src = src_rows[(p >> 3) + 16 * i];
-    x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + c * 8;
+  for (int i = 0; i < kXRows; ++i) {
+    const int32_t src = src_rows[(p >> 2) + 32 * i];
+    x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + cp * 16;
     x_ok |= uint32_t(src >= 0) << i;
   }
   constexpr int kWCopies = S::kBlockRows * 2 / 128;
@@ -226,20 +250,19 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     w_src[i] = w + (r < N ? r * row_bytes : 0) + (p & 1) * 16;
     w_ok |= uint32_t(r < N) << i;
   }
-  // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead (the store waits for them).
+  // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead, for the store of the
+  // next iteration. Rows past N read the expert's first row: they scale zero-filled weights into
+  // accumulator rows that are never stored, so the loaded word needs no mask (a select on it made the
+  // producer wait for every load).
   const uint8_t* s_row[kT];
-  uint32_t s_ok = 0;
 #pragma unroll
   for (int j = 0; j < kT; ++j) {
     const bool ok = n0 + p + 128 * j < N;
     s_row[j] = g.w_fp4_scales + (e * N + (ok ? n0 + p + 128 * j : 0)) * groups;
-    s_ok |= uint32_t(ok) << j;
   }
   const auto load_scale = [&](int j, int kt) -> uint32_t {
-    uint32_t v;
-    if constexpr (kNv) v = __ldg(reinterpret_cast<const uint32_t*>(s_row[j]) + kt);
-    else v = __ldg(reinterpret_cast<const uint16_t*>(s_row[j]) + kt);
-    return (s_ok >> j) & 1 ? v : 0u;
+    if constexpr (kNv) return __ldg(reinterpret_cast<const uint32_t*>(s_row[j]) + kt);
+    else return __ldg(reinterpret_cast<const uint16_t*>(s_row[j]) + kt);
   };
   uint32_t sw[kT];
 #pragma unroll
@@ -249,10 +272,12 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     if (kt >= kStages) mbar_wait(&empty[st], ((kt / kStages) - 1) & 1);
     uint8_t* xs = smem + st * kStageBytes;
     uint8_t* ws = xs + S::kXBytes;
-    uint8_t* x_dst = xs + (p >> 3) * 128 + slot;
+    uint8_t* x_dst = xs + (p >> 2) * 128;
 #pragma unroll
-    for (int i = 0; i < kTok / 16; ++i) {
-      cp_async_16(x_dst + i * 16 * 128, x_src[i], (x_ok >> i) & 1);
+    for (int i = 0; i < kXRows; ++i) {
+      const bool ok = (x_ok >> i) & 1;
+      cp_async_16(x_dst + i * 32 * 128 + slot0, x_src[i], ok);
+      cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + 8, ok);
       x_src[i] += kTileK;
     }
 #pragma unroll
@@ -269,6 +294,50 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, kt + 1);
   }
   cp_async_wait_all();
+}
+
+// A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
+// the item's tokens), times gs plus the rows' bias, as bf16 into Y rows first_row .. first_row + rows - 1.
+// The tiles go through buf in shared memory, transposed by stmatrix (tile t's token m at 128 (kTok t + m):
+// its 64 weight rows, 16-byte chunk c at c ^ (m % 8), conflict-free), then out as 16-byte stores of a
+// token's 8 consecutive weight rows (N % 8 == 0, Y 16-byte aligned).
+template <int kTok, int kT>
+__device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
+                                            const float (&bias)[kT][2], float gs, uint8_t* buf, int64_t n_base,
+                                            int64_t rows, int64_t first_row) {
+  const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
+  const int64_t N = g.N;
+  // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 16) + l % 8 and the warp's
+  // weight rows 8 ((l / 8) % 2) .. + 7, chunk 2 warp + (l / 8) % 2 of the token's 128 bytes.
+  const int q = lane >> 3, r = lane & 7;
+  const uint32_t st_addr =
+      smem_addr(buf) + uint32_t(8 * (q >> 1) + r) * 128 + (uint32_t((2 * warp + (q & 1)) ^ r) << 4);
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int j = 0; j < kTok / 8; j += 2) {
+      const float* a0 = &acc[t][4 * j];
+      const float* a1 = &acc[t][4 * j + 4];
+      stmatrix_x4_trans(st_addr + uint32_t(kTok * t + 8 * j) * 128,
+                        pack_bf16x2(a0[0] * gs + bias[t][0], a0[1] * gs + bias[t][0]),
+                        pack_bf16x2(a0[2] * gs + bias[t][1], a0[3] * gs + bias[t][1]),
+                        pack_bf16x2(a1[0] * gs + bias[t][0], a1[1] * gs + bias[t][0]),
+                        pack_bf16x2(a1[2] * gs + bias[t][1], a1[3] * gs + bias[t][1]));
+    }
+  warpgroup_bar(wg);  // the tiles are in buf
+  // Thread tid stores chunk c = tid % 8 (weight rows 8 c .. 8 c + 7) of tokens tid / 8 + 16 k.
+  const int c = tid & 7;
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    const int64_t n = n_base + 64 * t + 8 * c;
+#pragma unroll
+    for (int k = 0; k < kTok / 16; ++k) {
+      const int m = (tid >> 3) + 16 * k;
+      if (m >= rows || n >= N) continue;
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kTok * t + m) * 128 + ((c ^ (m & 7)) << 4));
+      *reinterpret_cast<uint4*>(g.y + (first_row + m) * N + n) = v;
+    }
+  }
 }
 
 // A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok token rows,
@@ -362,30 +431,23 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       if (h == 0 && kt > 0) mbar_arrive(&empty[(kt - 1) % kStages]);  // tile kt - 1 is done
     }
   }
+  // The epilogue's factors, loaded while the last wgmma run.
+  const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
+  float bias[kT][2];
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int64_t n = n0 + row0 + 64 * t + 8 * hi;
+      bias[t][hi] = g.bias && n < N ? g.bias[e * N + n] : 0.0f;
+    }
   wgmma_wait<0>();
 #pragma unroll
   for (int t = 0; t < kT; ++t) fence_accumulators<kTok>(acc[t]);
   fence_fragments(fr[kBuf - 1]);
   pdl_launch_dependents();
-
-  const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
-    const int64_t n_lo = n0 + row0 + 64 * t;  // the lane's rows n_lo, n_lo + 8
-    float bias[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi)
-      if (g.bias && n_lo + 8 * hi < N) bias[hi] = g.bias[e * N + n_lo + 8 * hi];
-#pragma unroll
-    for (int j = 0; j < kTok / 8; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t n = n_lo + (i >= 2 ? 8 : 0);
-        const int m = 8 * j + 2 * cq + (i & 1);
-        if (m < rows && n < N)
-          g.y[(first_row + m) * N + n] = __float2bfloat16_rn(acc[t][4 * j + i] * gs + bias[i >> 1]);
-      }
-  }
+  consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
+  store_tiles<kTok, kT>(g, acc, bias, gs, smem + wg * kEpiBytes, n0 + 64 * kT * wg, rows, first_row);
 }
 
 // One block's item: weight rows n0 .. n0 + 128 kT - 1 of expert e against the item's `rows` token
@@ -441,6 +503,8 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t max
   FMOE_CHECK(g.K % kTileK == 0, "the fp4 wgmma GEMM needs K % ", kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == kTileTokens, "the fp4 wgmma GEMM needs a plan with work items of ",
              kTileTokens, " rows, got item_rows=", plan.item_rows);
+  FMOE_CHECK(g.N % 8 == 0, "the fp4 wgmma GEMM needs N % 8 == 0 (16-byte output stores), got N=", g.N);
+  FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0, "the fp4 wgmma GEMM needs a 16-byte aligned y");
   FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);
   const auto go = [&](auto kernel) {
     FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
