@@ -528,7 +528,8 @@ TEST(CudaExperts, GptOssLayerShapeMxfp4) {
 // fp4 group scales over their range, not only what quantizing random weights gives: mxfp4 ue8m0
 // scales 120..136 on w13 (above 128 — scales above 2 — the kernels multiply in two steps, with
 // lanes of one warp on both sides) and tiny ones (1..20, values near the bottom of bf16's range)
-// on w2; nvfp4 e4m3 scales over every finite positive code (subnormal to 448). Both paths.
+// on w2; nvfp4 e4m3 scales over every finite positive code (subnormal to 448). Both paths, and the
+// wgmma kernel in its three block shapes (9, 300 and 800 tokens: items of up to 64, 128 and 256 rows).
 TEST(CudaExperts, Fp4ScalesOverTheirRange) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -553,6 +554,15 @@ TEST(CudaExperts, Fp4ScalesOverTheirRange) {
       SCOPED_TRACE(variant);
       const ForcePath force(variant < 2, 8, 0, variant == 1);
       expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
+    }
+    for (int64_t tokens : {9, 300, 800}) {
+      SCOPED_TRACE("wgmma kernel, tokens " + std::to_string(tokens));
+      Problem q = make_problem(c, tokens, seed);
+      fill(q.weights.weights.w13_scale, 0x5c1, mx ? 120 : 1, mx ? 136 : 0x7e);
+      fill(q.weights.weights.w2_scale, 0x5c2, 1, mx ? 20 : 0x7e);
+      const GpuProblem gq = to_gpu(q);
+      const ForcePath force(true, 256, 0, true);
+      expect_matches_reference(q, run_cuda_apply(gq, tokens), q.ids, q.topk_weights);
     }
   }
 }

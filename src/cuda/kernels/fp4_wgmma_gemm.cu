@@ -54,17 +54,21 @@ struct Shape {
   static constexpr int kBlockRows = kSlabRows * kT;
   static constexpr int kXBytes = kTok * kTileK * 2;      // token rows of 128 bytes
   static constexpr int kWBytes = kBlockRows * kTileK / 2;  // weight rows of 32 bytes
-  static constexpr int kSBytes = kBlockRows * 4;           // their group scales, a word a row
+  static constexpr int kSBytes = kBlockRows * 8;           // their group multipliers, 8 bytes a row
 };
 constexpr int stage_bytes(int x, int w, int s) { return (x + w + s + 1023) / 1024 * 1024; }
 template <class S>
 constexpr int stage_bytes() { return stage_bytes(S::kXBytes, S::kWBytes, S::kSBytes); }
 constexpr int kStageBytes = stage_bytes<Shape<256, 1>>();
 static_assert(stage_bytes<Shape<128, 2>>() <= kStageBytes && stage_bytes<Shape<64, 4>>() <= kStageBytes);
-// The stages (X 1024-byte aligned), the full and empty barriers of each stage, the item's rows of X
-// (+ alignment). Once both consumers are done with the stages, the epilogue reuses them: a consumer's
-// output tiles take kTok x 64 kT bf16 = 32 KiB, less than half the ring.
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + kTileTokens * sizeof(int32_t) + 1024;
+// The stages (X 1024-byte aligned), the full and empty barriers of each stage, each stage's big-scale
+// flags (a word per producer warp), the item's rows of X (+ alignment). Once both consumers are done with
+// the stages, the epilogue reuses them: a consumer's output tiles take kTok x 64 kT bf16 = 32 KiB, less
+// than half the ring. The total stays below 195 KiB: above it the L1 cache left beside shared memory
+// halves, and the mxfp4 scales of 512-row blocks no longer fit in it (0.86x at 1024 tokens, H200).
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) +
+                              kTileTokens * sizeof(int32_t) + 1024;
+static_assert(kSmemBytes <= 195 * 1024);
 constexpr int kEpiBytes = kTileTokens * 128;
 static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
 
@@ -74,22 +78,23 @@ __device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_
 __device__ inline void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
-__device__ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
+// (bar: the barrier's shared-memory address.)
+__device__ inline void mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done;
   do {
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
+        : "r"(bar), "r"(parity)
         : "memory");
   } while (!done);
 }
-__device__ inline void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+__device__ inline void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 // Arrives on bar once this thread's cp.async copies issued so far have landed (the count includes it).
-__device__ inline void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+__device__ inline void cp_async_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 // Orders shared-memory writes seen through the generic proxy (cp.async) before wgmma's reads.
 __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -144,31 +149,54 @@ __device__ inline uint32_t load_packed(const uint8_t* ws, int r, int h, uint32_t
   return prmt(prmt(v.x, v.y, sel), prmt(v.z, v.w, sel), 0x5410);
 }
 
-// Chunk h of the lane's rows (g, g + 8 of its m64 tile) unpacked from their packed words pk[hi] and the
-// tile's scale words sc[hi] (byte i = group i: nvfp4 4 groups of 16, mxfp4 2 of 32), not yet scaled:
-// q[hi][i] = values times 2^-126 (fp4_util.cuh), m0 / m1 the group multipliers of the two steps. It
-// writes no fragment register, so it may run while the wgmma reading them are in flight.
+// Both halves of a bf16x2 word from its low (hi = 0) or high half.
+__device__ inline __nv_bfloat162 broadcast_half(uint32_t w, int hi) {
+  const uint32_t b = prmt(w, 0, hi ? 0x3232 : 0x1010);
+  return *reinterpret_cast<const __nv_bfloat162*>(&b);
+}
+
+// A row's group multipliers of a k tile, as the producer stores them for the consumers: bf16 pairs,
+// nvfp4 word h = the multipliers of groups 2h, 2h + 1 (k16 steps 2h, 2h + 1); mxfp4 word 0 = groups 0
+// and 1 (chunks 0 and 1), word 1 = the two scale bytes themselves. `big`: an mxfp4 scale above 2 (its
+// multiplier is 2^126, see ue8m0_multiplier).
+template <bool kNv>
+__device__ inline uint2 tile_multipliers(uint32_t scales, bool& big) {
+  const auto half = [](__nv_bfloat162 m) { return uint32_t(__bfloat16_as_ushort(m.x)); };
+  big = false;
+  if constexpr (kNv) {
+    uint32_t h[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = half(nv_multiplier((scales >> (8 * i)) & 0xff));
+    return make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+  } else {
+    bool big0, big1;
+    const uint32_t m0 = half(ue8m0_multiplier(scales & 0xff, big0));
+    const uint32_t m1 = half(ue8m0_multiplier((scales >> 8) & 0xff, big1));
+    big = big0 || big1;
+    return make_uint2(m0 | m1 << 16, scales & 0xffff);
+  }
+}
+
+// Chunk h of the lane's rows (g, g + 8 of its m64 tile) unpacked from their packed words pk[hi] with the
+// rows' multiplier words mw[hi] (tile_multipliers), not yet scaled: q[hi][i] = values times 2^-126
+// (fp4_util.cuh), m0 / m1 the multipliers of the two k16 steps. It writes no fragment register, so it
+// may run while the wgmma reading them are in flight.
 struct UnpackedChunk {
   uint32_t q[2][4];
   __nv_bfloat162 m0[2], m1[2];
-  uint32_t big_scale[2];  // mxfp4 scales above 2: the scale byte (else 0), applied in a second multiply
 };
 
 template <bool kNv>
-__device__ inline void unpack_chunk(const uint32_t (&pk)[2], const uint32_t (&sc)[2], int h, UnpackedChunk& c) {
+__device__ inline void unpack_chunk(const uint32_t (&pk)[2], const uint2 (&mw)[2], int h, UnpackedChunk& c) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     e2m1x8_bf16_times_2m126(pk[hi], c.q[hi]);
-    c.big_scale[hi] = 0;
     if constexpr (kNv) {
-      const uint32_t two = sc[hi] >> (16 * h);  // the scales of steps 2h, 2h + 1
-      c.m0[hi] = nv_multiplier(two & 0xff);
-      c.m1[hi] = nv_multiplier((two >> 8) & 0xff);
+      const uint32_t w = h ? mw[hi].y : mw[hi].x;
+      c.m0[hi] = broadcast_half(w, 0);
+      c.m1[hi] = broadcast_half(w, 1);
     } else {
-      const uint32_t u = (sc[hi] >> (8 * h)) & 0xff;  // one scale for both steps
-      bool big;
-      c.m0[hi] = c.m1[hi] = ue8m0_multiplier(u, big);
-      if (big) c.big_scale[hi] = u;
+      c.m0[hi] = c.m1[hi] = broadcast_half(mw[hi].x, h);
     }
   }
 }
@@ -182,13 +210,22 @@ __device__ inline void scale_chunk(const UnpackedChunk& c, uint32_t (&fr)[2][4])
     fr[0][2 + hi] = mul_bf16x2(c.q[hi][1], c.m0[hi]);
     fr[1][hi] = mul_bf16x2(c.q[hi][2], c.m1[hi]);
     fr[1][2 + hi] = mul_bf16x2(c.q[hi][3], c.m1[hi]);
-    if (c.big_scale[hi]) {  // not seen in checkpoints: times 2^(u-127) in a second step
-      const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(c.big_scale[hi])));
+  }
+}
+
+// mxfp4 scales above 2 (not seen in checkpoints; the producer flags the tiles that have one): the
+// chunk's fragments of the rows whose scale byte u (mw[hi].y, byte h) is above 128 were scaled by 2^126
+// and take 2^(u - 127) in a second multiply.
+__device__ inline void rescale_big_rows(const uint2 (&mw)[2], int h, uint32_t (&fr)[2][4]) {
 #pragma unroll
-      for (int st = 0; st < 2; ++st) {
-        fr[st][hi] = mul_bf16x2(fr[st][hi], s2);
-        fr[st][2 + hi] = mul_bf16x2(fr[st][2 + hi], s2);
-      }
+  for (int hi = 0; hi < 2; ++hi) {
+    const uint32_t u = (mw[hi].y >> (8 * h)) & 0xff;
+    if (u <= 128) continue;
+    const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(u)));
+#pragma unroll
+    for (int st = 0; st < 2; ++st) {
+      fr[st][hi] = mul_bf16x2(fr[st][hi], s2);
+      fr[st][2 + hi] = mul_bf16x2(fr[st][2 + hi], s2);
     }
   }
 }
@@ -212,13 +249,14 @@ __device__ inline void fence_accumulators(float (&acc)[kTok / 2]) {
 
 // The producer warpgroup: copies k tiles into the stages (full[s] completes when a tile has landed) once
 // the consumers have released the stage (empty[s]). X as wgmma's B (16-byte chunk c of token row t at
-// chunk c ^ (t % 8) of the row's 128 bytes), W's rows unchanged, each row's group scales of the tile as
-// a word (4 nvfp4 or 2 mxfp4 bytes, aligned as K % 64 == 0); zeros past the rows or N. The scales go
-// through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async), so that the
-// consumers read no global memory in their loop.
+// chunk c ^ (t % 8) of the row's 128 bytes), W's rows unchanged, each row's group multipliers of the tile
+// (tile_multipliers, 8 bytes a row), zeros past the rows or N; for mxfp4, each
+// producer warp's flag of the stage says whether one of its rows has a scale above 2. The scales go
+// through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async) and become
+// multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
 template <bool kNv, int kTok, int kT>
-__device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                        const int32_t* src_rows, int e, int64_t n0) {
+__device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
+                                        uint32_t* flags, const int32_t* src_rows, int e, int64_t n0) {
   using S = Shape<kTok, kT>;
   constexpr int kGroup = kNv ? 16 : 32;
   const int64_t N = g.N, K = g.K, row_bytes = K / 2, groups = K / kGroup;
@@ -250,8 +288,8 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     w_src[i] = w + (r < N ? r * row_bytes : 0) + (p & 1) * 16;
     w_ok |= uint32_t(r < N) << i;
   }
-  // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead, for the store of the
-  // next iteration. Rows past N read the expert's first row: they scale zero-filled weights into
+  // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead, for the multipliers of
+  // the next iteration. Rows past N read the expert's first row: they scale zero-filled weights into
   // accumulator rows that are never stored, so the loaded word needs no mask (a select on it made the
   // producer wait for every load).
   const uint8_t* s_row[kT];
@@ -267,9 +305,10 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   uint32_t sw[kT];
 #pragma unroll
   for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, 0);
+  int st = 0;
+  uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
   for (int kt = 0; kt < num_kt; ++kt) {
-    const int st = kt % kStages;
-    if (kt >= kStages) mbar_wait(&empty[st], ((kt / kStages) - 1) & 1);
+    if (kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
     uint8_t* xs = smem + st * kStageBytes;
     uint8_t* ws = xs + S::kXBytes;
     uint8_t* x_dst = xs + (p >> 2) * 128;
@@ -285,13 +324,27 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       cp_async_16(ws + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, w_src[i], (w_ok >> i) & 1);
       w_src[i] += kTileK / 2;
     }
+    bool big = false;
 #pragma unroll
-    for (int j = 0; j < kT; ++j) reinterpret_cast<uint32_t*>(ws + S::kWBytes)[p + 128 * j] = sw[j];
-    mbar_arrive(&full[st]);  // release: the scale words are visible to whoever waits on full[st]
-    cp_async_arrive(&full[st]);
+    for (int j = 0; j < kT; ++j) {
+      bool row_big;
+      const uint2 m = tile_multipliers<kNv>(sw[j], row_big);
+      big |= row_big;
+      reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m;
+    }
+    if constexpr (!kNv) {
+      const bool any = __any_sync(0xffffffffu, big);
+      if ((p & 31) == 0) flags[4 * st + (p >> 5)] = any;
+    }
+    mbar_arrive(full + 8 * st);  // release: the multipliers and flags are visible to whoever waits on full
+    cp_async_arrive(full + 8 * st);
     if (kt + 1 < num_kt)
 #pragma unroll
       for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, kt + 1);
+    if (++st == kStages) {
+      st = 0;
+      empty_parity ^= 1;
+    }
   }
   cp_async_wait_all();
 }
@@ -349,10 +402,10 @@ __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&a
 // empty barrier once its wgmma reading it are done and its own loads from it have returned (with one
 // arrival per warpgroup, racecheck reported the producer's copies racing with the other warps' loads).
 template <bool kNv, int kTok, int kT>
-__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint64_t* full, uint64_t* empty, int e,
-                                        int64_t n0, int64_t rows, int64_t first_row) {
+__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
+                                        const uint32_t* flags, int e, int64_t n0, int64_t rows, int64_t first_row) {
   using S = Shape<kTok, kT>;
-  // Registers: 128 accumulators + fragments (8 kT kBuf) + unpacked chunks (14 kT if kEarly).
+  // Registers: 128 accumulators + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gq = lane >> 2, cq = lane & 3;
@@ -370,8 +423,13 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   }
 
   const uint32_t sel = uint32_t(cq) | (uint32_t(cq + 4) << 4);
+  // Stage 0's X descriptor; stage s, k16 step i: + s kStageBytes / 16 + 2 i (the address field's unit is
+  // 16 bytes, and no address in shared memory carries out of it).
+  const uint64_t desc0 = smem_desc_k_major_sw128(smem_addr(smem));
   uint32_t fr[kBuf][kT][2][4];
-  uint32_t sc[kT][2], pk[kT][2];  // the tile's scale words, the next chunk's packed words
+  uint2 mw[kT][2];                // the tile's multiplier words of the lane's rows
+  uint32_t pk[kT][2];             // the next chunk's packed words
+  bool big = false;               // mxfp4: the tile has a scale above 2
   UnpackedChunk u[kT];
   // The packed words of chunk h of the stage's tile.
   const auto load_chunk = [&](const uint8_t* ws, int h) {
@@ -380,56 +438,69 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) pk[t][hi] = load_packed(ws, row0 + 64 * t + 8 * hi, h, sel);
   };
-  // Waits for tile kt's stage and reads its scale words and chunk 0's packed words.
-  const auto begin_tile = [&](int kt) {
-    const int st = kt % kStages;
-    mbar_wait(&full[st], (kt / kStages) & 1);
+  // Waits for the tile in stage st (full barrier phase `parity`) and reads its multipliers, its flags and
+  // chunk 0's packed words.
+  const auto begin_tile = [&](int st, uint32_t parity) {
+    mbar_wait(full + 8 * st, parity);
     fence_proxy_async();
     const uint8_t* ws = smem + st * kStageBytes + S::kXBytes;
-    const uint32_t* scales = reinterpret_cast<const uint32_t*>(ws + S::kWBytes);
 #pragma unroll
     for (int t = 0; t < kT; ++t)
 #pragma unroll
-      for (int hi = 0; hi < 2; ++hi) sc[t][hi] = scales[row0 + 64 * t + 8 * hi];
+      for (int hi = 0; hi < 2; ++hi) mw[t][hi] = reinterpret_cast<const uint2*>(ws + S::kWBytes)[row0 + 64 * t + 8 * hi];
+    if constexpr (!kNv) {
+      const uint4 f = *reinterpret_cast<const uint4*>(flags + 4 * st);
+      big = (f.x | f.y | f.z | f.w) != 0;
+    }
     load_chunk(ws, 0);
   };
-  begin_tile(0);
+  int st = 0, prev_st = 0;  // tile kt's stage, tile kt - 1's
+  uint32_t parity = 0;      // tile kt's full-barrier phase
+  begin_tile(0, 0);
   if constexpr (kEarly)
 #pragma unroll
-    for (int t = 0; t < kT; ++t) unpack_chunk<kNv>(pk[t], sc[t], 0, u[t]);
+    for (int t = 0; t < kT; ++t) unpack_chunk<kNv>(pk[t], mw[t], 0, u[t]);
   for (int kt = 0; kt < num_kt; ++kt) {
-    const int st = kt % kStages;
-    const uint32_t xs_addr = smem_addr(smem + st * kStageBytes);
+    const uint64_t desc = desc0 + uint64_t(st) * (kStageBytes >> 4);
+    const int next_st = st + 1 == kStages ? 0 : st + 1;
+    const uint32_t next_parity = next_st == 0 ? parity ^ 1 : parity;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int b = kBuf == 2 ? h : 0;  // a tile has two chunks: chunk h's buffer is h
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
-        if constexpr (!kEarly) unpack_chunk<kNv>(pk[t], sc[t], h, u[t]);
+        if constexpr (!kEarly) unpack_chunk<kNv>(pk[t], mw[t], h, u[t]);
         scale_chunk(u[t], fr[b][t]);
       }
+      if constexpr (!kNv)
+        if (big)
+#pragma unroll
+          for (int t = 0; t < kT; ++t) rescale_big_rows(mw[t], h, fr[b][t]);
       wgmma_fence();  // the fragments written above are visible to the wgmma
 #pragma unroll
       for (int t = 0; t < kT; ++t)
 #pragma unroll
         for (int sub = 0; sub < 2; ++sub)  // k16 step 2h + sub: 32 bytes into each 128-byte X row
-          wgmma_rs<kTok>(acc[t], fr[b][t][sub], smem_desc_k_major_sw128(xs_addr + (2 * h + sub) * 32));
+          wgmma_rs<kTok>(acc[t], fr[b][t][sub], desc + 2 * (2 * h + sub));
       wgmma_commit();
       // The next chunk's words (and, kEarly, its unpacking), while this chunk's wgmma run.
       const bool more = h == 0 || kt + 1 < num_kt;
       if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
-      else if (more) begin_tile(kt + 1);
+      else if (more) begin_tile(next_st, next_parity);
       if constexpr (kEarly)
         if (more)
 #pragma unroll
-          for (int t = 0; t < kT; ++t) unpack_chunk<kNv>(pk[t], sc[t], h ^ 1, u[t]);
+          for (int t = 0; t < kT; ++t) unpack_chunk<kNv>(pk[t], mw[t], h ^ 1, u[t]);
       // The chunk that last used the buffer scaled next is done (two buffers: the previous chunk, at
       // h = 0 the previous tile's chunk 1; one: this chunk). Pins that buffer to its registers up to
       // here: the compiler may not reuse them while the wgmma read them.
       wgmma_wait<kBuf - 1>();
       fence_fragments(fr[kBuf == 2 ? h ^ 1 : 0]);
-      if (h == 0 && kt > 0) mbar_arrive(&empty[(kt - 1) % kStages]);  // tile kt - 1 is done
+      if (h == 0 && kt > 0) mbar_arrive(empty + 8 * prev_st);  // tile kt - 1 is done
     }
+    prev_st = st;
+    st = next_st;
+    parity = next_parity;
   }
   // The epilogue's factors, loaded while the last wgmma run.
   const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
@@ -453,15 +524,15 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 // One block's item: weight rows n0 .. n0 + 128 kT - 1 of expert e against the item's `rows` token
 // rows (src_rows: their rows of X, -1 past them).
 template <bool kNv, int kTok, int kT>
-__device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                               const int32_t* src_rows, int e, int64_t n0, int64_t rows,
-                                               int64_t first_row) {
+__device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
+                                               uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
+                                               int64_t rows, int64_t first_row) {
   if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kProducerRegs>();
-    produce<kNv, kTok, kT>(g, smem, full, empty, src_rows, e, n0);
+    produce<kNv, kTok, kT>(g, smem, full, empty, flags, src_rows, e, n0);
   } else {
     setmaxnreg_inc<kConsumerRegs>();
-    consume<kNv, kTok, kT>(g, smem, full, empty, e, n0, rows, first_row);
+    consume<kNv, kTok, kT>(g, smem, full, empty, flags, e, n0, rows, first_row);
   }
 }
 
@@ -473,7 +544,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  int32_t* src_rows = reinterpret_cast<int32_t*>(empty + kStages);
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
+  int32_t* src_rows = reinterpret_cast<int32_t*>(flags + 4 * kStages);
   pdl_wait();
   if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
   const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
@@ -487,13 +559,14 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   for (int t = threadIdx.x; t < kTileTokens; t += kThreads)
     src_rows[t] = t < rows ? (g.x_row ? g.x_row[first + t] : static_cast<int32_t>(first + t)) : -1;
   if (threadIdx.x < kStages) {
-    mbar_init(&full[threadIdx.x], 2 * 128);           // each producer thread's copies and scale word
+    mbar_init(&full[threadIdx.x], 2 * 128);           // each producer thread's copies and its stores
     mbar_init(&empty[threadIdx.x], 128 * kConsumers);  // each consumer thread, after its reads
   }
   __syncthreads();
-  if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full, empty, src_rows, e, n0, rows, first);
-  else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full, empty, src_rows, e, n0, rows, first);
-  else fp4_wgmma_item<kNv, 64, 4>(g, smem, full, empty, src_rows, e, n0, rows, first);
+  const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
+  if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else fp4_wgmma_item<kNv, 64, 4>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
 }
 
 }  // namespace
