@@ -253,14 +253,15 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
 
 // The fp4 wgmma kernel over many k tiles (K = 704 and 320: 11 and 5 tiles of 64), partial blocks of
 // weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows), items of 256 rows and a partial one
-// per expert at 600 tokens (n = 256 and n = 64 products), items of 65-128 rows at 240 tokens (n = 128),
-// biases, both fp4 formats.
+// per expert at 600 tokens (n = 256 and n = 64 products), experts of 257-288 rows at 540 tokens (an item
+// of 256 rows with an n = 32 tail), items of 65-128 rows at 240 tokens (n = 128), biases, both fp4
+// formats.
 TEST(CudaExperts, Fp4WgmmaDeepKPartialTiles) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4})
-    for (int64_t tokens : {600, 240}) {
+    for (int64_t tokens : {600, 540, 240}) {
       SCOPED_TRACE(std::string(quant_scheme_name(s)) + " tokens " + std::to_string(tokens));
       MoEConfig c = small_config(s, 4, 704, 320, 2);
       const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);

@@ -42,34 +42,41 @@ constexpr int kConsumers = 2;                     // consumer warpgroups
 constexpr int kThreads = 128 * (kConsumers + 1);  // + the producer warpgroup (the last)
 constexpr int kSlabRows = 64 * kConsumers;        // weight rows of a block per m64 tile of each consumer
 constexpr int kTileK = 64;                        // 2 chunks of 32 values, 4 k16 steps
-constexpr int kStages = 5;
+constexpr int kStages = 4;
 constexpr int kTileTokens = 256;
+// An expert's last rows, up to kTailTokens past a full item of kTileTokens, are that item's block's tail:
+// m64n32 products on the same dequantized weights, instead of a block of their own that would dequantize
+// all of the expert's weights again for a few rows (at 8192 tokens, about half of gpt-oss-120b's experts
+// end in such a partial item).
+constexpr int kTailTokens = 32;
+constexpr int kBlockTokens = kTileTokens + kTailTokens;
 // A block's shape for items of up to kTok rows: kT m64 tiles of weight rows per consumer (128 kT rows a
 // block) against kTok tokens. kTok * kT = 256 keeps the accumulators at 128 registers and a k tile's
 // tensor work the same for every shape, so that an item of few rows takes fewer, not emptier, blocks:
 // a 128-row block of a 16-row item was bound by the latency of its k-tile chain, at about 60% of a
 // full item's time (H200, session 15).
-template <int kTok, int kT>
+template <int kTok, int kT, int kTail = 0>
 struct Shape {
   static constexpr int kBlockRows = kSlabRows * kT;
-  static constexpr int kXBytes = kTok * kTileK * 2;      // token rows of 128 bytes
+  static constexpr int kXBytes = (kTok + kTail) * kTileK * 2;  // token rows of 128 bytes
   static constexpr int kWBytes = kBlockRows * kTileK / 2;  // weight rows of 32 bytes
   static constexpr int kSBytes = kBlockRows * 8;           // their group multipliers, 8 bytes a row
 };
 constexpr int stage_bytes(int x, int w, int s) { return (x + w + s + 1023) / 1024 * 1024; }
 template <class S>
 constexpr int stage_bytes() { return stage_bytes(S::kXBytes, S::kWBytes, S::kSBytes); }
-constexpr int kStageBytes = stage_bytes<Shape<256, 1>>();
-static_assert(stage_bytes<Shape<128, 2>>() <= kStageBytes && stage_bytes<Shape<64, 4>>() <= kStageBytes);
+constexpr int kStageBytes = stage_bytes<Shape<kTileTokens, 1, kTailTokens>>();
+static_assert(stage_bytes<Shape<256, 1>>() <= kStageBytes && stage_bytes<Shape<128, 2>>() <= kStageBytes &&
+              stage_bytes<Shape<64, 4>>() <= kStageBytes);
 // The stages (X 1024-byte aligned), the full and empty barriers of each stage, each stage's big-scale
 // flags (a word per producer warp), the item's rows of X (+ alignment). Once both consumers are done with
-// the stages, the epilogue reuses them: a consumer's output tiles take kTok x 64 kT bf16 = 32 KiB, less
-// than half the ring. The total stays below 195 KiB: above it the L1 cache left beside shared memory
+// the stages, the epilogue reuses them: a consumer's output tiles take (kTok + kTail) x 64 kT bf16 <= 36
+// KiB, less than half the ring. The total stays below 195 KiB: above it the L1 cache left beside shared memory
 // halves, and the mxfp4 scales of 512-row blocks no longer fit in it (0.86x at 1024 tokens, H200).
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) +
-                              kTileTokens * sizeof(int32_t) + 1024;
+                              kBlockTokens * sizeof(int32_t) + 1024;
 static_assert(kSmemBytes <= 195 * 1024);
-constexpr int kEpiBytes = kTileTokens * 128;
+constexpr int kEpiBytes = kBlockTokens * 128;
 static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
 
 __device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -138,7 +145,8 @@ template <int kTok>
 __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], uint64_t desc) {
   if constexpr (kTok == 256) wgmma_m64n256k16_rs(d, a, desc);
   else if constexpr (kTok == 128) wgmma_m64n128k16_rs(d, a, desc);
-  else wgmma_m64n64k16_rs(d, a, desc);
+  else if constexpr (kTok == 64) wgmma_m64n64k16_rs(d, a, desc);
+  else wgmma_m64n32k16_rs(d, a, desc);
 }
 
 // The lane's packed word of chunk h (32 values: k16 steps 2h, 2h + 1) of block row r of a k tile in shared
@@ -254,10 +262,10 @@ __device__ inline void fence_accumulators(float (&acc)[kTok / 2]) {
 // producer warp's flag of the stage says whether one of its rows has a scale above 2. The scales go
 // through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async) and become
 // multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
-template <bool kNv, int kTok, int kT>
+template <bool kNv, int kTok, int kT, int kTail>
 __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         uint32_t* flags, const int32_t* src_rows, int e, int64_t n0) {
-  using S = Shape<kTok, kT>;
+  using S = Shape<kTok, kT, kTail>;
   constexpr int kGroup = kNv ? 16 : 32;
   const int64_t N = g.N, K = g.K, row_bytes = K / 2, groups = K / kGroup;
   const int num_kt = static_cast<int>(K / kTileK);
@@ -270,7 +278,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   // from a valid address: the expert's first row), so that a copy issues at a few instructions.
   const int cp = p & 3, t8 = (p >> 2) & 7;
   const int slot0 = ((2 * cp) ^ t8) << 4, slot1 = ((2 * cp + 1) ^ t8) << 4;
-  constexpr int kXRows = kTok / 32;  // X rows a thread copies
+  constexpr int kXRows = (kTok + kTail) / 32;  // X rows a thread copies
   const bf16* x_src[kXRows];
   uint32_t x_ok = 0;
 #pragma unroll
@@ -350,14 +358,16 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
 }
 
 // A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
-// the item's tokens), times gs plus the rows' bias, as bf16 into Y rows first_row .. first_row + rows - 1.
-// The tiles go through buf in shared memory, transposed by stmatrix (tile t's token m at 128 (kTok t + m):
-// its 64 weight rows, 16-byte chunk c at c ^ (m % 8), conflict-free), then out as 16-byte stores of a
-// token's 8 consecutive weight rows (N % 8 == 0, Y 16-byte aligned).
-template <int kTok, int kT>
+// the item's tokens: kTok in acc, then kTail in tail), times gs plus the rows' bias, as bf16 into Y rows
+// first_row .. first_row + rows - 1. The tiles go through buf in shared memory, transposed by stmatrix
+// (tile t's token m at 128 ((kTok + kTail) t + m): its 64 weight rows, 16-byte chunk c at c ^ (m % 8),
+// conflict-free), then out as 16-byte stores of a token's 8 consecutive weight rows (N % 8 == 0, Y
+// 16-byte aligned).
+template <int kTok, int kTail, int kT, int kTailAcc>
 __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
-                                            const float (&bias)[kT][2], float gs, uint8_t* buf, int64_t n_base,
-                                            int64_t rows, int64_t first_row) {
+                                            const float (&tail)[kT][kTailAcc], const float (&bias)[kT][2], float gs,
+                                            uint8_t* buf, int64_t n_base, int64_t rows, int64_t first_row) {
+  constexpr int kN = kTok + kTail;
   const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
   const int64_t N = g.N;
   // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 16) + l % 8 and the warp's
@@ -368,10 +378,10 @@ __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&a
 #pragma unroll
   for (int t = 0; t < kT; ++t)
 #pragma unroll
-    for (int j = 0; j < kTok / 8; j += 2) {
-      const float* a0 = &acc[t][4 * j];
-      const float* a1 = &acc[t][4 * j + 4];
-      stmatrix_x4_trans(st_addr + uint32_t(kTok * t + 8 * j) * 128,
+    for (int j = 0; j < kN / 8; j += 2) {  // tokens 8 j .. 8 j + 15: accumulators 4 j .. 4 j + 7
+      const float* a0 = j < kTok / 8 ? &acc[t][4 * j] : &tail[t][4 * (j - kTok / 8)];
+      const float* a1 = a0 + 4;
+      stmatrix_x4_trans(st_addr + uint32_t(kN * t + 8 * j) * 128,
                         pack_bf16x2(a0[0] * gs + bias[t][0], a0[1] * gs + bias[t][0]),
                         pack_bf16x2(a0[2] * gs + bias[t][1], a0[3] * gs + bias[t][1]),
                         pack_bf16x2(a1[0] * gs + bias[t][0], a1[1] * gs + bias[t][0]),
@@ -384,10 +394,10 @@ __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&a
   for (int t = 0; t < kT; ++t) {
     const int64_t n = n_base + 64 * t + 8 * c;
 #pragma unroll
-    for (int k = 0; k < kTok / 16; ++k) {
+    for (int k = 0; k < kN / 16; ++k) {
       const int m = (tid >> 3) + 16 * k;
       if (m >= rows || n >= N) continue;
-      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kTok * t + m) * 128 + ((c ^ (m & 7)) << 4));
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kN * t + m) * 128 + ((c ^ (m & 7)) << 4));
       *reinterpret_cast<uint4*>(g.y + (first_row + m) * N + n) = v;
     }
   }
@@ -401,11 +411,11 @@ __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&a
 // is waited for and read while this tile's last chunk runs. Every consumer thread arrives on a stage's
 // empty barrier once its wgmma reading it are done and its own loads from it have returned (with one
 // arrival per warpgroup, racecheck reported the producer's copies racing with the other warps' loads).
-template <bool kNv, int kTok, int kT>
+template <bool kNv, int kTok, int kT, int kTail>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         const uint32_t* flags, int e, int64_t n0, int64_t rows, int64_t first_row) {
-  using S = Shape<kTok, kT>;
-  // Registers: 128 accumulators + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
+  using S = Shape<kTok, kT, kTail>;
+  // Registers: 128 accumulators (+ 16 of a tail) + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gq = lane >> 2, cq = lane & 3;
@@ -415,11 +425,16 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   const int row0 = 64 * kT * wg + 16 * warp + gq;
 
   float acc[kT][kTok / 2];
+  constexpr int kTailAcc = kTail ? kTail / 2 : 1;
+  float tail[kT][kTailAcc];  // the tail's tokens (token kTok + i at tail[i]'s place of acc), if kTail
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
 #pragma unroll
     for (int i = 0; i < kTok / 2; ++i) acc[t][i] = 0.0f;
     fence_accumulators<kTok>(acc[t]);
+#pragma unroll
+    for (int i = 0; i < kTailAcc; ++i) tail[t][i] = 0.0f;
+    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
   }
 
   const uint32_t sel = uint32_t(cq) | (uint32_t(cq + 4) << 4);
@@ -481,7 +496,11 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       for (int t = 0; t < kT; ++t)
 #pragma unroll
         for (int sub = 0; sub < 2; ++sub)  // k16 step 2h + sub: 32 bytes into each 128-byte X row
+        {
           wgmma_rs<kTok>(acc[t], fr[b][t][sub], desc + 2 * (2 * h + sub));
+          // The tail's token rows follow the kTok rows in the stage (kTok 128-byte rows further).
+          if constexpr (kTail > 0) wgmma_rs<kTail>(tail[t], fr[b][t][sub], desc + 2 * (2 * h + sub) + kTok * 8);
+        }
       wgmma_commit();
       // The next chunk's words (and, kEarly, its unpacking), while this chunk's wgmma run.
       const bool more = h == 0 || kt + 1 < num_kt;
@@ -514,25 +533,29 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     }
   wgmma_wait<0>();
 #pragma unroll
-  for (int t = 0; t < kT; ++t) fence_accumulators<kTok>(acc[t]);
+  for (int t = 0; t < kT; ++t) {
+    fence_accumulators<kTok>(acc[t]);
+    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
+  }
   fence_fragments(fr[kBuf - 1]);
   pdl_launch_dependents();
   consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
-  store_tiles<kTok, kT>(g, acc, bias, gs, smem + wg * kEpiBytes, n0 + 64 * kT * wg, rows, first_row);
+  store_tiles<kTok, kTail, kT, kTailAcc>(g, acc, tail, bias, gs, smem + wg * kEpiBytes, n0 + 64 * kT * wg, rows,
+                                        first_row);
 }
 
 // One block's item: weight rows n0 .. n0 + 128 kT - 1 of expert e against the item's `rows` token
 // rows (src_rows: their rows of X, -1 past them).
-template <bool kNv, int kTok, int kT>
+template <bool kNv, int kTok, int kT, int kTail = 0>
 __device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                                uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
                                                int64_t rows, int64_t first_row) {
   if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kProducerRegs>();
-    produce<kNv, kTok, kT>(g, smem, full, empty, flags, src_rows, e, n0);
+    produce<kNv, kTok, kT, kTail>(g, smem, full, empty, flags, src_rows, e, n0);
   } else {
     setmaxnreg_inc<kConsumerRegs>();
-    consume<kNv, kTok, kT>(g, smem, full, empty, flags, e, n0, rows, first_row);
+    consume<kNv, kTok, kT, kTail>(g, smem, full, empty, flags, e, n0, rows, first_row);
   }
 }
 
@@ -551,12 +574,14 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
   const int e = item.x;
   const int64_t first = plan.offsets[e] + item.y;
-  const int64_t rows = min(int64_t(plan.counts[e]) - item.y, int64_t(kTileTokens));
+  const int64_t left = int64_t(plan.counts[e]) - item.y;  // the expert's rows from the item's first
+  if (item.y > 0 && left <= kTailTokens) return;          // the previous item's tail
+  const int64_t rows = left <= kBlockTokens ? left : kTileTokens;
   // Block x covers weight rows from 128 T x: items of fewer rows take fewer, taller blocks.
   const int tiles = rows > 128 ? 1 : rows > 64 ? 2 : 4;
   const int64_t n0 = int64_t(blockIdx.x) * kSlabRows * tiles;
   if (n0 >= g.N) return;
-  for (int t = threadIdx.x; t < kTileTokens; t += kThreads)
+  for (int t = threadIdx.x; t < kBlockTokens; t += kThreads)
     src_rows[t] = t < rows ? (g.x_row ? g.x_row[first + t] : static_cast<int32_t>(first + t)) : -1;
   if (threadIdx.x < kStages) {
     mbar_init(&full[threadIdx.x], 2 * 128);           // each producer thread's copies and its stores
@@ -564,7 +589,9 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   }
   __syncthreads();
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
-  if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  if (rows > kTileTokens)
+    fp4_wgmma_item<kNv, kTileTokens, 1, kTailTokens>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
   else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
   else fp4_wgmma_item<kNv, 64, 4>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
 }
