@@ -129,7 +129,7 @@ __device__ inline uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Register budgets of the warpgroup roles (setmaxnreg; 80 x 128 + 208 x 256 <= 64 Ki): without them
+// Register budgets of the warpgroup roles (setmaxnreg; 88 x 128 + 208 x 256 <= 168 x 384, the launch's): without them
 // ptxas fits the consumers in the launch's 168 registers by serializing their wgmma.
 template <uint32_t kRegs>
 __device__ inline void setmaxnreg_inc() {
@@ -139,7 +139,7 @@ template <uint32_t kRegs>
 __device__ inline void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
-constexpr uint32_t kProducerRegs = 80, kConsumerRegs = 208;
+constexpr uint32_t kProducerRegs = 88, kConsumerRegs = 208;
 
 template <int kTok>
 __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], uint64_t desc) {
@@ -296,10 +296,9 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     w_src[i] = w + (r < N ? r * row_bytes : 0) + (p & 1) * 16;
     w_ok |= uint32_t(r < N) << i;
   }
-  // Scales: this thread's rows p + 128 j; tile kt's words are loaded a tile ahead, for the multipliers of
-  // the next iteration. Rows past N read the expert's first row: they scale zero-filled weights into
-  // accumulator rows that are never stored, so the loaded word needs no mask (a select on it made the
-  // producer wait for every load).
+  // Scales: this thread's rows p + 128 j. Rows past N read the expert's first row: they scale zero-filled
+  // weights into accumulator rows that are never stored, so the loaded word needs no mask (a select on it
+  // made the producer wait for every load).
   const uint8_t* s_row[kT];
 #pragma unroll
   for (int j = 0; j < kT; ++j) {
@@ -310,12 +309,25 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     if constexpr (kNv) return __ldg(reinterpret_cast<const uint32_t*>(s_row[j]) + kt);
     else return __ldg(reinterpret_cast<const uint16_t*>(s_row[j]) + kt);
   };
+  // Tile kt's multipliers are made from scale words loaded during tile kt - 1, before that tile's wait for
+  // its stage; the words of tile kt + 1 are loaded at once, before this tile's wait. (Loaded after the
+  // copies, they were used a few instructions later, and the producer waited for every load while the
+  // consumers waited for the producer, H200.)
   uint32_t sw[kT];
 #pragma unroll
   for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, 0);
   int st = 0;
   uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
   for (int kt = 0; kt < num_kt; ++kt) {
+    bool big = false;
+    uint2 m[kT];
+#pragma unroll
+    for (int j = 0; j < kT; ++j) {
+      bool row_big;
+      m[j] = tile_multipliers<kNv>(sw[j], row_big);
+      big |= row_big;
+      sw[j] = load_scale(j, min(kt + 1, num_kt - 1));
+    }
     if (kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
     uint8_t* xs = smem + st * kStageBytes;
     uint8_t* ws = xs + S::kXBytes;
@@ -332,23 +344,14 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       cp_async_16(ws + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, w_src[i], (w_ok >> i) & 1);
       w_src[i] += kTileK / 2;
     }
-    bool big = false;
 #pragma unroll
-    for (int j = 0; j < kT; ++j) {
-      bool row_big;
-      const uint2 m = tile_multipliers<kNv>(sw[j], row_big);
-      big |= row_big;
-      reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m;
-    }
+    for (int j = 0; j < kT; ++j) reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m[j];
     if constexpr (!kNv) {
       const bool any = __any_sync(0xffffffffu, big);
       if ((p & 31) == 0) flags[4 * st + (p >> 5)] = any;
     }
     mbar_arrive(full + 8 * st);  // release: the multipliers and flags are visible to whoever waits on full
     cp_async_arrive(full + 8 * st);
-    if (kt + 1 < num_kt)
-#pragma unroll
-      for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, kt + 1);
     if (++st == kStages) {
       st = 0;
       empty_parity ^= 1;
@@ -462,7 +465,8 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 #pragma unroll
     for (int t = 0; t < kT; ++t)
 #pragma unroll
-      for (int hi = 0; hi < 2; ++hi) mw[t][hi] = reinterpret_cast<const uint2*>(ws + S::kWBytes)[row0 + 64 * t + 8 * hi];
+      for (int hi = 0; hi < 2; ++hi)
+        mw[t][hi] = reinterpret_cast<const uint2*>(ws + S::kWBytes)[row0 + 64 * t + 8 * hi];
     if constexpr (!kNv) {
       const uint4 f = *reinterpret_cast<const uint4*>(flags + 4 * st);
       big = (f.x | f.y | f.z | f.w) != 0;
