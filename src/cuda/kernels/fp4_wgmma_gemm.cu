@@ -5,26 +5,29 @@
 // weight value, more than the GEMMs themselves at 1-8K tokens).
 // Swap-AB: the weights are wgmma's A operand, dequantized in registers (fp4_util.cuh's bit placement
 // and group multipliers, exact); the tokens of one plan item are B, bf16 in shared memory.
-// A block: one work item of the row plan (up to 256 rows of one expert) against 128 T weight rows, in 3
-// warpgroups. The item's rows pick the shape (Shape below): up to 64 rows, T = 4 and n = 64 products;
-// up to 128, T = 2 and n = 128; above, T = 1 and n = 256.
-// - a producer fills a 5-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
+// A block: one work item of the row plan (up to 256 rows of one expert, plus the expert's last 1-32 rows
+// as a tail when they follow a full item) against 128 T weight rows, in 3 warpgroups. The item's rows
+// pick the shape (Shape below): up to 64 rows, T = 4 and n = 64 products; up to 128, T = 2 and n = 128;
+// above, T = 1 and n = 256 (+ n = 32 for a tail).
+// - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
 //   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
-//   (32 bytes a row), each row's group scales of the tile as one word. A stage's full barrier completes
-//   when its copies land; its empty barrier when every consumer thread is done with it.
+//   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes.
+//   A stage's full barrier completes when its copies land; its empty barrier when every consumer thread
+//   is done with it.
 // - two consumers, T m64 tiles of weight rows each, m64nNk16 wgmma with A from registers. A lane's
 //   fragment of a 32-value chunk of a weight row is byte c of each of the chunk's four words (lane
 //   4g + c): one 16-byte shared load and three prmt give a packed word whose unpacking and scaling are
 //   the A registers of two k16 steps. Chunk h + 1 is unpacked while chunk h's wgmma run and scaled
 //   into the other register buffer once chunk h - 1's are done (T = 4: one buffer, the other consumer's
-//   wgmma fill the gap). Consumers read no global memory in the loop (the scales come through shared
-//   memory), so nothing but the stages holds up a wgmma fence.
+//   wgmma fill the gap). Consumers read no global memory in the loop (the multipliers come through
+//   shared memory), so nothing but the stages holds up a wgmma fence. The epilogue reuses the ring.
 // Measured (H200, session 14): with the producer's scale load waiting in line, its generic (not
 // shared-space) loads and per-copy address arithmetic, the consumers waited on full stages 27-32% of
 // the time and the kernel ran at 0.6-0.9x the CUTLASS path; without them 1.0-1.7x. A persistent variant
 // (one block per SM walking the units) was 2-4% slower. Session 15: taller blocks for items of up to 128
 // rows gave 1.05x at 8192 tokens (an expert's last, partial item had taken a whole 128-row block,
-// latency-bound) and 1.1-1.25x at 32-64 rows per expert.
+// latency-bound) and 1.1-1.25x at 32-64 rows per expert. Session 17 (the producer's scale loads, the
+// epilogue through shared memory, producer-side multipliers, tails): 1.13-1.30x at 1024-8192 tokens.
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include "cuda/cuda_util.h"
@@ -429,7 +432,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 
   float acc[kT][kTok / 2];
   constexpr int kTailAcc = kTail ? kTail / 2 : 1;
-  float tail[kT][kTailAcc];  // the tail's tokens (token kTok + i at tail[i]'s place of acc), if kTail
+  float tail[kT][kTailAcc];  // tokens kTok .. kTok + kTail - 1, laid out as acc's first kTail tokens
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
 #pragma unroll
