@@ -163,6 +163,32 @@ TEST(CudaExperts, ZeroTokensIsANoOp) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
+// M = 0 inside CUDA-graph capture (bug catalogue B.2 #1): neither the modular nor the monolithic forward
+// records anything that breaks the capture (a host synchronisation, a launch of an empty grid), for every
+// scheme, and the graph replays.
+TEST(CudaExperts, ZeroTokensInsideGraphCapture) {
+  FMOE_REQUIRE_GPU();
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (bool monolithic : {false, true}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + (monolithic ? " monolithic" : " modular"));
+      const Problem p = make_problem(small_config(s), 0, 1);
+      const GpuProblem g = to_gpu(p);
+      KernelOptions opt;
+      opt.backend = Backend::cuda;
+      opt.use_monolithic = monolithic;
+      const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);
+      const Buffer ws = Buffer::bytes(std::max<size_t>(kernel.workspace_bytes(0), 1), kGpu);
+      Buffer out = Buffer::empty(DType::bf16, {0, p.config.hidden_size}, kGpu);
+      CapturedGraph graph([&] {
+        kernel.forward(g.hidden, g.logits, out, ws.view());
+        if (!monolithic) kernel.apply(g.hidden, g.ids, g.topk_weights, out, ws.view());
+      });
+      graph.replay();
+      graph.replay();
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+}
+
 // Every compiled variant (small-M with 8-, 16- and 32-row tiles, 64 for fp4 warp tiles; the grouped
 // GEMM), one test each so that a sanitizer report names the variant; fp4 on the grouped path is dequantized 3
 // experts at a time (chunks 3, 3, 3, 1 of 10 experts).
