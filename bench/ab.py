@@ -5,7 +5,9 @@ Usage: bench/ab.py OUT ROUNDS SPEC [SPEC ...] -- GPU_BENCH_ARGS
   SPEC: label=path/to/libfusedmoe_c.so[:NAME=VALUE,...]  (environment of that library's runs)
 Runs `bench/gpu_bench.py --modular-only` once per spec per round, in alternation (so drift in clocks
 and temperature hits every spec alike), keeps each point's lowest median over the rounds, and prints
-µs per spec and the ratio to the first spec (> 1: faster than the first).
+µs per spec and the ratio to the first spec (> 1: faster than the first). With two rounds or more it
+also prints each point's spread over the rounds (largest / smallest median - 1, the worst spec) and marks
+a ratio `?` when it is closer to 1 than that spread: the rounds do not separate the two.
 """
 import json
 import os
@@ -23,7 +25,7 @@ def main():
         lib, _, env_text = target.partition(":")
         env = dict(kv.split("=", 1) for kv in env_text.split(",") if kv)
         runs.append((label, lib, env))
-    best = {}  # (label, model, tokens) -> µs
+    seen = {}  # (label, model, tokens) -> µs of each round
     here = os.path.dirname(os.path.abspath(__file__))
     for r in range(rounds):
         for label, lib, env in runs:
@@ -39,16 +41,28 @@ def main():
                 if name.endswith(".json"):
                     with open(os.path.join(dest, name)) as f:
                         for row in json.load(f)["results"]:
-                            key = (label, row["model"], row["tokens"])
-                            best[key] = min(best.get(key, float("inf")), row["fusedmoe_us"])
+                            seen.setdefault((label, row["model"], row["tokens"]), []).append(row["fusedmoe_us"])
+    best = {key: min(v) for key, v in seen.items()}
+    spread = {key: max(v) / min(v) - 1 for key, v in seen.items()}
     points = sorted({(m, t) for (_, m, t) in best}, key=lambda p: (p[0], p[1]))
     base = runs[0][0]
-    print("\nmodel               tokens " + "".join(f"{label:>14s}" for label, _, _ in runs) + "   ratio to " + base)
+    print("\nmodel               tokens " + "".join(f"{label:>14s}" for label, _, _ in runs) + "   ratio to " + base +
+          ("   spread" if rounds > 1 else ""))
     for m, t in points:
         us = [best.get((label, m, t)) for label, _, _ in runs]
+        sp = [spread.get((label, m, t), 0.0) for label, _, _ in runs]
         line = f"{m:19s} {t:6d} " + "".join(f"{u:14.1f}" if u else f"{'-':>14s}" for u in us)
         if us[0]:
-            line += "   " + " ".join(f"{us[0] / u:6.3f}" if u else "     -" for u in us[1:])
+            cells = []
+            for u, s_new in zip(us[1:], sp[1:]):
+                if not u:
+                    cells.append("      -")
+                    continue
+                ratio = us[0] / u
+                cells.append(f"{ratio:6.3f}" + ("?" if rounds > 1 and abs(ratio - 1) < max(sp[0], s_new) else " "))
+            line += "   " + " ".join(cells)
+        if rounds > 1:
+            line += f"   {100 * max(sp):5.1f}%"
         print(line)
 
 
