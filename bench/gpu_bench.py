@@ -207,6 +207,20 @@ def expert_bytes_of(p):
     return b + (4 * (2 * I + K) if p.get("bias") else 0)
 
 
+def create_layer(lib, p, w, bias, monolithic):
+    """A fusedmoe layer (C API handle) over the weights of make_weights; bias: deepseek-v3's correction bias."""
+    ptr = lambda key: w[key].data_ptr() if key in w else None  # noqa: E731
+    d = Desc(p["E"], p["K"], p["I"], p["k"], p["quant"].encode(), p.get("act", "silu").encode(),
+             p["routing"].encode(), p.get("groups", 1), p.get("topk_group", 1), 1, p.get("scaling", 1.0),
+             bias.data_ptr() if bias is not None else None, 0, ptr("w13"), ptr("w2"), ptr("w13_scale"),
+             ptr("w2_scale"), int(monolithic), ptr("w13_global"), ptr("w2_global"), None, None, ptr("w13_bias"),
+             ptr("w2_bias"))
+    layer, err = ctypes.c_void_p(), ctypes.create_string_buffer(4096)
+    if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
+        sys.exit(f"fmoe_layer_create{' (monolithic)' if monolithic else ''}: " + err.value.decode())
+    return layer
+
+
 # ---- torch routing and baselines ----------------------------------------------------------
 def torch_route(p, logits, bias):
     k = p["k"]
@@ -315,17 +329,8 @@ def main():
         E, K, I, k = p["E"], p["K"], p["I"], p["k"]
         w = make_weights(p, 1234)
         bias = (torch.randn(E, device="cuda") * 0.1).float() if p["routing"] == "deepseek-v3" else None
-        ptr = lambda key: w[key].data_ptr() if key in w else None  # noqa: E731
-        d = Desc(E, K, I, k, p["quant"].encode(), p.get("act", "silu").encode(), p["routing"].encode(),
-                 p.get("groups", 1), p.get("topk_group", 1), 1, p.get("scaling", 1.0),
-                 bias.data_ptr() if bias is not None else None, 0, ptr("w13"), ptr("w2"), ptr("w13_scale"),
-                 ptr("w2_scale"), 0, ptr("w13_global"), ptr("w2_global"), None, None, ptr("w13_bias"), ptr("w2_bias"))
-        layer, mono = ctypes.c_void_p(), ctypes.c_void_p()
-        if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
-            sys.exit("fmoe_layer_create: " + err.value.decode())
-        d.use_monolithic = 1  # the same weights through the monolithic experts
-        if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(mono), err, 4096):
-            sys.exit("fmoe_layer_create (monolithic): " + err.value.decode())
+        layer = create_layer(lib, p, w, bias, monolithic=False)
+        mono = create_layer(lib, p, w, bias, monolithic=True)  # the same weights through the monolithic experts
         max_m = max(int(t) for t in args.tokens.split(","))
         ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(layer, max_m), lib.fmoe_layer_workspace_bytes(mono, max_m)),
                          dtype=torch.uint8, device="cuda")
