@@ -4,8 +4,10 @@
 Captures the forward (modular and monolithic) in a CUDA graph as gpu_bench.py does, replays it
 with an L2 flush before each replay under torch.profiler (CUPTI kernel records), and prints per
 kernel of the graph its mean start offset from the replay's first kernel, its mean duration, the
-gap since the previous kernel ended and the DRAM rate its weight bytes would need (for the GEMMs),
-then the replay's span, the sum of kernel times and the sum of gaps.
+gap since the previous kernel ended and its own time (its end minus the previous kernel's end: what it
+adds to the step; under programmatic dependent launch a kernel starts early and waits, so its duration
+overstates it), then the replay's span, the sum of kernel times and of gaps, and the weight bytes of the
+active experts over the span.
 
   python3 bench/decode_timeline.py --lib build/libfusedmoe_c.so [--models qwen3-30b-a3b] [--tokens 1,16]
 """
@@ -65,16 +67,17 @@ def report(title, runs):
     n = collections.Counter(len(r) for r in runs).most_common(1)[0][0]
     runs = [r for r in runs if len(r) == n]
     print(f"\n{title}: {len(runs)} replays of {n} kernels (means, us)")
-    print(f"  {'kernel':44s} {'start':>8s} {'dur':>8s} {'gap':>7s}")
+    print(f"  {'kernel':44s} {'start':>8s} {'dur':>8s} {'gap':>7s} {'own':>8s}")
     span = sum(r[-1][2] - r[0][1] for r in runs) / len(runs)
     busy = gaps = 0.0
     for i in range(n):
         start = sum(r[i][1] - r[0][1] for r in runs) / len(runs)
         dur = sum(r[i][2] - r[i][1] for r in runs) / len(runs)
         gap = sum(r[i][1] - r[i - 1][2] for r in runs) / len(runs) if i else 0.0
+        own = sum(r[i][2] - (r[i - 1][2] if i else r[0][1]) for r in runs) / len(runs)  # what it adds to the span
         busy += dur
         gaps += gap
-        print(f"  {short(runs[0][i][0])[:44]:44s} {start:8.1f} {dur:8.1f} {gap:7.1f}")
+        print(f"  {short(runs[0][i][0])[:44]:44s} {start:8.1f} {dur:8.1f} {gap:7.1f} {own:8.1f}")
     print(f"  span {span:.1f} us = kernels {busy:.1f} + gaps {gaps:.1f} (negative gaps: overlap under PDL)")
     return dict(span=span, busy=busy, gaps=gaps)
 
