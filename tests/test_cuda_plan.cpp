@@ -55,11 +55,17 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
   const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
-  Buffer items = dev_ints(2 * max_items), item_count = dev_ints(1);
-  cuda::RowPlan plan{counts.data_as<int32_t>(),    offsets.data_as<int32_t>(),   active.data_as<int32_t>(),
-                     slot_rows.data_as<int32_t>(), row_token.data_as<int32_t>(), row_expert.data_as<int32_t>(),
-                     reinterpret_cast<int2*>(items.data_as<int32_t>()), item_count.data_as<int32_t>(),
-                     pc.item_rows};
+  Buffer items = dev_ints(4 * max_items), item_count = dev_ints(1);
+  cuda::RowPlan plan{counts.data_as<int32_t>(),
+                     offsets.data_as<int32_t>(),
+                     active.data_as<int32_t>(),
+                     slot_rows.data_as<int32_t>(),
+                     row_token.data_as<int32_t>(),
+                     row_expert.data_as<int32_t>(),
+                     reinterpret_cast<cuda::PlanItem*>(items.data_as<int32_t>()),
+                     item_count.data_as<int32_t>(),
+                     pc.item_rows,
+                     static_cast<int>(max_items)};
   cuda::launch_plan(d_ids.data_as<const int32_t>(), pc.M, pc.top_k, pc.num_experts,
                     pc.map ? d_map.data_as<const int32_t>() : nullptr, num_local, plan, scratch.data_as<int32_t>(),
                     nullptr);
@@ -101,13 +107,15 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
     ASSERT_EQ(host(item_count, 1)[0], 0x7f7f7f7f) << "a plan without work items wrote item_count";
     return;
   }
-  std::vector<int32_t> want_items;  // {expert, first row} pairs
+  std::vector<int32_t> want_items;  // {expert, first row, offsets[expert], counts[expert]}, then expert -1
   for (int e : want_active)
-    for (int32_t r = 0; e >= 0 && r < want_counts[e]; r += pc.item_rows) want_items.insert(want_items.end(), {e, r});
-  const int64_t n = static_cast<int64_t>(want_items.size()) / 2;
+    for (int32_t r = 0; e >= 0 && r < want_counts[e]; r += pc.item_rows)
+      want_items.insert(want_items.end(), {e, r, h_offsets[e], want_counts[e]});
+  const int64_t n = static_cast<int64_t>(want_items.size()) / 4;
   ASSERT_LE(n, max_items);
   ASSERT_EQ(host(item_count, 1)[0], n);
-  ASSERT_EQ(host(items, 2 * n), want_items);
+  for (int64_t i = n; i < max_items; ++i) want_items.insert(want_items.end(), {-1, 0, 0, 0});
+  ASSERT_EQ(host(items, 4 * max_items), want_items);
 }
 
 TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {

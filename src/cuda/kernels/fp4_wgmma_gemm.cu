@@ -592,12 +592,12 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
   int32_t* src_rows = reinterpret_cast<int32_t*>(flags + 4 * kStages);
   pdl_wait();
-  if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
-  const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
-  const int e = item.x;
-  const int64_t first = plan.offsets[e] + item.y;
-  const int64_t left = int64_t(plan.counts[e]) - item.y;  // the expert's rows from the item's first
-  if (item.y > 0 && left <= kTailTokens) return;          // the previous item's tail
+  const PlanItem item = plan.items[blockIdx.y];  // a block row per item; expert -1 past the last
+  if (item.expert < 0) return;
+  const int e = item.expert;
+  const int64_t first = int64_t(item.offset) + item.first;
+  const int64_t left = int64_t(item.count) - item.first;  // the expert's rows from the item's first
+  if (item.first > 0 && left <= kTailTokens) return;      // the previous item's tail
   const int64_t rows = left <= kBlockTokens ? left : kTileTokens;
   // Block x covers weight rows from 128 T x: items of fewer rows take fewer, taller blocks.
   const int tiles = rows > 128 ? 1 : rows > 64 ? 2 : 4;

@@ -32,6 +32,12 @@ void launch_route(const RoutingParams& p, const void* logits, bool logits_bf16, 
                   float* weights, cudaStream_t s);
 
 // plan.cu — device arrays of one forward's row plan.
+// A work item of the row plan: rows first .. first + item_rows - 1 (within the expert) of local expert
+// `expert`, whose rows start at plan row `offset` and number `count` (offsets[expert], counts[expert]).
+struct alignas(16) PlanItem {
+  int32_t expert, first, offset, count;
+};
+
 struct RowPlan {
   int32_t* counts;      // [E_local]
   int32_t* offsets;     // [E_local + 1]
@@ -40,12 +46,14 @@ struct RowPlan {
   int32_t* row_token;   // [M * k]: token of each row
   int32_t* row_expert;  // [M * k]: local expert of each row (-1: a batched plan's unused row)
   // The small-M kernels' work items, when item_rows > 0: each active expert's rows cut into chunks of
-  // item_rows (the kernels' token tile), one item {local expert, first row within the expert} per
-  // chunk, in expert order; *item_count of them (at most plan_max_items). A hot expert's chunks go to
-  // different blocks instead of one block running them one after another.
-  int2* items;
+  // item_rows (the kernels' token tile), one PlanItem per chunk, in expert order; *item_count of them (at
+  // most plan_max_items). A hot expert's chunks go to different blocks instead of one block running them
+  // one after another. Entries item_count .. item_grid - 1 hold expert -1, so a kernel's block row reads
+  // its item alone (one dependent read before the weights, not three: count, item, offset and count).
+  PlanItem* items;
   int32_t* item_count;
   int item_rows;
+  int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
 };
 // Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,
 // num_slots)) with c_e >= 1 rows make sum(ceil(c_e / item_rows)) <= A + (num_slots - A) / item_rows

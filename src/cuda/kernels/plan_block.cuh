@@ -55,10 +55,12 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
     const int e = threadIdx.x * kItems + j;
     if (e >= num_local || c[j] == 0) continue;
     plan.active[first[j].active] = e;
-    if (plan.item_rows > 0)
+    if (plan.item_rows > 0)  // offsets[e]: this thread's own write, before the caller's __syncthreads()
       for (int q = 0; q * plan.item_rows < c[j]; ++q)
-        plan.items[first[j].items + q] = make_int2(e, q * plan.item_rows);
+        plan.items[first[j].items + q] = PlanItem{e, q * plan.item_rows, plan.offsets[e], c[j]};
   }
+  if (plan.item_rows > 0)
+    for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
   if (threadIdx.x == 0 && plan.item_rows > 0) *plan.item_count = total.items;
 }
 

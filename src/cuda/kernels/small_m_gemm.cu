@@ -188,13 +188,13 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   __shared__ uint4 xs[kWarpTiles ? 2 * kMaxSlots : 1];
 
   pdl_wait();
-  if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
-  const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
-  const int e = item.x;
+  const PlanItem item = plan.items[blockIdx.y];  // a block row per item; expert -1 past the last
+  if (item.expert < 0) return;
+  const int e = item.expert;
   BlockTile b;
   b.e = e;
-  b.off = plan.offsets[e];
-  b.count = plan.counts[e];
+  b.off = item.offset;
+  b.count = item.count;
   b.warp = threadIdx.x >> 5, b.lane = threadIdx.x & 31, b.gq = b.lane >> 2, b.cq = b.lane & 3;
   b.N = g.N, b.K = g.K;
   b.n0 = (int64_t(blockIdx.x) * (kWarpTiles ? kWarps : 1) + (kWarpTiles ? b.warp : 0)) * kRowsPerBlock;
@@ -209,8 +209,8 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   // x_row is set, grouped M-major otherwise).
   b.sa_stride = g.x_row ? 1 : b.count;
 
-  const int64_t end = min(b.count, int64_t(item.y) + plan.item_rows);
-  fitted_pass<kMaxNT>(item.y, end, [&](auto nt, int64_t tb) {
+  const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
+  fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
     gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles>(g, b, tb, partial, xs);
   });
 }

@@ -233,13 +233,13 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
 
   pdl_wait();
-  if (static_cast<int>(blockIdx.y) >= *plan.item_count) return;
-  const int2 item = plan.items[blockIdx.y];  // {expert, first row}: a block row per item
-  const int e = item.x;
+  const PlanItem item = plan.items[blockIdx.y];  // a block row per item; expert -1 past the last
+  if (item.expert < 0) return;
+  const int e = item.expert;
   Fp4BlockTile b;
   b.e = e;
-  b.off = plan.offsets[e];
-  b.count = plan.counts[e];
+  b.off = item.offset;
+  b.count = item.count;
   b.warp = threadIdx.x >> 5, b.lane = threadIdx.x & 31, b.gq = b.lane >> 2, b.cq = b.lane & 3;
   b.N = g.N, b.K = g.K;
   b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kBlockWarps + b.warp) * kRowsPerBlock;
@@ -255,8 +255,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   b.x = static_cast<const bf16*>(g.x);
   b.gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
 
-  const int64_t end = min(b.count, int64_t(item.y) + plan.item_rows);
-  fitted_pass<kMaxNT>(item.y, end, [&](auto nt, int64_t tb) {
+  const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
+  fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
     fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps>(g, b, tb, partial, xs);
   });
 }
