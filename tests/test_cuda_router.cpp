@@ -14,6 +14,7 @@ struct Case {
   int top_k;
   int groups = 1, topk_group = 1;
   float scaling = 1.0f;
+  bool bias = true;  // deepseek_v3: a correction bias (group score: top-2 sum) or none (the group's max)
 };
 
 void expect_same_routing(const RoutingConfig& cfg, const Buffer& logits, const char* what) {
@@ -52,6 +53,11 @@ TEST(CudaRouter, MatchesCpuRouterForEveryMethod) {
       {RoutingMethod::sigmoid_topk, 40, 6},          {RoutingMethod::sigmoid_topk_renormalize, 300, 7},
       {RoutingMethod::llama4, 16, 1},                {RoutingMethod::deepseek_v3, 256, 8, 8, 4, 2.5f},
       {RoutingMethod::deepseek_v3, 64, 6, 4, 2},     {RoutingMethod::softmax_topk, 1024, 16},
+      // deepseek_v3 group layouts: a group of whole lanes (256/8: 4 lanes of 8 experts; 96/3: 8 lanes of 4,
+      // lanes 24-31 empty; 32/16: 2 lanes of 1) scores by shuffles; 160/8 (groups of 20) by warp reductions.
+      {RoutingMethod::deepseek_v3, 160, 6, 8, 3},    {RoutingMethod::deepseek_v3, 96, 4, 3, 2},
+      {RoutingMethod::deepseek_v3, 32, 4, 16, 4},    {RoutingMethod::deepseek_v3, 256, 8, 8, 4, 1.0f, false},
+      {RoutingMethod::deepseek_v3, 160, 6, 8, 3, 1.0f, false},
   };
   int n = 0;
   for (const Case& c : cases) {
@@ -62,7 +68,7 @@ TEST(CudaRouter, MatchesCpuRouterForEveryMethod) {
     cfg.topk_group = c.topk_group;
     cfg.routed_scaling_factor = c.scaling;
     Buffer bias;
-    if (c.method == RoutingMethod::deepseek_v3) {
+    if (c.method == RoutingMethod::deepseek_v3 && c.bias) {
       bias = testing::random_f32({c.E}, seed ^ 0xb1a5, 0.1f);
       cfg.correction_bias = bias.view();
     }

@@ -262,19 +262,18 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
   if (path.small_m) {
-    const int64_t max_items = plan_max_items(R, E, path.tile_tokens);
     SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(),
                   fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
-    launch_small_m_gemm(g1, plan, max_items, path.tile_tokens, s);
+    launch_small_m_gemm(g1, plan, path.tile_tokens, s);
     launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
                       h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
                   fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
                   b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
-    launch_small_m_gemm(g2, plan, max_items, path.tile_tokens, s);
+    launch_small_m_gemm(g2, plan, path.tile_tokens, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),

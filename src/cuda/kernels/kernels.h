@@ -132,16 +132,14 @@ struct SmallMGemm {
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
 };
-// A block row per work item of the plan (plan.item_rows == tile_tokens); max_items: plan_max_items.
-void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
-                         cudaStream_t s);
+// A block row per work item of the plan (plan.item_rows == tile_tokens): plan.item_grid rows.
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
 // small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
 // tile_tokens 256 (fp4 only) runs launch_fp4_wgmma_gemm.
-void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens,
-                             cudaStream_t s);
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
 // fp4_wgmma_gemm.cu: the same product for many rows per expert, on wgmma (sm_90a), weights dequantized
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.
-void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, cudaStream_t s);
+void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
 
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]
 // (the grouped-GEMM path of fp4 weights): value * group scale (* global scale for nvfp4), rounded

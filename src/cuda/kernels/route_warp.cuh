@@ -1,8 +1,10 @@
 // Warp-parallel routing of one token: the device counterpart of core/route_token.h, with the
 // same semantics (ties to the lower expert index, NaN as -inf, +inf sharing the softmax mass,
 // grouped selection for deepseek_v3). One warp routes one token; lane l holds the scores of
-// experts l, l+32, ... (J per lane). The modular router kernel and the monolithic kernels
-// both call route_token_warp, so they pick the same experts.
+// experts l*J .. l*J + J-1 (J per lane, a power of two), so a group of experts whose size is a
+// multiple of J lies in whole lanes and its score takes shuffles instead of warp reductions. The
+// modular router kernel and the monolithic kernels both call route_token_warp, so they pick the
+// same experts.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -82,18 +84,25 @@ __device__ inline void warp_softmax(float (&x)[J], const bool (&present)[J]) {
   for (int j = 0; j < J; ++j) x[j] /= sum;
 }
 
+// The expert of this lane's slot j: lane l holds experts l*J .. l*J + J-1.
+template <int J>
+__device__ inline int slot_expert(int j) {
+  return static_cast<int>(threadIdx.x & 31) * J + j;
+}
+
 // Picks the k best of v among the eligible experts (eligible(j): this lane's slot j, expert
-// j * 32 + lane); lane r < k receives pick r in (id, value) and also[] of the pick in my_also (the
-// pick's weight when it is chosen on other scores). Each round is a max over this lane's keys and
-// one warp max; the lane that held the pick drops it and hands out its also[].
+// slot_expert<J>(j)); lane r < k receives pick r in (id, value) and also[] of the pick in my_also
+// (the pick's weight when it is chosen on other scores). Each round is a max over this lane's keys
+// and one warp max; the lane that held the pick drops it and hands out its also[].
 template <int J, class Eligible>
 __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
                                         float& my_value, const float (&also)[J], float& my_also) {
+  static_assert((J & (J - 1)) == 0, "J is a power of two");
   const int lane = threadIdx.x & 31;
   uint64_t key[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) {
-    const int e = j * 32 + lane;
+    const int e = slot_expert<J>(j);
     key[j] = e < num_experts && eligible(j) ? rank_key(v[j], e) : 0;
   }
   my_id = -1;
@@ -108,11 +117,11 @@ __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, in
     float held = 0.0f;
 #pragma unroll
     for (int j = 0; j < J; ++j)
-      if (j * 32 + lane == e) {
+      if (key[j] == best) {  // keys are unique: this is the pick (a test on j would become a local array)
         key[j] = 0;
         held = also[j];
       }
-    held = __shfl_sync(kFullMask, held, e & 31);
+    held = __shfl_sync(kFullMask, held, e / J);
     if (lane == r) {
       my_id = e;
       my_value = key_value(best);
@@ -130,10 +139,10 @@ __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, in
 
 // deepseek-v3 group scores: group_scores[g] = the sum of group g's two largest choice values
 // (top2) or its largest, as route_token.h computes them (top1 + top2; which expert holds a value
-// does not change the sum, so no indices are needed). Each lane takes the best two of its own
-// experts in g (group[j], -1 for none); the warp's largest is one redux.sync, and the second is
-// the largest of every lane's best except the first lane holding the largest, which offers its
-// second instead (a second redux).
+// does not change the sum, so no indices are needed). The general form, for any group size: each
+// lane takes the best two of its own experts in g (group[j], -1 for none); the warp's largest is
+// one redux.sync, and the second is the largest of every lane's best except the first lane holding
+// the largest, which offers its second instead (a second redux) — three warp steps per group.
 template <int J>
 __device__ inline void warp_group_scores(const float (&choice)[J], const int (&group)[J], int groups, bool top2,
                                          float* group_scores) {
@@ -159,6 +168,51 @@ __device__ inline void warp_group_scores(const float (&choice)[J], const int (&g
   }
 }
 
+// The largest two (a >= b) of this lane's J values; NaN is skipped, -inf when there are none.
+template <int J>
+__device__ inline void lane_top2(const float (&x)[J], float& a, float& b) {
+  a = b = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    if (x[j] > a) {
+      b = a;
+      a = x[j];
+    } else if (x[j] > b) {
+      b = x[j];
+    }
+  }
+}
+
+// Group scores when a group is P whole lanes (P = group size / J, a power of two <= 32): the lanes'
+// top-2 pairs merge over log2(P) xor-shuffles, and every lane of a group ends with its score — the
+// same sum as warp_group_scores (the same two values, in either order, a + b).
+template <int J>
+__device__ inline float lane_group_score(const float (&choice)[J], int P, bool top2) {
+  float a, b;
+  lane_top2(choice, a, b);
+  for (int off = 1; off < P; off <<= 1) {
+    const float oa = __shfl_xor_sync(kFullMask, a, off), ob = __shfl_xor_sync(kFullMask, b, off);
+    b = fmaxf(fminf(a, oa), fmaxf(b, ob));
+    a = fmaxf(a, oa);
+  }
+  return top2 ? a + b : a;
+}
+
+// The topk_group best groups by score (a group's score in each of its P lanes; lanes of group >=
+// groups offer none), ties to the lower group as route_token.h: a bit mask over the groups.
+__device__ inline uint64_t lane_select_groups(float score, int P, int groups, int topk_group) {
+  const int lane = threadIdx.x & 31, g = lane >> (__ffs(P) - 1);
+  uint64_t key = ((lane & (P - 1)) == 0 && g < groups) ? rank_key(score, g) : 0, mask = 0;
+  for (int r = 0; r < topk_group; ++r) {
+    const uint64_t best = warp_max_key(key);
+    if (best == 0) break;
+    const int pick = key_expert(best);
+    mask |= uint64_t(1) << pick;
+    if (g == pick) key = 0;
+  }
+  return mask;
+}
+
 template <class T>
 __device__ inline float load_logit(const T* p);
 template <>
@@ -177,7 +231,7 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
   bool present[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) {
-    const int e = j * 32 + lane;
+    const int e = slot_expert<J>(j);
     present[j] = e < E;
     s[j] = present[j] ? sanitize(load_logit(logits + e)) : -INFINITY;
   }
@@ -213,33 +267,37 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
       float choice[J];
 #pragma unroll
       for (int j = 0; j < J; ++j) {
-        const int e = j * 32 + lane;
+        const int e = slot_expert<J>(j);
         s[j] = sigmoid(s[j]);
         choice[j] = (p.correction_bias && present[j]) ? s[j] + p.correction_bias[e] : s[j];
       }
       const int groups = p.num_expert_group, group_size = E / groups;
+      const bool top2 = p.correction_bias != nullptr && group_size >= 2;
       int group[J];  // the group of each of this lane's experts, divided once
 #pragma unroll
-      for (int j = 0; j < J; ++j) group[j] = present[j] ? (j * 32 + lane) / group_size : -1;
-      warp_group_scores(choice, group, groups, p.correction_bias != nullptr && group_size >= 2, group_scores);
-      __syncwarp();
-      float gs[2];
-      bool gpresent[2];
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int g = j * 32 + lane;
-        gpresent[j] = g < groups;
-        gs[j] = gpresent[j] ? group_scores[g] : -INFINITY;
-      }
-      int gpick;
-      float gpick_value;
-      warp_select_topk(gs, groups, p.topk_group, all, gpick, gpick_value);
+      for (int j = 0; j < J; ++j) group[j] = present[j] ? slot_expert<J>(j) / group_size : -1;
       uint64_t group_mask = 0;
-      for (int r = 0; r < p.topk_group; ++r) {
-        const int g = __shfl_sync(kFullMask, gpick, r);
-        if (g >= 0) group_mask |= uint64_t(1) << g;
+      const int P = group_size / J;  // lanes per group, when a group is whole lanes
+      if (group_size % J == 0 && (P & (P - 1)) == 0 && P <= 32) {
+        group_mask = lane_select_groups(lane_group_score(choice, P, top2), P, groups, p.topk_group);
+      } else {
+        warp_group_scores(choice, group, groups, top2, group_scores);
+        __syncwarp();
+        float gs[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int g = slot_expert<2>(j);
+          gs[j] = g < groups ? group_scores[g] : -INFINITY;
+        }
+        int gpick;
+        float gpick_value;
+        warp_select_topk(gs, groups, p.topk_group, all, gpick, gpick_value);
+        for (int r = 0; r < p.topk_group; ++r) {
+          const int g = __shfl_sync(kFullMask, gpick, r);
+          if (g >= 0) group_mask |= uint64_t(1) << g;
+        }
+        __syncwarp();  // group_scores is reused by the next token of this warp
       }
-      __syncwarp();  // group_scores is reused by the next token of this warp
       auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
       warp_select_topk(choice, E, k, in_selected_group, id, value, s, weight);
       if (p.renormalize) {
