@@ -133,6 +133,10 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
       {1500, 4, 4000, false, 32},  // 4 items
       {1, 1, 8, false, 8},         // one slot
       {128, 8, 128, false, 16},    // qwen3-30b-a3b at 128 tokens
+      // the one-block plan's block sizes (by_plan_block): 128, 256 and 512 threads
+      {1, 8, 128, false, 8},    // qwen3-30b-a3b at 1 token: 128 threads
+      {24, 8, 256, false, 16},  // deepseek-v3 at 24 tokens: 192 slots, 256 experts: 256 threads
+      {50, 8, 450, true, 8},    // 400 slots, 300 local experts: 512 threads
   };
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
 }

@@ -30,12 +30,12 @@ constexpr int kChunkThreads = 512;
 
 int64_t num_chunks(int64_t slots) { return slots <= kOneBlockSlots ? 0 : (slots + kChunkSlots - 1) / kChunkSlots; }
 
-template <int kItems>
-__global__ void __launch_bounds__(kPlanThreads)
+template <int kItems, int kThreads>
+__global__ void __launch_bounds__(kThreads)
     plan_kernel(const int32_t* ids, int64_t num_slots, int top_k, int num_experts, const int32_t* expert_map,
                 int num_local, RowPlan plan) {
   pdl_wait();
-  plan_block<kItems>(ids, num_slots, top_k, num_experts, expert_map, num_local, plan);
+  plan_block<kItems, kThreads>(ids, num_slots, top_k, num_experts, expert_map, num_local, plan);
   pdl_launch_dependents();
 }
 
@@ -114,9 +114,10 @@ void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, cons
              num_local);
   const int64_t slots = M * top_k, chunks = num_chunks(slots);
   if (chunks == 0) {
-    by_items(num_local, [&](auto items) {
-      launch(plan_kernel<decltype(items)::value>, 1, kPlanThreads, s, ids, slots, top_k, num_experts, expert_map,
-             num_local, plan);
+    by_plan_block(num_local, slots, [&](auto items, auto threads) {
+      constexpr int kThreads = decltype(threads)::value;
+      launch(plan_kernel<decltype(items)::value, kThreads>, 1, kThreads, s, ids, slots, top_k, num_experts,
+             expert_map, num_local, plan);
     });
     return;
   }

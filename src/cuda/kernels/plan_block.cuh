@@ -6,7 +6,9 @@
 // Limits: num_local <= kItems * kPlanThreads (<= kMaxPlanExperts).
 #pragma once
 
+#include <algorithm>
 #include <cub/block/block_scan.cuh>
+#include <type_traits>
 
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
@@ -66,7 +68,8 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]
 // (shared, the whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
-template <int kItems>
+// The block has kThreads threads, num_local <= kItems * kThreads.
+template <int kItems, int kThreads = kPlanThreads>
 __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan) {
   int c[kItems];
   PlanSums first[kItems];
@@ -75,7 +78,7 @@ __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& p
     const int e = threadIdx.x * kItems + j;
     c[j] = e < num_local ? counts[e] : 0;
   }
-  const PlanSums total = scan_plan<kItems, kPlanThreads>(c, plan.item_rows, first);
+  const PlanSums total = scan_plan<kItems, kThreads>(c, plan.item_rows, first);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;
@@ -115,17 +118,34 @@ __device__ inline void count_slots(const int32_t* ids, int64_t begin, int64_t en
   }
 }
 
-// Every thread of the block must call it; the ids must be visible to the whole block.
-template <int kItems>
+// Every thread of the block (kThreads, num_local <= kItems * kThreads) must call it; the ids must be
+// visible to the whole block.
+template <int kItems, int kThreads = kPlanThreads>
 __device__ inline void plan_block(const int32_t* ids, int64_t num_slots, int top_k, int num_experts,
                                   const int32_t* expert_map, int num_local, const RowPlan& plan) {
   __shared__ int counts[kMaxPlanExperts];
-  for (int e = threadIdx.x; e < num_local; e += kPlanThreads) counts[e] = 0;
+  for (int e = threadIdx.x; e < num_local; e += kThreads) counts[e] = 0;
   __syncthreads();
   count_slots(ids, 0, num_slots, num_experts, expert_map, counts);
   __syncthreads();
-  plan_offsets<kItems>(counts, num_local, plan);  // counts[] becomes the insertion cursor
+  plan_offsets<kItems, kThreads>(counts, num_local, plan);  // counts[] becomes the insertion cursor
   place_slots(ids, 0, num_slots, top_k, num_experts, expert_map, counts, plan);
+}
+
+// The one-block plan's shape (kItems, kThreads) for num_local experts and `work` units a thread could
+// take (the slots): the fewest of 128, 256, 512 or 1024 threads that give each expert and each unit a
+// thread, and 2 or 4 experts a thread past 1024. A small block starts sooner and crosses its barriers
+// faster (decode: 128 threads for 128 experts and one token).
+template <class F>
+void by_plan_block(int num_local, int64_t work, F&& f) {
+  using std::integral_constant;
+  const int64_t need = std::max<int64_t>(num_local, work);
+  if (need <= 128) f(integral_constant<int, 1>{}, integral_constant<int, 128>{});
+  else if (need <= 256) f(integral_constant<int, 1>{}, integral_constant<int, 256>{});
+  else if (need <= 512) f(integral_constant<int, 1>{}, integral_constant<int, 512>{});
+  else if (num_local <= kPlanThreads) f(integral_constant<int, 1>{}, integral_constant<int, kPlanThreads>{});
+  else if (num_local <= 2 * kPlanThreads) f(integral_constant<int, 2>{}, integral_constant<int, kPlanThreads>{});
+  else f(integral_constant<int, 4>{}, integral_constant<int, kPlanThreads>{});
 }
 
 }  // namespace fusedmoe::cuda

@@ -1,12 +1,15 @@
-// Route + plan kernel, the first step of the monolithic decode path: one block of 1024 threads
-// routes every token (a warp per token, route_token_warp: the modular router's code, so both
-// pick the same experts) and then builds the row plan over the ids it just wrote (plan_block:
-// the modular plan's code). One launch instead of two, for decode-size batches. It also zeroes
+// Route + plan kernel, the first step of the monolithic decode path: one block (256 threads, or
+// 1024 past 256 experts, 8 tokens or 256 slots) routes every token (a warp per token,
+// route_token_warp: the modular router's code, so both pick the same experts) and then builds the
+// row plan over the ids it just wrote (plan_block: the modular plan's code). One launch instead of two, for decode-size batches. It also zeroes
 // the fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels — each variant of
 // route_token_warp is large, so only the common ones are compiled here). Host-checked.
 #include <cuda_bf16.h>
+
+#include <algorithm>
+#include <type_traits>
 
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -17,20 +20,19 @@
 namespace fusedmoe::cuda {
 namespace {
 
-constexpr int kWarps = kPlanThreads / 32;
-
-template <int J, class T>
-__global__ void __launch_bounds__(kPlanThreads) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
-                                                                  const int32_t* expert_map, int num_local,
-                                                                  int32_t* ids, float* weights, RowPlan plan,
-                                                                  int32_t* zero, int64_t n_zero) {
+template <int J, class T, int kThreads>
+__global__ void __launch_bounds__(kThreads) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
+                                                              const int32_t* expert_map, int num_local,
+                                                              int32_t* ids, float* weights, RowPlan plan,
+                                                              int32_t* zero, int64_t n_zero) {
+  constexpr int kWarps = kThreads / 32;
   __shared__ float group_scores[kWarps][kMaxExpertGroups];
   const int warp = threadIdx.x >> 5;
   pdl_wait();
-  for (int64_t i = threadIdx.x; i < n_zero; i += kPlanThreads) zero[i] = 0;
+  for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
   for (int64_t t = warp; t < M; t += kWarps) route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
   __syncthreads();  // the ids are visible to the whole block
-  plan_block<1>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
   pdl_launch_dependents();
 }
 
@@ -38,14 +40,18 @@ template <class T>
 void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int32_t* map, int num_local,
                   int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero) {
   const int E = p.num_experts;
-  const dim3 grid(1), block(kPlanThreads);
-  auto go = [&](auto kernel) {
-    launch(kernel, grid, block, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero);
+  // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
+  // token (a warp each) and slot a thread, else 1024.
+  const bool small = std::max<int64_t>({int64_t(num_local), 32 * M, M * p.top_k}) <= 256;
+  auto go = [&](auto j) {
+    constexpr int J = decltype(j)::value;
+    const auto kernel = small ? route_plan_kernel<J, T, 256> : route_plan_kernel<J, T, kPlanThreads>;
+    launch(kernel, 1, small ? 256 : kPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero);
   };
-  if (E <= 32) go(route_plan_kernel<1, T>);
-  else if (E <= 64) go(route_plan_kernel<2, T>);
-  else if (E <= 128) go(route_plan_kernel<4, T>);
-  else go(route_plan_kernel<8, T>);
+  if (E <= 32) go(std::integral_constant<int, 1>{});
+  else if (E <= 64) go(std::integral_constant<int, 2>{});
+  else if (E <= 128) go(std::integral_constant<int, 4>{});
+  else go(std::integral_constant<int, 8>{});
 }
 
 }  // namespace
