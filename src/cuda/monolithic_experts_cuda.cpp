@@ -83,7 +83,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     const ExpertsOutput out = experts_.run_planned(prepared, planned, ws);
     launch_finalize(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(),
                     on_input ? nullptr : weights.data_as<const float>(), M, static_cast<int>(k), config_.hidden_size,
-                    output.data_as<bf16>(), s);
+                    output.data_as<bf16>(), s, /*settled: routed and planned before the GEMMs*/ true);
   }
 
  private:

@@ -78,8 +78,9 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
     const float* weights =
         config_.apply_router_weight_on_input() ? nullptr : prepared.topk_weights.data_as<const float>();
     const Tensor& slot_rows = batched_ ? prepared.dispatch : out.slot_rows;
+    // settled: the plan (slot_rows) and the weights came before the experts' kernels
     launch_finalize(out.rows.data_as<const bf16>(), slot_rows.data_as<const int32_t>(), weights, M,
-                    config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream());
+                    config_.routing.top_k, config_.hidden_size, output.data_as<bf16>(), stream(), true);
   }
 
  private:

@@ -5,6 +5,8 @@
 // batch pays two memory round trips, not one per slot.
 // The f32 form (launch_finalize_f32) writes the sums unrounded: the partial sums an
 // expert-parallel rank sends back to the tokens' home ranks.
+// settled: slot_rows and weights were written two launches back or more (launch.cuh's load_settled),
+// so a block reads them before its pdl_wait, while GEMM2 finishes; the rows need the wait.
 // Deterministic: the order of the sum is fixed by the slot order alone. Limits: K % 8 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
@@ -27,16 +29,22 @@ __device__ inline void store8(const float (&acc)[8], float* out) {
 
 template <class Out>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, const int32_t* slot_rows,
-                                                            const float* weights, int top_k, int64_t K, Out* out) {
+                                                            const float* weights, int top_k, int64_t K, Out* out,
+                                                            bool settled) {
   const int64_t t = blockIdx.x, c = int64_t(blockIdx.y) * kColumnsPerBlock + threadIdx.x * 8;
   __shared__ int32_t row_of[kMaxTopK];
   __shared__ float weight_of[kMaxTopK];
+  const auto load_slots = [&] {
+    if (threadIdx.x < top_k) {
+      const int64_t i = t * top_k + threadIdx.x;
+      row_of[threadIdx.x] = load_settled(slot_rows + i);
+      weight_of[threadIdx.x] = weights ? load_settled(weights + i) : 1.0f;
+    }
+  };
+  if (settled) load_slots();
   pdl_wait();
   pdl_launch_dependents();
-  if (threadIdx.x < top_k) {
-    row_of[threadIdx.x] = slot_rows[t * top_k + threadIdx.x];
-    weight_of[threadIdx.x] = weights ? weights[t * top_k + threadIdx.x] : 1.0f;
-  }
+  if (!settled) load_slots();
   __syncthreads();
   if (c >= K) return;
   float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -46,18 +54,18 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const bf16* rows, co
 
 template <class Out>
 void launch_typed(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k, int64_t K,
-                  Out* out, cudaStream_t s) {
+                  Out* out, cudaStream_t s, bool settled = false) {
   FMOE_CHECK(top_k <= kMaxTopK, "the CUDA finalize handles top_k <= ", kMaxTopK, ", got ", top_k);
   if (M == 0) return;
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>((K + kColumnsPerBlock - 1) / kColumnsPerBlock));
-  launch(finalize_kernel<Out>, grid, dim3(kThreads), s, rows, slot_rows, weights, top_k, K, out);
+  launch(finalize_kernel<Out>, grid, dim3(kThreads), s, rows, slot_rows, weights, top_k, K, out, settled);
 }
 
 }  // namespace
 
 void launch_finalize(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
-                     int64_t K, bf16* out, cudaStream_t s) {
-  launch_typed(rows, slot_rows, weights, M, top_k, K, out, s);
+                     int64_t K, bf16* out, cudaStream_t s, bool settled) {
+  launch_typed(rows, slot_rows, weights, M, top_k, K, out, s, settled);
 }
 
 void launch_finalize_f32(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,

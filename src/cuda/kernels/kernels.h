@@ -177,9 +177,10 @@ int64_t fused_decode_counters(int max_active, int64_t K);
 void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int tile_tokens, int sm_count, cudaStream_t s);
 
 // finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
-// weights == null means unweighted (the weight was applied on the input).
+// weights == null means unweighted (the weight was applied on the input). settled: slot_rows and
+// weights were written two launches back or more (launch.cuh), as after the experts' GEMMs.
 void launch_finalize(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
-                     int64_t K, bf16* out, cudaStream_t s);
+                     int64_t K, bf16* out, cudaStream_t s, bool settled = false);
 // The same sums, unrounded f32 (the partial sums of an expert-parallel rank).
 void launch_finalize_f32(const bf16* rows, const int32_t* slot_rows, const float* weights, int64_t M, int top_k,
                          int64_t K, float* out, cudaStream_t s);

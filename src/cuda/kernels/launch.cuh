@@ -18,6 +18,16 @@ namespace fusedmoe::cuda {
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
+// Data written two launches back or more is "settled" when a grid starts: every kernel here calls
+// pdl_launch_dependents() only after its own pdl_wait(), so a grid starts after the previous grid
+// passed its wait, i.e. after the grid before that completed with its writes in L2 (kernels of other
+// libraries, and launches without PDL, trigger at completion). Such data may be read before pdl_wait,
+// from L2 (ld.global.cg, never a stale L1 line); data of the previous grid needs pdl_wait().
+template <class T>
+__device__ __forceinline__ T load_settled(const T* p) {
+  return __ldcg(p);
+}
+
 // smem_bytes: dynamic shared memory (the caller raises the kernel's limit above 48 KiB).
 template <class... KernelArgs, class... Args>
 void launch_with_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
