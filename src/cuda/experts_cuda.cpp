@@ -108,15 +108,13 @@ int64_t item_capacity(int64_t R, int64_t num_local) { return std::max<int64_t>(p
 constexpr int64_t kItemInts = sizeof(PlanItem) / sizeof(int32_t);
 
 size_t items_bytes(int64_t R, int64_t num_local) {
-  return workspace_tensor_bytes(DType::i32, {kItemInts * item_capacity(R, num_local)}) +
-         workspace_tensor_bytes(DType::i32, {1});
+  return workspace_tensor_bytes(DType::i32, {kItemInts * item_capacity(R, num_local)});
 }
 
 // The plan's work items for the path's small-M tile (none on the grouped path).
 void take_items(RowPlan& plan, int64_t R, int64_t num_local, const ExpertsPath& path, Workspace& ws) {
   plan.items =
       reinterpret_cast<PlanItem*>(ws.take(DType::i32, {kItemInts * item_capacity(R, num_local)}).data_as<int32_t>());
-  plan.item_count = ws.take(DType::i32, {1}).data_as<int32_t>();
   plan.item_rows = path.small_m ? path.tile_tokens : 0;
   plan.item_grid = static_cast<int>(plan_max_items(R, num_local, plan.item_rows));  // the grids' rows
 }

@@ -46,12 +46,12 @@ struct RowPlan {
   int32_t* row_token;   // [M * k]: token of each row
   int32_t* row_expert;  // [M * k]: local expert of each row (-1: a batched plan's unused row)
   // The small-M kernels' work items, when item_rows > 0: each active expert's rows cut into chunks of
-  // item_rows (the kernels' token tile), one PlanItem per chunk, in expert order; *item_count of them (at
-  // most plan_max_items). A hot expert's chunks go to different blocks instead of one block running them
-  // one after another. Entries item_count .. item_grid - 1 hold expert -1, so a kernel's block row reads
-  // its item alone (one dependent read before the weights, not three: count, item, offset and count).
+  // item_rows (the kernels' token tile), one PlanItem per chunk, in expert order (at most
+  // plan_max_items). A hot expert's chunks go to different blocks instead of one block running them
+  // one after another. The entries past the last item, up to item_grid - 1, hold expert -1, so a
+  // kernel's block row reads its item alone (one dependent read before the weights, not three:
+  // the item count, the item, the expert's offset and count).
   PlanItem* items;
-  int32_t* item_count;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
 };

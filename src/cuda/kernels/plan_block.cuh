@@ -63,7 +63,6 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
   }
   if (plan.item_rows > 0)
     for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
-  if (threadIdx.x == 0 && plan.item_rows > 0) *plan.item_count = total.items;
 }
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]
