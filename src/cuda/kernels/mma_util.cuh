@@ -80,6 +80,12 @@ __device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[k
   __syncthreads();
 }
 
+// An output value as the small-M epilogues make it: sum times the scale, plus the bias when there is
+// one — an explicit fma, so that every epilogue sharing it rounds alike.
+__device__ __forceinline__ float tile_value(float sum, float scale, const float* bias) {
+  return bias ? __fmaf_rn(sum, scale, *bias) : __fmul_rn(sum, scale);
+}
+
 // Warp 0's epilogue of the small-M kernels: y[(off + m) * N + n] = bf16(sum * scale + bias[e, n]) for
 // its C fragments (rows n = n0 + gq, + 8; tokens m = tb + 8t + 2cq, + 1) inside the expert's rows and N.
 // scale 1 (bf16, fp8) leaves the sum exact.
@@ -93,11 +99,8 @@ __device__ inline void store_tile(const float (&sum)[NT][4], float scale, const 
     for (int i = 0; i < 4; ++i) {
       const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
       const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
-      if (m < count && n < N) {
-        float v = sum[t][i] * scale;
-        if (bias) v += bias[e * N + n];
-        y[(off + m) * N + n] = __float2bfloat16_rn(v);
-      }
+      if (m < count && n < N)
+        y[(off + m) * N + n] = __float2bfloat16_rn(tile_value(sum[t][i], scale, bias ? bias + e * N + n : nullptr));
     }
 }
 

@@ -1,0 +1,65 @@
+// The gated GEMM1 of the small-M kernels (SmallMGemm::gated; small_m_gemm.cu, small_m_gemm_fp4.cu):
+// a 16-row tile takes, as its rows gq and gq + 8, the gate and the up row of h2 column j = n0 / 2 + gq
+// (8 columns a tile, so the grid is GEMM1's), so each lane holds a gate/up pair of the same tokens in
+// its accumulators. The epilogue rounds both as GEMM1's epilogue would (tile_value, bf16), applies the
+// activation as the activation kernel does, and writes bf16 h2 [rows, I]: the values of GEMM1 followed
+// by the activation kernel, without h or the launch. w13's rows: [gate | up] (j and I + j), or
+// interleaved for swiglu_oai (2j and 2j + 1), as activation.cu reads them.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "core/activation_math.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/mma_util.cuh"
+
+namespace fusedmoe::cuda {
+
+// The weight rows of a tile's rows gq and gq + 8 (n0: the tile's first row in GEMM1's row order). Past
+// the last h2 column both are N: no row (the kernels load zeros there).
+__device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq, int64_t& wr0, int64_t& wr1) {
+  if (!g.gated) {
+    wr0 = n0 + gq, wr1 = n0 + gq + 8;
+    return;
+  }
+  const int64_t I = g.N / 2, j = n0 / 2 + gq;
+  const bool interleaved = g.act.kind == ActivationKind::swiglu_oai;
+  wr0 = j >= I ? g.N : interleaved ? 2 * j : j;
+  wr1 = j >= I ? g.N : interleaved ? 2 * j + 1 : I + j;
+}
+
+// h2[(off + m) * I + j] = bf16(act(bf16(gate), bf16(up))) for this lane's tokens m = tb + 8t + 2cq, + 1
+// inside the expert's rows (sum[t][0..1]: the gate row, sum[t][2..3]: the up row).
+template <int NT>
+__device__ inline void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+                                        int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
+                                        int64_t off) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+  const int64_t I = g.N / 2, j = n0 / 2 + gq;
+  if (j >= I) return;
+  const float* bias_gate = g.bias ? g.bias + e * g.N + wr0 : nullptr;
+  const float* bias_up = g.bias ? g.bias + e * g.N + wr1 : nullptr;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const int64_t m = tb + t * 8 + 2 * cq + p;
+      if (m >= count) continue;
+      const float gate = __bfloat162float(__float2bfloat16_rn(tile_value(sum[t][p], scale, bias_gate)));
+      const float up = __bfloat162float(__float2bfloat16_rn(tile_value(sum[t][2 + p], scale, bias_up)));
+      g.y[(off + m) * I + j] = __float2bfloat16_rn(gated_activation(g.act.kind, gate, up, g.act.alpha, g.act.limit));
+    }
+}
+
+// A small-M tile's epilogue: the gated one or store_tile.
+template <int NT>
+__device__ inline void store_small_m_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+                                          int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
+                                          int64_t off) {
+  if (g.gated) store_gated_tile<NT>(sum, scale, g, e, n0, wr0, wr1, tb, count, off);
+  else store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
+}
+
+}  // namespace fusedmoe::cuda
