@@ -31,9 +31,10 @@ __device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq,
 }
 
 // h2[(off + m) * I + j] = bf16(act(bf16(gate), bf16(up))) for this lane's tokens m = tb + 8t + 2cq, + 1
-// inside the expert's rows (sum[t][0..1]: the gate row, sum[t][2..3]: the up row).
+// inside the expert's rows (sum[t][0..1]: the gate row, sum[t][2..3]: the up row). Not inlined: inlined,
+// its activation math cost the fp4 kernels' 16-64-token variants 24-36 bytes of spills (ptxas).
 template <int NT>
-__device__ inline void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+__device__ __noinline__ void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
                                         int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
                                         int64_t off) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
