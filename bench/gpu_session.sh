@@ -106,7 +106,7 @@ for what in "$@"; do
     sanitize-variants)  # every compiled small-M/grouped variant and the row plan under memcheck, racecheck, initcheck (+ synccheck: fp4 wgmma)
       for tool in memcheck racecheck initcheck; do
         step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*:CudaExperts.SmallMGated*'
+          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*:CudaExperts.SmallMActivationEpilogue*'
         step "${tool}_plan" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_plan)"
       done
       # the fp4 wgmma kernel's mbarrier ring and warpgroup barriers
@@ -126,7 +126,7 @@ for what in "$@"; do
         --backend cuda --small --seeds 1:40 ;;
     tests-fp4)  # the fp4 and expert-bias cases alone
       step test_cuda_experts_fp4 300 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*:CudaExperts.Fp4*:CudaExperts.TwoHundred*:CudaExperts.SmallMGated*'
+        --gtest_filter='Supported/*fp4*:Variants/*:CudaExperts.ExpertBiases*:CudaExperts.RunTwice*:CudaExperts.GptOss*:CudaExperts.Fp4*:CudaExperts.TwoHundred*:CudaExperts.SmallMActivationEpilogue*'
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"

@@ -327,16 +327,17 @@ TEST(CudaExperts, GatedGemm1EqualsUnfused) {
     }
 }
 
-// The small-M GEMM1 with the gated activation in its epilogue (FUSEDMOE_SMALL_M_GATED, on by default)
+// The small-M GEMM1 with the activation in its epilogue (FUSEDMOE_SMALL_M_ACT_EPILOGUE, on by default)
 // writes the h2 of GEMM1 + the activation kernel bit for bit: bf16 and both fp4 formats, [gate | up] and
-// swiglu-oai's interleaved rows, with and without w13 biases, split-k (8-row tiles) and warp tiles (16 rows,
+// swiglu-oai's interleaved rows and relu2, with and without w13 biases, split-k (8-row tiles) and warp tiles (16 rows,
 // 70 tokens) and I = 192 (not a multiple of 128: GEMM2's last fp4 chunk is partial).
-TEST(CudaExperts, SmallMGatedGemm1EqualsUnfused) {
+TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   for (QuantScheme q : {QuantScheme::bf16, QuantScheme::nvfp4, QuantScheme::mxfp4})
-    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai,
+                               ActivationKind::relu2})
       for (bool bias : {false, true})
         for (bool warp_tiles : {false, true}) {
           SCOPED_TRACE(std::string(quant_scheme_name(q)) + " " + activation_name(act) + (bias ? " bias" : "") +
@@ -347,14 +348,14 @@ TEST(CudaExperts, SmallMGatedGemm1EqualsUnfused) {
           const Problem p = make_problem(c, M, seed + M + (bias ? 1 : 0), bias);
           const GpuProblem g = to_gpu(p);
           const ForcePath force(true, warp_tiles ? 16 : 8, 0, warp_tiles);
-          const auto run_with = [&](const char* gated) {
-            const ScopedEnv env("FUSEDMOE_SMALL_M_GATED", gated);
+          const auto run_with = [&](const char* on) {
+            const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
             return run_cuda_apply(g, M);
           };
           const Buffer plain = run_with("0");
-          const Buffer gated = run_with("1");
-          expect_matches_reference(p, gated, p.ids, p.topk_weights);
-          EXPECT_TRUE(bits_equal(plain, gated)) << "the gated small-M GEMM1 differs from GEMM1 + activation";
+          const Buffer fused = run_with("1");
+          expect_matches_reference(p, fused, p.ids, p.topk_weights);
+          EXPECT_TRUE(bits_equal(plain, fused)) << "GEMM1 with the activation epilogue differs from GEMM1 + activation";
         }
 }
 

@@ -98,8 +98,8 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
                " x ", config.max_tokens_per_expert);
   gemm_kind_ = fp8_ ? GroupedGemmKind::fp8_block : GroupedGemmKind::bf16;
   choose_gated_gemm1();
-  const char* small_m_gated = std::getenv("FUSEDMOE_SMALL_M_GATED");
-  small_m_gated_ = !fp8_ && config_.activation.is_gated() && !(small_m_gated && small_m_gated[0] == '0');
+  const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
+  small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
 }
 
@@ -266,11 +266,11 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
-    g1.gated = small_m_gated_ && path.tile_tokens != 256;  // GEMM1 writes act(gate) * up to h2
+    g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens != 256;  // GEMM1 writes h2
     g1.act = config_.activation;
-    if (g1.gated) g1.y = h2.data_as<bf16>();
+    if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     launch_small_m_gemm(g1, plan, path.tile_tokens, s);
-    if (!g1.gated)
+    if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
                         h2.data(), h2_scale_ptr, s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),

@@ -86,9 +86,9 @@ class CudaExperts final : public ModularExperts {
   // j): fp4 dequantizes into that order; bf16 keeps the copy w13_blocked_ (opt-in, it costs w13's size).
   int gated_gemm1_ = 0;
   Buffer w13_blocked_;
-  // The small-M path's GEMM1 with the gated activation in its epilogue (SmallMGemm::gated): bf16 and
-  // fp4 weights with a gated activation, below the fp4 wgmma tile; FUSEDMOE_SMALL_M_GATED=0 turns it off.
-  bool small_m_gated_ = false;
+  // The small-M path's GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue): bf16 and
+  // fp4 weights, below the fp4 wgmma tile; FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
+  bool small_m_act_epilogue_ = false;
 };
 
 }  // namespace fusedmoe::cuda

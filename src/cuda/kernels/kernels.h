@@ -131,10 +131,10 @@ struct SmallMGemm {
   int64_t N, K;
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
-  // GEMM1 with the gated activation in its epilogue (bf16 and fp4 weights, not the wgmma tile): a tile's
-  // rows gq and gq + 8 are the gate and up rows of h2 column n0 / 2 + gq, and y is h2 [R, N / 2]
-  // (gated_tile.cuh).
-  bool gated = false;
+  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, not the wgmma tile): y is h2. A
+  // gated activation pairs rows — a tile's rows gq and gq + 8 are the gate and up rows of h2 column
+  // n0 / 2 + gq, h2 [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh).
+  bool act_epilogue = false;
   Activation act{};
 };
 // A block row per work item of the plan (plan.item_rows == tile_tokens): plan.item_grid rows.

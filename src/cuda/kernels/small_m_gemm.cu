@@ -23,7 +23,7 @@
 // Limits: K % 32 (bf16) / K % 128 (fp8). A variant reading 32 contiguous bytes per lane with
 // contiguous per-warp k ranges measured 15-35% slower at decode on H200 (bench/results).
 #include "cuda/cuda_util.h"
-#include "cuda/kernels/gated_tile.cuh"
+#include "cuda/kernels/act_epilogue.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   b.n0 = (int64_t(blockIdx.x) * (kWarpTiles ? kWarps : 1) + (kWarpTiles ? b.warp : 0)) * kRowsPerBlock;
   b.num_chunks = b.K / kChunk, b.num_groups = b.num_chunks / (kFp8 ? 2 : 1), b.kg_count = b.K / 128;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + (e * b.N) * b.K * kElemBytes;
-  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // gated: a gate row and its up row
+  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
   b.w_row0 = w + b.wr0 * b.K * kElemBytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * b.K * kElemBytes + b.cq * 16;
   b.x = static_cast<const uint8_t*>(g.x);
@@ -238,9 +238,10 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
-  FMOE_CHECK(!(fp8 && g.gated), "the small-M GEMM has no gated epilogue for fp8 (the activation re-quantizes)");
-  FMOE_CHECK(!g.gated || (g.N % 2 == 0 && g.act.is_gated()), "the gated small-M GEMM1 needs a gated activation and "
-             "an even N, got N=", g.N);
+  FMOE_CHECK(!(fp8 && g.act_epilogue), "the small-M GEMM has no activation epilogue for fp8 (the activation "
+             "re-quantizes)");
+  FMOE_CHECK(!g.act_epilogue || !g.act.is_gated() || g.N % 2 == 0, "the gated small-M GEMM1 needs an even N, got N=",
+             g.N);
   switch (g.weights) {
     case SmallMWeights::fp8_block:
     case SmallMWeights::bf16:

@@ -25,7 +25,7 @@
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
-#include "cuda/kernels/gated_tile.cuh"
+#include "cuda/kernels/act_epilogue.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kBlockWarps + b.warp) * kRowsPerBlock;
   const int64_t row_bytes = b.K / 2;
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
-  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // gated: a gate row and its up row
+  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
   b.w_row0 = w + b.wr0 * row_bytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * row_bytes + b.cq * 16;

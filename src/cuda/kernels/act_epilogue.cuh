@@ -1,10 +1,11 @@
-// The gated GEMM1 of the small-M kernels (SmallMGemm::gated; small_m_gemm.cu, small_m_gemm_fp4.cu):
-// a 16-row tile takes, as its rows gq and gq + 8, the gate and the up row of h2 column j = n0 / 2 + gq
-// (8 columns a tile, so the grid is GEMM1's), so each lane holds a gate/up pair of the same tokens in
-// its accumulators. The epilogue rounds both as GEMM1's epilogue would (tile_value, bf16), applies the
-// activation as the activation kernel does, and writes bf16 h2 [rows, I]: the values of GEMM1 followed
-// by the activation kernel, without h or the launch. w13's rows: [gate | up] (j and I + j), or
-// interleaved for swiglu_oai (2j and 2j + 1), as activation.cu reads them.
+// The small-M GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue; small_m_gemm.cu,
+// small_m_gemm_fp4.cu): it writes bf16 h2, the values of GEMM1 followed by the activation kernel,
+// without h or the launch. Each value is rounded as GEMM1's epilogue would (tile_value, bf16), then
+// passed through the activation kernel's math. For a gated activation a 16-row tile takes, as its
+// rows gq and gq + 8, the gate and the up row of h2 column j = n0 / 2 + gq (8 columns a tile, so the
+// grid is GEMM1's), so each lane holds a gate/up pair of the same tokens in its accumulators; w13's
+// rows are [gate | up] (j and I + j), or interleaved for swiglu_oai (2j and 2j + 1), as activation.cu
+// reads them. relu2 keeps GEMM1's rows (h2 is I = N columns).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,10 +18,13 @@
 
 namespace fusedmoe::cuda {
 
+// Activation::is_gated on the device (the public header's member is host code).
+__device__ __forceinline__ bool gated_kind(ActivationKind kind) { return kind != ActivationKind::relu2; }
+
 // The weight rows of a tile's rows gq and gq + 8 (n0: the tile's first row in GEMM1's row order). Past
 // the last h2 column both are N: no row (the kernels load zeros there).
 __device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq, int64_t& wr0, int64_t& wr1) {
-  if (!g.gated) {
+  if (!g.act_epilogue || !gated_kind(g.act.kind)) {
     wr0 = n0 + gq, wr1 = n0 + gq + 8;
     return;
   }
@@ -54,13 +58,32 @@ __device__ __noinline__ void store_gated_tile(const float (&sum)[NT][4], float s
     }
 }
 
-// A small-M tile's epilogue: the gated one or store_tile.
+// relu2: h2[(off + m) * N + n] = bf16(relu2(bf16(value))) for store_tile's fragments. Not inlined, as above.
+template <int NT>
+__device__ __noinline__ void store_relu2_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+                                              int64_t n0, int64_t tb, int64_t count, int64_t off) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
+      const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
+      if (m >= count || n >= g.N) continue;
+      const float v = __bfloat162float(
+          __float2bfloat16_rn(tile_value(sum[t][i], scale, g.bias ? g.bias + e * g.N + n : nullptr)));
+      g.y[(off + m) * g.N + n] = __float2bfloat16_rn(relu2_activation(v));
+    }
+}
+
+// A small-M tile's epilogue: store_tile, or GEMM1's with the activation.
 template <int NT>
 __device__ inline void store_small_m_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
                                           int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
                                           int64_t off) {
-  if (g.gated) store_gated_tile<NT>(sum, scale, g, e, n0, wr0, wr1, tb, count, off);
-  else store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
+  if (!g.act_epilogue) store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
+  else if (gated_kind(g.act.kind)) store_gated_tile<NT>(sum, scale, g, e, n0, wr0, wr1, tb, count, off);
+  else store_relu2_tile<NT>(sum, scale, g, e, n0, tb, count, off);
 }
 
 }  // namespace fusedmoe::cuda
