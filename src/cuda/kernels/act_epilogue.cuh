@@ -35,10 +35,11 @@ __device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq,
 }
 
 // h2[(off + m) * I + j] = bf16(act(bf16(gate), bf16(up))) for this lane's tokens m = tb + 8t + 2cq, + 1
-// inside the expert's rows (sum[t][0..1]: the gate row, sum[t][2..3]: the up row). Not inlined: inlined,
-// its activation math cost the fp4 kernels' 16-64-token variants 24-36 bytes of spills (ptxas).
+// inside the expert's rows (sum[t][0..1]: the gate row, sum[t][2..3]: the up row). Inlined: as a call
+// (__noinline__) it took the addresses of g and sum, which gave every small-M kernel a 128-208 byte
+// stack frame and made them 5-20% slower at decode on H200 even with the epilogue off.
 template <int NT>
-__device__ __noinline__ void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+__device__ __forceinline__ void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
                                         int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
                                         int64_t off) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
@@ -58,9 +59,9 @@ __device__ __noinline__ void store_gated_tile(const float (&sum)[NT][4], float s
     }
 }
 
-// relu2: h2[(off + m) * N + n] = bf16(relu2(bf16(value))) for store_tile's fragments. Not inlined, as above.
+// relu2: h2[(off + m) * N + n] = bf16(relu2(bf16(value))) for store_tile's fragments.
 template <int NT>
-__device__ __noinline__ void store_relu2_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
+__device__ __forceinline__ void store_relu2_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
                                               int64_t n0, int64_t tb, int64_t count, int64_t off) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
 #pragma unroll
