@@ -329,8 +329,9 @@ TEST(CudaExperts, GatedGemm1EqualsUnfused) {
 
 // The small-M GEMM1 with the activation in its epilogue (FUSEDMOE_SMALL_M_ACT_EPILOGUE, on by default)
 // writes the h2 of GEMM1 + the activation kernel bit for bit: bf16 and both fp4 formats, [gate | up] and
-// swiglu-oai's interleaved rows and relu2, with and without w13 biases, split-k (8-row tiles) and warp tiles (16 rows,
-// 70 tokens) and I = 192 (not a multiple of 128: GEMM2's last fp4 chunk is partial).
+// swiglu-oai's interleaved rows and relu2, with and without w13 biases, split-k and warp tiles (70 tokens: several
+// 8-row items an expert) and I = 192 (not a multiple of 128: GEMM2's last fp4 chunk is partial). The epilogue is in
+// the kernels of 8-token tiles alone (kActEpilogueTileTokens); larger tiles run GEMM1, then the activation.
 TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -347,7 +348,7 @@ TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
           const int64_t M = warp_tiles ? 70 : 5;
           const Problem p = make_problem(c, M, seed + M + (bias ? 1 : 0), bias);
           const GpuProblem g = to_gpu(p);
-          const ForcePath force(true, warp_tiles ? 16 : 8, 0, warp_tiles);
+          const ForcePath force(true, 8, 0, warp_tiles);
           const auto run_with = [&](const char* on) {
             const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
             return run_cuda_apply(g, M);

@@ -18,13 +18,20 @@
 
 namespace fusedmoe::cuda {
 
+// The kernels that carry the epilogue: those of 8-token tiles alone (kMaxNT 1, up to 6 rows an expert,
+// where the activation launch is a tenth of a decode step). The larger tiles' kernels compile without
+// it and stay as they were: with it, some fp4 variants spilled 8-28 bytes more (ptxas).
+template <int kMaxNT>
+constexpr bool kHasActEpilogue = kMaxNT * 8 == kActEpilogueTileTokens;
+
 // Activation::is_gated on the device (the public header's member is host code).
 __device__ __forceinline__ bool gated_kind(ActivationKind kind) { return kind != ActivationKind::relu2; }
 
 // The weight rows of a tile's rows gq and gq + 8 (n0: the tile's first row in GEMM1's row order). Past
 // the last h2 column both are N: no row (the kernels load zeros there).
+template <bool kActEpilogue>
 __device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq, int64_t& wr0, int64_t& wr1) {
-  if (!g.act_epilogue || !gated_kind(g.act.kind)) {
+  if (!kActEpilogue || !g.act_epilogue || !gated_kind(g.act.kind)) {
     wr0 = n0 + gq, wr1 = n0 + gq + 8;
     return;
   }
@@ -77,12 +84,12 @@ __device__ __forceinline__ void store_relu2_tile(const float (&sum)[NT][4], floa
     }
 }
 
-// A small-M tile's epilogue: store_tile, or GEMM1's with the activation.
-template <int NT>
+// A small-M tile's epilogue: store_tile, or GEMM1's with the activation (kernels with kActEpilogue).
+template <int NT, bool kActEpilogue>
 __device__ inline void store_small_m_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
                                           int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
                                           int64_t off) {
-  if (!g.act_epilogue) store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
+  if (!kActEpilogue || !g.act_epilogue) store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
   else if (gated_kind(g.act.kind)) store_gated_tile<NT>(sum, scale, g, e, n0, wr0, wr1, tb, count, off);
   else store_relu2_tile<NT>(sum, scale, g, e, n0, tb, count, off);
 }

@@ -623,7 +623,6 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
 void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s) {
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
-  FMOE_CHECK(!g.act_epilogue, "the fp4 wgmma GEMM has no activation epilogue");
   FMOE_CHECK(g.K % kTileK == 0, "the fp4 wgmma GEMM needs K % ", kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == kTileTokens, "the fp4 wgmma GEMM needs a plan with work items of ",
              kTileTokens, " rows, got item_rows=", plan.item_rows);

@@ -46,7 +46,7 @@ struct BlockTile {
 
 // One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per warp in flight),
 // then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*32 uint4 (warp tiles).
-template <bool kFp8, int NT, int U, bool kWarpTiles>
+template <bool kFp8, int NT, int U, bool kWarpTiles, bool kActEpilogue>
 __device__ __forceinline__ void gemm_pass(const SmallMGemm& g, const BlockTile& b, int64_t tb, float* partial_raw,
                                           uint4* xs_raw) {
   constexpr int kElemBytes = kFp8 ? 1 : 2;
@@ -154,11 +154,11 @@ __device__ __forceinline__ void gemm_pass(const SmallMGemm& g, const BlockTile& 
   }
   pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   if constexpr (kWarpTiles) {  // each warp writes its own rows
-    store_small_m_tile<NT>(acc, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+    store_small_m_tile<NT, kActEpilogue>(acc, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
   } else {  // split-k reduction in warp order, then warp 0 writes bf16 rows
     float sum[NT][4];
     split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
-    if (warp == 0) store_small_m_tile<NT>(sum, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+    if (warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
   }
 }
 
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   b.n0 = (int64_t(blockIdx.x) * (kWarpTiles ? kWarps : 1) + (kWarpTiles ? b.warp : 0)) * kRowsPerBlock;
   b.num_chunks = b.K / kChunk, b.num_groups = b.num_chunks / (kFp8 ? 2 : 1), b.kg_count = b.K / 128;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + (e * b.N) * b.K * kElemBytes;
-  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
+  tile_weight_rows<kHasActEpilogue<kMaxNT>>(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
   b.w_row0 = w + b.wr0 * b.K * kElemBytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * b.K * kElemBytes + b.cq * 16;
   b.x = static_cast<const uint8_t*>(g.x);
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
-    gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles>(g, b, tb, partial, xs);
+    gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles, kHasActEpilogue<kMaxNT>>(g, b, tb, partial, xs);
   });
 }
 
@@ -240,6 +240,8 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
   FMOE_CHECK(!(fp8 && g.act_epilogue), "the small-M GEMM has no activation epilogue for fp8 (the activation "
              "re-quantizes)");
+  FMOE_CHECK(!g.act_epilogue || tile_tokens == kActEpilogueTileTokens, "the small-M GEMM has its activation epilogue "
+             "in the kernels of ", kActEpilogueTileTokens, "-token tiles alone, got tile_tokens=", tile_tokens);
   FMOE_CHECK(!g.act_epilogue || !g.act.is_gated() || g.N % 2 == 0, "the gated small-M GEMM1 needs an even N, got N=",
              g.N);
   switch (g.weights) {

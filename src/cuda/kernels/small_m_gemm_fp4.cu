@@ -90,7 +90,7 @@ struct Fp4BlockTile {
 // One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight),
 // then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp
 // tiles: kBlockWarps = 4, 8 or 16 warps of 16 rows each).
-template <bool kNv, int NT, int U, bool kSplitK, int kBlockWarps>
+template <bool kNv, int NT, int U, bool kSplitK, int kBlockWarps, bool kActEpilogue>
 __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb, float* partial_raw,
                                          uint4* xs_raw) {
   constexpr int kGroup = kNv ? 16 : 32;
@@ -212,7 +212,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 #pragma unroll
       for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
   }
-  if (!kSplitK || warp == 0) store_small_m_tile<NT>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+  if (!kSplitK || warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
 }
 
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kBlockWarps + b.warp) * kRowsPerBlock;
   const int64_t row_bytes = b.K / 2;
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
-  tile_weight_rows(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
+  tile_weight_rows<kHasActEpilogue<kMaxNT>>(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
   b.w_row0 = w + b.wr0 * row_bytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * row_bytes + b.cq * 16;
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
-    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps>(g, b, tb, partial, xs);
+    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps, kHasActEpilogue<kMaxNT>>(g, b, tb, partial, xs);
   });
 }
 
