@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "cuda_test_util.h"
+#include "cuda/kernels/kernels.h"
 
 namespace fusedmoe::test {
 namespace {
@@ -329,9 +330,9 @@ TEST(CudaExperts, GatedGemm1EqualsUnfused) {
 
 // The small-M GEMM1 with the activation in its epilogue (FUSEDMOE_SMALL_M_ACT_EPILOGUE, on by default)
 // writes the h2 of GEMM1 + the activation kernel bit for bit: bf16 and both fp4 formats, [gate | up] and
-// swiglu-oai's interleaved rows and relu2, with and without w13 biases, split-k and warp tiles (70 tokens: several
-// 8-row items an expert) and I = 192 (not a multiple of 128: GEMM2's last fp4 chunk is partial). The epilogue is in
-// the kernels of 8-token tiles alone (kActEpilogueTileTokens); larger tiles run GEMM1, then the activation.
+// swiglu-oai's interleaved rows and relu2, with and without w13 biases, 5 tokens (an 8-row item an expert) and
+// 70 (several), and I = 192 (not a multiple of 128: GEMM2's last fp4 chunk is partial). The epilogue is in the
+// split-k kernels of 8-token tiles alone (kActEpilogueTileTokens); the others run GEMM1, then the activation.
 TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -340,15 +341,14 @@ TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
     for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai,
                                ActivationKind::relu2})
       for (bool bias : {false, true})
-        for (bool warp_tiles : {false, true}) {
+        for (int64_t M : {5, 70}) {
           SCOPED_TRACE(std::string(quant_scheme_name(q)) + " " + activation_name(act) + (bias ? " bias" : "") +
-                       (warp_tiles ? " warp tiles" : " split-k"));
+                       " M=" + std::to_string(M));
           MoEConfig c = small_config(q, 6, 256, 192, 2);
           c.activation.kind = act;
-          const int64_t M = warp_tiles ? 70 : 5;
           const Problem p = make_problem(c, M, seed + M + (bias ? 1 : 0), bias);
           const GpuProblem g = to_gpu(p);
-          const ForcePath force(true, 8, 0, warp_tiles);
+          const ForcePath force(true, cuda::kActEpilogueTileTokens, 0, false);
           const auto run_with = [&](const char* on) {
             const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
             return run_cuda_apply(g, M);

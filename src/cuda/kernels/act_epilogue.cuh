@@ -18,11 +18,13 @@
 
 namespace fusedmoe::cuda {
 
-// The kernels that carry the epilogue: those of 8-token tiles alone (kMaxNT 1, up to 6 rows an expert,
-// where the activation launch is a tenth of a decode step). The larger tiles' kernels compile without
-// it and stay as they were: with it, some fp4 variants spilled 8-28 bytes more (ptxas).
-template <int kMaxNT>
-constexpr bool kHasActEpilogue = kMaxNT * 8 == kActEpilogueTileTokens;
+// The kernels that carry the epilogue: the split-k ones of 8-token tiles (kMaxNT 1: up to 6 rows an
+// expert, where the heuristic takes split-k blocks below 16 routed rows and for bf16 weights). The other
+// kernels compile without it and stay as they were: with it, some fp4 variants spilled 8-28 bytes more
+// (ptxas) and the fp4 warp-tile kernel of 8-token tiles ran 1-2% slower at 16-64 tokens, epilogue on or
+// off (qwen3-nvfp4, H200).
+template <int kMaxNT, bool kSplitK>
+constexpr bool kHasActEpilogue = kMaxNT * 8 == kActEpilogueTileTokens && kSplitK;
 
 // Activation::is_gated on the device (the public header's member is host code).
 __device__ __forceinline__ bool gated_kind(ActivationKind kind) { return kind != ActivationKind::relu2; }

@@ -131,13 +131,13 @@ struct SmallMGemm {
   int64_t N, K;
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
-  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, 8-token tiles): y is h2. A
+  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles): y is h2. A
   // gated activation pairs rows — a tile's rows gq and gq + 8 are the gate and up rows of h2 column
   // n0 / 2 + gq, h2 [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh).
   bool act_epilogue = false;
   Activation act{};
 };
-// The token tile whose small-M kernels carry the activation epilogue (act_epilogue.cuh).
+// The token tile whose split-k small-M kernels carry the activation epilogue (act_epilogue.cuh).
 inline constexpr int kActEpilogueTileTokens = 8;
 // A block row per work item of the plan (plan.item_rows == tile_tokens): plan.item_grid rows.
 void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
