@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Same-run A/B of fusedmoe libraries and environment switches on one GPU.
 
-Usage: bench/ab.py OUT ROUNDS SPEC [SPEC ...] -- GPU_BENCH_ARGS
+Usage: bench/ab.py OUT ROUNDS SPEC [SPEC ...] -- [--monolithic] GPU_BENCH_ARGS
   SPEC: label=path/to/libfusedmoe_c.so[:NAME=VALUE,...]  (environment of that library's runs)
+  --monolithic: time the monolithic forward too (rows "MODEL mono"; the runs then also time the
+  torch baselines, so they take longer)
 Runs `bench/gpu_bench.py --modular-only` once per spec per round, in alternation (so drift in clocks
 and temperature hits every spec alike), keeps each point's lowest median over the rounds, and prints
 µs per spec and the ratio to the first spec (> 1: faster than the first). With two rounds or more it
@@ -19,6 +21,8 @@ def main():
     out, rounds, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     split = rest.index("--") if "--" in rest else len(rest)
     specs, bench_args = rest[:split], rest[split + 1:]
+    monolithic = "--monolithic" in bench_args
+    bench_args = [a for a in bench_args if a != "--monolithic"]
     runs = []
     for spec in specs:
         label, _, target = spec.partition("=")
@@ -30,8 +34,8 @@ def main():
     for r in range(rounds):
         for label, lib, env in runs:
             dest = os.path.join(out, f"{label}-{r}")
-            cmd = [sys.executable, os.path.join(here, "gpu_bench.py"), "--lib", lib, "--out", dest, "--no-loop",
-                   "--modular-only"] + bench_args
+            cmd = [sys.executable, os.path.join(here, "gpu_bench.py"), "--lib", lib, "--out", dest, "--no-loop"] + (
+                [] if monolithic else ["--modular-only"]) + bench_args
             print(f"# round {r} {label}: {' '.join(cmd)} env {env}", flush=True)
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=590)
             if proc.returncode:
@@ -42,6 +46,9 @@ def main():
                     with open(os.path.join(dest, name)) as f:
                         for row in json.load(f)["results"]:
                             seen.setdefault((label, row["model"], row["tokens"]), []).append(row["fusedmoe_us"])
+                            if monolithic and "fusedmoe_mono_us" in row:
+                                seen.setdefault((label, row["model"] + " mono", row["tokens"]), []).append(
+                                    row["fusedmoe_mono_us"])
     best = {key: min(v) for key, v in seen.items()}
     spread = {key: max(v) / min(v) - 1 for key, v in seen.items()}
     points = sorted({(m, t) for (_, m, t) in best}, key=lambda p: (p[0], p[1]))

@@ -21,7 +21,7 @@ namespace fusedmoe::cuda {
 namespace {
 
 template <int J, class T, int kThreads>
-__global__ void __launch_bounds__(kThreads) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
+__global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
                                                               const int32_t* expert_map, int num_local,
                                                               int32_t* ids, float* weights, RowPlan plan,
                                                               int32_t* zero, int64_t n_zero) {
