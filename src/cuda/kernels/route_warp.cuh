@@ -90,39 +90,14 @@ __device__ inline int slot_expert(int j) {
   return static_cast<int>(threadIdx.x & 31) * J + j;
 }
 
-// Sorts a lane's J keys, largest first (a bitonic network: J log2(J)^2 / 4 compare-exchanges, all
-// on registers since every index is a compile-time constant).
-template <int J>
-__device__ inline void sort_keys_descending(uint64_t (&key)[J]) {
-#pragma unroll
-  for (int size = 2; size <= J; size <<= 1)
-#pragma unroll
-    for (int stride = size / 2; stride > 0; stride >>= 1)
-#pragma unroll
-      for (int i = 0; i < J; ++i) {
-        const int l = i ^ stride;
-        if (l < i) continue;
-        const bool descending = (i & size) == 0 || size == J;
-        const uint64_t a = key[i], b = key[l];
-        const bool swap = descending ? a < b : a > b;
-        key[i] = swap ? b : a;
-        key[l] = swap ? a : b;
-      }
-}
-
 // Picks the k best of v among the eligible experts (eligible(j): this lane's slot j, expert
 // slot_expert<J>(j)); lane r < k receives pick r in (id, value) and also[] of the pick in my_also
-// (the pick's weight when it is chosen on other scores). Each round is one warp max over the lanes'
-// best keys. Up to 8 keys a lane, the lane sorts them once and a round looks at its first key only:
-// the lane that held the pick shifts its list by one (deepseek-v3's 8 picks over 8 keys a lane:
-// about 280 fewer instructions than a max over the keys and a compare with each every round). Past
-// 8 keys a round takes the max of the lane's keys and drops the pick by comparing keys. also[] is
-// fetched once, after the rounds, from the lane that held the pick.
+// (the pick's weight when it is chosen on other scores). Each round is a max over this lane's keys
+// and one warp max; the lane that held the pick drops it and hands out its also[].
 template <int J, class Eligible>
 __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
                                         float& my_value, const float (&also)[J], float& my_also) {
   static_assert((J & (J - 1)) == 0, "J is a power of two");
-  constexpr bool kSorted = J <= 8;
   const int lane = threadIdx.x & 31;
   uint64_t key[J];
 #pragma unroll
@@ -130,40 +105,28 @@ __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, in
     const int e = slot_expert<J>(j);
     key[j] = e < num_experts && eligible(j) ? rank_key(v[j], e) : 0;
   }
-  if constexpr (kSorted) sort_keys_descending(key);
   my_id = -1;
-  my_value = 0.0f;
+  my_value = my_also = 0.0f;
   for (int r = 0; r < k; ++r) {
-    uint64_t best = key[0];
-    if constexpr (!kSorted) {
+    uint64_t best = 0;
 #pragma unroll
-      for (int j = 1; j < J; ++j) best = key[j] > best ? key[j] : best;
-    }
+    for (int j = 0; j < J; ++j) best = key[j] > best ? key[j] : best;
     best = warp_max_key(best);
     if (best == 0) break;
-    if constexpr (kSorted) {
-      if (key[0] == best) {  // keys are unique: this lane held the pick
+    const int e = key_expert(best);
+    float held = 0.0f;
 #pragma unroll
-        for (int j = 0; j + 1 < J; ++j) key[j] = key[j + 1];
-        key[J - 1] = 0;
+    for (int j = 0; j < J; ++j)
+      if (key[j] == best) {  // keys are unique: this is the pick (a test on j would become a local array)
+        key[j] = 0;
+        held = also[j];
       }
-    } else {
-#pragma unroll
-      for (int j = 0; j < J; ++j)
-        if (key[j] == best) key[j] = 0;  // a test on j instead would make key a local-memory array
-    }
+    held = __shfl_sync(kFullMask, held, e / J);
     if (lane == r) {
-      my_id = key_expert(best);
+      my_id = e;
       my_value = key_value(best);
+      my_also = held;
     }
-  }
-  // also[] of this lane's pick, from the lane that held it (slot my_id % J there).
-  const int holder = my_id >= 0 ? my_id / J : lane, slot = my_id >= 0 ? my_id % J : -1;
-  my_also = 0.0f;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const float x = __shfl_sync(kFullMask, also[j], holder);
-    if (slot == j) my_also = x;
   }
 }
 
