@@ -68,23 +68,12 @@ __device__ __forceinline__ void store_gated_tile(const float (&sum)[NT][4], floa
     }
 }
 
-// relu2: h2[(off + m) * N + n] = bf16(relu2(bf16(value))) for store_tile's fragments.
-template <int NT>
-__device__ __forceinline__ void store_relu2_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
-                                              int64_t n0, int64_t tb, int64_t count, int64_t off) {
-  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
-      const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
-      if (m >= count || n >= g.N) continue;
-      const float v = __bfloat162float(
-          __float2bfloat16_rn(tile_value(sum[t][i], scale, g.bias ? g.bias + e * g.N + n : nullptr)));
-      g.y[(off + m) * g.N + n] = __float2bfloat16_rn(relu2_activation(v));
-    }
-}
+// relu2: h2[(off + m) * N + n] = bf16(relu2(bf16(value))), store_tile's fragments and rows.
+struct Relu2OfBf16 {
+  __device__ __nv_bfloat16 operator()(float v) const {
+    return __float2bfloat16_rn(relu2_activation(__bfloat162float(__float2bfloat16_rn(v))));
+  }
+};
 
 // A small-M tile's epilogue: store_tile, or GEMM1's with the activation (kernels with kActEpilogue).
 template <int NT, bool kActEpilogue>
@@ -93,7 +82,7 @@ __device__ inline void store_small_m_tile(const float (&sum)[NT][4], float scale
                                           int64_t off) {
   if (!kActEpilogue || !g.act_epilogue) store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y);
   else if (gated_kind(g.act.kind)) store_gated_tile<NT>(sum, scale, g, e, n0, wr0, wr1, tb, count, off);
-  else store_relu2_tile<NT>(sum, scale, g, e, n0, tb, count, off);
+  else store_tile<NT>(sum, scale, g.bias, e, g.N, n0, tb, count, off, g.y, Relu2OfBf16{});
 }
 
 }  // namespace fusedmoe::cuda

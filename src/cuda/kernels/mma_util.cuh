@@ -86,12 +86,18 @@ __device__ __forceinline__ float tile_value(float sum, float scale, const float*
   return bias ? __fmaf_rn(sum, scale, *bias) : __fmul_rn(sum, scale);
 }
 
-// Warp 0's epilogue of the small-M kernels: y[(off + m) * N + n] = bf16(sum * scale + bias[e, n]) for
+// The small-M epilogues' default output: the value rounded to bf16.
+struct RoundToBf16 {
+  __device__ __nv_bfloat16 operator()(float v) const { return __float2bfloat16_rn(v); }
+};
+
+// Warp 0's epilogue of the small-M kernels: y[(off + m) * N + n] = out(sum * scale + bias[e, n]) for
 // its C fragments (rows n = n0 + gq, + 8; tokens m = tb + 8t + 2cq, + 1) inside the expert's rows and N.
 // scale 1 (bf16, fp8) leaves the sum exact.
-template <int NT>
+template <int NT, class Out = RoundToBf16>
 __device__ inline void store_tile(const float (&sum)[NT][4], float scale, const float* bias, int64_t e, int64_t N,
-                                  int64_t n0, int64_t tb, int64_t count, int64_t off, __nv_bfloat16* y) {
+                                  int64_t n0, int64_t tb, int64_t count, int64_t off, __nv_bfloat16* y,
+                                  Out out = {}) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
 #pragma unroll
   for (int t = 0; t < NT; ++t)
@@ -100,7 +106,7 @@ __device__ inline void store_tile(const float (&sum)[NT][4], float scale, const 
       const int64_t n = n0 + gq + (i >= 2 ? 8 : 0);
       const int64_t m = tb + t * 8 + 2 * cq + (i & 1);
       if (m < count && n < N)
-        y[(off + m) * N + n] = __float2bfloat16_rn(tile_value(sum[t][i], scale, bias ? bias + e * N + n : nullptr));
+        y[(off + m) * N + n] = out(tile_value(sum[t][i], scale, bias ? bias + e * N + n : nullptr));
     }
 }
 
