@@ -266,7 +266,8 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
-    g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;  // writes h2
+    // GEMM1 writes h2 itself where its kernel carries the activation epilogue (act_epilogue.cuh).
+    g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     launch_small_m_gemm(g1, plan, path.tile_tokens, s);

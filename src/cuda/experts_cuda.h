@@ -87,7 +87,7 @@ class CudaExperts final : public ModularExperts {
   int gated_gemm1_ = 0;
   Buffer w13_blocked_;
   // The small-M path's GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue): bf16 and
-  // fp4 weights, below the fp4 wgmma tile; FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
+  // fp4 weights, split-k 8-token tiles; FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
   bool small_m_act_epilogue_ = false;
 };
 

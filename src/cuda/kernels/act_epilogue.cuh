@@ -48,9 +48,9 @@ __device__ inline void tile_weight_rows(const SmallMGemm& g, int64_t n0, int gq,
 // (__noinline__) it took the addresses of g and sum, which gave every small-M kernel a 128-208 byte
 // stack frame and made them 5-20% slower at decode on H200 even with the epilogue off.
 template <int NT>
-__device__ __forceinline__ void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g, int64_t e,
-                                        int64_t n0, int64_t wr0, int64_t wr1, int64_t tb, int64_t count,
-                                        int64_t off) {
+__device__ __forceinline__ void store_gated_tile(const float (&sum)[NT][4], float scale, const SmallMGemm& g,
+                                                 int64_t e, int64_t n0, int64_t wr0, int64_t wr1, int64_t tb,
+                                                 int64_t count, int64_t off) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   const int64_t I = g.N / 2, j = n0 / 2 + gq;
   if (j >= I) return;

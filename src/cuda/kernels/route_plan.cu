@@ -22,9 +22,9 @@ namespace {
 
 template <int J, class T, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
-                                                              const int32_t* expert_map, int num_local,
-                                                              int32_t* ids, float* weights, RowPlan plan,
-                                                              int32_t* zero, int64_t n_zero) {
+                                                                 const int32_t* expert_map, int num_local,
+                                                                 int32_t* ids, float* weights, RowPlan plan,
+                                                                 int32_t* zero, int64_t n_zero) {
   constexpr int kWarps = kThreads / 32;
   __shared__ float group_scores[kWarps][kMaxExpertGroups];
   const int warp = threadIdx.x >> 5;

@@ -201,7 +201,8 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   b.n0 = (int64_t(blockIdx.x) * (kWarpTiles ? kWarps : 1) + (kWarpTiles ? b.warp : 0)) * kRowsPerBlock;
   b.num_chunks = b.K / kChunk, b.num_groups = b.num_chunks / (kFp8 ? 2 : 1), b.kg_count = b.K / 128;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + (e * b.N) * b.K * kElemBytes;
-  tile_weight_rows<kHasActEpilogue<kMaxNT, !kWarpTiles>>(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
+  constexpr bool kAct = kHasActEpilogue<kMaxNT, !kWarpTiles>;
+  tile_weight_rows<kAct>(g, b.n0, b.gq, b.wr0, b.wr1);  // with a gated epilogue: a gate row and its up row
   b.w_row0 = w + b.wr0 * b.K * kElemBytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * b.K * kElemBytes + b.cq * 16;
   b.x = static_cast<const uint8_t*>(g.x);
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
-    gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles, kHasActEpilogue<kMaxNT, !kWarpTiles>>(g, b, tb, partial, xs);
+    gemm_pass<kFp8, decltype(nt)::value, kU<decltype(nt)::value>, kWarpTiles, kAct>(g, b, tb, partial, xs);
   });
 }
 
@@ -240,9 +241,9 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
   FMOE_CHECK(!(fp8 && g.act_epilogue), "the small-M GEMM has no activation epilogue for fp8 (the activation "
              "re-quantizes)");
-  FMOE_CHECK(!g.act_epilogue || (tile_tokens == kActEpilogueTileTokens && !g.warp_tiles), "the small-M GEMM has its "
-             "activation epilogue in the split-k kernels of ", kActEpilogueTileTokens, "-token tiles alone, got tile_tokens=",
-             tile_tokens, g.warp_tiles ? " with warp tiles" : "");
+  FMOE_CHECK(!g.act_epilogue || (tile_tokens == kActEpilogueTileTokens && !g.warp_tiles),
+             "the small-M GEMM has its activation epilogue in the split-k kernels of ", kActEpilogueTileTokens,
+             "-token tiles alone, got tile_tokens=", tile_tokens, g.warp_tiles ? " with warp tiles" : "");
   FMOE_CHECK(!g.act_epilogue || !g.act.is_gated() || g.N % 2 == 0, "the gated small-M GEMM1 needs an even N, got N=",
              g.N);
   switch (g.weights) {

@@ -212,7 +212,8 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 #pragma unroll
       for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
   }
-  if (!kSplitK || warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+  if (!kSplitK || warp == 0)
+    store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
 }
 
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
@@ -246,7 +247,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   b.n0 = kSplitK ? int64_t(blockIdx.x) * kRowsPerBlock : (int64_t(blockIdx.x) * kBlockWarps + b.warp) * kRowsPerBlock;
   const int64_t row_bytes = b.K / 2;
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
-  tile_weight_rows<kHasActEpilogue<kMaxNT, kSplitK>>(g, b.n0, b.gq, b.wr0, b.wr1);  // a gated activation's epilogue: a gate row and its up row
+  constexpr bool kAct = kHasActEpilogue<kMaxNT, kSplitK>;
+  tile_weight_rows<kAct>(g, b.n0, b.gq, b.wr0, b.wr1);  // with a gated epilogue: a gate row and its up row
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
   b.w_row0 = w + b.wr0 * row_bytes + b.cq * 16;
   b.w_row1 = w + b.wr1 * row_bytes + b.cq * 16;
@@ -258,7 +260,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
-    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps, kHasActEpilogue<kMaxNT, kSplitK>>(g, b, tb, partial, xs);
+    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps, kAct>(g, b, tb, partial, xs);
   });
 }
 
