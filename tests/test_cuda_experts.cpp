@@ -106,11 +106,17 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
   EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert
-  EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128));     // monolithic bf16 decode: the fused kernel
-  EXPECT_TRUE(cuda::choose_fused_decode(16, 2, 8));      // mixtral at 16: 4 rows per expert
-  EXPECT_FALSE(cuda::choose_fused_decode(16, 8, 8));     // 16 rows per expert: grouped GEMM
-  EXPECT_FALSE(cuda::choose_fused_decode(17, 8, 1024));  // above the fused kernel's range
-  EXPECT_FALSE(cuda::choose_fused_decode(16, 4, 8));     // 8 rows per expert: modular takes warp tiles
+  EXPECT_FALSE(cuda::choose_fused_decode(1, 8, 128, false));  // the fused decode kernel is opt-in
+  EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128, true));    // monolithic bf16 decode: the fused kernel
+  EXPECT_TRUE(cuda::choose_fused_decode(8, 2, 8, true));      // mixtral at 8: 2 rows per expert
+  EXPECT_FALSE(cuda::choose_fused_decode(16, 2, 8, true));    // above the fused kernel's range (8 tokens)
+  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 4, true));     // 16 rows per expert: grouped GEMM
+  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 8, true));     // 8 rows per expert: modular takes warp tiles
+  EXPECT_TRUE(cuda::choose_route_plan_kernel(1, 8, 256, 256));     // deepseek-v3 at 1 token: one launch
+  EXPECT_TRUE(cuda::choose_route_plan_kernel(8, 8, 128, 128));     // qwen3 at 8: a warp per token
+  EXPECT_FALSE(cuda::choose_route_plan_kernel(9, 8, 128, 128));    // 9 tokens: the router and plan kernels
+  EXPECT_FALSE(cuda::choose_route_plan_kernel(1, 8, 300, 300));    // more experts than route+plan takes
+  EXPECT_FALSE(cuda::choose_route_plan_kernel(1, 4, 512, 256));    // more local experts than 256 threads
   const int64_t mib = int64_t(1) << 20;
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 31);     // gpt-oss-120b's w13: 1 GiB / 33 MiB
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(6 * mib, 128), 128);     // qwen3-nvfp4's w13: every expert

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "cuda/kernels/kernels.h"
 #include "fusedmoe/error.h"
 
 namespace fusedmoe::cuda {
@@ -67,10 +68,16 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   return path;
 }
 
-bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts) {
+bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, bool opted_in) {
   if (g_overridden) return g_override.fused_decode;
+  if (!opted_in) return false;
   const ExpertsPath modular = choose_experts_path(num_tokens, top_k, num_local_experts, QuantScheme::bf16);
   return num_tokens <= kMaxFusedDecodeTokens && modular.small_m && !modular.warp_tiles;
+}
+
+bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts) {
+  return num_tokens >= 1 && num_experts <= kMaxRoutePlanExperts &&
+         route_plan_small_block(num_tokens, top_k, num_local_experts);
 }
 
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {

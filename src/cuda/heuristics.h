@@ -24,13 +24,22 @@ struct ExpertsPath {
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16);
 
-// The monolithic experts of a scheme the fused decode kernel runs (bf16): that kernel for decode
-// batches (up to kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M
-// kernel with split-k blocks (its tiles and order of k are the same, so monolithic equals modular
-// bit for bit), the chain of kernels otherwise. Measured on H200: 1.06-1.13x
-// the chain at 1 token (qwen3-30b-a3b, mixtral), within 3% at 16, 0.95x on qwen3 at 64.
-inline constexpr int64_t kMaxFusedDecodeTokens = 16;
-bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts);
+// The monolithic experts of a scheme the fused decode kernel runs (bf16), when opted in
+// (FUSEDMOE_FUSED_DECODE=1, read when the experts are built): that kernel for decode batches (up to
+// kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M kernel with split-k
+// blocks (its tiles and order of k are the same, so monolithic equals modular bit for bit), the chain
+// of kernels otherwise. Off by default: 1.06-1.13x the chain at 1 token in session 10, but the chain
+// has since caught up and passed it (H200, session 22, same run: qwen3-30b-a3b 0.96-0.98x the chain at
+// 1-8 tokens, mixtral-8x7b 1.00x at 1-4 and 0.99x at 8). A forced path (tests) overrides both.
+inline constexpr int64_t kMaxFusedDecodeTokens = 8;
+bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, bool opted_in);
+
+// The monolithic chain's routing: route+plan in one launch (launch_route_plan) where its 256-thread
+// block covers the batch — a warp per token, a thread per local expert and slot: up to 8 tokens —, the
+// router and plan kernels otherwise, as the modular experts run them: route+plan's 1024-thread block was
+// 0.4-6.5% slower than those two at 16 and 64 tokens (H200, session 21); the switch made the monolithic
+// forward 1.004-1.059x faster at 64 tokens, within 0.5% of the modular one at 16 and 64 (session 22).
+bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts);
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
 // expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 1 GiB scratch

@@ -1,13 +1,13 @@
-// CUDA monolithic experts: router logits in, the layer's output out. bf16 decode batches (up to
-// kMaxFusedDecodeTokens tokens) run two launches: route+plan, then the fused decode kernel
-// (decode_fused.cu: both GEMMs, the activation and the weighted reduce). Everything else runs a
-// short chain on the current stream: route+plan in one single-block kernel (decode sizes; the
-// route and plan kernels above kMaxRoutePlanTokens tokens, 1024 local experts or
-// kMaxRoutePlanExperts experts), the input quantization (fp8-block), the modular experts' GEMM
-// pipeline on that plan, and the weighted top-k reduce straight into the output. Routing runs
-// route_token_warp, the modular router's device code, so the two paths pick the same experts and
-// give the same bits.
+// CUDA monolithic experts: router logits in, the layer's output out, as a short chain on the current
+// stream: route+plan in one single-block kernel where its small block covers the batch
+// (choose_route_plan_kernel: up to 8 tokens; the route and plan kernels above), the input
+// quantization (fp8-block), the modular experts' GEMM pipeline on that plan, and the weighted top-k
+// reduce straight into the output. Opt-in (FUSEDMOE_FUSED_DECODE=1, choose_fused_decode): bf16 decode
+// batches of up to kMaxFusedDecodeTokens tokens in two launches, route+plan and the fused decode kernel
+// (decode_fused.cu: both GEMMs, the activation and the weighted reduce). Routing runs route_token_warp,
+// the modular router's device code, so the two paths pick the same experts and give the same bits.
 #include <algorithm>
+#include <cstdlib>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"
@@ -30,6 +30,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     if (config.routing.correction_bias.defined())
       FMOE_CHECK(config.routing.correction_bias.device() == experts_.device(), "routing.correction_bias must be on ",
                  experts_.device().str(), " with the weights, got ", config.routing.correction_bias.describe());
+    const char* fused = std::getenv("FUSEDMOE_FUSED_DECODE");
+    fused_decode_opted_in_ = fused && fused[0] == '1';
     fused_decode_supported_ = config.quant == QuantScheme::bf16 && config.hidden_size % 32 == 0 &&
                               config.intermediate_size % 32 == 0 && config.routing.top_k <= 32 &&
                               experts_.num_local() <= 1024 && config.num_experts <= kMaxRoutePlanExperts;
@@ -60,11 +62,12 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     const RoutingParams params = make_routing_params(config_.routing, config_.num_experts);
     const bool bf16_logits = router_logits.dtype() == DType::bf16;
     const int num_local = static_cast<int>(experts_.num_local());
-    if (fused_decode_supported_ && M <= kMaxRoutePlanTokens && choose_fused_decode(M, static_cast<int>(k), num_local)) {
+    if (fused_decode_supported_ && M <= kMaxRoutePlanTokens &&
+        choose_fused_decode(M, static_cast<int>(k), num_local, fused_decode_opted_in_)) {
       run_fused_decode(hidden, router_logits, output, ids, weights, planned, params, ws);
       return;
     }
-    if (M <= kMaxRoutePlanTokens && num_local <= 1024 && config_.num_experts <= kMaxRoutePlanExperts) {
+    if (choose_route_plan_kernel(M, static_cast<int>(k), num_local, static_cast<int>(config_.num_experts))) {
       launch_route_plan(params, router_logits.data(), bf16_logits, M, experts_.device_expert_map(), num_local,
                         ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s);
     } else {
@@ -128,6 +131,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
   MoEConfig config_;
   CudaExperts experts_;
   bool fused_decode_supported_ = false;
+  bool fused_decode_opted_in_ = false;  // FUSEDMOE_FUSED_DECODE=1
 };
 
 }  // namespace

@@ -85,6 +85,11 @@ void launch_batched_plan(const int32_t* expert_num_tokens, int num_local, int64_
 // num_experts <= kMaxRoutePlanExperts.
 inline constexpr int64_t kMaxRoutePlanTokens = 256;
 inline constexpr int kMaxRoutePlanExperts = 256;
+// Whether route+plan runs its 256-thread block (a warp per token, a thread per local expert and per
+// slot) rather than its 1024-thread one.
+inline constexpr bool route_plan_small_block(int64_t M, int top_k, int64_t num_local) {
+  return num_local <= 256 && 32 * M <= 256 && M * top_k <= 256;
+}
 // zero (may be null): n_zero ints it sets to 0 first (the fused decode kernel's counters).
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,

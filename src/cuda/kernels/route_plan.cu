@@ -8,7 +8,6 @@
 // route_token_warp is large, so only the common ones are compiled here). Host-checked.
 #include <cuda_bf16.h>
 
-#include <algorithm>
 #include <type_traits>
 
 #include "cuda/cuda_util.h"
@@ -42,7 +41,7 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
   const int E = p.num_experts;
   // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
   // token (a warp each) and slot a thread, else 1024.
-  const bool small = std::max<int64_t>({int64_t(num_local), 32 * M, M * p.top_k}) <= 256;
+  const bool small = route_plan_small_block(M, p.top_k, num_local);
   auto go = [&](auto j) {
     constexpr int J = decltype(j)::value;
     const auto kernel = small ? route_plan_kernel<J, T, 256> : route_plan_kernel<J, T, kPlanThreads>;
