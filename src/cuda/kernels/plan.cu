@@ -54,11 +54,14 @@ __global__ void __launch_bounds__(kChunkThreads)
   pdl_launch_dependents();
 }
 
-// Sum over chunks [0, n) of chunk_counts[c][e]; the loads are independent, 8 in flight.
+// Sum over chunks [0, n) of chunk_counts[c][e]; the loads are independent, 8 in flight. The counts are
+// the previous kernel's output: ld.global.cg, not __ldg — the compiler may move an ld.global.nc whose
+// address does not depend on a read after pdl_wait above the wait (it did so in a small-M variant,
+// session 22), and these addresses depend on nothing read.
 __device__ inline int sum_chunks(const int32_t* chunk_counts, int64_t n, int num_local, int e) {
   int sum = 0;
 #pragma unroll 8
-  for (int64_t c = 0; c < n; ++c) sum += __ldg(chunk_counts + c * num_local + e);
+  for (int64_t c = 0; c < n; ++c) sum += __ldcg(chunk_counts + c * num_local + e);
   return sum;
 }
 
