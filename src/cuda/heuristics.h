@@ -38,7 +38,7 @@ bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_expert
 // block covers the batch — a warp per token, a thread per local expert and slot: up to 8 tokens —, the
 // router and plan kernels otherwise, as the modular experts run them: route+plan's 1024-thread block was
 // 0.4-6.5% slower than those two at 16 and 64 tokens (H200, session 21); the switch made the monolithic
-// forward 1.004-1.059x faster at 64 tokens, within 0.5% of the modular one at 16 and 64 (session 22).
+// forward 1.007-1.062x faster at 64 tokens and within 1% of the modular one at 16 and 64 (session 22).
 bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts);
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
