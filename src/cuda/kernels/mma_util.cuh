@@ -37,6 +37,14 @@ __device__ inline uint4 load_streaming(const void* p) {
   return v;
 }
 
+// A 16-byte read-only load through L1 (data the block's warps share), volatile: it stays where the code
+// puts it, ahead of the work that hides its latency.
+__device__ inline uint4 load_cached(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
 __device__ inline uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 // One 16-byte chunk of k for one token tile: 2 bf16 k16 steps or 2 e4m3 k32 steps. Lane

@@ -21,6 +21,9 @@
 // Measured (H200, bench/results): ncu showed the small tiles issue-bound (4 warps per scheduler, an
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
+// Split-k blocks (below 16 routed rows): 6 chunks of loads per lane, each chunk's X loaded ahead of its
+// dequantization, which runs a word at a time, interleaved with the mma (session 23: gpt-oss-120b 1.08-1.12x
+// at 1-3 tokens, bit-equal).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include "cuda/cuda_util.h"
@@ -37,31 +40,59 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
 
-// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, times the group scale
-// (nvfp4: times s 2^-8, see nv_multiplier). scale_bits: nvfp4 two e4m3 scales (bytes 0-7, bytes
-// 8-15), mxfp4 one ue8m0 scale. Called by whole warps (the mxfp4 branch on large scales is voted).
+// The multipliers of one lane's 32 packed values of a row (16 bytes, its share of a 128-value chunk), for
+// e2m1x8_bf16_times_2m126's output: lo for words 0-1, hi for words 2-3 (nvfp4: its two e4m3 group scales,
+// times 2^118 — the f32 global scale carries the other 2^8 —; mxfp4: the one ue8m0 scale, see
+// ue8m0_multiplier). big: an mxfp4 scale above 2 (not seen in checkpoints), whose lo and hi are 2^126 and
+// which takes a second multiply by big_multiplier. scale_bits: nvfp4 two bytes, mxfp4 one.
+struct Fp4Multipliers {
+  __nv_bfloat162 lo, hi;
+};
+template <bool kNv>
+__device__ inline Fp4Multipliers fp4_multipliers(uint32_t scale_bits, bool& big) {
+  big = false;
+  if constexpr (kNv) return {nv_multiplier(scale_bits & 0xff), nv_multiplier(scale_bits >> 8)};
+  const __nv_bfloat162 m = ue8m0_multiplier(scale_bits & 0xff, big);
+  return {m, m};
+}
+// The second multiply of a lane whose warp has a big mxfp4 scale: 2^(u-127) where the lane's is big, else 1.
+__device__ inline __nv_bfloat162 big_multiplier(uint32_t scale_bits, bool big) {
+  return big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits))) : __float2bfloat162_rn(1.0f);
+}
+
+// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, scaled (see Fp4Multipliers).
+// Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16 words, then
+// the mma (the per-word form below was 1-1.5% slower there at 16-64 tokens, H200, session 23).
 template <bool kNv>
 __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
-  __nv_bfloat162 m0, m1;
-  bool big = false;
-  if constexpr (kNv) {
-    m0 = nv_multiplier(scale_bits & 0xff);
-    m1 = nv_multiplier(scale_bits >> 8);
-  } else {
-    m0 = m1 = ue8m0_multiplier(scale_bits & 0xff, big);
-  }
+  bool big;
+  const Fp4Multipliers m = fp4_multipliers<kNv>(scale_bits, big);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     uint32_t p[4];
     e2m1x8_bf16_times_2m126(word(w, i), p);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) out[4 * i + q] = mul_bf16x2(p[q], i < 2 ? m0 : m1);
+    for (int q = 0; q < 4; ++q) out[4 * i + q] = mul_bf16x2(p[q], i < 2 ? m.lo : m.hi);
   }
-  if (!kNv && __any_sync(0xffffffffu, big)) {  // scales above 2 (not seen in checkpoints): times 2^(u-127)
-    const __nv_bfloat162 sc = big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits)))
-                                  : __float2bfloat162_rn(1.0f);
+  if (!kNv && __any_sync(0xffffffffu, big)) {
+    const __nv_bfloat162 sc = big_multiplier(scale_bits, big);
 #pragma unroll
     for (int j = 0; j < 16; ++j) out[j] = mul_bf16x2(out[j], sc);
+  }
+}
+
+// Word i (8 values) of a lane's 16 packed bytes -> 4 bf16x2 words, word q = values 2q, 2q+1, scaled; sc:
+// big_multiplier when the warp has a big scale (any_big), unused otherwise.
+// The split-k form: a word at a time, each word's two k16 steps of mma right after it, so that few dequantized
+// words are live and 6 chunks of loads fit in the registers (below).
+__device__ inline void dequant_word(uint32_t w, int i, const Fp4Multipliers& m, bool any_big, __nv_bfloat162 sc,
+                                    uint32_t (&out)[4]) {
+  uint32_t p[4];
+  e2m1x8_bf16_times_2m126(w, p);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    out[q] = mul_bf16x2(p[q], i < 2 ? m.lo : m.hi);
+    if (any_big) out[q] = mul_bf16x2(out[q], sc);
   }
 }
 
@@ -180,25 +211,47 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
     for (int u = 0; u < U; ++u) {
       const int64_t ch = ch0 + u * kChunkStride;
       if (ch >= num_chunks) continue;  // the same for the whole warp
-      uint32_t a[16], bw[16];
-      dequant32<kNv>(wa[u], sa[u], a);
-      dequant32<kNv>(wb[u], sb[u], bw);
+      // Split-k: this chunk's X first, by volatile loads that stay ahead of the dequantization, which hides
+      // their L1/L2 latency. As __ldg the compiler put them after it, just before the mma that waited on them:
+      // 1.07-1.08x at gpt-oss-120b's 1-3 tokens (H200, session 23; bit-equal).
+      if constexpr (kSplitK) {
+        uint4 xk[NT][4];
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        uint4 xv[4];
-        const bool ld = ok[u] && x_row[t];
+        for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if constexpr (kSplitK)
-            xv[j] = ld ? __ldg(reinterpret_cast<const uint4*>(x_row[t] + ch * 128 + cq * 32) + j)
-                       : make_uint4(0, 0, 0, 0);
-          else
-            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + gq * 4 + (kWholeSectors ? cq ^ j : cq)];
+          for (int j = 0; j < 4; ++j)
+            xk[t][j] = ok[u] && x_row[t] ? load_cached(x_row[t] + ch * 128 + cq * 32 + j * 8) : make_uint4(0, 0, 0, 0);
+        bool big_a, big_b;
+        const Fp4Multipliers ma = fp4_multipliers<kNv>(sa[u], big_a), mb = fp4_multipliers<kNv>(sb[u], big_b);
+        const bool any_big = !kNv && __any_sync(0xffffffffu, big_a || big_b);  // the same for the whole warp
+        __nv_bfloat162 sca{}, scb{};
+        if (any_big) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // word i of both rows: k16 steps 2i, 2i + 1 (each accumulator in k order)
+          uint32_t a[4], bw[4];
+          dequant_word(word(wa[u], i), i, ma, any_big, sca, a);
+          dequant_word(word(wb[u], i), i, mb, any_big, scb, bw);
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], xk[t][i].x, xk[t][i].y);
+            mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], xk[t][i].z, xk[t][i].w);
+          }
         }
+      } else {
+        uint32_t a[16], bw[16];
+        dequant32<kNv>(wa[u], sa[u], a);
+        dequant32<kNv>(wb[u], sb[u], bw);
 #pragma unroll
-        for (int st = 0; st < 8; ++st)
-          mma_bf16_16816(acc[t], a[2 * st], bw[2 * st], a[2 * st + 1], bw[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
-                         word(xv[st / 2], 2 * (st % 2) + 1));
+        for (int t = 0; t < NT; ++t) {
+          uint4 xv[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + gq * 4 + (kWholeSectors ? cq ^ j : cq)];
+#pragma unroll
+          for (int st = 0; st < 8; ++st)
+            mma_bf16_16816(acc[t], a[2 * st], bw[2 * st], a[2 * st + 1], bw[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
+                           word(xv[st / 2], 2 * (st % 2) + 1));
+        }
       }
     }
   }
@@ -219,9 +272,11 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
 // than U=1 at 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few
 // spilled registers. 64-token tiles (warp tiles only) take U=1: their staged X is then 32 KB, as the
-// 32-token tiles' at U=2.
-template <int NT>
-constexpr int kFp4U = NT == 1 ? 4 : NT == 8 ? 1 : 2;
+// 32-token tiles' at U=2. The split-k blocks of 8-token tiles take U=6 (a word-at-a-time dequantization
+// frees the registers, dequant_word): one round of loads per warp at K = 2880, where U=4 took two —
+// gpt-oss-120b 2.5% / 4% faster at 2 / 3 tokens than U=4 (H200, session 23).
+template <int NT, bool kSplitK>
+constexpr int kFp4U = NT == 1 ? (kSplitK ? 6 : 4) : NT == 8 ? 1 : 2;
 
 // kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds the
 // expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
@@ -230,7 +285,7 @@ template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
 __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
   constexpr int kGroup = kNv ? 16 : 32;
-  constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
+  constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
   __shared__ float partial[kSplitK ? kWarps * kMaxNT * 4 * 32 : 1];
   __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
 
@@ -260,7 +315,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
-    fp4_pass<kNv, decltype(nt)::value, kFp4U<decltype(nt)::value>, kSplitK, kBlockWarps, kAct>(g, b, tb, partial, xs);
+    constexpr int NT = decltype(nt)::value;
+    fp4_pass<kNv, NT, kFp4U<NT, kSplitK>, kSplitK, kBlockWarps, kAct>(g, b, tb, partial, xs);
   });
 }
 
