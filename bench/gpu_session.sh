@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [bits] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -197,6 +197,9 @@ except ValueError as e:
         step "bench_${lib%%/*}" 200 python3 bench/gpu_bench.py --lib "$BIN/$lib" --out "$OUT/${lib%%/*}" --no-loop \
           ${BENCH_ARGS:---models qwen3-30b-a3b,mixtral-8x7b,deepseek-v3 --tokens 1,16}
       done ;;
+    bits)  # output bits of $BIN/base/libfusedmoe_c.so against this tree's library (BITS_ARGS: bitcompare.py's options)
+      step bitcompare 300 python3 bench/bitcompare.py "$BIN/base/libfusedmoe_c.so" "$(find_bin libfusedmoe_c.so)" \
+        ${BITS_ARGS:-} ;;
     stalls)  # ncu warp-state and source stall sections of the kernels PROFILE_REGEX names (PROFILE as for profile)
       for mt in ${PROFILE:-qwen3-30b-a3b:1}; do
         step "stalls_${mt//:/_}" 200 ncu --clock-control none --launch-skip "${PROFILE_SKIP:-2}" --launch-count 1 \
@@ -210,5 +213,5 @@ except ValueError as e:
         --out "$OUT" --tag no-pdl --no-loop ${BENCH_ARGS:-} ;;
   esac
 done
-grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x|^(memcpy d2d|linear<|smallm<|rowrun<|bulk<)" "$log" | tail -70
+grep -E "^\[  (FAILED|PASSED) |^\[  FAILED  \]|ERROR SUMMARY|RACECHECK SUMMARY|^model|^#|^(mixtral|qwen3|deepseek|gpt-oss)-?[a-z0-9-]* +[0-9]|^fusedmoe-fuzz|passed, [0-9]+ failed|^FAIL|repro:|^[0-9]+ (passed|failed)|^(FAILED|ERROR) |: relative logits|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+|^fusedmoe-bench --ep|^\(CUDA graphs|^error path ok|^#[0-9]+ +0x|^(memcpy d2d|linear<|smallm<|rowrun<|bulk<)|^bit-equal$| cases differ$" "$log" | tail -70
 printf '%s\n' "${summary[@]}"
