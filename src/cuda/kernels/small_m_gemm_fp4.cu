@@ -22,7 +22,7 @@
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
 // Split-k blocks (below 16 routed rows): 6 chunks of loads per lane, each chunk's X loaded ahead of its
-// dequantization, which runs a word at a time, interleaved with the mma (session 23: gpt-oss-120b 1.08-1.12x
+// dequantization, which runs a word at a time, interleaved with the mma (session 23: gpt-oss-120b 1.05-1.12x
 // at 1-3 tokens, bit-equal).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
