@@ -60,31 +60,10 @@ __device__ inline __nv_bfloat162 big_multiplier(uint32_t scale_bits, bool big) {
   return big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits))) : __float2bfloat162_rn(1.0f);
 }
 
-// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, scaled (see Fp4Multipliers).
-// Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16 words, then
-// the mma (the per-word form below was 1-1.5% slower there at 16-64 tokens, H200, session 23).
-template <bool kNv>
-__device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
-  bool big;
-  const Fp4Multipliers m = fp4_multipliers<kNv>(scale_bits, big);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    uint32_t p[4];
-    e2m1x8_bf16_times_2m126(word(w, i), p);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) out[4 * i + q] = mul_bf16x2(p[q], i < 2 ? m.lo : m.hi);
-  }
-  if (!kNv && __any_sync(0xffffffffu, big)) {
-    const __nv_bfloat162 sc = big_multiplier(scale_bits, big);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) out[j] = mul_bf16x2(out[j], sc);
-  }
-}
-
 // Word i (8 values) of a lane's 16 packed bytes -> 4 bf16x2 words, word q = values 2q, 2q+1, scaled; sc:
 // big_multiplier when the warp has a big scale (any_big), unused otherwise.
-// The split-k form: a word at a time, each word's two k16 steps of mma right after it, so that few dequantized
-// words are live and 6 chunks of loads fit in the registers (below).
+// The split-k blocks call it a word at a time, each word's two k16 steps of mma right after it, so that few
+// dequantized words are live and 6 chunks of loads fit in the registers (below); dequant32 calls it 4 times.
 __device__ inline void dequant_word(uint32_t w, int i, const Fp4Multipliers& m, bool any_big, __nv_bfloat162 sc,
                                     uint32_t (&out)[4]) {
   uint32_t p[4];
@@ -93,6 +72,23 @@ __device__ inline void dequant_word(uint32_t w, int i, const Fp4Multipliers& m, 
   for (int q = 0; q < 4; ++q) {
     out[q] = mul_bf16x2(p[q], i < 2 ? m.lo : m.hi);
     if (any_big) out[q] = mul_bf16x2(out[q], sc);
+  }
+}
+
+// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, scaled (see Fp4Multipliers).
+// Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16 words, then
+// the mma (the per-word form above was 1-1.5% slower there at 16-64 tokens, H200, session 23).
+template <bool kNv>
+__device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
+  bool big;
+  const Fp4Multipliers m = fp4_multipliers<kNv>(scale_bits, big);
+#pragma unroll
+  for (int i = 0; i < 4; ++i)  // into out's words 4i..4i+3 in place (a copy through a local changed the SASS)
+    dequant_word(word(w, i), i, m, false, {}, *reinterpret_cast<uint32_t(*)[4]>(out + 4 * i));
+  if (!kNv && __any_sync(0xffffffffu, big)) {
+    const __nv_bfloat162 sc = big_multiplier(scale_bits, big);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) out[j] = mul_bf16x2(out[j], sc);
   }
 }
 
