@@ -46,6 +46,11 @@ constexpr int kThreads = 128 * (kConsumers + 1);  // + the producer warpgroup (t
 constexpr int kSlabRows = 64 * kConsumers;        // weight rows of a block per m64 tile of each consumer
 constexpr int kTileK = 64;                        // 2 chunks of 32 values, 4 k16 steps
 constexpr int kStages = 4;
+// Tiles ahead the producer loads its scale words (a ring of registers). Same-run A/B against 1, H200
+// (session 24, 2 rounds): 3 was 1.05x on gpt-oss-120b at 4096/8192 tokens, 1.02x on qwen3-nvfp4, within
+// +-1% at 1024/2048; 2 gained half as much (no spill), 4 less than 3 (132 bytes of spill stores). 3 spills
+// 28-32 bytes of the producer's registers to local memory (L1) and still ran fastest.
+constexpr int kScaleAhead = 3;
 constexpr int kTileTokens = 256;
 // An expert's last rows, up to kTailTokens past a full item of kTileTokens, are that item's block's tail:
 // m64n32 products on the same dequantized weights, instead of a block of their own that would dequantize
@@ -322,57 +327,66 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     if constexpr (kNv) return __ldg(reinterpret_cast<const uint32_t*>(s_row[j]) + kt);
     else return __ldg(reinterpret_cast<const uint16_t*>(s_row[j]) + kt);
   };
-  // Tile kt's multipliers are made from scale words loaded during tile kt - 1, before that tile's wait for
-  // its stage; the words of tile kt + 1 are loaded at once, before this tile's wait. (Loaded after the
+  // Tile kt's multipliers are made from scale words loaded kScaleAhead tiles earlier, into a ring of
+  // registers that the loop, unrolled kScaleAhead times, names statically (a move along the ring would wait
+  // for the load). A tile ahead was too short: the producer's use of the word held 10% of gpt-oss-120b
+  // GEMM1's stall samples at 8192 tokens, in the middle of its copies (ncu, H200). (Loaded after the
   // copies, they were used a few instructions later, and the producer waited for every load while the
   // consumers waited for the producer, H200.)
-  uint32_t sw[kT];
+  uint32_t sw[kScaleAhead][kT];
 #pragma unroll
-  for (int j = 0; j < kT; ++j) sw[j] = load_scale(j, 0);
+  for (int d = 0; d < kScaleAhead; ++d)
+#pragma unroll
+    for (int j = 0; j < kT; ++j) sw[d][j] = load_scale(j, min(d, num_kt - 1));
   int st = 0, prev_st = 0;
   uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
-  for (int kt = 0; kt < num_kt; ++kt) {
-    bool big = false;
-    uint2 m[kT];
+  for (int kt0 = 0; kt0 < num_kt; kt0 += kScaleAhead) {
 #pragma unroll
-    for (int j = 0; j < kT; ++j) {
-      bool row_big;
-      m[j] = tile_multipliers<kNv>(sw[j], row_big);
-      big |= row_big;
-      sw[j] = load_scale(j, min(kt + 1, num_kt - 1));
-    }
-    if (kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
-    uint8_t* xs = smem + st * kStageBytes;
-    uint8_t* ws = xs + S::kXBytes;
-    uint8_t* x_dst = xs + (p >> 2) * 128;
+    for (int d = 0; d < kScaleAhead; ++d) {
+      const int kt = kt0 + d;
+      if (kt >= num_kt) break;
+      bool big = false;
+      uint2 m[kT];
 #pragma unroll
-    for (int i = 0; i < kXRows; ++i) {
-      const bool ok = (x_ok >> i) & 1;
-      cp_async_16(x_dst + i * 32 * 128 + slot0, x_src[i], ok);
-      cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + 8, ok);
-      x_src[i] += kTileK;
-    }
+      for (int j = 0; j < kT; ++j) {
+        bool row_big;
+        m[j] = tile_multipliers<kNv>(sw[d][j], row_big);
+        big |= row_big;
+        sw[d][j] = load_scale(j, min(kt + kScaleAhead, num_kt - 1));
+      }
+      if (kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
+      uint8_t* xs = smem + st * kStageBytes;
+      uint8_t* ws = xs + S::kXBytes;
+      uint8_t* x_dst = xs + (p >> 2) * 128;
 #pragma unroll
-    for (int i = 0; i < kWCopies; ++i) {
-      cp_async_16(ws + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, w_src[i], (w_ok >> i) & 1);
-      w_src[i] += kTileK / 2;
-    }
+      for (int i = 0; i < kXRows; ++i) {
+        const bool ok = (x_ok >> i) & 1;
+        cp_async_16(x_dst + i * 32 * 128 + slot0, x_src[i], ok);
+        cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + 8, ok);
+        x_src[i] += kTileK;
+      }
 #pragma unroll
-    for (int j = 0; j < kT; ++j) reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m[j];
-    if constexpr (!kNv) {
-      const bool any = __any_sync(0xffffffffu, big);
-      if ((p & 31) == 0) flags[4 * st + (p >> 5)] = any;
-    }
-    cp_async_commit();
-    // Tile kt - 1 is complete once its copies have landed: they were issued a tile ago.
-    if (kt > 0) {
-      cp_async_wait_group<1>();
-      publish_stage(full + 8 * prev_st);
-    }
-    prev_st = st;
-    if (++st == kStages) {
-      st = 0;
-      empty_parity ^= 1;
+      for (int i = 0; i < kWCopies; ++i) {
+        cp_async_16(ws + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, w_src[i], (w_ok >> i) & 1);
+        w_src[i] += kTileK / 2;
+      }
+#pragma unroll
+      for (int j = 0; j < kT; ++j) reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m[j];
+      if constexpr (!kNv) {
+        const bool any = __any_sync(0xffffffffu, big);
+        if ((p & 31) == 0) flags[4 * st + (p >> 5)] = any;
+      }
+      cp_async_commit();
+      // Tile kt - 1 is complete once its copies have landed: they were issued a tile ago.
+      if (kt > 0) {
+        cp_async_wait_group<1>();
+        publish_stage(full + 8 * prev_st);
+      }
+      prev_st = st;
+      if (++st == kStages) {
+        st = 0;
+        empty_parity ^= 1;
+      }
     }
   }
   cp_async_wait_group<0>();
