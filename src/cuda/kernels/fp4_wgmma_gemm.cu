@@ -11,7 +11,8 @@
 // above, T = 1 and n = 256 (+ n = 32 for a tail).
 // - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
 //   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
-//   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes.
+//   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes
+//   (loaded kScaleAhead tiles ahead into registers).
 //   A stage's full barrier completes when every producer thread has seen its copies land (a tile later)
 //   and fenced them for wgmma's async proxy; its empty barrier when every consumer thread is done with it.
 // - two consumers, T m64 tiles of weight rows each, m64nNk16 wgmma with A from registers. A lane's
