@@ -200,13 +200,19 @@ except ValueError as e:
     bits)  # output bits of $BIN/base/libfusedmoe_c.so against this tree's library (BITS_ARGS: bitcompare.py's options)
       step bitcompare 300 python3 bench/bitcompare.py "$BIN/base/libfusedmoe_c.so" "$(find_bin libfusedmoe_c.so)" \
         ${BITS_ARGS:-} ;;
-    stalls)  # ncu warp-state and source stall sections of the kernels PROFILE_REGEX names (PROFILE as for profile)
+    stalls)  # ncu warp-state and source stall sections of the kernels PROFILE_REGEX names (PROFILE as for profile),
+      # the report and its per-instruction source table in $OUT, and bench/ncu_stalls.py's summary of it in the log
       for mt in ${PROFILE:-qwen3-30b-a3b:1}; do
-        step "stalls_${mt//:/_}" 200 ncu --clock-control none --launch-skip "${PROFILE_SKIP:-2}" --launch-count 1 \
-          -k "regex:${PROFILE_REGEX:-fused_decode}" --section WarpStateStats --section SourceCounters \
-          --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        rep="$OUT/stalls_${mt//:/_}"
+        step "stalls_${mt//:/_}" 200 ncu --clock-control none --launch-skip "${PROFILE_SKIP:-2}" \
+          --launch-count "${PROFILE_KERNELS:-1}" -k "regex:${PROFILE_REGEX:-fused_decode}" \
+          --section WarpStateStats --section SourceCounters --section MemoryWorkloadAnalysis --section Occupancy \
+          --section LaunchStats --section SpeedOfLight -o "$rep" \
           python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/profile" --no-loop --reps 1 \
           --models "${mt%%:*}" --tokens "${mt##*:}"
+        step "stalls_details_${mt//:/_}" 60 ncu -i "$rep.ncu-rep" --page details
+        step "stalls_source_${mt//:/_}" 60 bash -c "ncu -i '$rep.ncu-rep' --page source --csv --print-source sass \
+          >'$rep.csv' && python3 bench/ncu_stalls.py '$rep.csv' --top 16 --context 3"
       done ;;
     bench-no-pdl)
       step bench_no_pdl 300 env FUSEDMOE_PDL=0 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" \
