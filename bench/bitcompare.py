@@ -70,7 +70,8 @@ def main():
         nan = int(a.isnan().sum() + b.isnan().sum())
         bad += n > 0 or nan > 0
         diff = (a.float() - b.float()).abs().nan_to_num(0)
-        print(f"{key[0]:22s} {key[1]:8s} M={key[2]:<5d} differing={n:<7d} nan={nan:<4d} max|diff|={float(diff.max()):.3g}")
+        print(f"{key[0]:22s} {key[1]:8s} M={key[2]:<5d} differing={n:<7d} nan={nan:<4d} "
+              f"max|diff|={float(diff.max()):.3g}")
     print("bit-equal" if not bad else f"{bad} cases differ")
     sys.exit(1 if bad else 0)
 

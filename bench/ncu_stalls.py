@@ -75,11 +75,16 @@ def report(name, header, rows, top, context, at, out):
     hot = sorted(range(len(rows)), key=lambda i: -count(rows[i], samples))[:top]
     print(f"   top {len(hot)}: address, share, executions, instruction, largest reasons", file=out)
     for i in hot:
-        window(i) if context else line(i)
+        if context:
+            window(i)
+        else:
+            line(i)
     for a in at:
         if a in addr:
             print(f"   around {a}:", file=out)
             window(addr.index(a))
+        else:
+            print(f"   {a}: no such address in this kernel", file=out)
 
 
 def main(argv=None):
