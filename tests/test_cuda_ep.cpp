@@ -10,7 +10,11 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -291,6 +295,34 @@ TEST(CudaEpStress, HundredCallsGiveTheFirstCallsBits) {
       expect_ranks_match_whole_layer(*c, n, seed);
     }
   }
+}
+
+// A rank that never joins a call: the peer-window all-to-all's signal wait on the other rank gives up after the
+// communicator's timeout (3 s here), prints who waited for whom and traps, so the process fails instead of
+// hanging (bug catalogue B.3 #19). The trap loses that GPU's context, so the ranks run in a child process (a
+// death test, re-executed rather than forked: the parent has touched CUDA).
+TEST(CudaEpDeathTest, AMissingRankTrapsAfterTheTimeoutInsteadOfHanging) {
+  const int n = std::min(hopper_gpus(), 8);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const ScopedEnv timeout("FUSEDMOE_TEST_NCCL_TIMEOUT_S", "3");
+  const ScopedEnv window("FUSEDMOE_EP_PEER_WINDOW", "1");
+  const auto start = std::chrono::steady_clock::now();
+  const auto ranks_with_one_missing = [n] {
+    dup2(2, 1);  // the device's printf goes to stdout; a death test reads stderr
+    EpGpuCase c{"missing_rank", QuantScheme::bf16, EpDispatch::all_to_all, 8, std::vector<int64_t>(size_t(n), 4)};
+    MoEConfig cfg = small_config(QuantScheme::bf16, 8, 256, 256, 2);
+    cfg.routing.method = RoutingMethod::precomputed;
+    const Problem p = make_problem(cfg, 4 * n, 1);
+    std::vector<bool> calls(size_t(n), true);
+    calls[size_t(n - 1)] = false;
+    const RankRun run = run_on_gpus(p, c, n, 4, calls);
+    for (int r = 0; r < n; ++r) std::fprintf(stderr, "rank %d: %s\n", r, run.errors[size_t(r)].c_str());
+    std::fflush(nullptr);
+    std::_Exit(3);
+  };
+  EXPECT_EXIT(ranks_with_one_missing(), ::testing::ExitedWithCode(3), "waited 3.0 s for rank");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(120));
 }
 
 INSTANTIATE_TEST_SUITE_P(
