@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [ab] [bits] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [gate] [ab] [bits] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -197,6 +197,10 @@ except ValueError as e:
         step "bench_${lib%%/*}" 200 python3 bench/gpu_bench.py --lib "$BIN/$lib" --out "$OUT/${lib%%/*}" --no-loop \
           ${BENCH_ARGS:---models qwen3-30b-a3b,mixtral-8x7b,deepseek-v3 --tokens 1,16}
       done ;;
+    gate)  # bench/perf_gate.py: this tree's library on the fixed points against bench/results/perf_baseline-<card>.json
+      # (GATE_ARGS: more options). To record a baseline, copy the run's JSON from $OUT/gate to that file.
+      step perf_gate 400 python3 bench/perf_gate.py run --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT/gate" \
+        ${GATE_ARGS:-} ;;
     bits)  # output bits of $BIN/base/libfusedmoe_c.so against this tree's library (BITS_ARGS: bitcompare.py's options)
       step bitcompare 300 python3 bench/bitcompare.py "$BIN/base/libfusedmoe_c.so" "$(find_bin libfusedmoe_c.so)" \
         ${BITS_ARGS:-} ;;
