@@ -297,6 +297,40 @@ TEST(CudaEpStress, HundredCallsGiveTheFirstCallsBits) {
   }
 }
 
+// Per-rank buffers past 2^31 elements (bug catalogue B.2 #7): 70,000 tokens a rank, every token on all 8 experts,
+// so each of 2 ranks receives 560,000 rows of K = 4096 and its GEMM1 writes as many rows of 2I = 4096; over the peer
+// window and NCCL. Checked against the reference on each rank's first, middle and last token.
+TEST(CudaEpLarge, MoreThan2To31ElementsPerRankBuffer) {
+  const int n = std::min(hopper_gpus(), 2);
+  if (n < 2) GTEST_SKIP() << "needs 2 Hopper GPUs, found " << n;
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const int64_t T = 70000, K = 4096, E = 8;
+  MoEConfig cfg = small_config(QuantScheme::bf16, E, K, 2048, /*top_k=*/8);
+  cfg.routing.method = RoutingMethod::precomputed;
+  ASSERT_GT(n * T * (E / n) * K, int64_t(1) << 31);
+  Problem p = make_problem(cfg, n * T, seed);
+  for (int64_t i = 0; i < n * T * E; ++i) p.ids.data_as<int32_t>()[i] = static_cast<int32_t>(i % E);  // all 8
+  EpGpuCase c{"large", QuantScheme::bf16, EpDispatch::all_to_all, E, std::vector<int64_t>(size_t(n), T)};
+  c.calls = 1;
+  for (bool peer_window : {true, false}) {
+    SCOPED_TRACE(peer_window ? "peer window" : "over NCCL");
+    const ScopedEnv transport("FUSEDMOE_EP_PEER_WINDOW", peer_window ? "1" : "0");
+    const RankRun run = run_on_gpus(p, c, n, T, std::vector<bool>(size_t(n), true));
+    for (int r = 0; r < n; ++r) ASSERT_EQ(run.errors[size_t(r)], "") << "rank " << r;
+    for (int r = 0; r < n; ++r)
+      for (int64_t t : {r * T, r * T + T / 2, r * T + T - 1}) {
+        SCOPED_TRACE("token " + std::to_string(t));
+        const auto row = [t](const Buffer& b, DType dt, int64_t cols) {
+          return Tensor(const_cast<uint8_t*>(b.data_as<uint8_t>()) + t * cols * int64_t(dtype_size(dt)), dt,
+                        {1, cols});
+        };
+        expect_matches_reference(p, row(p.hidden, DType::bf16, K), row(run.out, DType::bf16, K),
+                                 row(p.ids, DType::i32, 8), row(p.topk_weights, DType::f32, 8));
+      }
+  }
+}
+
 // A rank that never joins a call: the peer-window all-to-all's signal wait on the other rank gives up after the
 // communicator's timeout (3 s here), prints who waited for whom and traps, so the process fails instead of
 // hanging (bug catalogue B.3 #19). The trap loses that GPU's context, so the ranks run in a child process (a
