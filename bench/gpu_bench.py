@@ -9,7 +9,7 @@ graphs and an L2 flush before every replay:
   torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
 floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
             FLOPs / dense GEMM rate), all measured in this run. Output: a table, JSON and a
-roofline PNG under --out. For fp8-block and fp4 models the torch baselines run the dequantized
+roofline PNG under --out. For fp8 and fp4 models the torch baselines run the dequantized
 weights in bf16 (torch has no fp8 block-scaled or fp4 grouped GEMM); fusedmoe runs the quantized
 weights. fp4 weights (W4A16) count 4.5 bits (nvfp4) or 4.25 bits (mxfp4) per value with their
 scales; their GEMMs run at the bf16 rate, and the table's last column is the modular forward's
@@ -30,6 +30,11 @@ PRESETS = {
                          bias=True),
     # Qwen3-30B-A3B as an NVIDIA ModelOpt NVFP4 checkpoint
     "qwen3-30b-a3b-nvfp4": dict(E=128, K=2048, I=768, k=8, quant="nvfp4", routing="softmax-topk-renormalize"),
+    # fp8 per-tensor checkpoints (static activation scales, as Mixtral-8x7B-Instruct-FP8) and fp8 per-channel
+    # weights with dynamic per-token activations; fusedmoe runs both on its block-scaled kernels
+    "mixtral-8x7b-fp8": dict(E=8, K=4096, I=14336, k=2, quant="fp8-tensor", routing="softmax-topk-renormalize"),
+    "qwen3-30b-a3b-fp8-channel": dict(E=128, K=2048, I=768, k=8, quant="fp8-channel",
+                                      routing="softmax-topk-renormalize"),
 }
 DEFAULT_MODELS = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3,gpt-oss-120b,qwen3-30b-a3b-nvfp4"
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -186,8 +191,25 @@ def make_weights(p, seed):
             w[name], w[name + "_scale"] = q, s
             if p["quant"] == "nvfp4":
                 w[name + "_global"] = glob
+        elif p["quant"] in ("fp8-tensor", "fp8-channel"):
+            per_row = p["quant"] == "fp8-channel"
+            q = torch.empty(E, n, k, device="cuda", dtype=torch.float8_e4m3fn)
+            s = torch.empty(E, n, device="cuda", dtype=torch.float32) if per_row else \
+                torch.empty(E, device="cuda", dtype=torch.float32)
+            for e in range(E):
+                f = bf[e].float()
+                sc = (f.abs().amax(dim=1, keepdim=True) if per_row else f.abs().amax()).clamp_min(1e-10) / 448.0
+                q[e] = (f / sc).clamp(-448, 448).to(torch.float8_e4m3fn)
+                s[e] = sc.view(-1) if per_row else sc
+                bf[e] = (q[e].float() * sc).to(torch.bfloat16)  # the torch baselines see the dequantized weights
+            w[name], w[name + "_scale"] = q, s
         else:
             w[name] = bf
+    if p["quant"] == "fp8-tensor":  # static activation scales from a calibration batch of randn tokens
+        cal = torch.randn(256, K, device="cuda", generator=g).to(torch.bfloat16)
+        inter = max(float(activation(p, cal.float() @ w["w13_bf16"][e].float().t()).abs().amax()) for e in range(E))
+        w["a13_scale"] = torch.tensor([float(cal.float().abs().amax()) / 448.0], device="cuda")
+        w["a2_scale"] = torch.tensor([inter / 448.0], device="cuda")
     return w
 
 
@@ -198,6 +220,10 @@ def expert_bytes_of(p):
     q = p["quant"]
     if q == "fp8-block":
         b = values + ((2 * I + 127) // 128 * ((K + 127) // 128) + (K + 127) // 128 * ((I + 127) // 128)) * 4
+    elif q == "fp8-tensor":
+        b = values + 4 * 2
+    elif q == "fp8-channel":
+        b = values + 4 * (2 * I + K)
     elif q == "nvfp4":
         b = values * 4.5 / 8 + 4 * 2
     elif q == "mxfp4":
@@ -213,8 +239,8 @@ def create_layer(lib, p, w, bias, monolithic):
     d = Desc(p["E"], p["K"], p["I"], p["k"], p["quant"].encode(), p.get("act", "silu").encode(),
              p["routing"].encode(), p.get("groups", 1), p.get("topk_group", 1), 1, p.get("scaling", 1.0),
              bias.data_ptr() if bias is not None else None, 0, ptr("w13"), ptr("w2"), ptr("w13_scale"),
-             ptr("w2_scale"), int(monolithic), ptr("w13_global"), ptr("w2_global"), None, None, ptr("w13_bias"),
-             ptr("w2_bias"))
+             ptr("w2_scale"), int(monolithic), ptr("w13_global"), ptr("w2_global"), ptr("a13_scale"), ptr("a2_scale"),
+             ptr("w13_bias"), ptr("w2_bias"))
     layer, err = ctypes.c_void_p(), ctypes.create_string_buffer(4096)
     if lib.fmoe_layer_create(ctypes.byref(d), ctypes.byref(layer), err, 4096):
         sys.exit(f"fmoe_layer_create{' (monolithic)' if monolithic else ''}: " + err.value.decode())
@@ -334,7 +360,7 @@ def main():
         max_m = max(int(t) for t in args.tokens.split(","))
         ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(layer, max_m), lib.fmoe_layer_workspace_bytes(mono, max_m)),
                          dtype=torch.uint8, device="cuda")
-        fp8 = p["quant"] == "fp8-block"
+        fp8 = p["quant"].startswith("fp8")
         expert_bytes = expert_bytes_of(p)
         rate = roof["fp8_flops_per_s"] if fp8 else roof["bf16_flops_per_s"]
         for M in (int(t) for t in args.tokens.split(",")):

@@ -385,7 +385,10 @@ INSTANTIATE_TEST_SUITE_P(
         EpGpuCase{"mxfp4_allgather_batched_routed_on_gpu", QuantScheme::mxfp4, EpDispatch::all_gather, 12,
                   {24, 9, 1, 30}, false, true, false, RoutingMethod::softmax_topk_renormalize, false, true},
         EpGpuCase{"fp8_a2a_batched_deepseek_routing", QuantScheme::fp8_block, EpDispatch::all_to_all, 16,
-                  {13, 6, 0, 9}, false, true, false, RoutingMethod::deepseek_v3, false, true}),
+                  {13, 6, 0, 9}, false, true, false, RoutingMethod::deepseek_v3, false, true},
+        EpGpuCase{"fp8_tensor_a2a_uneven", QuantScheme::fp8_per_tensor, EpDispatch::all_to_all, 9, {7, 30, 0, 12}},
+        EpGpuCase{"fp8_channel_allgather_batched", QuantScheme::fp8_per_channel, EpDispatch::all_gather, 12,
+                  {24, 9, 1, 30}, false, true, false, RoutingMethod::softmax_topk_renormalize, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CudaEpErrors, OverCapacityFailsOnTheRankBeforeItCommunicates) {

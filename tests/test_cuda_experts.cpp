@@ -1,10 +1,11 @@
 // The CUDA modular experts end to end against the float64 reference, on both paths (small-M
-// streaming kernel, CUTLASS grouped GEMM): every supported scheme (bf16, fp8-block, nvfp4,
-// mxfp4) x activation, expert biases, every routing method through forward(), the edge cases of
+// streaming kernel, CUTLASS grouped GEMM): every scheme (bf16, fp8-tensor, fp8-channel, fp8-block,
+// nvfp4, mxfp4) x activation, expert biases, every routing method through forward(), the edge cases of
 // the CPU suite, real model shapes (gpt-oss-120b's mxfp4 layer included), the > 2^31 element
 // case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <tuple>
 
@@ -14,8 +15,9 @@
 namespace fusedmoe::test {
 namespace {
 
-constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4,
-                                        QuantScheme::mxfp4};
+constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16,           QuantScheme::fp8_per_tensor,
+                                        QuantScheme::fp8_per_channel, QuantScheme::fp8_block,
+                                        QuantScheme::nvfp4,           QuantScheme::mxfp4};
 
 using SchemeActPath = std::tuple<QuantScheme, ActivationKind, bool>;
 class CudaSchemeByActivation : public ::testing::TestWithParam<SchemeActPath> {};
@@ -42,8 +44,7 @@ TEST_P(CudaSchemeByActivation, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Supported, CudaSchemeByActivation,
-    ::testing::Combine(::testing::Values(QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::nvfp4,
-                                         QuantScheme::mxfp4),
+    ::testing::Combine(::testing::ValuesIn(kCudaSchemes),
                        ::testing::Values(ActivationKind::silu_mul, ActivationKind::gelu_mul,
                                          ActivationKind::gelu_tanh_mul, ActivationKind::swiglu_oai,
                                          ActivationKind::relu2),
@@ -665,7 +666,8 @@ TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block}) {
+  for (QuantScheme s :
+       {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel}) {
     const int64_t M = 96;
     const Problem p = make_problem(small_config(s, 16, 512, 256, 4), M, seed);
     const GpuProblem g = to_gpu(p);
@@ -729,14 +731,31 @@ TEST(CudaExperts, BadInputIsAClearErrorAndWritesNothing) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
   }
-  // A scheme the CUDA backend does not run.
+  // fp8-tensor with a static input scale that is not a positive finite number (it lives on the device, so
+  // the CPU layout check cannot see it).
   MoEConfig per_tensor = small_config(QuantScheme::fp8_per_tensor);
   const Problem fp8t = make_problem(per_tensor, 4, 3);
-  try {
-    make_kernel(fp8t.config, copy_expert_weights(fp8t.weights.weights, kGpu).weights, opt);
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16, fp8-block, nvfp4 and mxfp4"), std::string::npos) << e.what();
+  for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity()}) {
+    const OwnedExpertWeights w = copy_expert_weights(fp8t.weights.weights, kGpu);
+    copy_tensor(w.weights.a2_scale, Tensor(&bad, DType::f32, {1}));
+    try {
+      make_kernel(fp8t.config, w.weights, opt);
+      ADD_FAILURE() << "no error for a2_scale " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("weights.a2_scale must be a positive finite scale"), std::string::npos)
+          << e.what();
+    }
+  }
+  // fp8 schemes need hidden and intermediate sizes in whole 128-value blocks.
+  for (QuantScheme s : {QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel}) {
+    const Problem odd = make_problem(small_config(s, 4, 192, 128, 2), 4, 3);
+    try {
+      make_kernel(odd.config, copy_expert_weights(odd.weights.weights, kGpu).weights, opt);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("hidden_size % 128 == 0, got hidden_size=192"), std::string::npos)
+          << e.what();
+    }
   }
   // A misaligned hidden pointer; the output stays untouched.
   const FusedMoEKernel kernel = make_kernel(g.config, g.weights.weights, opt);

@@ -17,20 +17,24 @@ std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeigh
 std::unique_ptr<Experts> make_monolithic_experts(const MoEConfig& config, const ExpertWeights& weights);
 std::unique_ptr<PrepareFinalize> make_prepare_finalize(const MoEConfig& config, const Communicator* communicator,
                                                        bool monolithic);
-// expert_input.cpp: the rows the experts read (fp8 1x128 + scales for fp8-block; hidden scaled
-// by row_weight, llama4's weight on the input, when row_weight is set; else hidden itself).
+// expert_input.cpp: the rows the experts read — for the fp8 schemes e4m3 with one f32 scale per 1x128
+// group (fp8-block: each group's own; fp8-channel: the row's, repeated; fp8-tensor: the static
+// input scale, repeated), so that the three feed the same block-scaled GEMMs —; hidden scaled by
+// row_weight, llama4's weight on the input, when row_weight is set; else hidden itself.
 struct ExpertInput {
   Tensor rows;    // [M, K] bf16 or e4m3
-  Tensor scales;  // f32 [M, K/128] (fp8-block), undefined otherwise
+  Tensor scales;  // f32 [M, K/128] (fp8 schemes), undefined otherwise
 };
 size_t expert_input_bytes(const MoEConfig& config, int64_t M);
-ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight, Workspace& ws);
+// static_scale: fp8-tensor's input scale (weights.a13_scale, device f32 [1]); checked here.
+ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight,
+                              const Tensor& static_scale, Workspace& ws);
 // The batched format's activations (kernels/batched.cu): the rows of an ExpertInput packed by
 // their ids [M, k] into [E_local, T, K], T = max_tokens_per_expert. A token's rows take at most
 // one place per local expert, so M <= T always fits (the caller checks it).
 struct BatchedInput {
   Tensor rows;    // [E_local, T, K] bf16 or e4m3; rows past an expert's count are not written
-  Tensor scales;  // f32 [E_local, T, K/128] (fp8-block), undefined otherwise
+  Tensor scales;  // f32 [E_local, T, K/128] (fp8 schemes), undefined otherwise
   Tensor counts;  // i32 [E_local]: rows used in each expert's batch
 };
 size_t batched_input_bytes(const MoEConfig& config);

@@ -28,6 +28,8 @@ bool is_fp4(QuantScheme q) { return q == QuantScheme::nvfp4 || q == QuantScheme:
 
 SmallMWeights small_m_weights(QuantScheme q) {
   switch (q) {
+    case QuantScheme::fp8_per_tensor:  // every fp8 scheme runs as block-scaled (see experts_cuda.h)
+    case QuantScheme::fp8_per_channel:
     case QuantScheme::fp8_block: return SmallMWeights::fp8_block;
     case QuantScheme::nvfp4: return SmallMWeights::nvfp4;
     case QuantScheme::mxfp4: return SmallMWeights::mxfp4;
@@ -45,10 +47,11 @@ int64_t larger_weight_values(const MoEConfig& c) {
 }  // namespace
 
 void check_supported(const MoEConfig& c) {
-  FMOE_CHECK(c.quant == QuantScheme::bf16 || c.quant == QuantScheme::fp8_block || is_fp4(c.quant),
-             "the CUDA backend runs the bf16, fp8-block, nvfp4 and mxfp4 schemes; got ", quant_scheme_name(c.quant),
-             " (fp8-tensor and fp8-channel run on the CPU backend)");
-  const int64_t align = c.quant == QuantScheme::fp8_block ? 128 : 64;
+  // Every scheme there is; the check stays for a scheme added later.
+  FMOE_CHECK(c.quant == QuantScheme::bf16 || scheme_quantizes_activations(c.quant) || is_fp4(c.quant),
+             "the CUDA backend runs the bf16, fp8-tensor, fp8-channel, fp8-block, nvfp4 and mxfp4 schemes; got ",
+             quant_scheme_name(c.quant));
+  const int64_t align = scheme_quantizes_activations(c.quant) ? 128 : 64;
   FMOE_CHECK(c.hidden_size % align == 0, "the CUDA ", quant_scheme_name(c.quant), " experts need hidden_size % ",
              align, " == 0, got hidden_size=", c.hidden_size);
   FMOE_CHECK(c.intermediate_size % align == 0, "the CUDA ", quant_scheme_name(c.quant),
@@ -77,7 +80,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   sm_count_ = device_info(device_.index).sm_count;
   num_local_ = config.num_local_experts();
   if (config.parallel.expert_map.defined()) expert_map_ = copy_to(config.parallel.expert_map, device_);
-  fp8_ = config.quant == QuantScheme::fp8_block;
+  fp8_ = scheme_quantizes_activations(config.quant);
   fp4_ = is_fp4(config.quant);
   weight_format_ = small_m_weights(config.quant);
   for (const Tensor* bias : {&weights.w13_bias, &weights.w2_bias})
@@ -87,10 +90,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   if (fp4_) {
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
   }
-  if (fp8_) {  // the CUTLASS kernel reads weight scales MN-major: [E, K/128, N/128]
-    w13_scale_mn_ = transpose_block_scales(weights.w13_scale);
-    w2_scale_mn_ = transpose_block_scales(weights.w2_scale);
-  }
+  if (fp8_) make_block_scales();
   batched_ = config.activation_format == ActivationFormat::batched;
   if (batched_)
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
@@ -172,6 +172,7 @@ size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_
   size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
   b += workspace_tensor_bytes(DType::bf16, {gemm1_rows, N1});                                        // GEMM1 out
   b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});      // GEMM2 in
+  if (config_.quant == QuantScheme::fp8_per_channel) b += workspace_tensor_bytes(DType::bf16, {R, I});  // before it
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                                  // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
   if (fp4_ && grouped) b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
@@ -261,24 +262,36 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
+  // fp8-channel: the activation writes bf16 rows (h2_bf16) that are then quantized per row; the column
+  // scales go before the biases, so that the GEMMs add none.
+  const bool per_row = col_scale13_ != nullptr;
+  const Tensor h2_bf16 = per_row ? ws.take(DType::bf16, {R, I}) : Tensor{};
+  const ActivationOut act_out = per_row ? ActivationOut{h2_bf16.data()} : ActivationOut{h2.data(), h2_scale_ptr,
+                                                                                         static_a2_};
+  const auto quantize_h2 = [&] {
+    if (per_row)
+      launch_quantize_fp8_rows(h2_bf16.data_as<const bf16>(), R, I, nullptr, &plan, static_cast<int>(E),
+                               h2.data_as<fp8>(), h2_scale_ptr, s);
+  };
   if (path.small_m) {
-    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(),
-                  fp8_ ? weights_.w13_scale.data_as<const float>() : nullptr,
+    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(), w13_block_scales_,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
-                  b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
+                  per_row ? nullptr : b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
     // GEMM1 writes h2 itself where its kernel carries the activation epilogue (act_epilogue.cuh).
     g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     launch_small_m_gemm(g1, plan, path.tile_tokens, s);
-    if (!g1.act_epilogue)
-      launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R,
-                        h2.data(), h2_scale_ptr, s);
-    SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(),
-                  fp8_ ? weights_.w2_scale.data_as<const float>() : nullptr,
+    if (!g1.act_epilogue) {
+      launch_activation(config_.activation, h.data_as<const bf16>(), col_scale13_, per_row ? b13 : nullptr, I, plan,
+                        static_cast<int>(E), R, act_out, s);
+      quantize_h2();
+    }
+    SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(), w2_block_scales_,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
-                  b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
+                  per_row ? nullptr : b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
     launch_small_m_gemm(g2, plan, path.tile_tokens, s);
+    if (per_row) launch_add_expert_bias(y.data_as<bf16>(), K, col_scale2_, b2, plan, static_cast<int>(E), R, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
@@ -290,12 +303,13 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     } else {
       run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
                        h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
-      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, h2.data(),
-                        h2_scale_ptr, s);
+      launch_activation(config_.activation, h.data_as<const bf16>(), col_scale13_, b13, I, plan, static_cast<int>(E),
+                        R, act_out, s);
+      quantize_h2();
     }
     run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
                      dequant, s);
-    if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
+    launch_add_expert_bias(y.data_as<bf16>(), K, col_scale2_, b2, plan, static_cast<int>(E), R, s);
   }
   return y;
 }
@@ -373,17 +387,50 @@ void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, 
   FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);
 }
 
-// f32 [E, NB, KB] -> [E, KB, NB], through the host (construction time only).
-Buffer CudaExperts::transpose_block_scales(const Tensor& scales) const {
-  const Buffer host = copy_to(scales, Device::cpu());
-  const int64_t E = scales.size(0), NB = scales.size(1), KB = scales.size(2);
+// f32 [E, NB, KB] on the host -> [E, KB, NB] on the device (construction time only).
+Buffer CudaExperts::transpose_block_scales(const float* src, int64_t E, int64_t NB, int64_t KB) const {
   Buffer t = Buffer::empty(DType::f32, {E, KB, NB});
-  const float* src = host.data_as<const float>();
   float* dst = t.data_as<float>();
   for (int64_t e = 0; e < E; ++e)
     for (int64_t n = 0; n < NB; ++n)
       for (int64_t kb = 0; kb < KB; ++kb) dst[(e * KB + kb) * NB + n] = src[(e * NB + n) * KB + kb];
   return copy_to(t, device_);
+}
+
+// The fp8 schemes' scales for the block-scaled kernels (see experts_cuda.h). Construction time only.
+void CudaExperts::make_block_scales() {
+  const QuantScheme q = config_.quant;
+  const int64_t E = num_local_, K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
+  // One weight matrix: its [E, NB, KB] block scales on the device (returned) and their MN-major copy.
+  const auto blocks = [&](const Tensor& scale, int64_t N, int64_t cols, Buffer& made, Buffer& mn) -> const float* {
+    const int64_t NB = (N + 127) / 128, KB = cols / 128;
+    if (q == QuantScheme::fp8_block) {
+      mn = transpose_block_scales(copy_to(scale, Device::cpu()).data_as<const float>(), E, NB, KB);
+      return scale.data_as<const float>();
+    }
+    const Buffer per_expert = q == QuantScheme::fp8_per_tensor ? copy_to(scale, Device::cpu()) : Buffer{};
+    Buffer host = Buffer::empty(DType::f32, {E, NB, KB});
+    for (int64_t e = 0; e < E; ++e)
+      std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB,
+                  q == QuantScheme::fp8_per_tensor ? per_expert.data_as<const float>()[e] : 1.0f);
+    mn = transpose_block_scales(host.data_as<const float>(), E, NB, KB);
+    made = copy_to(host.view(), device_);
+    return made.data_as<const float>();
+  };
+  w13_block_scales_ = blocks(weights_.w13_scale, N1, K, w13_blocks_, w13_scale_mn_);
+  w2_block_scales_ = blocks(weights_.w2_scale, K, I, w2_blocks_, w2_scale_mn_);
+  if (q == QuantScheme::fp8_per_channel) {
+    col_scale13_ = weights_.w13_scale.data_as<const float>();
+    col_scale2_ = weights_.w2_scale.data_as<const float>();
+  }
+  if (q == QuantScheme::fp8_per_tensor) {  // the layout check saw their shapes; the values live on the device
+    for (const auto& [t, name] : {std::pair{&weights_.a13_scale, "weights.a13_scale"},
+                                  std::pair{&weights_.a2_scale, "weights.a2_scale"}}) {
+      const float v = copy_to(*t, Device::cpu()).data_as<const float>()[0];
+      FMOE_CHECK(v > 0.0f && v < 1e30f, name, " must be a positive finite scale, got ", v);
+    }
+    static_a2_ = weights_.a2_scale.data_as<const float>();
+  }
 }
 
 namespace {

@@ -44,7 +44,7 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // re-reads the weights — deepseek-v3 -12/-27/-15% at 64/128/256 tokens. bf16 and the split-k
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
-  if (path.warp_tiles && weights == QuantScheme::fp8_block) path.tile_tokens = 32;
+  if (path.warp_tiles && scheme_quantizes_activations(weights)) path.tile_tokens = 32;  // every fp8 scheme
   // (fp4 warp tiles of 64 rows, session 13, ran above 32 rows per expert until the fp4 wgmma kernel below
   // replaced them; they stay a compiled, tested variant.)
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /

@@ -77,7 +77,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     }
     // llama4 has top_k == 1: token t's weight is weights[t], applied on the input.
     const bool on_input = config_.apply_router_weight_on_input();
-    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr, ws);
+    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr,
+                                               experts_.weights().a13_scale, ws);
     PreparedActivations prepared;
     prepared.a1q = in.rows;
     prepared.a1q_scale = in.scales;
@@ -107,7 +108,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
                       experts_.device_expert_map(), static_cast<int>(experts_.num_local()), ids.data_as<int32_t>(),
                       weights.data_as<float>(), planned.plan, s, counters.data_as<int32_t>(), counters.numel());
     const bool on_input = config_.apply_router_weight_on_input();
-    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr, ws);
+    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr,
+                                               experts_.weights().a13_scale, ws);
     const ExpertWeights& w = experts_.weights();
     f.x = in.rows.data_as<const bf16>();
     f.w13 = w.w13.data_as<const bf16>();

@@ -12,7 +12,7 @@
 // count header per destination), so the exchange sizes are known on the host while the token
 // counts stay on the device: no host synchronisation, graph-capturable. The price is that a
 // slab travels whole however few of its records are used. Activations are quantized before
-// dispatch (fp8 1x128 for fp8-block). A rank passing more than T tokens fails on that rank
+// dispatch (fp8 1x128 for the fp8 schemes). A rank passing more than T tokens fails on that rank
 // before it communicates (its peers then wait until the communicator's timeout: the GPU path
 // does not exchange counts on the host) — unless parallel.capacity_check_all_ranks asks every
 // call to all-gather the counts and wait for them, so that every rank fails alike.
@@ -114,7 +114,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor&, Workspace& ws) const override {
+                              const Tensor& static_input_scale, Workspace& ws) const override {
     DeviceGuard guard(device_);
     const cudaStream_t s = stream();
     const int64_t M = hidden.size(0), K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols();
@@ -122,7 +122,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
     // Activation rows as they travel (the weights stay home when llama4 applies them first).
     const bool weight_on_input = config_.apply_router_weight_on_input();
     const float* row_weight = weight_on_input ? topk_weights.data_as<const float>() : nullptr;
-    const ExpertInput in = make_expert_input(config_, hidden, row_weight, ws);
+    const ExpertInput in = make_expert_input(config_, hidden, row_weight, static_input_scale, ws);
     // Plan, pack, exchange, unpack. dispatch: where each token went ([M, D]), then (batched) each
     // received slot's batch row ([R, k]).
     const int64_t R = n_ * T_;
@@ -214,8 +214,10 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   }
 
  private:
-  DType act_dtype() const { return config_.quant == QuantScheme::fp8_block ? DType::fp8_e4m3 : DType::bf16; }
-  int64_t scale_cols() const { return config_.quant == QuantScheme::fp8_block ? config_.hidden_size / 128 : 0; }
+  // The fp8 schemes travel as e4m3 with one scale per 1x128 group (expert_input.cpp).
+  bool fp8() const { return scheme_quantizes_activations(config_.quant); }
+  DType act_dtype() const { return fp8() ? DType::fp8_e4m3 : DType::bf16; }
+  int64_t scale_cols() const { return fp8() ? config_.hidden_size / 128 : 0; }
 
   // An all-to-all's byte counts: `block` to and from every peer, none to itself (a rank's own
   // block never goes through the communicator; the kernels read it where it was written).

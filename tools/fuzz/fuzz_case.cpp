@@ -49,7 +49,7 @@ std::vector<int64_t> sizes(int64_t step, bool hidden) {
 }
 
 int64_t size_step(QuantScheme q, Backend backend) {
-  if (backend == Backend::cuda) return q == QuantScheme::fp8_block ? 128 : 64;
+  if (backend == Backend::cuda) return scheme_quantizes_activations(q) ? 128 : 64;
   if (q == QuantScheme::nvfp4) return kNvfp4GroupSize;
   if (q == QuantScheme::mxfp4) return kMxfp4GroupSize;
   return 8;
@@ -135,6 +135,10 @@ FuzzCase draw_case(uint64_t seed, Backend backend, const Budget& budget) {
     if (c.quant == QuantScheme::bf16 && extra.chance(0.5))
       c.quant = extra.pick(std::array{QuantScheme::nvfp4, QuantScheme::mxfp4});  // sizes: % 64 fits them too
     c.bias = extra.chance(c.activation == ActivationKind::swiglu_oai ? 0.6 : 0.15);
+    // fp8-tensor and fp8-channel (the block-scaled kernels with their scales), likewise: sizes % 128 fit them.
+    Rng fp8(seed ^ 0x66703874ULL);
+    if (c.quant == QuantScheme::fp8_block && fp8.chance(0.5))
+      c.quant = fp8.pick(std::array{QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel});
   }
   return c;
 }

@@ -1,6 +1,7 @@
-// Activation kernel: GEMM1 output h bf16 [R, N1] (expert-grouped rows), plus the w13 bias of the
-// row's expert when given, -> the GEMM2 input [R, I], bf16 or e4m3 with one f32 scale per 1x128
-// group (grouped M-major, see kernels.h).
+// Activation kernel: GEMM1 output h bf16 [R, N1] (expert-grouped rows), times the row's expert's
+// column scales (fp8-channel's w13 scales) and plus its w13 bias when given, -> the GEMM2 input
+// [R, I], bf16 or e4m3 with one f32 scale per 1x128 group (grouped M-major, see kernels.h): the
+// group's amax / 448, or fp8-tensor's static scale.
 // Each half-warp takes one 128-column group of one planned row, 8 columns per lane (16-byte loads
 // of h), 16 groups per block; rows past the plan's count and rows with row_expert -1 (a batched
 // plan's unused rows) are skipped. (A block per row with 4 columns per lane ran at 39% of DRAM
@@ -19,12 +20,18 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kGroupsPerBlock = kThreads / 16;
 
-// 8 values of h at column c, plus the bias at the same columns when there is one.
-__device__ inline void load8(const bf16* p, const float* bias, int64_t c, float (&f)[8]) {
+// 8 values of h at column c, times the column scales and plus the bias at the same columns when given.
+__device__ inline void load8(const bf16* p, const float* col_scale, const float* bias, int64_t c, float (&f)[8]) {
   const uint4 raw = *reinterpret_cast<const uint4*>(p + c);
   const bf16* v = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
   for (int i = 0; i < 8; ++i) f[i] = __bfloat162float(v[i]);
+  if (col_scale) {
+    const float4 s0 = *reinterpret_cast<const float4*>(col_scale + c);
+    const float4 s1 = *reinterpret_cast<const float4*>(col_scale + c + 4);
+    f[0] *= s0.x, f[1] *= s0.y, f[2] *= s0.z, f[3] *= s0.w;
+    f[4] *= s1.x, f[5] *= s1.y, f[6] *= s1.z, f[7] *= s1.w;
+  }
   if (bias) {
     const float4 b0 = *reinterpret_cast<const float4*>(bias + c), b1 = *reinterpret_cast<const float4*>(bias + c + 4);
     f[0] += b0.x, f[1] += b0.y, f[2] += b0.z, f[3] += b0.w;
@@ -33,8 +40,10 @@ __device__ inline void load8(const bf16* p, const float* bias, int64_t c, float 
 }
 
 __global__ void __launch_bounds__(kThreads)
-    activation_kernel(Activation act, const bf16* h, const float* bias, int64_t I, RowPlan plan, int num_local,
-                      void* out, float* out_scales) {
+    activation_kernel(Activation act, const bf16* h, const float* col_scale, const float* bias, int64_t I,
+                      RowPlan plan, int num_local, ActivationOut o) {
+  void* out = o.out;
+  float* out_scales = o.scales;
   pdl_wait();
   pdl_launch_dependents();
   const int64_t groups = (I + 127) / 128;
@@ -47,25 +56,26 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t N1 = act.kind != ActivationKind::relu2 ? 2 * I : I;
   const bf16* row = h + r * N1;
   const float* row_bias = bias && e >= 0 ? bias + int64_t(e) * N1 : nullptr;
+  const float* row_scale = col_scale && e >= 0 ? col_scale + int64_t(e) * N1 : nullptr;
   float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   if (live) {
     if (act.kind == ActivationKind::relu2) {
       float x[8];
-      load8(row, row_bias, c, x);
+      load8(row, row_scale, row_bias, c, x);
 #pragma unroll
       for (int i = 0; i < 8; ++i) a[i] = relu2_activation(x[i]);
     } else {
       float gate[8], up[8];
       if (act.kind == ActivationKind::swiglu_oai) {
         float p0[8], p1[8];
-        load8(row, row_bias, 2 * c, p0);
-        load8(row, row_bias, 2 * c + 8, p1);
+        load8(row, row_scale, row_bias, 2 * c, p0);
+        load8(row, row_scale, row_bias, 2 * c + 8, p1);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
           gate[i] = p0[2 * i], up[i] = p0[2 * i + 1], gate[4 + i] = p1[2 * i], up[4 + i] = p1[2 * i + 1];
       } else {
-        load8(row, row_bias, c, gate);
-        load8(row, row_bias, I + c, up);
+        load8(row, row_scale, row_bias, c, gate);
+        load8(row, row_scale, row_bias, I + c, up);
       }
 #pragma unroll
       for (int i = 0; i < 8; ++i) a[i] = gated_activation(act.kind, gate[i], up[i], act.alpha, act.limit);
@@ -75,8 +85,9 @@ __global__ void __launch_bounds__(kThreads)
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(a[i]));
-    const float scale = fp8_scale_from_amax(half_warp_max(amax));
+    const float dynamic = fp8_scale_from_amax(half_warp_max(amax));
     if (!live) return;
+    const float scale = o.static_scale ? *o.static_scale : dynamic;
     uint2 packed = make_uint2(0, 0);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -98,12 +109,13 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
-                       int num_local, int64_t max_rows, void* out, float* out_scales, cudaStream_t s) {
+void launch_activation(const Activation& act, const bf16* h, const float* col_scale, const float* bias, int64_t I,
+                       const RowPlan& plan, int num_local, int64_t max_rows, const ActivationOut& out,
+                       cudaStream_t s) {
   if (max_rows == 0) return;
   const int64_t items = max_rows * ((I + 127) / 128);
   launch(activation_kernel, dim3(static_cast<unsigned>((items + kGroupsPerBlock - 1) / kGroupsPerBlock)),
-         dim3(kThreads), s, act, h, bias, I, plan, num_local, out, out_scales);
+         dim3(kThreads), s, act, h, col_scale, bias, I, plan, num_local, out);
 }
 
 }  // namespace fusedmoe::cuda

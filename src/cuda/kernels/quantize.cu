@@ -1,7 +1,11 @@
-// Activation preparation kernels: fp8 1x128 block quantization of the layer input (a half-warp
-// per 128-value group, 8 values per lane), the llama4 input weighting, and the gather of
-// input rows into expert-grouped order for the grouped GEMMs.
-// Limits: K % 128 == 0 for the fp8 quantizer; rows are 16-byte aligned for the gather.
+// Activation preparation kernels: fp8 quantization of the layer input — per 1x128 group (a half-warp
+// per group, 8 values per lane; dynamic, or one static scale for fp8-tensor) or per row (a block per
+// row; fp8-channel's dynamic per-token scale) —, the llama4 input weighting, and the gather of input
+// rows into expert-grouped order for the grouped GEMMs.
+// Every fp8 quantizer writes one f32 scale per 1x128 group, [rows, K/128], whatever the scheme's
+// granularity (a per-tensor or per-row scale is repeated), so that every fp8 scheme feeds the same
+// block-scaled GEMMs.
+// Limits: K % 128 == 0 for the fp8 quantizers; rows are 16-byte aligned for the gather.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp8_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -12,9 +16,10 @@ namespace {
 
 constexpr int kBlock = 256;
 
-// A half-warp per 128-value group, 8 values (16 bytes) per lane.
-__global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, uint8_t* q,
-                                          float* scales) {
+// A half-warp per 128-value group, 8 values (16 bytes) per lane. static_scale (fp8-tensor): the
+// group's scale is *static_scale instead of its amax / 448.
+__global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight,
+                                          const float* static_scale, uint8_t* q, float* scales) {
   const int64_t groups = K / 128;
   const int64_t item = (int64_t(blockIdx.x) * kBlock + threadIdx.x) >> 4;
   const int sub = threadIdx.x & 15;
@@ -35,8 +40,9 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
       amax = fmaxf(amax, fabsf(f[i]));
     }
   }
-  const float scale = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
+  const float dynamic = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
   if (!live) return;
+  const float scale = static_scale ? *static_scale : dynamic;
   uint2 packed = make_uint2(0, 0);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -45,6 +51,68 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
   }
   *reinterpret_cast<uint2*>(q + base) = packed;
   if (sub == 0) scales[row * groups + g] = scale;
+}
+
+// A block per row: the row's amax (8 values per thread step), then its values / (amax / 448) as e4m3,
+// and the scale into each of the row's K/128 group slots — row-major [M, K/128], or, with a plan
+// (rows of the experts' grouped order), grouped M-major as the activation kernel writes them. Rows
+// past the plan's count or of expert -1 (a batched plan's unused rows) are skipped.
+constexpr int kRowThreads = 256;
+
+__global__ void __launch_bounds__(kRowThreads)
+    quantize_fp8_rows_kernel(const bf16* x, int64_t K, const float* row_weight, RowPlan plan, int num_local,
+                             bool grouped, uint8_t* q, float* scales) {
+  const int64_t row = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  const int e = grouped ? (row < plan.offsets[num_local] ? plan.row_expert[row] : -1) : 0;
+  if (e < 0) return;  // the whole block
+  const bf16* src = x + row * K;
+  const float w = row_weight ? row_weight[row] : 1.0f;
+  const auto load8 = [&](int64_t c, float (&f)[8]) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+    const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      f[i] = __bfloat162float(v[i]);
+      if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * w));
+    }
+  };
+  float amax = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kRowThreads * 8) {
+    float f[8];
+    load8(c, f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
+  }
+  __shared__ float warp_max[kRowThreads / 32];
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+  amax = half_warp_max(amax);
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kRowThreads / 32; ++i) amax = fmaxf(amax, warp_max[i]);
+  const float scale = fp8_scale_from_amax(amax);
+  for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kRowThreads * 8) {
+    float f[8];
+    load8(c, f);
+    uint2 packed = make_uint2(0, 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      packed.x |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
+      packed.y |= uint32_t(to_e4m3(f[4 + i] / scale)) << (8 * i);
+    }
+    *reinterpret_cast<uint2*>(q + row * K + c) = packed;
+  }
+  const int64_t groups = K / 128;
+  for (int64_t g = threadIdx.x; g < groups; g += kRowThreads) {
+    if (!grouped) {
+      scales[row * groups + g] = scale;
+    } else {
+      const int64_t off = plan.offsets[e];
+      scales[off * groups + g * plan.counts[e] + (row - off)] = scale;
+    }
+  }
 }
 
 __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out) {
@@ -93,12 +161,19 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
 
 }  // namespace
 
-void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
-                               cudaStream_t s) {
+void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight,
+                               const float* static_scale, fp8* q, float* scales, cudaStream_t s) {
   const int64_t threads = M * (K / 128) * 16;
   if (threads == 0) return;
   launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x, M,
-         K, row_weight, reinterpret_cast<uint8_t*>(q), scales);
+         K, row_weight, static_scale, reinterpret_cast<uint8_t*>(q), scales);
+}
+
+void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, const RowPlan* plan,
+                              int num_local, fp8* q, float* scales, cudaStream_t s) {
+  if (M == 0) return;
+  launch(quantize_fp8_rows_kernel, dim3(static_cast<unsigned>(M)), dim3(kRowThreads), s, x, K, row_weight,
+         plan ? *plan : RowPlan{}, num_local, plan != nullptr, reinterpret_cast<uint8_t*>(q), scales);
 }
 
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s) {
