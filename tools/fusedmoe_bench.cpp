@@ -37,16 +37,18 @@ struct Options {
   int ep = 1;
   std::string json;
   uint64_t seed = 1;
+  int iters = 0;  // timed forwards per count; 0: at least 3, up to 1 s
 };
 
 const char* kUsage =
     "usage: fusedmoe-bench [--model NAME] [--tokens 1,16,128] [--quant bf16|fp8-tensor|fp8-channel|fp8-block|nvfp4|mxfp4]\n"
     "                      [--backend auto|cpu|cuda] [--monolithic] [--format standard|batched] [--num-experts N]\n"
-    "                      [--ep N] [--json FILE] [--seed S]\n"
+    "                      [--ep N] [--json FILE] [--seed S] [--iters N]\n"
     "--format batched: the [local experts, capacity, hidden] activation format (capacity = the tokens that can\n"
     "reach a rank: the largest --tokens, times N with --ep N).\n"
     "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine;\n"
     "with --backend cuda, N GPUs of this host (one process each, NCCL), next to NCCL's own all-to-all.\n"
+    "--iters N times exactly N forwards per count (default: at least 3, for up to a second).\n"
     "With no arguments: qwen3-30b-a3b with 32 experts at 1, 16 and 64 tokens.\n";
 
 std::vector<int64_t> parse_tokens(const std::string& s) {
@@ -102,6 +104,9 @@ Options parse(int argc, char** argv) {
       o.json = value();
     } else if (a == "--seed") {
       o.seed = std::strtoull(value().c_str(), nullptr, 10);
+    } else if (a == "--iters") {
+      o.iters = std::atoi(value().c_str());
+      FMOE_CHECK(o.iters >= 1 && o.iters <= 1000, "--iters must be in [1, 1000], got ", o.iters);
     } else {
       FMOE_FAIL("unknown argument '", a, "'\n", kUsage);
     }
@@ -237,7 +242,7 @@ int main(int argc, char** argv) try {
     do {
       kernel.forward(hidden, logits, out, workspace);
       ++iters;
-    } while (iters < 3 || (now_s() - t0 < 1.0 && iters < 100));
+    } while (opt.iters > 0 ? iters < opt.iters : iters < 3 || (now_s() - t0 < 1.0 && iters < 100));
     const double seconds = (now_s() - t0) / iters;
 
     // Routing of this batch, for the reference and the traffic/FLOP counts.

@@ -26,8 +26,7 @@ ExpertInput make_expert_input(const MoEConfig& c, const Tensor& hidden, const fl
     in.scales = ws.take(DType::f32, {M, K / 128});
     const bf16* x = hidden.data_as<const bf16>();
     if (c.quant == QuantScheme::fp8_per_channel) {
-      launch_quantize_fp8_rows(x, M, K, row_weight, nullptr, 0, in.rows.data_as<fp8>(), in.scales.data_as<float>(),
-                               stream());
+      launch_quantize_fp8_rows(x, M, K, row_weight, in.rows.data_as<fp8>(), in.scales.data_as<float>(), stream());
     } else {
       const bool per_tensor = c.quant == QuantScheme::fp8_per_tensor;
       if (per_tensor)

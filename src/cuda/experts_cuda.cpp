@@ -96,7 +96,9 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
                "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
                " x ", config.max_tokens_per_expert);
-  gemm_kind_ = fp8_ ? GroupedGemmKind::fp8_block : GroupedGemmKind::bf16;
+  gemm_kind_ = config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_row_scaled
+              : fp8_                                       ? GroupedGemmKind::fp8_block
+                                                           : GroupedGemmKind::bf16;
   choose_gated_gemm1();
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
@@ -172,7 +174,6 @@ size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_
   size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
   b += workspace_tensor_bytes(DType::bf16, {gemm1_rows, N1});                                        // GEMM1 out
   b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});      // GEMM2 in
-  if (config_.quant == QuantScheme::fp8_per_channel) b += workspace_tensor_bytes(DType::bf16, {R, I});  // before it
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                                  // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
   if (fp4_ && grouped) b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
@@ -262,36 +263,27 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   float* h2_scale_ptr = fp8_ ? h2_scales.data_as<float>() : nullptr;
   const float* b13 = f32_or_null(weights_.w13_bias);
   const float* b2 = f32_or_null(weights_.w2_bias);
-  // fp8-channel: the activation writes bf16 rows (h2_bf16) that are then quantized per row; the column
-  // scales go before the biases, so that the GEMMs add none.
-  const bool per_row = col_scale13_ != nullptr;
-  const Tensor h2_bf16 = per_row ? ws.take(DType::bf16, {R, I}) : Tensor{};
-  const ActivationOut act_out = per_row ? ActivationOut{h2_bf16.data()} : ActivationOut{h2.data(), h2_scale_ptr,
-                                                                                         static_a2_};
-  const auto quantize_h2 = [&] {
-    if (per_row)
-      launch_quantize_fp8_rows(h2_bf16.data_as<const bf16>(), R, I, nullptr, &plan, static_cast<int>(E),
-                               h2.data_as<fp8>(), h2_scale_ptr, s);
-  };
+  // fp8-channel: the GEMMs apply the per-row weight scales (small-M: SmallMGemm::w_row_scales; grouped: the
+  // row-scaled CUTLASS variant), and its activation quantizes per row.
+  const ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
   if (path.small_m) {
     SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(), w13_block_scales_,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
-                  per_row ? nullptr : b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
+                  b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
+    g1.w_row_scales = row_scale13_;
     // GEMM1 writes h2 itself where its kernel carries the activation epilogue (act_epilogue.cuh).
     g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     launch_small_m_gemm(g1, plan, path.tile_tokens, s);
-    if (!g1.act_epilogue) {
-      launch_activation(config_.activation, h.data_as<const bf16>(), col_scale13_, per_row ? b13 : nullptr, I, plan,
-                        static_cast<int>(E), R, act_out, s);
-      quantize_h2();
-    }
+    if (!g1.act_epilogue)
+      launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,
+                        s);
     SmallMGemm g2{h2.data(), nullptr, h2_scale_ptr, weights_.w2.data(), w2_block_scales_,
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
-                  per_row ? nullptr : b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
+                  b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
+    g2.w_row_scales = row_scale2_;
     launch_small_m_gemm(g2, plan, path.tile_tokens, s);
-    if (per_row) launch_add_expert_bias(y.data_as<bf16>(), K, col_scale2_, b2, plan, static_cast<int>(E), R, s);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
@@ -303,13 +295,11 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     } else {
       run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
                        h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
-      launch_activation(config_.activation, h.data_as<const bf16>(), col_scale13_, b13, I, plan, static_cast<int>(E),
-                        R, act_out, s);
-      quantize_h2();
+      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s);
     }
     run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
                      dequant, s);
-    launch_add_expert_bias(y.data_as<bf16>(), K, col_scale2_, b2, plan, static_cast<int>(E), R, s);
+    if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
   return y;
 }
@@ -401,27 +391,35 @@ Buffer CudaExperts::transpose_block_scales(const float* src, int64_t E, int64_t 
 void CudaExperts::make_block_scales() {
   const QuantScheme q = config_.quant;
   const int64_t E = num_local_, K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
-  // One weight matrix: its [E, NB, KB] block scales on the device (returned) and their MN-major copy.
+  // One weight matrix: its [E, NB, KB] block scales on the device for the small-M kernels (returned), and the
+  // CUTLASS kernels' MN-major copy: [E, KB, NB], or for fp8-channel [E, KB, N] (a scale per row and k block).
   const auto blocks = [&](const Tensor& scale, int64_t N, int64_t cols, Buffer& made, Buffer& mn) -> const float* {
     const int64_t NB = (N + 127) / 128, KB = cols / 128;
+    const Buffer host_scale = copy_to(scale, Device::cpu());
+    const float* src = host_scale.data_as<const float>();
     if (q == QuantScheme::fp8_block) {
-      mn = transpose_block_scales(copy_to(scale, Device::cpu()).data_as<const float>(), E, NB, KB);
+      mn = transpose_block_scales(src, E, NB, KB);
       return scale.data_as<const float>();
     }
-    const Buffer per_expert = q == QuantScheme::fp8_per_tensor ? copy_to(scale, Device::cpu()) : Buffer{};
     Buffer host = Buffer::empty(DType::f32, {E, NB, KB});
     for (int64_t e = 0; e < E; ++e)
-      std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB,
-                  q == QuantScheme::fp8_per_tensor ? per_expert.data_as<const float>()[e] : 1.0f);
-    mn = transpose_block_scales(host.data_as<const float>(), E, NB, KB);
+      std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB, q == QuantScheme::fp8_per_tensor ? src[e] : 1.0f);
+    if (q == QuantScheme::fp8_per_tensor) {
+      mn = transpose_block_scales(host.data_as<const float>(), E, NB, KB);
+    } else {  // each row's scale in each of its k blocks
+      Buffer rows = Buffer::empty(DType::f32, {E, KB, N});
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t kb = 0; kb < KB; ++kb) std::copy_n(src + e * N, N, rows.data_as<float>() + (e * KB + kb) * N);
+      mn = copy_to(rows.view(), device_);
+    }
     made = copy_to(host.view(), device_);
     return made.data_as<const float>();
   };
   w13_block_scales_ = blocks(weights_.w13_scale, N1, K, w13_blocks_, w13_scale_mn_);
   w2_block_scales_ = blocks(weights_.w2_scale, K, I, w2_blocks_, w2_scale_mn_);
   if (q == QuantScheme::fp8_per_channel) {
-    col_scale13_ = weights_.w13_scale.data_as<const float>();
-    col_scale2_ = weights_.w2_scale.data_as<const float>();
+    row_scale13_ = weights_.w13_scale.data_as<const float>();
+    row_scale2_ = weights_.w2_scale.data_as<const float>();
   }
   if (q == QuantScheme::fp8_per_tensor) {  // the layout check saw their shapes; the values live on the device
     for (const auto& [t, name] : {std::pair{&weights_.a13_scale, "weights.a13_scale"},
@@ -435,6 +433,7 @@ void CudaExperts::make_block_scales() {
 
 namespace {
 const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
+  if (kind == GroupedGemmKind::fp8_row_scaled) return kGroupedGemmFp8RowScaledCoop128x128;  // its only tile
   if (kind == GroupedGemmKind::fp8_block)
     return tile_m == 64 ? kGroupedGemmFp8Pingpong64x128 : kGroupedGemmFp8Coop128x128;
   return tile_m == 64 ? kGroupedGemmBf16Pingpong64x256 : kGroupedGemmBf16Coop128x256;

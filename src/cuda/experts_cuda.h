@@ -71,7 +71,7 @@ class CudaExperts final : public ModularExperts {
   int64_t fp4_dequant_elements() const;
   Buffer transpose_block_scales(const float* host_scales, int64_t E, int64_t NB, int64_t KB) const;
   // The block scales of every fp8 scheme: fp8-block's own; for fp8-tensor every 128x128 block of expert e
-  // takes its scale, for fp8-channel 1 (its per-row scales come after the GEMMs).
+  // takes its scale, for fp8-channel 1 (its per-row scales go in separately).
   void make_block_scales();
 
   MoEConfig config_;
@@ -88,14 +88,15 @@ class CudaExperts final : public ModularExperts {
   // The fp8 schemes all run the block-scaled kernels: the weight scales per 128x128 block ([E, N/128,
   // K/128]: the small-M kernels'; *_scale_mn_ is the CUTLASS kernels' [E, K/128, N/128]), the checkpoint's
   // for fp8-block, made at construction for fp8-tensor and fp8-channel (w13_blocks_, w2_blocks_).
-  // fp8-channel's per-row scales (col_scale13_, col_scale2_: weights.w13_scale, w2_scale) multiply
-  // GEMM1's output in the activation kernel and GEMM2's in the bias kernel; its GEMM2 input is
-  // quantized per row after a bf16 activation. fp8-tensor's static a2 scale quantizes GEMM2's input.
+  // fp8-channel's blocks are 1: its per-row scales (row_scale13_, row_scale2_: weights.w13_scale, w2_scale)
+  // go to the small-M kernels' epilogue and, as *_scale_mn_ [E, K/128, N], to the row-scaled CUTLASS
+  // variant; its activation quantizes GEMM2's input per row. fp8-tensor's static a2 scale quantizes GEMM2's
+  // input.
   const float* w13_block_scales_ = nullptr;
   const float* w2_block_scales_ = nullptr;
   Buffer w13_blocks_, w2_blocks_;
-  const float* col_scale13_ = nullptr;
-  const float* col_scale2_ = nullptr;
+  const float* row_scale13_ = nullptr;
+  const float* row_scale2_ = nullptr;
   const float* static_a2_ = nullptr;
   // The grouped path's GEMM1 with the gated activation in its epilogue (sm90 GatedAct, 0: GEMM1
   // then the activation kernel). It reads w13 with rows blocked by 128 (gate block j, then up block

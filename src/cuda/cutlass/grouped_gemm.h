@@ -4,7 +4,8 @@
 // Per-group shapes and pointers are built on the device from the row plan (no host sync);
 // experts without rows are empty groups. fp8_block: e4m3 operands, f32 scales per 1x128 (A,
 // grouped M-major) and 128x128 (B, [E, K/128, N/128]) blocks, f32 accumulation promoted
-// per k block. Output bf16. This header stays free of CUTLASS and fusedmoe types so the
+// per k block; fp8_row_scaled: the same with B's scales per row and k block ([E, K/128, N]).
+// Output bf16. This header stays free of CUTLASS and fusedmoe types so the
 // CUTLASS translation units compile on their own (C++17).
 #pragma once
 
@@ -15,7 +16,7 @@
 
 namespace fusedmoe::cuda {
 
-enum class GroupedGemmKind { bf16, fp8_block };
+enum class GroupedGemmKind { bf16, fp8_block, fp8_row_scaled };
 
 struct GroupedGemmProblem {
   int num_groups = 0;
@@ -23,7 +24,7 @@ struct GroupedGemmProblem {
   const void* a = nullptr;           // [R, K] bf16 or e4m3, rows grouped by expert
   const float* a_scales = nullptr;   // fp8_block: grouped M-major [*, K/128]
   const void* b = nullptr;           // [E, N, K]
-  const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major)
+  const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major); fp8_row_scaled [E, K/128, N]
   void* d = nullptr;                 // bf16 [R, N]
   const int32_t* counts = nullptr;   // device [E]
   const int32_t* offsets = nullptr;  // device [E + 1]
@@ -49,6 +50,8 @@ extern const GroupedGemmVariant kGroupedGemmBf16Coop128x256;
 extern const GroupedGemmVariant kGroupedGemmBf16Pingpong64x256;
 extern const GroupedGemmVariant kGroupedGemmFp8Coop128x128;
 extern const GroupedGemmVariant kGroupedGemmFp8Pingpong64x128;
+// fp8 with B scaled per row (fp8-channel), 128x128 cooperative, every tile_m.
+extern const GroupedGemmVariant kGroupedGemmFp8RowScaledCoop128x128;
 // bf16 GEMM1 with the gated activation in the epilogue, 64x256 pingpong (gated_epilogue_sm90.cuh).
 extern const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256;
 

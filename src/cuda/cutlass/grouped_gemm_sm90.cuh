@@ -27,17 +27,20 @@ constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
 // Tile config of one variant.
 // kGated: GEMM1 with the gated activation in the epilogue (gated_epilogue_sm90.cuh).
+// kScaleN: B's scale granularity along N (block-scaled): 128 (128x128 blocks), or 1 (a scale per weight row
+// and 128-wide k block: fp8-channel's per-row scales, applied with the activations' before rounding).
 template <class ElementAB, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule, bool kBlockScaled,
-          bool kGated = false>
+          bool kGated = false, int kScaleN = 128>
 struct GroupedGemm {
   static constexpr bool Gated = kGated;
+  static constexpr int ScaleN = kScaleN;
   using ElementD = cutlass::bfloat16_t;
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
   static constexpr int kAlignAB = 16 / sizeof(ElementAB);
   static constexpr int kAlignD = 8;
-  using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN,
+  using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<1, kScaleN, 128, cute::GMMA::Major::MN,
                                                                 cute::GMMA::Major::MN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
@@ -171,7 +174,7 @@ __global__ void fill_group_arguments(typename G::Arrays arr, GroupedGemmProblem 
   arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, cute::make_shape(n, k, 1));
   arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, cute::make_shape(m, n_out, 1));
   if (p.a_scales) {
-    const int64_t kb = (p.K + 127) / 128, nb = (p.N + 127) / 128;
+    const int64_t kb = (p.K + 127) / 128, nb = (p.N + G::ScaleN - 1) / G::ScaleN;
     arr.sfa[e] = p.a_scales + row0 * kb;
     arr.sfb[e] = p.b_scales + int64_t(e) * nb * kb;
     arr.layout_sfa[e] = G::ScaleConfig::tile_atom_to_shape_SFA(cute::make_shape(m, n, k, 1));

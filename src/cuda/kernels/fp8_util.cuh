@@ -25,4 +25,16 @@ __device__ inline float half_warp_max(float a) {
   return a;
 }
 
+// The largest of a over the block's kThreads threads (each must call it; scratch: kThreads / 32 floats of shared
+// memory).
+template <int kThreads>
+__device__ inline float block_max(float a, float* scratch) {
+  a = half_warp_max(fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 16)));
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = a;
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kThreads / 32; ++i) a = fmaxf(a, scratch[i]);
+  return a;
+}
+
 }  // namespace fusedmoe::cuda

@@ -103,10 +103,9 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
 void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight,
                                const float* static_scale, fp8* q, float* scales, cudaStream_t s);
 // fp8-channel's dynamic per-token quantization: each row's scale is its amax / 448, repeated in each of
-// the row's K/128 group slots; scales row-major [M, K/128], or grouped M-major over the planned rows
-// when plan is set (M = the plan's row capacity; rows past its count are skipped).
-void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, const RowPlan* plan,
-                              int num_local, fp8* q, float* scales, cudaStream_t s);
+// the row's K/128 group slots (scales row-major [M, K/128]).
+void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
+                              cudaStream_t s);
 // out = bf16(x * row_weight[row]).
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s);
 // Gathers the input row of every planned row: dst[r] = src[row_token[r]] (row_bytes each);
@@ -114,18 +113,18 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
                         int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s);
 
-// activation.cu: h bf16 [R, N1] (grouped rows), times col_scale f32 [E, N1] of the row's expert
-// (fp8-channel's weight scales; may be null), plus its bias f32 [E, N1] (may be null) -> out [R, I]:
-// bf16, or e4m3 with grouped M-major scales per 1x128 group when out_scales is set — each group's
-// amax / 448, or *static_scale (device f32, fp8-tensor) when that is set.
+// activation.cu: h bf16 [R, N1] (grouped rows) (+ bias f32 [E, N1] of the row's expert, when not
+// null) -> out [R, I]: bf16, or e4m3 with grouped M-major scales per 1x128 group when out.scales is
+// set — each group's amax / 448, *static_scale (device f32, fp8-tensor) when that is set, or the row's
+// amax / 448 (per_row, fp8-channel).
 struct ActivationOut {
-  void* out;                           // [R, I] bf16 or e4m3
-  float* scales = nullptr;             // e4m3 out: grouped M-major [R, I/128]
+  void* out;                            // [R, I] bf16 or e4m3
+  float* scales = nullptr;              // e4m3 out: grouped M-major [R, I/128]
   const float* static_scale = nullptr;  // e4m3 out: the static scale, else dynamic per group
+  bool per_row = false;                 // e4m3 out: one dynamic scale per row (fp8-channel), I % 128 == 0
 };
-void launch_activation(const Activation& act, const bf16* h, const float* col_scale, const float* bias, int64_t I,
-                       const RowPlan& plan, int num_local, int64_t max_rows, const ActivationOut& out,
-                       cudaStream_t s);
+void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
+                       int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s);
 
 // small_m_gemm.cu / small_m_gemm_fp4.cu: the decode path. Y[r, n] = sum_k X[src(r), k] * W[e, n, k]
 // (+ bias[e, n]) for the rows r of each active expert, streaming W once per tile_tokens rows,
@@ -154,6 +153,9 @@ struct SmallMGemm {
   // n0 / 2 + gq, h2 [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh).
   bool act_epilogue = false;
   Activation act{};
+  // fp8 weights with a scale per row (fp8-channel, f32 [E, N]; its block scales are 1): the sums are
+  // multiplied by their row's scale before the bias.
+  const float* w_row_scales = nullptr;
 };
 // The token tile whose split-k small-M kernels carry the activation epilogue (act_epilogue.cuh).
 inline constexpr int kActEpilogueTileTokens = 8;
@@ -173,10 +175,9 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
 // block j, the order of the gated GEMM1 (src/cuda/cutlass/gated_epilogue_sm90.cuh).
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
                         int64_t count, int64_t N, int64_t K, bool gate_up_blocked, bf16* out, cudaStream_t s);
-// y[r, n] = y[r, n] * col_scale[e, n] + bias[e, n], e = row_expert[r], for the planned rows (the w2
-// bias of the grouped-GEMM path; fp8-channel's w2 scales on both paths). Either may be null.
-void launch_add_expert_bias(bf16* y, int64_t N, const float* col_scale, const float* bias, const RowPlan& plan,
-                            int num_local, int64_t max_rows, cudaStream_t s);
+// y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
+void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
+                            int64_t max_rows, cudaStream_t s);
 
 // decode_fused.cu: the monolithic decode forward of bf16 experts after launch_route_plan — GEMM1
 // with the activation in its epilogue, GEMM2 and the weighted top-k reduce in one launch (see the

@@ -54,28 +54,22 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
 }
 
 // A block per row: the row's amax (8 values per thread step), then its values / (amax / 448) as e4m3,
-// and the scale into each of the row's K/128 group slots — row-major [M, K/128], or, with a plan
-// (rows of the experts' grouped order), grouped M-major as the activation kernel writes them. Rows
-// past the plan's count or of expert -1 (a batched plan's unused rows) are skipped.
+// and the scale into each of the row's K/128 group slots (row-major [M, K/128]).
 constexpr int kRowThreads = 256;
 
 __global__ void __launch_bounds__(kRowThreads)
-    quantize_fp8_rows_kernel(const bf16* x, int64_t K, const float* row_weight, RowPlan plan, int num_local,
-                             bool grouped, uint8_t* q, float* scales) {
+    quantize_fp8_rows_kernel(const bf16* x, int64_t K, const float* row_weight, uint8_t* q, float* scales) {
   const int64_t row = blockIdx.x;
   pdl_wait();
   pdl_launch_dependents();
-  const int e = grouped ? (row < plan.offsets[num_local] ? plan.row_expert[row] : -1) : 0;
-  if (e < 0) return;  // the whole block
   const bf16* src = x + row * K;
-  const float w = row_weight ? row_weight[row] : 1.0f;
   const auto load8 = [&](int64_t c, float (&f)[8]) {
     const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
     const bf16* v = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       f[i] = __bfloat162float(v[i]);
-      if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * w));
+      if (row_weight) f[i] = __bfloat162float(__float2bfloat16_rn(f[i] * row_weight[row]));
     }
   };
   float amax = 0.0f;
@@ -86,13 +80,7 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(f[i]));
   }
   __shared__ float warp_max[kRowThreads / 32];
-  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
-  amax = half_warp_max(amax);
-  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < kRowThreads / 32; ++i) amax = fmaxf(amax, warp_max[i]);
-  const float scale = fp8_scale_from_amax(amax);
+  const float scale = fp8_scale_from_amax(block_max<kRowThreads>(amax, warp_max));
   for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kRowThreads * 8) {
     float f[8];
     load8(c, f);
@@ -104,15 +92,7 @@ __global__ void __launch_bounds__(kRowThreads)
     }
     *reinterpret_cast<uint2*>(q + row * K + c) = packed;
   }
-  const int64_t groups = K / 128;
-  for (int64_t g = threadIdx.x; g < groups; g += kRowThreads) {
-    if (!grouped) {
-      scales[row * groups + g] = scale;
-    } else {
-      const int64_t off = plan.offsets[e];
-      scales[off * groups + g * plan.counts[e] + (row - off)] = scale;
-    }
-  }
+  for (int64_t g = threadIdx.x; g < K / 128; g += kRowThreads) scales[row * (K / 128) + g] = scale;
 }
 
 __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out) {
@@ -169,11 +149,11 @@ void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float*
          K, row_weight, static_scale, reinterpret_cast<uint8_t*>(q), scales);
 }
 
-void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, const RowPlan* plan,
-                              int num_local, fp8* q, float* scales, cudaStream_t s) {
+void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
+                              cudaStream_t s) {
   if (M == 0) return;
   launch(quantize_fp8_rows_kernel, dim3(static_cast<unsigned>(M)), dim3(kRowThreads), s, x, K, row_weight,
-         plan ? *plan : RowPlan{}, num_local, plan != nullptr, reinterpret_cast<uint8_t*>(q), scales);
+         reinterpret_cast<uint8_t*>(q), scales);
 }
 
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s) {

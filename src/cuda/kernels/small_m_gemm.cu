@@ -44,6 +44,18 @@ struct BlockTile {
   const float* w_scale;
 };
 
+// fp8-channel (g.w_row_scales set): the lane's C sums times the scales of their weight rows n0 + gq and
+// n0 + gq + 8, before the epilogue adds the bias (the product rounded once, as tile_value's scale would).
+template <int NT>
+__device__ inline void scale_rows(float (&sum)[NT][4], const SmallMGemm& g, int64_t e, int64_t n0) {
+  if (!g.w_row_scales) return;
+  const int64_t n = n0 + ((threadIdx.x & 31) >> 2);
+  const float* rs = g.w_row_scales + e * g.N;
+  const float lo = n < g.N ? rs[n] : 0.0f, hi = n + 8 < g.N ? rs[n + 8] : 0.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) sum[t][0] *= lo, sum[t][1] *= lo, sum[t][2] *= hi, sum[t][3] *= hi;
+}
+
 // One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per warp in flight),
 // then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*32 uint4 (warp tiles).
 template <bool kFp8, int NT, int U, bool kWarpTiles, bool kActEpilogue>
@@ -154,11 +166,15 @@ __device__ __forceinline__ void gemm_pass(const SmallMGemm& g, const BlockTile& 
   }
   pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   if constexpr (kWarpTiles) {  // each warp writes its own rows
+    if constexpr (kFp8) scale_rows<NT>(acc, g, b.e, b.n0);
     store_small_m_tile<NT, kActEpilogue>(acc, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
   } else {  // split-k reduction in warp order, then warp 0 writes bf16 rows
     float sum[NT][4];
     split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
-    if (warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+    if (warp == 0) {
+      if constexpr (kFp8) scale_rows<NT>(sum, g, b.e, b.n0);
+      store_small_m_tile<NT, kActEpilogue>(sum, 1.0f, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+    }
   }
 }
 
