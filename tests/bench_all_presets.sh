@@ -9,6 +9,7 @@ quants="bf16 fp8-tensor fp8-channel fp8-block nvfp4 mxfp4"
 for model in $models; do
   for quant in $quants; do
     echo "== $model $quant"
-    "$bench" --model "$model" --quant "$quant" --num-experts 4 --tokens 1,3 --iters 1 2>/dev/null | tail -n +4 | head -n 2
+    "$bench" --model "$model" --quant "$quant" --num-experts 4 --tokens 1,3 --iters 1 2>/dev/null |
+      tail -n +4 | head -n 2
   done
 done

@@ -1,6 +1,7 @@
 // Activation kernels: GEMM1 output h bf16 [R, N1] (expert-grouped rows), plus the w13 bias of the
-// row's expert when given, -> the GEMM2 input [R, I], bf16 or e4m3 with one f32 scale per 1x128 group (grouped M-major, see kernels.h): the
-// group's amax / 448, fp8-tensor's static scale, or (fp8-channel, a warp per row) the row's amax / 448.
+// row's expert when given, -> the GEMM2 input [R, I], bf16 or e4m3 with one f32 scale per 1x128
+// group (grouped M-major, see kernels.h): the group's amax / 448, fp8-tensor's static scale, or
+// (fp8-channel, a warp per row) the row's amax / 448.
 // Each half-warp takes one 128-column group of one planned row, 8 columns per lane (16-byte loads
 // of h), 16 groups per block; rows past the plan's count and rows with row_expert -1 (a batched
 // plan's unused rows) are skipped. (A block per row with 4 columns per lane ran at 39% of DRAM
@@ -58,17 +59,6 @@ __device__ inline void activate8(const Activation& act, const bf16* row, const f
   for (int i = 0; i < 8; ++i) a[i] = gated_activation(act.kind, gate[i], up[i], act.alpha, act.limit);
 }
 
-// 8 values / scale as e4m3 bytes.
-__device__ inline uint2 pack_e4m3x8(const float (&a)[8], float scale) {
-  uint2 packed = make_uint2(0, 0);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    packed.x |= uint32_t(to_e4m3(a[i] / scale)) << (8 * i);
-    packed.y |= uint32_t(to_e4m3(a[4 + i] / scale)) << (8 * i);
-  }
-  return packed;
-}
-
 // The row's expert and its rows of h and bias: e = -1 past the plan's rows and for a batched plan's unused rows.
 struct ActRow {
   int e;
@@ -82,7 +72,8 @@ __device__ inline ActRow act_row(const Activation& act, const bf16* h, const flo
   return {e, h + r * N1, bias && e >= 0 ? bias + int64_t(e) * N1 : nullptr};
 }
 
-// Scales grouped M-major: group g of planned row r (expert e) at offsets[e] * groups + g * counts[e] + (r - offsets[e]).
+// Scales grouped M-major: group g of planned row r (expert e) at
+// offsets[e] * groups + g * counts[e] + (r - offsets[e]).
 __device__ inline void store_group_scale(float* out_scales, const RowPlan& plan, int e, int64_t r, int64_t groups,
                                          int64_t g, float scale) {
   const int64_t off = plan.offsets[e];

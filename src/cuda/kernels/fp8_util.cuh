@@ -18,6 +18,17 @@ __device__ inline uint8_t to_e4m3(float x) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
 }
 
+// 8 values / scale as e4m3 bytes, value i in byte i % 4 of word i / 4.
+__device__ inline uint2 pack_e4m3x8(const float (&v)[8], float scale) {
+  uint2 packed = make_uint2(0, 0);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    packed.x |= uint32_t(to_e4m3(v[i] / scale)) << (8 * i);
+    packed.y |= uint32_t(to_e4m3(v[4 + i] / scale)) << (8 * i);
+  }
+  return packed;
+}
+
 // The largest of a over the 16 lanes of this half-warp (the whole warp must call it).
 __device__ inline float half_warp_max(float a) {
 #pragma unroll

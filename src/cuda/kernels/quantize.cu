@@ -43,13 +43,7 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
   const float dynamic = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
   if (!live) return;
   const float scale = static_scale ? *static_scale : dynamic;
-  uint2 packed = make_uint2(0, 0);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    packed.x |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
-    packed.y |= uint32_t(to_e4m3(f[4 + i] / scale)) << (8 * i);
-  }
-  *reinterpret_cast<uint2*>(q + base) = packed;
+  *reinterpret_cast<uint2*>(q + base) = pack_e4m3x8(f, scale);
   if (sub == 0) scales[row * groups + g] = scale;
 }
 
@@ -84,13 +78,7 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t c = int64_t(threadIdx.x) * 8; c < K; c += kRowThreads * 8) {
     float f[8];
     load8(c, f);
-    uint2 packed = make_uint2(0, 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      packed.x |= uint32_t(to_e4m3(f[i] / scale)) << (8 * i);
-      packed.y |= uint32_t(to_e4m3(f[4 + i] / scale)) << (8 * i);
-    }
-    *reinterpret_cast<uint2*>(q + row * K + c) = packed;
+    *reinterpret_cast<uint2*>(q + row * K + c) = pack_e4m3x8(f, scale);
   }
   for (int64_t g = threadIdx.x; g < K / 128; g += kRowThreads) scales[row * (K / 128) + g] = scale;
 }
