@@ -114,6 +114,11 @@ class CapturedGraph {
   cudaGraphExec_t exec_{};
 };
 
+// Every scheme the CUDA backend runs.
+inline constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16,           QuantScheme::fp8_per_tensor,
+                                               QuantScheme::fp8_per_channel, QuantScheme::fp8_block,
+                                               QuantScheme::nvfp4,           QuantScheme::mxfp4};
+
 // Every routing method the GPU router runs, and a small config routed by it (llama4 is top-1;
 // deepseek-v3 gets 4 groups, top-2 groups).
 inline constexpr RoutingMethod kGpuRoutingMethods[] = {

@@ -10,10 +10,6 @@
 namespace fusedmoe::test {
 namespace {
 
-constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16,           QuantScheme::fp8_per_tensor,
-                                        QuantScheme::fp8_per_channel, QuantScheme::fp8_block,
-                                        QuantScheme::nvfp4,           QuantScheme::mxfp4};
-
 MoEConfig batched(MoEConfig c, int64_t capacity) {
   c.activation_format = ActivationFormat::batched;
   c.max_tokens_per_expert = capacity;

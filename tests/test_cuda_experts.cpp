@@ -15,10 +15,6 @@
 namespace fusedmoe::test {
 namespace {
 
-constexpr QuantScheme kCudaSchemes[] = {QuantScheme::bf16,           QuantScheme::fp8_per_tensor,
-                                        QuantScheme::fp8_per_channel, QuantScheme::fp8_block,
-                                        QuantScheme::nvfp4,           QuantScheme::mxfp4};
-
 using SchemeActPath = std::tuple<QuantScheme, ActivationKind, bool>;
 class CudaSchemeByActivation : public ::testing::TestWithParam<SchemeActPath> {};
 

@@ -60,8 +60,7 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel,
-                        QuantScheme::fp8_block, QuantScheme::nvfp4, QuantScheme::mxfp4})
+  for (QuantScheme s : kCudaSchemes)
     for (RoutingMethod m : kGpuRoutingMethods)
       for (int64_t M : {1, 7, 64, 300}) {  // 300: above the single-block route+plan kernel
         SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m) + " M=" + std::to_string(M));
