@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--models", default="qwen3-30b-a3b,qwen3-30b-a3b-nvfp4,gpt-oss-120b,deepseek-v3")
     ap.add_argument("--tokens", default="1")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--kinds", default="modular,monolithic", help="the forwards to time, in this order")
     args = ap.parse_args()
     lib = gb.load_lib(args.lib)
     torch.manual_seed(0)
@@ -98,7 +99,7 @@ def main():
         E, K = p["E"], p["K"]
         w = gb.make_weights(p, 1234)
         bias = (torch.randn(E, device="cuda") * 0.1).float() if p["routing"] == "deepseek-v3" else None
-        layers = {"modular": gb.create_layer(lib, p, w, bias, False), "monolithic": gb.create_layer(lib, p, w, bias, True)}
+        layers = {kind: gb.create_layer(lib, p, w, bias, kind == "monolithic") for kind in args.kinds.split(",")}
         max_m = max(int(t) for t in args.tokens.split(","))
         ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(h, max_m) for h in layers.values()), dtype=torch.uint8,
                          device="cuda")

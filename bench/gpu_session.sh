@@ -131,7 +131,7 @@ for what in "$@"; do
     tests-quick)  # the CUDA suites without the two slowest (reference-bound) tests
       step test_cuda_router 120 "$(find_bin test_cuda_router)"
       step test_cuda_plan 120 "$(find_bin test_cuda_plan)"
-      step test_cuda_experts_quick 300 "$(find_bin test_cuda_experts)" \
+      step test_cuda_experts_quick 420 "$(find_bin test_cuda_experts)" \
         --gtest_filter='-CudaExperts.RealModelShapes:CudaExperts.MoreThan2To31ElementsPerBuffer'
       step test_cuda_batched 180 "$(find_bin test_cuda_batched)"
       step test_cuda_monolithic 240 "$(find_bin test_cuda_monolithic)" ;;

@@ -35,6 +35,14 @@ bool pdl_enabled() {
   return enabled;
 }
 
+bool pdl_gemm_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("FUSEDMOE_PDL_GEMM");
+    return pdl_enabled() && v && v[0] == '1';
+  }();
+  return enabled;
+}
+
 void require_sm90(Device device, const char* what) {
   FMOE_CHECK(device.kind == DeviceKind::cuda, what, " needs a CUDA device, got ", device.str());
   int count = 0;

@@ -28,10 +28,11 @@ __device__ __forceinline__ T load_settled(const T* p) {
   return __ldcg(p);
 }
 
-// smem_bytes: dynamic shared memory (the caller raises the kernel's limit above 48 KiB).
+// smem_bytes: dynamic shared memory (the caller raises the kernel's limit above 48 KiB). pdl: launch it as a
+// programmatic dependent of the previous kernel (else it starts when that kernel has completed).
 template <class... KernelArgs, class... Args>
-void launch_with_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
-                      Args&&... args) {
+void launch_ex(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, bool pdl, cudaStream_t stream,
+               Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -41,8 +42,14 @@ void launch_with_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = pdl_enabled() ? 1 : 0;
+  config.numAttrs = pdl ? 1 : 0;
   FMOE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+template <class... KernelArgs, class... Args>
+void launch_with_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
+                      Args&&... args) {
+  launch_ex(kernel, grid, block, smem_bytes, pdl_enabled(), stream, std::forward<Args>(args)...);
 }
 
 template <class... KernelArgs, class... Args>

@@ -233,6 +233,12 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
   });
 }
 
+// Launched as an ordinary dependent: it starts once the previous kernel has completed (pdl_wait() is then a
+// no-op; its own pdl_launch_dependents() still lets the next kernel start early). As a programmatic dependent it
+// ran up to 1.3x slower at some decode points, same-run A/B on H200 (session 27, 2 rounds): mixtral-8x7b 1 and
+// 16 tokens 1.12x, mixtral-8x7b-fp8 16 tokens 1.32x (GEMM2 245 -> 127 us), qwen3-30b-a3b 1 token 1.37x faster
+// without, deepseek-v3 and the other points within -0.8..+0.2%. The kernel's own time is the same either way under
+// ncu (which serializes launches); why the early launch slows it is open. FUSEDMOE_PDL_GEMM=1 restores it.
 template <bool kFp8, bool kWarpTiles>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kRowsPerBlock * (kWarpTiles ? kWarps : 1);
@@ -241,10 +247,11 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
   const dim3 block(kWarps * 32);
   FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the small-M GEMM of ", tile_tokens,
              "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
+  const bool pdl = pdl_gemm_enabled();
   switch (tile_tokens) {
-    case 8: launch(small_m_gemm_kernel<kFp8, 1, kWarpTiles>, grid, block, s, g, plan); break;
-    case 16: launch(small_m_gemm_kernel<kFp8, 2, kWarpTiles>, grid, block, s, g, plan); break;
-    case 32: launch(small_m_gemm_kernel<kFp8, 4, kWarpTiles>, grid, block, s, g, plan); break;
+    case 8: launch_ex(small_m_gemm_kernel<kFp8, 1, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
+    case 16: launch_ex(small_m_gemm_kernel<kFp8, 2, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
+    case 32: launch_ex(small_m_gemm_kernel<kFp8, 4, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }
