@@ -27,7 +27,7 @@ def main():
     E, K, M = p["E"], p["K"], args.tokens
     w = gb.make_weights(p, 1234)
     bias = (torch.randn(E, device="cuda") * 0.1).float() if p["routing"] == "deepseek-v3" else None
-    layers = [("modular", gb.create_layer(lib, p, w, bias, False)), ("monolithic", gb.create_layer(lib, p, w, bias, True))]
+    layers = [(kind, gb.create_layer(lib, p, w, bias, kind == "monolithic")) for kind in ("modular", "monolithic")]
     ws = torch.empty(max(lib.fmoe_layer_workspace_bytes(h, M) for _, h in layers), dtype=torch.uint8, device="cuda")
     hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     logits = torch.randn(M, E, device="cuda", dtype=torch.float32)

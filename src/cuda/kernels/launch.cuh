@@ -4,7 +4,8 @@
 // touching global memory, so it still sees all the previous kernel's writes and never
 // overwrites what that kernel reads; pdl_launch_dependents() lets the next kernel start early.
 // On unless FUSEDMOE_PDL=0 (see cuda_util.h): measured on H200 (bench/results, session 6) up to 4%
-// faster at 1 token, within noise from 64 tokens.
+// faster at 1 token, within noise from 64 tokens. The bf16/fp8 small-M GEMMs launch without it (launch_ex's pdl
+// argument; small_m_gemm.cu says why).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -235,10 +235,10 @@ __global__ void __launch_bounds__(kWarps * 32, (kMinBlocks<kFp8, kMaxNT, kWarpTi
 
 // Launched as an ordinary dependent: it starts once the previous kernel has completed (pdl_wait() is then a
 // no-op; its own pdl_launch_dependents() still lets the next kernel start early). As a programmatic dependent it
-// ran up to 1.3x slower at some decode points, same-run A/B on H200 (session 27, 2 rounds): mixtral-8x7b 1 and
-// 16 tokens 1.12x, mixtral-8x7b-fp8 16 tokens 1.32x (GEMM2 245 -> 127 us), qwen3-30b-a3b 1 token 1.37x faster
-// without, deepseek-v3 and the other points within -0.8..+0.2%. The kernel's own time is the same either way under
-// ncu (which serializes launches); why the early launch slows it is open. FUSEDMOE_PDL_GEMM=1 restores it.
+// ran up to 1.36x slower at some decode points, same-run A/B on H200 (session 27, 2 rounds): mixtral-8x7b 1 and
+// 16 tokens 1.16-1.18x, mixtral-8x7b-fp8 16 tokens 1.36x (GEMM2 245 -> 127 us), qwen3-30b-a3b 1 token 1.28x
+// faster without, the other points 0.996-1.02x. Its own time is the same either way under ncu (which serializes
+// launches); why the early launch slows it is open. FUSEDMOE_PDL_GEMM=1 launches it programmatically again.
 template <bool kFp8, bool kWarpTiles>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   const int64_t rows_per_block = kRowsPerBlock * (kWarpTiles ? kWarps : 1);
