@@ -8,6 +8,7 @@
 // Stream-ordered with no host synchronisation, so a forward is graph-capturable.
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 #include <vector>
 
 #include "core/check.h"
@@ -96,9 +97,10 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
                "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
                " x ", config.max_tokens_per_expert);
-  gemm_kind_ = config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_row_scaled
-              : fp8_                                       ? GroupedGemmKind::fp8_block
-                                                           : GroupedGemmKind::bf16;
+  gemm_kind_ = config.quant == QuantScheme::fp8_per_channel  ? GroupedGemmKind::fp8_row_scaled
+              : config.quant == QuantScheme::fp8_per_tensor ? GroupedGemmKind::fp8_group_scaled
+              : fp8_                                        ? GroupedGemmKind::fp8_block
+                                                            : GroupedGemmKind::bf16;
   choose_gated_gemm1();
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
@@ -341,6 +343,11 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
   if (!fp4_) {
     const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
     const void* b = gated_act > 0 ? w13_blocked_.data_as<const void>() : w.data();
+    if (gemm_kind_ == GroupedGemmKind::fp8_group_scaled) {  // fp8-tensor: w_scale_mn holds a scale per expert
+      run_gemm(a, nullptr, b, nullptr, d, N, K, 0, num_local_, plan, tile_m, scratch, s, 0,
+               w_scale_mn.data_as<const float>());
+      return;
+    }
     run_gemm(a, a_scales, b, fp8_ ? w_scale_mn.data_as<const float>() : nullptr, d, N, K, 0, num_local_, plan, tile_m,
              scratch, s, gated_act);
     return;
@@ -358,7 +365,7 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
 
 void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d,
                            int64_t N, int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, int tile_m,
-                           const Tensor& scratch, cudaStream_t s, int gated_act) const {
+                           const Tensor& scratch, cudaStream_t s, int gated_act, const float* group_scales) const {
   GroupedGemmProblem p;
   p.num_groups = static_cast<int>(num_experts);
   p.N = N;
@@ -367,6 +374,7 @@ void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, 
   p.a_scales = a_scales;
   p.b = b;
   p.b_scales = b_scales;
+  p.group_scales = group_scales;
   p.d = d;
   p.counts = plan.counts + e0;  // group g is local expert e0 + g
   p.offsets = plan.offsets + e0;
@@ -391,9 +399,21 @@ Buffer CudaExperts::transpose_block_scales(const float* src, int64_t E, int64_t 
 void CudaExperts::make_block_scales() {
   const QuantScheme q = config_.quant;
   const int64_t E = num_local_, K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
+  // fp8-tensor's static activation scales (the layout check saw their shapes; the values live on the device).
+  float a13 = 0.0f, a2 = 0.0f;
+  if (q == QuantScheme::fp8_per_tensor) {
+    for (const auto& [t, name, v] : {std::tuple{&weights_.a13_scale, "weights.a13_scale", &a13},
+                                     std::tuple{&weights_.a2_scale, "weights.a2_scale", &a2}}) {
+      *v = copy_to(*t, Device::cpu()).data_as<const float>()[0];
+      FMOE_CHECK(*v > 0.0f && *v < 1e30f, name, " must be a positive finite scale, got ", *v);
+    }
+    static_a2_ = weights_.a2_scale.data_as<const float>();
+  }
   // One weight matrix: its [E, NB, KB] block scales on the device for the small-M kernels (returned), and the
-  // CUTLASS kernels' MN-major copy: [E, KB, NB], or for fp8-channel [E, KB, N] (a scale per row and k block).
-  const auto blocks = [&](const Tensor& scale, int64_t N, int64_t cols, Buffer& made, Buffer& mn) -> const float* {
+  // CUTLASS kernels' copy: [E, KB, NB] (MN-major), for fp8-channel [E, KB, N] (a scale per row and k block),
+  // for fp8-tensor [E] (the group scales: activations' times the expert's).
+  const auto blocks = [&](const Tensor& scale, float a_scale, int64_t N, int64_t cols, Buffer& made,
+                          Buffer& mn) -> const float* {
     const int64_t NB = (N + 127) / 128, KB = cols / 128;
     const Buffer host_scale = copy_to(scale, Device::cpu());
     const float* src = host_scale.data_as<const float>();
@@ -404,8 +424,10 @@ void CudaExperts::make_block_scales() {
     Buffer host = Buffer::empty(DType::f32, {E, NB, KB});
     for (int64_t e = 0; e < E; ++e)
       std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB, q == QuantScheme::fp8_per_tensor ? src[e] : 1.0f);
-    if (q == QuantScheme::fp8_per_tensor) {
-      mn = transpose_block_scales(host.data_as<const float>(), E, NB, KB);
+    if (q == QuantScheme::fp8_per_tensor) {  // the grouped path's scale per expert: activations' times weights'
+      Buffer group = Buffer::empty(DType::f32, {E});
+      for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = a_scale * src[e];
+      mn = copy_to(group.view(), device_);
     } else {  // each row's scale in each of its k blocks
       Buffer rows = Buffer::empty(DType::f32, {E, KB, N});
       for (int64_t e = 0; e < E; ++e)
@@ -415,25 +437,19 @@ void CudaExperts::make_block_scales() {
     made = copy_to(host.view(), device_);
     return made.data_as<const float>();
   };
-  w13_block_scales_ = blocks(weights_.w13_scale, N1, K, w13_blocks_, w13_scale_mn_);
-  w2_block_scales_ = blocks(weights_.w2_scale, K, I, w2_blocks_, w2_scale_mn_);
+  w13_block_scales_ = blocks(weights_.w13_scale, a13, N1, K, w13_blocks_, w13_scale_mn_);
+  w2_block_scales_ = blocks(weights_.w2_scale, a2, K, I, w2_blocks_, w2_scale_mn_);
   if (q == QuantScheme::fp8_per_channel) {
     row_scale13_ = weights_.w13_scale.data_as<const float>();
     row_scale2_ = weights_.w2_scale.data_as<const float>();
-  }
-  if (q == QuantScheme::fp8_per_tensor) {  // the layout check saw their shapes; the values live on the device
-    for (const auto& [t, name] : {std::pair{&weights_.a13_scale, "weights.a13_scale"},
-                                  std::pair{&weights_.a2_scale, "weights.a2_scale"}}) {
-      const float v = copy_to(*t, Device::cpu()).data_as<const float>()[0];
-      FMOE_CHECK(v > 0.0f && v < 1e30f, name, " must be a positive finite scale, got ", v);
-    }
-    static_a2_ = weights_.a2_scale.data_as<const float>();
   }
 }
 
 namespace {
 const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
   if (kind == GroupedGemmKind::fp8_row_scaled) return kGroupedGemmFp8RowScaledCoop128x128;  // its only tile
+  if (kind == GroupedGemmKind::fp8_group_scaled)
+    return tile_m == 64 ? kGroupedGemmFp8GroupScaledPingpong64x256 : kGroupedGemmFp8GroupScaledCoop128x256;
   if (kind == GroupedGemmKind::fp8_block)
     return tile_m == 64 ? kGroupedGemmFp8Pingpong64x128 : kGroupedGemmFp8Coop128x128;
   return tile_m == 64 ? kGroupedGemmBf16Pingpong64x256 : kGroupedGemmBf16Coop128x256;

@@ -66,7 +66,7 @@ class CudaExperts final : public ModularExperts {
   // Grouped GEMM of local experts [e0, e0 + num_experts), b holding exactly those experts.
   void run_gemm(const void* a, const float* a_scales, const void* b, const float* b_scales, void* d, int64_t N,
                 int64_t K, int64_t e0, int64_t num_experts, const RowPlan& plan, int tile_m, const Tensor& scratch,
-                cudaStream_t s, int gated_act = 0) const;
+                cudaStream_t s, int gated_act = 0, const float* group_scales = nullptr) const;
   void choose_gated_gemm1();
   int64_t fp4_dequant_elements() const;
   Buffer transpose_block_scales(const float* host_scales, int64_t E, int64_t NB, int64_t KB) const;
@@ -91,7 +91,8 @@ class CudaExperts final : public ModularExperts {
   // fp8-channel's blocks are 1: its per-row scales (row_scale13_, row_scale2_: weights.w13_scale, w2_scale)
   // go to the small-M kernels' epilogue and, as *_scale_mn_ [E, K/128, N], to the row-scaled CUTLASS
   // variant; its activation quantizes GEMM2's input per row. fp8-tensor's static a2 scale quantizes GEMM2's
-  // input.
+  // input, and its *_scale_mn_ are [E] group scales (a13 or a2 times the expert's weight scale) for the
+  // group-scaled CUTLASS variant.
   const float* w13_block_scales_ = nullptr;
   const float* w2_block_scales_ = nullptr;
   Buffer w13_blocks_, w2_blocks_;

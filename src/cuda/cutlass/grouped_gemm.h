@@ -4,7 +4,9 @@
 // Per-group shapes and pointers are built on the device from the row plan (no host sync);
 // experts without rows are empty groups. fp8_block: e4m3 operands, f32 scales per 1x128 (A,
 // grouped M-major) and 128x128 (B, [E, K/128, N/128]) blocks, f32 accumulation promoted
-// per k block; fp8_row_scaled: the same with B's scales per row and k block ([E, K/128, N]).
+// per k block; fp8_row_scaled: the same with B's scales per row and k block ([E, K/128, N]);
+// fp8_group_scaled: e4m3 operands with one f32 scale per group (fp8-tensor: the static activation
+// scale times the expert's weight scale) applied in the epilogue, no per-k-block promotion.
 // Output bf16. This header stays free of CUTLASS and fusedmoe types so the
 // CUTLASS translation units compile on their own (C++17).
 #pragma once
@@ -16,7 +18,7 @@
 
 namespace fusedmoe::cuda {
 
-enum class GroupedGemmKind { bf16, fp8_block, fp8_row_scaled };
+enum class GroupedGemmKind { bf16, fp8_block, fp8_row_scaled, fp8_group_scaled };
 
 struct GroupedGemmProblem {
   int num_groups = 0;
@@ -25,6 +27,7 @@ struct GroupedGemmProblem {
   const float* a_scales = nullptr;   // fp8_block: grouped M-major [*, K/128]
   const void* b = nullptr;           // [E, N, K]
   const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major); fp8_row_scaled [E, K/128, N]
+  const float* group_scales = nullptr;  // fp8_group_scaled: device [num_groups], D = scale[g] * A.B^T
   void* d = nullptr;                 // bf16 [R, N]
   const int32_t* counts = nullptr;   // device [E]
   const int32_t* offsets = nullptr;  // device [E + 1]
@@ -52,6 +55,9 @@ extern const GroupedGemmVariant kGroupedGemmFp8Coop128x128;
 extern const GroupedGemmVariant kGroupedGemmFp8Pingpong64x128;
 // fp8 with B scaled per row (fp8-channel), 128x128 cooperative, every tile_m.
 extern const GroupedGemmVariant kGroupedGemmFp8RowScaledCoop128x128;
+// fp8 with one scale per group (fp8-tensor): 128x256 cooperative and 64x256 pingpong.
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledCoop128x256;
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledPingpong64x256;
 // bf16 GEMM1 with the gated activation in the epilogue, 64x256 pingpong (gated_epilogue_sm90.cuh).
 extern const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256;
 

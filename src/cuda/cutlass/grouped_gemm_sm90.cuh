@@ -139,6 +139,10 @@ struct GroupedGemm {
                                         {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
                                         hw};
       } else {
+        if (p.group_scales) {  // alpha of group g: group_scales[g] (a stride of 1 along the group index)
+          fusion.alpha_ptr = p.group_scales;
+          fusion.dAlpha = {cute::_0{}, cute::_0{}, 1};
+        }
         args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
                                         {p.num_groups, arr.shapes, nullptr},
                                         {arr.a, arr.stride_a, arr.b, arr.stride_b},
