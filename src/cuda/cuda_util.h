@@ -46,7 +46,7 @@ const DeviceInfo& device_info(int device);
 // Programmatic dependent launch between fusedmoe's own kernels: on unless FUSEDMOE_PDL=0.
 bool pdl_enabled();
 // The bf16/fp8 small-M GEMMs launch as ordinary dependents (after the previous kernel completes) unless
-// FUSEDMOE_PDL_GEMM=1 (and PDL is on): launched programmatically they ran up to 1.3x slower on some decode
+// FUSEDMOE_PDL_GEMM=1 (and PDL is on): launched programmatically they ran up to 1.36x slower on some decode
 // points (small_m_gemm.cu says where; H200, session 27).
 bool pdl_gemm_enabled();
 
