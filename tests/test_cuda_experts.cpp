@@ -100,6 +100,12 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(256, 8, 128, fp8).warp_tiles);  // grouped GEMM
   EXPECT_EQ(choose_experts_path(1024, 8, 128).gemm_tile_m, 64);    // qwen3 at 1024: 64 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 8, 256, fp8).gemm_tile_m, 64);  // deepseek-v3 at 1024: 32 rows
+  EXPECT_EQ(choose_experts_path(1536, 8, 256, fp8).gemm_tile_m, 64);  // 48 rows
+  EXPECT_EQ(choose_experts_path(2048, 8, 256, fp8).gemm_tile_m, 128);  // 64 rows: fp8-block's 128-row tiles
+  EXPECT_EQ(choose_experts_path(4096, 8, 256).gemm_tile_m, 64);       // bf16 at 128 rows per expert
+  const QuantScheme fp8_tensor = QuantScheme::fp8_per_tensor;
+  EXPECT_EQ(choose_experts_path(2048, 2, 8, fp8_tensor).gemm_tile_m, 64);   // mixtral-8x7b-fp8: 512 rows
+  EXPECT_EQ(choose_experts_path(4096, 2, 8, fp8_tensor).gemm_tile_m, 128);  // 1024 rows
   EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
   EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert
