@@ -572,6 +572,28 @@ TEST(CudaExperts, ExpertBiasesOnBothPaths) {
   }
 }
 
+// fp8-channel's grouped GEMMs, both ways, against the reference with biases: FP8FastAccum with the scales applied
+// after them (the default: the activation kernel scales h, the bias kernel y) and the row-scaled blockwise variant
+// (FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1), at both tiles of the former.
+TEST(CudaExperts, Fp8ChannelGroupedGemmsBothWays) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::fp8_per_channel, 6, 256, 384, 2);
+  c.routing.method = RoutingMethod::precomputed;
+  const int64_t M = 300;
+  const Problem p = make_problem(c, M, seed, /*with_bias=*/true);
+  const GpuProblem g = to_gpu(p);
+  for (int tile : {128, 64}) {
+    const ForcePath force(false, 16, 0, false, false, tile);
+    for (const char* blockwise : {"0", "1"}) {
+      SCOPED_TRACE(std::string("gemm tile ") + std::to_string(tile) + ", blockwise " + blockwise);
+      const ScopedEnv env("FUSEDMOE_FP8_CHANNEL_BLOCKWISE", blockwise);
+      expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
+    }
+  }
+}
+
 // gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
 // 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
 // softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.

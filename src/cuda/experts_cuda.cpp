@@ -91,13 +91,16 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   if (fp4_) {
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
   }
+  const char* blockwise = std::getenv("FUSEDMOE_FP8_CHANNEL_BLOCKWISE");
+  channel_unscaled_gemms_ = config.quant == QuantScheme::fp8_per_channel && !(blockwise && blockwise[0] == '1');
   if (fp8_) make_block_scales();
   batched_ = config.activation_format == ActivationFormat::batched;
   if (batched_)
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
                "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
                " x ", config.max_tokens_per_expert);
-  gemm_kind_ = config.quant == QuantScheme::fp8_per_channel  ? GroupedGemmKind::fp8_row_scaled
+  gemm_kind_ = channel_unscaled_gemms_                        ? GroupedGemmKind::fp8_group_scaled
+              : config.quant == QuantScheme::fp8_per_channel  ? GroupedGemmKind::fp8_row_scaled
               : config.quant == QuantScheme::fp8_per_tensor ? GroupedGemmKind::fp8_group_scaled
               : fp8_                                        ? GroupedGemmKind::fp8_block
                                                             : GroupedGemmKind::bf16;
@@ -297,11 +300,19 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     } else {
       run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
                        h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
-      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s);
+      const ActivationIn h_scales = channel_unscaled_gemms_
+                                        ? ActivationIn{x_sorted_scales.data_as<const float>(), K / 128, row_scale13_}
+                                        : ActivationIn{};
+      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s,
+                        h_scales);
     }
     run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
                      dequant, s);
-    if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
+    if (channel_unscaled_gemms_)  // y times its scales, plus the bias
+      launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s,
+                             ActivationIn{h2_scales.data_as<const float>(), I / 128, row_scale2_});
+    else if (b2)
+      launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
   return y;
 }
@@ -442,6 +453,12 @@ void CudaExperts::make_block_scales() {
   if (q == QuantScheme::fp8_per_channel) {
     row_scale13_ = weights_.w13_scale.data_as<const float>();
     row_scale2_ = weights_.w2_scale.data_as<const float>();
+  }
+  if (channel_unscaled_gemms_) {  // the FP8FastAccum GEMMs' group scales: 1 (the scales come after them)
+    Buffer ones = Buffer::empty(DType::f32, {E});
+    std::fill_n(ones.data_as<float>(), E, 1.0f);
+    w13_scale_mn_ = copy_to(ones.view(), device_);
+    w2_scale_mn_ = copy_to(ones.view(), device_);
   }
 }
 

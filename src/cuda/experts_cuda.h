@@ -83,6 +83,10 @@ class CudaExperts final : public ModularExperts {
   SmallMWeights weight_format_ = SmallMWeights::bf16;
   int64_t fp4_chunk_experts_ = 0;  // experts dequantized at a time on the fp4 grouped path
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
+  // fp8-channel's grouped path: FP8FastAccum GEMMs with group scale 1 (fp8_group_scaled), their outputs scaled
+  // after them — h by the activation kernel, y by the bias kernel — by the row's activation scale and each
+  // weight row's scale. FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1: the row-scaled blockwise CUTLASS variant instead.
+  bool channel_unscaled_gemms_ = false;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
   // The fp8 schemes all run the block-scaled kernels: the weight scales per 128x128 block ([E, N/128,
