@@ -106,6 +106,7 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   const QuantScheme fp8_tensor = QuantScheme::fp8_per_tensor;
   EXPECT_EQ(choose_experts_path(2048, 2, 8, fp8_tensor).gemm_tile_m, 64);   // mixtral-8x7b-fp8: 512 rows
   EXPECT_EQ(choose_experts_path(4096, 2, 8, fp8_tensor).gemm_tile_m, 128);  // 1024 rows
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, QuantScheme::fp8_per_channel).gemm_tile_m, 64);  // 512 rows
   EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
   EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert

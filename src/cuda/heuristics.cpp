@@ -55,12 +55,12 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // Session 28 moved two schemes' bounds (H200, same-run A/B, 2-3 rounds each). fp8-block takes the
   // 128-row tiles (clusters of two N tiles sharing A, since session 12) from 48 rows per expert on:
   // deepseek-v3 1.04-1.05x at 3072 tokens (96 rows), 1.08-1.13x at 4096 (128), 64-row tiles still ahead
-  // at 1024 (1.5%) and 512 (6%); 2048 (64 rows) within its rounds' spread. fp8-tensor (the FP8FastAccum
-  // variants) keeps 64-row tiles up to 512 rows per expert: mixtral-8x7b-fp8 1.02-1.04x at 1024, 1536 and
-  // 2048 tokens (256-512 rows), the same at 3072-6144.
-  const double tile64_up_to = weights == QuantScheme::fp8_block        ? 48.0
-                              : weights == QuantScheme::fp8_per_tensor ? 512.0
-                                                                       : 128.0;
+  // at 1024 (1.5%) and 512 (6%); 2048 (64 rows) within its rounds' spread. fp8-tensor and fp8-channel (the
+  // FP8FastAccum variants) keep 64-row tiles up to 512 rows per expert: mixtral-8x7b-fp8 1.02-1.04x at 1024,
+  // 1536 and 2048 tokens (256-512 rows), the same at 3072-6144; qwen3-30b-a3b-fp8-channel 1.026x / 1.019x /
+  // 1.002x at 3072 / 4096 / 8192 (192-512 rows).
+  const bool fast_accum = weights == QuantScheme::fp8_per_tensor || weights == QuantScheme::fp8_per_channel;
+  const double tile64_up_to = weights == QuantScheme::fp8_block ? 48.0 : fast_accum ? 512.0 : 128.0;
   path.gemm_tile_m = rows_per_expert <= tile64_up_to ? 64 : 128;
   // fp4 weights above 24 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
   // small-M path's plan, gather and epilogue), which dequantizes in registers instead of writing a bf16
