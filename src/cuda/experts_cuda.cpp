@@ -99,11 +99,11 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
                "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
                " x ", config.max_tokens_per_expert);
-  gemm_kind_ = channel_unscaled_gemms_                        ? GroupedGemmKind::fp8_group_scaled
-              : config.quant == QuantScheme::fp8_per_channel  ? GroupedGemmKind::fp8_row_scaled
-              : config.quant == QuantScheme::fp8_per_tensor ? GroupedGemmKind::fp8_group_scaled
-              : fp8_                                        ? GroupedGemmKind::fp8_block
-                                                            : GroupedGemmKind::bf16;
+  const bool fast_accum = config.quant == QuantScheme::fp8_per_tensor || channel_unscaled_gemms_;
+  gemm_kind_ = fast_accum                                      ? GroupedGemmKind::fp8_group_scaled
+              : config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_row_scaled
+              : fp8_                                         ? GroupedGemmKind::fp8_block
+                                                             : GroupedGemmKind::bf16;
   choose_gated_gemm1();
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
@@ -354,7 +354,7 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
   if (!fp4_) {
     const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
     const void* b = gated_act > 0 ? w13_blocked_.data_as<const void>() : w.data();
-    if (gemm_kind_ == GroupedGemmKind::fp8_group_scaled) {  // fp8-tensor: w_scale_mn holds a scale per expert
+    if (gemm_kind_ == GroupedGemmKind::fp8_group_scaled) {  // w_scale_mn holds a scale per expert
       run_gemm(a, nullptr, b, nullptr, d, N, K, 0, num_local_, plan, tile_m, scratch, s, 0,
                w_scale_mn.data_as<const float>());
       return;
@@ -422,7 +422,8 @@ void CudaExperts::make_block_scales() {
   }
   // One weight matrix: its [E, NB, KB] block scales on the device for the small-M kernels (returned), and the
   // CUTLASS kernels' copy: [E, KB, NB] (MN-major), for fp8-channel [E, KB, N] (a scale per row and k block),
-  // for fp8-tensor [E] (the group scales: activations' times the expert's).
+  // or [E] group scales for the FastAccum GEMMs: fp8-tensor's activations' times the expert's, fp8-channel's 1
+  // (its scales are applied after them).
   const auto blocks = [&](const Tensor& scale, float a_scale, int64_t N, int64_t cols, Buffer& made,
                           Buffer& mn) -> const float* {
     const int64_t NB = (N + 127) / 128, KB = cols / 128;
@@ -435,9 +436,9 @@ void CudaExperts::make_block_scales() {
     Buffer host = Buffer::empty(DType::f32, {E, NB, KB});
     for (int64_t e = 0; e < E; ++e)
       std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB, q == QuantScheme::fp8_per_tensor ? src[e] : 1.0f);
-    if (q == QuantScheme::fp8_per_tensor) {  // the grouped path's scale per expert: activations' times weights'
+    if (q == QuantScheme::fp8_per_tensor || channel_unscaled_gemms_) {  // the grouped path's scale per expert
       Buffer group = Buffer::empty(DType::f32, {E});
-      for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = a_scale * src[e];
+      for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = channel_unscaled_gemms_ ? 1.0f : a_scale * src[e];
       mn = copy_to(group.view(), device_);
     } else {  // each row's scale in each of its k blocks
       Buffer rows = Buffer::empty(DType::f32, {E, KB, N});
@@ -453,12 +454,6 @@ void CudaExperts::make_block_scales() {
   if (q == QuantScheme::fp8_per_channel) {
     row_scale13_ = weights_.w13_scale.data_as<const float>();
     row_scale2_ = weights_.w2_scale.data_as<const float>();
-  }
-  if (channel_unscaled_gemms_) {  // the FP8FastAccum GEMMs' group scales: 1 (the scales come after them)
-    Buffer ones = Buffer::empty(DType::f32, {E});
-    std::fill_n(ones.data_as<float>(), E, 1.0f);
-    w13_scale_mn_ = copy_to(ones.view(), device_);
-    w2_scale_mn_ = copy_to(ones.view(), device_);
   }
 }
 
