@@ -573,8 +573,8 @@ TEST(CudaExperts, ExpertBiasesOnBothPaths) {
   }
 }
 
-// fp8-channel's grouped GEMMs, both ways, against the reference with biases: FP8FastAccum with the scales applied
-// after them (the default: the activation kernel scales h, the bias kernel y) and the row-scaled blockwise variant
+// fp8-channel's grouped GEMMs, both ways, against the reference with biases: FP8FastAccum with the activation and
+// weight row scales in the epilogue (the default) and the row-scaled blockwise variant
 // (FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1), at both tiles of the former.
 TEST(CudaExperts, Fp8ChannelGroupedGemmsBothWays) {
   FMOE_REQUIRE_GPU();

@@ -92,18 +92,18 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
   }
   const char* blockwise = std::getenv("FUSEDMOE_FP8_CHANNEL_BLOCKWISE");
-  channel_unscaled_gemms_ = config.quant == QuantScheme::fp8_per_channel && !(blockwise && blockwise[0] == '1');
+  const bool channel = config.quant == QuantScheme::fp8_per_channel;
+  gemm_kind_ = config.quant == QuantScheme::fp8_per_tensor   ? GroupedGemmKind::fp8_group_scaled
+              : channel && blockwise && blockwise[0] == '1' ? GroupedGemmKind::fp8_row_scaled
+              : channel                                     ? GroupedGemmKind::fp8_channel_scaled
+              : fp8_                                        ? GroupedGemmKind::fp8_block
+                                                            : GroupedGemmKind::bf16;
   if (fp8_) make_block_scales();
   batched_ = config.activation_format == ActivationFormat::batched;
   if (batched_)
     FMOE_CHECK(num_local_ * config.max_tokens_per_expert < (int64_t(1) << 31),
                "the CUDA batched experts need num_local_experts x max_tokens_per_expert < 2^31 rows, got ", num_local_,
                " x ", config.max_tokens_per_expert);
-  const bool fast_accum = config.quant == QuantScheme::fp8_per_tensor || channel_unscaled_gemms_;
-  gemm_kind_ = fast_accum                                      ? GroupedGemmKind::fp8_group_scaled
-              : config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_row_scaled
-              : fp8_                                         ? GroupedGemmKind::fp8_block
-                                                             : GroupedGemmKind::bf16;
   choose_gated_gemm1();
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
@@ -300,19 +300,11 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     } else {
       run_gemm_weights(x_sorted.data(), fp8_ ? x_sorted_scales.data_as<const float>() : nullptr, /*w13=*/true,
                        h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
-      const ActivationIn h_scales = channel_unscaled_gemms_
-                                        ? ActivationIn{x_sorted_scales.data_as<const float>(), K / 128, row_scale13_}
-                                        : ActivationIn{};
-      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s,
-                        h_scales);
+      launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s);
     }
     run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
                      dequant, s);
-    if (channel_unscaled_gemms_)  // y times its scales, plus the bias
-      launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s,
-                             ActivationIn{h2_scales.data_as<const float>(), I / 128, row_scale2_});
-    else if (b2)
-      launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
+    if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }
   return y;
 }
@@ -421,9 +413,9 @@ void CudaExperts::make_block_scales() {
     static_a2_ = weights_.a2_scale.data_as<const float>();
   }
   // One weight matrix: its [E, NB, KB] block scales on the device for the small-M kernels (returned), and the
-  // CUTLASS kernels' copy: [E, KB, NB] (MN-major), for fp8-channel [E, KB, N] (a scale per row and k block),
-  // or [E] group scales for the FastAccum GEMMs: fp8-tensor's activations' times the expert's, fp8-channel's 1
-  // (its scales are applied after them).
+  // CUTLASS kernels' copy: fp8-block's [E, KB, NB] (MN-major); fp8-tensor's [E] group scales (its activations'
+  // times the expert's); fp8-channel's [E, N] row scales (our copy: the epilogue reads them 16 bytes at a time),
+  // or [E, KB, N] (a scale per row and k block) for its blockwise variant.
   const auto blocks = [&](const Tensor& scale, float a_scale, int64_t N, int64_t cols, Buffer& made,
                           Buffer& mn) -> const float* {
     const int64_t NB = (N + 127) / 128, KB = cols / 128;
@@ -436,10 +428,12 @@ void CudaExperts::make_block_scales() {
     Buffer host = Buffer::empty(DType::f32, {E, NB, KB});
     for (int64_t e = 0; e < E; ++e)
       std::fill_n(host.data_as<float>() + e * NB * KB, NB * KB, q == QuantScheme::fp8_per_tensor ? src[e] : 1.0f);
-    if (q == QuantScheme::fp8_per_tensor || channel_unscaled_gemms_) {  // the grouped path's scale per expert
+    if (q == QuantScheme::fp8_per_tensor) {  // the grouped path's scale per expert
       Buffer group = Buffer::empty(DType::f32, {E});
-      for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = channel_unscaled_gemms_ ? 1.0f : a_scale * src[e];
+      for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = a_scale * src[e];
       mn = copy_to(group.view(), device_);
+    } else if (gemm_kind_ == GroupedGemmKind::fp8_channel_scaled) {
+      mn = copy_to(host_scale.view(), device_);
     } else {  // each row's scale in each of its k blocks
       Buffer rows = Buffer::empty(DType::f32, {E, KB, N});
       for (int64_t e = 0; e < E; ++e)
@@ -462,6 +456,8 @@ const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
   if (kind == GroupedGemmKind::fp8_row_scaled) return kGroupedGemmFp8RowScaledCoop128x128;  // its only tile
   if (kind == GroupedGemmKind::fp8_group_scaled)
     return tile_m == 64 ? kGroupedGemmFp8GroupScaledPingpong64x256 : kGroupedGemmFp8GroupScaledCoop128x256;
+  if (kind == GroupedGemmKind::fp8_channel_scaled)
+    return tile_m == 64 ? kGroupedGemmFp8ChannelScaledPingpong64x256 : kGroupedGemmFp8ChannelScaledCoop128x256;
   if (kind == GroupedGemmKind::fp8_block)
     return tile_m == 64 ? kGroupedGemmFp8Pingpong64x128 : kGroupedGemmFp8Coop128x128;
   return tile_m == 64 ? kGroupedGemmBf16Pingpong64x256 : kGroupedGemmBf16Coop128x256;

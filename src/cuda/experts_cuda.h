@@ -82,20 +82,19 @@ class CudaExperts final : public ModularExperts {
   bool fp8_ = false, fp4_ = false, batched_ = false;
   SmallMWeights weight_format_ = SmallMWeights::bf16;
   int64_t fp4_chunk_experts_ = 0;  // experts dequantized at a time on the fp4 grouped path
+  // The grouped path's GEMMs. fp8-channel: FP8FastAccum GEMMs with the row's activation scale and each weight
+  // row's scale in the epilogue (fp8_channel_scaled); FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1: the row-scaled
+  // blockwise variant (fp8_row_scaled).
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
-  // fp8-channel's grouped path: FP8FastAccum GEMMs with group scale 1 (fp8_group_scaled), their outputs scaled
-  // after them — h by the activation kernel, y by the bias kernel — by the row's activation scale and each
-  // weight row's scale. FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1: the row-scaled blockwise CUTLASS variant instead.
-  bool channel_unscaled_gemms_ = false;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
   // The fp8 schemes all run the block-scaled kernels: the weight scales per 128x128 block ([E, N/128,
   // K/128]: the small-M kernels'; *_scale_mn_ is the CUTLASS kernels' [E, K/128, N/128]), the checkpoint's
   // for fp8-block, made at construction for fp8-tensor and fp8-channel (w13_blocks_, w2_blocks_).
   // fp8-channel's blocks are 1: its per-row scales (row_scale13_, row_scale2_: weights.w13_scale, w2_scale)
-  // go to the small-M kernels' epilogue and, as *_scale_mn_ [E, K/128, N], to the row-scaled CUTLASS
-  // variant (with FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1; by default *_scale_mn_ are [E] ones for the group-scaled
-  // variant and the row scales go to the activation and bias kernels); its activation quantizes GEMM2's input
+  // go to the small-M kernels' epilogue and, as *_scale_mn_, to the CUTLASS kernels: [E, N] (our aligned
+  // copy) for the channel-scaled epilogue, [E, K/128, N] for the row-scaled blockwise variant (with
+  // FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1); its activation quantizes GEMM2's input
   // per row. fp8-tensor's static a2 scale quantizes GEMM2's
   // input, and its *_scale_mn_ are [E] group scales (a13 or a2 times the expert's weight scale) for the
   // group-scaled CUTLASS variant.

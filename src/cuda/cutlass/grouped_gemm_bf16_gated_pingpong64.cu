@@ -8,7 +8,7 @@ namespace {
 using Variant = sm90::GroupedGemm<cutlass::bfloat16_t, cute::Shape<cute::_64, cute::_256, cute::_64>,
                                   cute::Shape<cute::_1, cute::_1, cute::_1>,
                                   cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong,
-                                  cutlass::epilogue::PtrArrayNoSmemWarpSpecialized, false, true>;
+                                  cutlass::epilogue::PtrArrayNoSmemWarpSpecialized, false, sm90::Epi::gated>;
 }
 const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256{&Variant::workspace_bytes, &sm90::run<Variant>};
 }  // namespace fusedmoe::cuda

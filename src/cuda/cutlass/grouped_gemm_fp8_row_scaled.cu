@@ -10,7 +10,7 @@ namespace {
 using Variant = sm90::GroupedGemm<cutlass::float_e4m3_t, cute::Shape<cute::_128, cute::_128, cute::_128>,
                                   cute::Shape<cute::_1, cute::_2, cute::_1>,
                                   cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise,
-                                  cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, true, false, 1>;
+                                  cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, true, sm90::Epi::linear, 1>;
 }
 const GroupedGemmVariant kGroupedGemmFp8RowScaledCoop128x128{&Variant::workspace_bytes, &sm90::run<Variant>};
 }  // namespace fusedmoe::cuda

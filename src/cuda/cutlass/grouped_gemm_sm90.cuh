@@ -25,14 +25,37 @@ using UnderlyingShape = ProblemShape::UnderlyingProblemShape;
 
 constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
+// What the epilogue does with the f32 accumulators before writing bf16 D.
+enum class Epi {
+  linear,          // alpha (1, or group_scales[g]) times the accumulator
+  gated,           // GEMM1 with the gated activation (gated_epilogue_sm90.cuh), D N/2 wide
+  channel_scaled,  // times a_scale[row of A] and b_scale[row of B] (fp8-channel: per token x per channel)
+};
+
+// D = bf16(acc * col[m] * row[n]), col and row f32 vectors per group (arrays of pointers, one per group):
+// col[m] the activation scale of A's row m (a column broadcast along N), row[n] the weight scale of B's row n
+// (a row broadcast along M, staged in shared memory). Col is read a value at a time: the group's scales start
+// at any row, so no vector alignment holds.
+template <class Tile>
+using ChannelScaledEvt = cutlass::epilogue::fusion::Sm90EVT<
+    cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, cutlass::bfloat16_t, float,
+                                           cutlass::FloatRoundStyle::round_to_nearest>,
+    cutlass::epilogue::fusion::Sm90EVT<
+        cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, float, float,
+                                               cutlass::FloatRoundStyle::round_to_nearest>,
+        cutlass::epilogue::fusion::Sm90AccFetch,
+        cutlass::epilogue::fusion::Sm90ColBroadcast<0, Tile, float*, float, Stride<_1, _0, _0>, 1>>,
+    cutlass::epilogue::fusion::Sm90RowBroadcast<0, Tile, float*, float, Stride<_0, _1, _0>, 4>>;
+
 // Tile config of one variant.
-// kGated: GEMM1 with the gated activation in the epilogue (gated_epilogue_sm90.cuh).
+// kEpi: the epilogue (Epi above).
 // kScaleN: B's scale granularity along N (block-scaled): 128 (128x128 blocks), or 1 (a scale per weight row
 // and 128-wide k block: fp8-channel's per-row scales, applied with the activations' before rounding).
 template <class ElementAB, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule, bool kBlockScaled,
-          bool kGated = false, int kScaleN = 128>
+          Epi kEpi = Epi::linear, int kScaleN = 128>
 struct GroupedGemm {
-  static constexpr bool Gated = kGated;
+  static constexpr bool Gated = kEpi == Epi::gated;
+  static constexpr bool ChannelScaled = kEpi == Epi::channel_scaled;
   static constexpr int ScaleN = kScaleN;
   using ElementD = cutlass::bfloat16_t;
   using LayoutA = cutlass::layout::RowMajor;
@@ -45,18 +68,23 @@ struct GroupedGemm {
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
 
-  template <bool kG, class = void>
+  template <class Fusion>
+  using BuiltEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
+      float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*, kAlignD, EpilogueSchedule, Fusion>::CollectiveOp;
+  template <Epi kE, class = void>
   struct EpilogueOf {  // the builder's epilogue, instantiated only when used
-    using type = typename cutlass::epilogue::collective::CollectiveBuilder<
-        cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
-        cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*,
-        kAlignD, EpilogueSchedule, cutlass::epilogue::fusion::LinearCombination<ElementD, float>>::CollectiveOp;
+    using type = BuiltEpilogue<cutlass::epilogue::fusion::LinearCombination<ElementD, float>>;
   };
   template <class V>
-  struct EpilogueOf<true, V> {
+  struct EpilogueOf<Epi::channel_scaled, V> {
+    using type = BuiltEpilogue<ChannelScaledEvt<Tile>>;
+  };
+  template <class V>
+  struct EpilogueOf<Epi::gated, V> {
     using type = GatedEpilogueAdapter<GatedActivationEpilogueArray<cutlass::detail::TagToStrideC_t<LayoutD*>>>;
   };
-  using Epilogue = typename EpilogueOf<kGated>::type;
+  using Epilogue = typename EpilogueOf<kEpi>::type;
 
   using StrideArgA = cute::conditional_t<kBlockScaled, cute::tuple<LayoutA*, LayoutSFA*>, LayoutA*>;
   using StrideArgB = cute::conditional_t<kBlockScaled, cute::tuple<LayoutB*, LayoutSFB*>, LayoutB*>;
@@ -121,11 +149,18 @@ struct GroupedGemm {
     cudaGetDevice(&hw.device_id);
     hw.sm_count = p.sm_count;
     typename Gemm::Arguments args;
-    if constexpr (kGated) {
+    if constexpr (Gated) {
       args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
                                       {p.num_groups, arr.shapes, nullptr},
                                       {arr.a, arr.stride_a, arr.b, arr.stride_b},
                                       {arr.d, arr.stride_d, p.gated_act},
+                                      hw};
+    } else if constexpr (ChannelScaled) {  // the tree's arguments: ((acc, col), row); sfa, sfb: a pointer per group
+      decltype(args.epilogue.thread) fusion{{{}, {arr.sfa}, {}}, {arr.sfb}, {}};
+      args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                      {p.num_groups, arr.shapes, nullptr},
+                                      {arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                      {fusion, nullptr, arr.stride_d, arr.d, arr.stride_d},
                                       hw};
     } else {
       decltype(args.epilogue.thread) fusion{};
@@ -177,7 +212,10 @@ __global__ void fill_group_arguments(typename G::Arrays arr, GroupedGemmProblem 
   arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, cute::make_shape(m, k, 1));
   arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, cute::make_shape(n, k, 1));
   arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, cute::make_shape(m, n_out, 1));
-  if (p.a_scales) {
+  if constexpr (G::ChannelScaled) {  // the expert's rows' activation scales (group 0 of grouped M-major), its rows' scales
+    arr.sfa[e] = p.a_scales + row0 * ((p.K + 127) / 128);
+    arr.sfb[e] = p.b_scales + int64_t(e) * p.N;
+  } else if (p.a_scales) {
     const int64_t kb = (p.K + 127) / 128, nb = (p.N + G::ScaleN - 1) / G::ScaleN;
     arr.sfa[e] = p.a_scales + row0 * kb;
     arr.sfb[e] = p.b_scales + int64_t(e) * nb * kb;

@@ -7,9 +7,7 @@
 // plan's unused rows) are skipped. (A block per row with 4 columns per lane ran at 39% of DRAM
 // peak for qwen3-30b-a3b at 8192 tokens: 154 us, ncu on H200.)
 // Layouts of h: [gate | up] for the *_mul activations, interleaved (g0,u0,g1,u1,...) for
-// swiglu_oai, I columns for relu2. With ActivationIn's scales (fp8-channel's grouped path, whose GEMM1
-// leaves h unscaled) h[r, n] is first multiplied by row r's activation scale and weight row n's scale.
-// Limits: I % 8 == 0 (bf16 out), I % 128 == 0 (fp8 out).
+// swiglu_oai, I columns for relu2. Limits: I % 8 == 0 (bf16 out), I % 128 == 0 (fp8 out).
 #include "core/activation_math.h"
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp8_util.cuh"
@@ -22,27 +20,12 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kGroupsPerBlock = kThreads / 16;
 
-// The row's expert and its rows of h, bias and weight-row scales (null: h is scaled already) and its activation
-// scale: e = -1 past the plan's rows and for a batched plan's unused rows.
-struct ActRow {
-  int e;
-  const bf16* h;
-  const float* bias;
-  const float* col_scale;
-  float row_scale;
-};
-
-// 8 values of h at column c (times their scales), plus the bias at the same columns when there is one.
-__device__ inline void load8(const ActRow& row, int64_t c, float (&f)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(row.h + c);
+// 8 values of h at column c, plus the bias at the same columns when there is one.
+__device__ inline void load8(const bf16* p, const float* bias, int64_t c, float (&f)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p + c);
   const bf16* v = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
   for (int i = 0; i < 8; ++i) f[i] = __bfloat162float(v[i]);
-  if (row.col_scale) {  // the user's f32 scales: no 16-byte alignment to rely on
-#pragma unroll
-    for (int i = 0; i < 8; ++i) f[i] *= row.row_scale * row.col_scale[c + i];
-  }
-  const float* bias = row.bias;
   if (bias) {
     const float4 b0 = *reinterpret_cast<const float4*>(bias + c), b1 = *reinterpret_cast<const float4*>(bias + c + 4);
     f[0] += b0.x, f[1] += b0.y, f[2] += b0.z, f[3] += b0.w;
@@ -50,11 +33,12 @@ __device__ inline void load8(const ActRow& row, int64_t c, float (&f)[8]) {
   }
 }
 
-// The activations of columns c .. c + 7 of a row of h (N1 columns).
-__device__ inline void activate8(const Activation& act, const ActRow& row, int64_t I, int64_t c, float (&a)[8]) {
+// The activations of columns c .. c + 7 of a row of h (N1 columns, and the row's bias or null).
+__device__ inline void activate8(const Activation& act, const bf16* row, const float* row_bias, int64_t I, int64_t c,
+                                 float (&a)[8]) {
   if (act.kind == ActivationKind::relu2) {
     float x[8];
-    load8(row, c, x);
+    load8(row, row_bias, c, x);
 #pragma unroll
     for (int i = 0; i < 8; ++i) a[i] = relu2_activation(x[i]);
     return;
@@ -62,30 +46,30 @@ __device__ inline void activate8(const Activation& act, const ActRow& row, int64
   float gate[8], up[8];
   if (act.kind == ActivationKind::swiglu_oai) {
     float p0[8], p1[8];
-    load8(row, 2 * c, p0);
-    load8(row, 2 * c + 8, p1);
+    load8(row, row_bias, 2 * c, p0);
+    load8(row, row_bias, 2 * c + 8, p1);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       gate[i] = p0[2 * i], up[i] = p0[2 * i + 1], gate[4 + i] = p1[2 * i], up[4 + i] = p1[2 * i + 1];
   } else {
-    load8(row, c, gate);
-    load8(row, I + c, up);
+    load8(row, row_bias, c, gate);
+    load8(row, row_bias, I + c, up);
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) a[i] = gated_activation(act.kind, gate[i], up[i], act.alpha, act.limit);
 }
 
-__device__ inline ActRow act_row(const Activation& act, const bf16* h, const float* bias, const ActivationIn& in,
-                                 int64_t I, const RowPlan& plan, int num_local, int64_t r) {
+// The row's expert and its rows of h and bias: e = -1 past the plan's rows and for a batched plan's unused rows.
+struct ActRow {
+  int e;
+  const bf16* h;
+  const float* bias;
+};
+__device__ inline ActRow act_row(const Activation& act, const bf16* h, const float* bias, int64_t I,
+                                 const RowPlan& plan, int num_local, int64_t r) {
   const int e = r < plan.offsets[num_local] ? plan.row_expert[r] : -1;
   const int64_t N1 = act.kind != ActivationKind::relu2 ? 2 * I : I;
-  ActRow row{e, h + r * N1, bias && e >= 0 ? bias + int64_t(e) * N1 : nullptr, nullptr, 1.0f};
-  if (in.col_scales && e >= 0) {  // group 0 of the row's grouped M-major activation scales
-    const int64_t off = plan.offsets[e];
-    row.col_scale = in.col_scales + int64_t(e) * N1;
-    row.row_scale = in.row_scales[off * in.row_groups + (r - off)];
-  }
-  return row;
+  return {e, h + r * N1, bias && e >= 0 ? bias + int64_t(e) * N1 : nullptr};
 }
 
 // Scales grouped M-major: group g of planned row r (expert e) at
@@ -97,19 +81,19 @@ __device__ inline void store_group_scale(float* out_scales, const RowPlan& plan,
 }
 
 __global__ void __launch_bounds__(kThreads)
-    activation_kernel(Activation act, const bf16* h, const float* bias, ActivationIn in, int64_t I, RowPlan plan,
-                      int num_local, ActivationOut o) {
+    activation_kernel(Activation act, const bf16* h, const float* bias, int64_t I, RowPlan plan, int num_local,
+                      ActivationOut o) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t groups = (I + 127) / 128;
   const int64_t item = int64_t(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 4);
   const int64_t r = item / groups, g = item % groups;
   const int sub = threadIdx.x & 15;
-  const ActRow row = act_row(act, h, bias, in, I, plan, num_local, r);
+  const ActRow row = act_row(act, h, bias, I, plan, num_local, r);
   const int64_t c = g * 128 + sub * 8;
   const bool live = row.e >= 0 && c < I;
   float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  if (live) activate8(act, row, I, c, a);
+  if (live) activate8(act, row.h, row.bias, I, c, a);
   if (o.scales) {  // every lane takes part in the shuffles
     float amax = 0.0f;
 #pragma unroll
@@ -134,26 +118,26 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kRowsPerBlock = kThreads / 32;
 
 __global__ void __launch_bounds__(kThreads)
-    activation_rows_kernel(Activation act, const bf16* h, const float* bias, ActivationIn in, int64_t I, RowPlan plan,
+    activation_rows_kernel(Activation act, const bf16* h, const float* bias, int64_t I, RowPlan plan,
                            int num_local, int64_t max_rows, ActivationOut o) {
   const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   pdl_wait();
   pdl_launch_dependents();
   if (r >= max_rows) return;
-  const ActRow row = act_row(act, h, bias, in, I, plan, num_local, r);
+  const ActRow row = act_row(act, h, bias, I, plan, num_local, r);
   if (row.e < 0) return;  // the whole warp
   float amax = 0.0f;
   for (int64_t c = int64_t(lane) * 8; c < I; c += 32 * 8) {
     float a[8];
-    activate8(act, row, I, c, a);
+    activate8(act, row.h, row.bias, I, c, a);
 #pragma unroll
     for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(a[i]));
   }
   const float scale = fp8_scale_from_amax(half_warp_max(fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16))));
   for (int64_t c = int64_t(lane) * 8; c < I; c += 32 * 8) {
     float a[8];
-    activate8(act, row, I, c, a);
+    activate8(act, row.h, row.bias, I, c, a);
     *reinterpret_cast<uint2*>(static_cast<uint8_t*>(o.out) + r * I + c) = pack_e4m3x8(a, scale);
   }
   const int64_t groups = I / 128;
@@ -163,17 +147,16 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
-                       int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s,
-                       const ActivationIn& in) {
+                       int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s) {
   if (max_rows == 0) return;
   if (out.per_row) {
     launch(activation_rows_kernel, dim3(static_cast<unsigned>((max_rows + kRowsPerBlock - 1) / kRowsPerBlock)),
-           dim3(kThreads), s, act, h, bias, in, I, plan, num_local, max_rows, out);
+           dim3(kThreads), s, act, h, bias, I, plan, num_local, max_rows, out);
     return;
   }
   const int64_t items = max_rows * ((I + 127) / 128);
   launch(activation_kernel, dim3(static_cast<unsigned>((items + kGroupsPerBlock - 1) / kGroupsPerBlock)),
-         dim3(kThreads), s, act, h, bias, in, I, plan, num_local, out);
+         dim3(kThreads), s, act, h, bias, I, plan, num_local, out);
 }
 
 }  // namespace fusedmoe::cuda

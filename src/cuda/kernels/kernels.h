@@ -123,16 +123,8 @@ struct ActivationOut {
   const float* static_scale = nullptr;  // e4m3 out: the static scale, else dynamic per group
   bool per_row = false;                 // e4m3 out: one dynamic scale per row (fp8-channel), I % 128 == 0
 };
-// The scales of an unscaled h (fp8-channel's grouped GEMM1 runs with alpha 1): h[r, n] * row_scales(r) *
-// col_scales[e, n], row_scales grouped M-major [R, row_groups] (group 0 read), col_scales f32 [E, N1].
-struct ActivationIn {
-  const float* row_scales = nullptr;
-  int64_t row_groups = 0;
-  const float* col_scales = nullptr;  // null: h is scaled already
-};
 void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
-                       int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s,
-                       const ActivationIn& in = {});
+                       int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s);
 
 // small_m_gemm.cu / small_m_gemm_fp4.cu: the decode path. Y[r, n] = sum_k X[src(r), k] * W[e, n, k]
 // (+ bias[e, n]) for the rows r of each active expert, streaming W once per tile_tokens rows,
@@ -184,10 +176,8 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
                         int64_t count, int64_t N, int64_t K, bool gate_up_blocked, bf16* out, cudaStream_t s);
 // y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
-// With scales (ActivationIn's layout, col_scales [E, N]; fp8-channel's grouped GEMM2 runs with alpha 1):
-// y[r, n] = bf16(y[r, n] * row scale * col_scales[e, n] + bias), bias null or [E, N].
 void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
-                            int64_t max_rows, cudaStream_t s, const ActivationIn& scales = {});
+                            int64_t max_rows, cudaStream_t s);
 
 // decode_fused.cu: the monolithic decode forward of bf16 experts after launch_route_plan — GEMM1
 // with the activation in its epilogue, GEMM2 and the weighted top-k reduce in one launch (see the
