@@ -595,6 +595,28 @@ TEST(CudaExperts, Fp8ChannelGroupedGemmsBothWays) {
   }
 }
 
+// fp8-channel's per-row activation quantization at every register width of its kernel (I up to 1, 2, 3, 4, 6 and 8
+// steps of 256 columns) and past them (I = 2304: the two-pass kernel), on both paths, silu and swiglu-oai, biases.
+TEST(CudaExperts, Fp8ChannelActivationRowWidths) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (int64_t I : {128, 512, 768, 1024, 1536, 2048, 2304})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai}) {
+      MoEConfig c = small_config(QuantScheme::fp8_per_channel, 4, 128, I, 2);
+      c.activation.kind = act;
+      const int64_t M = 24;
+      const Problem p = make_problem(c, M, seed + I, /*with_bias=*/true);
+      const GpuProblem g = to_gpu(p);
+      for (bool small_m : {true, false}) {
+        SCOPED_TRACE("I " + std::to_string(I) + (act == ActivationKind::silu_mul ? ", silu" : ", swiglu-oai") +
+                     (small_m ? ", small-M" : ", grouped"));
+        const ForcePath force(small_m, 16, 0, false, false, 64);
+        expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
+      }
+    }
+}
+
 // gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
 // 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
 // softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
