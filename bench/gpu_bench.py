@@ -35,6 +35,10 @@ PRESETS = {
     "mixtral-8x7b-fp8": dict(E=8, K=4096, I=14336, k=2, quant="fp8-tensor", routing="softmax-topk-renormalize"),
     "qwen3-30b-a3b-fp8-channel": dict(E=128, K=2048, I=768, k=8, quant="fp8-channel",
                                       routing="softmax-topk-renormalize"),
+    # the two fp8 schemes on each other's shapes, to tell a scheme's kernels from a shape's
+    "qwen3-30b-a3b-fp8": dict(E=128, K=2048, I=768, k=8, quant="fp8-tensor", routing="softmax-topk-renormalize"),
+    "mixtral-8x7b-fp8-channel": dict(E=8, K=4096, I=14336, k=2, quant="fp8-channel",
+                                     routing="softmax-topk-renormalize"),
 }
 DEFAULT_MODELS = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3,gpt-oss-120b,qwen3-30b-a3b-nvfp4"
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
