@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Does splitting one GEMM into many expert groups cost the grouped GEMMs speed? Builds, for one model's
-shapes, layers whose GEMMs do the same total work — the model itself at T tokens (E groups of about T·k/E
-rows), the same K and I with 8 experts and top-8 (8 groups of T rows), and 1 expert with top-1 at T·k tokens
-(one group) — and the model's shapes again with every expert given the same number of rows (tokens·k/E, so
-no expert has a partly filled tile when that is a multiple of the tile's rows) — and replays each modular forward in a CUDA graph after an L2 flush. Run it under Nsight
-Compute and compare the CUTLASS kernels' times:
+shapes, layers whose GEMMs do the same total work, and replays each modular forward in a CUDA graph after an
+L2 flush:
+  - the model itself at T tokens (E groups of about T·k/E rows);
+  - the model's shapes with plain top-k routing and every expert given T·k/E rows exactly (no partly filled
+    tiles where that is a multiple of the tile's rows);
+  - the same K and I with 8 experts and top-8 at T·k/8 tokens (8 groups of T·k/8 rows);
+  - 1 expert with top-1 at T·k tokens (one group).
+Run it under Nsight Compute and compare the CUTLASS kernels' times (two per forward, three replays each):
 
   ncu --clock-control none -k regex:device_kernel --metrics gpu__time_duration.sum --csv \
       python3 bench/micro/grouping_cost.py --lib LIB --model qwen3-30b-a3b --tokens 8192
@@ -62,7 +65,7 @@ def main():
     plain["routing"] = "softmax-topk-renormalize"
     run(lib, p, args.tokens, "model")
     run(lib, plain, args.tokens, "model, balanced", balanced=True)
-    run(lib, {**plain, "E": 8, "k": 8}, args.tokens, "8 groups")
+    run(lib, {**plain, "E": 8, "k": 8}, args.tokens * p["k"] // 8, "8 groups")
     run(lib, {**plain, "E": 1, "k": 1}, args.tokens * p["k"], "1 group")
 
 

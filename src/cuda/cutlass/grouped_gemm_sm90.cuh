@@ -70,8 +70,9 @@ struct GroupedGemm {
 
   template <class Fusion>
   using BuiltEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
-      float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*, kAlignD, EpilogueSchedule, Fusion>::CollectiveOp;
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*,
+      kAlignD, EpilogueSchedule, Fusion>::CollectiveOp;
   template <Epi kE, class = void>
   struct EpilogueOf {  // the builder's epilogue, instantiated only when used
     using type = BuiltEpilogue<cutlass::epilogue::fusion::LinearCombination<ElementD, float>>;
@@ -212,7 +213,7 @@ __global__ void fill_group_arguments(typename G::Arrays arr, GroupedGemmProblem 
   arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, cute::make_shape(m, k, 1));
   arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, cute::make_shape(n, k, 1));
   arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, cute::make_shape(m, n_out, 1));
-  if constexpr (G::ChannelScaled) {  // the expert's rows' activation scales (group 0 of grouped M-major), its rows' scales
+  if constexpr (G::ChannelScaled) {  // activation scales: group 0 of the grouped M-major layout; weight row scales
     arr.sfa[e] = p.a_scales + row0 * ((p.K + 127) / 128);
     arr.sfb[e] = p.b_scales + int64_t(e) * p.N;
   } else if (p.a_scales) {

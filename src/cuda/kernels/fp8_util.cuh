@@ -27,8 +27,8 @@ struct DivideBy {
   }
 };
 
-// 8 values / scale as e4m3 bytes (round to nearest even, saturating at +-448, NaN stays NaN), value i in byte i % 4 of word i / 4; two
-// values per conversion (cvt.rn.satfinite.e4m3x2.f32: the first of the pair in the low byte).
+// 8 values / scale as e4m3 bytes (round to nearest even, saturating at +-448, NaN stays NaN), value i in byte i % 4
+// of word i / 4; two values per conversion (cvt.rn.satfinite.e4m3x2.f32: the first of the pair in the low byte).
 __device__ inline uint2 pack_e4m3x8(const float (&v)[8], float scale) {
   const DivideBy div(scale);
   uint32_t pairs[4];
