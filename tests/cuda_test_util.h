@@ -143,6 +143,7 @@ class ForcePath {
                      bool fused_decode = false, int gemm_tile_m = 128) {
     cuda::ExpertsPath p;
     p.gemm_tile_m = gemm_tile_m;
+    p.gemm2_tile_m = gemm_tile_m;
     p.small_m = small_m;
     p.tile_tokens = tile_tokens;
     p.fp4_chunk_experts = fp4_chunk_experts;

@@ -107,6 +107,16 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(2048, 2, 8, fp8_tensor).gemm_tile_m, 64);   // mixtral-8x7b-fp8: 512 rows
   EXPECT_EQ(choose_experts_path(4096, 2, 8, fp8_tensor).gemm_tile_m, 128);  // 1024 rows
   EXPECT_EQ(choose_experts_path(8192, 8, 128, QuantScheme::fp8_per_channel).gemm_tile_m, 64);  // 512 rows
+  // fp8-channel's GEMM2 over a short K: 128-row tiles above 128 rows per expert
+  const QuantScheme fc = QuantScheme::fp8_per_channel;
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, fc).gemm2_tile_m, 64);          // K unknown: GEMM1's tile
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, fc, 768).gemm_tile_m, 64);      // qwen3-fp8-channel at 8192
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, fc, 768).gemm2_tile_m, 128);
+  EXPECT_EQ(choose_experts_path(2048, 8, 128, fc, 768).gemm2_tile_m, 64);     // 128 rows per expert
+  EXPECT_EQ(choose_experts_path(2080, 8, 128, fc, 768).gemm2_tile_m, 128);    // 130
+  EXPECT_EQ(choose_experts_path(2048, 2, 8, fc, 14336).gemm2_tile_m, 64);     // mixtral shapes: long K
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, fp8_tensor, 768).gemm2_tile_m, 64);  // fp8-tensor: GEMM1's tile
+  EXPECT_EQ(choose_experts_path(8192, 8, 128, QuantScheme::bf16, 768).gemm2_tile_m, 128);  // bf16: GEMM1's (128)
   EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
   EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert
@@ -593,6 +603,22 @@ TEST(CudaExperts, Fp8ChannelGroupedGemmsBothWays) {
       expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
     }
   }
+}
+
+// fp8-channel with a short GEMM2 (I <= 1024) above 128 rows per expert: the heuristic gives GEMM1 64-row tiles
+// and GEMM2 128-row tiles in one forward; the unforced path against the reference.
+TEST(CudaExperts, Fp8ChannelGemm2TileApartFromGemm1s) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::fp8_per_channel, 2, 256, 768, 1);
+  const int64_t M = 400;  // about 200 rows per expert
+  const cuda::ExpertsPath path = cuda::choose_experts_path(M, 1, 2, c.quant, c.intermediate_size);
+  ASSERT_FALSE(path.small_m);
+  ASSERT_EQ(path.gemm_tile_m, 64);
+  ASSERT_EQ(path.gemm2_tile_m, 128);
+  const Problem p = make_problem(c, M, seed, /*with_bias=*/true);
+  expect_matches_reference(p, run_cuda_apply(to_gpu(p), M), p.ids, p.topk_weights);
 }
 
 // fp8-channel's per-row activation quantization at every register width of its kernel (I up to 1, 2, 3, 4, 6 and 8

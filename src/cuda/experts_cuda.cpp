@@ -144,7 +144,7 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
            items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true, /*gemm1_rows=*/R);
   }
-  const ExpertsPath path = choose_experts_path(M, k, num_local_, config_.quant);
+  const ExpertsPath path = choose_experts_path(M, k, num_local_, config_.quant, config_.intermediate_size);
   return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, !path.small_m, gemm1_out_rows(M));
 }
 
@@ -162,7 +162,7 @@ bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
 int64_t CudaExperts::gemm1_out_rows(int64_t M) const {
   const int k = config_.routing.top_k;
   const auto writes = [&](int64_t m) {
-    return !gated_gemm1_runs(choose_experts_path(m, k, num_local_, config_.quant));
+    return !gated_gemm1_runs(choose_experts_path(m, k, num_local_, config_.quant, config_.intermediate_size));
   };
   if (writes(M)) return M * k;
   int64_t lo = 0, hi = M;  // writes(lo) or lo == 0; !writes(hi)
@@ -196,7 +196,8 @@ PlanBuffers CudaExperts::take_plan(int64_t M, Workspace& ws) const {
   p.plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.scratch = ws.take(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, E), 1)}).data_as<int32_t>();
-  take_items(p.plan, R, E, choose_experts_path(M, static_cast<int>(k), E, config_.quant), ws);
+  take_items(p.plan, R, E, choose_experts_path(M, static_cast<int>(k), E, config_.quant, config_.intermediate_size),
+             ws);
   return p;
 }
 
@@ -231,7 +232,8 @@ ExpertsOutput CudaExperts::apply_batched(const PreparedActivations& in, Workspac
   plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   const int64_t tokens = in.topk_ids.defined() ? in.topk_ids.size(0) : T;
-  const ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, E, config_.quant);
+  const ExpertsPath path =
+      choose_experts_path(tokens, config_.routing.top_k, E, config_.quant, config_.intermediate_size);
   take_items(plan, R, E, path, ws);
   launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
   const Tensor y = run_rows(in.a1q, in.a1q_scale, plan, R, path, ws);
@@ -242,7 +244,8 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
                                        Workspace& ws) const {
   DeviceGuard guard(device_);
   const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k;
-  const ExpertsPath path = choose_experts_path(M, static_cast<int>(k), num_local_, config_.quant);
+  const ExpertsPath path =
+      choose_experts_path(M, static_cast<int>(k), num_local_, config_.quant, config_.intermediate_size);
   return {ExpertsOutputKind::sorted, run_rows(in.a1q, in.a1q_scale, planned.plan, M * k, path, ws), planned.slot_rows};
 }
 
@@ -302,7 +305,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                        h.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch, dequant, s);
       launch_activation(config_.activation, h.data_as<const bf16>(), b13, I, plan, static_cast<int>(E), R, act_out, s);
     }
-    run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm_tile_m, gemm_scratch,
+    run_gemm_weights(h2.data(), h2_scale_ptr, /*w13=*/false, y.data(), K, I, plan, path.gemm2_tile_m, gemm_scratch,
                      dequant, s);
     if (b2) launch_add_expert_bias(y.data_as<bf16>(), K, b2, plan, static_cast<int>(E), R, s);
   }

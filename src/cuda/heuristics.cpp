@@ -24,7 +24,8 @@ void set_experts_path_override(const ExpertsPath* path) {
   if (path) g_override = *path;
 }
 
-ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights) {
+ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
+                                int64_t intermediate_size) {
   if (g_overridden) return g_override;
   const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
@@ -62,6 +63,16 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   const bool fast_accum = weights == QuantScheme::fp8_per_tensor || weights == QuantScheme::fp8_per_channel;
   const double tile64_up_to = weights == QuantScheme::fp8_block ? 48.0 : fast_accum ? 512.0 : 128.0;
   path.gemm_tile_m = rows_per_expert <= tile64_up_to ? 64 : 128;
+  // fp8-channel's GEMM2 over a short K (qwen3-30b-a3b: I = 768, 6 k blocks a tile) takes the 128-row tiles above
+  // 128 rows per expert: a 64-row tile's mainloop there is too short to hide the epilogue's row broadcast of the
+  // weight scales. Session 29 (H200, same-run A/B, 3 rounds, GEMM2 alone forced): 1.010x / 1.031x / 1.044x at
+  // 2048 / 4096 / 8192 tokens (128-512 rows), 0.984x at 1024 (64). Not for K = 14336 (mixtral-8x7b-fp8-channel,
+  // 0.984x / 0.997x at 256 / 512 rows) nor fp8-tensor on qwen3's shapes (0.97-0.98x, its epilogue a scalar);
+  // the bound between 768 and 14336 is not measured.
+  path.gemm2_tile_m = path.gemm_tile_m;
+  if (weights == QuantScheme::fp8_per_channel && intermediate_size > 0 && intermediate_size <= 1024 &&
+      rows_per_expert > 128.0)
+    path.gemm2_tile_m = 128;
   // fp4 weights above 24 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
   // small-M path's plan, gather and epilogue), which dequantizes in registers instead of writing a bf16
   // copy of the weights for CUTLASS. Same-run on H200 (session 14), against the path before it: gpt-oss-120b

@@ -17,12 +17,14 @@ struct ExpertsPath {
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
   int gemm_tile_m = 128;          // grouped path: 128-row cooperative tiles or 64-row pingpong tiles
+  int gemm2_tile_m = 128;         // grouped path: GEMM2's tiles (gemm_tile_m, but for fp8-channel's short GEMM2)
 };
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above.
+// intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile).
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
-                                QuantScheme weights = QuantScheme::bf16);
+                                QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);
 
 // The monolithic experts of a scheme the fused decode kernel runs (bf16), when opted in
 // (FUSEDMOE_FUSED_DECODE=1, read when the experts are built): that kernel for decode batches (up to
