@@ -103,15 +103,15 @@ for what in "$@"; do
         --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
-    sanitize-variants)  # every compiled small-M/grouped variant and the row plan under memcheck, racecheck, initcheck (+ synccheck: fp4 wgmma)
+    sanitize-variants)  # every compiled small-M/grouped variant and the row plan under memcheck, racecheck, initcheck (+ synccheck: the wgmma kernels)
       for tool in memcheck racecheck initcheck; do
         step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
           --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*:CudaExperts.SmallMActivationEpilogue*'
         step "${tool}_plan" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_plan)"
       done
-      # the fp4 wgmma kernel's mbarrier ring and warpgroup barriers
-      step synccheck_fp4_wgmma 200 compute-sanitizer --tool synccheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Variants/*fp4_wgmma*:CudaExperts.Fp4Wgmma*' ;;
+      # the wgmma kernels' mbarrier rings and warpgroup barriers
+      step synccheck_wgmma 200 compute-sanitizer --tool synccheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
+        --gtest_filter='Variants/*wgmma*:CudaExperts.WgmmaKernels*' ;;
     sanitize-batched)  # the batched format's tests under every compute-sanitizer tool
       for tool in memcheck racecheck initcheck synccheck; do
         step "${tool}_batched" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_batched)" \

@@ -79,6 +79,10 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(1, 8, 128).tile_tokens, 8);
   EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
   EXPECT_FALSE(choose_experts_path(256, 8, 128).small_m);           // 16 rows per expert
+  EXPECT_FALSE(choose_experts_path(384, 8, 128).small_m);           // bf16, 24 rows: CUTLASS
+  EXPECT_EQ(choose_experts_path(392, 8, 128).tile_tokens, 256);     // 24.5 rows: the bf16 wgmma kernel
+  EXPECT_EQ(choose_experts_path(1024, 2, 8).tile_tokens, 256);      // mixtral at 1024: 256 rows
+  EXPECT_FALSE(choose_experts_path(1040, 2, 8).small_m);            // 260 rows: CUTLASS
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
   EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 32);  // 24 rows: the small-M kernel
@@ -228,8 +232,10 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
                           param == 64 ? 64 : 128);
     for (QuantScheme s : kCudaSchemes) {
-      // fp4 only: 64-row warp tiles, and 256 (the wgmma kernel)
-      if (param <= -64 && s != QuantScheme::nvfp4 && s != QuantScheme::mxfp4) continue;
+      // fp4 only: 64-row warp tiles; fp4 and bf16: 256 (the wgmma kernels)
+      const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
+      if (param == -64 && !fp4) continue;
+      if (param == -256 && !fp4 && s != QuantScheme::bf16) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -254,7 +260,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant,
                          ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, 0, 64), [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
-                           if (p == -256) return std::string("fp4_wgmma");
+                           if (p == -256) return std::string("wgmma");
                            if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
@@ -291,24 +297,25 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
       expect_matches_reference(p, by_tile[tiles - 1], p.ids, p.topk_weights);
       for (int i = 1; i < tiles; ++i)
         EXPECT_TRUE(bits_equal(by_tile[0], by_tile[i])) << "largest tile " << (8 << i) << " differs from 8";
-      if (fp4 && warp_tiles) {  // the wgmma kernel: n = 64 products up to 64 rows, 128 above; k in another order
+      if ((fp4 || s == QuantScheme::bf16) && warp_tiles) {  // the wgmma kernels: n = 64 products up to 64 rows,
+                                                            // 128 above; k in another order
         const ForcePath force(true, 256, 0, true);
         expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
       }
     }
 }
 
-// The fp4 wgmma kernel over many k tiles (K = 704 and 320: 11 and 5 tiles of 64), partial blocks of
-// weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows), items of 256 rows and a partial one
-// per expert at 600 tokens (n = 256 and n = 64 products), experts of 257-288 rows at 540 tokens (an item
-// of 256 rows with an n = 32 tail), items of 65-128 rows at 240 tokens (n = 128), biases, both fp4
-// formats.
-TEST(CudaExperts, Fp4WgmmaDeepKPartialTiles) {
+// The wgmma kernels (fp4 and bf16 weights) over many k tiles (K = 704 and 320: 11 and 5 tiles of 64),
+// partial blocks of weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows), items of 256 rows and
+// a partial one per expert at 600 tokens (n = 256 and n = 64 products), experts of 257-288 rows at 540
+// tokens (an item of 256 rows with an n = 32 tail), items of 65-128 rows at 240 tokens (n = 128), of up to
+// 64 rows at 60 tokens, biases, both fp4 formats and bf16.
+TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4})
-    for (int64_t tokens : {600, 540, 240}) {
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4, QuantScheme::bf16})
+    for (int64_t tokens : {600, 540, 240, 60}) {
       SCOPED_TRACE(std::string(quant_scheme_name(s)) + " tokens " + std::to_string(tokens));
       MoEConfig c = small_config(s, 4, 704, 320, 2);
       const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);
@@ -318,6 +325,28 @@ TEST(CudaExperts, Fp4WgmmaDeepKPartialTiles) {
       const Buffer out = run_cuda_forward(g, tokens, &ids, &w);
       expect_matches_reference(p, out, ids, w);
     }
+}
+
+// The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (64 .. 256; 64 and up to 128 in
+// blocks of 256 weight rows), 256-row items with a 32-row tail, and a second item after a full one, each
+// edge on both sides, with biases.
+TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const std::vector<int32_t> rows = {1,   33,  64,  65,  96,  97,  128, 129, 160, 161, 192,
+                                     193, 224, 225, 256, 257, 288, 289, 320, 545};
+  std::vector<int32_t> ids;
+  for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const int64_t M = static_cast<int64_t>(ids.size());
+  MoEConfig c = small_config(QuantScheme::bf16, static_cast<int64_t>(rows.size()), 320, 192, 1);
+  c.routing.method = RoutingMethod::precomputed;
+  Problem p = make_problem(c, M, seed, /*with_bias=*/true);
+  std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
+  const ForcePath force(true, 256, 0, true);
+  expect_matches_reference(p, run_cuda_apply(to_gpu(p), M), p.ids, p.topk_weights);
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the
@@ -383,7 +412,7 @@ TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
 // The gated GEMM1 writes no GEMM1 output rows, so the workspace leaves their room out from the token
 // count where the heuristic turns it on; a workspace sized for M must still serve every smaller count:
 // workspace_bytes never shrinks as M grows, and one sized for 600 tokens runs the counts on either side
-// of the switches (small-M -> grouped, 64 -> 128-row tiles, which turns fp4's gated GEMM1 on).
+// of the switches (small-M -> grouped -> the bf16 wgmma kernel, 64 -> 128-row tiles).
 TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -407,7 +436,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     for (int64_t m = 2; m <= max_m; ++m)
       ASSERT_GE(kernel.workspace_bytes(m), kernel.workspace_bytes(m - 1)) << "at " << m << " tokens";
     const Buffer ws = poisoned_workspace(kernel, max_m);
-    for (int64_t m : {36, 37, 96, 97, 384, 385}) {  // 2 m / 6 rows per expert: 12, 32 (fp4) and 128 are switches
+    for (int64_t m : {36, 37, 72, 73, 96, 97, 384, 385}) {  // m / 3 rows per expert: 12, 24, 32 (fp4), 128 switch
       SCOPED_TRACE("tokens " + std::to_string(m));
       const auto head = [m](const Tensor& t) { return Tensor(t.data(), t.dtype(), {m, t.size(1)}, t.device()); };
       Buffer out = poisoned_bf16_on_gpu(m, c.hidden_size);
@@ -417,7 +446,8 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     }
   }
   // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16, for the token counts on
-  // the grouped path (bf16: above 12 rows per expert, 36 tokens; fp4 weights no longer take it).
+  // the grouped path above the last count that writes it (bf16: the wgmma kernel's 256 rows per expert, 768
+  // tokens; fp4 weights no longer take it).
   MoEConfig c = small_config(QuantScheme::bf16, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;
   const GpuProblem g = to_gpu(make_problem(c, 4, seed));
@@ -427,7 +457,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   };
   const size_t plain = bytes_with("0"), gated = bytes_with("1");
   EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {4096 * 2, 512}) -
-                               workspace_tensor_bytes(DType::bf16, {36 * 2, 512}));
+                               workspace_tensor_bytes(DType::bf16, {768 * 2, 512}));
 }
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {

@@ -156,21 +156,22 @@ bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
   return !path.small_m && gated_gemm1_ > 0 && (!fp4_ || path.gemm_tile_m == 128);
 }
 
-// The gated GEMM1 takes over from a token count on (the path is monotone in it), and a workspace sized
-// for M must serve every smaller count: below that point, GEMM1's output rows of the largest count
-// that writes them (a binary search over the heuristic).
+// The gated GEMM1 runs on parts of the token range (where the heuristic takes the grouped path: for bf16, 12-24
+// and above 256 rows per expert), and a workspace sized for M must serve every smaller count: GEMM1's output
+// rows of the largest count up to M that writes them. The heuristic's bounds on the rows per expert (M k / E)
+// are whole numbers, so the path is the same for every count in (j E / k, (j + 1) E / k]: the largest count
+// of each such piece is tried, from M down (only while the gated GEMM1 runs at M).
 int64_t CudaExperts::gemm1_out_rows(int64_t M) const {
   const int k = config_.routing.top_k;
   const auto writes = [&](int64_t m) {
     return !gated_gemm1_runs(choose_experts_path(m, k, num_local_, config_.quant, config_.intermediate_size));
   };
   if (writes(M)) return M * k;
-  int64_t lo = 0, hi = M;  // writes(lo) or lo == 0; !writes(hi)
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    (writes(mid) ? lo : hi) = mid;
+  for (int64_t j = (M * k + num_local_ - 1) / num_local_ - 1; j >= 0; --j) {
+    const int64_t m = std::min(M, (j + 1) * num_local_ / k);
+    if (m < M && writes(m)) return m * k;
   }
-  return lo * k;
+  return 0;
 }
 
 size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_rows) const {
@@ -275,7 +276,16 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   // row-scaled CUTLASS variant), and its activation quantizes per row.
   const ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
   if (path.small_m) {
-    SmallMGemm g1{x.data(), plan.row_token, x_scale_ptr, weights_.w13.data(), w13_block_scales_,
+    // bf16 weights in 256-row items: the bf16 wgmma kernel, whose TMA copies read rows in plan order (gathered here).
+    const bool bf16_wgmma = path.tile_tokens == 256 && weight_format_ == SmallMWeights::bf16;
+    if (bf16_wgmma)
+      launch_gather_rows(x.data(), K * 2, nullptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(), nullptr, s);
+    const auto gemm = [&](const SmallMGemm& g) {
+      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, s);
+      else launch_small_m_gemm(g, plan, path.tile_tokens, s);
+    };
+    SmallMGemm g1{bf16_wgmma ? x_sorted.data() : x.data(), bf16_wgmma ? nullptr : plan.row_token, x_scale_ptr,
+                  weights_.w13.data(), w13_block_scales_,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
     g1.w_row_scales = row_scale13_;
@@ -283,7 +293,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
-    launch_small_m_gemm(g1, plan, path.tile_tokens, s);
+    gemm(g1);
     if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,
                         s);
@@ -291,7 +301,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
                   b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
     g2.w_row_scales = row_scale2_;
-    launch_small_m_gemm(g2, plan, path.tile_tokens, s);
+    gemm(g2);
   } else {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),

@@ -85,6 +85,18 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.warp_tiles = true;
     path.tile_tokens = 256;
   }
+  // bf16 weights from 24 to 256 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
+  // plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps of 32 where
+  // CUTLASS runs 64- or 128-row tiles. Same-run A/B on H200 against CUTLASS (session 30, 2 rounds):
+  // mixtral-8x7b 1.065x / 1.042x / 1.091x at 256 / 512 / 1024 tokens (64 / 128 / 256 rows), 1.01x at 64-128;
+  // qwen3-30b-a3b 1.01-1.03x at 512-1024 (within the rounds' spread), 1.00x at 1536, 1.045x at 2048 (128 rows).
+  // Above 256 rows its mainloop loses: mixtral 0.91x / 0.93x at 1536 / 2048 tokens; at 8192 its GEMMs take
+  // 5.36 / 2.93 ms against CUTLASS's 5.04 / 2.47 (ncu: tensor pipe 83% active against 98%).
+  if (weights == QuantScheme::bf16 && rows_per_expert > 24.0 && rows_per_expert <= 256.0) {
+    path.small_m = true;
+    path.warp_tiles = true;
+    path.tile_tokens = 256;
+  }
   return path;
 }
 

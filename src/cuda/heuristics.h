@@ -11,8 +11,8 @@
 namespace fusedmoe::cuda {
 
 struct ExpertsPath {
-  bool small_m = false;  // the row-plan kernels (mma.sync small-M; fp4 wgmma at 256) instead of CUTLASS
-  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 256: fp4 wgmma)
+  bool small_m = false;  // the row-plan kernels (mma.sync small-M; wgmma, fp4 and bf16, at 256) instead of CUTLASS
+  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 256: the wgmma kernels)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
@@ -21,7 +21,8 @@ struct ExpertsPath {
 };
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
-// copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above.
+// copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
+// weights take the bf16 wgmma kernel from 24 to 256 rows per expert, CUTLASS between 12 and 24 and above 256.
 // intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile).
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);

@@ -36,13 +36,14 @@
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
+#include "cuda/kernels/wgmma_pipeline.cuh"
 #include "cuda/kernels/wgmma_util.cuh"
 #include "fusedmoe/formats.h"
 
 namespace fusedmoe::cuda {
 namespace {
 
-constexpr int kConsumers = 2;                     // consumer warpgroups
+constexpr int kConsumers = kWgmmaConsumers;       // consumer warpgroups
 constexpr int kThreads = 128 * (kConsumers + 1);  // + the producer warpgroup (the last)
 constexpr int kSlabRows = 64 * kConsumers;        // weight rows of a block per m64 tile of each consumer
 constexpr int kTileK = 64;                        // 2 chunks of 32 values, 4 k16 steps
@@ -88,76 +89,13 @@ static_assert(kSmemBytes <= 195 * 1024);
 constexpr int kEpiBytes = kBlockTokens * 128;
 static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
 
-__device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// mbarrier helpers (CTA scope).
-__device__ inline void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-// (bar: the barrier's shared-memory address.)
-__device__ inline void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ inline void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Orders this thread's shared-memory writes through the generic proxy (cp.async, st.shared) before the async
-// proxy's (wgmma's) reads that follow a synchronization with this thread.
-__device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-template <int kPending>
-__device__ inline void cp_async_wait_group() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-// A producer thread's part of a stage is complete (its copies have landed, cp_async_wait_group): the proxy
-// fence on the writer's side, then the release on the stage's full barrier. (The consumers used to fence
-// after every full wait: MEMBAR.ALL.CTA and FENCE.VIEW.ASYNC held about 16% of their main loop's stall
-// samples. Moved here: 1.01-1.03x at 8192 tokens, and the consumers' waiting moved to the full barrier,
-// H200.)
-__device__ inline void publish_stage(uint32_t full) {
-  fence_proxy_async();
-  mbar_arrive(full);
-}
 __device__ inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
   return d;
 }
 
-// Stores four 8x8 bf16 matrices transposed: lane l's register i holds row l / 4, columns 2 (l % 4) and
-// 2 (l % 4) + 1 of matrix i; row r of the transpose goes to the 16 bytes at lane 8 i + r's address.
-__device__ inline void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
-               "r"(r1), "r"(r2), "r"(r3)
-               : "memory");
-}
-// Named barriers (0 is __syncthreads'): 1 for both consumer warpgroups, 2 and 3 for one of them.
-__device__ inline void consumers_bar() { asm volatile("bar.sync 1, %0;\n" ::"n"(128 * kConsumers) : "memory"); }
-__device__ inline void warpgroup_bar(int wg) {
-  if (wg == 0) asm volatile("bar.sync 2, 128;\n" ::: "memory");
-  else asm volatile("bar.sync 3, 128;\n" ::: "memory");
-}
-__device__ inline uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// Register budgets of the warpgroup roles (setmaxnreg; 88 x 128 + 208 x 256 <= 168 x 384, the launch's): without them
-// ptxas fits the consumers in the launch's 168 registers by serializing their wgmma.
-template <uint32_t kRegs>
-__device__ inline void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-template <uint32_t kRegs>
-__device__ inline void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
+// setmaxnreg budgets: 88 x 128 + 208 x 256 <= 168 x 384, the launch's.
 constexpr uint32_t kProducerRegs = 88, kConsumerRegs = 208;
 
 template <int kTok>
@@ -268,11 +206,6 @@ __device__ inline void fence_fragments(uint32_t (&fr)[kT][2][4]) {
       for (int i = 0; i < 4; ++i) wgmma_fence_operand(fr[t][s][i]);
 }
 
-template <int kTok>
-__device__ inline void fence_accumulators(float (&acc)[kTok / 2]) {
-#pragma unroll
-  for (int i = 0; i < kTok / 2; ++i) wgmma_fence_operand(acc[i]);
-}
 
 // The producer warpgroup: copies k tiles into the stages (full[s] completes when a tile has landed) once
 // the consumers have released the stage (empty[s]). X as wgmma's B (16-byte chunk c of token row t at
@@ -394,52 +327,6 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   publish_stage(full + 8 * prev_st);
 }
 
-// A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
-// the item's tokens: kTok in acc, then kTail in tail), times gs plus the rows' bias, as bf16 into Y rows
-// first_row .. first_row + rows - 1. The tiles go through buf in shared memory, transposed by stmatrix
-// (tile t's token m at 128 ((kTok + kTail) t + m): its 64 weight rows, 16-byte chunk c at c ^ (m % 8),
-// conflict-free), then out as 16-byte stores of a token's 8 consecutive weight rows (N % 8 == 0, Y
-// 16-byte aligned).
-template <int kTok, int kTail, int kT, int kTailAcc>
-__device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
-                                            const float (&tail)[kT][kTailAcc], const float (&bias)[kT][2], float gs,
-                                            uint8_t* buf, int64_t n_base, int64_t rows, int64_t first_row) {
-  constexpr int kN = kTok + kTail;
-  const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
-  const int64_t N = g.N;
-  // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 16) + l % 8 and the warp's
-  // weight rows 8 ((l / 8) % 2) .. + 7, chunk 2 warp + (l / 8) % 2 of the token's 128 bytes.
-  const int q = lane >> 3, r = lane & 7;
-  const uint32_t st_addr =
-      smem_addr(buf) + uint32_t(8 * (q >> 1) + r) * 128 + (uint32_t((2 * warp + (q & 1)) ^ r) << 4);
-#pragma unroll
-  for (int t = 0; t < kT; ++t)
-#pragma unroll
-    for (int j = 0; j < kN / 8; j += 2) {  // tokens 8 j .. 8 j + 15: accumulators 4 j .. 4 j + 7
-      const float* a0 = j < kTok / 8 ? &acc[t][4 * j] : &tail[t][4 * (j - kTok / 8)];
-      const float* a1 = a0 + 4;
-      stmatrix_x4_trans(st_addr + uint32_t(kN * t + 8 * j) * 128,
-                        pack_bf16x2(a0[0] * gs + bias[t][0], a0[1] * gs + bias[t][0]),
-                        pack_bf16x2(a0[2] * gs + bias[t][1], a0[3] * gs + bias[t][1]),
-                        pack_bf16x2(a1[0] * gs + bias[t][0], a1[1] * gs + bias[t][0]),
-                        pack_bf16x2(a1[2] * gs + bias[t][1], a1[3] * gs + bias[t][1]));
-    }
-  warpgroup_bar(wg);  // the tiles are in buf
-  // Thread tid stores chunk c = tid % 8 (weight rows 8 c .. 8 c + 7) of tokens tid / 8 + 16 k.
-  const int c = tid & 7;
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
-    const int64_t n = n_base + 64 * t + 8 * c;
-#pragma unroll
-    for (int k = 0; k < kN / 16; ++k) {
-      const int m = (tid >> 3) + 16 * k;
-      if (m >= rows || n >= N) continue;
-      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kN * t + m) * 128 + ((c ^ (m & 7)) << 4));
-      *reinterpret_cast<uint4*>(g.y + (first_row + m) * N + n) = v;
-    }
-  }
-}
-
 // A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok token rows,
 // all of k, then the epilogue into Y rows first_row .. first_row + rows - 1. Each 32-value chunk of a
 // k tile is scaled into fr[chunk % kBuf] and issued as 2 kT wgmma. With two buffers the next chunk is
@@ -456,7 +343,6 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gq = lane >> 2, cq = lane & 3;
-  const int64_t N = g.N;
   const int num_kt = static_cast<int>(g.K / kTileK);
   // The lane's fragment rows in the block for tile t: row0 + 64 t and 8 below.
   const int row0 = 64 * kT * wg + 16 * warp + gq;
@@ -464,15 +350,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   float acc[kT][kTok / 2];
   constexpr int kTailAcc = kTail ? kTail / 2 : 1;
   float tail[kT][kTailAcc];  // tokens kTok .. kTok + kTail - 1, laid out as acc's first kTail tokens
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
-#pragma unroll
-    for (int i = 0; i < kTok / 2; ++i) acc[t][i] = 0.0f;
-    fence_accumulators<kTok>(acc[t]);
-#pragma unroll
-    for (int i = 0; i < kTailAcc; ++i) tail[t][i] = 0.0f;
-    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
-  }
+  zero_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
 
   const uint32_t sel = uint32_t(cq) | (uint32_t(cq + 4) << 4);
   // Stage 0's X descriptor; stage s, k16 step i: + s kStageBytes / 16 + 2 i (the address field's unit is
@@ -561,19 +439,8 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   // The epilogue's factors, loaded while the last wgmma run.
   const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
   float bias[kT][2];
-#pragma unroll
-  for (int t = 0; t < kT; ++t)
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int64_t n = n0 + row0 + 64 * t + 8 * hi;
-      bias[t][hi] = g.bias && n < N ? g.bias[e * N + n] : 0.0f;
-    }
-  wgmma_wait<0>();
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
-    fence_accumulators<kTok>(acc[t]);
-    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
-  }
+  load_row_bias<kT>(g, e, n0, row0, bias);
+  drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
   fence_fragments(fr[kBuf - 1]);
   pdl_launch_dependents();
   consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
@@ -607,13 +474,9 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
   int32_t* src_rows = reinterpret_cast<int32_t*>(flags + 4 * kStages);
   pdl_wait();
-  const PlanItem item = plan.items[blockIdx.y];  // a block row per item; expert -1 past the last
-  if (item.expert < 0) return;
-  const int e = item.expert;
-  const int64_t first = int64_t(item.offset) + item.first;
-  const int64_t left = int64_t(item.count) - item.first;  // the expert's rows from the item's first
-  if (item.first > 0 && left <= kTailTokens) return;      // the previous item's tail
-  const int64_t rows = left <= kBlockTokens ? left : kTileTokens;
+  // A block row per item.
+  const auto [e, first, rows] = item_rows(plan.items[blockIdx.y], kTileTokens, kTailTokens);
+  if (rows == 0) return;
   // Block x covers weight rows from 128 T x: items of fewer rows take fewer, taller blocks.
   const int tiles = rows > 128 ? 1 : rows > 64 ? 2 : 4;
   const int64_t n0 = int64_t(blockIdx.x) * kSlabRows * tiles;

@@ -167,6 +167,10 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
 // fp4_wgmma_gemm.cu: the same product for many rows per expert, on wgmma (sm_90a), weights dequantized
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.
 void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
+// bf16_wgmma_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
+// plan order (x_row null) — x_rows of them —, W [num_experts, N, K]. Limits: K % 64 == 0, N % 8 == 0.
+void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
+                            cudaStream_t s);
 
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]
 // (the grouped-GEMM path of fp4 weights): value * group scale (* global scale for nvfp4), rounded

@@ -1,7 +1,8 @@
-// Warpgroup tensor-core helpers (sm_90a wgmma, PTX ISA 8.0+) of the fp4 grouped kernel: the
+// Warpgroup tensor-core helpers (sm_90a wgmma, PTX ISA 8.0+) of the wgmma grouped kernels: the
 // fence / commit / wait of asynchronous wgmma groups, the shared-memory descriptor of a bf16
 // operand stored K-major with the 128-byte swizzle, and m64nNk16 bf16 products with A in
-// registers (RS form). A register fragment of a warpgroup: warp w holds rows 16w .. 16w + 15 in
+// registers (RS form, the fp4 kernel's dequantized weights) or in shared memory (SS form). A register
+// fragment of a warpgroup: warp w holds rows 16w .. 16w + 15 in
 // mma.sync m16n8k16's A layout (lane 4g + c: rows g and g + 8, k 2c, 2c + 1 and 2c + 8, 2c + 9).
 // C: warp w, lane 4g + c holds d[4j + i] = C[16w + g + 8 (i >= 2)][8j + 2c + (i & 1)].
 #pragma once
@@ -34,85 +35,112 @@ __device__ inline uint64_t smem_desc_k_major_sw128(uint32_t smem_addr) {
   return d;
 }
 
-// D[64 x 32] (f32) += A[64 x 16] (bf16 registers) * B[16 x 32] (bf16, shared memory via desc_b).
-__device__ inline void wgmma_m64n32k16_rs(float (&d)[16], const uint32_t (&a)[4], uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15 "
-      "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
+// The accumulator operands of the products below, 16 at a time: FMOE_WGMMA_ACC_n names d[0 .. n - 1] as
+// read-write asm operands, FMOE_WGMMA_REGS_n their placeholders %0 .. %(n - 1).
+#define FMOE_WGMMA_ACC_16                                                                                             \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                     \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define FMOE_WGMMA_REGS_16                                                                                            \
+  "%0, %1, %2, %3, %4, %5, %6, %7, "                                                                                  \
+  "%8, %9, %10, %11, %12, %13, %14, %15"
+#define FMOE_WGMMA_ACC_32                                                                                             \
+  FMOE_WGMMA_ACC_16,                                                                                                  \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),             \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define FMOE_WGMMA_REGS_32                                                                                            \
+  FMOE_WGMMA_REGS_16 ", %16, %17, %18, %19, %20, %21, %22, %23, "                                                     \
+  "%24, %25, %26, %27, %28, %29, %30, %31"
+#define FMOE_WGMMA_ACC_48                                                                                             \
+  FMOE_WGMMA_ACC_32,                                                                                                  \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),             \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+#define FMOE_WGMMA_REGS_48                                                                                            \
+  FMOE_WGMMA_REGS_32 ", %32, %33, %34, %35, %36, %37, %38, %39, "                                                     \
+  "%40, %41, %42, %43, %44, %45, %46, %47"
+#define FMOE_WGMMA_ACC_64                                                                                             \
+  FMOE_WGMMA_ACC_48,                                                                                                  \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),             \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define FMOE_WGMMA_REGS_64                                                                                            \
+  FMOE_WGMMA_REGS_48 ", %48, %49, %50, %51, %52, %53, %54, %55, "                                                     \
+  "%56, %57, %58, %59, %60, %61, %62, %63"
+#define FMOE_WGMMA_ACC_80                                                                                             \
+  FMOE_WGMMA_ACC_64,                                                                                                  \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),             \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+#define FMOE_WGMMA_REGS_80                                                                                            \
+  FMOE_WGMMA_REGS_64 ", %64, %65, %66, %67, %68, %69, %70, %71, "                                                     \
+  "%72, %73, %74, %75, %76, %77, %78, %79"
+#define FMOE_WGMMA_ACC_96                                                                                             \
+  FMOE_WGMMA_ACC_80,                                                                                                  \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),             \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+#define FMOE_WGMMA_REGS_96                                                                                            \
+  FMOE_WGMMA_REGS_80 ", %80, %81, %82, %83, %84, %85, %86, %87, "                                                     \
+  "%88, %89, %90, %91, %92, %93, %94, %95"
+#define FMOE_WGMMA_ACC_112                                                                                            \
+  FMOE_WGMMA_ACC_96,                                                                                                  \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),         \
+  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
+#define FMOE_WGMMA_REGS_112                                                                                           \
+  FMOE_WGMMA_REGS_96 ", %96, %97, %98, %99, %100, %101, %102, %103, "                                                 \
+  "%104, %105, %106, %107, %108, %109, %110, %111"
+#define FMOE_WGMMA_ACC_128                                                                                            \
+  FMOE_WGMMA_ACC_112,                                                                                                 \
+  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),     \
+  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+#define FMOE_WGMMA_REGS_128                                                                                           \
+  FMOE_WGMMA_REGS_112 ", %112, %113, %114, %115, %116, %117, %118, %119, "                                            \
+  "%120, %121, %122, %123, %124, %125, %126, %127"
 
-// D[64 x 64] (f32) += A[64 x 16] (bf16 registers) * B[16 x 64] (bf16, shared memory via desc_b).
-__device__ inline void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31 "
-      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-
-// D[64 x 128] (f32) += A[64 x 16] (bf16 registers) * B[16 x 128] (bf16, shared memory via desc_b).
-__device__ inline void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63 "
-      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-
-// D[64 x 256] (f32) += A[64 x 16] (bf16 registers) * B[16 x 256] (bf16, shared memory via desc_b).
-__device__ inline void wgmma_m64n256k16_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127 "
-      "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
+// D[64 x N] (f32) += A[64 x 16] (bf16) * B[16 x N] (bf16, shared memory via desc_b), ACC = N / 2 accumulators a
+// thread: wgmma_m64nNk16_rs with A in registers, wgmma_m64nNk16_ss with A in shared memory (desc_a). P0 ..: the
+// placeholders of the operands after the accumulators (ACC, ACC + 1, ...), as strings.
+#define FMOE_WGMMA_RS(N, ACC, P0, P1, P2, P3, P4, P5)                                                                 \
+  __device__ inline void wgmma_m64n##N##k16_rs(float (&d)[ACC], const uint32_t (&a)[4], uint64_t desc_b) {            \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P5 ", 0;\n"                                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" FMOE_WGMMA_REGS_##ACC                   \
+                 "}, {%" P0 ", %" P1 ", %" P2 ", %" P3 "}, %" P4 ", p, 1, 1, 0;\n}\n"                                 \
+                 : FMOE_WGMMA_ACC_##ACC                                                                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                  \
+  }
+#define FMOE_WGMMA_SS(N, ACC, P0, P1, P2)                                                                             \
+  __device__ inline void wgmma_m64n##N##k16_ss(float (&d)[ACC], uint64_t desc_a, uint64_t desc_b) {                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P2 ", 0;\n"                                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" FMOE_WGMMA_REGS_##ACC                   \
+                 "}, %" P0 ", %" P1 ", p, 1, 1, 0, 0;\n}\n"                                                           \
+                 : FMOE_WGMMA_ACC_##ACC                                                                               \
+                 : "l"(desc_a), "l"(desc_b), "r"(1));                                                                 \
+  }
+FMOE_WGMMA_RS(32, 16, "16", "17", "18", "19", "20", "21")
+FMOE_WGMMA_RS(64, 32, "32", "33", "34", "35", "36", "37")
+FMOE_WGMMA_RS(128, 64, "64", "65", "66", "67", "68", "69")
+FMOE_WGMMA_RS(256, 128, "128", "129", "130", "131", "132", "133")
+FMOE_WGMMA_SS(32, 16, "16", "17", "18")
+FMOE_WGMMA_SS(64, 32, "32", "33", "34")
+FMOE_WGMMA_SS(96, 48, "48", "49", "50")
+FMOE_WGMMA_SS(128, 64, "64", "65", "66")
+FMOE_WGMMA_SS(160, 80, "80", "81", "82")
+FMOE_WGMMA_SS(192, 96, "96", "97", "98")
+FMOE_WGMMA_SS(224, 112, "112", "113", "114")
+FMOE_WGMMA_SS(256, 128, "128", "129", "130")
+#undef FMOE_WGMMA_RS
+#undef FMOE_WGMMA_SS
+#undef FMOE_WGMMA_ACC_16
+#undef FMOE_WGMMA_REGS_16
+#undef FMOE_WGMMA_ACC_32
+#undef FMOE_WGMMA_REGS_32
+#undef FMOE_WGMMA_ACC_48
+#undef FMOE_WGMMA_REGS_48
+#undef FMOE_WGMMA_ACC_64
+#undef FMOE_WGMMA_REGS_64
+#undef FMOE_WGMMA_ACC_80
+#undef FMOE_WGMMA_REGS_80
+#undef FMOE_WGMMA_ACC_96
+#undef FMOE_WGMMA_REGS_96
+#undef FMOE_WGMMA_ACC_112
+#undef FMOE_WGMMA_REGS_112
+#undef FMOE_WGMMA_ACC_128
+#undef FMOE_WGMMA_REGS_128
 
 }  // namespace fusedmoe::cuda

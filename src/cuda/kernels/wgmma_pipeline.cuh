@@ -1,0 +1,204 @@
+// The warp-specialized pipeline of the swap-AB wgmma grouped GEMMs (fp4_wgmma_gemm.cu, bf16_wgmma_gemm.cu):
+// a producer warpgroup fills a ring of k-tile stages in shared memory (cp.async or TMA), two consumer warpgroups
+// issue wgmma on them; mbarriers (a full and an empty one per stage) hand the stages over. Here: the barrier
+// and proxy-fence helpers, the TMA copy, the named barriers of the consumers, the register hand-over between
+// the roles, and the epilogue that stores a consumer's accumulators (weight rows by token rows) as bf16 rows of
+// Y through shared memory. sm_90a only.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/wgmma_util.cuh"
+
+namespace fusedmoe::cuda {
+
+inline constexpr int kWgmmaConsumers = 2;  // consumer warpgroups of a block (threads 0 .. 255)
+
+__device__ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// mbarrier helpers (CTA scope).
+__device__ inline void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// (bar: the barrier's shared-memory address.)
+__device__ inline void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ inline void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on the barrier and adds `bytes` to the transaction count its phase waits for (the TMA copies below).
+__device__ inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// A 2-D TMA copy of the box at (c0, c1) (innermost coordinate first) of the tensor map into shared memory at
+// dst; its bytes count towards the barrier's transaction (mbarrier complete_tx). tmap: the map's generic address
+// (a __grid_constant__ kernel parameter).
+__device__ inline void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+// Orders this thread's shared-memory writes through the generic proxy (cp.async, st.shared) before the async
+// proxy's (wgmma's) reads that follow a synchronization with this thread.
+__device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+template <int kPending>
+__device__ inline void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+// A producer thread's part of a stage is complete (its copies have landed, cp_async_wait_group): the proxy
+// fence on the writer's side, then the release on the stage's full barrier. (The consumers used to fence
+// after every full wait: MEMBAR.ALL.CTA and FENCE.VIEW.ASYNC held about 16% of their main loop's stall
+// samples. Moved here: 1.01-1.03x at 8192 tokens, and the consumers' waiting moved to the full barrier,
+// H200.)
+__device__ inline void publish_stage(uint32_t full) {
+  fence_proxy_async();
+  mbar_arrive(full);
+}
+
+// Stores four 8x8 bf16 matrices transposed: lane l's register i holds row l / 4, columns 2 (l % 4) and
+// 2 (l % 4) + 1 of matrix i; row r of the transpose goes to the 16 bytes at lane 8 i + r's address.
+__device__ inline void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+// Named barriers (0 is __syncthreads'): 1 for both consumer warpgroups, 2 and 3 for one of them.
+__device__ inline void consumers_bar() { asm volatile("bar.sync 1, %0;\n" ::"n"(128 * kWgmmaConsumers) : "memory"); }
+__device__ inline void warpgroup_bar(int wg) {
+  if (wg == 0) asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  else asm volatile("bar.sync 3, 128;\n" ::: "memory");
+}
+__device__ inline uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Register budgets of the warpgroup roles (setmaxnreg: the producer's 128 threads give registers to the consumers'
+// 256, within the launch's total): without them ptxas fits the consumers in the launch's per-thread budget by
+// serializing their wgmma.
+template <uint32_t kRegs>
+__device__ inline void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <uint32_t kRegs>
+__device__ inline void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+template <int kTok>
+__device__ inline void fence_accumulators(float (&acc)[kTok / 2]) {
+#pragma unroll
+  for (int i = 0; i < kTok / 2; ++i) wgmma_fence_operand(acc[i]);
+}
+
+// A block's rows of a plan item (items of tile_tokens rows; an expert's last 1 .. tail_tokens rows ride as a tail
+// on the full item before them): its expert, first row and row count, rows = 0 when it has none (past the last
+// item, or an item that is the previous one's tail).
+struct ItemRows {
+  int expert;
+  int64_t first, rows;
+};
+__device__ inline ItemRows item_rows(PlanItem item, int tile_tokens, int tail_tokens) {
+  if (item.expert < 0) return {0, 0, 0};
+  const int64_t left = int64_t(item.count) - item.first;  // the expert's rows from the item's first
+  if (item.first > 0 && left <= tail_tokens) return {0, 0, 0};
+  return {item.expert, int64_t(item.offset) + item.first, left <= tile_tokens + tail_tokens ? left : tile_tokens};
+}
+
+// The bias of a consumer lane's weight rows, n0 + row0 + 64 t and 8 below (0 past N or without a bias).
+template <int kT>
+__device__ inline void load_row_bias(const SmallMGemm& g, int e, int64_t n0, int row0, float (&bias)[kT][2]) {
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int64_t n = n0 + row0 + 64 * t + 8 * hi;
+      bias[t][hi] = g.bias && n < g.N ? g.bias[e * g.N + n] : 0.0f;
+    }
+}
+
+// Zeroes a consumer's accumulators (kTok token columns, then kTail) and pins them for the first wgmma.
+template <int kTok, int kTail, int kT, int kTailAcc>
+__device__ inline void zero_accumulators(float (&acc)[kT][kTok / 2], float (&tail)[kT][kTailAcc]) {
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+#pragma unroll
+    for (int i = 0; i < kTok / 2; ++i) acc[t][i] = 0.0f;
+    fence_accumulators<kTok>(acc[t]);
+#pragma unroll
+    for (int i = 0; i < kTailAcc; ++i) tail[t][i] = 0.0f;
+    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
+  }
+}
+
+// Waits for the consumer's last wgmma and pins its accumulators (kTok token columns, then kTail).
+template <int kTok, int kTail, int kT, int kTailAcc>
+__device__ inline void drain_accumulators(float (&acc)[kT][kTok / 2], float (&tail)[kT][kTailAcc]) {
+  wgmma_wait<0>();
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    fence_accumulators<kTok>(acc[t]);
+    if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
+  }
+}
+
+// A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
+// the item's tokens: kTok in acc, then kTail in tail), times gs plus the rows' bias, as bf16 into Y rows
+// first_row .. first_row + rows - 1. The tiles go through buf in shared memory, transposed by stmatrix
+// (tile t's token m at 128 ((kTok + kTail) t + m): its 64 weight rows, 16-byte chunk c at c ^ (m % 8),
+// conflict-free), then out as 16-byte stores of a token's 8 consecutive weight rows (N % 8 == 0, Y
+// 16-byte aligned).
+template <int kTok, int kTail, int kT, int kTailAcc>
+__device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
+                                            const float (&tail)[kT][kTailAcc], const float (&bias)[kT][2], float gs,
+                                            uint8_t* buf, int64_t n_base, int64_t rows, int64_t first_row) {
+  constexpr int kN = kTok + kTail;
+  const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
+  const int64_t N = g.N;
+  // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 16) + l % 8 and the warp's
+  // weight rows 8 ((l / 8) % 2) .. + 7, chunk 2 warp + (l / 8) % 2 of the token's 128 bytes.
+  const int q = lane >> 3, r = lane & 7;
+  const uint32_t st_addr =
+      smem_addr(buf) + uint32_t(8 * (q >> 1) + r) * 128 + (uint32_t((2 * warp + (q & 1)) ^ r) << 4);
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int j = 0; j < kN / 8; j += 2) {  // tokens 8 j .. 8 j + 15: accumulators 4 j .. 4 j + 7
+      const float* a0 = j < kTok / 8 ? &acc[t][4 * j] : &tail[t][4 * (j - kTok / 8)];
+      const float* a1 = a0 + 4;
+      stmatrix_x4_trans(st_addr + uint32_t(kN * t + 8 * j) * 128,
+                        pack_bf16x2(a0[0] * gs + bias[t][0], a0[1] * gs + bias[t][0]),
+                        pack_bf16x2(a0[2] * gs + bias[t][1], a0[3] * gs + bias[t][1]),
+                        pack_bf16x2(a1[0] * gs + bias[t][0], a1[1] * gs + bias[t][0]),
+                        pack_bf16x2(a1[2] * gs + bias[t][1], a1[3] * gs + bias[t][1]));
+    }
+  warpgroup_bar(wg);  // the tiles are in buf
+  // Thread tid stores chunk c = tid % 8 (weight rows 8 c .. 8 c + 7) of tokens tid / 8 + 16 k.
+  const int c = tid & 7;
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    const int64_t n = n_base + 64 * t + 8 * c;
+#pragma unroll
+    for (int k = 0; k < kN / 16; ++k) {
+      const int m = (tid >> 3) + 16 * k;
+      if (m >= rows || n >= N) continue;
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kN * t + m) * 128 + ((c ^ (m & 7)) << 4));
+      *reinterpret_cast<uint4*>(g.y + (first_row + m) * N + n) = v;
+    }
+  }
+}
+
+}  // namespace fusedmoe::cuda
