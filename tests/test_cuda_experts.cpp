@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <tuple>
 
@@ -798,7 +799,8 @@ TEST(CudaExperts, CudaGraphReplayEqualsDirectRun) {
 }
 
 // tokens * top_k * max(hidden, 2 * intermediate) > 2^31: every index that could overflow 32 bits
-// does. Checked against the reference on sampled tokens (first, middle, last).
+// does. Checked against the reference on sampled tokens (first, middle, last), on the heuristic's path
+// (CUTLASS at 140000 rows per expert) and on the bf16 wgmma kernel (its TMA rows and 64-bit stores).
 TEST(CudaExperts, MoreThan2To31ElementsPerBuffer) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -807,17 +809,23 @@ TEST(CudaExperts, MoreThan2To31ElementsPerBuffer) {
   const int64_t M = 140000, K = 4096;
   ASSERT_GT(M * 4 * std::max(K, int64_t(4096)), int64_t(1) << 31);
   const Problem p = make_problem(c, M, seed);
-  Buffer ids, w;
-  const Buffer out = run_cuda_forward(to_gpu(p), M, &ids, &w);
-  for (int64_t t : {int64_t(0), M / 2, M - 1}) {
-    SCOPED_TRACE("token " + std::to_string(t));
-    Problem one{c, {}, testing::random_bf16({1, K}, 0), {}, {}, {}, {}};
-    one.weights.weights = p.weights.weights;
-    std::memcpy(one.hidden.data_as<bfloat16>(), p.hidden.data_as<bfloat16>() + t * K, K * 2);
-    const Tensor one_ids(ids.data_as<int32_t>() + t * 4, DType::i32, {1, 4});
-    const Tensor one_w(w.data_as<float>() + t * 4, DType::f32, {1, 4});
-    const Tensor one_out(const_cast<bfloat16*>(out.data_as<bfloat16>()) + t * K, DType::bf16, {1, K});
-    expect_matches_reference(one, one_out, one_ids, one_w);
+  const GpuProblem g = to_gpu(p);
+  for (bool wgmma : {false, true}) {  // the heuristic's CUTLASS path, then the bf16 wgmma kernel forced
+    SCOPED_TRACE(wgmma ? "bf16 wgmma kernel" : "heuristic path");
+    std::optional<ForcePath> force;
+    if (wgmma) force.emplace(true, 256, 0, true);
+    Buffer ids, w;
+    const Buffer out = run_cuda_forward(g, M, &ids, &w);
+    for (int64_t t : {int64_t(0), M / 2, M - 1}) {
+      SCOPED_TRACE("token " + std::to_string(t));
+      Problem one{c, {}, testing::random_bf16({1, K}, 0), {}, {}, {}, {}};
+      one.weights.weights = p.weights.weights;
+      std::memcpy(one.hidden.data_as<bfloat16>(), p.hidden.data_as<bfloat16>() + t * K, K * 2);
+      const Tensor one_ids(ids.data_as<int32_t>() + t * 4, DType::i32, {1, 4});
+      const Tensor one_w(w.data_as<float>() + t * 4, DType::f32, {1, 4});
+      const Tensor one_out(const_cast<bfloat16*>(out.data_as<bfloat16>()) + t * K, DType::bf16, {1, K});
+      expect_matches_reference(one, one_out, one_ids, one_w);
+    }
   }
 }
 

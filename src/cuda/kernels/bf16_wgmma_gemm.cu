@@ -24,7 +24,6 @@
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
-#include "cuda/kernels/mma_util.cuh"
 #include "cuda/kernels/wgmma_pipeline.cuh"
 #include "cuda/kernels/wgmma_util.cuh"
 
@@ -78,9 +77,9 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
 
 // The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
 // when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
-// (x_row0 on, boxes of 32 rows) and the block's weight rows (w_row0 on, boxes of 64). Rows past the item or
-// N hold other experts' rows, or zeros past the tensors: they meet accumulator columns or rows that are never
-// stored.
+// (x_row0 on, boxes of 64 rows, then 32) and the block's weight rows (w_row0 on, boxes of 128). Rows past the
+// item or N hold other experts' rows, or zeros past the tensors: they meet accumulator columns or rows that are
+// never stored.
 template <int kTok, int kT, int kTail>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
                                         const CUtensorMap& w_map, int num_kt,
@@ -114,8 +113,8 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 // A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok (+ kTail)
 // token rows, all of k, then the epilogue into Y rows first_row .. first_row + rows - 1. A k tile's wgmma
 // are one group; once the previous tile's group is done, its stage goes back to the producer: one arrival
-// per consumer warp (the consumers read the stages through wgmma alone; 256 arrivals a tile, one per thread,
-// serialize on the barrier's word).
+// per consumer warp, as the consumers read the stages through wgmma alone (an arrival per thread timed the
+// same, session 30).
 template <int kTok, int kT, int kTail>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty, int e,
                                         int64_t n0, int64_t rows, int64_t first_row) {
