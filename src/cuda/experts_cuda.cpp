@@ -1,10 +1,10 @@
 // CUDA modular experts (standard and batched formats): row plan -> GEMM1 (+ w13 bias) -> activation (+ fp8
 // 1x128 re-quantization) -> GEMM2 (+ w2 bias), writing unweighted bf16 rows grouped by expert for
-// the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the small-M
-// streaming kernels for decode-sized batches, the CUTLASS grouped GEMMs (after a row gather)
-// for the rest. fp4 weights (nvfp4, mxfp4) are W4A16: the small-M kernel dequantizes in
-// registers; the grouped path dequantizes a chunk of experts at a time to bf16 in the workspace
-// and runs the bf16 GEMM on it (a mixed-input GEMM would skip that pass; not written yet).
+// the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the row-plan kernels (small-M
+// streaming kernels for decode-sized batches; our wgmma grouped GEMMs on 256-row plan items for fp4 above 24
+// rows per expert and bf16 at 24-256) and the CUTLASS grouped GEMMs (after a row gather) for the rest. fp4
+// weights (nvfp4, mxfp4) are W4A16, dequantized in registers; their grouped path (forced only) dequantizes a
+// chunk of experts at a time to bf16 in the workspace and runs the bf16 GEMM on it.
 // Stream-ordered with no host synchronisation, so a forward is graph-capturable.
 #include <algorithm>
 #include <cstdlib>

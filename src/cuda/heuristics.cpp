@@ -3,7 +3,8 @@
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
-// copy of the weights, 4 bytes written and read per value) is no longer chosen.
+// copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
+// bf16 wgmma kernel from 24 to 256 rows per expert (below).
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
