@@ -275,11 +275,15 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   // fp8-channel: the GEMMs apply the per-row weight scales (small-M: SmallMGemm::w_row_scales; grouped: the
   // row-scaled CUTLASS variant), and its activation quantizes per row.
   const ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
+  // bf16 weights in 256-row items: the bf16 wgmma kernel, whose TMA copies read rows in plan order. It and the
+  // grouped path read x gathered into plan order (the other small-M kernels gather as they load).
+  const bool bf16_wgmma = path.small_m && path.tile_tokens == 256 && weight_format_ == SmallMWeights::bf16;
+  if (!path.small_m || bf16_wgmma) {
+    const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
+    launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
+                       fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
+  }
   if (path.small_m) {
-    // bf16 weights in 256-row items: the bf16 wgmma kernel, whose TMA copies read rows in plan order (gathered here).
-    const bool bf16_wgmma = path.tile_tokens == 256 && weight_format_ == SmallMWeights::bf16;
-    if (bf16_wgmma)
-      launch_gather_rows(x.data(), K * 2, nullptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(), nullptr, s);
     const auto gemm = [&](const SmallMGemm& g) {
       if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, s);
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
@@ -303,9 +307,6 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g2.w_row_scales = row_scale2_;
     gemm(g2);
   } else {
-    const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
-    launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
-                       fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
     if (gated) {  // GEMM1 writes act(gate) * up to h2
       run_gemm_weights(x_sorted.data(), nullptr, /*w13=*/true, h2.data(), N1, K, plan, path.gemm_tile_m, gemm_scratch,
