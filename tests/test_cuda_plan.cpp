@@ -55,7 +55,7 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
   const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
-  Buffer items = dev_ints(4 * max_items);
+  Buffer items = dev_ints(4 * (max_items + 1));  // + the work counters' entry
   cuda::RowPlan plan{counts.data_as<int32_t>(),
                      offsets.data_as<int32_t>(),
                      active.data_as<int32_t>(),
@@ -113,7 +113,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   const int64_t n = static_cast<int64_t>(want_items.size()) / 4;
   ASSERT_LE(n, max_items);
   for (int64_t i = n; i < max_items; ++i) want_items.insert(want_items.end(), {-1, 0, 0, 0});
-  ASSERT_EQ(host(items, 4 * max_items), want_items);
+  want_items.insert(want_items.end(), {0, 0, 0, 0});  // the work counters (RowPlan::items), zeroed
+  ASSERT_EQ(host(items, 4 * (max_items + 1)), want_items);
 }
 
 TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {

@@ -111,8 +111,9 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
 }
 
 namespace {
-// Room for the work items of a plan of R rows at the smallest tile (8 rows): the most items.
-int64_t item_capacity(int64_t R, int64_t num_local) { return std::max<int64_t>(plan_max_items(R, num_local, 8), 1); }
+// Room for the work items of a plan of R rows at the smallest tile (8 rows), the most items, and the entry after
+// them (RowPlan::items: the work counters).
+int64_t item_capacity(int64_t R, int64_t num_local) { return plan_max_items(R, num_local, 8) + 1; }
 
 constexpr int64_t kItemInts = sizeof(PlanItem) / sizeof(int32_t);
 

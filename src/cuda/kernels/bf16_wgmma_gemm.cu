@@ -6,13 +6,15 @@
 // an expert's last few rows take a 32-row tail beside a full item instead of a whole 128-row M tile of
 // their own, as on the CUTLASS path (partly filled tiles cost it 7-36% of its GEMM time at the benchmark's
 // routing, session 29).
-// A block: one work item of the row plan (up to 256 rows of one expert, plus the expert's last 1-32 rows
-// as a tail when they follow a full item) against 128 kT weight rows, in 3 warpgroups:
+// Persistent, one block per SM. A unit of work: one work item of the row plan (up to 256 rows of one expert,
+// plus the expert's last 1-32 rows as a tail when they follow a full item) against 128 kT weight rows. Blocks
+// claim units one at a time from a counter (the hand-out below), in 3 warpgroups:
 // - a thread of the producer warpgroup fills a 4-stage ring of k tiles (64 values) with TMA copies from two
-//   tensor maps (X [rows, K] and W [E N, K]), K-major with the 128-byte swizzle wgmma reads;
+//   tensor maps (X [rows, K] and W [E N, K]), K-major with the 128-byte swizzle wgmma reads, running on into
+//   the next unit while the consumers store the last one;
 // - two consumers, kT m64 tiles of weight rows each: m64nNk16 wgmma, N = the item's token tile, its rows
 //   rounded up to 32 (at least 64; kT = 2 up to 128 rows, 1 above; + 32 for a tail);
-// - the epilogue (store_tiles) reuses the ring once both consumers are done with it.
+// - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
 // Limits: K % 64 == 0, N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan items of 256
 // rows.
 #include <cuda.h>
@@ -38,7 +40,7 @@ constexpr int kStages = 4;
 constexpr int kTileTokens = 256;
 constexpr int kTailTokens = 32;
 constexpr int kBlockTokens = kTileTokens + kTailTokens;
-constexpr int kItemGroup = 8;  // plan items whose blocks run side by side (the block order below)
+constexpr int kItemGroup = 8;  // plan items whose units run side by side (the unit order below)
 // Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1).
 constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128;
 
@@ -54,12 +56,13 @@ struct Shape {
 };
 constexpr int kStageBytes = Shape<kTileTokens, 1, kTailTokens>::kStageBytes;  // 52 KiB
 static_assert(Shape<256, 1>::kStageBytes <= kStageBytes && Shape<128, 2>::kStageBytes <= kStageBytes);
-// The stages, their full and empty barriers, 1024 bytes of alignment: 209 KiB.
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + 1024;
+// A consumer's epilogue buffer: passes of 64 tokens' 64 weight rows (store_tiles), 8 KiB.
+constexpr int kEpiTokens = 64;
+constexpr int kEpiBytes = kEpiTokens * 128;
+// The stages, the consumers' epilogue buffers, the stages' full and empty barriers, 1024 bytes of alignment:
+// 225 KiB.
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + kConsumers * kEpiBytes + 2 * kStages * 8 + 1024;
 static_assert(kSmemBytes <= 227 * 1024);
-// A consumer's output tiles in the epilogue: (kTok + kTail) x 64 kT bf16, at most 36 KiB.
-constexpr int kEpiBytes = kBlockTokens * 128;
-static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes && 128 * 2 * 128 <= kEpiBytes);
 // setmaxnreg budgets: 40 x 128 + 232 x 256 <= 168 x 384, the launch's.
 constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
 
@@ -75,6 +78,21 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
   else wgmma_m64n32k16_ss(d, desc_a, desc_b);
 }
 
+// A role's position in the stage ring, carried from one unit of work to the next: the stage, the parity of
+// the ring's round and the k tiles it has passed so far.
+struct Ring {
+  int st = 0;
+  uint32_t phase = 0;
+  int passed = 0;
+  __device__ void advance() {
+    ++passed;
+    if (++st == kStages) {
+      st = 0;
+      phase ^= 1;
+    }
+  }
+};
+
 // The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
 // when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
 // (x_row0 on, boxes of 64 rows, then 32) and the block's weight rows (w_row0 on, boxes of 128). Rows past the
@@ -82,16 +100,14 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
 // never stored.
 template <int kTok, int kT, int kTail>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
-                                        const CUtensorMap& w_map, int num_kt,
-                                        uint8_t* smem, uint32_t full, uint32_t empty, int32_t x_row0,
-                                        int32_t w_row0) {
+                                        const CUtensorMap& w_map, int num_kt, uint8_t* smem, uint32_t full,
+                                        uint32_t empty, Ring& ring, int32_t x_row0, int32_t w_row0) {
   using S = Shape<kTok, kT, kTail>;
   const uint32_t base = smem_addr(smem);
-  int st = 0;
-  uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
-  for (int kt = 0; kt < num_kt; ++kt) {
-    if (kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
-    const uint32_t bar = full + 8 * st, xs = base + st * kStageBytes, ws = xs + S::kXBytes;
+  for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+    // From the ring's second round on, the stage's previous round must have been released.
+    if (ring.passed >= kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
+    const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * kStageBytes, ws = xs + S::kXBytes;
     mbar_arrive_expect_tx(bar, S::kStageBytes);
     const int32_t k = kt * kTileK;
 #pragma unroll
@@ -103,21 +119,19 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 #pragma unroll
     for (int j = 0; j < S::kBlockRows / kWBox; ++j)
       tma_load_2d(ws + j * kWBox * 128, &w_map, k, w_row0 + kWBox * j, bar);
-    if (++st == kStages) {
-      st = 0;
-      empty_parity ^= 1;
-    }
   }
 }
 
-// A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok (+ kTail)
-// token rows, all of k, then the epilogue into Y rows first_row .. first_row + rows - 1. A k tile's wgmma
-// are one group; once the previous tile's group is done, its stage goes back to the producer: one arrival
-// per consumer warp, as the consumers read the stages through wgmma alone (an arrival per thread timed the
-// same, session 30).
-template <int kTok, int kT, int kTail>
-__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty, int e,
-                                        int64_t n0, int64_t rows, int64_t first_row) {
+// A consumer warpgroup: its kT m64 tiles of the unit's weight rows against the item's kTok (+ kTail) token
+// rows, all of k, then (once fetch_next has taken the next unit) the epilogue into Y rows first_row .. first_row
+// + rows - 1 through the warpgroup's epilogue buffer, while the producer fills the ring for the next unit. A k
+// tile's wgmma are one group; once the previous tile's group is done, its stage goes back to the producer (the
+// last one after the drain): one arrival per consumer warp, as the consumers read the stages through wgmma alone
+// (an arrival per thread timed the same, session 30).
+template <int kTok, int kT, int kTail, class FetchNext>
+__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, uint32_t full,
+                                        uint32_t empty, Ring& ring, int e, int64_t n0, int64_t rows,
+                                        int64_t first_row, FetchNext&& fetch_next) {
   using S = Shape<kTok, kT, kTail>;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int num_kt = static_cast<int>(g.K / kTileK);
@@ -132,11 +146,10 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   const uint64_t x_desc0 = smem_desc_k_major_sw128(base);
   const uint64_t w_desc0 = smem_desc_k_major_sw128(base + S::kXBytes + 64 * kT * wg * 128);
   constexpr uint64_t kTileDesc = 64 * 128 / 16;
-  int st = 0, prev_st = 0;
-  uint32_t parity = 0;
-  for (int kt = 0; kt < num_kt; ++kt) {
-    mbar_wait(full + 8 * st, parity);
-    const uint64_t off = uint64_t(st) * (kStageBytes >> 4);
+  int prev_st = 0;
+  for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+    mbar_wait(full + 8 * ring.st, ring.phase);
+    const uint64_t off = uint64_t(ring.st) * (kStageBytes >> 4);
     wgmma_fence();
 #pragma unroll
     for (int i = 0; i < kTileK / 16; ++i)
@@ -150,38 +163,66 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     wgmma_commit();
     wgmma_wait<1>();  // tile kt - 1's group is done: the warpgroup's wgmma no longer read its stage
     if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * prev_st);
-    prev_st = st;
-    if (++st == kStages) {
-      st = 0;
-      parity ^= 1;
-    }
+    prev_st = ring.st;
   }
   // The bias of the lane's rows, loaded while the last wgmma run.
   float bias[kT][2];
   load_row_bias<kT>(g, e, n0, 64 * kT * wg + 16 * warp + (lane >> 2), bias);
   drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
-  pdl_launch_dependents();
-  consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
-  store_tiles<kTok, kTail, kT, kTailAcc>(g, acc, tail, bias, 1.0f, smem + wg * kEpiBytes, n0 + 64 * kT * wg, rows,
-                                        first_row);
+  if (lane == 0) mbar_arrive(empty + 8 * prev_st);
+  fetch_next();  // the next unit, so that the producer loads it during the epilogue
+  store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
+                                                    first_row);
 }
 
-template <int kTok, int kT, int kTail = 0>
-__device__ __forceinline__ void bf16_wgmma_item(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
-                                                const CUtensorMap& w_map,
-                                                const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
-                                                int e, int64_t n0, int64_t rows, int64_t first_row) {
-  if (threadIdx.x >= 128 * kConsumers) {
-    setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x == 128 * kConsumers)
-      produce<kTok, kT, kTail>(x_map, x_tail_map, w_map, static_cast<int>(g.K / kTileK), smem, full, empty,
-                               static_cast<int32_t>(first_row), static_cast<int32_t>(e * g.N + n0));
-  } else {
-    setmaxnreg_inc<kConsumerRegs>();
-    consume<kTok, kT, kTail>(g, smem, full, empty, e, n0, rows, first_row);
-  }
+// A unit of work: a plan item's rows against the weight rows n0 .. (a slab of kSlabRows, two for items of up to
+// 128 rows, which take kT = 2); rows = 0 when there is none (an item that rides as a tail, or past N).
+struct Unit {
+  int e;
+  int64_t first, rows, n0;
+};
+// Unit order: groups of kItemGroup consecutive plan items, and within a group the N tiles outer, so that the
+// units running at once share their items' X rows and their weight rows in L2.
+__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_tiles, int u) {
+  const int group = u / (kItemGroup * n_tiles), in_group = u - group * kItemGroup * n_tiles;
+  const int group_items = min(kItemGroup, plan.item_grid - group * kItemGroup);
+  const int item_index = group * kItemGroup + in_group % group_items, n_tile = in_group / group_items;
+  const auto [e, first, rows] = item_rows(plan.items[item_index], kTileTokens, kTailTokens);
+  const int64_t n0 = int64_t(n_tile) * kSlabRows * (rows > 128 ? 1 : 2);
+  return {e, first, n0 < g.N ? rows : 0, n0};
 }
 
+// Calls f with the unit's tile: token tile (the item's rows rounded up to 32, at least 64), kT and tail.
+template <class F>
+__device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
+  using std::integral_constant;
+  using I0 = integral_constant<int, 0>;
+  using I1 = integral_constant<int, 1>;
+  using I2 = integral_constant<int, 2>;
+  if (rows > kTileTokens) f(integral_constant<int, kTileTokens>{}, I1{}, integral_constant<int, kTailTokens>{});
+  else if (rows > 224) f(integral_constant<int, 256>{}, I1{}, I0{});
+  else if (rows > 192) f(integral_constant<int, 224>{}, I1{}, I0{});
+  else if (rows > 160) f(integral_constant<int, 192>{}, I1{}, I0{});
+  else if (rows > 128) f(integral_constant<int, 160>{}, I1{}, I0{});
+  else if (rows > 96) f(integral_constant<int, 128>{}, I2{}, I0{});
+  else if (rows > 64) f(integral_constant<int, 96>{}, I2{}, I0{});
+  else f(integral_constant<int, 64>{}, I2{}, I0{});
+}
+
+// The units' hand-out: the producer warp's first lane claims the next unit from a counter in global memory
+// (work[0], atomically) and passes it to the consumers through shared memory, slot n % 2 for the block's n-th
+// unit, under named barrier 4 (the producer warp and both consumer warpgroups, once per unit): the producer
+// claims unit n + 1 once its copies for unit n are issued, the consumers take it between unit n's main loop and
+// epilogue (so the producer loads it during the epilogue), and slot n % 2 is written again only after the
+// barrier of unit n + 1, which the consumers pass after reading it. Claims go past the last unit, one per block,
+// which then stops. The block to count itself done last (work[1]) sets both counters back to 0 for the next launch
+// (the plan zeroes them each forward; launches that follow on the stream touch them only after pdl_wait, i.e.
+// once this grid has finished). A claim on demand keeps the units that run at once a window of consecutive units,
+// however unlike their lengths (tails, items of 64-224 rows), where a fixed share per block left the blocks
+// unevenly loaded (0.77x at mixtral 1024 tokens, session 31).
+__device__ inline void sched_bar() { asm volatile("bar.sync 4, %0;\n" ::"n"(128 * kConsumers + 32) : "memory"); }
+
+// Persistent: each block runs units as it claims them (above) until they run out.
 __global__ void __launch_bounds__(kThreads, 1)
     bf16_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap x_tail_map,
                       const __grid_constant__ CUtensorMap w_map, SmallMGemm g, RowPlan plan) {
@@ -189,22 +230,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   // 1024-byte aligned (the swizzled tiles); an offset into smem_raw, so that the compiler knows every
   // pointer below addresses shared memory.
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint8_t* epi = smem + kStages * kStageBytes;
+  uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kEpiBytes);
   uint64_t* empty = full + kStages;
-  // Block order: groups of kItemGroup consecutive plan items, and within a group the N tiles outer, so that the
-  // blocks running at once share their items' X rows and their weight rows in L2.
+  __shared__ int sched_unit[2];
   const int n_tiles = static_cast<int>((g.N + kSlabRows - 1) / kSlabRows);
-  const int group = static_cast<int>(blockIdx.x / unsigned(kItemGroup * n_tiles));
-  const int in_group = static_cast<int>(blockIdx.x - unsigned(group * kItemGroup * n_tiles));
-  const int group_items = min(kItemGroup, plan.item_grid - group * kItemGroup);
-  const int item_index = group * kItemGroup + in_group % group_items, n_tile = in_group / group_items;
-  pdl_wait();
-  const auto [e, first, rows] = item_rows(plan.items[item_index], kTileTokens, kTailTokens);
-  if (rows == 0) return;
-  // Items of up to 128 rows take blocks of 256 weight rows.
-  const int tiles = rows > 128 ? 1 : 2;
-  const int64_t n0 = int64_t(n_tile) * kSlabRows * tiles;
-  if (n0 >= g.N) return;
+  const int units = n_tiles * plan.item_grid;
   if (threadIdx.x < kStages) {
     mbar_init(&full[threadIdx.x], 1);                  // the producer's expect_tx, then the TMA bytes
     mbar_init(&empty[threadIdx.x], 4 * kConsumers);    // each consumer warp, after its wgmma
@@ -217,24 +248,55 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The barriers' initialization is visible to the TMA unit (the async proxy) and to every thread.
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   __syncthreads();
+  pdl_wait();
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
-  // The token tile: the item's rows rounded up to 32 (64 up to 128 rows: blocks of 256 weight rows).
-  const auto run = [&](auto tok, auto t, auto tail) {
-    bf16_wgmma_item<decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
-        x_map, x_tail_map, w_map, g, smem, full_a, empty_a, e, n0, rows, first);
-  };
-  using std::integral_constant;
-  using I0 = integral_constant<int, 0>;
-  using I1 = integral_constant<int, 1>;
-  using I2 = integral_constant<int, 2>;
-  if (rows > kTileTokens) run(integral_constant<int, kTileTokens>{}, I1{}, integral_constant<int, kTailTokens>{});
-  else if (rows > 224) run(integral_constant<int, 256>{}, I1{}, I0{});
-  else if (rows > 192) run(integral_constant<int, 224>{}, I1{}, I0{});
-  else if (rows > 160) run(integral_constant<int, 192>{}, I1{}, I0{});
-  else if (rows > 128) run(integral_constant<int, 160>{}, I1{}, I0{});
-  else if (rows > 96) run(integral_constant<int, 128>{}, I2{}, I0{});
-  else if (rows > 64) run(integral_constant<int, 96>{}, I2{}, I0{});
-  else run(integral_constant<int, 64>{}, I2{}, I0{});
+  Ring ring;
+  if (threadIdx.x >= 128 * kConsumers) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x >= 128 * kConsumers + 32) return;
+    const bool leader = threadIdx.x == 128 * kConsumers;
+    int* work = reinterpret_cast<int*>(plan.items + plan.item_grid);  // RowPlan::items: the work counters
+    for (int n = 0;; ++n) {
+      const int u = __shfl_sync(~0u, leader ? atomicAdd(&work[0], 1) : 0, 0);
+      if (leader) sched_unit[n & 1] = u;
+      __syncwarp();  // the warp meets the barrier as one (bar.sync is .aligned)
+      sched_bar();
+      if (u >= units) break;
+      const Unit w = unit_at(g, plan, n_tiles, u);
+      if (leader && w.rows > 0)
+        with_tile(w.rows, [&](auto tok, auto t, auto tail) {
+          produce<decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+              x_map, x_tail_map, w_map, static_cast<int>(g.K / kTileK), smem, full_a, empty_a, ring,
+              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0));
+        });
+      __syncwarp();
+    }
+    if (leader && atomicAdd(&work[1], 1) == int(gridDim.x) - 1) {  // every block has made its last claim
+      atomicExch(&work[0], 0);
+      atomicExch(&work[1], 0);
+    }
+  } else {
+    setmaxnreg_inc<kConsumerRegs>();
+    uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
+    int n = 0, u = 0;
+    const auto fetch_next = [&] {
+      sched_bar();
+      u = sched_unit[n++ & 1];
+    };
+    fetch_next();
+    while (u < units) {
+      const Unit w = unit_at(g, plan, n_tiles, u);
+      if (w.rows == 0) {
+        fetch_next();
+        continue;
+      }
+      with_tile(w.rows, [&](auto tok, auto t, auto tail) {
+        consume<decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+            g, smem, my_epi, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
+      });
+    }
+    pdl_launch_dependents();
+  }
 }
 
 // A 2-D tensor map of bf16 rows [rows, K] (row-major) with boxes of box_rows x kTileK values, 128-byte swizzle.
@@ -277,15 +339,19 @@ void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_
   FMOE_CHECK(x_rows + kBlockTokens < (int64_t(1) << 31) && num_experts * g.N < (int64_t(1) << 31),
              "the bf16 wgmma GEMM addresses rows with 32-bit TMA coordinates: got ", x_rows, " rows of x and ",
              num_experts * g.N, " weight rows");
-  const int64_t blocks = (g.N + kSlabRows - 1) / kSlabRows * max_items;
-  FMOE_CHECK(blocks < (int64_t(1) << 31), "the bf16 wgmma GEMM takes fewer than 2^31 blocks, got ", blocks);
+  const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
+  int device = 0, sms = 0;
+  FMOE_CUDA_CHECK(cudaGetDevice(&device));
+  FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // The claims (32-bit) run one per block past the last unit.
+  FMOE_CHECK(units + sms < (int64_t(1) << 31), "the bf16 wgmma GEMM takes fewer than 2^31 units of work, got ", units);
   const CUtensorMap x_map = bf16_rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, kXBox);
   const CUtensorMap x_tail_map = bf16_rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, kXTailBox);
   const CUtensorMap w_map = bf16_rows_map(g.w, num_experts * g.N, g.K, kWBox);
   FMOE_CUDA_CHECK(
       cudaFuncSetAttribute(bf16_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-  launch_with_smem(bf16_wgmma_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), kSmemBytes, s, x_map,
-                   x_tail_map, w_map, g, plan);
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, sms));  // persistent: one per SM
+  launch_with_smem(bf16_wgmma_kernel, dim3(blocks), dim3(kThreads), kSmemBytes, s, x_map, x_tail_map, w_map, g, plan);
 }
 
 }  // namespace fusedmoe::cuda

@@ -50,7 +50,8 @@ struct RowPlan {
   // plan_max_items). A hot expert's chunks go to different blocks instead of one block running them
   // one after another. The entries past the last item, up to item_grid - 1, hold expert -1, so a
   // kernel's block row reads its item alone (one dependent read before the weights, not three:
-  // the item count, the item, the expert's offset and count).
+  // the item count, the item, the expert's offset and count). The entry at item_grid holds the work
+  // counters of the persistent bf16 wgmma kernel (bf16_wgmma_gemm.cu), which the plan zeroes.
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)

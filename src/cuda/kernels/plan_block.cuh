@@ -61,8 +61,10 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
       for (int q = 0; q * plan.item_rows < c[j]; ++q)
         plan.items[first[j].items + q] = PlanItem{e, q * plan.item_rows, plan.offsets[e], c[j]};
   }
-  if (plan.item_rows > 0)
+  if (plan.item_rows > 0) {
     for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
+    if (threadIdx.x == 0) plan.items[plan.item_grid] = PlanItem{0, 0, 0, 0};  // the work counters
+  }
 }
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]

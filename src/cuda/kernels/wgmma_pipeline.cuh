@@ -158,14 +158,16 @@ __device__ inline void drain_accumulators(float (&acc)[kT][kTok / 2], float (&ta
 // A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
 // the item's tokens: kTok in acc, then kTail in tail), times gs plus the rows' bias, as bf16 into Y rows
 // first_row .. first_row + rows - 1. The tiles go through buf in shared memory, transposed by stmatrix
-// (tile t's token m at 128 ((kTok + kTail) t + m): its 64 weight rows, 16-byte chunk c at c ^ (m % 8),
-// conflict-free), then out as 16-byte stores of a token's 8 consecutive weight rows (N % 8 == 0, Y
-// 16-byte aligned).
-template <int kTok, int kTail, int kT, int kTailAcc>
+// (a token m at 128 m: its 64 weight rows, 16-byte chunk c at c ^ (m % 8), conflict-free), then out as 16-byte
+// stores of a token's 8 consecutive weight rows (N % 8 == 0, Y 16-byte aligned). kChunk = 0: buf holds every
+// tile at once (tile t's tokens from (kTok + kTail) t on; one barrier); else passes of kChunk tokens of one tile
+// through kChunk 128-byte rows of buf, which the warpgroup's previous epilogue may still be reading.
+template <int kTok, int kTail, int kT, int kTailAcc, int kChunk = 0>
 __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
                                             const float (&tail)[kT][kTailAcc], const float (&bias)[kT][2], float gs,
                                             uint8_t* buf, int64_t n_base, int64_t rows, int64_t first_row) {
   constexpr int kN = kTok + kTail;
+  static_assert(kChunk % 16 == 0 && kN % 16 == 0);
   const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
   const int64_t N = g.N;
   // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 16) + l % 8 and the warp's
@@ -173,31 +175,47 @@ __device__ __forceinline__ void store_tiles(const SmallMGemm& g, const float (&a
   const int q = lane >> 3, r = lane & 7;
   const uint32_t st_addr =
       smem_addr(buf) + uint32_t(8 * (q >> 1) + r) * 128 + (uint32_t((2 * warp + (q & 1)) ^ r) << 4);
+  // Tile t's tokens [m0, m1) into buf from token row b on.
+  const auto stage = [&](int t, int m0, int m1, int b) {
 #pragma unroll
-  for (int t = 0; t < kT; ++t)
-#pragma unroll
-    for (int j = 0; j < kN / 8; j += 2) {  // tokens 8 j .. 8 j + 15: accumulators 4 j .. 4 j + 7
+    for (int j = m0 / 8; j < m1 / 8; j += 2) {  // tokens 8 j .. 8 j + 15: accumulators 4 j .. 4 j + 7
       const float* a0 = j < kTok / 8 ? &acc[t][4 * j] : &tail[t][4 * (j - kTok / 8)];
       const float* a1 = a0 + 4;
-      stmatrix_x4_trans(st_addr + uint32_t(kN * t + 8 * j) * 128,
+      stmatrix_x4_trans(st_addr + uint32_t(b + 8 * j - m0) * 128,
                         pack_bf16x2(a0[0] * gs + bias[t][0], a0[1] * gs + bias[t][0]),
                         pack_bf16x2(a0[2] * gs + bias[t][1], a0[3] * gs + bias[t][1]),
                         pack_bf16x2(a1[0] * gs + bias[t][0], a1[1] * gs + bias[t][0]),
                         pack_bf16x2(a1[2] * gs + bias[t][1], a1[3] * gs + bias[t][1]));
     }
-  warpgroup_bar(wg);  // the tiles are in buf
-  // Thread tid stores chunk c = tid % 8 (weight rows 8 c .. 8 c + 7) of tokens tid / 8 + 16 k.
+  };
+  // Thread tid stores chunk c = tid % 8 (weight rows 8 c .. 8 c + 7) of tokens m0 + tid / 8 + 16 k.
   const int c = tid & 7;
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
+  const auto store = [&](int t, int m0, int m1, int b) {
     const int64_t n = n_base + 64 * t + 8 * c;
 #pragma unroll
-    for (int k = 0; k < kN / 16; ++k) {
-      const int m = (tid >> 3) + 16 * k;
+    for (int k = 0; k < (m1 - m0) / 16; ++k) {
+      const int m = m0 + (tid >> 3) + 16 * k, bm = b + m - m0;
       if (m >= rows || n >= N) continue;
-      const uint4 v = *reinterpret_cast<const uint4*>(buf + (kN * t + m) * 128 + ((c ^ (m & 7)) << 4));
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + bm * 128 + ((c ^ (bm & 7)) << 4));
       *reinterpret_cast<uint4*>(g.y + (first_row + m) * N + n) = v;
     }
+  };
+  if constexpr (kChunk == 0) {
+#pragma unroll
+    for (int t = 0; t < kT; ++t) stage(t, 0, kN, kN * t);
+    warpgroup_bar(wg);  // the tiles are in buf
+#pragma unroll
+    for (int t = 0; t < kT; ++t) store(t, 0, kN, kN * t);
+  } else {
+#pragma unroll
+    for (int t = 0; t < kT; ++t)
+#pragma unroll
+      for (int m0 = 0; m0 < kN; m0 += kChunk) {
+        warpgroup_bar(wg);  // the previous pass's stores have read buf
+        stage(t, m0, m0 + kChunk < kN ? m0 + kChunk : kN, 0);
+        warpgroup_bar(wg);  // the pass is in buf
+        store(t, m0, m0 + kChunk < kN ? m0 + kChunk : kN, 0);
+      }
   }
 }
 
