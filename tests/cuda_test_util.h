@@ -138,9 +138,9 @@ inline MoEConfig routed_config(QuantScheme s, RoutingMethod m) {
 // monolithic bf16 experts take the fused decode kernel).
 class ForcePath {
  public:
-  // gemm_tile_m: the grouped path's CUTLASS tile rows (128 or 64).
+  // gemm_tile_m: the grouped path's CUTLASS tile rows (128 or 64); wgmma_pairs: the bf16 wgmma kernel's pairs.
   explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool warp_tiles = false,
-                     bool fused_decode = false, int gemm_tile_m = 128) {
+                     bool fused_decode = false, int gemm_tile_m = 128, bool wgmma_pairs = false) {
     cuda::ExpertsPath p;
     p.gemm_tile_m = gemm_tile_m;
     p.gemm2_tile_m = gemm_tile_m;
@@ -149,6 +149,7 @@ class ForcePath {
     p.fp4_chunk_experts = fp4_chunk_experts;
     p.warp_tiles = warp_tiles;
     p.fused_decode = fused_decode;
+    p.wgmma_pairs = wgmma_pairs;
     cuda::set_experts_path_override(&p);
   }
   ~ForcePath() { cuda::set_experts_path_override(nullptr); }

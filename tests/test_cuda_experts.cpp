@@ -83,7 +83,10 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(384, 8, 128).small_m);           // bf16, 24 rows: CUTLASS
   EXPECT_EQ(choose_experts_path(392, 8, 128).tile_tokens, 256);     // 24.5 rows: the bf16 wgmma kernel
   EXPECT_EQ(choose_experts_path(1024, 2, 8).tile_tokens, 256);      // mixtral at 1024: 256 rows
-  EXPECT_FALSE(choose_experts_path(1040, 2, 8).small_m);            // 260 rows: CUTLASS
+  EXPECT_FALSE(choose_experts_path(512, 2, 8).wgmma_pairs);         // 128 rows: blocks alone
+  EXPECT_TRUE(choose_experts_path(520, 2, 8).wgmma_pairs);          // 130 rows: in pairs
+  EXPECT_TRUE(choose_experts_path(2048, 2, 8).small_m);             // 512 rows: still the wgmma kernel
+  EXPECT_FALSE(choose_experts_path(2056, 2, 8).small_m);            // 514 rows: CUTLASS
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
   EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 32);  // 24 rows: the small-M kernel
@@ -231,7 +234,7 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   {
     const bool small_m = param < 0 || (tile > 0 && tile <= 32);
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
-                          param == 64 ? 64 : 128);
+                          param == 64 ? 64 : 128, /*wgmma_pairs=*/true);
     for (QuantScheme s : kCudaSchemes) {
       // fp4 only: 64-row warp tiles; fp4 and bf16: 256 (the wgmma kernels)
       const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
@@ -307,10 +310,11 @@ TEST(CudaExperts, SmallMTileFitsEachExpertsRows) {
 }
 
 // The wgmma kernels (fp4 and bf16 weights) over many k tiles (K = 704 and 320: 11 and 5 tiles of 64),
-// partial blocks of weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows), items of 256 rows and
-// a partial one per expert at 600 tokens (n = 256 and n = 64 products), experts of 257-288 rows at 540
-// tokens (an item of 256 rows with an n = 32 tail), items of 65-128 rows at 240 tokens (n = 128), of up to
-// 64 rows at 60 tokens, biases, both fp4 formats and bf16.
+// partial blocks of weight rows (N = 640 and 704 in blocks of 128, 256 and 512 rows; bf16 in pairs of blocks as
+// well, whose second block then starts past N), items of 256 rows and a partial one per expert at 600 tokens
+// (n = 256 and n = 64 products), experts of 257-288 rows at 540 tokens (an item of 256 rows with an n = 32 tail),
+// items of 65-128 rows at 240 tokens (n = 128), of up to 64 rows at 60 tokens, biases, both fp4 formats and bf16.
+// The bf16 kernel alone and in pairs give the same bits (the same products in the same order).
 TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -321,16 +325,22 @@ TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
       MoEConfig c = small_config(s, 4, 704, 320, 2);
       const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
-      const ForcePath force(true, 256, 0, true);
-      Buffer ids, w;
-      const Buffer out = run_cuda_forward(g, tokens, &ids, &w);
-      expect_matches_reference(p, out, ids, w);
+      Buffer outs[2];
+      for (bool pairs : {false, true}) {
+        if (pairs && s != QuantScheme::bf16) continue;
+        SCOPED_TRACE(pairs ? "pairs" : "alone");
+        const ForcePath force(true, 256, 0, true, false, 128, pairs);
+        Buffer ids, w;
+        outs[pairs] = run_cuda_forward(g, tokens, &ids, &w);
+        expect_matches_reference(p, outs[pairs], ids, w);
+      }
+      if (s == QuantScheme::bf16) EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
     }
 }
 
 // The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (64 .. 256; 64 and up to 128 in
 // blocks of 256 weight rows), 256-row items with a 32-row tail, and a second item after a full one, each
-// edge on both sides, with biases.
+// edge on both sides, with biases; blocks alone and in pairs (the same bits).
 TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -346,8 +356,15 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   c.routing.method = RoutingMethod::precomputed;
   Problem p = make_problem(c, M, seed, /*with_bias=*/true);
   std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
-  const ForcePath force(true, 256, 0, true);
-  expect_matches_reference(p, run_cuda_apply(to_gpu(p), M), p.ids, p.topk_weights);
+  const GpuProblem g = to_gpu(p);
+  Buffer outs[2];
+  for (bool pairs : {false, true}) {
+    SCOPED_TRACE(pairs ? "pairs" : "alone");
+    const ForcePath force(true, 256, 0, true, false, 128, pairs);
+    outs[pairs] = run_cuda_apply(g, M);
+    expect_matches_reference(p, outs[pairs], p.ids, p.topk_weights);
+  }
+  EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the
@@ -447,7 +464,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     }
   }
   // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16, for the token counts on
-  // the grouped path above the last count that writes it (bf16: the wgmma kernel's 256 rows per expert, 768
+  // the grouped path above the last count that writes it (bf16: the wgmma kernel's 512 rows per expert, 1536
   // tokens; fp4 weights no longer take it).
   MoEConfig c = small_config(QuantScheme::bf16, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;
@@ -458,7 +475,7 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
   };
   const size_t plain = bytes_with("0"), gated = bytes_with("1");
   EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {4096 * 2, 512}) -
-                               workspace_tensor_bytes(DType::bf16, {768 * 2, 512}));
+                               workspace_tensor_bytes(DType::bf16, {1536 * 2, 512}));
 }
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {
@@ -813,7 +830,7 @@ TEST(CudaExperts, MoreThan2To31ElementsPerBuffer) {
   for (bool wgmma : {false, true}) {  // the heuristic's CUTLASS path, then the bf16 wgmma kernel forced
     SCOPED_TRACE(wgmma ? "bf16 wgmma kernel" : "heuristic path");
     std::optional<ForcePath> force;
-    if (wgmma) force.emplace(true, 256, 0, true);
+    if (wgmma) force.emplace(true, 256, 0, true, false, 128, /*wgmma_pairs=*/true);
     Buffer ids, w;
     const Buffer out = run_cuda_forward(g, M, &ids, &w);
     for (int64_t t : {int64_t(0), M / 2, M - 1}) {

@@ -55,7 +55,7 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
   const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
-  Buffer items = dev_ints(4 * (max_items + 1));  // + the work counters' entry
+  Buffer items = dev_ints(4 * max_items), work_counters = dev_ints(2);
   cuda::RowPlan plan{counts.data_as<int32_t>(),
                      offsets.data_as<int32_t>(),
                      active.data_as<int32_t>(),
@@ -64,7 +64,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
                      row_expert.data_as<int32_t>(),
                      reinterpret_cast<cuda::PlanItem*>(items.data_as<int32_t>()),
                      pc.item_rows,
-                     static_cast<int>(max_items)};
+                     static_cast<int>(max_items),
+                     work_counters.data_as<int32_t>()};
   cuda::launch_plan(d_ids.data_as<const int32_t>(), pc.M, pc.top_k, pc.num_experts,
                     pc.map ? d_map.data_as<const int32_t>() : nullptr, num_local, plan, scratch.data_as<int32_t>(),
                     nullptr);
@@ -104,6 +105,7 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   for (int64_t r = 0; r < total; ++r) ASSERT_EQ(hits[r], 1) << "row " << r;
   if (pc.item_rows == 0) {
     ASSERT_EQ(host(items, 1)[0], 0x7f7f7f7f) << "a plan without work items wrote items";
+    ASSERT_EQ(host(work_counters, 2), std::vector<int32_t>(2, 0x7f7f7f7f)) << "... or the work counters";
     return;
   }
   std::vector<int32_t> want_items;  // {expert, first row, offsets[expert], counts[expert]}, then expert -1
@@ -113,8 +115,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   const int64_t n = static_cast<int64_t>(want_items.size()) / 4;
   ASSERT_LE(n, max_items);
   for (int64_t i = n; i < max_items; ++i) want_items.insert(want_items.end(), {-1, 0, 0, 0});
-  want_items.insert(want_items.end(), {0, 0, 0, 0});  // the work counters (RowPlan::items), zeroed
-  ASSERT_EQ(host(items, 4 * (max_items + 1)), want_items);
+  ASSERT_EQ(host(items, 4 * max_items), want_items);
+  ASSERT_EQ(host(work_counters, 2), std::vector<int32_t>(2, 0)) << "the work counters are zeroed";
 }
 
 TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {

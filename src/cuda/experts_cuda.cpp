@@ -111,22 +111,25 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
 }
 
 namespace {
-// Room for the work items of a plan of R rows at the smallest tile (8 rows), the most items, and the entry after
-// them (RowPlan::items: the work counters).
-int64_t item_capacity(int64_t R, int64_t num_local) { return plan_max_items(R, num_local, 8) + 1; }
+// Room for the work items of a plan of R rows at the smallest tile (8 rows), the most items.
+int64_t item_capacity(int64_t R, int64_t num_local) { return plan_max_items(R, num_local, 8); }
 
 constexpr int64_t kItemInts = sizeof(PlanItem) / sizeof(int32_t);
 
+// The items, then RowPlan::work_counters (2 ints), in one workspace tensor.
+int64_t items_ints(int64_t R, int64_t num_local) { return kItemInts * item_capacity(R, num_local) + 2; }
+
 size_t items_bytes(int64_t R, int64_t num_local) {
-  return workspace_tensor_bytes(DType::i32, {kItemInts * item_capacity(R, num_local)});
+  return workspace_tensor_bytes(DType::i32, {items_ints(R, num_local)});
 }
 
 // The plan's work items for the path's small-M tile (none on the grouped path).
 void take_items(RowPlan& plan, int64_t R, int64_t num_local, const ExpertsPath& path, Workspace& ws) {
-  plan.items =
-      reinterpret_cast<PlanItem*>(ws.take(DType::i32, {kItemInts * item_capacity(R, num_local)}).data_as<int32_t>());
+  int32_t* ints = ws.take(DType::i32, {items_ints(R, num_local)}).data_as<int32_t>();
+  plan.items = reinterpret_cast<PlanItem*>(ints);
   plan.item_rows = path.small_m ? path.tile_tokens : 0;
   plan.item_grid = static_cast<int>(plan_max_items(R, num_local, plan.item_rows));  // the grids' rows
+  plan.work_counters = ints + kItemInts * item_capacity(R, num_local);
 }
 }  // namespace
 
@@ -158,7 +161,7 @@ bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
 }
 
 // The gated GEMM1 runs on parts of the token range (where the heuristic takes the grouped path: for bf16, 12-24
-// and above 256 rows per expert), and a workspace sized for M must serve every smaller count: GEMM1's output
+// and above 512 rows per expert), and a workspace sized for M must serve every smaller count: GEMM1's output
 // rows of the largest count up to M that writes them. The heuristic's bounds on the rows per expert (M k / E)
 // are whole numbers, so the path is the same for every count in (j E / k, (j + 1) E / k]: the largest count
 // of each such piece is tried, from M down (only while the gated GEMM1 runs at M).
@@ -286,7 +289,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   }
   if (path.small_m) {
     const auto gemm = [&](const SmallMGemm& g) {
-      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, s);
+      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, path.wgmma_pairs, s);
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
     };
     SmallMGemm g1{bf16_wgmma ? x_sorted.data() : x.data(), bf16_wgmma ? nullptr : plan.row_token, x_scale_ptr,

@@ -4,7 +4,7 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
-// bf16 wgmma kernel from 24 to 256 rows per expert (below).
+// bf16 wgmma kernel from 24 to 512 rows per expert (below).
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
@@ -86,17 +86,22 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.warp_tiles = true;
     path.tile_tokens = 256;
   }
-  // bf16 weights from 24 to 256 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
+  // bf16 weights from 24 to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
   // plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps of 32 where
   // CUTLASS runs 64- or 128-row tiles. Same-run A/B on H200 against CUTLASS (session 30, 2 rounds):
   // mixtral-8x7b 1.065x / 1.042x / 1.091x at 256 / 512 / 1024 tokens (64 / 128 / 256 rows), 1.01x at 64-128;
   // qwen3-30b-a3b 1.01-1.03x at 512-1024 (within the rounds' spread), 1.00x at 1536, 1.045x at 2048 (128 rows).
-  // Above 256 rows its mainloop loses: mixtral 0.91x / 0.93x at 1536 / 2048 tokens; at 8192 its GEMMs take
-  // 5.36 / 2.93 ms against CUTLASS's 5.04 / 2.47 (ncu: tensor pipe 83% active against 98%).
-  if (weights == QuantScheme::bf16 && rows_per_expert > 24.0 && rows_per_expert <= 256.0) {
+  // Above 128 rows it runs in pairs of blocks that share each item's X rows (TMA multicast; session 32): L2
+  // traffic as CUTLASS's 2-block clusters have it; mixtral 1.007-1.019x at 1024 tokens. Against CUTLASS above 256
+  // rows (session 32, same-run A/Bs on several machines): qwen3 1.029-1.055x at 8192 tokens and mixtral
+  // 0.990-1.014x at 2048 (512 rows); forced further, mixtral 0.93-1.00x at 4096 (1024 rows) and 0.90-0.97x at 8192
+  // (2048 rows). At 64-128 rows the pairs lost (qwen3 0.96-0.98x at 2048 tokens: their items' X is the small
+  // operand there).
+  if (weights == QuantScheme::bf16 && rows_per_expert > 24.0 && rows_per_expert <= 512.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;
+    path.wgmma_pairs = rows_per_expert > 128.0;
   }
   return path;
 }

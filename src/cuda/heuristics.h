@@ -18,11 +18,12 @@ struct ExpertsPath {
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
   int gemm_tile_m = 128;          // grouped path: 128-row cooperative tiles or 64-row pingpong tiles
   int gemm2_tile_m = 128;         // grouped path: GEMM2's tiles (gemm_tile_m, but for fp8-channel's short GEMM2)
+  bool wgmma_pairs = false;       // the bf16 wgmma kernel: in pairs of blocks sharing each item's X rows
 };
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
-// weights take the bf16 wgmma kernel from 24 to 256 rows per expert, CUTLASS between 12 and 24 and above 256.
+// weights take the bf16 wgmma kernel from 24 to 512 rows per expert, CUTLASS between 12 and 24 and above 512.
 // intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile).
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);

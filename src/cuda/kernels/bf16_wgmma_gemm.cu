@@ -6,21 +6,25 @@
 // an expert's last few rows take a 32-row tail beside a full item instead of a whole 128-row M tile of
 // their own, as on the CUTLASS path (partly filled tiles cost it 7-36% of its GEMM time at the benchmark's
 // routing, session 29).
-// Persistent, one block per SM. A unit of work: one work item of the row plan (up to 256 rows of one expert,
-// plus the expert's last 1-32 rows as a tail when they follow a full item) against 128 kT weight rows. Blocks
-// claim units one at a time from a counter (the hand-out below), in 3 warpgroups:
+// Persistent, one block per SM, alone or in pairs (clusters of two; kCluster below). A unit of work: one work item
+// of the row plan (up to 256 rows of one expert, plus the expert's last 1-32 rows as a tail when they follow a full
+// item) against 128 kT weight rows per block. Blocks (pairs) claim units one at a time from a counter (the hand-out
+// below), in 3 warpgroups:
 // - a thread of the producer warpgroup fills a 4-stage ring of k tiles (64 values) with TMA copies from two
 //   tensor maps (X [rows, K] and W [E N, K]), K-major with the 128-byte swizzle wgmma reads, running on into
-//   the next unit while the consumers store the last one;
+//   the next unit while the consumers store the last one; in a pair, each block loads half of the X boxes into
+//   both (multicast), and a stage is refilled once the consumers of both blocks have released it;
 // - two consumers, kT m64 tiles of weight rows each: m64nNk16 wgmma, N = the item's token tile, its rows
 //   rounded up to 32 (at least 64; kT = 2 up to 128 rows, 1 above; + 32 for a tail);
 // - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
 // Limits: K % 64 == 0, N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan items of 256
-// rows.
+// rows. Pairs: 1.00-1.02x blocks alone at 256 rows per expert, 0.96-0.98x at 128 (H200, session 32), and they
+// take CUTLASS's place up to 512 rows (heuristics.cpp).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "cuda/cuda_util.h"
@@ -41,6 +45,10 @@ constexpr int kTileTokens = 256;
 constexpr int kTailTokens = 32;
 constexpr int kBlockTokens = kTileTokens + kTailTokens;
 constexpr int kItemGroup = 8;  // plan items whose units run side by side (the unit order below)
+// kCluster = 2 (the launch's `pairs`): blocks run in clusters of two, a pair, which take the same plan item against
+// neighbouring weight slabs, each loading half of the item's X boxes into both (TMA multicast): a block of 256
+// tokens reads 128 X rows and 128 W rows from L2 per k tile instead of 256 and 128. kCluster = 1: blocks alone.
+constexpr int kMaxDevices = 64;  // resident_groups' cache
 // Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1).
 constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128;
 
@@ -98,24 +106,30 @@ struct Ring {
 // (x_row0 on, boxes of 64 rows, then 32) and the block's weight rows (w_row0 on, boxes of 128). Rows past the
 // item or N hold other experts' rows, or zeros past the tensors: they meet accumulator columns or rows that are
 // never stored.
-template <int kTok, int kT, int kTail>
+template <int kCluster, int kTok, int kT, int kTail>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
                                         const CUtensorMap& w_map, int num_kt, uint8_t* smem, uint32_t full,
-                                        uint32_t empty, Ring& ring, int32_t x_row0, int32_t w_row0) {
+                                        uint32_t empty, Ring& ring, int32_t x_row0, int32_t w_row0, int rank) {
   using S = Shape<kTok, kT, kTail>;
   const uint32_t base = smem_addr(smem);
   for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
-    // From the ring's second round on, the stage's previous round must have been released.
+    // From the ring's second round on, the stage's previous round must have been released (in both blocks of the
+    // pair: the X boxes land in both).
     if (ring.passed >= kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
     const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * kStageBytes, ws = xs + S::kXBytes;
     mbar_arrive_expect_tx(bar, S::kStageBytes);
     const int32_t k = kt * kTileK;
+    // X box b comes from the pair's block b % 2, multicast to both.
+    const auto load_x = [&](uint32_t dst, const CUtensorMap& map, int32_t row, int b) {
+      if constexpr (kCluster == 1) tma_load_2d(dst, &map, k, row, bar);
+      else if (b % kCluster == rank) tma_load_2d_multicast(dst, &map, k, row, bar, (1u << kCluster) - 1);
+    };
 #pragma unroll
-    for (int j = 0; j < kTok / kXBox; ++j) tma_load_2d(xs + j * kXBox * 128, &x_map, k, x_row0 + kXBox * j, bar);
+    for (int j = 0; j < kTok / kXBox; ++j) load_x(xs + j * kXBox * 128, x_map, x_row0 + kXBox * j, j);
     // The rows past the last whole box (kTok % 64 == 32), then the tail's: 32-row boxes.
 #pragma unroll
-    for (int r = kTok / kXBox * kXBox; r < kTok + kTail; r += kXTailBox)
-      tma_load_2d(xs + r * 128, &x_tail_map, k, x_row0 + r, bar);
+    for (int r = kTok / kXBox * kXBox, b = kTok / kXBox; r < kTok + kTail; r += kXTailBox, ++b)
+      load_x(xs + r * 128, x_tail_map, x_row0 + r, b);
 #pragma unroll
     for (int j = 0; j < S::kBlockRows / kWBox; ++j)
       tma_load_2d(ws + j * kWBox * 128, &w_map, k, w_row0 + kWBox * j, bar);
@@ -128,7 +142,18 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 // tile's wgmma are one group; once the previous tile's group is done, its stage goes back to the producer (the
 // last one after the drain): one arrival per consumer warp, as the consumers read the stages through wgmma alone
 // (an arrival per thread timed the same, session 30).
-template <int kTok, int kT, int kTail, class FetchNext>
+// A consumer warp gives a stage back to the producers of both blocks of the pair (either one's X boxes land in it).
+template <int kCluster>
+__device__ inline void release_stage(uint32_t empty) {
+  if constexpr (kCluster == 1) {
+    mbar_arrive(empty);
+  } else {
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) mbar_arrive_remote(cluster_addr(empty, r));
+  }
+}
+
+template <int kCluster, int kTok, int kT, int kTail, class FetchNext>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, uint32_t full,
                                         uint32_t empty, Ring& ring, int e, int64_t n0, int64_t rows,
                                         int64_t first_row, FetchNext&& fetch_next) {
@@ -162,34 +187,37 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       }
     wgmma_commit();
     wgmma_wait<1>();  // tile kt - 1's group is done: the warpgroup's wgmma no longer read its stage
-    if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * prev_st);
+    if (kt > 0 && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
     prev_st = ring.st;
   }
   // The bias of the lane's rows, loaded while the last wgmma run.
   float bias[kT][2];
   load_row_bias<kT>(g, e, n0, 64 * kT * wg + 16 * warp + (lane >> 2), bias);
   drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
-  if (lane == 0) mbar_arrive(empty + 8 * prev_st);
+  if (lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
   fetch_next();  // the next unit, so that the producer loads it during the epilogue
   store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
                                                     first_row);
 }
 
-// A unit of work: a plan item's rows against the weight rows n0 .. (a slab of kSlabRows, two for items of up to
-// 128 rows, which take kT = 2); rows = 0 when there is none (an item that rides as a tail, or past N).
+// A unit of work, for a pair of blocks: a plan item's rows against kCluster neighbouring slabs of weight rows
+// (kSlabRows each, two for items of up to 128 rows, which take kT = 2), the block of rank r taking slab r from
+// n0 on. rows = 0 when there is none (an item that rides as a tail, or the pair's first slab past N); a block whose
+// slab starts past N runs the unit (its peer's X boxes land in it) but stores nothing.
 struct Unit {
   int e;
   int64_t first, rows, n0;
 };
-// Unit order: groups of kItemGroup consecutive plan items, and within a group the N tiles outer, so that the
-// units running at once share their items' X rows and their weight rows in L2.
-__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_tiles, int u) {
-  const int group = u / (kItemGroup * n_tiles), in_group = u - group * kItemGroup * n_tiles;
+// Unit order: groups of kItemGroup consecutive plan items, and within a group the pairs of N tiles outer, so that
+// the units running at once share their items' X rows and their weight rows in L2.
+template <int kCluster>
+__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_pairs, int u, int rank) {
+  const int group = u / (kItemGroup * n_pairs), in_group = u - group * kItemGroup * n_pairs;
   const int group_items = min(kItemGroup, plan.item_grid - group * kItemGroup);
-  const int item_index = group * kItemGroup + in_group % group_items, n_tile = in_group / group_items;
+  const int item_index = group * kItemGroup + in_group % group_items, pair = in_group / group_items;
   const auto [e, first, rows] = item_rows(plan.items[item_index], kTileTokens, kTailTokens);
-  const int64_t n0 = int64_t(n_tile) * kSlabRows * (rows > 128 ? 1 : 2);
-  return {e, first, n0 < g.N ? rows : 0, n0};
+  const int64_t slab = kSlabRows * (rows > 128 ? 1 : 2), pair_n0 = int64_t(pair) * kCluster * slab;
+  return {e, first, pair_n0 < g.N ? rows : 0, pair_n0 + rank * slab};
 }
 
 // Calls f with the unit's tile: token tile (the item's rows rounded up to 32, at least 64), kT and tail.
@@ -214,15 +242,44 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
 // unit, under named barrier 4 (the producer warp and both consumer warpgroups, once per unit): the producer
 // claims unit n + 1 once its copies for unit n are issued, the consumers take it between unit n's main loop and
 // epilogue (so the producer loads it during the epilogue), and slot n % 2 is written again only after the
-// barrier of unit n + 1, which the consumers pass after reading it. Claims go past the last unit, one per block,
-// which then stops. The block to count itself done last (work[1]) sets both counters back to 0 for the next launch
-// (the plan zeroes them each forward; launches that follow on the stream touch them only after pdl_wait, i.e.
-// once this grid has finished). A claim on demand keeps the units that run at once a window of consecutive units,
-// however unlike their lengths (tails, items of 64-224 rows), where a fixed share per block left the blocks
-// unevenly loaded (0.77x at mixtral 1024 tokens, session 31).
-__device__ inline void sched_bar() { asm volatile("bar.sync 4, %0;\n" ::"n"(128 * kConsumers + 32) : "memory"); }
+// barrier of unit n + 1, which the consumers pass after reading it. Claims go past the last unit, one per block
+// (pair), which then stops. The block (pair) to count itself done last (work[1]) sets both counters back to 0 for
+// the next launch (the plan zeroes them each forward; launches that follow on the stream touch them only after
+// pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at once a window of
+// consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed share per block left
+// the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31). barrier.sync, not bar.sync (.aligned):
+// the producer warp's lanes come apart while its leader waits for a pair's claim (synccheck reported the .aligned
+// form then).
+__device__ inline void sched_bar() { asm volatile("barrier.sync 4, %0;\n" ::"n"(128 * kConsumers + 32) : "memory"); }
 
-// Persistent: each block runs units as it claims them (above) until they run out.
+// Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
+// to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
+// arrival on the slot's `sent` barrier there; block 1's leader reads it and arrives on the slot's `taken` barrier in
+// block 0, which block 0 waits for before it writes the slot again. n: the block's n-th claim, slot n % 2.
+struct PairChannel {
+  int unit[2];
+  uint64_t sent[2], taken[2];
+};
+template <int kCluster>
+__device__ inline int pair_claim(PairChannel& ch, int* work, int n, int rank) {
+  if constexpr (kCluster == 1) return atomicAdd(&work[0], 1);
+  const int slot = n & 1;
+  const uint32_t parity = (n >> 1) & 1;
+  if (rank == 0) {
+    if (n >= 2) mbar_wait_cluster(smem_addr(&ch.taken[slot]), parity ^ 1);
+    const int u = atomicAdd(&work[0], 1);
+    st_cluster(cluster_addr(smem_addr(&ch.unit[slot]), 1), u);
+    mbar_arrive_cluster(cluster_addr(smem_addr(&ch.sent[slot]), 1));
+    return u;
+  }
+  mbar_wait_cluster(smem_addr(&ch.sent[slot]), parity);
+  const int u = *static_cast<volatile int*>(&ch.unit[slot]);
+  mbar_arrive_cluster(cluster_addr(smem_addr(&ch.taken[slot]), 0));
+  return u;
+}
+
+// Persistent: each pair of blocks runs units as it claims them (above) until they run out.
+template <int kCluster>
 __global__ void __launch_bounds__(kThreads, 1)
     bf16_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap x_tail_map,
                       const __grid_constant__ CUtensorMap w_map, SmallMGemm g, RowPlan plan) {
@@ -234,44 +291,53 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kEpiBytes);
   uint64_t* empty = full + kStages;
   __shared__ int sched_unit[2];
-  const int n_tiles = static_cast<int>((g.N + kSlabRows - 1) / kSlabRows);
-  const int units = n_tiles * plan.item_grid;
+  __shared__ PairChannel channel;
+  const int rank = static_cast<int>(cluster_rank());
+  const int n_pairs = static_cast<int>((g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows));
+  const int units = n_pairs * plan.item_grid;
   if (threadIdx.x < kStages) {
-    mbar_init(&full[threadIdx.x], 1);                  // the producer's expect_tx, then the TMA bytes
-    mbar_init(&empty[threadIdx.x], 4 * kConsumers);    // each consumer warp, after its wgmma
+    mbar_init(&full[threadIdx.x], 1);                          // the producer's expect_tx, then the TMA bytes
+    mbar_init(&empty[threadIdx.x], 4 * kConsumers * kCluster);  // each consumer warp of the pair, after its wgmma
+  }
+  if (threadIdx.x < 2) {
+    mbar_init(&channel.sent[threadIdx.x], 1);
+    mbar_init(&channel.taken[threadIdx.x], 1);
   }
   if (threadIdx.x == 128 * kConsumers) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(&x_map) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(&x_tail_map) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(&w_map) : "memory");
   }
-  // The barriers' initialization is visible to the TMA unit (the async proxy) and to every thread.
+  // The barriers' initialization is visible to the TMA unit (the async proxy) and to every thread of the pair.
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  __syncthreads();
+  if constexpr (kCluster == 1) __syncthreads();
+  else cluster_sync();
   pdl_wait();
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
   Ring ring;
   if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x >= 128 * kConsumers + 32) return;
+    // Alone, the producer warpgroup's other warps leave now; in a pair they wait for the cluster's last barrier.
+    if (kCluster == 1 && threadIdx.x >= 128 * kConsumers + 32) return;
     const bool leader = threadIdx.x == 128 * kConsumers;
-    int* work = reinterpret_cast<int*>(plan.items + plan.item_grid);  // RowPlan::items: the work counters
-    for (int n = 0;; ++n) {
-      const int u = __shfl_sync(~0u, leader ? atomicAdd(&work[0], 1) : 0, 0);
+    int* work = plan.work_counters;
+    for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
+      const int u = __shfl_sync(~0u, leader ? pair_claim<kCluster>(channel, work, n, rank) : 0, 0);
       if (leader) sched_unit[n & 1] = u;
-      __syncwarp();  // the warp meets the barrier as one (bar.sync is .aligned)
+      __syncwarp();  // the warp meets the barrier as one, after the leader's claim
       sched_bar();
       if (u >= units) break;
-      const Unit w = unit_at(g, plan, n_tiles, u);
+      const Unit w = unit_at<kCluster>(g, plan, n_pairs, u, rank);
       if (leader && w.rows > 0)
         with_tile(w.rows, [&](auto tok, auto t, auto tail) {
-          produce<decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+          produce<kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
               x_map, x_tail_map, w_map, static_cast<int>(g.K / kTileK), smem, full_a, empty_a, ring,
-              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0));
+              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0), rank);
         });
       __syncwarp();
     }
-    if (leader && atomicAdd(&work[1], 1) == int(gridDim.x) - 1) {  // every block has made its last claim
+    // Every pair has made its last claim: back to 0 for the next launch.
+    if (leader && rank == 0 && atomicAdd(&work[1], 1) == int(gridDim.x) / kCluster - 1) {
       atomicExch(&work[0], 0);
       atomicExch(&work[1], 0);
     }
@@ -285,18 +351,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     fetch_next();
     while (u < units) {
-      const Unit w = unit_at(g, plan, n_tiles, u);
+      const Unit w = unit_at<kCluster>(g, plan, n_pairs, u, rank);
       if (w.rows == 0) {
         fetch_next();
         continue;
       }
       with_tile(w.rows, [&](auto tok, auto t, auto tail) {
-        consume<decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+        consume<kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
             g, smem, my_epi, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
       });
     }
-    pdl_launch_dependents();
   }
+  pdl_launch_dependents();  // every thread that stays: the dependent launch waits for all of them (or their exit)
+  // In a pair no block exits while its peer may still arrive on its barriers or write its channel.
+  if constexpr (kCluster > 1) cluster_sync();
 }
 
 // A 2-D tensor map of bf16 rows [rows, K] (row-major) with boxes of box_rows x kTileK values, 128-byte swizzle.
@@ -320,38 +388,79 @@ CUtensorMap bf16_rows_map(const void* base, int64_t rows, int64_t K, uint32_t bo
   return map;
 }
 
+// The clusters of kCluster blocks the current device holds at once (one block per SM), asked once per device; also
+// sets the kernel's shared-memory limit.
+template <int kCluster>
+int resident_groups() {
+  static std::atomic<int> known[kMaxDevices] = {};
+  int device = 0;
+  FMOE_CUDA_CHECK(cudaGetDevice(&device));
+  FMOE_CHECK(device < kMaxDevices, "the bf16 wgmma GEMM supports devices 0 .. ", kMaxDevices - 1, ", got ", device);
+  if (const int n = known[device].load(std::memory_order_relaxed)) return n;
+  FMOE_CUDA_CHECK(cudaFuncSetAttribute(bf16_wgmma_kernel<kCluster>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(kSmemBytes)));
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kCluster);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmemBytes;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim = {kCluster, 1, 1};
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  int n = 0;
+  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, bf16_wgmma_kernel<kCluster>, &config));
+  FMOE_CHECK(n > 0, "the bf16 wgmma GEMM's clusters of ", kCluster, " blocks (", kSmemBytes,
+             " bytes of shared memory each) do not fit on this device");
+  known[device].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Persistent: as many clusters as the device holds at once, or one per unit when there are fewer units.
+template <int kCluster>
+void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, const CUtensorMap& w_map,
+                   const SmallMGemm& g, const RowPlan& plan, cudaStream_t s) {
+  const int64_t units = (g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows) * plan.item_grid;
+  const int groups = resident_groups<kCluster>();
+  // The claims (32-bit) run one per cluster past the last unit.
+  FMOE_CHECK(units + groups < (int64_t(1) << 31), "the bf16 wgmma GEMM takes fewer than 2^31 units of work, got ",
+             units);
+  const auto blocks = static_cast<unsigned>(kCluster * std::min<int64_t>(units, groups));
+  // Alone: a plain launch. (A cluster launch of one block with the pairs' cluster barriers, tried first, ran 1-3%
+  // slower at 64-128 rows per expert; H200, session 32.)
+  if constexpr (kCluster == 1)
+    launch_with_smem(bf16_wgmma_kernel<1>, dim3(blocks), dim3(kThreads), kSmemBytes, s, x_map, x_tail_map, w_map, g,
+                     plan);
+  else
+    launch_clustered(bf16_wgmma_kernel<kCluster>, dim3(blocks), dim3(kThreads), kCluster, kSmemBytes, s, x_map,
+                     x_tail_map, w_map, g, plan);
+}
+
 }  // namespace
 
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
-                            cudaStream_t s) {
-  const int64_t max_items = plan.item_grid;
-  if (max_items == 0) return;
+                            bool pairs, cudaStream_t s) {
+  if (plan.item_grid == 0) return;
   FMOE_CHECK(g.weights == SmallMWeights::bf16 && !g.act_epilogue && !g.w_row_scales,
              "the bf16 wgmma GEMM takes bf16 weights without an activation epilogue or row scales");
   FMOE_CHECK(!g.x_row, "the bf16 wgmma GEMM reads its rows in plan order (x_row must be null; gather them first)");
   FMOE_CHECK(g.K % kTileK == 0, "the bf16 wgmma GEMM needs K % ", kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == kTileTokens, "the bf16 wgmma GEMM needs a plan with work items of ",
              kTileTokens, " rows, got item_rows=", plan.item_rows);
+  FMOE_CHECK(plan.work_counters, "the bf16 wgmma GEMM needs the plan's work counters (RowPlan::work_counters)");
   FMOE_CHECK(g.N % 8 == 0, "the bf16 wgmma GEMM needs N % 8 == 0 (16-byte output stores), got N=", g.N);
   FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(g.w) % 16 == 0,
              "the bf16 wgmma GEMM needs 16-byte aligned x, w and y");
-  FMOE_CHECK(x_rows + kBlockTokens < (int64_t(1) << 31) && num_experts * g.N < (int64_t(1) << 31),
+  // (A pair's second slab may start up to 2 slabs of 256 rows past N.)
+  FMOE_CHECK(x_rows + kBlockTokens < (int64_t(1) << 31) && num_experts * g.N + 4 * kSlabRows < (int64_t(1) << 31),
              "the bf16 wgmma GEMM addresses rows with 32-bit TMA coordinates: got ", x_rows, " rows of x and ",
              num_experts * g.N, " weight rows");
-  const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
-  int device = 0, sms = 0;
-  FMOE_CUDA_CHECK(cudaGetDevice(&device));
-  FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // The claims (32-bit) run one per block past the last unit.
-  FMOE_CHECK(units + sms < (int64_t(1) << 31), "the bf16 wgmma GEMM takes fewer than 2^31 units of work, got ", units);
   const CUtensorMap x_map = bf16_rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, kXBox);
   const CUtensorMap x_tail_map = bf16_rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, kXTailBox);
   const CUtensorMap w_map = bf16_rows_map(g.w, num_experts * g.N, g.K, kWBox);
-  FMOE_CUDA_CHECK(
-      cudaFuncSetAttribute(bf16_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, sms));  // persistent: one per SM
-  launch_with_smem(bf16_wgmma_kernel, dim3(blocks), dim3(kThreads), kSmemBytes, s, x_map, x_tail_map, w_map, g, plan);
+  if (pairs) launch_kernel<2>(x_map, x_tail_map, w_map, g, plan, s);
+  else launch_kernel<1>(x_map, x_tail_map, w_map, g, plan, s);
 }
 
 }  // namespace fusedmoe::cuda

@@ -50,11 +50,13 @@ struct RowPlan {
   // plan_max_items). A hot expert's chunks go to different blocks instead of one block running them
   // one after another. The entries past the last item, up to item_grid - 1, hold expert -1, so a
   // kernel's block row reads its item alone (one dependent read before the weights, not three:
-  // the item count, the item, the expert's offset and count). The entry at item_grid holds the work
-  // counters of the persistent bf16 wgmma kernel (bf16_wgmma_gemm.cu), which the plan zeroes.
+  // the item count, the item, the expert's offset and count).
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
+  // [2]: the persistent bf16 wgmma kernel's unit claims and finished blocks (bf16_wgmma_gemm.cu), which a plan
+  // with work items zeroes (may be null otherwise).
+  int32_t* work_counters;
 };
 // Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,
 // num_slots)) with c_e >= 1 rows make sum(ceil(c_e / item_rows)) <= A + (num_slots - A) / item_rows
@@ -169,8 +171,9 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.
 void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
 // bf16_wgmma_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
-// plan order (x_row null) — x_rows of them —, W [num_experts, N, K]. Limits: K % 64 == 0, N % 8 == 0.
-void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
+// plan order (x_row null) — x_rows of them —, W [num_experts, N, K]; pairs: in clusters of two blocks that share
+// each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0, N % 8 == 0.
+void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, bool pairs,
                             cudaStream_t s);
 
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]

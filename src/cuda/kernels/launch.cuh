@@ -30,27 +30,42 @@ __device__ __forceinline__ T load_settled(const T* p) {
 }
 
 // smem_bytes: dynamic shared memory (the caller raises the kernel's limit above 48 KiB). pdl: launch it as a
-// programmatic dependent of the previous kernel (else it starts when that kernel has completed).
+// programmatic dependent of the previous kernel (else it starts when that kernel has completed). cluster_x > 1:
+// in clusters of that many blocks along x (grid.x a multiple of it).
 template <class... KernelArgs, class... Args>
 void launch_ex(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, bool pdl, cudaStream_t stream,
-               Args&&... args) {
+               unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attribute[2];
+  int n = 0;
+  if (pdl) {
+    attribute[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_x > 1) {
+    attribute[n].id = cudaLaunchAttributeClusterDimension;
+    attribute[n++].val.clusterDim = {cluster_x, 1, 1};
+  }
   config.attrs = attribute;
-  config.numAttrs = pdl ? 1 : 0;
+  config.numAttrs = n;
   FMOE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+// launch_with_smem's launch in clusters of cluster_x blocks along x.
+template <class... KernelArgs, class... Args>
+void launch_clustered(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, unsigned cluster_x, size_t smem_bytes,
+                      cudaStream_t stream, Args&&... args) {
+  launch_ex(kernel, grid, block, smem_bytes, pdl_enabled(), stream, cluster_x, std::forward<Args>(args)...);
 }
 
 template <class... KernelArgs, class... Args>
 void launch_with_smem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
                       Args&&... args) {
-  launch_ex(kernel, grid, block, smem_bytes, pdl_enabled(), stream, std::forward<Args>(args)...);
+  launch_ex(kernel, grid, block, smem_bytes, pdl_enabled(), stream, 1u, std::forward<Args>(args)...);
 }
 
 template <class... KernelArgs, class... Args>

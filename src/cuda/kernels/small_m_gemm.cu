@@ -249,9 +249,9 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
              "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
   const bool pdl = pdl_gemm_enabled();
   switch (tile_tokens) {
-    case 8: launch_ex(small_m_gemm_kernel<kFp8, 1, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
-    case 16: launch_ex(small_m_gemm_kernel<kFp8, 2, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
-    case 32: launch_ex(small_m_gemm_kernel<kFp8, 4, kWarpTiles>, grid, block, 0, pdl, s, g, plan); break;
+    case 8: launch_ex(small_m_gemm_kernel<kFp8, 1, kWarpTiles>, grid, block, 0, pdl, s, 1u, g, plan); break;
+    case 16: launch_ex(small_m_gemm_kernel<kFp8, 2, kWarpTiles>, grid, block, 0, pdl, s, 1u, g, plan); break;
+    case 32: launch_ex(small_m_gemm_kernel<kFp8, 4, kWarpTiles>, grid, block, 0, pdl, s, 1u, g, plan); break;
     default: FMOE_FAIL("small-M GEMM tile_tokens must be 8, 16 or 32, got ", tile_tokens);
   }
 }

@@ -51,6 +51,57 @@ __device__ inline void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, i
       "l"(tmap), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// The same copy multicast: the box lands at dst in every CTA of the cluster in cta_mask, and its bytes count towards
+// the barrier at bar's offset in each of them.
+__device__ inline void tma_load_2d_multicast(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
+                                             uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+
+// Thread block clusters: the CTA's rank, the address of the same shared-memory location in the cluster's CTA
+// `rank` (shared::cluster space), an arrival on a barrier there, a store there, a wait with cluster-scope acquire
+// (for barriers that other CTAs' threads arrive on after their stores) and the cluster-wide barrier (every thread
+// of every CTA; also orders this CTA's barrier initialization before its peers' use of them).
+__device__ inline uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ inline uint32_t cluster_addr(uint32_t smem, uint32_t rank) {
+  uint32_t a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(smem), "r"(rank));
+  return a;
+}
+__device__ inline void mbar_arrive_cluster(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+// The same with the default (CTA-scope release) semantics: for a barrier that only orders shared-memory reads by
+// wgmma before a TMA copy that overwrites them.
+__device__ inline void mbar_arrive_remote(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+__device__ inline void st_cluster(uint32_t cluster_addr, int v) {
+  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_addr), "r"(v) : "memory");
+}
+__device__ inline void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ inline void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
 // Orders this thread's shared-memory writes through the generic proxy (cp.async, st.shared) before the async
 // proxy's (wgmma's) reads that follow a synchronization with this thread.
 __device__ inline void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
