@@ -53,7 +53,7 @@ target_include_directories(fusedmoe_cutlass SYSTEM PRIVATE ${FUSEDMOE_CUTLASS_DI
 fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/activation.cu
   src/cuda/kernels/batched.cu
-  src/cuda/kernels/bf16_wgmma_gemm.cu
+  src/cuda/kernels/wgmma_grouped_gemm.cu
   src/cuda/kernels/decode_fused.cu
   src/cuda/kernels/ep_dispatch.cu
   src/cuda/kernels/expert_bias.cu

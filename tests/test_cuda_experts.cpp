@@ -105,11 +105,13 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(1, 8, 256, fp8).tile_tokens, 8);
   EXPECT_FALSE(choose_experts_path(2, 8, 128).warp_tiles);       // bf16, 8-row tiles: split-k blocks
   EXPECT_TRUE(choose_experts_path(160, 8, 128).warp_tiles);      // bf16, 16-row tiles: a tile per warp
-  EXPECT_FALSE(choose_experts_path(256, 8, 128, fp8).warp_tiles);  // grouped GEMM
-  EXPECT_EQ(choose_experts_path(1024, 8, 128).gemm_tile_m, 64);    // qwen3 at 1024: 64 rows per expert
-  EXPECT_EQ(choose_experts_path(1024, 8, 256, fp8).gemm_tile_m, 64);  // deepseek-v3 at 1024: 32 rows
-  EXPECT_EQ(choose_experts_path(1536, 8, 256, fp8).gemm_tile_m, 64);  // 48 rows
-  EXPECT_EQ(choose_experts_path(2048, 8, 256, fp8).gemm_tile_m, 128);  // 64 rows: fp8-block's 128-row tiles
+  EXPECT_EQ(choose_experts_path(192, 8, 128, fp8).tile_tokens, 32);   // 12 rows: small-M warp tiles
+  EXPECT_EQ(choose_experts_path(256, 8, 128, fp8).tile_tokens, 128);  // 16 rows: the fp8 wgmma kernel
+  EXPECT_EQ(choose_experts_path(1024, 8, 128).gemm_tile_m, 64);       // qwen3 at 1024: 64 rows per expert
+  EXPECT_EQ(choose_experts_path(1024, 8, 256, fp8).tile_tokens, 128);  // deepseek-v3 at 1024: 32 rows
+  EXPECT_TRUE(choose_experts_path(2048, 8, 256, fp8).small_m);        // 64 rows: still the fp8 wgmma kernel
+  EXPECT_FALSE(choose_experts_path(2056, 8, 256, fp8).small_m);       // 64.25: CUTLASS, 128-row tiles
+  EXPECT_EQ(choose_experts_path(2056, 8, 256, fp8).gemm_tile_m, 128);
   EXPECT_EQ(choose_experts_path(4096, 8, 256).gemm_tile_m, 64);       // bf16 at 128 rows per expert
   const QuantScheme fp8_tensor = QuantScheme::fp8_per_tensor;
   EXPECT_EQ(choose_experts_path(2048, 2, 8, fp8_tensor).gemm_tile_m, 64);   // mixtral-8x7b-fp8: 512 rows
@@ -227,8 +229,8 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; -256 (fp4 only): the
-  // wgmma kernel; 0 / 64: grouped, 128- / 64-row GEMM tiles
+  // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; -256 (fp4, bf16) and -128
+  // (fp8): the wgmma kernels; 0 / 64: grouped, 128- / 64-row GEMM tiles
   const int param = GetParam();
   const int tile = param < 0 ? -param : param;
   {
@@ -240,6 +242,8 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
       if (param == -64 && !fp4) continue;
       if (param == -256 && !fp4 && s != QuantScheme::bf16) continue;
+      // fp8-block and fp8-tensor: 128 (the fp8 wgmma kernel; fp8-channel's row scales it does not take)
+      if (param == -128 && s != QuantScheme::fp8_block && s != QuantScheme::fp8_per_tensor) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -261,10 +265,11 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant,
-                         ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, 0, 64), [](const auto& info) {
+                         ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, -128, 0, 64), [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
                            if (p == -256) return std::string("wgmma");
+                           if (p == -128) return std::string("fp8_wgmma");
                            if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
@@ -319,23 +324,37 @@ TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4, QuantScheme::bf16})
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4, QuantScheme::bf16, QuantScheme::fp8_block})
     for (int64_t tokens : {600, 540, 240, 60}) {
       SCOPED_TRACE(std::string(quant_scheme_name(s)) + " tokens " + std::to_string(tokens));
-      MoEConfig c = small_config(s, 4, 704, 320, 2);
+      const bool fp8 = s == QuantScheme::fp8_block;  // K and I multiples of 128, 128-row items
+      MoEConfig c = fp8 ? small_config(s, 4, 1152, 384, 2) : small_config(s, 4, 704, 320, 2);
       const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
       Buffer outs[2];
       for (bool pairs : {false, true}) {
         if (pairs && s != QuantScheme::bf16) continue;
         SCOPED_TRACE(pairs ? "pairs" : "alone");
-        const ForcePath force(true, 256, 0, true, false, 128, pairs);
+        const ForcePath force(true, fp8 ? 128 : 256, 0, true, false, 128, pairs);
         Buffer ids, w;
         outs[pairs] = run_cuda_forward(g, tokens, &ids, &w);
         expect_matches_reference(p, outs[pairs], ids, w);
       }
       if (s == QuantScheme::bf16) EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
     }
+}
+
+// A problem of top-1 routing with rows[e] rows on expert e, in shuffled order, with biases.
+Problem rows_per_expert_problem(QuantScheme s, const std::vector<int32_t>& rows, int64_t K, int64_t I, uint64_t seed) {
+  std::vector<int32_t> ids;
+  for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  MoEConfig c = small_config(s, static_cast<int64_t>(rows.size()), K, I, 1);
+  c.routing.method = RoutingMethod::precomputed;
+  Problem p = make_problem(c, static_cast<int64_t>(ids.size()), seed, /*with_bias=*/true);
+  std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
+  return p;
 }
 
 // The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (64 .. 256; 64 and up to 128 in
@@ -345,17 +364,10 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const std::vector<int32_t> rows = {1,   33,  64,  65,  96,  97,  128, 129, 160, 161, 192,
-                                     193, 224, 225, 256, 257, 288, 289, 320, 545};
-  std::vector<int32_t> ids;
-  for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
-  std::mt19937_64 rng(seed);
-  std::shuffle(ids.begin(), ids.end(), rng);
-  const int64_t M = static_cast<int64_t>(ids.size());
-  MoEConfig c = small_config(QuantScheme::bf16, static_cast<int64_t>(rows.size()), 320, 192, 1);
-  c.routing.method = RoutingMethod::precomputed;
-  Problem p = make_problem(c, M, seed, /*with_bias=*/true);
-  std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
+  const Problem p = rows_per_expert_problem(QuantScheme::bf16, {1, 33, 64, 65, 96, 97, 128, 129, 160, 161, 192, 193,
+                                                                224, 225, 256, 257, 288, 289, 320, 545},
+                                            320, 192, seed);
+  const int64_t M = p.ids.view().size(0);
   const GpuProblem g = to_gpu(p);
   Buffer outs[2];
   for (bool pairs : {false, true}) {
@@ -365,6 +377,22 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
     expect_matches_reference(p, outs[pairs], p.ids, p.topk_weights);
   }
   EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
+}
+
+// The fp8 wgmma kernel's token tiles (32, 64 in blocks of 256 weight rows; 96, 128 in blocks of 128), 128-row items
+// with a 32-row tail and a second item after a full one, each edge on both sides, with biases; GEMM2's N = 384 leaves
+// the second consumer of a 256-row block past N. fp8-block and fp8-tensor (its per-expert scales as block scales).
+TEST(CudaExperts, Fp8WgmmaEveryTokenTile) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::fp8_block, QuantScheme::fp8_per_tensor}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    const Problem p = rows_per_expert_problem(s, {1, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 256, 257, 300},
+                                              384, 256, seed);
+    const ForcePath force(true, 128, 0, true, false, 128, false);
+    expect_matches_reference(p, run_cuda_apply(to_gpu(p), p.ids.view().size(0)), p.ids, p.topk_weights);
+  }
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the

@@ -2,7 +2,8 @@
 // 1x128 re-quantization) -> GEMM2 (+ w2 bias), writing unweighted bf16 rows grouped by expert for
 // the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the row-plan kernels (small-M
 // streaming kernels for decode-sized batches; our wgmma grouped GEMMs on 256-row plan items for fp4 above 24
-// rows per expert and bf16 at 24-256) and the CUTLASS grouped GEMMs (after a row gather) for the rest. fp4
+// rows per expert and bf16 at 24-512, on 128-row items for fp8-block at 12-64) and the CUTLASS grouped GEMMs (after
+// a row gather) for the rest. fp4
 // weights (nvfp4, mxfp4) are W4A16, dequantized in registers; their grouped path (forced only) dequantizes a
 // chunk of experts at a time to bf16 in the workspace and runs the bf16 GEMM on it.
 // Stream-ordered with no host synchronisation, so a forward is graph-capturable.
@@ -181,9 +182,10 @@ int64_t CudaExperts::gemm1_out_rows(int64_t M) const {
 size_t CudaExperts::rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_rows) const {
   const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
-  size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {R, K / 128});  // gathered input
-  b += workspace_tensor_bytes(DType::bf16, {gemm1_rows, N1});                                        // GEMM1 out
-  b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {R, I / 128});      // GEMM2 in
+  const int64_t scale_rows = m_major_scale_rows(R);  // (the fp8 wgmma GEMM's M-major scales: padded rows)
+  size_t b = workspace_tensor_bytes(act, {R, K}) + workspace_tensor_bytes(DType::f32, {scale_rows, K / 128});  // input
+  b += workspace_tensor_bytes(DType::bf16, {gemm1_rows, N1});  // GEMM1 out
+  b += workspace_tensor_bytes(act, {R, I}) + workspace_tensor_bytes(DType::f32, {scale_rows, I / 128});  // GEMM2 in
   b += workspace_tensor_bytes(DType::bf16, {R, K});                                                  // output rows
   b += workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
   if (fp4_ && grouped) b += workspace_tensor_bytes(DType::bf16, {fp4_dequant_elements()});
@@ -262,13 +264,14 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const int64_t E = num_local_;
   const int64_t K = config_.hidden_size, I = config_.intermediate_size, N1 = config_.w13_rows();
   const DType act = fp8_ ? DType::fp8_e4m3 : DType::bf16;
+  const int64_t scale_rows = m_major_scale_rows(R);
   const Tensor x_sorted = ws.take(act, {R, K});
-  const Tensor x_sorted_scales = ws.take(DType::f32, {R, K / 128});
+  const Tensor x_sorted_scales = ws.take(DType::f32, {scale_rows, K / 128});
   // GEMM1's output before the activation; the gated GEMM1 writes h2 directly (no room taken for h).
   const bool gated = gated_gemm1_runs(path);
   const Tensor h = gated ? Tensor{} : ws.take(DType::bf16, {R, N1});
   const Tensor h2 = ws.take(act, {R, I});
-  const Tensor h2_scales = ws.take(DType::f32, {R, I / 128});
+  const Tensor h2_scales = ws.take(DType::f32, {scale_rows, I / 128});
   const Tensor y = ws.take(DType::bf16, {R, K});
   const Tensor gemm_scratch = ws.take(DType::u8, {static_cast<int64_t>(gemm_scratch_bytes_)});
 
@@ -278,21 +281,27 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const float* b2 = f32_or_null(weights_.w2_bias);
   // fp8-channel: the GEMMs apply the per-row weight scales (small-M: SmallMGemm::w_row_scales; grouped: the
   // row-scaled CUTLASS variant), and its activation quantizes per row.
-  const ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
-  // bf16 weights in 256-row items: the bf16 wgmma kernel, whose TMA copies read rows in plan order. It and the
-  // grouped path read x gathered into plan order (the other small-M kernels gather as they load).
+  // The wgmma grouped GEMMs: bf16 weights in 256-row items, fp8-block in 128-row items (whose activation scales
+  // they read M-major, [groups, scale_rows]). Their TMA copies read rows in plan order: they and the grouped path
+  // read x gathered into plan order (the other small-M kernels gather as they load).
   const bool bf16_wgmma = path.small_m && path.tile_tokens == 256 && weight_format_ == SmallMWeights::bf16;
-  if (!path.small_m || bf16_wgmma) {
+  const bool fp8_wgmma = path.small_m && path.tile_tokens == 128 && weight_format_ == SmallMWeights::fp8_block;
+  const bool wgmma = bf16_wgmma || fp8_wgmma;
+  ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
+  if (fp8_wgmma) act_out.scale_rows = scale_rows;
+  if (!path.small_m || wgmma) {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
-                       fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s);
+                       fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s, fp8_wgmma ? scale_rows : 0);
   }
   if (path.small_m) {
     const auto gemm = [&](const SmallMGemm& g) {
       if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, path.wgmma_pairs, s);
+      else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, R, E, s);
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
     };
-    SmallMGemm g1{bf16_wgmma ? x_sorted.data() : x.data(), bf16_wgmma ? nullptr : plan.row_token, x_scale_ptr,
+    SmallMGemm g1{wgmma ? x_sorted.data() : x.data(), wgmma ? nullptr : plan.row_token,
+                  fp8_wgmma ? x_sorted_scales.data_as<const float>() : x_scale_ptr,
                   weights_.w13.data(), w13_block_scales_,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};

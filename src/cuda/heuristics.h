@@ -11,8 +11,8 @@
 namespace fusedmoe::cuda {
 
 struct ExpertsPath {
-  bool small_m = false;  // the row-plan kernels (mma.sync small-M; wgmma, fp4 and bf16, at 256) instead of CUTLASS
-  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 256: the wgmma kernels)
+  bool small_m = false;  // the row-plan kernels (mma.sync small-M; wgmma: fp4 and bf16 at 256, fp8 at 128) or CUTLASS
+  int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 128, 256: wgmma kernels)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
   bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
@@ -23,7 +23,8 @@ struct ExpertsPath {
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
-// weights take the bf16 wgmma kernel from 24 to 512 rows per expert, CUTLASS between 12 and 24 and above 512.
+// weights take the bf16 wgmma kernel from 24 to 512 rows per expert, CUTLASS between 12 and 24 and above 512;
+// fp8-block weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above.
 // intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile).
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);

@@ -88,11 +88,15 @@ __device__ inline ActRow act_row(const Activation& act, const bf16* h, const flo
 }
 
 // Scales grouped M-major: group g of planned row r (expert e) at
-// offsets[e] * groups + g * counts[e] + (r - offsets[e]).
-__device__ inline void store_group_scale(float* out_scales, const RowPlan& plan, int e, int64_t r, int64_t groups,
+// offsets[e] * groups + g * counts[e] + (r - offsets[e]); or M-major, at g * scale_rows + r (scale_rows > 0).
+__device__ inline void store_group_scale(const ActivationOut& o, const RowPlan& plan, int e, int64_t r, int64_t groups,
                                          int64_t g, float scale) {
+  if (o.scale_rows > 0) {
+    o.scales[g * o.scale_rows + r] = scale;
+    return;
+  }
   const int64_t off = plan.offsets[e];
-  out_scales[off * groups + g * plan.counts[e] + (r - off)] = scale;
+  o.scales[off * groups + g * plan.counts[e] + (r - off)] = scale;
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -117,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!live) return;
     const float scale = o.static_scale ? *o.static_scale : dynamic;
     *reinterpret_cast<uint2*>(static_cast<uint8_t*>(o.out) + r * I + c) = pack_e4m3x8(a, scale);
-    if (sub == 0) store_group_scale(o.scales, plan, row.e, r, groups, g, scale);
+    if (sub == 0) store_group_scale(o, plan, row.e, r, groups, g, scale);
   } else if (live) {
     __align__(16) bf16 v[8];
 #pragma unroll
@@ -185,7 +189,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   const int64_t groups = I / 128;
-  for (int64_t g = lane; g < groups; g += 32) store_group_scale(o.scales, plan, row.e, r, groups, g, scale);
+  for (int64_t g = lane; g < groups; g += 32) store_group_scale(o, plan, row.e, r, groups, g, scale);
 }
 
 }  // namespace

@@ -54,7 +54,7 @@ struct RowPlan {
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
-  // [2]: the persistent bf16 wgmma kernel's unit claims and finished blocks (bf16_wgmma_gemm.cu), which a plan
+  // [2]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu), which a plan
   // with work items zeroes (may be null otherwise).
   int32_t* work_counters;
 };
@@ -112,9 +112,13 @@ void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* 
 // out = bf16(x * row_weight[row]).
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s);
 // Gathers the input row of every planned row: dst[r] = src[row_token[r]] (row_bytes each);
-// with scales, src_scales [M, G] row-major -> dst_scales grouped M-major. max_rows = M * k.
+// with scales, src_scales [M, G] row-major -> dst_scales grouped M-major, or M-major [G, scale_rows] when
+// scale_rows > 0 (the fp8 wgmma GEMM's). max_rows = M * k.
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
-                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s);
+                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s,
+                        int64_t scale_rows = 0);
+// The rows of an M-major scale tensor [G, rows] over `rows` rows: a multiple of 4 (16-byte rows for TMA).
+inline int64_t m_major_scale_rows(int64_t rows) { return (rows + 3) / 4 * 4; }
 
 // activation.cu: h bf16 [R, N1] (grouped rows) (+ bias f32 [E, N1] of the row's expert, when not
 // null) -> out [R, I]: bf16, or e4m3 with grouped M-major scales per 1x128 group when out.scales is
@@ -125,6 +129,7 @@ struct ActivationOut {
   float* scales = nullptr;              // e4m3 out: grouped M-major [R, I/128]
   const float* static_scale = nullptr;  // e4m3 out: the static scale, else dynamic per group
   bool per_row = false;                 // e4m3 out: one dynamic scale per row (fp8-channel), I % 128 == 0
+  int64_t scale_rows = 0;               // e4m3 out: > 0: scales M-major [I/128, scale_rows] instead (fp8 wgmma GEMM)
 };
 void launch_activation(const Activation& act, const bf16* h, const float* bias, int64_t I, const RowPlan& plan,
                        int num_local, int64_t max_rows, const ActivationOut& out, cudaStream_t s);
@@ -170,11 +175,16 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
 // fp4_wgmma_gemm.cu: the same product for many rows per expert, on wgmma (sm_90a), weights dequantized
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.
 void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
-// bf16_wgmma_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
+// wgmma_grouped_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
 // plan order (x_row null) — x_rows of them —, W [num_experts, N, K]; pairs: in clusters of two blocks that share
 // each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0, N % 8 == 0.
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, bool pairs,
                             cudaStream_t s);
+// The same for fp8-block weights: plan items of 128 rows, X e4m3 with its scales x_scales M-major,
+// [K/128, m_major_scale_rows(x_rows)] (launch_gather_rows and launch_activation write them so when asked).
+// Limits: K % 128 == 0, N % 8 == 0.
+void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
+                           cudaStream_t s);
 
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]
 // (the grouped-GEMM path of fp4 weights): value * group scale (* global scale for nvfp4), rounded

@@ -100,7 +100,7 @@ constexpr int kGatherPieces = 8;
 
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
-                       int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales) {
+                       int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales, int64_t scale_rows) {
   const int64_t r = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   pdl_wait();
@@ -121,7 +121,9 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
     for (int u = 0; u < kGatherPieces; ++u)
       if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
   }
-  if (dst_scales) {
+  if (dst_scales && scale_rows > 0) {
+    for (int64_t g = lane; g < G; g += 32) dst_scales[g * scale_rows + r] = src_scales[token * G + g];
+  } else if (dst_scales) {
     const int64_t off = plan.offsets[e], count = plan.counts[e];
     for (int64_t g = lane; g < G; g += 32) dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
   }
@@ -151,11 +153,12 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 }
 
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
-                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s) {
+                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s,
+                        int64_t scale_rows) {
   if (max_rows == 0) return;
   launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
          dim3(kGatherWarps * 32), s, static_cast<const uint8_t*>(src), row_bytes, src_scales, G, plan, num_local,
-         max_rows, static_cast<uint8_t*>(dst), dst_scales);
+         max_rows, static_cast<uint8_t*>(dst), dst_scales, scale_rows);
 }
 
 }  // namespace fusedmoe::cuda

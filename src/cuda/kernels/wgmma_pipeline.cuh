@@ -1,4 +1,4 @@
-// The warp-specialized pipeline of the swap-AB wgmma grouped GEMMs (fp4_wgmma_gemm.cu, bf16_wgmma_gemm.cu):
+// The warp-specialized pipeline of the swap-AB wgmma grouped GEMMs (fp4_wgmma_gemm.cu, wgmma_grouped_gemm.cu):
 // a producer warpgroup fills a ring of k-tile stages in shared memory (cp.async or TMA), two consumer warpgroups
 // issue wgmma on them; mbarriers (a full and an empty one per stage) hand the stages over. Here: the barrier
 // and proxy-fence helpers, the TMA copy, the named barriers of the consumers, the register hand-over between

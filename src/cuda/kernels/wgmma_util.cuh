@@ -1,7 +1,8 @@
 // Warpgroup tensor-core helpers (sm_90a wgmma, PTX ISA 8.0+) of the wgmma grouped kernels: the
 // fence / commit / wait of asynchronous wgmma groups, the shared-memory descriptor of a bf16
-// operand stored K-major with the 128-byte swizzle, and m64nNk16 bf16 products with A in
-// registers (RS form, the fp4 kernel's dequantized weights) or in shared memory (SS form). A register
+// operand stored K-major with the 128-byte swizzle, m64nNk16 bf16 products with A in
+// registers (RS form, the fp4 kernel's dequantized weights) or in shared memory (SS form), and m64nNk32 e4m3
+// products (SS). A register
 // fragment of a warpgroup: warp w holds rows 16w .. 16w + 15 in
 // mma.sync m16n8k16's A layout (lane 4g + c: rows g and g + 8, k 2c, 2c + 1 and 2c + 8, 2c + 9).
 // C: warp w, lane 4g + c holds d[4j + i] = C[16w + g + 8 (i >= 2)][8j + 2c + (i & 1)].
@@ -124,8 +125,26 @@ FMOE_WGMMA_SS(160, 80, "80", "81", "82")
 FMOE_WGMMA_SS(192, 96, "96", "97", "98")
 FMOE_WGMMA_SS(224, 112, "112", "113", "114")
 FMOE_WGMMA_SS(256, 128, "128", "129", "130")
+// D[64 x N] (f32) (+)= A[64 x 32] (e4m3, shared memory via desc_a) * B[32 x N] (e4m3, via desc_b), both K-major (the
+// only form fp8 wgmma has): the same descriptors as bf16's, a k32 step being 32 bytes as a k16 one is. accumulate = 0
+// overwrites D (a k tile's first step, which starts the fp8 kernel's per-tile partial sums).
+#define FMOE_WGMMA_E4M3_SS(N, ACC, P0, P1, P2)                                                                        \
+  __device__ inline void wgmma_m64n##N##k32_e4m3_ss(float (&d)[ACC], uint64_t desc_a, uint64_t desc_b,                \
+                                                    int accumulate) {                                                 \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P2 ", 0;\n"                                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 {" FMOE_WGMMA_REGS_##ACC                   \
+                 "}, %" P0 ", %" P1 ", p, 1, 1;\n}\n"                                                                  \
+                 : FMOE_WGMMA_ACC_##ACC                                                                               \
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                                        \
+  }
+FMOE_WGMMA_E4M3_SS(32, 16, "16", "17", "18")
+FMOE_WGMMA_E4M3_SS(64, 32, "32", "33", "34")
+FMOE_WGMMA_E4M3_SS(96, 48, "48", "49", "50")
+FMOE_WGMMA_E4M3_SS(128, 64, "64", "65", "66")
+FMOE_WGMMA_E4M3_SS(160, 80, "80", "81", "82")
 #undef FMOE_WGMMA_RS
 #undef FMOE_WGMMA_SS
+#undef FMOE_WGMMA_E4M3_SS
 #undef FMOE_WGMMA_ACC_16
 #undef FMOE_WGMMA_REGS_16
 #undef FMOE_WGMMA_ACC_32

@@ -1,0 +1,616 @@
+// Grouped GEMMs on Hopper's warpgroup tensor cores for many rows per expert, in place of the CUTLASS grouped GEMMs
+// when chosen (heuristics.h): bf16 weights (Bf16Gemm below) and fp8-block ones (Fp8BlockGemm: e4m3 W with an f32
+// scale per 128x128 block, e4m3 X with one per row and 128-wide k group):
+//   Y[r, n] = sum_k X[r, k] * W[e, n, k]  (+ bias[e, n]),  r in plan order (X's rows gathered beforehand)
+//   fp8-block: Y[r, n] = sum_kb xs[kb, r] ws[e, n / 128, kb] sum_{k in kb} X[r, k] W[e, n, k]  (+ bias)
+// Swap-AB, as fp4_wgmma_gemm.cu, whose pipeline it shares (wgmma_pipeline.cuh): the weights are wgmma's A,
+// the tokens of one plan item its B, both in shared memory (SS form). The token tile is wgmma's N, so
+// an expert's last few rows take a 32-row tail beside a full item instead of a whole 128-row M tile of
+// their own, as on the CUTLASS path (partly filled tiles cost it 7-36% of its GEMM time at the benchmark's
+// routing, session 29).
+// Persistent, one block per SM, alone or (bf16) in pairs (clusters of two; kCluster below). A unit of work: one work
+// item of the row plan (up to kTileTokens rows of one expert, plus the expert's last 1-32 rows as a tail when they
+// follow a full item) against 128 kT weight rows per block. Blocks (pairs) claim units one at a time from a counter
+// (the hand-out below), in 3 warpgroups:
+// - a thread of the producer warpgroup fills a ring of k tiles (128 bytes of every row: 64 bf16 or 128 e4m3 values,
+//   one scale group) with TMA copies from the tensor maps of X [rows, K] and W [E N, K], K-major with the 128-byte
+//   swizzle wgmma reads (fp8-block: and of X's scales [K/128, rows]), running on into the next unit while the
+//   consumers store the last one; in a pair, each block loads half of the X boxes into both (multicast), and a stage
+//   is refilled once the consumers of both blocks have released it;
+// - two consumers, kT m64 tiles of weight rows each, N = the item's token tile (its rows rounded up to 32; with_tile)
+//   (bf16: + 32 for a tail in wgmma of their own; fp8-block: a tile of 160). bf16: m64nNk16 wgmma accumulate over all
+//   of k. fp8-block: each k tile's four m64nNk32 steps make a partial sum, which the consumer adds to its
+//   accumulators times the tile's scales (its weight block's and each token's) once they are done, as DeepGEMM
+//   promotes (the other consumer's wgmma run meanwhile);
+// - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
+// Limits: K % 64 == 0 (fp8-block: % 128), N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan
+// items of kTileTokens rows. Pairs (bf16): 1.00-1.02x blocks alone at 256 rows per expert, 0.96-0.98x at 128 (H200,
+// session 32), and they take CUTLASS's place up to 512 rows (heuristics.cpp). fp8-block (session 33) beats CUTLASS
+// up to 64 rows per expert; above, its tiles (at most 160 tokens by 128 weight rows, m64n160k32) ask shared memory
+// for more bytes per cycle than it serves (wgmma's operand reads and the TMA writes), and it runs at 0.88-0.94x.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "cuda/cuda_util.h"
+#include "cuda/kernels/kernels.h"
+#include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/wgmma_pipeline.cuh"
+#include "cuda/kernels/wgmma_util.cuh"
+
+namespace fusedmoe::cuda {
+namespace {
+
+constexpr int kConsumers = kWgmmaConsumers;
+constexpr int kThreads = 128 * (kConsumers + 1);  // + the producer warpgroup (the last)
+constexpr int kSlabRows = 64 * kConsumers;        // weight rows of a block per m64 tile of each consumer
+constexpr int kRowBytes = 128;                    // a row's bytes in a k tile (the swizzle's span)
+constexpr int kSteps = 4;                         // wgmma k steps of a k tile (32 bytes each: k16 bf16, k32 e4m3)
+constexpr int kTailTokens = 32;
+constexpr int kItemGroup = 8;  // plan items whose units run side by side (the unit order below)
+constexpr int kMaxDevices = 64;  // resident_groups' cache
+// Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1);
+// fp8-block's X scales: boxes of 32 rows' (one k group).
+constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128, kScaleBox = 32;
+
+// A block's shape for items of up to kTok rows: kT m64 tiles of weight rows per consumer against kTok
+// (+ kTail) tokens, every row 128 bytes of a k tile; scaled (fp8-block): then the tokens' scales of the k tile, from
+// the row below the first rounded down to a multiple of 4 (produce).
+template <int kTok, int kT, int kTail = 0, bool kScaled = false>
+struct Shape {
+  static constexpr int kBlockRows = kSlabRows * kT;
+  static constexpr int kXBytes = (kTok + kTail) * kRowBytes;
+  static constexpr int kWBytes = kBlockRows * kRowBytes;
+  static constexpr int kScaleBytes = kScaled ? (kTok + kTail + kScaleBox) * 4 : 0;  // (+ a box: produce's rows)
+  static constexpr int kStageBytes = kXBytes + kWBytes + kScaleBytes;
+  static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "swizzled tiles start 1024-byte aligned");
+};
+
+// The element types. kTileK: values of a k tile; kTileTokens: the plan's item rows; the stages of the ring, of
+// kStageBytes each (the largest shape of with_tile below, rounded up to 1024 bytes).
+struct Bf16Gemm {
+  static constexpr bool kScaled = false;
+  static constexpr int kTileK = 64, kTileTokens = 256, kStages = 4;
+  static constexpr int kStageBytes = Shape<kTileTokens, 1, kTailTokens>::kStageBytes;  // 52 KiB
+  static_assert(Shape<256, 1>::kStageBytes <= kStageBytes && Shape<128, 2>::kStageBytes <= kStageBytes);
+};
+// fp8-block: a k tile is one scale group. Items of 128 rows, a tail making a tile of 160: the partial sums double a
+// consumer's accumulators (kT m64 tiles by kTok tokens, twice, within kConsumerRegs).
+struct Fp8BlockGemm {
+  static constexpr bool kScaled = true;
+  static constexpr int kTileK = 128, kTileTokens = 128, kStages = 5;
+  static constexpr int kStageBytes = (Shape<64, 2, 0, true>::kStageBytes + 1023) / 1024 * 1024;  // 41 KiB
+  static_assert(Shape<160, 1, 0, true>::kStageBytes <= kStageBytes &&
+                Shape<32, 2, 0, true>::kStageBytes <= kStageBytes);
+};
+// A consumer's epilogue buffer: passes of 64 tokens' 64 weight rows (store_tiles), 8 KiB.
+constexpr int kEpiTokens = 64;
+constexpr int kEpiBytes = kEpiTokens * 128;
+// The stages, the consumers' epilogue buffers, the stages' full and empty barriers, 1024 bytes of alignment:
+// 225 KiB (bf16), 222 KiB (fp8-block).
+template <class C>
+constexpr size_t kSmemBytes = size_t(C::kStages) * C::kStageBytes + kConsumers * kEpiBytes + 2 * C::kStages * 8 + 1024;
+static_assert(kSmemBytes<Bf16Gemm> <= 227 * 1024 && kSmemBytes<Fp8BlockGemm> <= 227 * 1024);
+// setmaxnreg budgets: 40 x 128 + 232 x 256 <= 168 x 384, the launch's.
+constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
+
+// The k step of a k tile on the element type: D += A B (bf16), D (+)= A B (e4m3; accumulate = 0 overwrites D).
+template <class C, int kTok>
+__device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  if constexpr (C::kScaled) {
+    if constexpr (kTok == 160) wgmma_m64n160k32_e4m3_ss(d, desc_a, desc_b, accumulate);
+    else if constexpr (kTok == 128) wgmma_m64n128k32_e4m3_ss(d, desc_a, desc_b, accumulate);
+    else if constexpr (kTok == 96) wgmma_m64n96k32_e4m3_ss(d, desc_a, desc_b, accumulate);
+    else if constexpr (kTok == 64) wgmma_m64n64k32_e4m3_ss(d, desc_a, desc_b, accumulate);
+    else wgmma_m64n32k32_e4m3_ss(d, desc_a, desc_b, accumulate);
+  } else if constexpr (kTok == 256) wgmma_m64n256k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 224) wgmma_m64n224k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 192) wgmma_m64n192k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 160) wgmma_m64n160k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 128) wgmma_m64n128k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 96) wgmma_m64n96k16_ss(d, desc_a, desc_b);
+  else if constexpr (kTok == 64) wgmma_m64n64k16_ss(d, desc_a, desc_b);
+  else wgmma_m64n32k16_ss(d, desc_a, desc_b);
+}
+
+// A role's position in the stage ring, carried from one unit of work to the next: the stage, the parity of
+// the ring's round and the k tiles it has passed so far.
+template <int kStages>
+struct Ring {
+  int st = 0;
+  uint32_t phase = 0;
+  int passed = 0;
+  __device__ void advance() {
+    ++passed;
+    if (++st == kStages) {
+      st = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
+// when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
+// (x_row0 on, boxes of 64 rows, then 32), the block's weight rows (w_row0 on, boxes of 128) and (fp8-block) the X
+// rows' scales of the k tile. Rows past the item or N hold other experts' rows, or zeros past the tensors: they meet
+// accumulator columns or rows that are never stored.
+template <class C, int kCluster, int kTok, int kT, int kTail>
+__device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
+                                        const CUtensorMap& w_map, const CUtensorMap& xs_map, int num_kt, uint8_t* smem,
+                                        uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int32_t x_row0,
+                                        int32_t w_row0, int rank) {
+  using S = Shape<kTok, kT, kTail, C::kScaled>;
+  static_assert(!C::kScaled || kCluster == 1, "fp8-block runs its blocks alone");
+  const uint32_t base = smem_addr(smem);
+  for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+    // From the ring's second round on, the stage's previous round must have been released (in both blocks of the
+    // pair: the X boxes land in both).
+    if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
+    const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * C::kStageBytes, ws = xs + S::kXBytes;
+    mbar_arrive_expect_tx(bar, S::kStageBytes);
+    const int32_t k = kt * C::kTileK;
+    // X box b comes from the pair's block b % 2, multicast to both.
+    const auto load_x = [&](uint32_t dst, const CUtensorMap& map, int32_t row, int b) {
+      if constexpr (kCluster == 1) tma_load_2d(dst, &map, k, row, bar);
+      else if (b % kCluster == rank) tma_load_2d_multicast(dst, &map, k, row, bar, (1u << kCluster) - 1);
+    };
+#pragma unroll
+    for (int j = 0; j < kTok / kXBox; ++j) load_x(xs + j * kXBox * kRowBytes, x_map, x_row0 + kXBox * j, j);
+    // The rows past the last whole box (kTok % 64 == 32), then the tail's: 32-row boxes.
+#pragma unroll
+    for (int r = kTok / kXBox * kXBox, b = kTok / kXBox; r < kTok + kTail; r += kXTailBox, ++b)
+      load_x(xs + r * kRowBytes, x_tail_map, x_row0 + r, b);
+#pragma unroll
+    for (int j = 0; j < S::kBlockRows / kWBox; ++j)
+      tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+    // The scales: a TMA box's innermost coordinate must be 16-byte aligned, so they start at the 4-row boundary at
+    // or below x_row0 (the consumers skip x_row0 % 4 of them), one box more than the rows take.
+    if constexpr (C::kScaled) {
+#pragma unroll
+      for (int r = 0; r < kTok + kTail + kScaleBox; r += kScaleBox)
+        tma_load_2d(ws + S::kWBytes + 4 * r, &xs_map, (x_row0 & ~3) + r, kt, bar);
+    }
+  }
+}
+
+// A consumer warpgroup: its kT m64 tiles of the unit's weight rows against the item's kTok (+ kTail) token
+// rows, all of k, then (once fetch_next has taken the next unit) the epilogue into Y rows first_row .. first_row
+// + rows - 1 through the warpgroup's epilogue buffer, while the producer fills the ring for the next unit. A k
+// tile's wgmma are one group. bf16: once the previous tile's group is done, its stage goes back to the producer (the
+// last one after the drain): one arrival per consumer warp, as the consumers read the stages through wgmma alone
+// (an arrival per thread timed the same, session 30). fp8-block: the group is waited for at once, and the stage
+// goes back after its scales are read.
+// A consumer warp gives a stage back to the producers of both blocks of the pair (either one's X boxes land in it).
+template <int kCluster>
+__device__ inline void release_stage(uint32_t empty) {
+  if constexpr (kCluster == 1) {
+    mbar_arrive(empty);
+  } else {
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) mbar_arrive_remote(cluster_addr(empty, r));
+  }
+}
+
+// fp8-block: a consumer's accumulators of one m64 tile += its k tile's partial sums times the tile's scales: ws, the
+// weight block's, and per token column (8 j + 2 (lane % 4) + 0/1, wgmma_util.cuh's C layout) its scale in xs.
+template <int kTok>
+__device__ inline void promote(float (&acc)[kTok / 2], const float (&part)[kTok / 2], const float* xs, float ws,
+                               int lane) {
+#pragma unroll
+  for (int j = 0; j < kTok / 8; ++j) {
+    const float* s = xs + 8 * j + 2 * (lane & 3);  // (4-byte aligned: xs starts at any row)
+    const float s0 = s[0] * ws, s1 = s[1] * ws;
+    acc[4 * j] += part[4 * j] * s0;
+    acc[4 * j + 1] += part[4 * j + 1] * s1;
+    acc[4 * j + 2] += part[4 * j + 2] * s0;
+    acc[4 * j + 3] += part[4 * j + 3] * s1;
+  }
+}
+
+template <class C, int kCluster, int kTok, int kT, int kTail, class FetchNext>
+__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, uint32_t full,
+                                        uint32_t empty, Ring<C::kStages>& ring, int e, int64_t n0, int64_t rows,
+                                        int64_t first_row, FetchNext&& fetch_next) {
+  using S = Shape<kTok, kT, kTail, C::kScaled>;
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int num_kt = static_cast<int>(g.K / C::kTileK);
+  float acc[kT][kTok / 2];
+  constexpr int kTailAcc = kTail ? kTail / 2 : 1;
+  float tail[kT][kTailAcc];  // tokens kTok .. kTok + kTail - 1, laid out as acc's first kTail tokens
+  zero_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
+  // Stage 0's descriptors: X, and this consumer's first m64 tile of W (tile t: 64 rows of 128 bytes on).
+  // Stage s, k step i: + s kStageBytes / 16 + 2 i (the address field's unit is 16 bytes, and no address in
+  // shared memory carries out of it).
+  const uint32_t base = smem_addr(smem);
+  const uint64_t x_desc0 = smem_desc_k_major_sw128(base);
+  const uint64_t w_desc0 = smem_desc_k_major_sw128(base + S::kXBytes + 64 * kT * wg * kRowBytes);
+  constexpr uint64_t kTileDesc = 64 * kRowBytes / 16;
+  // A k tile's wgmma: kSteps k steps of the consumer's kT m64 tiles against the tokens, then the tail's (whose token
+  // rows follow the kTok rows in the stage, kTok 128-byte rows further); accumulate = 0 at step 0 starts new sums.
+  const auto issue = [&](float (&d)[kT][kTok / 2], float (&d_tail)[kT][kTailAcc], uint64_t off, bool restart) {
+    wgmma_fence();
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i)
+#pragma unroll
+      for (int t = 0; t < kT; ++t) {
+        const uint64_t a = w_desc0 + off + t * kTileDesc + 2 * i;
+        const int accumulate = !(restart && i == 0);
+        wgmma_ss<C, kTok>(d[t], a, x_desc0 + off + 2 * i, accumulate);
+        if constexpr (kTail > 0) wgmma_ss<C, kTail>(d_tail[t], a, x_desc0 + off + 2 * i + kTok * 8, accumulate);
+      }
+    wgmma_commit();
+  };
+  float bias[kT][2];  // of the lane's weight rows
+  const int bias_row = 64 * kT * wg + 16 * warp + (lane >> 2);
+  if constexpr (!C::kScaled) {
+    // One group per k tile; once the previous tile's group is done, its stage goes back to the producer.
+    int prev_st = 0;
+    for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+      mbar_wait(full + 8 * ring.st, ring.phase);
+      issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
+      wgmma_wait<1>();  // tile kt - 1's group is done: the warpgroup's wgmma no longer read its stage
+      if (kt > 0 && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
+      prev_st = ring.st;
+    }
+    load_row_bias<kT>(g, e, n0, bias_row, bias);  // while the last wgmma run
+    drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
+    if (lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
+  } else {
+    // The consumer's weight rows n0 + 64 kT wg .. + 64 kT - 1 lie in one 128-row scale block (kT <= 2); none past N.
+    const int64_t NB = (g.N + 127) / 128, nb = (n0 + 64 * kT * wg) / 128;
+    const float* w_scale = nb < NB ? g.w_scales + (int64_t(e) * NB + nb) * num_kt : nullptr;
+    float ws = w_scale ? __ldg(w_scale) : 0.0f;
+    float part[kT][kTok / 2], part_tail[kT][kTailAcc];
+    zero_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
+    for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+      mbar_wait(full + 8 * ring.st, ring.phase);
+      issue(part, part_tail, uint64_t(ring.st) * (C::kStageBytes >> 4), true);
+      const float ws_next = w_scale && kt + 1 < num_kt ? __ldg(w_scale + kt + 1) : 0.0f;
+      drain_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
+      const float* xs =
+          reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) + (first_row & 3);
+#pragma unroll
+      for (int t = 0; t < kT; ++t) {
+        promote<kTok>(acc[t], part[t], xs, ws, lane);
+        if constexpr (kTail > 0) promote<kTail>(tail[t], part_tail[t], xs + kTok, ws, lane);
+      }
+      __syncwarp();  // the warp's lanes have read the scales
+      if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
+      ws = ws_next;
+    }
+    load_row_bias<kT>(g, e, n0, bias_row, bias);
+  }
+  fetch_next();  // the next unit, so that the producer loads it during the epilogue
+  store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
+                                                    first_row);
+}
+
+// A unit of work, for a pair of blocks: a plan item's rows against kCluster neighbouring slabs of weight rows
+// (kSlabRows each, two for items of up to 128 rows, which take kT = 2), the block of rank r taking slab r from
+// n0 on. rows = 0 when there is none (an item that rides as a tail, or the pair's first slab past N); a block whose
+// slab starts past N runs the unit (its peer's X boxes land in it) but stores nothing.
+struct Unit {
+  int e;
+  int64_t first, rows, n0;
+};
+// The m64 tiles per consumer of a unit's tile (with_tile below): 2 for the smaller token tiles.
+template <class C>
+__device__ inline int tile_kt(int64_t rows) {
+  return rows > (C::kScaled ? 64 : 128) ? 1 : 2;
+}
+// Unit order: groups of kItemGroup consecutive plan items, and within a group the pairs of N tiles outer, so that
+// the units running at once share their items' X rows and their weight rows in L2.
+template <class C, int kCluster>
+__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_pairs, int u, int rank) {
+  const int group = u / (kItemGroup * n_pairs), in_group = u - group * kItemGroup * n_pairs;
+  const int group_items = min(kItemGroup, plan.item_grid - group * kItemGroup);
+  const int item_index = group * kItemGroup + in_group % group_items, pair = in_group / group_items;
+  const auto [e, first, rows] = item_rows(plan.items[item_index], C::kTileTokens, kTailTokens);
+  const int64_t slab = kSlabRows * tile_kt<C>(rows), pair_n0 = int64_t(pair) * kCluster * slab;
+  return {e, first, pair_n0 < g.N ? rows : 0, pair_n0 + rank * slab};
+}
+
+// Calls f with the unit's tile: token tile (the item's rows rounded up to 32; bf16: at least 64), kT (tile_kt) and
+// tail. fp8-block keeps kTok <= 160 at kT = 1 and kTok <= 64 at kT = 2 (the partial sums' registers).
+template <class C, class F>
+__device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
+  using std::integral_constant;
+  using I0 = integral_constant<int, 0>;
+  using I1 = integral_constant<int, 1>;
+  using I2 = integral_constant<int, 2>;
+  constexpr int kItem = C::kTileTokens;
+  if constexpr (C::kScaled) {  // an item with a tail: one tile of 160 tokens (one wgmma reads each W tile, not two)
+    if (rows > kItem) f(integral_constant<int, kItem + kTailTokens>{}, I1{}, I0{});
+    else if (rows > 96) f(integral_constant<int, 128>{}, I1{}, I0{});
+    else if (rows > 64) f(integral_constant<int, 96>{}, I1{}, I0{});
+    else if (rows > 32) f(integral_constant<int, 64>{}, I2{}, I0{});
+    else f(integral_constant<int, 32>{}, I2{}, I0{});
+  } else if (rows > kItem) f(integral_constant<int, kItem>{}, I1{}, integral_constant<int, kTailTokens>{});
+  else if (rows > 224) f(integral_constant<int, 256>{}, I1{}, I0{});
+  else if (rows > 192) f(integral_constant<int, 224>{}, I1{}, I0{});
+  else if (rows > 160) f(integral_constant<int, 192>{}, I1{}, I0{});
+  else if (rows > 128) f(integral_constant<int, 160>{}, I1{}, I0{});
+  else if (rows > 96) f(integral_constant<int, 128>{}, I2{}, I0{});
+  else if (rows > 64) f(integral_constant<int, 96>{}, I2{}, I0{});
+  else f(integral_constant<int, 64>{}, I2{}, I0{});
+}
+
+// The units' hand-out: the producer warp's first lane claims the next unit from a counter in global memory
+// (work[0], atomically) and passes it to the consumers through shared memory, slot n % 2 for the block's n-th
+// unit, under named barrier 4 (the producer warp and both consumer warpgroups, once per unit): the producer
+// claims unit n + 1 once its copies for unit n are issued, the consumers take it between unit n's main loop and
+// epilogue (so the producer loads it during the epilogue), and slot n % 2 is written again only after the
+// barrier of unit n + 1, which the consumers pass after reading it. Claims go past the last unit, one per block
+// (pair), which then stops. The block (pair) to count itself done last (work[1]) sets both counters back to 0 for
+// the next launch (the plan zeroes them each forward; launches that follow on the stream touch them only after
+// pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at once a window of
+// consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed share per block left
+// the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31). barrier.sync, not bar.sync (.aligned):
+// the producer warp's lanes come apart while its leader waits for a pair's claim (synccheck reported the .aligned
+// form then).
+__device__ inline void sched_bar() { asm volatile("barrier.sync 4, %0;\n" ::"n"(128 * kConsumers + 32) : "memory"); }
+
+// Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
+// to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
+// arrival on the slot's `sent` barrier there; block 1's leader reads it and arrives on the slot's `taken` barrier in
+// block 0, which block 0 waits for before it writes the slot again. n: the block's n-th claim, slot n % 2.
+struct PairChannel {
+  int unit[2];
+  uint64_t sent[2], taken[2];
+};
+template <int kCluster>
+__device__ inline int pair_claim(PairChannel& ch, int* work, int n, int rank) {
+  if constexpr (kCluster == 1) return atomicAdd(&work[0], 1);
+  const int slot = n & 1;
+  const uint32_t parity = (n >> 1) & 1;
+  if (rank == 0) {
+    if (n >= 2) mbar_wait_cluster(smem_addr(&ch.taken[slot]), parity ^ 1);
+    const int u = atomicAdd(&work[0], 1);
+    st_cluster(cluster_addr(smem_addr(&ch.unit[slot]), 1), u);
+    mbar_arrive_cluster(cluster_addr(smem_addr(&ch.sent[slot]), 1));
+    return u;
+  }
+  mbar_wait_cluster(smem_addr(&ch.sent[slot]), parity);
+  const int u = *static_cast<volatile int*>(&ch.unit[slot]);
+  mbar_arrive_cluster(cluster_addr(smem_addr(&ch.taken[slot]), 0));
+  return u;
+}
+
+// Persistent: each pair of blocks runs units as it claims them (above) until they run out.
+// xs_map: fp8-block's X scales (unused for bf16).
+template <class C, int kCluster>
+__global__ void __launch_bounds__(kThreads, 1)
+    wgmma_grouped_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap x_tail_map,
+                         const __grid_constant__ CUtensorMap w_map, const __grid_constant__ CUtensorMap xs_map,
+                         SmallMGemm g, RowPlan plan) {
+  extern __shared__ uint8_t smem_raw[];
+  // 1024-byte aligned (the swizzled tiles); an offset into smem_raw, so that the compiler knows every
+  // pointer below addresses shared memory.
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint8_t* epi = smem + C::kStages * C::kStageBytes;
+  uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kEpiBytes);
+  uint64_t* empty = full + C::kStages;
+  __shared__ int sched_unit[2];
+  __shared__ PairChannel channel;
+  const int rank = static_cast<int>(cluster_rank());
+  const int n_pairs = static_cast<int>((g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows));
+  const int units = n_pairs * plan.item_grid;
+  if (threadIdx.x < C::kStages) {
+    mbar_init(&full[threadIdx.x], 1);                          // the producer's expect_tx, then the TMA bytes
+    mbar_init(&empty[threadIdx.x], 4 * kConsumers * kCluster);  // each consumer warp of the pair, after its wgmma
+  }
+  if (threadIdx.x < 2) {
+    mbar_init(&channel.sent[threadIdx.x], 1);
+    mbar_init(&channel.taken[threadIdx.x], 1);
+  }
+  if (threadIdx.x == 128 * kConsumers) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(&x_map) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(&x_tail_map) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(&w_map) : "memory");
+    if constexpr (C::kScaled) asm volatile("prefetch.tensormap [%0];\n" ::"l"(&xs_map) : "memory");
+  }
+  // The barriers' initialization is visible to the TMA unit (the async proxy) and to every thread of the pair.
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  if constexpr (kCluster == 1) __syncthreads();
+  else cluster_sync();
+  pdl_wait();
+  const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
+  Ring<C::kStages> ring;
+  if (threadIdx.x >= 128 * kConsumers) {
+    setmaxnreg_dec<kProducerRegs>();
+    // Alone, the producer warpgroup's other warps leave now; in a pair they wait for the cluster's last barrier.
+    if (kCluster == 1 && threadIdx.x >= 128 * kConsumers + 32) return;
+    const bool leader = threadIdx.x == 128 * kConsumers;
+    int* work = plan.work_counters;
+    for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
+      const int u = __shfl_sync(~0u, leader ? pair_claim<kCluster>(channel, work, n, rank) : 0, 0);
+      if (leader) sched_unit[n & 1] = u;
+      __syncwarp();  // the warp meets the barrier as one, after the leader's claim
+      sched_bar();
+      if (u >= units) break;
+      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
+      if (leader && w.rows > 0)
+        with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
+          produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+              x_map, x_tail_map, w_map, xs_map, static_cast<int>(g.K / C::kTileK), smem, full_a, empty_a, ring,
+              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0), rank);
+        });
+      __syncwarp();
+    }
+    // Every pair has made its last claim: back to 0 for the next launch.
+    if (leader && rank == 0 && atomicAdd(&work[1], 1) == int(gridDim.x) / kCluster - 1) {
+      atomicExch(&work[0], 0);
+      atomicExch(&work[1], 0);
+    }
+  } else {
+    setmaxnreg_inc<kConsumerRegs>();
+    uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
+    int n = 0, u = 0;
+    const auto fetch_next = [&] {
+      sched_bar();
+      u = sched_unit[n++ & 1];
+    };
+    fetch_next();
+    while (u < units) {
+      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
+      if (w.rows == 0) {
+        fetch_next();
+        continue;
+      }
+      with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
+        consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+            g, smem, my_epi, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
+      });
+    }
+  }
+  pdl_launch_dependents();  // every thread that stays: the dependent launch waits for all of them (or their exit)
+  // In a pair no block exits while its peer may still arrive on its barriers or write its channel.
+  if constexpr (kCluster > 1) cluster_sync();
+}
+
+// cuTensorMapEncodeTiled, from the driver.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    FMOE_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    FMOE_CHECK(found == cudaDriverEntryPointSuccess && fn, "the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// A 2-D tensor map of rows [rows, K] (row-major; bf16, or e4m3 as bytes) with boxes of box_rows rows' 128 bytes,
+// 128-byte swizzle.
+CUtensorMap rows_map(const void* base, int64_t rows, int64_t K, bool fp8, uint32_t box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(K) * (fp8 ? 1 : 2)};
+  const cuuint32_t box[2] = {cuuint32_t(fp8 ? kRowBytes : kRowBytes / 2), box_rows};
+  const cuuint32_t unit[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                                          2, const_cast<void*>(base), dims, strides, box, unit,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FMOE_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", fp8 ? "e4m3" : "bf16",
+             " rows [", rows, ", ", K, "]");
+  return map;
+}
+
+// fp8-block's X scales [KB, row_stride] (M-major, row_stride % 4 == 0) of `rows` rows with boxes of kScaleBox rows of
+// one k group (zeros past the rows: the tensor's padding is never written).
+CUtensorMap scales_map(const float* base, int64_t rows, int64_t row_stride, int64_t KB) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {cuuint64_t(rows), cuuint64_t(KB)};
+  const cuuint64_t strides[1] = {cuuint64_t(row_stride) * 4};
+  const cuuint32_t box[2] = {kScaleBox, 1};
+  const cuuint32_t unit[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims,
+                                          strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                          CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FMOE_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for scales [", KB, ", ", rows, "]");
+  return map;
+}
+
+// The clusters of kCluster blocks the current device holds at once (one block per SM), asked once per device; also
+// sets the kernel's shared-memory limit.
+template <class C, int kCluster>
+int resident_groups() {
+  static std::atomic<int> known[kMaxDevices] = {};
+  int device = 0;
+  FMOE_CUDA_CHECK(cudaGetDevice(&device));
+  FMOE_CHECK(device < kMaxDevices, "the wgmma grouped GEMM supports devices 0 .. ", kMaxDevices - 1, ", got ", device);
+  if (const int n = known[device].load(std::memory_order_relaxed)) return n;
+  const auto kernel = wgmma_grouped_kernel<C, kCluster>;
+  FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes<C>)));
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kCluster);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmemBytes<C>;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim = {kCluster, 1, 1};
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  int n = 0;
+  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
+  FMOE_CHECK(n > 0, "the wgmma grouped GEMM's clusters of ", kCluster, " blocks (", kSmemBytes<C>,
+             " bytes of shared memory each) do not fit on this device");
+  known[device].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Persistent: as many clusters as the device holds at once, or one per unit when there are fewer units.
+template <class C, int kCluster>
+void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, const CUtensorMap& w_map,
+                   const CUtensorMap& xs_map, const SmallMGemm& g, const RowPlan& plan, cudaStream_t s) {
+  const int64_t units = (g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows) * plan.item_grid;
+  const int groups = resident_groups<C, kCluster>();
+  // The claims (32-bit) run one per cluster past the last unit.
+  FMOE_CHECK(units + groups < (int64_t(1) << 31), "the wgmma grouped GEMM takes fewer than 2^31 units of work, got ",
+             units);
+  const auto blocks = static_cast<unsigned>(kCluster * std::min<int64_t>(units, groups));
+  // Alone: a plain launch. (A cluster launch of one block with the pairs' cluster barriers, tried first, ran 1-3%
+  // slower at 64-128 rows per expert; H200, session 32.)
+  if constexpr (kCluster == 1)
+    launch_with_smem(wgmma_grouped_kernel<C, 1>, dim3(blocks), dim3(kThreads), kSmemBytes<C>, s, x_map, x_tail_map,
+                     w_map, xs_map, g, plan);
+  else
+    launch_clustered(wgmma_grouped_kernel<C, kCluster>, dim3(blocks), dim3(kThreads), kCluster, kSmemBytes<C>, s,
+                     x_map, x_tail_map, w_map, xs_map, g, plan);
+}
+
+// The checks both element types share; `what` names the GEMM.
+template <class C>
+void check_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, const char* what) {
+  FMOE_CHECK(!g.act_epilogue && !g.w_row_scales, what, " takes no activation epilogue or row scales");
+  FMOE_CHECK(!g.x_row, what, " reads its rows in plan order (x_row must be null; gather them first)");
+  FMOE_CHECK(g.K % C::kTileK == 0, what, " needs K % ", C::kTileK, " == 0, got K=", g.K);
+  FMOE_CHECK(plan.items && plan.item_rows == C::kTileTokens, what, " needs a plan with work items of ",
+             C::kTileTokens, " rows, got item_rows=", plan.item_rows);
+  FMOE_CHECK(plan.work_counters, what, " needs the plan's work counters (RowPlan::work_counters)");
+  FMOE_CHECK(g.N % 8 == 0, what, " needs N % 8 == 0 (16-byte output stores), got N=", g.N);
+  FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(g.w) % 16 == 0,
+             what, " needs 16-byte aligned x, w and y");
+  // (A pair's second slab may start up to 2 slabs of 256 rows past N.)
+  FMOE_CHECK(x_rows + C::kTileTokens + kTailTokens < (int64_t(1) << 31) &&
+                 num_experts * g.N + 4 * kSlabRows < (int64_t(1) << 31),
+             what, " addresses rows with 32-bit TMA coordinates: got ", x_rows, " rows of x and ", num_experts * g.N,
+             " weight rows");
+}
+
+}  // namespace
+
+void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
+                            bool pairs, cudaStream_t s) {
+  if (plan.item_grid == 0) return;
+  FMOE_CHECK(g.weights == SmallMWeights::bf16, "the bf16 wgmma GEMM takes bf16 weights");
+  check_gemm<Bf16Gemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM");
+  const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
+  const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
+  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, false, kWBox);
+  const CUtensorMap none{};
+  if (pairs) launch_kernel<Bf16Gemm, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
+  else launch_kernel<Bf16Gemm, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
+}
+
+void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
+                           cudaStream_t s) {
+  if (plan.item_grid == 0) return;
+  FMOE_CHECK(g.weights == SmallMWeights::fp8_block && g.x_scales && g.w_scales,
+             "the fp8 wgmma GEMM takes fp8-block weights with their block scales and X's scales");
+  check_gemm<Fp8BlockGemm>(g, plan, x_rows, num_experts, "the fp8 wgmma GEMM");
+  FMOE_CHECK(reinterpret_cast<uintptr_t>(g.x_scales) % 16 == 0, "the fp8 wgmma GEMM needs 16-byte aligned x_scales");
+  const int64_t rows = std::max<int64_t>(x_rows, 1);
+  const CUtensorMap x_map = rows_map(g.x, rows, g.K, true, kXBox);
+  const CUtensorMap x_tail_map = rows_map(g.x, rows, g.K, true, kXTailBox);
+  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, true, kWBox);
+  const CUtensorMap xs_map = scales_map(g.x_scales, rows, m_major_scale_rows(rows), g.K / 128);
+  launch_kernel<Fp8BlockGemm, 1>(x_map, x_tail_map, w_map, xs_map, g, plan, s);
+}
+
+}  // namespace fusedmoe::cuda
