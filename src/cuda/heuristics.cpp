@@ -106,9 +106,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // fp8-block weights from 12 to 64 rows per expert: the fp8 wgmma kernel (wgmma_grouped_gemm.cu; 128-row plan items,
   // token tiles of 32-160 rows, each k tile's sums promoted with its scales). Same-run A/B on H200 against CUTLASS
   // (session 33, 2 rounds): deepseek-v3 1.03x / 1.08x / 1.10x / 1.04-1.05x at 512 / 1024 / 1536 / 2048 tokens (16-64
-  // rows), 0.94x / 0.93-0.94x / 0.88-0.89x at 3072 / 4096 / 8192 (96-256 rows). Above 64 rows its tiles (m64n160k32
-  // wgmma on 128 weight rows by at most 160 tokens) read shared memory faster than it serves them, with the TMA
-  // writes; CUTLASS's 128x128 tiles there are 1.06-1.13x faster.
+  // rows), 0.94x / 0.93-0.94x / 0.88-0.89x at 3072 / 4096 / 8192 (96-256 rows): CUTLASS's 128x128 tiles there are
+  // 1.06-1.13x faster (why is not profiled yet; wgmma_grouped_gemm.cu).
   if (weights == QuantScheme::fp8_block && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
     path.small_m = true;
     path.warp_tiles = true;

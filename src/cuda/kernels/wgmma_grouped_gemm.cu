@@ -26,8 +26,9 @@
 // Limits: K % 64 == 0 (fp8-block: % 128), N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan
 // items of kTileTokens rows. Pairs (bf16): 1.00-1.02x blocks alone at 256 rows per expert, 0.96-0.98x at 128 (H200,
 // session 32), and they take CUTLASS's place up to 512 rows (heuristics.cpp). fp8-block (session 33) beats CUTLASS
-// up to 64 rows per expert; above, its tiles (at most 160 tokens by 128 weight rows, m64n160k32) ask shared memory
-// for more bytes per cycle than it serves (wgmma's operand reads and the TMA writes), and it runs at 0.88-0.94x.
+// up to 64 rows per expert and runs at 0.88-0.94x above, not profiled yet: by estimate its tiles (at most 160 tokens
+// by 128 weight rows, m64n160k32) ask shared memory for ~150 bytes per clock (wgmma's operand reads and the TMA
+// writes), and the swap-AB layout puts the per-token scales on accumulator columns (40 loads a thread per k tile).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
