@@ -3,9 +3,8 @@
 // the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the row-plan kernels (small-M
 // streaming kernels for decode-sized batches; our wgmma grouped GEMMs on 256-row plan items for fp4 above 24
 // rows per expert and bf16 at 24-512, on 128-row items for fp8-block at 12-64) and the CUTLASS grouped GEMMs (after
-// a row gather) for the rest. fp4
-// weights (nvfp4, mxfp4) are W4A16, dequantized in registers; their grouped path (forced only) dequantizes a
-// chunk of experts at a time to bf16 in the workspace and runs the bf16 GEMM on it.
+// a row gather) for the rest. fp4 weights (nvfp4, mxfp4) are W4A16, dequantized in registers; their grouped path
+// (forced only) dequantizes a chunk of experts at a time to bf16 in the workspace and runs the bf16 GEMM on it.
 // Stream-ordered with no host synchronisation, so a forward is graph-capturable.
 #include <algorithm>
 #include <cstdlib>
