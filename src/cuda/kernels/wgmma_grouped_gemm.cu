@@ -260,11 +260,12 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
     if (lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
   } else {
+    static_assert(kTail == 0, "fp8-block tiles hold an item's tail in their token tile (with_tile)");
     // The consumer's weight rows n0 + 64 kT wg .. + 64 kT - 1 lie in one 128-row scale block (kT <= 2); none past N.
     const int64_t NB = (g.N + 127) / 128, nb = (n0 + 64 * kT * wg) / 128;
     const float* w_scale = nb < NB ? g.w_scales + (int64_t(e) * NB + nb) * num_kt : nullptr;
     float ws = w_scale ? __ldg(w_scale) : 0.0f;
-    float part[kT][kTok / 2], part_tail[kT][kTailAcc];
+    float part[kT][kTok / 2], part_tail[kT][kTailAcc];  // (part_tail: issue's unused tail operand)
     zero_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
@@ -274,10 +275,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       const float* xs =
           reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) + (first_row & 3);
 #pragma unroll
-      for (int t = 0; t < kT; ++t) {
-        promote<kTok>(acc[t], part[t], xs, ws, lane);
-        if constexpr (kTail > 0) promote<kTail>(tail[t], part_tail[t], xs + kTok, ws, lane);
-      }
+      for (int t = 0; t < kT; ++t) promote<kTok>(acc[t], part[t], xs, ws, lane);
       __syncwarp();  // the warp's lanes have read the scales
       if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
       ws = ws_next;
