@@ -381,7 +381,8 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
 
 // The fp8 wgmma kernel's token tiles (32, 64 in blocks of 256 weight rows; 96, 128, and 160 for an item with its
 // tail of 1-32 rows, in blocks of 128), a second item after a full one, each edge on both sides, with biases; GEMM2's
-// N = 384 leaves the second consumer of a 256-row block past N. fp8-block and fp8-tensor (its per-expert scales as block scales).
+// N = 384 leaves the second consumer of a 256-row block past N. fp8-block and fp8-tensor (its per-expert scales as
+// block scales).
 TEST(CudaExperts, Fp8WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
