@@ -87,13 +87,16 @@ struct Fp8BlockGemm {
   static_assert(Shape<160, 1, 0, true>::kStageBytes <= kStageBytes &&
                 Shape<32, 2, 0, true>::kStageBytes <= kStageBytes);
 };
+// fp8-block: a consumer's two buffers of a k tile's scale products (ws xs[token], consume), after the barriers.
+constexpr int kProductFloats = 160;
 // A consumer's epilogue buffer: passes of 64 tokens' 64 weight rows (store_tiles), 8 KiB.
 constexpr int kEpiTokens = 64;
 constexpr int kEpiBytes = kEpiTokens * 128;
-// The stages, the consumers' epilogue buffers, the stages' full and empty barriers, 1024 bytes of alignment:
-// 225 KiB (bf16), 222 KiB (fp8-block).
+// The stages, the consumers' epilogue buffers, the stages' full and empty barriers, (fp8-block) the consumers' scale
+// products, 1024 bytes of alignment: 225 KiB (bf16), 225 KiB (fp8-block).
 template <class C>
-constexpr size_t kSmemBytes = size_t(C::kStages) * C::kStageBytes + kConsumers * kEpiBytes + 2 * C::kStages * 8 + 1024;
+constexpr size_t kSmemBytes = size_t(C::kStages) * C::kStageBytes + kConsumers * kEpiBytes + 2 * C::kStages * 8 +
+                              (C::kScaled ? kConsumers * 2 * kProductFloats * 4 : 0) + 1024;
 static_assert(kSmemBytes<Bf16Gemm> <= 227 * 1024 && kSmemBytes<Fp8BlockGemm> <= 227 * 1024);
 // setmaxnreg budgets: 40 x 128 + 232 x 256 <= 168 x 384, the launch's.
 constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
@@ -195,26 +198,25 @@ __device__ inline void release_stage(uint32_t empty) {
   }
 }
 
-// fp8-block: a consumer's accumulators of one m64 tile += its k tile's partial sums times the tile's scales: ws, the
-// weight block's, and per token column (8 j + 2 (lane % 4) + 0/1, wgmma_util.cuh's C layout) its scale in xs.
+// fp8-block: a consumer's accumulators of one m64 tile += its k tile's partial sums times the tile's scale products
+// (ws xs[token], the weight block's scale and each token's), per token column (8 j + 2 (lane % 4) + 0/1,
+// wgmma_util.cuh's C layout): prod[column], 8-byte aligned pairs.
 template <int kTok>
-__device__ inline void promote(float (&acc)[kTok / 2], const float (&part)[kTok / 2], const float* xs, float ws,
-                               int lane) {
+__device__ inline void promote(float (&acc)[kTok / 2], const float (&part)[kTok / 2], const float* prod, int lane) {
 #pragma unroll
   for (int j = 0; j < kTok / 8; ++j) {
-    const float* s = xs + 8 * j + 2 * (lane & 3);  // (4-byte aligned: xs starts at any row)
-    const float s0 = s[0] * ws, s1 = s[1] * ws;
-    acc[4 * j] += part[4 * j] * s0;
-    acc[4 * j + 1] += part[4 * j + 1] * s1;
-    acc[4 * j + 2] += part[4 * j + 2] * s0;
-    acc[4 * j + 3] += part[4 * j + 3] * s1;
+    const float2 s = *reinterpret_cast<const float2*>(prod + 8 * j + 2 * (lane & 3));
+    acc[4 * j] += part[4 * j] * s.x;
+    acc[4 * j + 1] += part[4 * j + 1] * s.y;
+    acc[4 * j + 2] += part[4 * j + 2] * s.x;
+    acc[4 * j + 3] += part[4 * j + 3] * s.y;
   }
 }
 
 template <class C, int kCluster, int kTok, int kT, int kTail, class FetchNext>
-__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, uint32_t full,
-                                        uint32_t empty, Ring<C::kStages>& ring, int e, int64_t n0, int64_t rows,
-                                        int64_t first_row, FetchNext&& fetch_next) {
+__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, float* products,
+                                        uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int e, int64_t n0,
+                                        int64_t rows, int64_t first_row, FetchNext&& fetch_next) {
   using S = Shape<kTok, kT, kTail, C::kScaled>;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int num_kt = static_cast<int>(g.K / C::kTileK);
@@ -261,24 +263,31 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     if (lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
   } else {
     static_assert(kTail == 0, "fp8-block tiles hold an item's tail in their token tile (with_tile)");
+    static_assert(kTok <= kProductFloats, "a k tile's scale products fit the consumer's buffer");
     // The consumer's weight rows n0 + 64 kT wg .. + 64 kT - 1 lie in one 128-row scale block (kT <= 2); none past N.
     const int64_t NB = (g.N + 127) / 128, nb = (n0 + 64 * kT * wg) / 128;
     const float* w_scale = nb < NB ? g.w_scales + (int64_t(e) * NB + nb) * num_kt : nullptr;
     float ws = w_scale ? __ldg(w_scale) : 0.0f;
     float part[kT][kTok / 2], part_tail[kT][kTailAcc];  // (part_tail: issue's unused tail operand)
     zero_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
+    const int wg_tid = tid & 127;
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
       issue(part, part_tail, uint64_t(ring.st) * (C::kStageBytes >> 4), true);
-      const float ws_next = w_scale && kt + 1 < num_kt ? __ldg(w_scale + kt + 1) : 0.0f;
-      drain_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
+      // While the group runs: the tile's scale products ws * xs[token] into this consumer's buffer kt % 2, a token
+      // (or two) a thread; the warpgroup meets once they are written.
       const float* xs =
           reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) + (first_row & 3);
+      float* prod = products + (kt & 1) * kProductFloats;
 #pragma unroll
-      for (int t = 0; t < kT; ++t) promote<kTok>(acc[t], part[t], xs, ws, lane);
-      __syncwarp();  // the warp's lanes have read the scales
+      for (int c = wg_tid; c < kTok; c += 128) prod[c] = xs[c] * ws;
+      ws = w_scale && kt + 1 < num_kt ? __ldg(w_scale + kt + 1) : 0.0f;
+      warpgroup_bar(wg);
+      drain_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
+#pragma unroll
+      for (int t = 0; t < kT; ++t) promote<kTok>(acc[t], part[t], prod, lane);
+      __syncwarp();  // the warp's lanes have read the stage's scales (above)
       if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
-      ws = ws_next;
     }
     load_row_bias<kT>(g, e, n0, bias_row, bias);
   }
@@ -447,6 +456,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     setmaxnreg_inc<kConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
+    float* my_products = reinterpret_cast<float*>(empty + C::kStages) + (threadIdx.x >> 7) * 2 * kProductFloats;
     int n = 0, u = 0;
     const auto fetch_next = [&] {
       sched_bar();
@@ -461,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
         consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
-            g, smem, my_epi, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
+            g, smem, my_epi, my_products, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
       });
     }
   }
