@@ -107,7 +107,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // token tiles of 32-160 rows, each k tile's sums promoted with its scales). Same-run A/B on H200 against CUTLASS
   // (session 33, 2 rounds): deepseek-v3 1.03x / 1.08x / 1.10x / 1.04-1.05x at 512 / 1024 / 1536 / 2048 tokens (16-64
   // rows), 0.94x / 0.93-0.94x / 0.88-0.89x at 3072 / 4096 / 8192 (96-256 rows): CUTLASS's 128x128 tiles there are
-  // 1.06-1.13x faster (why is not profiled yet; wgmma_grouped_gemm.cu).
+  // 1.06-1.13x faster. Session 34 (profiled at 8192; wgmma_grouped_gemm.cu): the consumers' promotion bounds it; with
+  // the scale products it runs at 0.97-0.99x CUTLASS at 4096 and 0.88x at 8192, so the bound stays at 64.
   if (weights == QuantScheme::fp8_block && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
     path.small_m = true;
     path.warp_tiles = true;

@@ -20,15 +20,21 @@
 // - two consumers, kT m64 tiles of weight rows each, N = the item's token tile (its rows rounded up to 32; with_tile)
 //   (bf16: + 32 for a tail in wgmma of their own; fp8-block: a tile of 160). bf16: m64nNk16 wgmma accumulate over all
 //   of k. fp8-block: each k tile's four m64nNk32 steps make a partial sum, which the consumer adds to its
-//   accumulators times the tile's scales (its weight block's and each token's) once they are done, as DeepGEMM
-//   promotes (the other consumer's wgmma run meanwhile);
+//   accumulators times the tile's scale products (its weight block's scale times each token's; the warpgroup writes
+//   them to shared memory while the wgmma run) once they are done, as DeepGEMM promotes;
 // - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
 // Limits: K % 64 == 0 (fp8-block: % 128), N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan
 // items of kTileTokens rows. Pairs (bf16): 1.00-1.02x blocks alone at 256 rows per expert, 0.96-0.98x at 128 (H200,
-// session 32), and they take CUTLASS's place up to 512 rows (heuristics.cpp). fp8-block (session 33) beats CUTLASS
-// up to 64 rows per expert and runs at 0.88-0.94x above, not profiled yet: by estimate its tiles (at most 160 tokens
-// by 128 weight rows, m64n160k32) ask shared memory for ~150 bytes per clock (wgmma's operand reads and the TMA
-// writes), and the swap-AB layout puts the per-token scales on accumulator columns (40 loads a thread per k tile).
+// session 32), and they take CUTLASS's place up to 512 rows (heuristics.cpp). fp8-block beats CUTLASS up to 64 rows
+// per expert and loses above (0.97-0.99x at 128 rows, 0.88x at 256; session 34). Profiled at 256 rows (ncu, H200,
+// session 34): the tensor pipe is busy ~43% of the time; the consumers are the bound (the producer waits for free
+// stages ~12 polls a stage, the consumers almost never for data): a k tile took a consumer ~950 cycles for 256 of
+// wgmma, the rest its promotion (64 FMAs a thread, inherent to 128-wide scale groups, plus, before the scale
+// products, 32 shared loads and 32 multiplies for the per-token scales, which swap-AB puts on accumulator columns).
+// Tried and dropped there: two partial-sum buffers so that the next tile's wgmma run during a promotion (0.96-0.99x:
+// the promotion's throughput binds, not its latency; whether issue slots or register-file ports shared with the
+// wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). What would close it: tokens as
+// wgmma's M (two token scales a thread, not N/4), or fewer instructions around the FMAs.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -185,8 +191,8 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 // + rows - 1 through the warpgroup's epilogue buffer, while the producer fills the ring for the next unit. A k
 // tile's wgmma are one group. bf16: once the previous tile's group is done, its stage goes back to the producer (the
 // last one after the drain): one arrival per consumer warp, as the consumers read the stages through wgmma alone
-// (an arrival per thread timed the same, session 30). fp8-block: the group is waited for at once, and the stage
-// goes back after its scales are read.
+// (an arrival per thread timed the same, session 30). fp8-block: the group is waited for at once (the warpgroup
+// writes the tile's scale products meanwhile), and the stage goes back after the promotion.
 // A consumer warp gives a stage back to the producers of both blocks of the pair (either one's X boxes land in it).
 template <int kCluster>
 __device__ inline void release_stage(uint32_t empty) {
@@ -291,7 +297,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     }
     load_row_bias<kT>(g, e, n0, bias_row, bias);
   }
-  fetch_next();  // the next unit, so that the producer loads it during the epilogue
+  fetch_next();  // the next unit's claim (the producer is loading it already)
   store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
                                                     first_row);
 }
@@ -347,19 +353,23 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
 }
 
 // The units' hand-out: the producer warp's first lane claims the next unit from a counter in global memory
-// (work[0], atomically) and passes it to the consumers through shared memory, slot n % 2 for the block's n-th
-// unit, under named barrier 4 (the producer warp and both consumer warpgroups, once per unit): the producer
-// claims unit n + 1 once its copies for unit n are issued, the consumers take it between unit n's main loop and
-// epilogue (so the producer loads it during the epilogue), and slot n % 2 is written again only after the
-// barrier of unit n + 1, which the consumers pass after reading it. Claims go past the last unit, one per block
-// (pair), which then stops. The block (pair) to count itself done last (work[1]) sets both counters back to 0 for
-// the next launch (the plan zeroes them each forward; launches that follow on the stream touch them only after
-// pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at once a window of
-// consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed share per block left
-// the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31). barrier.sync, not bar.sync (.aligned):
-// the producer warp's lanes come apart while its leader waits for a pair's claim (synccheck reported the .aligned
-// form then).
-__device__ inline void sched_bar() { asm volatile("barrier.sync 4, %0;\n" ::"n"(128 * kConsumers + 32) : "memory"); }
+// (work[0], atomically) and passes it to the consumers through a queue of two slots in shared memory, slot n % 2
+// for the block's n-th unit: it writes the claim and arrives on the slot's `posted` barrier; each consumer warp's
+// first lane waits for that, reads the claim for its warp and arrives on the slot's `taken` barrier, which the
+// producer waits for before it writes the slot again. The producer claims unit n + 1 once its copies for unit n are
+// issued and goes on to load it at once, so the ring stays full across units. (Until session 34 the claim passed
+// under a named barrier of the producer and both consumers, which held the producer until the consumers had finished
+// unit n's main loop: the ring ran dry at every unit's end. The queue: deepseek-v3 1.013x at 1024 tokens, 1.026x at
+// 2048, H200.) The consumers take the claim between unit n's main loop and its epilogue. Claims go past the last
+// unit, one per block (pair), which then stops. The block (pair) to count itself done last (work[1]) sets both
+// counters back to 0 for the next launch (the plan zeroes them each forward; launches that follow on the stream
+// touch them only after pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at
+// once a window of consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed
+// share per block left the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31).
+struct ClaimQueue {
+  int unit[2];
+  uint64_t posted[2], taken[2];
+};
 
 // Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
 // to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
@@ -401,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* epi = smem + C::kStages * C::kStageBytes;
   uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kEpiBytes);
   uint64_t* empty = full + C::kStages;
-  __shared__ int sched_unit[2];
+  __shared__ ClaimQueue queue;
   __shared__ PairChannel channel;
   const int rank = static_cast<int>(cluster_rank());
   const int n_pairs = static_cast<int>((g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows));
@@ -413,6 +423,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x < 2) {
     mbar_init(&channel.sent[threadIdx.x], 1);
     mbar_init(&channel.taken[threadIdx.x], 1);
+    mbar_init(&queue.posted[threadIdx.x], 1);                 // the producer's leader, once it has written the claim
+    mbar_init(&queue.taken[threadIdx.x], 4 * kConsumers);     // each consumer warp, once it has read it
   }
   if (threadIdx.x == 128 * kConsumers) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(&x_map) : "memory");
@@ -434,10 +446,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool leader = threadIdx.x == 128 * kConsumers;
     int* work = plan.work_counters;
     for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
-      const int u = __shfl_sync(~0u, leader ? pair_claim<kCluster>(channel, work, n, rank) : 0, 0);
-      if (leader) sched_unit[n & 1] = u;
-      __syncwarp();  // the warp meets the barrier as one, after the leader's claim
-      sched_bar();
+      const int slot = n & 1;
+      int u = 0;
+      if (leader) {
+        if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2 has been read
+        u = pair_claim<kCluster>(channel, work, n, rank);
+        queue.unit[slot] = u;
+        mbar_arrive(smem_addr(&queue.posted[slot]));
+      }
+      u = __shfl_sync(~0u, u, 0);
       if (u >= units) break;
       const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
       if (leader && w.rows > 0)
@@ -458,9 +475,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
     float* my_products = reinterpret_cast<float*>(empty + C::kStages) + (threadIdx.x >> 7) * 2 * kProductFloats;
     int n = 0, u = 0;
+    // A warp's first lane takes the claim for the warp (the read and the arrival in one thread's program order).
     const auto fetch_next = [&] {
-      sched_bar();
-      u = sched_unit[n++ & 1];
+      const int slot = n & 1;
+      int claim = 0;
+      if ((threadIdx.x & 31) == 0) {
+        mbar_wait(smem_addr(&queue.posted[slot]), (n >> 1) & 1);
+        claim = *static_cast<volatile int*>(&queue.unit[slot]);
+        mbar_arrive(smem_addr(&queue.taken[slot]));
+      }
+      u = __shfl_sync(~0u, claim, 0);
+      ++n;
     };
     fetch_next();
     while (u < units) {
