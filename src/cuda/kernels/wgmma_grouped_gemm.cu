@@ -292,7 +292,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       drain_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
 #pragma unroll
       for (int t = 0; t < kT; ++t) promote<kTok>(acc[t], part[t], prod, lane);
-      __syncwarp();  // the warp's lanes have read the stage's scales (above)
+      __syncwarp();  // (the warpgroup barrier above already orders every lane's scale reads before the release)
       if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
     }
     load_row_bias<kT>(g, e, n0, bias_row, bias);
