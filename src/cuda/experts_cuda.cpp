@@ -290,7 +290,8 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   if (fp8_wgmma) act_out.scale_rows = scale_rows;
   if (!path.small_m || wgmma) {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
-    launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R, x_sorted.data(),
+    launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R,
+                       static_cast<int>(config_.routing.top_k), x_sorted.data(),
                        fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s, fp8_wgmma ? scale_rows : 0);
   }
   if (path.small_m) {

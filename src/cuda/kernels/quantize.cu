@@ -94,9 +94,24 @@ __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const flo
 // A warp per planned row, 8 rows per block: the row's plan entries read together, then 16-byte
 // pieces, 8 per lane loaded before any is stored, then the row's scales. (A block of 128 threads
 // per row, one piece in flight per thread after three dependent plan reads, took 118 us at 72% of
-// DRAM peak for qwen3-30b-a3b at 8192 tokens; this one 109 us at 77%. ncu, H200.)
+// DRAM peak for qwen3-30b-a3b at 8192 tokens; this one 109 us at 77%. ncu, H200.) For plans without
+// slot_rows (the batched format's); gather_tokens_kernel below for the others.
 constexpr int kGatherWarps = 8;
 constexpr int kGatherPieces = 8;
+
+// Row r's scales from the token's [G] into dst_scales: M-major [G, scale_rows] when scale_rows > 0, else grouped
+// M-major (expert e's rows' group g at offsets[e] G + g counts[e] + (r - offsets[e])). The warp's lanes take the
+// groups.
+__device__ inline void put_row_scales(const float* token_scales, int64_t G, const RowPlan& plan, int64_t r,
+                                      float* dst_scales, int64_t scale_rows, int lane) {
+  if (scale_rows > 0) {
+    for (int64_t g = lane; g < G; g += 32) dst_scales[g * scale_rows + r] = token_scales[g];
+    return;
+  }
+  const int e = plan.row_expert[r];
+  const int64_t off = plan.offsets[e], count = plan.counts[e];
+  for (int64_t g = lane; g < G; g += 32) dst_scales[off * G + g * count + (r - off)] = token_scales[g];
+}
 
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
@@ -121,12 +136,41 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
     for (int u = 0; u < kGatherPieces; ++u)
       if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
   }
-  if (dst_scales && scale_rows > 0) {
-    for (int64_t g = lane; g < G; g += 32) dst_scales[g * scale_rows + r] = src_scales[token * G + g];
-  } else if (dst_scales) {
-    const int64_t off = plan.offsets[e], count = plan.counts[e];
-    for (int64_t g = lane; g < G; g += 32) dst_scales[off * G + g * count + (r - off)] = src_scales[token * G + g];
+  if (dst_scales) put_row_scales(src_scales + token * G, G, plan, r, dst_scales, scale_rows, lane);
+}
+
+// A warp per token (plans with slot_rows): the token's row read once, kGatherPieces 16-byte pieces per lane at a
+// time, and stored into each of its top_k planned rows (slot_rows; -1: none), then its scales likewise, instead of
+// each planned row reading its token's row again.
+__global__ void __launch_bounds__(kGatherWarps * 32)
+    gather_tokens_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
+                         int64_t tokens, int top_k, uint8_t* dst, float* dst_scales, int64_t scale_rows) {
+  const int64_t t = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  pdl_wait();
+  pdl_launch_dependents();
+  if (t >= tokens) return;
+  const int32_t* slots = plan.slot_rows + t * top_k;
+  const uint4* s = reinterpret_cast<const uint4*>(src + t * row_bytes);
+  const int64_t n = row_bytes / 16;
+  for (int64_t i0 = lane; i0 < n; i0 += 32 * kGatherPieces) {
+    uint4 v[kGatherPieces];
+#pragma unroll
+    for (int u = 0; u < kGatherPieces; ++u)
+      if (i0 + u * 32 < n) v[u] = __ldg(s + i0 + u * 32);
+    for (int j = 0; j < top_k; ++j) {
+      const int64_t r = slots[j];
+      if (r < 0) continue;
+      uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
+#pragma unroll
+      for (int u = 0; u < kGatherPieces; ++u)
+        if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
+    }
   }
+  if (!dst_scales) return;
+  for (int j = 0; j < top_k; ++j)
+    if (const int64_t r = slots[j]; r >= 0)
+      put_row_scales(src_scales + t * G, G, plan, r, dst_scales, scale_rows, lane);
 }
 
 }  // namespace
@@ -153,12 +197,20 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 }
 
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
-                        int num_local, int64_t max_rows, void* dst, float* dst_scales, cudaStream_t s,
+                        int num_local, int64_t max_rows, int top_k, void* dst, float* dst_scales, cudaStream_t s,
                         int64_t scale_rows) {
   if (max_rows == 0) return;
+  const auto from = static_cast<const uint8_t*>(src);
+  const auto to = static_cast<uint8_t*>(dst);
+  if (plan.slot_rows && top_k > 0) {
+    const int64_t tokens = max_rows / top_k;
+    launch(gather_tokens_kernel, dim3(static_cast<unsigned>((tokens + kGatherWarps - 1) / kGatherWarps)),
+           dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, tokens, top_k, to, dst_scales, scale_rows);
+    return;
+  }
   launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
-         dim3(kGatherWarps * 32), s, static_cast<const uint8_t*>(src), row_bytes, src_scales, G, plan, num_local,
-         max_rows, static_cast<uint8_t*>(dst), dst_scales, scale_rows);
+         dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, num_local, max_rows, to, dst_scales,
+         scale_rows);
 }
 
 }  // namespace fusedmoe::cuda
