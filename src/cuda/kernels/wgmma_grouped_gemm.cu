@@ -35,6 +35,10 @@
 // the promotion's throughput binds, not its latency; whether issue slots or register-file ports shared with the
 // wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). What would close it: tokens as
 // wgmma's M (two token scales a thread, not N/4), or fewer instructions around the FMAs.
+// X stays gathered into plan order by its own kernel (quantize.cu): reading GEMM1's rows where they lie instead was
+// tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
+// TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
+// arriving on the stage's barrier once its copies land) 0.70-0.99x, 1.03x only at qwen3-30b-a3b's 1024 tokens.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
