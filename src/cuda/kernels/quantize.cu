@@ -99,6 +99,22 @@ __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const flo
 constexpr int kGatherWarps = 8;
 constexpr int kGatherPieces = 8;
 
+// A lane's share of a row in flight: its 16-byte pieces i0, i0 + 32, .. (kGatherPieces of them, those below n),
+// all loaded before any is stored.
+struct RowPieces {
+  uint4 v[kGatherPieces];
+  __device__ void load(const uint4* row, int64_t i0, int64_t n) {
+#pragma unroll
+    for (int u = 0; u < kGatherPieces; ++u)
+      if (i0 + u * 32 < n) v[u] = __ldg(row + i0 + u * 32);
+  }
+  __device__ void store(uint4* row, int64_t i0, int64_t n) const {
+#pragma unroll
+    for (int u = 0; u < kGatherPieces; ++u)
+      if (i0 + u * 32 < n) row[i0 + u * 32] = v[u];
+  }
+};
+
 // Row r's scales from the token's [G] into dst_scales: M-major [G, scale_rows] when scale_rows > 0, else grouped
 // M-major (expert e's rows' group g at offsets[e] G + g counts[e] + (r - offsets[e])). The warp's lanes take the
 // groups.
@@ -128,13 +144,9 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
   uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
   const int64_t n = row_bytes / 16;
   for (int64_t i0 = lane; i0 < n; i0 += 32 * kGatherPieces) {
-    uint4 v[kGatherPieces];
-#pragma unroll
-    for (int u = 0; u < kGatherPieces; ++u)
-      if (i0 + u * 32 < n) v[u] = __ldg(s + i0 + u * 32);
-#pragma unroll
-    for (int u = 0; u < kGatherPieces; ++u)
-      if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
+    RowPieces p;
+    p.load(s, i0, n);
+    p.store(d, i0, n);
   }
   if (dst_scales) put_row_scales(src_scales + token * G, G, plan, r, dst_scales, scale_rows, lane);
 }
@@ -154,18 +166,10 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
   const uint4* s = reinterpret_cast<const uint4*>(src + t * row_bytes);
   const int64_t n = row_bytes / 16;
   for (int64_t i0 = lane; i0 < n; i0 += 32 * kGatherPieces) {
-    uint4 v[kGatherPieces];
-#pragma unroll
-    for (int u = 0; u < kGatherPieces; ++u)
-      if (i0 + u * 32 < n) v[u] = __ldg(s + i0 + u * 32);
-    for (int j = 0; j < top_k; ++j) {
-      const int64_t r = slots[j];
-      if (r < 0) continue;
-      uint4* d = reinterpret_cast<uint4*>(dst + r * row_bytes);
-#pragma unroll
-      for (int u = 0; u < kGatherPieces; ++u)
-        if (i0 + u * 32 < n) d[i0 + u * 32] = v[u];
-    }
+    RowPieces p;
+    p.load(s, i0, n);
+    for (int j = 0; j < top_k; ++j)
+      if (const int64_t r = slots[j]; r >= 0) p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), i0, n);
   }
   if (!dst_scales) return;
   for (int j = 0; j < top_k; ++j)
