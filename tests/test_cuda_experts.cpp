@@ -73,6 +73,19 @@ TEST(CudaHeuristics, Fp4DequantBudgetFromTheEnvironment) {
   EXPECT_EQ(cuda::choose_fp4_chunk_experts(33 * mib, 128), 31);  // the default, 1 GiB
 }
 
+TEST(CudaHeuristics, FusedDecodeModeFromTheEnvironment) {
+  using cuda::FusedDecodeMode;
+  for (const char* bad : {"2", "on", "10", "01"}) {
+    const ScopedEnv env("FUSEDMOE_FUSED_DECODE", bad);
+    EXPECT_THROW(cuda::fused_decode_mode_from_env(), Error) << bad;
+  }
+  for (auto [text, mode] : {std::pair{"1", FusedDecodeMode::on}, std::pair{"0", FusedDecodeMode::off},
+                            std::pair{"", FusedDecodeMode::automatic}}) {
+    const ScopedEnv env("FUSEDMOE_FUSED_DECODE", text);
+    EXPECT_EQ(cuda::fused_decode_mode_from_env(), mode) << text;
+  }
+}
+
 TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   using cuda::choose_experts_path;
   const QuantScheme nv = QuantScheme::nvfp4, fp8 = QuantScheme::fp8_block;
@@ -130,12 +143,16 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(512, 2, 8).gemm_tile_m, 64);       // mixtral at 512: 128 rows per expert
   EXPECT_EQ(choose_experts_path(1024, 2, 8).gemm_tile_m, 128);      // 256 rows per expert
   EXPECT_EQ(choose_experts_path(8192, 8, 128).gemm_tile_m, 128);   // 512 rows per expert
-  EXPECT_FALSE(cuda::choose_fused_decode(1, 8, 128, false));  // the fused decode kernel is opt-in
-  EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128, true));    // monolithic bf16 decode: the fused kernel
-  EXPECT_TRUE(cuda::choose_fused_decode(8, 2, 8, true));      // mixtral at 8: 2 rows per expert
-  EXPECT_FALSE(cuda::choose_fused_decode(16, 2, 8, true));    // above the fused kernel's range (8 tokens)
-  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 4, true));     // 16 rows per expert: grouped GEMM
-  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 8, true));     // 8 rows per expert: modular takes warp tiles
+  using cuda::FusedDecodeMode;
+  const int64_t mixtral = int64_t(3) * 14336 * 4096 * 2, qwen3 = int64_t(3) * 768 * 2048 * 2;
+  EXPECT_FALSE(cuda::choose_fused_decode(1, 8, 128, qwen3, FusedDecodeMode::automatic));  // short weight rows
+  EXPECT_TRUE(cuda::choose_fused_decode(1, 8, 128, qwen3, FusedDecodeMode::on));
+  EXPECT_TRUE(cuda::choose_fused_decode(1, 2, 8, mixtral, FusedDecodeMode::automatic));  // long ones
+  EXPECT_FALSE(cuda::choose_fused_decode(1, 2, 8, mixtral, FusedDecodeMode::off));
+  EXPECT_TRUE(cuda::choose_fused_decode(8, 2, 8, mixtral, FusedDecodeMode::automatic));   // 2 rows per expert
+  EXPECT_FALSE(cuda::choose_fused_decode(16, 2, 8, mixtral, FusedDecodeMode::on));  // above its range (8 tokens)
+  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 4, mixtral, FusedDecodeMode::on));   // 16 rows per expert: grouped
+  EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 8, mixtral, FusedDecodeMode::on));   // 8 rows: modular warp tiles
   EXPECT_TRUE(cuda::choose_route_plan_kernel(1, 8, 256, 256));     // deepseek-v3 at 1 token: one launch
   EXPECT_TRUE(cuda::choose_route_plan_kernel(8, 8, 128, 128));     // qwen3 at 8: a warp per token
   EXPECT_FALSE(cuda::choose_route_plan_kernel(9, 8, 128, 128));    // 9 tokens: the router and plan kernels

@@ -117,11 +117,21 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   return path;
 }
 
-bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, bool opted_in) {
+FusedDecodeMode fused_decode_mode_from_env() {
+  const char* env = std::getenv("FUSEDMOE_FUSED_DECODE");
+  if (!env || !env[0]) return FusedDecodeMode::automatic;
+  FMOE_CHECK((env[0] == '0' || env[0] == '1') && env[1] == '\0', "FUSEDMOE_FUSED_DECODE must be 0 or 1, got '", env,
+             "'");
+  return env[0] == '1' ? FusedDecodeMode::on : FusedDecodeMode::off;
+}
+
+bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
+                         FusedDecodeMode mode) {
   if (g_overridden) return g_override.fused_decode;
-  if (!opted_in) return false;
+  if (mode == FusedDecodeMode::off) return false;
   const ExpertsPath modular = choose_experts_path(num_tokens, top_k, num_local_experts, QuantScheme::bf16);
-  return num_tokens <= kMaxFusedDecodeTokens && modular.small_m && !modular.warp_tiles;
+  const bool runs = num_tokens <= kMaxFusedDecodeTokens && modular.small_m && !modular.warp_tiles;
+  return runs && (mode == FusedDecodeMode::on || expert_bytes >= kFusedDecodeMinExpertBytes);
 }
 
 bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts) {

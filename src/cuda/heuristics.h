@@ -29,15 +29,21 @@ struct ExpertsPath {
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);
 
-// The monolithic experts of a scheme the fused decode kernel runs (bf16), when opted in
-// (FUSEDMOE_FUSED_DECODE=1, read when the experts are built): that kernel for decode batches (up to
-// kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M kernel with split-k
-// blocks (its tiles and order of k are the same, so monolithic equals modular bit for bit), the chain
-// of kernels otherwise. Off by default: 1.06-1.13x the chain at 1 token in session 10, but the chain
-// has since caught up and passed it (H200, session 22, same run: qwen3-30b-a3b 0.96-0.98x the chain at
-// 1-8 tokens, mixtral-8x7b 1.00x at 1-4 and 0.99x at 8). A forced path (tests) overrides both.
+// The monolithic experts of a scheme the fused decode kernel runs (bf16): that kernel for decode batches (up to
+// kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M kernel with split-k blocks (its
+// tiles and order of k are the same, so monolithic equals modular bit for bit), the chain of kernels otherwise.
+// By default only for experts of at least kFusedDecodeMinExpertBytes of weights: its items are 16 weight rows, and
+// short rows leave each block too little to stream per item (H200, session 37, same run against the chain:
+// mixtral-8x7b, 336 MiB an expert, 1.03-1.10x at 1-8 tokens; qwen3-30b-a3b, 9 MiB, 0.84-0.98x). The mode comes
+// from FUSEDMOE_FUSED_DECODE, read when the experts are built: "1" on wherever it can run, "0" off. A forced path
+// (tests) overrides all.
 inline constexpr int64_t kMaxFusedDecodeTokens = 8;
-bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, bool opted_in);
+inline constexpr int64_t kFusedDecodeMinExpertBytes = int64_t(128) << 20;
+enum class FusedDecodeMode { automatic, on, off };
+FusedDecodeMode fused_decode_mode_from_env();
+// expert_bytes: one expert's weights (w13 and w2).
+bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
+                         FusedDecodeMode mode);
 
 // The monolithic chain's routing: route+plan in one launch (launch_route_plan) where its 256-thread
 // block covers the batch — a warp per token, a thread per local expert and slot: up to 8 tokens —, the

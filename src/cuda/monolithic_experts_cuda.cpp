@@ -30,8 +30,9 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     if (config.routing.correction_bias.defined())
       FMOE_CHECK(config.routing.correction_bias.device() == experts_.device(), "routing.correction_bias must be on ",
                  experts_.device().str(), " with the weights, got ", config.routing.correction_bias.describe());
-    const char* fused = std::getenv("FUSEDMOE_FUSED_DECODE");
-    fused_decode_opted_in_ = fused && fused[0] == '1';
+    fused_decode_mode_ = fused_decode_mode_from_env();
+    const int64_t n1 = config.activation.kind == ActivationKind::relu2 ? 1 : 2;
+    expert_bytes_ = (n1 + 1) * config.intermediate_size * config.hidden_size * 2;
     fused_decode_supported_ = config.quant == QuantScheme::bf16 && config.hidden_size % 32 == 0 &&
                               config.intermediate_size % 32 == 0 && config.routing.top_k <= 32 &&
                               experts_.num_local() <= 1024 && config.num_experts <= kMaxRoutePlanExperts;
@@ -62,8 +63,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     const RoutingParams params = make_routing_params(config_.routing, config_.num_experts);
     const bool bf16_logits = router_logits.dtype() == DType::bf16;
     const int num_local = static_cast<int>(experts_.num_local());
-    if (fused_decode_supported_ && M <= kMaxRoutePlanTokens &&
-        choose_fused_decode(M, static_cast<int>(k), num_local, fused_decode_opted_in_)) {
+    if (fused_decode_supported_ && M <= kMaxFusedDecodeRows &&
+        choose_fused_decode(M, static_cast<int>(k), num_local, expert_bytes_, fused_decode_mode_)) {
       run_fused_decode(hidden, router_logits, output, ids, weights, planned, params, ws);
       return;
     }
@@ -126,14 +127,15 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     f.counters = counters.data_as<int32_t>();
     f.done_a = f.counters + 1;
     f.done_b = f.done_a + f.max_active;
-    const int tile = choose_experts_path(M, static_cast<int>(k), experts_.num_local()).tile_tokens;
-    launch_fused_decode(f, planned.plan, tile, experts_.sm_count(), s);
+
+    launch_fused_decode(f, planned.plan, experts_.sm_count(), s);
   }
 
   MoEConfig config_;
   CudaExperts experts_;
   bool fused_decode_supported_ = false;
-  bool fused_decode_opted_in_ = false;  // FUSEDMOE_FUSED_DECODE=1
+  FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;  // FUSEDMOE_FUSED_DECODE
+  int64_t expert_bytes_ = 0;  // one expert's bf16 weights
 };
 
 }  // namespace

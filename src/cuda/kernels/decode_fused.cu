@@ -28,15 +28,63 @@
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
+#include "cuda/kernels/wgmma_pipeline.cuh"
 #include "cuda/kernels/topk_sum.cuh"
 
 namespace fusedmoe::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kTile = 16;  // weight rows per A/B item, output columns per C item
-constexpr int kU = 4;      // 16-byte chunks in flight per lane and weight row
+constexpr int kWarps = 4;                  // consumer warps (split k between them, as small_m_gemm.cu does)
+constexpr int kConsumers = kWarps * 32;    // threads 0 .. 127; the producer warp is threads 128 .. 159
+constexpr int kThreads = kConsumers + 32;
+constexpr int kTile = 16;                  // weight rows per A/B item, output columns per C item
+
+// Blocks per SM and the ring of each: kStages stages of 16 weight rows x kChunkBytes, rows padded by 16 bytes (the
+// 8 rows a warp's lanes read start on 8 bank groups). kChunkBytes is a multiple of 4 64-byte chunks, so warp w's
+// chunks of k are those == w (mod 4) in every stage. Measured (H200, session 37, 1-8 tokens): 4 blocks of 3
+// stages of 1 KiB rows beat 1 block of 6 stages of 2 KiB (its one consumer group ran an item's latencies one
+// after another: mixtral-8x7b 1.22-1.45x slower) and 2 blocks of 3 stages of 2 KiB (1.00-1.18x slower).
+constexpr int kBlocksPerSm = 4;
+constexpr int kStages = 3;
+constexpr int kChunkBytes = 1024;
+constexpr int kRowStride = kChunkBytes + 16;
+constexpr int kStageBytes = kTile * kRowStride;
+
+// Shared memory after the stages: their barriers and the item each holds (written by the producer), then the
+// split-k partial sums, then the plan's tables.
+struct Ring {
+  uint64_t full[kStages], empty[kStages];
+  int64_t item[kStages];
+};
+template <int NT>
+constexpr size_t fixed_smem_bytes() {
+  return size_t(kStages) * kStageBytes + sizeof(Ring) + sizeof(float) * kWarps * NT * 4 * 32;
+}
+
+// The plan as the items need it, copied to shared memory once per block (no dependent global reads per item):
+// per active expert slot its expert, rows and first row; per row its token.
+struct Tables {
+  int *e, *count, *off, *token;
+  int n_slots, n_rows;
+
+  __device__ Tables(int* at, int slots, int rows)
+      : e(at), count(at + slots), off(at + 2 * slots), token(at + 3 * slots), n_slots(slots), n_rows(rows) {}
+  static int64_t ints(int slots, int rows) { return 3 * int64_t(slots) + rows; }
+  // The whole block; n_active: the active slots. Reads only the plan rows in use (the active experts' rows
+  // are rows 0 .. end - 1, in slot order).
+  __device__ void load(const RowPlan& plan, int n_active) {
+    for (int i = threadIdx.x; i < n_active; i += blockDim.x) {
+      const int ex = plan.active[i];
+      e[i] = ex;
+      count[i] = plan.counts[ex];
+      off[i] = plan.offsets[ex];
+    }
+    __syncthreads();
+    const int end = n_active > 0 ? off[n_active - 1] + count[n_active - 1] : 0;
+    for (int i = threadIdx.x; i < end; i += blockDim.x) token[i] = plan.row_token[i];
+    __syncthreads();
+  }
+};
 
 __device__ inline int load_acquire(const int* p) {
   int v;
@@ -44,168 +92,251 @@ __device__ inline int load_acquire(const int* p) {
   return v;
 }
 
-// The whole block waits until *counter >= target.
+// The consumer warps' barrier (named barrier 1; the producer warp never joins it).
+struct ConsumerSync {
+  __device__ void operator()() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
+};
+
+// The consumers wait until *counter >= target.
 __device__ inline void wait_for(const int* counter, int target) {
   if (threadIdx.x == 0)
     while (load_acquire(counter) < target) __nanosleep(64);
-  __syncthreads();
+  ConsumerSync{}();
 }
 
-// Counts one more finished item once every thread's writes are done; the fence releases them.
+// Counts one more finished item once every consumer's writes are done: the barrier orders them before
+// thread 0's release (gpu scope), which wait_for's acquire pairs with.
 __device__ inline void signal_done(int* counter) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1);
-  }
+  ConsumerSync{}();
+  if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
 }
 
-// One step of the k loop: U 16-byte chunks (ch0, ch0 + 4, ...) of this lane's two weight rows and
-// of its NT token rows, loaded into registers, then multiplied into acc.
-template <int NT, int U, bool kL2X>
-struct Step {
-  uint4 wa[U], wb[U], xv[NT][U];
+// A 1-D bulk copy (TMA) of `bytes` (a multiple of 16) from global to shared memory; the bytes count
+// towards the barrier's transaction.
+__device__ inline void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ inline uint4 load_shared(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
 
-  __device__ inline void load(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&x)[NT], int64_t ch0,
-                              int64_t num_chunks) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t ch = ch0 + u * kWarps;
-      wa[u] = ch < num_chunks ? load_streaming(w0 + ch * 64) : make_uint4(0, 0, 0, 0);
-      wb[u] = ch < num_chunks ? load_streaming(w1 + ch * 64) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t ch = ch0 + u * kWarps;
-        if (x[t] && ch < num_chunks)
-          xv[t][u] = kL2X ? load_l2(x[t] + ch * 64) : __ldg(reinterpret_cast<const uint4*>(x[t] + ch * 64));
-        else
-          xv[t][u] = make_uint4(0, 0, 0, 0);
-      }
+// The work items in claim order: A (GEMM1 tiles, expert-major), B (GEMM2 tiles), C (reduce columns).
+struct Work {
+  enum Kind { A, B, C, End } kind;
+  int slot, tile;  // C: tile = the output column tile
+};
+struct Items {
+  bool gated;
+  int t1, t2, n_active;  // A tiles per expert, B tiles per expert (= C items)
+  int64_t num_ab, total;
+
+  __device__ Items(const FusedDecode& f, int active) {
+    gated = f.act.kind != ActivationKind::relu2;
+    n_active = active;
+    t1 = static_cast<int>(gated ? f.I / 8 : f.I / 16);
+    t2 = static_cast<int>(f.K / kTile);
+    num_ab = int64_t(n_active) * (t1 + t2);
+    total = num_ab + t2;
   }
-
-  __device__ inline void multiply(float (&acc)[NT][4]) const {
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int u = 0; u < U; ++u) mma_chunk<false>(acc[t], wa[u], wb[u], xv[t][u]);
+  // Claim q: every A item (slot by slot), every B item, the C items. (Each slot's B items right after the next
+  // slot's A items was 1.3-1.7x slower at qwen3-30b-a3b 2-8 tokens: the B items then wait on A items just claimed.)
+  __device__ Work at(int64_t q) const {
+    if (q >= total) return {Work::End, 0, 0};
+    if (q >= num_ab) return {Work::C, 0, static_cast<int>(q - num_ab)};
+    const int64_t num_a = int64_t(n_active) * t1;
+    if (q < num_a) return {Work::A, static_cast<int>(q / t1), static_cast<int>(q % t1)};
+    return {Work::B, static_cast<int>((q - num_a) / t2), static_cast<int>((q - num_a) % t2)};
+  }
+  // Bytes of each weight row of the work (0: a C item or the end).
+  __device__ int64_t row_bytes(const FusedDecode& f, const Work& w) const {
+    return w.kind == Work::A ? f.K * 2 : w.kind == Work::B ? f.I * 2 : 0;
   }
 };
-
-// 16 weight rows (this lane's rows gq and gq + 8 at w0 and w1, already offset by its 16 bytes
-// of each 64-byte chunk) times NT tiles of 8 token rows (x[t], null past the expert's rows);
-// returns the sums in warp 0's v (C fragment layout: v[t][0..1] row gq, v[t][2..3] row gq + 8,
-// tokens 2cq and 2cq + 1 of tile t). kL2X: x was written by this kernel. Each acc[t] sums its
-// chunks in ascending order, as small_m_gemm.cu does (bit-equal results).
-template <int NT, bool kL2X>
-__device__ inline void tile_gemm(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&x)[NT], int64_t K,
-                                 float (&v)[NT][4], float (&partial)[kWarps][NT][4][32]) {
-  const int warp = threadIdx.x >> 5;
-  const int64_t num_chunks = K / 32;
-  float acc[NT][4];
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
-  for (int64_t ch0 = warp; ch0 < num_chunks; ch0 += kWarps * kU) {
-    Step<NT, kU, kL2X> step;
-    step.load(w0, w1, x, ch0, num_chunks);
-    step.multiply(acc);
-  }
-  split_k_sum<kWarps, NT>(acc, partial, v);
+// The stages an item's rows take in the ring (at least 1: a C item's header).
+__device__ inline int chunks_of(int64_t bytes) {
+  return bytes == 0 ? 1 : static_cast<int>((bytes + kChunkBytes - 1) / kChunkBytes);
 }
 
-// Warp 0 calls out(t, j, m) for each of its lane's C columns (tokens 2cq + j of tile t) that is a
-// row of the expert (m < count).
+// Row r (0..15) of an A item's tile: for a gated activation rows 0-7 are gate rows and 8-15 their up
+// rows (the lane holding row g in its accumulators holds row g + 8 too); relu2: 16 plain rows.
+__device__ inline int64_t gemm1_row(const FusedDecode& f, int tile, int r) {
+  if (f.act.kind == ActivationKind::relu2) return int64_t(tile) * 16 + r;
+  const int64_t j = int64_t(tile) * 8 + (r & 7);
+  if (f.act.kind == ActivationKind::swiglu_oai) return 2 * j + (r >> 3);  // interleaved gate/up
+  return r < 8 ? j : f.I + j;
+}
+
+// The producer warp: claims items in order (the next claim is in flight while it copies the present item) and
+// copies each one's 16 weight rows into the ring, a chunk of every row per stage (lanes 0..15 a row each), with
+// the item beside the stage. A C item, and the end (item == total), take one stage with no bytes.
+__device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it, uint8_t* stages,
+                        Ring& ring) {
+  const int lane = threadIdx.x & 31;
+  int stage = 0;
+  uint32_t phase = 0;
+  int64_t next = lane == 0 ? atomicAdd(f.counters, 1) : 0;
+  for (;;) {
+    int64_t item = std::min<int64_t>(__shfl_sync(0xffffffffu, next, 0), it.total);
+    if (lane == 0 && item < it.total) next = atomicAdd(f.counters, 1);  // read at the next turn
+    const Work w = it.at(item);
+    const int64_t bytes = it.row_bytes(f, w);
+    const uint8_t* row = nullptr;  // this lane's weight row
+    if (bytes > 0 && lane < kTile) {
+      const int64_t e = tab.e[w.slot], n1 = it.gated ? 2 * f.I : f.I;
+      row = w.kind == Work::A
+                ? reinterpret_cast<const uint8_t*>(f.w13 + (e * n1 + gemm1_row(f, w.tile, lane)) * f.K)
+                : reinterpret_cast<const uint8_t*>(f.w2 + (e * f.K + int64_t(w.tile) * kTile + lane) * f.I);
+    }
+    const int n = chunks_of(bytes);
+    for (int c = 0; c < n; ++c) {
+      const uint32_t full = smem_addr(&ring.full[stage]);
+      mbar_wait(smem_addr(&ring.empty[stage]), phase ^ 1);
+      const uint32_t part =
+          static_cast<uint32_t>(std::min<int64_t>(kChunkBytes, bytes - int64_t(c) * kChunkBytes));
+      if (lane == 0) {
+        ring.item[stage] = item;
+        if (bytes > 0)
+          mbar_arrive_expect_tx(full, part * kTile);
+        else
+          mbar_arrive(full);
+      }
+      if (row)
+        bulk_copy(smem_addr(stages + stage * kStageBytes + lane * kRowStride), row + int64_t(c) * kChunkBytes,
+                  part, full);
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+    if (item == it.total) return;
+  }
+}
+
+// Warp 0's lanes: for each C column of its fragments (tokens 2cq + j of tile t) that is a row of the expert.
 template <int NT, class Out>
-__device__ inline void for_each_row(int64_t tb, int64_t count, Out out) {
+__device__ inline void for_each_row(int64_t count, Out out) {
   if ((threadIdx.x >> 5) != 0) return;
   const int cq = threadIdx.x & 3;
 #pragma unroll
   for (int t = 0; t < NT; ++t)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int64_t m = tb + t * 8 + 2 * cq + j;
+      const int64_t m = t * 8 + 2 * cq + j;
       if (m < count) out(t, j, m);
     }
 }
 
 __device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
-// A: h2 columns of one tile of expert e (rows [off, off + count) of the plan).
-template <int NT>
-__device__ void gemm1_item(const FusedDecode& f, const RowPlan& plan, int e, int tile,
-                           float (&partial)[kWarps][NT][4][32]) {
-  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
-  const int64_t off = plan.offsets[e], count = plan.counts[e], K = f.K, I = f.I;
-  const bool gated = f.act.kind != ActivationKind::relu2;
-  const int64_t N1 = gated ? 2 * I : I;
-  // This lane's two weight rows and the h2 column(s) they make.
-  int64_t r0, r1, j0;
-  if (!gated) {
-    j0 = int64_t(tile) * 16 + gq;
-    r0 = j0, r1 = j0 + 8;
-  } else {
-    j0 = int64_t(tile) * 8 + gq;
-    const bool interleaved = f.act.kind == ActivationKind::swiglu_oai;
-    r0 = interleaved ? 2 * j0 : j0;
-    r1 = interleaved ? 2 * j0 + 1 : I + j0;
-  }
-  const uint8_t* w = reinterpret_cast<const uint8_t*>(f.w13 + e * N1 * K);
-  const uint8_t* w0 = w + r0 * K * 2 + cq * 16;
-  const uint8_t* w1 = w + r1 * K * 2 + cq * 16;
-  const float b0 = f.b13 ? f.b13[e * N1 + r0] : 0.0f, b1 = f.b13 ? f.b13[e * N1 + r1] : 0.0f;
-  for (int64_t tb = 0; tb < count; tb += NT * 8) {
-    const uint8_t* x[NT];
+// The consumers' side of a GEMM item: its chunks, stage by stage, times the expert's token rows (x[t]: this
+// lane's 16 bytes of token row 8t + gq, null past the expert's rows); warp 0 gets the sums (C fragment layout:
+// v[t][0..1] weight row gq, v[t][2..3] row gq + 8). Warp w multiplies the 64-byte chunks w, w + 4, ... of k
+// in ascending order and the warps' sums are added in warp order: small_m_gemm.cu's order, so the bits are
+// the same.
+template <int NT, bool kL2X>
+__device__ void gemm_item(uint8_t* stages, Ring& ring, int& stage, uint32_t& phase, int64_t row_bytes,
+                          const uint8_t* const (&x)[NT], float (&partial)[kWarps][NT][4][32], float (&v)[NT][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+  constexpr int kU = NT >= 4 ? 1 : 4 / NT;  // chunks in flight per warp
+  float acc[NT][4];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int64_t m = tb + t * 8 + gq;
-      x[t] = m < count ? reinterpret_cast<const uint8_t*>(f.x + int64_t(plan.row_token[off + m]) * K) + cq * 16
-                       : nullptr;
-    }
-    float v[NT][4];
-    tile_gemm<NT, false>(w0, w1, x, K, v, partial);
-    for_each_row<NT>(tb, count, [&](int t, int j, int64_t m) {
-      // The modular chain: GEMM1 rounds (sum + bias) to bf16, the activation kernel reads that.
-      const float a0 = round_bf16(v[t][j] + b0), a1 = round_bf16(v[t][2 + j] + b1);
-      bf16* h2_row = f.h2 + (off + m) * I;
-      if (gated) {
-        h2_row[j0] = __float2bfloat16_rn(gated_activation(f.act.kind, a0, a1, f.act.alpha, f.act.limit));
-      } else {
-        h2_row[j0] = __float2bfloat16_rn(relu2_activation(a0));
-        h2_row[j0 + 8] = __float2bfloat16_rn(relu2_activation(a1));
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+  const int n = chunks_of(row_bytes);
+  for (int c = 0; c < n; ++c) {
+    if (c > 0) mbar_wait(smem_addr(&ring.full[stage]), phase);
+    const int local = static_cast<int>(std::min<int64_t>(kChunkBytes, row_bytes - int64_t(c) * kChunkBytes) / 64);
+    const uint32_t base = smem_addr(stages + stage * kStageBytes) + gq * kRowStride + cq * 16;
+    const int64_t k0 = int64_t(c) * kChunkBytes;
+    for (int l0 = warp; l0 < local; l0 += kWarps * kU) {
+      uint4 wa[kU], wb[kU], xv[NT][kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int l = l0 + u * kWarps;
+        const bool in = l < local;
+        wa[u] = in ? load_shared(base + l * 64) : make_uint4(0, 0, 0, 0);
+        wb[u] = in ? load_shared(base + 8 * kRowStride + l * 64) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          if (in && x[t]) {
+            const uint8_t* p = x[t] + k0 + l * 64;
+            xv[t][u] = kL2X ? load_l2(p) : __ldg(reinterpret_cast<const uint4*>(p));
+          } else {
+            xv[t][u] = make_uint4(0, 0, 0, 0);
+          }
+        }
       }
-    });
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int u = 0; u < kU; ++u) mma_chunk<false>(acc[t], wa[u], wb[u], xv[t][u]);
+    }
+    mbar_arrive(smem_addr(&ring.empty[stage]));  // every consumer thread, after its reads
+    if (++stage == kStages) stage = 0, phase ^= 1;
   }
+  split_k_sum<kWarps, NT>(acc, partial, v, ConsumerSync{});
 }
 
-// B: y rows n0..n0+15 of expert e, once its h2 is complete.
+// A: h2 columns of one tile of the expert in slot `slot` (its rows [off, off + count) of the plan).
 template <int NT>
-__device__ void gemm2_item(const FusedDecode& f, const RowPlan& plan, int slot, int e, int tile, int gemm1_tiles,
+__device__ void gemm1_item(const FusedDecode& f, const Tables& tab, int slot, int tile, uint8_t* stages,
+                           Ring& ring, int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
+  const int64_t e = tab.e[slot], count = tab.count[slot], off = tab.off[slot], K = f.K, I = f.I;
+  const bool gated = f.act.kind != ActivationKind::relu2;
+  const int64_t n1 = gated ? 2 * I : I;
+  const int64_t r0 = gemm1_row(f, tile, gq), r1 = gemm1_row(f, tile, gq + 8);
+  const int64_t j0 = gated ? int64_t(tile) * 8 + gq : r0;  // the h2 column of row gq
+  const uint8_t* x[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int m = t * 8 + gq;
+    x[t] = m < count ? reinterpret_cast<const uint8_t*>(f.x + int64_t(tab.token[off + m]) * K) + cq * 16 : nullptr;
+  }
+  const float b0 = f.b13 ? f.b13[e * n1 + r0] : 0.0f, b1 = f.b13 ? f.b13[e * n1 + r1] : 0.0f;
+  float v[NT][4];
+  gemm_item<NT, false>(stages, ring, stage, phase, K * 2, x, partial, v);
+  for_each_row<NT>(count, [&](int t, int j, int64_t m) {
+    // The modular chain: GEMM1 rounds (sum + bias) to bf16, the activation kernel reads that.
+    const float a0 = round_bf16(v[t][j] + b0), a1 = round_bf16(v[t][2 + j] + b1);
+    bf16* h2_row = f.h2 + (off + m) * I;
+    if (gated) {
+      h2_row[j0] = __float2bfloat16_rn(gated_activation(f.act.kind, a0, a1, f.act.alpha, f.act.limit));
+    } else {
+      h2_row[j0] = __float2bfloat16_rn(relu2_activation(a0));
+      h2_row[j0 + 8] = __float2bfloat16_rn(relu2_activation(a1));
+    }
+  });
+}
+
+// B: y rows n0..n0+15 of the expert in slot `slot`, once its h2 is complete (the producer has been copying the
+// weights meanwhile). ready: the last slot whose h2 this block saw complete (it stays so).
+template <int NT>
+__device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, int tile, int gemm1_tiles, int& ready,
+                           uint8_t* stages, Ring& ring, int& stage, uint32_t& phase,
                            float (&partial)[kWarps][NT][4][32]) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
-  const int64_t off = plan.offsets[e], count = plan.counts[e], K = f.K, I = f.I, n0 = int64_t(tile) * kTile;
-  const uint8_t* w = reinterpret_cast<const uint8_t*>(f.w2 + (e * K + n0) * I);
-  wait_for(f.done_a + slot, gemm1_tiles);
-  const uint8_t* w0 = w + gq * I * 2 + cq * 16;
-  const uint8_t* w1 = w + (gq + 8) * I * 2 + cq * 16;
+  const int64_t e = tab.e[slot], count = tab.count[slot], off = tab.off[slot], K = f.K, I = f.I;
+  const int64_t n0 = int64_t(tile) * kTile;
   const float b0 = f.b2 ? f.b2[e * K + n0 + gq] : 0.0f, b1 = f.b2 ? f.b2[e * K + n0 + gq + 8] : 0.0f;
-  for (int64_t tb = 0; tb < count; tb += NT * 8) {
-    const uint8_t* x[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const int64_t m = tb + t * 8 + gq;
-      x[t] = m < count ? reinterpret_cast<const uint8_t*>(f.h2 + (off + m) * I) + cq * 16 : nullptr;
-    }
-    float v[NT][4];
-    tile_gemm<NT, true>(w0, w1, x, I, v, partial);
-    for_each_row<NT>(tb, count, [&](int t, int j, int64_t m) {
-      f.y[(off + m) * K + n0 + gq] = __float2bfloat16_rn(v[t][j] + b0);
-      f.y[(off + m) * K + n0 + gq + 8] = __float2bfloat16_rn(v[t][2 + j] + b1);
-    });
+  if (slot != ready) {
+    wait_for(f.done_a + slot, gemm1_tiles);
+    ready = slot;
   }
+  const uint8_t* x[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int m = t * 8 + gq;
+    x[t] = m < count ? reinterpret_cast<const uint8_t*>(f.h2 + (off + m) * I) + cq * 16 : nullptr;
+  }
+  float v[NT][4];
+  gemm_item<NT, true>(stages, ring, stage, phase, I * 2, x, partial, v);
+  for_each_row<NT>(count, [&](int t, int j, int64_t m) {
+    f.y[(off + m) * K + n0 + gq] = __float2bfloat16_rn(v[t][j] + b0);
+    f.y[(off + m) * K + n0 + gq + 8] = __float2bfloat16_rn(v[t][2 + j] + b1);
+  });
   signal_done(f.done_b + tile);
 }
 
@@ -214,7 +345,7 @@ __device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int til
   wait_for(f.done_b + tile, n_active);
   const int64_t K = f.K, n0 = int64_t(tile) * kTile;
   const int k = f.top_k;
-  for (int64_t p = threadIdx.x; p < f.M * 2; p += kThreads) {
+  for (int64_t p = threadIdx.x; p < f.M * 2; p += kConsumers) {
     const int64_t t = p >> 1, c = n0 + (p & 1) * 8;
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     add_weighted_rows8<true>(plan.slot_rows + t * k, f.topk_weights ? f.topk_weights + t * k : nullptr, k, f.y, K, c,
@@ -223,10 +354,46 @@ __device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int til
   }
 }
 
+// The consumer warps: the items in the order the producer put them in the ring.
 template <int NT>
-__device__ __forceinline__ void fused_decode_body(const FusedDecode& f, const RowPlan& plan) {
-  __shared__ float partial[kWarps][NT][4][32];
-  __shared__ int item_of_block[2];  // this item and the next, alternating: one barrier per claim
+__device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables& tab, const Items& it, uint8_t* stages,
+                        Ring& ring, float (&partial)[kWarps][NT][4][32]) {
+  int stage = 0, ready = -1;
+  uint32_t phase = 0;
+  for (;;) {
+    mbar_wait(smem_addr(&ring.full[stage]), phase);
+    const Work w = it.at(ring.item[stage]);
+    if (w.kind == Work::End) return;
+    if (w.kind == Work::A) {
+      gemm1_item<NT>(f, tab, w.slot, w.tile, stages, ring, stage, phase, partial);
+      signal_done(f.done_a + w.slot);
+    } else if (w.kind == Work::B) {
+      gemm2_item<NT>(f, tab, w.slot, w.tile, it.t1, ready, stages, ring, stage, phase, partial);
+    } else {
+      mbar_arrive(smem_addr(&ring.empty[stage]));  // the item is read
+      if (++stage == kStages) stage = 0, phase ^= 1;
+      finalize_item(f, plan, w.tile, it.n_active);
+    }
+  }
+}
+
+// kBlocksPerSm blocks per SM (their shared memory holds the rings): 4 consumer warps and a producer warp each.
+// Above 16 tokens (tests only: the heuristic stops at 8) 3 blocks, whose registers hold 4 or 8 token tiles.
+template <int NT>
+__global__ void __launch_bounds__(kThreads, NT >= 4 ? 3 : kBlocksPerSm)
+    fused_decode_kernel(FusedDecode f, RowPlan plan) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  uint8_t* stages = smem;
+  auto& ring = *reinterpret_cast<Ring*>(smem + kStages * kStageBytes);
+  auto& partial =
+      *reinterpret_cast<float(*)[kWarps][NT][4][32]>(smem + kStages * kStageBytes + sizeof(Ring));
+  Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), static_cast<int>(f.max_active),
+             static_cast<int>(f.M * f.top_k));
+  if (threadIdx.x < kStages) {
+    mbar_init(&ring.full[threadIdx.x], 1);            // the producer's arrival, with the bytes it expects
+    mbar_init(&ring.empty[threadIdx.x], kConsumers);  // each consumer thread, once it has read the stage
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   pdl_wait();
   // The active experts are a prefix of plan.active; every warp counts them.
   int n_active = 0;
@@ -234,69 +401,52 @@ __device__ __forceinline__ void fused_decode_body(const FusedDecode& f, const Ro
     const int i = base + (threadIdx.x & 31);
     n_active += __popc(__ballot_sync(0xffffffffu, i < f.max_active && plan.active[i] >= 0));
   }
-  const bool gated = f.act.kind != ActivationKind::relu2;
-  const int t1 = static_cast<int>(gated ? f.I / 8 : f.I / 16), t2 = static_cast<int>(f.K / kTile);
-  const int64_t num_a = int64_t(n_active) * t1, num_b = int64_t(n_active) * t2, total = num_a + num_b + t2;
-  if (threadIdx.x == 0) item_of_block[0] = atomicAdd(f.counters, 1);
-  __syncthreads();
-  int64_t item = item_of_block[0];
-  for (int slot_of_next = 1; item < total; slot_of_next ^= 1) {
-    if (item < num_a) {
-      const int slot = static_cast<int>(item / t1);
-      gemm1_item<NT>(f, plan, plan.active[slot], static_cast<int>(item % t1), partial);
-      signal_done(f.done_a + slot);
-    } else if (item < num_a + num_b) {
-      const int slot = static_cast<int>((item - num_a) / t2);
-      gemm2_item<NT>(f, plan, slot, plan.active[slot], static_cast<int>((item - num_a) % t2), t1, partial);
-    } else {
-      finalize_item(f, plan, static_cast<int>(item - num_a - num_b), n_active);
-    }
-    // The next item is claimed only now: claiming it before running this one was slower (a block
-    // then holds an item it cannot start; 42.1 -> 45.2 us for qwen3-30b-a3b at 1 token on H200).
-    if (threadIdx.x == 0) item_of_block[slot_of_next] = atomicAdd(f.counters, 1);
-    __syncthreads();
-    item = item_of_block[slot_of_next];
-  }
-}
-
-// __launch_bounds__ asks for 4 resident blocks: ptxas then issues all of a step's loads before
-// its first mma (with the default it interleaved them, 2 in flight per lane: 6-13% slower at 1 token).
-template <int NT>
-__global__ void __launch_bounds__(kThreads, 4) fused_decode_kernel(FusedDecode f, RowPlan plan) {
-  fused_decode_body<NT>(f, plan);
-}
-
-template <int NT>
-int resident_blocks(int sm_count) {
-  static const int per_sm = [] {
-    int n = 0;
-    FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fused_decode_kernel<NT>, kThreads, 0));
-    return n;
-  }();
-  return per_sm * sm_count;
+  tab.load(plan, n_active);
+  const Items it(f, n_active);
+  if (threadIdx.x >= kConsumers)
+    produce(f, tab, it, stages, ring);
+  else
+    consume<NT>(f, plan, tab, it, stages, ring, partial);
 }
 
 template <int NT>
 void launch_typed(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s) {
+  const size_t bytes =
+      fixed_smem_bytes<NT>() + sizeof(int) * Tables::ints(f.max_active, static_cast<int>(f.M * f.top_k));
+  static const bool raised = [] {  // the most any launch asks for
+    int device = 0, most = 0;
+    FMOE_CUDA_CHECK(cudaGetDevice(&device));
+    FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    FMOE_CUDA_CHECK(cudaFuncSetAttribute(fused_decode_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    return true;
+  }();
+  (void)raised;
   const int64_t t1 = f.act.kind != ActivationKind::relu2 ? f.I / 8 : f.I / 16, t2 = f.K / kTile;
   const int64_t max_items = int64_t(f.max_active) * (t1 + t2) + t2;
-  const int64_t grid = std::min<int64_t>(max_items, resident_blocks<NT>(sm_count));
-  launch(fused_decode_kernel<NT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), s, f, plan);
+  const int64_t grid = std::min<int64_t>(max_items, int64_t(sm_count) * kBlocksPerSm);
+  launch_with_smem(fused_decode_kernel<NT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), bytes, s, f, plan);
 }
 
 }  // namespace
 
 int64_t fused_decode_counters(int max_active, int64_t K) { return 1 + max_active + K / kTile; }
 
-void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int tile_tokens, int sm_count, cudaStream_t s) {
+void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s) {
   FMOE_CHECK(f.K % 32 == 0 && f.I % 32 == 0, "the fused decode kernel needs hidden and intermediate sizes that are ",
              "multiples of 32, got ", f.K, " and ", f.I);
   FMOE_CHECK(f.top_k >= 1 && f.top_k <= 32, "the fused decode kernel handles top_k 1 to 32, got ", f.top_k);
+  FMOE_CHECK(f.M >= 0 && f.M <= kMaxFusedDecodeRows, "the fused decode kernel takes up to ", kMaxFusedDecodeRows,
+             " tokens, got ", f.M);
   if (f.M == 0) return;  // no local expert (max_active 0) still runs the C items: the output is zero
-  if (tile_tokens <= 8)
+  // An expert has at most M rows (a token picks it once): token tiles of 8 rows enough for M.
+  if (f.M <= 8)
     launch_typed<1>(f, plan, sm_count, s);
-  else
+  else if (f.M <= 16)
     launch_typed<2>(f, plan, sm_count, s);
+  else if (f.M <= 32)
+    launch_typed<4>(f, plan, sm_count, s);
+  else
+    launch_typed<8>(f, plan, sm_count, s);
 }
 
 }  // namespace fusedmoe::cuda

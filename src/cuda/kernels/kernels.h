@@ -220,8 +220,9 @@ struct FusedDecode {
   int32_t* done_b;             // = counters + 1 + max_active
 };
 int64_t fused_decode_counters(int max_active, int64_t K);
-// tile_tokens: token rows per weight pass (8 or 16); sm_count sizes the grid.
-void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int tile_tokens, int sm_count, cudaStream_t s);
+inline constexpr int64_t kMaxFusedDecodeRows = 64;  // tokens (M) the fused decode kernel takes
+// sm_count sizes the grid (one block per SM).
+void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s);
 
 // finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
 // weights == null means unweighted (the weight was applied on the input). settled: slot_rows and

@@ -63,17 +63,24 @@ __device__ inline void mma_chunk(float (&d)[4], const uint4& wa, const uint4& wb
   }
 }
 
+// The whole block's barrier: split_k_sum's default.
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+
 // Split-k reduction of the small-M kernels: each of kWarps warps holds NT C fragments over its
 // share of k; warp 0 returns their sums in v, added in warp order (deterministic). Every thread
-// of the block calls it; `partial` is free again when it returns.
-template <int kWarps, int NT>
-__device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[kWarps][NT][4][32], float (&v)[NT][4]) {
+// that sync() joins calls it (the block's, or warps 0 .. kWarps-1 with a named barrier); `partial`
+// is free again when it returns.
+template <int kWarps, int NT, class Sync = BlockSync>
+__device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[kWarps][NT][4][32], float (&v)[NT][4],
+                                   Sync sync = {}) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
   for (int t = 0; t < NT; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) partial[warp][t][i][lane] = acc[t][i];
-  __syncthreads();
+  sync();
   if (warp == 0) {
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -85,7 +92,7 @@ __device__ inline void split_k_sum(const float (&acc)[NT][4], float (&partial)[k
         v[t][i] = sum;
       }
   }
-  __syncthreads();
+  sync();
 }
 
 // An output value as the small-M epilogues make it: sum times the scale, plus the bias when there is
