@@ -150,7 +150,8 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(cuda::choose_fused_decode(1, 2, 8, mixtral, FusedDecodeMode::automatic));  // long ones
   EXPECT_FALSE(cuda::choose_fused_decode(1, 2, 8, mixtral, FusedDecodeMode::off));
   EXPECT_TRUE(cuda::choose_fused_decode(8, 2, 8, mixtral, FusedDecodeMode::automatic));   // 2 rows per expert
-  EXPECT_FALSE(cuda::choose_fused_decode(16, 2, 8, mixtral, FusedDecodeMode::on));  // above its range (8 tokens)
+  EXPECT_TRUE(cuda::choose_fused_decode(16, 2, 8, mixtral, FusedDecodeMode::automatic));  // 4 rows: split-k blocks
+  EXPECT_FALSE(cuda::choose_fused_decode(24, 1, 16, mixtral, FusedDecodeMode::on));  // above its range (16 tokens)
   EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 4, mixtral, FusedDecodeMode::on));   // 16 rows per expert: grouped
   EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 8, mixtral, FusedDecodeMode::on));   // 8 rows: modular warp tiles
   EXPECT_TRUE(cuda::choose_route_plan_kernel(1, 8, 256, 256));     // deepseek-v3 at 1 token: one launch

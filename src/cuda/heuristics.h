@@ -34,10 +34,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
 // tiles and order of k are the same, so monolithic equals modular bit for bit), the chain of kernels otherwise.
 // By default only for experts of at least kFusedDecodeMinExpertBytes of weights: its items are 16 weight rows, and
 // short rows leave each block too little to stream per item (H200, session 37, same run against the chain:
-// mixtral-8x7b, 336 MiB an expert, 1.03-1.10x at 1-8 tokens; qwen3-30b-a3b, 9 MiB, 0.84-0.98x). The mode comes
-// from FUSEDMOE_FUSED_DECODE, read when the experts are built: "1" on wherever it can run, "0" off. A forced path
-// (tests) overrides all.
-inline constexpr int64_t kMaxFusedDecodeTokens = 8;
+// mixtral-8x7b, 336 MiB an expert, 1.05-1.12x at 1-8 tokens, 1.05x / 1.03x at 12 / 16; qwen3-30b-a3b, 9 MiB,
+// 0.84-0.98x). Above 16 tokens its blocks hold 4 or 8 token tiles in registers, 3 an SM: mixtral 0.90x / 0.84x at
+// 20 / 24 tokens, so the bound is 16. The mode comes from FUSEDMOE_FUSED_DECODE, read when the experts are built:
+// "1" on wherever it can run, "0" off. A forced path (tests) overrides all.
+inline constexpr int64_t kMaxFusedDecodeTokens = 16;
 inline constexpr int64_t kFusedDecodeMinExpertBytes = int64_t(128) << 20;
 enum class FusedDecodeMode { automatic, on, off };
 FusedDecodeMode fused_decode_mode_from_env();

@@ -2,12 +2,12 @@
 // stream: route+plan in one single-block kernel where its small block covers the batch
 // (choose_route_plan_kernel: up to 8 tokens; the route and plan kernels above), the input
 // quantization (fp8-block), the modular experts' GEMM pipeline on that plan, and the weighted top-k
-// reduce straight into the output. Opt-in (FUSEDMOE_FUSED_DECODE=1, choose_fused_decode): bf16 decode
-// batches of up to kMaxFusedDecodeTokens tokens in two launches, route+plan and the fused decode kernel
-// (decode_fused.cu: both GEMMs, the activation and the weighted reduce). Routing runs route_token_warp,
-// the modular router's device code, so the two paths pick the same experts and give the same bits.
+// reduce straight into the output. bf16 decode batches of up to kMaxFusedDecodeTokens tokens with large
+// experts (choose_fused_decode; FUSEDMOE_FUSED_DECODE=1 / 0 forces it on / off) in two launches, route+plan
+// and the fused decode kernel (decode_fused.cu: both GEMMs, the activation and the weighted reduce).
+// Routing runs route_token_warp, the modular router's device code, so the two paths pick the same experts
+// and give the same bits.
 #include <algorithm>
-#include <cstdlib>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_util.h"

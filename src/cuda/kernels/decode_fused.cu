@@ -10,17 +10,27 @@
 //   C (output columns n0..n0+15): waits for done_b[n0/16] to count every active expert, then
 //     out[t] = bf16(sum over slots j in order of w[t, j] * y[row of (t, j)]) — finalize.cu's sum.
 // Items are taken in order, so an item only waits on items taken before it by running blocks,
-// which never wait on it: no deadlock, whatever blocks are resident. The counters (the work
-// counter, done_a, done_b) are zeroed by the route+plan kernel that runs just before.
+// which never wait on it: no deadlock, whatever blocks are resident (a block runs its items in the
+// order it took them). The counters (the work counter, done_a, done_b) are zeroed by the route+plan
+// kernel that runs just before.
+// Block: 4 consumer warps and a producer warp, 4 blocks an SM. The producer warp takes the items
+// (the next claim in flight while it copies the present one) and copies each one's 16 weight rows
+// into a ring of 3 shared-memory stages, 1 KiB of every row a stage, by 1-D bulk copies (TMA; a
+// full and an empty mbarrier per stage, the item's index beside the stage); the consumers multiply
+// from the ring. So a B item's weights stream in while it waits for its h2. The plan's tables
+// (each active expert's slot, rows, tokens) are copied to shared memory once per block.
 // The GEMM tiles are small_m_gemm.cu's (swap-AB mma.sync m16n8k16, 4 warps splitting k in the
 // same chunk order, reduced in the same warp order), and h2 and y are rounded to bf16 where the
 // modular chain rounds them, so the output equals the modular small-M forward bit for bit.
 // Data written in this kernel (h2, y) is read through L2 (ld.global.cg), never a stale L1 line.
-// Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32.
-// Measured (H200, bench/results/gpu-h200-session{4,5}-2026-11-28.md): with route+plan, 1.08x
-// (qwen3-30b-a3b) and 1.19x (mixtral) the modular chain at 1 token, 44% / 82% of the floor: the weight
-// stream is the limit (40-55% of DRAM peak; 16 warps per SM, register-bound). A two-stage register
-// pipeline, L2 bulk prefetches, a cp.async shared-memory pipeline and early work claims were slower.
+// Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32, M <= 64 (token tiles in registers).
+// Measured (H200, session 37, bench/results/gpu-h200-session37-2026-12-01.md; same run against the
+// chain): mixtral-8x7b 1.05-1.12x at 1-8 tokens, 1.05x / 1.03x at 12 / 16 (84.5-96.6% of the floor,
+// its weights at up to 4.07 TB/s); qwen3-30b-a3b 0.84-0.98x at 1-8 tokens: each item there is 64 KiB
+// (A) or 24 KiB (B) and a block's few items are latency-bound. The version before it (register loads,
+// 16 warps an SM) ran at 40-55% of DRAM peak. Variants measured slower: fewer, larger blocks (see
+// kBlocksPerSm), and each expert's B items taken right after the next expert's A items (qwen3 1.3-1.7x
+// slower at 2-8 tokens: the B items waited for A items claimed just before them).
 #include <algorithm>
 
 #include "core/activation_math.h"
@@ -41,9 +51,10 @@ constexpr int kTile = 16;                  // weight rows per A/B item, output c
 
 // Blocks per SM and the ring of each: kStages stages of 16 weight rows x kChunkBytes, rows padded by 16 bytes (the
 // 8 rows a warp's lanes read start on 8 bank groups). kChunkBytes is a multiple of 4 64-byte chunks, so warp w's
-// chunks of k are those == w (mod 4) in every stage. Measured (H200, session 37, 1-8 tokens): 4 blocks of 3
-// stages of 1 KiB rows beat 1 block of 6 stages of 2 KiB (its one consumer group ran an item's latencies one
-// after another: mixtral-8x7b 1.22-1.45x slower) and 2 blocks of 3 stages of 2 KiB (1.00-1.18x slower).
+// chunks of k are those == w (mod 4) in every stage. Measured (H200, session 37, timelines of mixtral-8x7b and
+// qwen3-30b-a3b at 1 and 8 tokens on an earlier build of this design): against 4 blocks of 2 such stages, 1 block
+// of 6 stages of 2 KiB rows was 1.28-1.82x slower (its one consumer group ran each item's latencies in turn) and
+// 2 blocks of 3 stages of 2 KiB 1.01-1.16x slower; a third stage at 4 blocks: 1.00-1.02x faster (A/B).
 constexpr int kBlocksPerSm = 4;
 constexpr int kStages = 3;
 constexpr int kChunkBytes = 1024;
