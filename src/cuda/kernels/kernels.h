@@ -221,7 +221,7 @@ struct FusedDecode {
 };
 int64_t fused_decode_counters(int max_active, int64_t K);
 inline constexpr int64_t kMaxFusedDecodeRows = 64;  // tokens (M) the fused decode kernel takes
-// sm_count sizes the grid (one block per SM).
+// sm_count sizes the grid (up to 4 blocks an SM, decode_fused.cu).
 void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s);
 
 // finalize.cu: out[t] = bf16(sum_j w[t, j] * rows[slot_rows[t, j]]) in slot order (f32);
