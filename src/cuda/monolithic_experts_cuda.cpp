@@ -127,7 +127,6 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     f.counters = counters.data_as<int32_t>();
     f.done_a = f.counters + 1;
     f.done_b = f.done_a + f.max_active;
-
     launch_fused_decode(f, planned.plan, experts_.sm_count(), s);
   }
 

@@ -75,11 +75,9 @@ constexpr size_t fixed_smem_bytes() {
 // The plan as the items need it, copied to shared memory once per block (no dependent global reads per item):
 // per active expert slot its expert, rows and first row; per row its token.
 struct Tables {
-  int *e, *count, *off, *token;
-  int n_slots, n_rows;
+  int *e, *count, *off, *token;  // [slots] x 3, then [rows]
 
-  __device__ Tables(int* at, int slots, int rows)
-      : e(at), count(at + slots), off(at + 2 * slots), token(at + 3 * slots), n_slots(slots), n_rows(rows) {}
+  __device__ Tables(int* at, int slots) : e(at), count(at + slots), off(at + 2 * slots), token(at + 3 * slots) {}
   static int64_t ints(int slots, int rows) { return 3 * int64_t(slots) + rows; }
   // The whole block; n_active: the active slots. Reads only the plan rows in use (the active experts' rows
   // are rows 0 .. end - 1, in slot order).
@@ -398,8 +396,7 @@ __global__ void __launch_bounds__(kThreads, NT >= 4 ? 3 : kBlocksPerSm)
   auto& ring = *reinterpret_cast<Ring*>(smem + kStages * kStageBytes);
   auto& partial =
       *reinterpret_cast<float(*)[kWarps][NT][4][32]>(smem + kStages * kStageBytes + sizeof(Ring));
-  Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), static_cast<int>(f.max_active),
-             static_cast<int>(f.M * f.top_k));
+  Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), static_cast<int>(f.max_active));
   if (threadIdx.x < kStages) {
     mbar_init(&ring.full[threadIdx.x], 1);            // the producer's arrival, with the bytes it expects
     mbar_init(&ring.empty[threadIdx.x], kConsumers);  // each consumer thread, once it has read the stage
