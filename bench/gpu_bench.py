@@ -72,19 +72,32 @@ def load_lib(path):
 
 # ---- timing ------------------------------------------------------------------------------
 _flush = None
+FLUSH_MODE = "write"  # --flush
+_sink = None
+
+
+def flush_l2():
+    """Evicts the L2 before a timed call. "write" (the default, as triton.testing.do_bench): a 256 MB memset,
+    which leaves the L2 full of dirty lines that the timed call then writes back (6-8 µs of a pass over the
+    weights on an H200, bench/micro/read_ramp.py); "read": a 256 MB read, which leaves it full of clean lines."""
+    global _flush, _sink
+    if _flush is None:
+        _flush = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")
+        _sink = torch.empty((), dtype=torch.int64, device="cuda")
+    if FLUSH_MODE == "read":
+        torch.sum(_flush.view(torch.int64), dim=0, out=_sink)
+    else:
+        _flush.zero_()
 
 
 def time_us(fn, reps, warmup=3):
-    """Median of per-call device times; the L2 is flushed (256 MB memset) before each call."""
-    global _flush
-    if _flush is None:
-        _flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    """Median of per-call device times; the L2 is flushed (flush_l2) before each call."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        _flush.zero_()
+        flush_l2()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         fn()
@@ -326,6 +339,8 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--flush", choices=("write", "read"), default="write",
+                    help="how the L2 is emptied before each timed call (see flush_l2)")
     ap.add_argument("--modular-only", action="store_true",
                     help="time the modular forward alone (no monolithic, no torch baselines): for same-run A/B")
     ap.add_argument("--router-skew", type=float, default=0.0,
@@ -349,6 +364,9 @@ def main():
                                              text=True).stdout.strip()
     except OSError:
         pass
+    global FLUSH_MODE
+    FLUSH_MODE = args.flush
+    env["flush"] = args.flush
     roof = ceilings()
     print(f"# {env['card']}  copy {roof['copy_bytes_per_s']/1e12:.2f} TB/s  bf16 {roof['bf16_flops_per_s']/1e12:.0f} "
           f"TFLOP/s  fp8 {roof['fp8_flops_per_s']/1e12:.0f} TFLOP/s", flush=True)
