@@ -5,8 +5,8 @@
 //     their 8 up rows, so each lane holds a gate/up pair of the same column in its accumulators;
 //     relu2: 16 plain rows — times the expert's token rows, then bias, activation, bf16 h2;
 //     then done_a[i] += 1.
-//   B (active expert i, w2 rows n0..n0+15): waits for done_a[i] to reach the A tiles of expert i,
-//     then y rows (+ bias) in bf16; done_b[n0/16] += 1.
+//   B (active expert i, w2 rows n0..n0+15): waits for done_a[i] to reach the A tiles of expert i
+//     (the producer waits, see below), then y rows (+ bias) in bf16; done_b[n0/16] += 1.
 //   C (output columns n0..n0+15): waits for done_b[n0/16] to count every active expert, then
 //     out[t] = bf16(sum over slots j in order of w[t, j] * y[row of (t, j)]) — finalize.cu's sum.
 // Items are taken in order, so an item only waits on items taken before it by running blocks,
@@ -17,7 +17,10 @@
 // (the next claim in flight while it copies the present one) and copies each one's 16 weight rows
 // into a ring of 3 shared-memory stages, 1 KiB of every row a stage, by 1-D bulk copies (TMA; a
 // full and an empty mbarrier per stage, the item's index beside the stage); the consumers multiply
-// from the ring. So a B item's weights stream in while it waits for its h2. The plan's tables
+// from the ring. A B item's first stage is marked full only once its expert's h2 is complete: the
+// producer polls done_a after issuing that stage's copies, so the weights stream in meanwhile and
+// the consumers never poll (session 38: a poll and a consumer barrier per B item cost ~0.8 us each
+// at qwen3-30b-a3b's 8 tokens, the blocks' trace showed). The plan's tables
 // (each active expert's slot, rows, tokens) are copied to shared memory once per block.
 // The GEMM tiles are small_m_gemm.cu's (swap-AB mma.sync m16n8k16, 4 warps splitting k in the
 // same chunk order, reduced in the same warp order), and h2 and y are rounded to bf16 where the
@@ -206,9 +209,14 @@ __device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it
       mbar_wait(smem_addr(&ring.empty[stage]), phase ^ 1);
       const uint32_t part =
           static_cast<uint32_t>(std::min<int64_t>(kChunkBytes, bytes - int64_t(c) * kChunkBytes));
+      // A B item's first stage also waits for the expert's h2: its arrival comes once every A item of the
+      // expert has signalled, after the copies are on their way.
+      const bool h2_gate = w.kind == Work::B && c == 0;
       if (lane == 0) {
         ring.item[stage] = item;
-        if (bytes > 0)
+        if (h2_gate)
+          mbar_expect_tx(full, part * kTile);
+        else if (bytes > 0)
           mbar_arrive_expect_tx(full, part * kTile);
         else
           mbar_arrive(full);
@@ -216,6 +224,13 @@ __device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it
       if (row)
         bulk_copy(smem_addr(stages + stage * kStageBytes + lane * kRowStride), row + int64_t(c) * kChunkBytes,
                   part, full);
+      if (h2_gate) {
+        if (lane == 0) {
+          while (load_acquire(f.done_a + w.slot) < it.t1) __nanosleep(64);
+          mbar_arrive(full);  // releases (cta) what the acquire (gpu) saw to the consumers' wait on the stage
+        }
+        __syncwarp();
+      }
       if (++stage == kStages) stage = 0, phase ^= 1;
     }
     if (item == it.total) return;
@@ -320,20 +335,15 @@ __device__ void gemm1_item(const FusedDecode& f, const Tables& tab, int slot, in
   });
 }
 
-// B: y rows n0..n0+15 of the expert in slot `slot`, once its h2 is complete (the producer has been copying the
-// weights meanwhile). ready: the last slot whose h2 this block saw complete (it stays so).
+// B: y rows n0..n0+15 of the expert in slot `slot`. Its first stage is full only once the expert's h2 is
+// complete (the producer's wait, see produce), so the consumers read h2 without waiting themselves.
 template <int NT>
-__device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, int tile, int gemm1_tiles, int& ready,
-                           uint8_t* stages, Ring& ring, int& stage, uint32_t& phase,
-                           float (&partial)[kWarps][NT][4][32]) {
+__device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, int tile, uint8_t* stages, Ring& ring,
+                           int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   const int64_t e = tab.e[slot], count = tab.count[slot], off = tab.off[slot], K = f.K, I = f.I;
   const int64_t n0 = int64_t(tile) * kTile;
   const float b0 = f.b2 ? f.b2[e * K + n0 + gq] : 0.0f, b1 = f.b2 ? f.b2[e * K + n0 + gq + 8] : 0.0f;
-  if (slot != ready) {
-    wait_for(f.done_a + slot, gemm1_tiles);
-    ready = slot;
-  }
   const uint8_t* x[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
@@ -367,7 +377,7 @@ __device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int til
 template <int NT>
 __device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables& tab, const Items& it, uint8_t* stages,
                         Ring& ring, float (&partial)[kWarps][NT][4][32]) {
-  int stage = 0, ready = -1;
+  int stage = 0;
   uint32_t phase = 0;
   for (;;) {
     mbar_wait(smem_addr(&ring.full[stage]), phase);
@@ -377,7 +387,7 @@ __device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables&
       gemm1_item<NT>(f, tab, w.slot, w.tile, stages, ring, stage, phase, partial);
       signal_done(f.done_a + w.slot);
     } else if (w.kind == Work::B) {
-      gemm2_item<NT>(f, tab, w.slot, w.tile, it.t1, ready, stages, ring, stage, phase, partial);
+      gemm2_item<NT>(f, tab, w.slot, w.tile, stages, ring, stage, phase, partial);
     } else {
       mbar_arrive(smem_addr(&ring.empty[stage]));  // the item is read
       if (++stage == kStages) stage = 0, phase ^= 1;

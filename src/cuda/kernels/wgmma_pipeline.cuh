@@ -41,6 +41,10 @@ __device__ inline void mbar_arrive(uint32_t bar) {
 __device__ inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// The bytes the barrier's phase waits for, without arriving (the arrival comes later, mbar_arrive).
+__device__ inline void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
 // A 2-D TMA copy of the box at (c0, c1) (innermost coordinate first) of the tensor map into shared memory at
 // dst; its bytes count towards the barrier's transaction (mbarrier complete_tx). tmap: the map's generic address
 // (a __grid_constant__ kernel parameter).
