@@ -33,7 +33,10 @@
 // (A) or 24 KiB (B) and a block's few items are latency-bound. The version before it (register loads,
 // 16 warps an SM) ran at 40-55% of DRAM peak. Variants measured slower: fewer, larger blocks (see
 // kBlocksPerSm), and each expert's B items taken right after the next expert's A items (qwen3 1.3-1.7x
-// slower at 2-8 tokens: the B items waited for A items claimed just before them).
+// slower at 2-8 tokens: the B items waited for A items claimed just before them). Session 38
+// (bench/results/gpu-h200-session38-2026-12-02.md): the producer's h2 gate made qwen3 1.06x faster at 1 token,
+// 1.01-1.02x at 2-16 (0.86-1.00x the chain); measured and not kept: token rows loaded a step ahead, the split-k
+// sums handed to warp 0 by mbarriers (0.98-1.00x), 8-row B items (0.87-1.02x).
 #include <algorithm>
 
 #include "core/activation_math.h"
