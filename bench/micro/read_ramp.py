@@ -6,36 +6,21 @@ median of --reps):
   - sum: torch.sum over a bf16 tensor of N bytes (a read-only pass, one launch);
   - bmm: cuBLAS batched GEMV, E experts' [R, K] bf16 matrices times one token each (R*K*2*E = N bytes),
     the decode GEMM without routing;
-and the rate in TB/s, after two flushes: writing the flush buffer (L2 left full of dirty lines, which the timed
-pass then writes back) and reading it (L2 left clean). Usage: python3 bench/micro/read_ramp.py [--reps 20]
+and the rate in TB/s, after either of gpu_bench.py's flushes (its time_us and flush_l2): writing the flush buffer
+(L2 left full of dirty lines, which the timed pass then writes back) and reading it (L2 left clean). Usage: python3 bench/micro/read_ramp.py [--reps 20]
 """
-import argparse
+import argparse, os, sys
 
 import torch
 
-
-def timed(fn, flush, reps):
-    times = []
-    for _ in range(reps):
-        flush()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import gpu_bench as gb  # noqa: E402  (time_us and its flush_l2)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
-    buf = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")
-    sink = torch.empty((), device="cuda", dtype=torch.int64)
-    flushes = {"write": lambda: buf.zero_(),  # leaves L2 full of dirty lines (triton.testing.do_bench's flush)
-               "read": lambda: torch.sum(buf.view(torch.int64), dim=0, out=sink)}  # leaves it full of clean ones
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"{'flush':>6} {'MB':>7} {'sum µs':>8} {'TB/s':>6} {'bmm µs':>8} {'TB/s':>6}  bmm shape")
     # (experts, rows, k): qwen3-30b-a3b's GEMM1 / GEMM2 at 1 token, both, and larger passes.
@@ -47,12 +32,10 @@ def main():
         v = torch.randn(e, k, 1, device="cuda", dtype=torch.bfloat16)
         out = torch.empty(e, r, 1, device="cuda", dtype=torch.bfloat16)
         acc = torch.empty((), device="cuda", dtype=torch.float32)
-        for _ in range(3):
-            torch.sum(x, dim=0, dtype=torch.float32, out=acc)
-            torch.bmm(w, v, out=out)
-        for name, flush in flushes.items():
-            t_sum = timed(lambda: torch.sum(x, dim=0, dtype=torch.float32, out=acc), flush, args.reps)
-            t_bmm = timed(lambda: torch.bmm(w, v, out=out), flush, args.reps)
+        for name in ("write", "read"):  # gpu_bench.py's --flush modes
+            gb.FLUSH_MODE = name
+            t_sum = gb.time_us(lambda: torch.sum(x, dim=0, dtype=torch.float32, out=acc), args.reps)
+            t_bmm = gb.time_us(lambda: torch.bmm(w, v, out=out), args.reps)
             print(f"{name:>6} {n / 1e6:7.1f} {t_sum:8.1f} {n / t_sum / 1e6:6.2f} {t_bmm:8.1f} {n / t_bmm / 1e6:6.2f}  "
                   f"[{e}, {r}, {k}]")
         del x, w, v, out
