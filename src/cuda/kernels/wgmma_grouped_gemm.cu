@@ -33,8 +33,11 @@
 // products, 32 shared loads and 32 multiplies for the per-token scales, which swap-AB puts on accumulator columns).
 // Tried and dropped there: two partial-sum buffers so that the next tile's wgmma run during a promotion (0.96-0.99x:
 // the promotion's throughput binds, not its latency; whether issue slots or register-file ports shared with the
-// wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). What would close it: tokens as
-// wgmma's M (two token scales a thread, not N/4), or fewer instructions around the FMAs.
+// wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). Tokens as wgmma's M (session 39,
+// branch exp/s39-fp8-tokens-m: 128x128 tiles, m64n128 per consumer, two token scales a lane, no shared products)
+// ran 0.83-0.90x CUTLASS at 2048-8192 tokens and 0.93-0.99x this kernel at 512-2048: its consumers split their time
+// between their own wgmma's wait, the wait for full stages (the ring drains though L2 is 68% and DRAM 37% busy)
+// and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). Open: what holds the stages back.
 // X stays gathered into plan order by its own kernel (quantize.cu): reading GEMM1's rows where they lie instead was
 // tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
 // TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
@@ -72,7 +75,10 @@ constexpr int kItemGroup = 8;  // plan items whose units run side by side (the u
 constexpr int kMaxDevices = 64;  // resident_groups' cache
 // Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1);
 // fp8-block's X scales: boxes of 32 rows' (one k group).
-constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128, kScaleBox = 32;
+constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128;
+// fp8-block's X scales of a k tile: one box of kScaleBox rows from the 4-row boundary at or below the tile's first row
+// (the largest token tile, 160, plus up to 3 rows; a 16-byte multiple).
+constexpr int kScaleBox = 164;
 
 // A block's shape for items of up to kTok rows: kT m64 tiles of weight rows per consumer against kTok
 // (+ kTail) tokens, every row 128 bytes of a k tile; scaled (fp8-block): then the tokens' scales of the k tile, from
@@ -82,7 +88,7 @@ struct Shape {
   static constexpr int kBlockRows = kSlabRows * kT;
   static constexpr int kXBytes = (kTok + kTail) * kRowBytes;
   static constexpr int kWBytes = kBlockRows * kRowBytes;
-  static constexpr int kScaleBytes = kScaled ? (kTok + kTail + kScaleBox) * 4 : 0;  // (+ a box: produce's rows)
+  static constexpr int kScaleBytes = kScaled ? kScaleBox * 4 : 0;
   static constexpr int kStageBytes = kXBytes + kWBytes + kScaleBytes;
   static_assert(kXBytes % 1024 == 0 && kWBytes % 1024 == 0, "swizzled tiles start 1024-byte aligned");
 };
@@ -188,12 +194,9 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
     for (int j = 0; j < S::kBlockRows / kWBox; ++j)
       tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
     // The scales: a TMA box's innermost coordinate must be 16-byte aligned, so they start at the 4-row boundary at
-    // or below x_row0 (the consumers skip x_row0 % 4 of them), one box more than the rows take.
-    if constexpr (C::kScaled) {
-#pragma unroll
-      for (int r = 0; r < kTok + kTail + kScaleBox; r += kScaleBox)
-        tma_load_2d(ws + S::kWBytes + 4 * r, &xs_map, (x_row0 & ~3) + r, kt, bar);
-    }
+    // or below x_row0 (the consumers skip x_row0 % 4 of them), in one box (until session 39 in boxes of 32 rows,
+    // five or six copies a stage: the same time, H200).
+    if constexpr (C::kScaled) tma_load_2d(ws + S::kWBytes, &xs_map, x_row0 & ~3, kt, bar);
   }
 }
 
