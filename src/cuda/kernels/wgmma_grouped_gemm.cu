@@ -35,9 +35,11 @@
 // the promotion's throughput binds, not its latency; whether issue slots or register-file ports shared with the
 // wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). Tokens as wgmma's M (session 39,
 // branch exp/s39-fp8-tokens-m: 128x128 tiles, m64n128 per consumer, two token scales a lane, no shared products)
-// ran 0.83-0.90x CUTLASS at 2048-8192 tokens and 0.93-0.99x this kernel at 512-2048: its consumers split their time
+// ran 0.83-0.90x CUTLASS at 4096-8192 tokens and 0.90-0.99x this kernel at 512-2048: its consumers split their time
 // between their own wgmma's wait, the wait for full stages (the ring drains though L2 is 68% and DRAM 37% busy)
-// and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). Open: what holds the stages back.
+// and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). With two partial-sum buffers and
+// 32-bit descriptor arithmetic: 0.96x this kernel at 2048, 0.95 / 0.88x CUTLASS at 4096 / 8192. Open: what holds the
+// stages back.
 // X stays gathered into plan order by its own kernel (quantize.cu): reading GEMM1's rows where they lie instead was
 // tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
 // TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
@@ -73,8 +75,7 @@ constexpr int kSteps = 4;                         // wgmma k steps of a k tile (
 constexpr int kTailTokens = 32;
 constexpr int kItemGroup = 8;  // plan items whose units run side by side (the unit order below)
 constexpr int kMaxDevices = 64;  // resident_groups' cache
-// Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1);
-// fp8-block's X scales: boxes of 32 rows' (one k group).
+// Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1).
 constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128;
 // fp8-block's X scales of a k tile: one box of kScaleBox rows from the 4-row boundary at or below the tile's first row
 // (the largest token tile, 160, plus up to 3 rows; a 16-byte multiple).
@@ -195,7 +196,7 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
       tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
     // The scales: a TMA box's innermost coordinate must be 16-byte aligned, so they start at the 4-row boundary at
     // or below x_row0 (the consumers skip x_row0 % 4 of them), in one box (until session 39 in boxes of 32 rows,
-    // five or six copies a stage: the same time, H200).
+    // five or six copies a stage: 1.00-1.01x, H200).
     if constexpr (C::kScaled) tma_load_2d(ws + S::kWBytes, &xs_map, x_row0 & ~3, kt, bar);
   }
 }
