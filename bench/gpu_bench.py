@@ -78,7 +78,7 @@ _sink = None
 
 def flush_l2():
     """Evicts the L2 before a timed call. "write" (the default, as triton.testing.do_bench): a 256 MB memset,
-    which leaves the L2 full of dirty lines that the timed call then writes back (6-8 µs of a pass over the
+    which leaves the L2 full of dirty lines that the timed call then writes back (6-9 µs of a pass over the
     weights on an H200, bench/micro/read_ramp.py); "read": a 256 MB read, which leaves it full of clean lines."""
     global _flush, _sink
     if _flush is None:

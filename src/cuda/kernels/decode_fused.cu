@@ -112,10 +112,13 @@ struct ConsumerSync {
   __device__ void operator()() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
 };
 
+// One thread waits until *counter >= target (acquire, gpu scope).
+__device__ inline void poll_until(const int* counter, int target) {
+  while (load_acquire(counter) < target) __nanosleep(64);
+}
 // The consumers wait until *counter >= target.
 __device__ inline void wait_for(const int* counter, int target) {
-  if (threadIdx.x == 0)
-    while (load_acquire(counter) < target) __nanosleep(64);
+  if (threadIdx.x == 0) poll_until(counter, target);
   ConsumerSync{}();
 }
 
@@ -229,7 +232,7 @@ __device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it
                   part, full);
       if (h2_gate) {
         if (lane == 0) {
-          while (load_acquire(f.done_a + w.slot) < it.t1) __nanosleep(64);
+          poll_until(f.done_a + w.slot, it.t1);
           mbar_arrive(full);  // releases (cta) what the acquire (gpu) saw to the consumers' wait on the stage
         }
         __syncwarp();
