@@ -6,7 +6,7 @@ two versions of a kernel differ, without a GPU.
   python3 bench/sass_diff.py OLD NEW [--kernel REGEX] [--pair OLD_REGEX=NEW_REGEX ...] [--registers] [--show N]
 
 OLD, NEW: object files, shared libraries or executables with sm_90a code (dumped with `cuobjdump -sass`, found by
---cuobjdump, $CUOBJDUMP, PATH or in third_party/sass-tools, where scripts/fetch_sass_tools.sh puts a pinned one), or
+--cuobjdump, $CUOBJDUMP, PATH or in third_party/sass-tools, where scripts/fetch_sass_tools.sh puts pinned ones), or
 text files of such a dump. Kernels pair up by mangled name with the anonymous namespace's per-build hash dropped, or
 by --pair (the first kernel of each side whose name matches). Branch targets and other hexadecimal constants are
 ignored; with --registers, register, predicate and convergence-barrier numbers too (the code's shape, not its
@@ -30,6 +30,11 @@ INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 HOT = ("HGMMA", "LDGSTS", "UTMALDG", "SYNCS")  # wgmma, cp.async, TMA loads, mbarrier operations
 
 
+def fail(message):
+    print(f"sass_diff: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def dump(path, cuobjdump):
     """The SASS text of path: the file itself if it is text, else cuobjdump's dump of it."""
     with open(path, "rb") as f:
@@ -41,8 +46,11 @@ def dump(path, cuobjdump):
     tool = cuobjdump or os.environ.get("CUOBJDUMP") or shutil.which("cuobjdump") or (
         fetched if os.path.exists(fetched) else None)
     if not tool:
-        sys.exit("sass_diff: no cuobjdump (pass --cuobjdump, set CUOBJDUMP, or run scripts/fetch_sass_tools.sh)")
-    return subprocess.run([tool, "-sass", path], check=True, capture_output=True, text=True).stdout
+        fail("no cuobjdump (pass --cuobjdump, set CUOBJDUMP, or run scripts/fetch_sass_tools.sh)")
+    run = subprocess.run([tool, "-sass", path], capture_output=True, text=True)
+    if run.returncode != 0:  # (e.g. no nvdisasm beside it)
+        fail(f"{tool} -sass {path} failed ({run.returncode}): {run.stderr.strip()[:300]}")
+    return run.stdout
 
 
 def functions(text):
@@ -137,14 +145,14 @@ def main():
     args = ap.parse_args()
     old, new = (functions(dump(p, args.cuobjdump)) for p in (args.old, args.new))
     if not old or not new:
-        sys.exit(f"sass_diff: no SASS functions in {args.old if not old else args.new}")
+        fail(f"no SASS functions in {args.old if not old else args.new}")
     pairs = []
     for spec in args.pair:
         ra, _, rb = spec.partition("=")
         na = next((n for n in old if re.search(ra, n)), None)
         nb = next((n for n in new if re.search(rb, n)), None)
         if not na or not nb:
-            sys.exit(f"sass_diff: --pair {spec}: no kernel matches {ra if not na else rb}")
+            fail(f"--pair {spec}: no kernel matches {ra if not na else rb}")
         pairs.append((na, nb))
     if not args.pair:
         by_name = {stable_name(n): n for n in new}
@@ -159,7 +167,7 @@ def main():
             if re.search(args.kernel, n) and stable_name(n) not in olds:
                 print(f"== {stable_name(n)}\n   only in {args.new}")
         if not pairs:
-            sys.exit("sass_diff: no kernel of the old build has a namesake in the new one")
+            fail("no kernel of the old build has a namesake in the new one")
     same = [compare(na, old[na], nb, new[nb], args.registers, args.show) for na, nb in pairs]
     print(f"{sum(same)} of {len(same)} kernels identical")
     sys.exit(0 if all(same) else 1)
