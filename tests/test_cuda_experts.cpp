@@ -350,15 +350,16 @@ TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
       const Problem p = make_problem(c, tokens, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
       Buffer outs[2];
-      for (bool pairs : {false, true}) {
-        if (pairs && s != QuantScheme::bf16) continue;
-        SCOPED_TRACE(pairs ? "pairs" : "alone");
-        const ForcePath force(true, fp8 ? 128 : 256, 0, true, false, 128, pairs);
+      for (bool second : {false, true}) {  // bf16: in pairs; fp4: persistent
+        if (second && fp8) continue;
+        const bool pairs = second && s == QuantScheme::bf16, persistent = second && !pairs;
+        SCOPED_TRACE(pairs ? "pairs" : persistent ? "persistent" : "one unit a block");
+        const ForcePath force(true, fp8 ? 128 : 256, 0, true, false, 128, pairs, persistent);
         Buffer ids, w;
-        outs[pairs] = run_cuda_forward(g, tokens, &ids, &w);
-        expect_matches_reference(p, outs[pairs], ids, w);
+        outs[second] = run_cuda_forward(g, tokens, &ids, &w);
+        expect_matches_reference(p, outs[second], ids, w);
       }
-      if (s == QuantScheme::bf16) EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
+      if (!fp8) EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs or persistent blocks differ from one unit a block";
     }
 }
 
@@ -373,6 +374,31 @@ Problem rows_per_expert_problem(QuantScheme s, const std::vector<int32_t>& rows,
   Problem p = make_problem(c, static_cast<int64_t>(ids.size()), seed, /*with_bias=*/true);
   std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
   return p;
+}
+
+// The persistent fp4 wgmma kernel with more units than blocks, so that a block runs several and carries its ring
+// and its claim queue from one to the next: 24 experts of 1-330 rows (items of 256 rows with 1-32-row tails, second
+// items, small items, which it runs as 256-token tiles), GEMM1's N = 896 in 7 slabs of 128 rows (about 200 units),
+// biases. The same bits as the kernel of one unit per block.
+TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  std::vector<int32_t> rows;
+  for (int e = 0; e < 24; ++e) rows.push_back(1 + (e * 149) % 330);
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    const Problem p = rows_per_expert_problem(s, rows, 192, 448, seed);
+    const GpuProblem g = to_gpu(p);
+    Buffer outs[2];
+    for (bool persistent : {false, true}) {
+      SCOPED_TRACE(persistent ? "persistent" : "one unit a block");
+      const ForcePath force(true, 256, 0, true, false, 128, false, persistent);
+      outs[persistent] = run_cuda_apply(g, p.ids.view().size(0));
+      expect_matches_reference(p, outs[persistent], p.ids, p.topk_weights);
+    }
+    EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "persistent blocks differ from one unit a block";
+  }
 }
 
 // The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (64 .. 256; 64 and up to 128 in

@@ -85,6 +85,7 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;
+    path.fp4_persistent = rows_per_expert > 128.0;
   }
   // bf16 weights from 24 to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
   // plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps of 32 where

@@ -158,6 +158,7 @@ struct SmallMGemm {
   int64_t N, K;
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
+  bool persistent = false;     // the fp4 wgmma kernel: persistent blocks claiming units (fp4_wgmma_gemm.cu)
   // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles): y is h2. A
   // gated activation pairs rows — a tile's rows gq and gq + 8 are the gate and up rows of h2 column
   // n0 / 2 + gq, h2 [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh).

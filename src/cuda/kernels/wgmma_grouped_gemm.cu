@@ -144,22 +144,6 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
   else wgmma_m64n32k16_ss(d, desc_a, desc_b);
 }
 
-// A role's position in the stage ring, carried from one unit of work to the next: the stage, the parity of
-// the ring's round and the k tiles it has passed so far.
-template <int kStages>
-struct Ring {
-  int st = 0;
-  uint32_t phase = 0;
-  int passed = 0;
-  __device__ void advance() {
-    ++passed;
-    if (++st == kStages) {
-      st = 0;
-      phase ^= 1;
-    }
-  }
-};
-
 // The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
 // when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
 // (x_row0 on, boxes of 64 rows, then 32), the block's weight rows (w_row0 on, boxes of 128) and (fp8-block) the X
@@ -381,10 +365,6 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
 // touch them only after pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at
 // once a window of consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed
 // share per block left the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31).
-struct ClaimQueue {
-  int unit[2];
-  uint64_t posted[2], taken[2];
-};
 
 // Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
 // to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
@@ -426,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* epi = smem + C::kStages * C::kStageBytes;
   uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kEpiBytes);
   uint64_t* empty = full + C::kStages;
-  __shared__ ClaimQueue queue;
+  __shared__ ClaimQueue<int> queue;
   __shared__ PairChannel channel;
   const int rank = static_cast<int>(cluster_rank());
   const int n_pairs = static_cast<int>((g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows));

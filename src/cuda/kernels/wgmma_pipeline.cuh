@@ -159,6 +159,31 @@ __device__ inline void fence_accumulators(float (&acc)[kTok / 2]) {
   for (int i = 0; i < kTok / 2; ++i) wgmma_fence_operand(acc[i]);
 }
 
+// A role's position in the stage ring, carried from one unit of work to the next (the persistent kernels): the
+// stage, the parity of the ring's round and the k tiles it has passed so far.
+template <int kStages>
+struct Ring {
+  int st = 0;
+  uint32_t phase = 0;
+  int passed = 0;
+  __device__ void advance() {
+    ++passed;
+    if (++st == kStages) {
+      st = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// The persistent kernels' hand-out of claimed units from the producer to the consumers (wgmma_grouped_gemm.cu
+// describes the protocol): two slots, slot n % 2 for a block's n-th claim; `posted` completes when the producer has
+// written the slot, `taken` when the consumers are done with it.
+template <class T>
+struct ClaimQueue {
+  T unit[2];
+  uint64_t posted[2], taken[2];
+};
+
 // A block's rows of a plan item (items of tile_tokens rows; an expert's last 1 .. tail_tokens rows ride as a tail
 // on the full item before them): its expert, first row and row count, rows = 0 when it has none (past the last
 // item, or an item that is the previous one's tail).
