@@ -8,9 +8,9 @@
 // A unit of work: one work item of the row plan (up to 256 rows of one expert, plus the expert's last 1-32 rows
 // as a tail when they follow a full item) against 128 T weight rows, in 3 warpgroups. The item's rows
 // pick the shape (Shape below): up to 64 rows, T = 4 and n = 64 products; up to 128, T = 2 and n = 128;
-// above, T = 1 and n = 256 (+ n = 32 for a tail). Two kernels (fp4_wgmma_kernel): a block per unit, or
+// above, T = 1 and n = 256 (+ n = 32 for a tail). Two kernels: a block per unit (fp4_wgmma_kernel), or
 // (SmallMGemm::persistent) one block per SM running units as it claims them from a counter, the producer loading
-// the next unit while the consumers store the last (T = 1 and n = 256 for every item there).
+// the next unit while the consumers store the last (fp4_wgmma_persistent_kernel; T = 1 and n = 256 for every item).
 // - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
 //   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
 //   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes
@@ -66,6 +66,7 @@ constexpr int kTileTokens = 256;
 // all of the expert's weights again for a few rows (at 8192 tokens, about half of gpt-oss-120b's experts
 // end in such a partial item).
 constexpr int kTailTokens = 32;
+constexpr int kBlockTokens = kTileTokens + kTailTokens;
 // A block's shape for items of up to kTok rows: kT m64 tiles of weight rows per consumer (128 kT rows a
 // block) against kTok tokens. kTok * kT = 256 keeps the accumulators at 128 registers and a k tile's
 // tensor work the same for every shape, so that an item of few rows takes fewer, not emptier, blocks:
@@ -84,34 +85,25 @@ constexpr int stage_bytes() { return stage_bytes(S::kXBytes, S::kWBytes, S::kSBy
 constexpr int kStageBytes = stage_bytes<Shape<kTileTokens, 1, kTailTokens>>();
 static_assert(stage_bytes<Shape<256, 1>>() <= kStageBytes && stage_bytes<Shape<128, 2>>() <= kStageBytes &&
               stage_bytes<Shape<64, 4>>() <= kStageBytes);
-// A consumer's epilogue buffer, apart from the ring (the producer fills the ring for the next unit meanwhile):
-// passes of 64 tokens' 64 weight rows (store_tiles), 8 KiB.
-constexpr int kEpiTokens = 64;
-constexpr int kEpiBytes = kEpiTokens * 128;
-// The one-unit kernel's epilogue in the ring: a consumer's output tiles, (kTok + kTail) x 64 kT bf16 <= 36 KiB.
-constexpr int kRingEpiBytes = (kTileTokens + kTailTokens) * 128;
-static_assert(kConsumers * kRingEpiBytes <= kStages * kStageBytes);
-// The stages (X 1024-byte aligned), (persistent) the consumers' epilogue buffers, the full and empty barriers of
-// each stage, each stage's big-scale flags (a word per producer warp), (one unit a block) the item's rows of X (+
-// alignment). The total stays below 195 KiB: above it the L1 cache left beside shared memory halves, and the mxfp4
-// scales of 512-row blocks no longer fit in it (0.86x at 1024 tokens, H200).
-template <bool kPersistent>
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + (kPersistent ? kConsumers * kEpiBytes : 0) +
-                              2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) +
-                              (kPersistent ? 0 : (kTileTokens + kTailTokens) * sizeof(int32_t)) + 1024;
-static_assert(kSmemBytes<true> <= 195 * 1024 && kSmemBytes<false> <= 195 * 1024);
-
-// A unit of work: weight rows n0 .. n0 + 128 T - 1 of expert e (T = tiles_of(rows)) against a plan item's `rows`
-// token rows, plan rows first on; rows = 0: none (no more units).
-struct Unit {
-  int e, first, rows, n0;
-};
-// The m64 tiles per consumer of a unit: items of fewer rows take fewer, taller blocks, except in the persistent
-// kernel (fp4_wgmma_kernel), whose every unit is a 128-row block of 256 tokens (+ a tail).
-template <bool kPersistent>
-__device__ inline int tiles_of(int rows) {
-  return kPersistent || rows > 128 ? 1 : rows > 64 ? 2 : 4;
-}
+// The stages (X 1024-byte aligned), the full and empty barriers of each stage, each stage's big-scale
+// flags (a word per producer warp), the item's rows of X (+ alignment). Once both consumers are done with
+// the stages, the epilogue reuses them: a consumer's output tiles take (kTok + kTail) x 64 kT bf16 <= 36
+// KiB, less than half the ring. The total stays below 195 KiB: above it the L1 cache left beside shared memory
+// halves, and the mxfp4 scales of 512-row blocks no longer fit in it (0.86x at 1024 tokens, H200).
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) +
+                              kBlockTokens * sizeof(int32_t) + 1024;
+static_assert(kSmemBytes <= 195 * 1024);
+constexpr int kEpiBytes = kBlockTokens * 128;
+static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
+// The persistent kernel's: the stages, an 8 KiB epilogue buffer per consumer apart from the ring (the producer fills
+// the ring for the next unit meanwhile; passes of 64 tokens' 64 weight rows, store_tiles), the barriers and flags as
+// above, its claim queue (+ alignment).
+constexpr int kPersistentEpiTokens = 64;
+constexpr int kPersistentEpiBytes = kPersistentEpiTokens * 128;
+constexpr int kQueueBytes = 64;
+constexpr size_t kPersistentSmemBytes = size_t(kStages) * kStageBytes + kConsumers * kPersistentEpiBytes +
+                                        2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) + kQueueBytes + 1024;
+static_assert(kPersistentSmemBytes <= 195 * 1024);
 
 __device__ inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t d;
@@ -238,15 +230,13 @@ __device__ inline void fence_fragments(uint32_t (&fr)[kT][2][4]) {
 // producer warp's flag of the stage says whether one of its rows has a scale above 2. The scales go
 // through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async) and become
 // multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
-// The unit's X rows: src_rows (one unit a block: staged in shared memory, -1 past the rows), or (null) from x_row
-// (plan order without it); the ring carries on from the previous unit.
-template <bool kNv, int kTok, int kT, int kTail>
+// The unit's X rows: src_rows (staged in shared memory, -1 past the rows), or (kPersistent) the `rows` rows from
+// `first` on through x_row, the stage ring carried on from the previous unit (ring).
+template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false>
 __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
-                                        uint32_t* flags, const int32_t* src_rows, Ring<kStages>& ring,
-                                        const Unit& unit) {
+                                        uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
+                                        int64_t rows = 0, int64_t first = 0, Ring<kStages>* ring = nullptr) {
   using S = Shape<kTok, kT, kTail>;
-  const int e = unit.e;
-  const int64_t n0 = unit.n0;
   constexpr int kGroup = kNv ? 16 : 32;
   const int64_t N = g.N, K = g.K, row_bytes = K / 2, groups = K / kGroup;
   const int num_kt = static_cast<int>(K / kTileK);
@@ -264,10 +254,13 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   uint32_t x_ok = 0;
 #pragma unroll
   for (int i = 0; i < kXRows; ++i) {
-    const int r = (p >> 2) + 32 * i;
-    const int32_t src = src_rows                ? src_rows[r]
-                        : r < unit.rows ? (g.x_row ? __ldg(g.x_row + unit.first + r) : unit.first + r)
-                                        : -1;
+    int32_t src;
+    if constexpr (kPersistent) {
+      const int64_t r = (p >> 2) + 32 * i;
+      src = r < rows ? (g.x_row ? __ldg(g.x_row + first + r) : static_cast<int32_t>(first + r)) : -1;
+    } else {
+      src = src_rows[(p >> 2) + 32 * i];
+    }
     x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + cp * 16;
     x_ok |= uint32_t(src >= 0) << i;
   }
@@ -304,7 +297,14 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   for (int d = 0; d < kScaleAhead; ++d)
 #pragma unroll
     for (int j = 0; j < kT; ++j) sw[d][j] = load_scale(j, min(d, num_kt - 1));
-  int prev_st = 0;
+  int st = 0, prev_st = 0;
+  uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
+  int passed = 0;             // the tiles of earlier units (persistent)
+  if constexpr (kPersistent) {
+    st = ring->st;
+    empty_parity = ring->phase ^ 1;
+    passed = ring->passed;
+  }
   for (int kt0 = 0; kt0 < num_kt; kt0 += kScaleAhead) {
 #pragma unroll
     for (int d = 0; d < kScaleAhead; ++d) {
@@ -319,9 +319,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
         big |= row_big;
         sw[d][j] = load_scale(j, min(kt + kScaleAhead, num_kt - 1));
       }
-      // From the ring's second round on, the stage's previous round must have been released.
-      const int st = ring.st;
-      if (ring.passed >= kStages) mbar_wait(empty + 8 * st, ring.phase ^ 1);
+      if (kt + passed >= kStages) mbar_wait(empty + 8 * st, empty_parity);
       uint8_t* xs = smem + st * kStageBytes;
       uint8_t* ws = xs + S::kXBytes;
       uint8_t* x_dst = xs + (p >> 2) * 128;
@@ -350,30 +348,31 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
         publish_stage(full + 8 * prev_st);
       }
       prev_st = st;
-      ring.advance();
+      if (++st == kStages) {
+        st = 0;
+        empty_parity ^= 1;
+      }
     }
   }
   cp_async_wait_group<0>();
   publish_stage(full + 8 * prev_st);
+  if constexpr (kPersistent) *ring = {st, empty_parity ^ 1, passed + num_kt};
 }
 
-// A consumer warpgroup: its kT m64 tiles of the unit's weight rows against the item's kTok token rows,
-// all of k, then the epilogue into Y rows first .. first + rows - 1 through the warpgroup's epilogue buffer, while
-// the producer fills the ring for the next unit (unit: its claim in shared memory). Each 32-value chunk of a
+// A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok token rows,
+// all of k, then the epilogue into Y rows first_row .. first_row + rows - 1. Each 32-value chunk of a
 // k tile is scaled into fr[chunk % kBuf] and issued as 2 kT wgmma. With two buffers the next chunk is
 // scaled as soon as the previous one is done, while this one runs (else the other consumer's wgmma fill
 // the gap); where registers allow (kEarly) it is also unpacked before that wait. The next tile's stage
 // is waited for and read while this tile's last chunk runs. Every consumer thread arrives on a stage's
 // empty barrier once its wgmma reading it are done and its own loads from it have returned (with one
 // arrival per warpgroup, racecheck reported the producer's copies racing with the other warps' loads).
-// kRingEpilogue (one unit a block): the epilogue stages all of a consumer's tiles in the ring at once, after both
-// consumers are done with it (one barrier; the 8 KiB passes cost the one-unit kernel 2-3% at 2048-4096 tokens).
-template <bool kNv, int kTok, int kT, int kTail, bool kRingEpilogue>
-__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, uint32_t full,
-                                        uint32_t empty, const uint32_t* flags, Ring<kStages>& ring, const Unit& unit) {
+// kPersistent: the stage ring carried on from the previous unit (ring), the epilogue through epi.
+template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false>
+__device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
+                                        const uint32_t* flags, int e, int64_t n0, int64_t rows, int64_t first_row,
+                                        uint8_t* epi = nullptr, Ring<kStages>* ring = nullptr) {
   using S = Shape<kTok, kT, kTail>;
-  const int e = unit.e;
-  const int64_t n0 = unit.n0;
   // Registers: 128 accumulators (+ 16 of a tail) + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
@@ -419,8 +418,12 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     }
     load_chunk(ws, 0);
   };
-  int st = ring.st, prev_st = 0;  // tile kt's stage, tile kt - 1's
-  uint32_t parity = ring.phase;   // tile kt's full-barrier phase
+  int st = 0, prev_st = 0;  // tile kt's stage, tile kt - 1's
+  uint32_t parity = 0;      // tile kt's full-barrier phase
+  if constexpr (kPersistent) {
+    st = ring->st;
+    parity = ring->phase;
+  }
   begin_tile(st, parity);
   if constexpr (kEarly)
 #pragma unroll
@@ -471,47 +474,86 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     st = next_st;
     parity = next_parity;
   }
-  ring.st = st;
-  ring.phase = parity;
   // The epilogue's factors, loaded while the last wgmma run.
   const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
   float bias[kT][2];
   load_row_bias<kT>(g, e, n0, row0, bias);
   drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
   fence_fragments(fr[kBuf - 1]);
-  if constexpr (kRingEpilogue) {
+  if constexpr (kPersistent) {
+    ring->st = st;
+    ring->phase = parity;
+    mbar_arrive(empty + 8 * prev_st);  // the last tile's stage goes back to the producer
+    store_tiles<kTok, kTail, kT, kTailAcc, kPersistentEpiTokens>(g, acc, tail, bias, gs, epi, n0 + 64 * kT * wg, rows,
+                                                                first_row);
+  } else {
     pdl_launch_dependents();
     consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
-    store_tiles<kTok, kTail, kT, kTailAcc>(g, acc, tail, bias, gs, smem + wg * kRingEpiBytes, n0 + 64 * kT * wg,
-                                          unit.rows, unit.first);
-  } else {
-    mbar_arrive(empty + 8 * prev_st);  // the last tile's stage goes back to the producer
-    store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, gs, epi, n0 + 64 * kT * wg, unit.rows,
-                                                      unit.first);
+    store_tiles<kTok, kTail, kT, kTailAcc>(g, acc, tail, bias, gs, smem + wg * kEpiBytes, n0 + 64 * kT * wg, rows,
+                                          first_row);
   }
 }
 
-// Calls f with a unit's shape (integral constants kTok, kT, kTail): an item with a tail takes 256 + 32 tokens, the
-// others as many m64 tiles per consumer as tiles_of says, kTok * kT = 256. Persistent: 256 tokens for every item
-// without a tail. (Its consumers run all units in one loop; with more than these two shapes in it, ptxas ran out of
-// registers for them and serialized their wgmma, C7512.)
-template <bool kPersistent, class F>
-__device__ __forceinline__ void with_shape(int rows, F&& f) {
-  using std::integral_constant;
-  using I0 = integral_constant<int, 0>;
-  using I1 = integral_constant<int, 1>;
-  if (rows > kTileTokens) f(integral_constant<int, kTileTokens>{}, I1{}, integral_constant<int, kTailTokens>{});
-  else if (kPersistent || rows > 128) f(integral_constant<int, 256>{}, I1{}, I0{});
-  else if (rows > 64) f(integral_constant<int, 128>{}, integral_constant<int, 2>{}, I0{});
-  else f(integral_constant<int, 64>{}, integral_constant<int, 4>{}, I0{});
+// One block's item: weight rows n0 .. n0 + 128 kT - 1 of expert e against the item's `rows` token
+// rows (src_rows: their rows of X, -1 past them).
+template <bool kNv, int kTok, int kT, int kTail = 0>
+__device__ __forceinline__ void fp4_wgmma_item(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
+                                               uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
+                                               int64_t rows, int64_t first_row) {
+  if (threadIdx.x >= 128 * kConsumers) {
+    setmaxnreg_dec<kProducerRegs>();
+    produce<kNv, kTok, kT, kTail>(g, smem, full, empty, flags, src_rows, e, n0);
+  } else {
+    setmaxnreg_inc<kConsumerRegs>();
+    consume<kNv, kTok, kT, kTail>(g, smem, full, empty, flags, e, n0, rows, first_row);
+  }
 }
 
-// The producer leader's claim: units u = item * n_slabs + slab from the counter (plan.work_counters[0]) until one
-// has work; rows = 0 once they run out. n_slabs: N / 128 rounded up (a unit is one slab). Units with none: an item
-// that rides as its predecessor's tail and (from the first, since items past the last hold expert -1) every unit
-// past the last item. Unit order: an item's slabs one after another, so that the units running at once share their
-// X rows (as the one-unit kernel's grid orders its blocks).
-__device__ inline Unit claim_unit(const SmallMGemm& g, const RowPlan& plan, int n_slabs, int units) {
+template <bool kNv>
+__global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, RowPlan plan) {
+  extern __shared__ uint8_t smem_raw[];
+  // 1024-byte aligned (the swizzled X tiles); an offset into smem_raw, so that the compiler knows every
+  // pointer below addresses shared memory (generic loads took long-scoreboard stalls).
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
+  int32_t* src_rows = reinterpret_cast<int32_t*>(flags + 4 * kStages);
+  pdl_wait();
+  // A block row per item.
+  const auto [e, first, rows] = item_rows(plan.items[blockIdx.y], kTileTokens, kTailTokens);
+  if (rows == 0) return;
+  // Block x covers weight rows from 128 T x: items of fewer rows take fewer, taller blocks.
+  const int tiles = rows > 128 ? 1 : rows > 64 ? 2 : 4;
+  const int64_t n0 = int64_t(blockIdx.x) * kSlabRows * tiles;
+  if (n0 >= g.N) return;
+  for (int t = threadIdx.x; t < kBlockTokens; t += kThreads)
+    src_rows[t] = t < rows ? (g.x_row ? g.x_row[first + t] : static_cast<int32_t>(first + t)) : -1;
+  if (threadIdx.x < kStages) {
+    mbar_init(&full[threadIdx.x], 128);                // each producer thread, once its part is complete
+    mbar_init(&empty[threadIdx.x], 128 * kConsumers);  // each consumer thread, after its reads
+  }
+  __syncthreads();
+  const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
+  if (rows > kTileTokens)
+    fp4_wgmma_item<kNv, kTileTokens, 1, kTailTokens>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else fp4_wgmma_item<kNv, 64, 4>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+}
+
+// The persistent kernel's unit of work: weight rows n0 .. n0 + 127 of expert e against a plan item's `rows` token
+// rows, plan rows first on; rows = 0: no more units.
+struct Unit {
+  int e, first, rows, n0;
+};
+
+// The producer leader's claim: units u = item * n_slabs + slab (n_slabs: N / 128 rounded up) from the counter
+// (plan.work_counters[0]) until one has work; rows = 0 once they run out. Units with none: an item that rides as its
+// predecessor's tail and (from the first, since items past the last hold expert -1) every unit past the last item.
+// Unit order: an item's slabs one after another, so that the units running at once share their X rows (as the
+// one-unit kernel's grid orders its blocks).
+__device__ inline Unit claim_unit(const RowPlan& plan, int n_slabs, int units) {
   for (;;) {
     const int u = atomicAdd(&plan.work_counters[0], 1);
     if (u >= units) return {};
@@ -519,92 +561,71 @@ __device__ inline Unit claim_unit(const SmallMGemm& g, const RowPlan& plan, int 
     const PlanItem it = plan.items[item];
     if (it.expert < 0) return {};
     const auto [e, first, rows] = item_rows(it, kTileTokens, kTailTokens);
-    const int64_t n0 = int64_t(slab) * kSlabRows;
-    if (rows > 0) return {e, static_cast<int>(first), static_cast<int>(rows), static_cast<int>(n0)};
+    if (rows > 0) return {e, static_cast<int>(first), static_cast<int>(rows), slab * kSlabRows};
   }
 }
 
 // The producer warpgroup's named barrier (0: __syncthreads, 1-3: the consumers', wgmma_pipeline.cuh).
 __device__ inline void producers_bar() { asm volatile("bar.sync 4, 128;\n" ::: "memory"); }
 
-// One unit per block (kPersistent false): block (x, y) takes item y's slab x (of 128 T rows), as a grid of slabs by
-// items. Persistent (one block per SM): the producer's leader claims units (claim_unit) and passes each to the other
-// producer threads under producers_bar and to the consumers through a two-slot queue (ClaimQueue: slot n % 2 for
-// the block's n-th claim, `posted` once written; `taken` once every consumer thread has run the unit, so that the
-// consumers read the claim where it lies instead of holding it in registers, which their main loop has none left
-// for: ptxas serialized its wgmma). The leader claims the next unit as soon as a unit's copies are issued, so the
-// ring fills with it while the consumers store the last; it waits for claim n - 2's unit to be done, long past by
-// then. The block to count itself done last (work_counters[1]) sets both counters back to 0 for the next launch.
-template <bool kNv, bool kPersistent>
-__global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, RowPlan plan) {
+// Calls f with a persistent unit's token tile and tail (integral constants): 256 + 32 for an item with a tail, else
+// 256 (an item of up to 128 rows too: with the one-unit kernel's other shapes in the consumers' unit loop, ptxas ran
+// out of registers for them and serialized their wgmma, C7512).
+template <class F>
+__device__ __forceinline__ void with_persistent_shape(int rows, F&& f) {
+  if (rows > kTileTokens) f(std::integral_constant<int, kTileTokens>{}, std::integral_constant<int, kTailTokens>{});
+  else f(std::integral_constant<int, kTileTokens>{}, std::integral_constant<int, 0>{});
+}
+
+// Persistent, one block per SM: the producer's leader claims units (claim_unit) and passes each to the other
+// producer threads under producers_bar and to the consumers through a two-slot queue (ClaimQueue: slot n % 2 for the
+// block's n-th claim, `posted` once written, `taken` once every consumer thread has run the unit; the consumers read
+// the claim where it lies: their main loop has no registers left to hold it, and with one arrival per warp after
+// __syncwarp racecheck reported the slot's next write racing with the other lanes' reads). The leader claims the next
+// unit as soon as a unit's copies are issued, so the ring fills with it while the consumers store the last; it waits
+// for claim n - 2's unit to be done, long past by then. The block to count itself done last (work_counters[1]) sets
+// both counters back to 0 for the next launch.
+template <bool kNv>
+__global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan) {
   extern __shared__ uint8_t smem_raw[];
-  // 1024-byte aligned (the swizzled X tiles); an offset into smem_raw, so that the compiler knows every
-  // pointer below addresses shared memory (generic loads took long-scoreboard stalls).
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   uint8_t* epi = smem + kStages * kStageBytes;
-  uint64_t* full = reinterpret_cast<uint64_t*>(epi + (kPersistent ? kConsumers * kEpiBytes : 0));
+  uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kPersistentEpiBytes);
   uint64_t* empty = full + kStages;
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
-  int32_t* src_rows = kPersistent ? nullptr : reinterpret_cast<int32_t*>(flags + 4 * kStages);
-  __shared__ ClaimQueue<Unit> queue;
+  auto& queue = *reinterpret_cast<ClaimQueue<Unit>*>(flags + 4 * kStages);
+  static_assert(sizeof(ClaimQueue<Unit>) <= kQueueBytes);
   const int n_slabs = static_cast<int>((g.N + kSlabRows - 1) / kSlabRows), units = n_slabs * plan.item_grid;
-  pdl_wait();
-  Unit one{};  // the block's unit (one unit per block)
-  if constexpr (!kPersistent) {
-    const auto [e, first, rows] = item_rows(plan.items[blockIdx.y], kTileTokens, kTailTokens);
-    const int64_t n0 = int64_t(blockIdx.x) * kSlabRows * tiles_of<false>(static_cast<int>(rows));
-    if (rows == 0 || n0 >= g.N) return;
-    one = {e, static_cast<int>(first), static_cast<int>(rows), static_cast<int>(n0)};
-    for (int t = threadIdx.x; t < kTileTokens + kTailTokens; t += kThreads)
-      src_rows[t] = t < rows ? (g.x_row ? g.x_row[first + t] : static_cast<int32_t>(first + t)) : -1;
-  }
   if (threadIdx.x < kStages) {
     mbar_init(&full[threadIdx.x], 128);                // each producer thread, once its part is complete
     mbar_init(&empty[threadIdx.x], 128 * kConsumers);  // each consumer thread, after its reads
   }
   if (threadIdx.x < 2) {
-    mbar_init(&queue.posted[threadIdx.x], 1);              // the producer's leader, once it has written the claim
+    mbar_init(&queue.posted[threadIdx.x], 1);                // the producer's leader, once it has written the claim
     mbar_init(&queue.taken[threadIdx.x], 128 * kConsumers);  // each consumer thread, once its unit is done
   }
   __syncthreads();
+  pdl_wait();
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
   Ring<kStages> ring;
-  const auto produce_unit = [&](const Unit& w) {
-    with_shape<kPersistent>(w.rows, [&](auto tok, auto t, auto tail) {
-      produce<kNv, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(g, smem, full_a, empty_a, flags,
-                                                                                   src_rows, ring, w);
-    });
-  };
-  uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
-  const auto consume_unit = [&](const Unit& w) {
-    with_shape<kPersistent>(w.rows, [&](auto tok, auto t, auto tail) {
-      consume<kNv, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, !kPersistent>(
-          g, smem, my_epi, full_a, empty_a, flags, ring, w);
-    });
-  };
-  if (!kPersistent) {
-    if (threadIdx.x >= 128 * kConsumers) {
-      setmaxnreg_dec<kProducerRegs>();
-      produce_unit(one);
-    } else {
-      setmaxnreg_inc<kConsumerRegs>();
-      consume_unit(one);
-    }
-  } else if (threadIdx.x >= 128 * kConsumers) {
+  if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kProducerRegs>();
     const bool leader = threadIdx.x == 128 * kConsumers;
     for (int n = 0;; ++n) {
       const int slot = n & 1;
       if (leader) {
-        const Unit claim = claim_unit(g, plan, n_slabs, units);
-        if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2 has been read
+        const Unit claim = claim_unit(plan, n_slabs, units);
+        if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2's unit is done
         queue.unit[slot] = claim;
         mbar_arrive(smem_addr(&queue.posted[slot]));
       }
       producers_bar();  // (slot n is written again at claim n + 2, after every producer thread has passed n + 1's)
       const Unit w = queue.unit[slot];
       if (w.rows == 0) break;
-      produce_unit(w);
+      with_persistent_shape(w.rows, [&](auto tok, auto tail) {
+        produce<kNv, decltype(tok)::value, 1, decltype(tail)::value, true>(g, smem, full_a, empty_a, flags, nullptr,
+                                                                          w.e, w.n0, w.rows, w.first, &ring);
+      });
     }
     if (leader && atomicAdd(&plan.work_counters[1], 1) == static_cast<int>(gridDim.x) - 1) {
       atomicExch(&plan.work_counters[0], 0);
@@ -612,20 +633,25 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
     }
   } else {
     setmaxnreg_inc<kConsumerRegs>();
+    uint8_t* my_epi = epi + (threadIdx.x >> 7) * kPersistentEpiBytes;
     for (int n = 0;; ++n) {
       const int slot = n & 1;
       mbar_wait(smem_addr(&queue.posted[slot]), (n >> 1) & 1);
       const Unit& unit = queue.unit[slot];
       if (unit.rows == 0) break;
-      consume_unit(unit);
+      with_persistent_shape(unit.rows, [&](auto tok, auto tail) {
+        consume<kNv, decltype(tok)::value, 1, decltype(tail)::value, true>(g, smem, full_a, empty_a, flags, unit.e,
+                                                                          unit.n0, unit.rows, unit.first, my_epi,
+                                                                          &ring);
+      });
       mbar_arrive(smem_addr(&queue.taken[slot]));  // this thread is done with the claim
     }
   }
   pdl_launch_dependents();  // every thread: the dependent launch waits for all of them (or their exit)
 }
 
-// The blocks the current device holds at once (one per SM), asked once per device and kernel (whose shared-memory
-// limit it raises first).
+// The persistent kernel's blocks the current device holds at once (one per SM), asked once per device and kernel
+// (whose shared-memory limit it raises first).
 template <bool kNv>
 int resident_blocks() {
   constexpr int kMaxDevices = 64;
@@ -636,11 +662,11 @@ int resident_blocks() {
   if (const int n = known[device].load(std::memory_order_relaxed)) return n;
   int sms = 0, per_sm = 0;
   FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const auto kernel = fp4_wgmma_kernel<kNv, true>;
-  FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes<true>)));
-  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmemBytes<true>));
-  FMOE_CHECK(per_sm > 0, "the fp4 wgmma GEMM's blocks (", kSmemBytes<true>, " bytes of shared memory) do not fit on device ",
-             device);
+  const auto kernel = fp4_wgmma_persistent_kernel<kNv>;
+  FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
+  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
+  FMOE_CHECK(per_sm > 0, "the persistent fp4 wgmma GEMM's blocks (", kPersistentSmemBytes,
+             " bytes of shared memory) do not fit on device ", device);
   known[device].store(sms * per_sm, std::memory_order_relaxed);
   return sms * per_sm;
 }
@@ -655,28 +681,27 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
              kTileTokens, " rows, got item_rows=", plan.item_rows);
   FMOE_CHECK(g.N % 8 == 0, "the fp4 wgmma GEMM needs N % 8 == 0 (16-byte output stores), got N=", g.N);
   FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0, "the fp4 wgmma GEMM needs a 16-byte aligned y");
-  FMOE_CHECK(g.N < (int64_t(1) << 31), "the fp4 wgmma GEMM addresses weight rows in 32 bits, got N=", g.N);
-  const int64_t n_slabs = (g.N + kSlabRows - 1) / kSlabRows;
-  const auto go = [&](auto kernel, dim3 grid, size_t smem) {
-    FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    launch_with_smem(kernel, grid, dim3(kThreads), smem, s, g, plan);
-  };
-  const bool nv = g.weights == SmallMWeights::nvfp4;
   if (g.persistent) {
     FMOE_CHECK(plan.work_counters, "the persistent fp4 wgmma GEMM needs the plan's work counters");
-    const int64_t units = n_slabs * max_items;
-    FMOE_CHECK(units + 1024 < (int64_t(1) << 31), "the fp4 wgmma GEMM takes fewer than 2^31 units of work, got ",
+    FMOE_CHECK(g.N < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM addresses weight rows in 32 bits, got N=", g.N);
+    const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
+    FMOE_CHECK(units + 1024 < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM takes fewer than 2^31 units, got ",
                units);
-    const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, nv ? resident_blocks<true>()
-                                                                          : resident_blocks<false>()));
-    if (nv) go(fp4_wgmma_kernel<true, true>, dim3(blocks), kSmemBytes<true>);
-    else go(fp4_wgmma_kernel<false, true>, dim3(blocks), kSmemBytes<true>);
-  } else {
-    FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);
-    const dim3 grid(static_cast<unsigned>(n_slabs), static_cast<unsigned>(max_items));
-    if (nv) go(fp4_wgmma_kernel<true, false>, grid, kSmemBytes<false>);
-    else go(fp4_wgmma_kernel<false, false>, grid, kSmemBytes<false>);
+    const bool nv = g.weights == SmallMWeights::nvfp4;
+    const auto blocks =
+        static_cast<unsigned>(std::min<int64_t>(units, nv ? resident_blocks<true>() : resident_blocks<false>()));
+    launch_with_smem(nv ? fp4_wgmma_persistent_kernel<true> : fp4_wgmma_persistent_kernel<false>, dim3(blocks),
+                     dim3(kThreads), kPersistentSmemBytes, s, g, plan);
+    return;
   }
+  FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);
+  const auto go = [&](auto kernel) {
+    FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));
+    const dim3 grid(static_cast<unsigned>((g.N + kSlabRows - 1) / kSlabRows), static_cast<unsigned>(max_items));
+    launch_with_smem(kernel, grid, dim3(kThreads), kSmemBytes, s, g, plan);
+  };
+  if (g.weights == SmallMWeights::nvfp4) go(fp4_wgmma_kernel<true>);
+  else go(fp4_wgmma_kernel<false>);
 }
 
 }  // namespace fusedmoe::cuda
