@@ -108,6 +108,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 256);
   EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows, the fp4 wgmma kernel
   EXPECT_EQ(choose_experts_path(1024, 8, 128, nv).tile_tokens, 256);
+  EXPECT_FALSE(choose_experts_path(2048, 8, 128, nv).fp4_persistent);  // 128 rows: a block per unit
+  EXPECT_TRUE(choose_experts_path(2056, 8, 128, nv).fp4_persistent);   // 128.5 rows: persistent blocks
+  EXPECT_FALSE(choose_experts_path(8192, 8, 128).fp4_persistent);      // bf16 weights
   EXPECT_EQ(choose_experts_path(8192, 4, 128, QuantScheme::mxfp4).tile_tokens, 256);  // gpt-oss at 8192
   EXPECT_TRUE(choose_experts_path(8192, 8, 128, nv).small_m);     // never the dequantizing CUTLASS path
   EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).warp_tiles);   // 8 routed rows: split-k blocks

@@ -32,6 +32,8 @@
 // rows gave 1.05x at 8192 tokens (an expert's last, partial item had taken a whole 128-row block,
 // latency-bound) and 1.1-1.25x at 32-64 rows per expert. Session 17 (the producer's scale loads, the
 // epilogue through shared memory, producer-side multipliers, tails): 1.13-1.30x at 1024-8192 tokens.
+// Sessions 40-41 (the persistent kernel below, the producer loading the next unit during the epilogue):
+// qwen3-nvfp4 (K 2048 and 768) 1.02-1.04x at 4096-8192 tokens, gpt-oss-120b (K 2880) 0.93x at 8192.
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>

@@ -54,8 +54,8 @@ struct RowPlan {
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
-  // [2]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu), which a plan
-  // with work items zeroes (may be null otherwise).
+  // [2]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu,
+  // fp4_wgmma_gemm.cu), which a plan with work items zeroes (may be null otherwise).
   int32_t* work_counters;
 };
 // Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,
