@@ -85,6 +85,10 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;
+    // Above 128 rows per expert, persistent blocks (fp4_wgmma_gemm.cu): same-run A/B on H200 (session 41), qwen3-nvfp4
+    // 1.025x / 1.021x at 4096 / 8192 tokens, then with the producer's registers 1.024x more at 8192; gpt-oss-120b
+    // 1.010x at 8192 (0.93x before that). Up to 128 rows (items of 64 and 128 rows run taller blocks in the one-unit
+    // kernel, at n = 256 here) forcing it ran 0.55-0.63x (gpt-oss-120b) and 0.90x (qwen3-nvfp4) at 2048 tokens.
     path.fp4_persistent = rows_per_expert > 128.0;
   }
   // bf16 weights from 24 to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's

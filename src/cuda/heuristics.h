@@ -21,10 +21,6 @@ struct ExpertsPath {
   bool wgmma_pairs = false;       // the bf16 wgmma kernel: in pairs of blocks sharing each item's X rows
   bool fp4_persistent = false;    // the fp4 wgmma kernel: persistent blocks claiming units (SmallMGemm::persistent)
 };
-// fp4_persistent applies to the GEMMs of K up to this (their units are short, so each block's start and epilogue
-// weigh more): same-run A/B on H200 (session 40), both GEMMs persistent above 128 rows per expert: qwen3-nvfp4 (K
-// 2048 and 768) 1.022x / 1.026x at 4096 / 8192 tokens, gpt-oss-120b (K 2880) 0.93x at 8192.
-inline constexpr int64_t kFp4PersistentMaxK = 2048;
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16

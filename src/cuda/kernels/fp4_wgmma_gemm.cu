@@ -33,7 +33,7 @@
 // latency-bound) and 1.1-1.25x at 32-64 rows per expert. Session 17 (the producer's scale loads, the
 // epilogue through shared memory, producer-side multipliers, tails): 1.13-1.30x at 1024-8192 tokens.
 // Sessions 40-41 (the persistent kernel below, the producer loading the next unit during the epilogue):
-// qwen3-nvfp4 (K 2048 and 768) 1.02-1.04x at 4096-8192 tokens, gpt-oss-120b (K 2880) 0.93x at 8192.
+// qwen3-nvfp4 about 1.045x at 8192 tokens, gpt-oss-120b 1.01x (0.93x until its producer got 96 registers).
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>
@@ -113,8 +113,12 @@ __device__ inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return d;
 }
 
-// setmaxnreg budgets: 88 x 128 + 208 x 256 <= 168 x 384, the launch's.
+// setmaxnreg budgets: 88 x 128 + 208 x 256 <= 168 x 384, the launch's. The persistent kernel's producer, which
+// carries its unit loop, takes 96 and its consumers 200: at 88 it spilled a register twice a tile, its consumers
+// waited on full stages 19% of the time (7% in the one-unit kernel; ncu, gpt-oss-120b GEMM1 at 8192 tokens) and
+// the kernel ran 0.93x the one-unit kernel; at 96, 1.01x. (The one-unit kernel at 96 / 200: 0.98-0.99x.)
 constexpr uint32_t kProducerRegs = 88, kConsumerRegs = 208;
+constexpr uint32_t kPersistentProducerRegs = 96, kPersistentConsumerRegs = 200;
 
 template <int kTok>
 __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], uint64_t desc) {
@@ -301,11 +305,9 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     for (int j = 0; j < kT; ++j) sw[d][j] = load_scale(j, min(d, num_kt - 1));
   int st = 0, prev_st = 0;
   uint32_t empty_parity = 1;  // the parity of the stage's previous release, from the second round on
-  int passed = 0;             // the tiles of earlier units (persistent)
   if constexpr (kPersistent) {
     st = ring->st;
     empty_parity = ring->phase ^ 1;
-    passed = ring->passed;
   }
   for (int kt0 = 0; kt0 < num_kt; kt0 += kScaleAhead) {
 #pragma unroll
@@ -321,7 +323,10 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
         big |= row_big;
         sw[d][j] = load_scale(j, min(kt + kScaleAhead, num_kt - 1));
       }
-      if (kt + passed >= kStages) mbar_wait(empty + 8 * st, empty_parity);
+      // Persistent: every tile waits (on a fresh barrier a wait for parity 1, the phase before its first, passes at
+      // once), so that no register counts the tiles of earlier units (the producer is short of them: see
+      // kPersistentProducerRegs).
+      if (kPersistent || kt >= kStages) mbar_wait(empty + 8 * st, empty_parity);
       uint8_t* xs = smem + st * kStageBytes;
       uint8_t* ws = xs + S::kXBytes;
       uint8_t* x_dst = xs + (p >> 2) * 128;
@@ -358,7 +363,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   }
   cp_async_wait_group<0>();
   publish_stage(full + 8 * prev_st);
-  if constexpr (kPersistent) *ring = {st, empty_parity ^ 1, passed + num_kt};
+  if constexpr (kPersistent) *ring = {st, empty_parity ^ 1};
 }
 
 // A consumer warpgroup: its kT m64 tiles of the block's weight rows against the item's kTok token rows,
@@ -611,7 +616,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
   Ring<kStages> ring;
   if (threadIdx.x >= 128 * kConsumers) {
-    setmaxnreg_dec<kProducerRegs>();
+    setmaxnreg_dec<kPersistentProducerRegs>();
     const bool leader = threadIdx.x == 128 * kConsumers;
     for (int n = 0;; ++n) {
       const int slot = n & 1;
@@ -634,7 +639,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
       atomicExch(&plan.work_counters[1], 0);
     }
   } else {
-    setmaxnreg_inc<kConsumerRegs>();
+    setmaxnreg_inc<kPersistentConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kPersistentEpiBytes;
     for (int n = 0;; ++n) {
       const int slot = n & 1;
