@@ -1,5 +1,6 @@
 // Float64 reference MoE. Deliberately simple and separate from the CPU fast path: a loop
-// over tokens and slots, weights dequantized element by element, every sum in double. It
+// over tokens and slots, weights dequantized element by element (each expert's once per call while they
+// fit a budget, RefMatrix), every sum in double. It
 // follows the schemes' recipe: input (weighted on the input for llama4) rounded to bf16,
 // quantized per scheme with f32 scales; GEMM1's output (bias included) rounded to bf16; the
 // activation's output re-quantized (fp8 schemes) or rounded to bf16 (the others); output left
@@ -56,14 +57,31 @@ struct RefMatrix {  // w13 or w2 of the local experts
     return 0.0;
   }
 
-  // Row n of expert e, dequantized.
-  void row(int64_t e, int64_t n, std::vector<double>& dst) const {
-    dst.resize(static_cast<size_t>(cols));
-    for (int64_t k = 0; k < cols; ++k) dst[k] = at(e, n, k);
+  // Row n of expert e, dequantized: from the expert's matrix, dequantized whole at its first use while this
+  // matrix's experts so far fit kCacheBytes, else into scratch (the same values either way). Dequantized row by
+  // row for every token and slot, CudaExperts.WgmmaKernelsDeepKPartialTiles spent about 3 minutes of GPU-machine
+  // time in its references (nvfp4, 600 tokens, K = 704: 16.5 s a call; 1.1 s now).
+  const double* row(int64_t e, int64_t n, std::vector<double>& scratch) const {
+    static constexpr int64_t kCacheBytes = int64_t(256) << 20;
+    const int64_t bytes = rows * cols * int64_t(sizeof(double));
+    if (e >= int64_t(cached.size())) cached.resize(static_cast<size_t>(e + 1));
+    std::vector<double>& m = cached[e];
+    if (m.empty() && cached_bytes + bytes <= kCacheBytes) {
+      m.resize(static_cast<size_t>(rows * cols));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) m[r * cols + k] = at(e, r, k);
+      cached_bytes += bytes;
+    }
+    if (!m.empty()) return m.data() + n * cols;
+    scratch.resize(static_cast<size_t>(cols));
+    for (int64_t k = 0; k < cols; ++k) scratch[k] = at(e, n, k);
+    return scratch.data();
   }
+  mutable std::vector<std::vector<double>> cached;  // [local expert]: rows x cols, or empty
+  mutable int64_t cached_bytes = 0;
 };
 
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
+double dot(const std::vector<double>& a, const double* b) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
   size_t i = 0;
   for (; i + 4 <= a.size(); i += 4) {
@@ -167,8 +185,7 @@ std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, con
   const int64_t N1 = c.w13_rows(), I = c.intermediate_size;
   std::vector<double> h(static_cast<size_t>(N1)), wrow;
   for (int64_t n = 0; n < N1; ++n) {
-    w13.row(e, n, wrow);
-    double acc = dot(a, wrow);
+    double acc = dot(a, w13.row(e, n, wrow));
     if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
     h[n] = round_to_bf16(float(acc));  // GEMM1's output is a bf16 tensor (vLLM's cache1)
   }
@@ -205,8 +222,7 @@ std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, co
       const double weight = on_input ? 1.0 : tw[slot];
       std::vector<double> wrow;
       for (int64_t n = 0; n < K; ++n) {
-        s.w2.row(e, n, wrow);
-        double acc = dot(x, wrow);
+        double acc = dot(x, s.w2.row(e, n, wrow));
         if (w.w2_bias.defined()) acc += w.w2_bias.data_as<const float>()[e * K + n];
         out[row * K + n] += weight * acc;
       }
