@@ -86,6 +86,24 @@ TEST(CudaHeuristics, FusedDecodeModeFromTheEnvironment) {
   }
 }
 
+// The switch FUSEDMOE_FP4_PERSISTENT (and the other 0/1 switches) is read through: bad values name the variable.
+TEST(CudaHeuristics, OnOffSwitchFromTheEnvironment) {
+  for (const char* bad : {"2", "on", "10", "01"}) {
+    const ScopedEnv env("FUSEDMOE_FP4_PERSISTENT", bad);
+    try {
+      (void)cuda::env_switch("FUSEDMOE_FP4_PERSISTENT");
+      ADD_FAILURE() << "no error for " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("FUSEDMOE_FP4_PERSISTENT"), std::string::npos) << e.what();
+    }
+  }
+  for (auto [text, value] : {std::pair{"1", std::optional<bool>(true)}, std::pair{"0", std::optional<bool>(false)},
+                             std::pair{"", std::optional<bool>()}}) {
+    const ScopedEnv env("FUSEDMOE_FP4_PERSISTENT", text);
+    EXPECT_EQ(cuda::env_switch("FUSEDMOE_FP4_PERSISTENT"), value) << text;
+  }
+}
+
 TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   using cuda::choose_experts_path;
   const QuantScheme nv = QuantScheme::nvfp4, fp8 = QuantScheme::fp8_block;

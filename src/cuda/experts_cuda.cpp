@@ -107,11 +107,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   choose_gated_gemm1();
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
-  if (const char* env = std::getenv("FUSEDMOE_FP4_PERSISTENT"); env && env[0]) {
-    FMOE_CHECK((env[0] == '0' || env[0] == '1') && env[1] == '\0', "FUSEDMOE_FP4_PERSISTENT must be 0 or 1, got '",
-               env, "'");
-    fp4_persistent_ = env[0] - '0';
-  }
+  fp4_persistent_ = env_switch("FUSEDMOE_FP4_PERSISTENT");
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
 }
 
@@ -311,7 +307,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
     g1.w_row_scales = row_scale13_;
-    g1.persistent = fp4_persistent_ < 0 ? path.fp4_persistent : fp4_persistent_ == 1;
+    g1.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     // GEMM1 writes h2 itself where its kernel carries the activation epilogue (act_epilogue.cuh).
     g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
     g1.act = config_.activation;
@@ -324,7 +320,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   fp4_ ? weights_.w2_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w2_global_scale),
                   b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
     g2.w_row_scales = row_scale2_;
-    g2.persistent = fp4_persistent_ < 0 ? path.fp4_persistent : fp4_persistent_ == 1;
+    g2.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     gemm(g2);
   } else {
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};

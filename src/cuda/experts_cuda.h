@@ -2,6 +2,7 @@
 // experts reuse: the row plan's buffers and the experts run on a plan that is already built.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "cuda/cutlass/grouped_gemm.h"
@@ -113,7 +114,7 @@ class CudaExperts final : public ModularExperts {
   // fp4 weights, split-k 8-token tiles; FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
   bool small_m_act_epilogue_ = false;
   // FUSEDMOE_FP4_PERSISTENT: 1 runs the fp4 wgmma kernel persistent wherever it runs, 0 never, unset as the path says.
-  int fp4_persistent_ = -1;
+  std::optional<bool> fp4_persistent_;
 };
 
 }  // namespace fusedmoe::cuda

@@ -122,12 +122,16 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   return path;
 }
 
+std::optional<bool> env_switch(const char* name) {
+  const char* env = std::getenv(name);
+  if (!env || !env[0]) return std::nullopt;
+  FMOE_CHECK((env[0] == '0' || env[0] == '1') && env[1] == '\0', name, " must be 0 or 1, got '", env, "'");
+  return env[0] == '1';
+}
+
 FusedDecodeMode fused_decode_mode_from_env() {
-  const char* env = std::getenv("FUSEDMOE_FUSED_DECODE");
-  if (!env || !env[0]) return FusedDecodeMode::automatic;
-  FMOE_CHECK((env[0] == '0' || env[0] == '1') && env[1] == '\0', "FUSEDMOE_FUSED_DECODE must be 0 or 1, got '", env,
-             "'");
-  return env[0] == '1' ? FusedDecodeMode::on : FusedDecodeMode::off;
+  const std::optional<bool> on = env_switch("FUSEDMOE_FUSED_DECODE");
+  return !on ? FusedDecodeMode::automatic : *on ? FusedDecodeMode::on : FusedDecodeMode::off;
 }
 
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,

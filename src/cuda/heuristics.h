@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "fusedmoe/quant.h"
 
@@ -43,6 +44,9 @@ inline constexpr int64_t kMaxFusedDecodeTokens = 16;
 inline constexpr int64_t kFusedDecodeMinExpertBytes = int64_t(128) << 20;
 enum class FusedDecodeMode { automatic, on, off };
 FusedDecodeMode fused_decode_mode_from_env();
+// An on/off switch from the environment: "1" true, "0" false, unset or empty nullopt (the path decides); anything
+// else is a fusedmoe::Error naming the variable.
+std::optional<bool> env_switch(const char* name);
 // expert_bytes: one expert's weights (w13 and w2).
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
                          FusedDecodeMode mode);

@@ -634,10 +634,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
                                                                           w.e, w.n0, w.rows, w.first, &ring);
       });
     }
-    if (leader && atomicAdd(&plan.work_counters[1], 1) == static_cast<int>(gridDim.x) - 1) {
-      atomicExch(&plan.work_counters[0], 0);
-      atomicExch(&plan.work_counters[1], 0);
-    }
+    if (leader) reset_claim_counters(plan.work_counters, static_cast<int>(gridDim.x));
   } else {
     setmaxnreg_inc<kPersistentConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kPersistentEpiBytes;
@@ -661,21 +658,16 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
 // (whose shared-memory limit it raises first).
 template <bool kNv>
 int resident_blocks() {
-  constexpr int kMaxDevices = 64;
   static std::atomic<int> known[kMaxDevices] = {};
-  int device = 0;
-  FMOE_CUDA_CHECK(cudaGetDevice(&device));
-  FMOE_CHECK(device < kMaxDevices, "the fp4 wgmma GEMM supports devices 0 .. ", kMaxDevices - 1, ", got ", device);
-  if (const int n = known[device].load(std::memory_order_relaxed)) return n;
-  int sms = 0, per_sm = 0;
-  FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const auto kernel = fp4_wgmma_persistent_kernel<kNv>;
-  FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
-  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
-  FMOE_CHECK(per_sm > 0, "the persistent fp4 wgmma GEMM's blocks (", kPersistentSmemBytes,
-             " bytes of shared memory) do not fit on device ", device);
-  known[device].store(sms * per_sm, std::memory_order_relaxed);
-  return sms * per_sm;
+  return once_per_device(known, "the persistent fp4 wgmma GEMM", [](int device) {
+    int sms = 0, per_sm = 0;
+    FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const auto kernel = fp4_wgmma_persistent_kernel<kNv>;
+    FMOE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
+    FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
+    return sms * per_sm;
+  });
 }
 
 }  // namespace

@@ -74,7 +74,6 @@ constexpr int kRowBytes = 128;                    // a row's bytes in a k tile (
 constexpr int kSteps = 4;                         // wgmma k steps of a k tile (32 bytes each: k16 bf16, k32 e4m3)
 constexpr int kTailTokens = 32;
 constexpr int kItemGroup = 8;  // plan items whose units run side by side (the unit order below)
-constexpr int kMaxDevices = 64;  // resident_groups' cache
 // Rows of the TMA boxes: X's (and 32-row boxes for a token tile's last 32 rows or a tail), W's (a block of kT = 1).
 constexpr int kXBox = 64, kXTailBox = 32, kWBox = 128;
 // fp8-block's X scales of a k tile: one box of kScaleBox rows from the 4-row boundary at or below the tile's first row
@@ -460,11 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         });
       __syncwarp();
     }
-    // Every pair has made its last claim: back to 0 for the next launch.
-    if (leader && rank == 0 && atomicAdd(&work[1], 1) == int(gridDim.x) / kCluster - 1) {
-      atomicExch(&work[0], 0);
-      atomicExch(&work[1], 0);
-    }
+    if (leader && rank == 0) reset_claim_counters(work, int(gridDim.x) / kCluster);  // one claimer a pair
   } else {
     setmaxnreg_inc<kConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kEpiBytes;
@@ -549,27 +544,22 @@ CUtensorMap scales_map(const float* base, int64_t rows, int64_t row_stride, int6
 template <class C, int kCluster>
 int resident_groups() {
   static std::atomic<int> known[kMaxDevices] = {};
-  int device = 0;
-  FMOE_CUDA_CHECK(cudaGetDevice(&device));
-  FMOE_CHECK(device < kMaxDevices, "the wgmma grouped GEMM supports devices 0 .. ", kMaxDevices - 1, ", got ", device);
-  if (const int n = known[device].load(std::memory_order_relaxed)) return n;
-  const auto kernel = wgmma_grouped_kernel<C, kCluster>;
-  FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes<C>)));
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(kCluster);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmemBytes<C>;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim = {kCluster, 1, 1};
-  config.attrs = cluster;
-  config.numAttrs = 1;
-  int n = 0;
-  FMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
-  FMOE_CHECK(n > 0, "the wgmma grouped GEMM's clusters of ", kCluster, " blocks (", kSmemBytes<C>,
-             " bytes of shared memory each) do not fit on this device");
-  known[device].store(n, std::memory_order_relaxed);
-  return n;
+  return once_per_device(known, "the wgmma grouped GEMM", [](int) {
+    const auto kernel = wgmma_grouped_kernel<C, kCluster>;
+    FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes<C>)));
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(kCluster);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = kSmemBytes<C>;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim = {kCluster, 1, 1};
+    config.attrs = cluster;
+    config.numAttrs = 1;
+    int n = 0;
+    FMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
+    return n;
+  });
 }
 
 // Persistent: as many clusters as the device holds at once, or one per unit when there are fewer units.

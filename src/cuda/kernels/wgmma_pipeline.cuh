@@ -8,8 +8,10 @@
 
 #include <cuda_bf16.h>
 
+#include <atomic>
 #include <cstdint>
 
+#include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/wgmma_util.cuh"
 
@@ -174,6 +176,30 @@ struct Ring {
     }
   }
 };
+
+// A persistent kernel's end: each of its `claimers` claiming threads counts itself done on work[1]; the last sets
+// both counters back to 0 for the next launch (every claim has been made by then).
+__device__ inline void reset_claim_counters(int* work, int claimers) {
+  if (atomicAdd(&work[1], 1) == claimers - 1) {
+    atomicExch(&work[0], 0);
+    atomicExch(&work[1], 0);
+  }
+}
+
+// The persistent kernels' groups of blocks the current device holds at once: count() the first time for each
+// device, the cached answer after (known: the kernel's own cache; what: the kernel's name for the errors).
+inline constexpr int kMaxDevices = 64;
+template <class F>
+int once_per_device(std::atomic<int> (&known)[kMaxDevices], const char* what, F&& count) {
+  int device = 0;
+  FMOE_CUDA_CHECK(cudaGetDevice(&device));
+  FMOE_CHECK(device < kMaxDevices, what, " supports devices 0 .. ", kMaxDevices - 1, ", got ", device);
+  if (const int n = known[device].load(std::memory_order_relaxed)) return n;
+  const int n = count(device);
+  FMOE_CHECK(n > 0, what, "'s blocks do not fit on device ", device);
+  known[device].store(n, std::memory_order_relaxed);
+  return n;
+}
 
 // The persistent kernels' hand-out of claimed units from the producer to the consumers (wgmma_grouped_gemm.cu
 // describes the protocol): two slots, slot n % 2 for a block's n-th claim; `posted` completes when the producer has
