@@ -2,8 +2,9 @@
 // a producer warpgroup fills a ring of k-tile stages in shared memory (cp.async or TMA), two consumer warpgroups
 // issue wgmma on them; mbarriers (a full and an empty one per stage) hand the stages over. Here: the barrier
 // and proxy-fence helpers, the TMA copy, the named barriers of the consumers, the register hand-over between
-// the roles, and the epilogue that stores a consumer's accumulators (weight rows by token rows) as bf16 rows of
-// Y through shared memory. sm_90a only.
+// the roles, the epilogue that stores a consumer's accumulators (weight rows by token rows) as bf16 rows of
+// Y through shared memory, and the persistent kernels' pieces (ring position, claim queue, claim-counter reset,
+// per-device occupancy cache). sm_90a only.
 #pragma once
 
 #include <cuda_bf16.h>
