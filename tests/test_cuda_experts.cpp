@@ -2,7 +2,8 @@
 // streaming kernel, CUTLASS grouped GEMM): every scheme (bf16, fp8-tensor, fp8-channel, fp8-block,
 // nvfp4, mxfp4) x activation, expert biases, every routing method through forward(), the edge cases of
 // the CPU suite, real model shapes (gpt-oss-120b's mxfp4 layer included), the > 2^31 element
-// case, run-twice determinism, CUDA-graph replay and bad input. Skips without a GPU.
+// case, run-twice determinism, CUDA-graph replay, the bf16 fused decode kernel against the small-M chain and bad
+// input. Skips without a GPU.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -873,6 +874,72 @@ TEST(CudaExperts, RealModelShapes) {
       Buffer ids, w;
       const Buffer out = run_cuda_forward(g, M, &ids, &w);
       expect_matches_reference(p, out, ids, w);
+    }
+  }
+}
+
+// The modular experts' fused decode kernel (bf16 weights, decode sizes; forced here) equals the small-M chain bit
+// for bit and matches the reference: every activation kind's family, biases, random ids with repeats, every slot on
+// one expert (more rows than a plan item holds: several items stream its weights), -1 and out-of-range ids, an
+// expert-map shard, and CUDA-graph replays (the plan kernel zeroes the kernel's counters on every replay).
+TEST(CudaExperts, FusedDecodeEqualsTheSmallMChain) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const auto expect_fused_equals_chain = [](const Problem& p, int64_t M) {
+    const GpuProblem g = to_gpu(p);
+    Buffer fused, chain;
+    {
+      const ForcePath force(true, 8, 0, false, /*fused_decode=*/true);
+      fused = run_cuda_apply(g, M);
+    }
+    {
+      const ForcePath force(true, 8, 0, false, /*fused_decode=*/false);
+      chain = run_cuda_apply(g, M);
+    }
+    EXPECT_TRUE(bits_equal(fused, chain)) << "the fused decode kernel and the small-M chain differ";
+    expect_matches_reference(p, fused, p.ids, p.topk_weights);
+  };
+  for (ActivationKind a : {ActivationKind::silu_mul, ActivationKind::swiglu_oai, ActivationKind::relu2})
+    for (int64_t M : {1, 5, 8, 9, 16, 64}) {
+      SCOPED_TRACE(std::string(activation_name(a)) + " M=" + std::to_string(M));
+      MoEConfig c = small_config(QuantScheme::bf16, 10, 256, 128, 3);
+      c.activation.kind = a;
+      c.routing.method = RoutingMethod::precomputed;  // random ids with repeats
+      expect_fused_equals_chain(make_problem(c, M, seed + M, /*with_bias=*/M % 2 == 1), M);
+      Problem skew = make_problem(c, M, seed ^ M);  // 3M rows on expert 3: items of 8 to 64 rows
+      std::fill_n(skew.ids.data_as<int32_t>(), 3 * M, 3);
+      expect_fused_equals_chain(skew, M);
+    }
+  MoEConfig c = small_config(QuantScheme::bf16, 10, 128, 128, 2);
+  c.routing.method = RoutingMethod::precomputed;
+  {
+    SCOPED_TRACE("-1, out of range and valid ids");
+    Problem masked = make_problem(c, 6, seed ^ 5);
+    const int32_t ids[] = {-1, 3, 123456789, 9, 10, 0, -7, 5, 2, 2, 4, -1};
+    std::memcpy(masked.ids.data_as<int32_t>(), ids, sizeof(ids));
+    expect_fused_equals_chain(masked, 6);
+  }
+  {
+    SCOPED_TRACE("expert-map shard: 5 of 16 experts local");
+    const Problem full = make_problem(routed_config(QuantScheme::bf16, RoutingMethod::softmax_topk), 12, seed ^ 7);
+    expect_fused_equals_chain(make_shard(full, {3, 0, 9, 15, 4}).problem, 12);
+  }
+  {
+    SCOPED_TRACE("graph replays");
+    const int64_t M = 16;
+    const Problem p = make_problem(c, M, seed ^ 11, /*with_bias=*/true);
+    const GpuProblem g = to_gpu(p);
+    const ForcePath force(true, 8, 0, false, /*fused_decode=*/true);
+    const FusedMoEKernel kernel = cuda_kernel(g);
+    const Buffer ws = poisoned_workspace(kernel, M);
+    Buffer direct = poisoned_bf16_on_gpu(M, 128), replayed = poisoned_bf16_on_gpu(M, 128);
+    kernel.apply(g.hidden, g.ids, g.topk_weights, direct, ws.view());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    CapturedGraph graph([&] { kernel.apply(g.hidden, g.ids, g.topk_weights, replayed, ws.view()); });
+    for (int rep = 0; rep < 3; ++rep) {
+      graph.replay();
+      EXPECT_TRUE(bits_equal(copy_to(direct, Device::cpu()), copy_to(replayed, Device::cpu()))) << "replay " << rep;
     }
   }
 }

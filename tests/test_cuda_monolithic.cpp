@@ -20,8 +20,9 @@ struct Outputs {
 };
 
 // forward() with the monolithic and the modular CUDA kernels (poisoned outputs and workspaces),
-// and the GPU router's picks for the reference.
-Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits) {
+// and the GPU router's picks for the reference. With small_m_tile: both on the small-M path with that tile, the
+// monolithic experts on the fused decode kernel (bf16) and the modular ones on the chain.
+Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits, std::optional<int> small_m_tile = {}) {
   Outputs o;
   KernelOptions opt;
   opt.backend = Backend::cuda;
@@ -32,8 +33,14 @@ Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits) {
   Buffer out_mono = poisoned_bf16_on_gpu(M, g.config.hidden_size);
   Buffer out_mod = poisoned_bf16_on_gpu(M, g.config.hidden_size);
   const Buffer ws_mono = poisoned_workspace(mono, M), ws_mod = poisoned_workspace(modular, M);
-  mono.forward(g.hidden, logits, out_mono, ws_mono.view());
-  modular.forward(g.hidden, logits, out_mod, ws_mod.view());
+  for (const bool monolithic : {true, false}) {
+    std::optional<ForcePath> force;
+    if (small_m_tile) force.emplace(true, *small_m_tile, 0, false, /*fused_decode=*/monolithic);
+    if (monolithic)
+      mono.forward(g.hidden, logits, out_mono, ws_mono.view());
+    else
+      modular.forward(g.hidden, logits, out_mod, ws_mod.view());
+  }
   const int64_t k = g.config.routing.top_k;
   Buffer ids = Buffer::empty(DType::i32, {M, k}, kGpu), w = Buffer::empty(DType::f32, {M, k}, kGpu);
   route(g.config.routing, logits, ids, w);
@@ -45,13 +52,11 @@ Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits) {
   return o;
 }
 
-// Decode sizes: the modular experts on the small-M kernel, which the monolithic chain and the fused
+// Decode sizes: the modular experts on the small-M chain, which the monolithic chain and the fused
 // decode kernel (bf16) equal bit for bit; larger batches: the heuristic's path for both.
 void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int64_t M, const Tensor& logits,
                                       int tile_tokens = 8) {
-  std::optional<ForcePath> force;
-  if (M <= 64) force.emplace(true, tile_tokens, 0, false, /*fused_decode=*/true);
-  const Outputs o = run_both(g, M, logits);
+  const Outputs o = run_both(g, M, logits, M <= 64 ? std::optional<int>(tile_tokens) : std::nullopt);
   EXPECT_TRUE(bits_equal(o.monolithic, o.modular)) << "monolithic and modular outputs differ";
   expect_matches_reference(p, o.monolithic, o.ids, o.weights);
 }

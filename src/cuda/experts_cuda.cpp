@@ -1,6 +1,7 @@
 // CUDA modular experts (standard and batched formats): row plan -> GEMM1 (+ w13 bias) -> activation (+ fp8
 // 1x128 re-quantization) -> GEMM2 (+ w2 bias), writing unweighted bf16 rows grouped by expert for
-// the PrepareFinalize to reduce. Two paths over the same plan (heuristics.h): the row-plan kernels (small-M
+// the PrepareFinalize to reduce (bf16 decode batches with large experts: all of it in the fused decode kernel,
+// decode_fused.cu). Two paths over the same plan (heuristics.h): the row-plan kernels (small-M
 // streaming kernels for decode-sized batches; our wgmma grouped GEMMs on 256-row plan items for fp4 above 24
 // rows per expert and bf16 at 24-512, on 128-row items for fp8-block at 12-64) and the CUTLASS grouped GEMMs (after
 // a row gather) for the rest. fp4 weights (nvfp4, mxfp4) are W4A16, dequantized in registers; their grouped path
@@ -108,6 +109,10 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
   fp4_persistent_ = env_switch("FUSEDMOE_FP4_PERSISTENT");
+  fused_decode_mode_ = fused_decode_mode_from_env();
+  expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
+  fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
+                            config.intermediate_size % 32 == 0 && num_local_ <= 1024;
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
 }
 
@@ -144,13 +149,19 @@ size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
   const int k = config_.routing.top_k;
+  const int64_t K = config_.hidden_size;
   if (batched_) {  // the plan of E x T rows, then the rows; fp4 keeps room for either path
     const int64_t R = num_local_ * config_.max_tokens_per_expert;
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
            items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true, /*gemm1_rows=*/R);
   }
   const ExpertsPath path = choose_experts_path(M, k, num_local_, config_.quant, config_.intermediate_size);
-  return plan_bytes(M, k, num_local_) + rows_workspace_bytes(M * k, !path.small_m, gemm1_out_rows(M));
+  // The fused decode kernel's counters for up to M tokens (the most items: 8-row ones); its h2 and y fit in the
+  // rows' share.
+  const int most_items = static_cast<int>(plan_max_items(M * k, num_local_, 8));
+  const size_t counters =
+      fused_decode_supported_ ? workspace_tensor_bytes(DType::i32, {fused_decode_counters(most_items, K)}) : 0;
+  return plan_bytes(M, k, num_local_) + counters + rows_workspace_bytes(M * k, !path.small_m, gemm1_out_rows(M));
 }
 
 // fp4 fuses only from the 128-row tiles on (more rows per expert): with 64-row tiles, on H200,
@@ -216,10 +227,54 @@ ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) c
   DeviceGuard guard(device_);
   if (batched_) return apply_batched(in, ws);
   const int64_t M = in.topk_ids.size(0);
-  const PlanBuffers planned = take_plan(M, ws);
+  PlanBuffers planned = take_plan(M, ws);
+  const bool fused = fused_decode_runs(M);
+  if (fused) check_tensor(in.a1q, "a1q", DType::bf16, {M, config_.hidden_size}, device_);
+  const Tensor counters = fused ? prepare_fused_decode(M, planned, ws) : Tensor{};
   launch_plan(in.topk_ids.data_as<const int32_t>(), M, config_.routing.top_k, static_cast<int>(config_.num_experts),
-              device_expert_map(), static_cast<int>(num_local_), planned.plan, planned.scratch, stream());
+              device_expert_map(), static_cast<int>(num_local_), planned.plan, planned.scratch, stream(),
+              fused ? counters.data_as<int32_t>() : nullptr, fused ? counters.numel() : 0);
+  if (fused)
+    return {ExpertsOutputKind::sorted, run_fused_decode(in.a1q, planned, counters, nullptr, nullptr, ws),
+            planned.slot_rows};
   return run_planned(in, planned, ws);
+}
+
+bool CudaExperts::fused_decode_runs(int64_t M) const {
+  return fused_decode_supported_ && M >= 1 && M <= kMaxFusedDecodeRows &&
+         choose_fused_decode(M, config_.routing.top_k, num_local_, expert_bytes_, fused_decode_mode_);
+}
+
+Tensor CudaExperts::prepare_fused_decode(int64_t M, PlanBuffers& planned, Workspace& ws) const {
+  RowPlan& plan = planned.plan;
+  plan.item_rows = fused_decode_item_rows(M);
+  plan.item_grid = static_cast<int>(plan_max_items(M * config_.routing.top_k, num_local_, plan.item_rows));
+  return ws.take(DType::i32, {fused_decode_counters(plan.item_grid, config_.hidden_size)});
+}
+
+Tensor CudaExperts::run_fused_decode(const Tensor& x, const PlanBuffers& planned, const Tensor& counters,
+                                     const float* topk_weights, bf16* out, Workspace& ws) const {
+  const int64_t M = x.size(0), k = config_.routing.top_k, K = config_.hidden_size, I = config_.intermediate_size;
+  FusedDecode f{};
+  f.x = x.data_as<const bf16>();
+  f.w13 = weights_.w13.data_as<const bf16>();
+  f.w2 = weights_.w2.data_as<const bf16>();
+  f.b13 = f32_or_null(weights_.w13_bias);
+  f.b2 = f32_or_null(weights_.w2_bias);
+  f.topk_weights = topk_weights;
+  f.act = config_.activation;
+  f.M = M, f.K = K, f.I = I;
+  f.top_k = static_cast<int>(k);
+  f.max_items = planned.plan.item_grid;
+  f.h2 = ws.take(DType::bf16, {M * k, I}).data_as<bf16>();
+  const Tensor y = ws.take(DType::bf16, {M * k, K});
+  f.y = y.data_as<bf16>();
+  f.out = out;
+  f.counters = counters.data_as<int32_t>();
+  f.done_a = f.counters + 1;
+  f.done_b = f.done_a + f.max_items;
+  launch_fused_decode(f, planned.plan, sm_count_, stream());
+  return y;
 }
 
 // Batched input [E, T, K] (+ scales [E, T, G]) with expert_num_tokens [E] on the device: a plan

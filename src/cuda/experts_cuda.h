@@ -41,6 +41,17 @@ class CudaExperts final : public ModularExperts {
   PlanBuffers take_plan(int64_t M, Workspace& ws) const;
   // The experts on rows already planned (in.topk_ids give M; the plan is of those ids).
   ExpertsOutput run_planned(const PreparedActivations& in, const PlanBuffers& planned, Workspace& ws) const;
+  // The fused decode kernel (decode_fused.cu: both GEMMs and the activation in one launch) for a standard-format
+  // batch of M tokens: whether it runs (bf16 weights; choose_fused_decode, FUSEDMOE_FUSED_DECODE=1 / 0 forcing it
+  // on / off).
+  bool fused_decode_runs(int64_t M) const;
+  // Gives `planned` the kernel's work items and takes its counters from ws, which the launch that builds the
+  // plan must zero (launch_plan's or launch_route_plan's `zero`).
+  Tensor prepare_fused_decode(int64_t M, PlanBuffers& planned, Workspace& ws) const;
+  // The kernel on the planned rows of x [M, K]: returns y, the experts' bf16 rows [M k, K] in plan order, and
+  // with out set also writes out [M, K] = the top-k sum weighted by topk_weights (null: unweighted).
+  Tensor run_fused_decode(const Tensor& x, const PlanBuffers& planned, const Tensor& counters,
+                          const float* topk_weights, bf16* out, Workspace& ws) const;
   // Device expert_map (global -> local), or null when every expert is local.
   const int32_t* device_expert_map() const;
   int64_t num_local() const { return num_local_; }
@@ -115,6 +126,10 @@ class CudaExperts final : public ModularExperts {
   bool small_m_act_epilogue_ = false;
   // FUSEDMOE_FP4_PERSISTENT: 1 runs the fp4 wgmma kernel persistent wherever it runs, 0 never, unset as the path says.
   std::optional<bool> fp4_persistent_;
+  // The fused decode kernel: whether the shape allows it, FUSEDMOE_FUSED_DECODE, one expert's bf16 weight bytes.
+  bool fused_decode_supported_ = false;
+  FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;
+  int64_t expert_bytes_ = 0;
 };
 
 }  // namespace fusedmoe::cuda

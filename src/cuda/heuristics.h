@@ -16,7 +16,7 @@ struct ExpertsPath {
   int tile_tokens = 8;   // small-M: most rows per weight pass (8, 16, 32; 64: fp4 warp tiles; 128, 256: wgmma kernels)
   int64_t fp4_chunk_experts = 0;  // fp4 grouped path: experts dequantized at a time (0: by the budget)
   bool warp_tiles = false;        // small-M: a 16-row tile per warp instead of 4 warps splitting k
-  bool fused_decode = false;      // monolithic bf16: the fused decode kernel instead of the chain
+  bool fused_decode = false;      // bf16 decode: the fused decode kernel instead of the small-M chain
   int gemm_tile_m = 128;          // grouped path: 128-row cooperative tiles or 64-row pingpong tiles
   int gemm2_tile_m = 128;         // grouped path: GEMM2's tiles (gemm_tile_m, but for fp8-channel's short GEMM2)
   bool wgmma_pairs = false;       // the bf16 wgmma kernel: in pairs of blocks sharing each item's X rows
@@ -31,9 +31,11 @@ struct ExpertsPath {
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0);
 
-// The monolithic experts of a scheme the fused decode kernel runs (bf16): that kernel for decode batches (up to
-// kMaxFusedDecodeTokens tokens) where the modular experts would take the small-M kernel with split-k blocks (its
-// tiles and order of k are the same, so monolithic equals modular bit for bit), the chain of kernels otherwise.
+// The experts of a scheme the fused decode kernel runs (bf16), monolithic and (since session 42) modular: that
+// kernel for decode batches (up to kMaxFusedDecodeTokens tokens) where the chain would take the small-M kernel
+// with split-k blocks (its tiles and order of k are the same, so the bits are the chain's), the chain otherwise.
+// (Modular, session 42, same run against the chain: mixtral-8x7b 1.04 / 1.08 / 1.12 / 1.08 / 1.03x at 1 / 2 / 4 /
+// 8 / 16 tokens; the modular forward keeps its plan and finalize kernels around it.)
 // By default only for experts of at least kFusedDecodeMinExpertBytes of weights: its items are 16 weight rows, and
 // short rows leave each block too little to stream per item (H200, session 37, same run against the chain:
 // mixtral-8x7b, 336 MiB an expert, 1.05-1.12x at 1-8 tokens, 1.05x / 1.03x at 12 / 16; qwen3-30b-a3b, 9 MiB,

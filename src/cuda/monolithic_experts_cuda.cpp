@@ -4,7 +4,8 @@
 // quantization (fp8-block), the modular experts' GEMM pipeline on that plan, and the weighted top-k
 // reduce straight into the output. bf16 decode batches of up to kMaxFusedDecodeTokens tokens with large
 // experts (choose_fused_decode; FUSEDMOE_FUSED_DECODE=1 / 0 forces it on / off) in two launches, route+plan
-// and the fused decode kernel (decode_fused.cu: both GEMMs, the activation and the weighted reduce).
+// and the fused decode kernel (decode_fused.cu: both GEMMs, the activation and the weighted reduce; the modular
+// experts run it too, without the reduce).
 // Routing runs route_token_warp, the modular router's device code, so the two paths pick the same experts
 // and give the same bits.
 #include <algorithm>
@@ -30,12 +31,8 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     if (config.routing.correction_bias.defined())
       FMOE_CHECK(config.routing.correction_bias.device() == experts_.device(), "routing.correction_bias must be on ",
                  experts_.device().str(), " with the weights, got ", config.routing.correction_bias.describe());
-    fused_decode_mode_ = fused_decode_mode_from_env();
-    const int64_t n1 = config.activation.kind == ActivationKind::relu2 ? 1 : 2;
-    expert_bytes_ = (n1 + 1) * config.intermediate_size * config.hidden_size * 2;
-    fused_decode_supported_ = config.quant == QuantScheme::bf16 && config.hidden_size % 32 == 0 &&
-                              config.intermediate_size % 32 == 0 && config.routing.top_k <= 32 &&
-                              experts_.num_local() <= 1024 && config.num_experts <= kMaxRoutePlanExperts;
+    // The fused decode kernel runs after the route+plan kernel, which zeroes its counters.
+    route_plan_fits_ = config.num_experts <= kMaxRoutePlanExperts;
   }
 
   std::string name() const override {
@@ -47,8 +44,7 @@ class CudaMonolithicExperts final : public MonolithicExperts {
   size_t workspace_bytes(int64_t M) const override {
     const int64_t k = config_.routing.top_k;
     return workspace_tensor_bytes(DType::i32, {M, k}) + workspace_tensor_bytes(DType::f32, {M, k}) +
-           expert_input_bytes(config_, M) + experts_.workspace_bytes(M) +
-           workspace_tensor_bytes(DType::i32, {fused_decode_counters(max_active(M), config_.hidden_size)});
+           expert_input_bytes(config_, M) + experts_.workspace_bytes(M);
   }
 
   void apply_monolithic(const Tensor& hidden, const Tensor& router_logits, const Tensor& output,
@@ -59,18 +55,18 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     if (M == 0) return;
     const Tensor ids = ws.take(DType::i32, {M, k});
     const Tensor weights = ws.take(DType::f32, {M, k});
-    const PlanBuffers planned = experts_.take_plan(M, ws);
+    PlanBuffers planned = experts_.take_plan(M, ws);
     const RoutingParams params = make_routing_params(config_.routing, config_.num_experts);
     const bool bf16_logits = router_logits.dtype() == DType::bf16;
     const int num_local = static_cast<int>(experts_.num_local());
-    if (fused_decode_supported_ && M <= kMaxFusedDecodeRows &&
-        choose_fused_decode(M, static_cast<int>(k), num_local, expert_bytes_, fused_decode_mode_)) {
-      run_fused_decode(hidden, router_logits, output, ids, weights, planned, params, ws);
-      return;
-    }
-    if (choose_route_plan_kernel(M, static_cast<int>(k), num_local, static_cast<int>(config_.num_experts))) {
+    // bf16 decode batches with large experts: route+plan (zeroing the fused decode kernel's counters), then that
+    // kernel, the reduce included.
+    const bool fused = route_plan_fits_ && experts_.fused_decode_runs(M);
+    const Tensor counters = fused ? experts_.prepare_fused_decode(M, planned, ws) : Tensor{};
+    if (fused || choose_route_plan_kernel(M, static_cast<int>(k), num_local, static_cast<int>(config_.num_experts))) {
       launch_route_plan(params, router_logits.data(), bf16_logits, M, experts_.device_expert_map(), num_local,
-                        ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s);
+                        ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s,
+                        fused ? counters.data_as<int32_t>() : nullptr, fused ? counters.numel() : 0);
     } else {
       launch_route(params, router_logits.data(), bf16_logits, M, ids.data_as<int32_t>(), weights.data_as<float>(), s);
       launch_plan(ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
@@ -78,63 +74,28 @@ class CudaMonolithicExperts final : public MonolithicExperts {
     }
     // llama4 has top_k == 1: token t's weight is weights[t], applied on the input.
     const bool on_input = config_.apply_router_weight_on_input();
+    const float* topk_weights = on_input ? nullptr : weights.data_as<const float>();
     const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr,
                                                experts_.weights().a13_scale, ws);
+    if (fused) {
+      experts_.run_fused_decode(in.rows, planned, counters, topk_weights, output.data_as<bf16>(), ws);
+      return;
+    }
     PreparedActivations prepared;
     prepared.a1q = in.rows;
     prepared.a1q_scale = in.scales;
     prepared.topk_ids = ids;
     prepared.topk_weights = weights;
     const ExpertsOutput out = experts_.run_planned(prepared, planned, ws);
-    launch_finalize(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(),
-                    on_input ? nullptr : weights.data_as<const float>(), M, static_cast<int>(k), config_.hidden_size,
-                    output.data_as<bf16>(), s, /*settled: routed and planned before the GEMMs*/ true);
+    launch_finalize(out.rows.data_as<const bf16>(), out.slot_rows.data_as<const int32_t>(), topk_weights, M,
+                    static_cast<int>(k), config_.hidden_size, output.data_as<bf16>(), s,
+                    /*settled: routed and planned before the GEMMs*/ true);
   }
 
  private:
-  int max_active(int64_t M) const {
-    return static_cast<int>(std::min<int64_t>(experts_.num_local(), M * config_.routing.top_k));
-  }
-
-  void run_fused_decode(const Tensor& hidden, const Tensor& router_logits, const Tensor& output, const Tensor& ids,
-                        const Tensor& weights, const PlanBuffers& planned, const RoutingParams& params,
-                        Workspace& ws) const {
-    const cudaStream_t s = stream();
-    const int64_t M = hidden.size(0), k = config_.routing.top_k, K = config_.hidden_size;
-    const int64_t I = config_.intermediate_size;
-    FusedDecode f{};
-    f.max_active = max_active(M);
-    const Tensor counters = ws.take(DType::i32, {fused_decode_counters(f.max_active, K)});
-    launch_route_plan(params, router_logits.data(), router_logits.dtype() == DType::bf16, M,
-                      experts_.device_expert_map(), static_cast<int>(experts_.num_local()), ids.data_as<int32_t>(),
-                      weights.data_as<float>(), planned.plan, s, counters.data_as<int32_t>(), counters.numel());
-    const bool on_input = config_.apply_router_weight_on_input();
-    const ExpertInput in = make_expert_input(config_, hidden, on_input ? weights.data_as<const float>() : nullptr,
-                                               experts_.weights().a13_scale, ws);
-    const ExpertWeights& w = experts_.weights();
-    f.x = in.rows.data_as<const bf16>();
-    f.w13 = w.w13.data_as<const bf16>();
-    f.w2 = w.w2.data_as<const bf16>();
-    f.b13 = w.w13_bias.defined() ? w.w13_bias.data_as<const float>() : nullptr;
-    f.b2 = w.w2_bias.defined() ? w.w2_bias.data_as<const float>() : nullptr;
-    f.topk_weights = on_input ? nullptr : weights.data_as<const float>();
-    f.act = config_.activation;
-    f.M = M, f.K = K, f.I = I;
-    f.top_k = static_cast<int>(k);
-    f.h2 = ws.take(DType::bf16, {M * k, I}).data_as<bf16>();
-    f.y = ws.take(DType::bf16, {M * k, K}).data_as<bf16>();
-    f.out = output.data_as<bf16>();
-    f.counters = counters.data_as<int32_t>();
-    f.done_a = f.counters + 1;
-    f.done_b = f.done_a + f.max_active;
-    launch_fused_decode(f, planned.plan, experts_.sm_count(), s);
-  }
-
   MoEConfig config_;
   CudaExperts experts_;
-  bool fused_decode_supported_ = false;
-  FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;  // FUSEDMOE_FUSED_DECODE
-  int64_t expert_bytes_ = 0;  // one expert's bf16 weights
+  bool route_plan_fits_ = false;
 };
 
 }  // namespace

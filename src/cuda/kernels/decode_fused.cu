@@ -1,14 +1,18 @@
-// Fused decode kernel of the monolithic CUDA experts (bf16 weights, bf16 activations): after the
-// route+plan kernel, this one launch runs GEMM1 with the activation in its epilogue, GEMM2 and
-// the weighted top-k reduce. Work items, taken in order from an atomic counter:
-//   A (active expert i, h2 columns j0..): 16 w13 rows — for a gated activation 8 gate rows and
+// Fused decode kernel of the CUDA experts (bf16 weights, bf16 activations): after the kernel that
+// builds the row plan (the monolithic route+plan kernel, or the modular plan kernel), this one launch runs
+// GEMM1 with the activation in its epilogue, GEMM2 and (monolithic: FusedDecode::out set) the weighted
+// top-k reduce. It works on the plan's work items (RowPlan::items, fused_decode_item_rows(M) rows each: an
+// expert's rows, all of them unless a token repeats an id). Its own items, taken in order from an atomic
+// counter:
+//   A (plan item i, h2 columns j0..): 16 w13 rows — for a gated activation 8 gate rows and
 //     their 8 up rows, so each lane holds a gate/up pair of the same column in its accumulators;
-//     relu2: 16 plain rows — times the expert's token rows, then bias, activation, bf16 h2;
+//     relu2: 16 plain rows — times the plan item's token rows, then bias, activation, bf16 h2;
 //     then done_a[i] += 1.
-//   B (active expert i, w2 rows n0..n0+15): waits for done_a[i] to reach the A tiles of expert i
+//   B (plan item i, w2 rows n0..n0+15): waits for done_a[i] to reach the A tiles of plan item i
 //     (the producer waits, see below), then y rows (+ bias) in bf16; done_b[n0/16] += 1.
-//   C (output columns n0..n0+15): waits for done_b[n0/16] to count every active expert, then
-//     out[t] = bf16(sum over slots j in order of w[t, j] * y[row of (t, j)]) — finalize.cu's sum.
+//   C (output columns n0..n0+15; only with out set): waits for done_b[n0/16] to count every plan item,
+//     then out[t] = bf16(sum over slots j in order of w[t, j] * y[row of (t, j)]) — finalize.cu's sum.
+// Without out the modular experts return y (rows in plan order) for their PrepareFinalize to reduce.
 // Items are taken in order, so an item only waits on items taken before it by running blocks,
 // which never wait on it: no deadlock, whatever blocks are resident (a block runs its items in the
 // order it took them). The counters (the work counter, done_a, done_b) are zeroed by the route+plan
@@ -17,16 +21,16 @@
 // (the next claim in flight while it copies the present one) and copies each one's 16 weight rows
 // into a ring of 3 shared-memory stages, 1 KiB of every row a stage, by 1-D bulk copies (TMA; a
 // full and an empty mbarrier per stage, the item's index beside the stage); the consumers multiply
-// from the ring. A B item's first stage is marked full only once its expert's h2 is complete: the
+// from the ring. A B item's first stage is marked full only once its plan item's h2 is complete: the
 // producer polls done_a after issuing that stage's copies, so the weights stream in meanwhile and
 // the consumers never poll (session 38: a poll and a consumer barrier per B item cost ~0.8 us each
 // at qwen3-30b-a3b's 8 tokens, the blocks' trace showed). The plan's tables
-// (each active expert's slot, rows, tokens) are copied to shared memory once per block.
+// (each plan item's expert, rows and first row, each row's token) are copied to shared memory once per block.
 // The GEMM tiles are small_m_gemm.cu's (swap-AB mma.sync m16n8k16, 4 warps splitting k in the
 // same chunk order, reduced in the same warp order), and h2 and y are rounded to bf16 where the
 // modular chain rounds them, so the output equals the modular small-M forward bit for bit.
 // Data written in this kernel (h2, y) is read through L2 (ld.global.cg), never a stale L1 line.
-// Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32, M <= 64 (token tiles in registers).
+// Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32, M <= 64 (an item's rows in registers).
 // Measured (H200, session 37, bench/results/gpu-h200-session37-2026-12-01.md; same run against the
 // chain): mixtral-8x7b 1.05-1.12x at 1-8 tokens, 1.05x / 1.03x at 12 / 16 (84.5-96.6% of the floor,
 // its weights at up to 4.07 TB/s); qwen3-30b-a3b 0.84-0.98x at 1-8 tokens: each item there is 64 KiB
@@ -79,23 +83,24 @@ constexpr size_t fixed_smem_bytes() {
 }
 
 // The plan as the items need it, copied to shared memory once per block (no dependent global reads per item):
-// per active expert slot its expert, rows and first row; per row its token.
+// per plan item ("slot") its expert, rows and first row; per row its token.
 struct Tables {
   int *e, *count, *off, *token;  // [slots] x 3, then [rows]
 
   __device__ Tables(int* at, int slots) : e(at), count(at + slots), off(at + 2 * slots), token(at + 3 * slots) {}
   static int64_t ints(int slots, int rows) { return 3 * int64_t(slots) + rows; }
-  // The whole block; n_active: the active slots. Reads only the plan rows in use (the active experts' rows
-  // are rows 0 .. end - 1, in slot order).
-  __device__ void load(const RowPlan& plan, int n_active) {
-    for (int i = threadIdx.x; i < n_active; i += blockDim.x) {
-      const int ex = plan.active[i];
-      e[i] = ex;
-      count[i] = plan.counts[ex];
-      off[i] = plan.offsets[ex];
+  // The whole block; n_items: the plan's work items. Item i holds rows first .. first + item_rows - 1 of its
+  // expert (fewer at the expert's end). Reads only the plan rows in use (the items' rows are rows 0 .. end - 1,
+  // in item order).
+  __device__ void load(const RowPlan& plan, int n_items) {
+    for (int i = threadIdx.x; i < n_items; i += blockDim.x) {
+      const PlanItem item = plan.items[i];
+      e[i] = item.expert;
+      count[i] = min(plan.item_rows, item.count - item.first);
+      off[i] = item.offset + item.first;
     }
     __syncthreads();
-    const int end = n_active > 0 ? off[n_active - 1] + count[n_active - 1] : 0;
+    const int end = n_items > 0 ? off[n_items - 1] + count[n_items - 1] : 0;
     for (int i = threadIdx.x; i < end; i += blockDim.x) token[i] = plan.row_token[i];
     __syncthreads();
   }
@@ -149,23 +154,23 @@ struct Work {
 };
 struct Items {
   bool gated;
-  int t1, t2, n_active;  // A tiles per expert, B tiles per expert (= C items)
+  int t1, t2, n_slots;  // A tiles per plan item, B tiles per plan item (= C items)
   int64_t num_ab, total;
 
-  __device__ Items(const FusedDecode& f, int active) {
+  __device__ Items(const FusedDecode& f, int slots) {
     gated = f.act.kind != ActivationKind::relu2;
-    n_active = active;
+    n_slots = slots;
     t1 = static_cast<int>(gated ? f.I / 8 : f.I / 16);
     t2 = static_cast<int>(f.K / kTile);
-    num_ab = int64_t(n_active) * (t1 + t2);
-    total = num_ab + t2;
+    num_ab = int64_t(n_slots) * (t1 + t2);
+    total = num_ab + (f.out ? t2 : 0);
   }
   // Claim q: every A item (slot by slot), every B item, the C items. (Each slot's B items right after the next
   // slot's A items was 1.3-1.7x slower at qwen3-30b-a3b 2-8 tokens: the B items then wait on A items just claimed.)
   __device__ Work at(int64_t q) const {
     if (q >= total) return {Work::End, 0, 0};
     if (q >= num_ab) return {Work::C, 0, static_cast<int>(q - num_ab)};
-    const int64_t num_a = int64_t(n_active) * t1;
+    const int64_t num_a = int64_t(n_slots) * t1;
     if (q < num_a) return {Work::A, static_cast<int>(q / t1), static_cast<int>(q % t1)};
     return {Work::B, static_cast<int>((q - num_a) / t2), static_cast<int>((q - num_a) % t2)};
   }
@@ -365,9 +370,9 @@ __device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, in
   signal_done(f.done_b + tile);
 }
 
-// C: output columns n0..n0+15 of every token, once every active expert's y has them.
-__device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int tile, int n_active) {
-  wait_for(f.done_b + tile, n_active);
+// C: output columns n0..n0+15 of every token, once every plan item's y has them.
+__device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int tile, int n_slots) {
+  wait_for(f.done_b + tile, n_slots);
   const int64_t K = f.K, n0 = int64_t(tile) * kTile;
   const int k = f.top_k;
   for (int64_t p = threadIdx.x; p < f.M * 2; p += kConsumers) {
@@ -397,7 +402,7 @@ __device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables&
     } else {
       mbar_arrive(smem_addr(&ring.empty[stage]));  // the item is read
       if (++stage == kStages) stage = 0, phase ^= 1;
-      finalize_item(f, plan, w.tile, it.n_active);
+      finalize_item(f, plan, w.tile, it.n_slots);
     }
   }
 }
@@ -412,21 +417,21 @@ __global__ void __launch_bounds__(kThreads, NT >= 4 ? 3 : kBlocksPerSm)
   auto& ring = *reinterpret_cast<Ring*>(smem + kStages * kStageBytes);
   auto& partial =
       *reinterpret_cast<float(*)[kWarps][NT][4][32]>(smem + kStages * kStageBytes + sizeof(Ring));
-  Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), static_cast<int>(f.max_active));
+  Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), f.max_items);
   if (threadIdx.x < kStages) {
     mbar_init(&ring.full[threadIdx.x], 1);            // the producer's arrival, with the bytes it expects
     mbar_init(&ring.empty[threadIdx.x], kConsumers);  // each consumer thread, once it has read the stage
   }
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   pdl_wait();
-  // The active experts are a prefix of plan.active; every warp counts them.
-  int n_active = 0;
-  for (int base = 0; base < f.max_active; base += 32) {
+  // The work items are a prefix of plan.items; every warp counts them.
+  int n_slots = 0;
+  for (int base = 0; base < f.max_items; base += 32) {
     const int i = base + (threadIdx.x & 31);
-    n_active += __popc(__ballot_sync(0xffffffffu, i < f.max_active && plan.active[i] >= 0));
+    n_slots += __popc(__ballot_sync(0xffffffffu, i < f.max_items && plan.items[i].expert >= 0));
   }
-  tab.load(plan, n_active);
-  const Items it(f, n_active);
+  tab.load(plan, n_slots);
+  const Items it(f, n_slots);
   if (threadIdx.x >= kConsumers)
     produce(f, tab, it, stages, ring);
   else
@@ -436,7 +441,7 @@ __global__ void __launch_bounds__(kThreads, NT >= 4 ? 3 : kBlocksPerSm)
 template <int NT>
 void launch_typed(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s) {
   const size_t bytes =
-      fixed_smem_bytes<NT>() + sizeof(int) * Tables::ints(f.max_active, static_cast<int>(f.M * f.top_k));
+      fixed_smem_bytes<NT>() + sizeof(int) * Tables::ints(f.max_items, static_cast<int>(f.M * f.top_k));
   static const bool raised = [] {  // the most any launch asks for
     int device = 0, most = 0;
     FMOE_CUDA_CHECK(cudaGetDevice(&device));
@@ -446,14 +451,16 @@ void launch_typed(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaS
   }();
   (void)raised;
   const int64_t t1 = f.act.kind != ActivationKind::relu2 ? f.I / 8 : f.I / 16, t2 = f.K / kTile;
-  const int64_t max_items = int64_t(f.max_active) * (t1 + t2) + t2;
+  const int64_t max_items = int64_t(f.max_items) * (t1 + t2) + (f.out ? t2 : 0);
   const int64_t grid = std::min<int64_t>(max_items, int64_t(sm_count) * kBlocksPerSm);
   launch_with_smem(fused_decode_kernel<NT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), bytes, s, f, plan);
 }
 
 }  // namespace
 
-int64_t fused_decode_counters(int max_active, int64_t K) { return 1 + max_active + K / kTile; }
+int64_t fused_decode_counters(int max_items, int64_t K) { return 1 + max_items + K / kTile; }
+
+int fused_decode_item_rows(int64_t M) { return M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64; }
 
 void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s) {
   FMOE_CHECK(f.K % 32 == 0 && f.I % 32 == 0, "the fused decode kernel needs hidden and intermediate sizes that are ",
@@ -461,13 +468,16 @@ void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count
   FMOE_CHECK(f.top_k >= 1 && f.top_k <= 32, "the fused decode kernel handles top_k 1 to 32, got ", f.top_k);
   FMOE_CHECK(f.M >= 0 && f.M <= kMaxFusedDecodeRows, "the fused decode kernel takes up to ", kMaxFusedDecodeRows,
              " tokens, got ", f.M);
-  if (f.M == 0) return;  // no local expert (max_active 0) still runs the C items: the output is zero
-  // An expert has at most M rows (a token picks it once): token tiles of 8 rows enough for M.
-  if (f.M <= 8)
+  if (f.M == 0) return;  // (no local expert, max_items 0, still runs the C items: the output is zero)
+  FMOE_CHECK(plan.item_rows == fused_decode_item_rows(f.M) && plan.item_grid == f.max_items,
+             "the fused decode kernel runs on a plan of ", f.max_items, " work items of ", fused_decode_item_rows(f.M),
+             " rows, got ", plan.item_grid, " of ", plan.item_rows);
+  // A plan item holds at most item_rows rows: token tiles of 8 rows, item_rows / 8 of them.
+  if (plan.item_rows == 8)
     launch_typed<1>(f, plan, sm_count, s);
-  else if (f.M <= 16)
+  else if (plan.item_rows == 16)
     launch_typed<2>(f, plan, sm_count, s);
-  else if (f.M <= 32)
+  else if (plan.item_rows == 32)
     launch_typed<4>(f, plan, sm_count, s);
   else
     launch_typed<8>(f, plan, sm_count, s);

@@ -65,8 +65,11 @@ int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows);
 // ids [M, k]; expert_map (device, may be null) maps global -> local or -1. scratch: device ints,
 // plan_scratch_ints(M * k, num_local) of them (0 for decode-size batches: may then be null).
 int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local);
+// zero (may be null; decode-size plans only, up to 4096 slots): n_zero ints it sets to 0 first (the
+// fused decode kernel's counters).
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
-                 int num_local, const RowPlan& plan, int32_t* scratch, cudaStream_t s);
+                 int num_local, const RowPlan& plan, int32_t* scratch, cudaStream_t s, int32_t* zero = nullptr,
+                 int64_t n_zero = 0);
 
 // batched.cu: the batched format [E_local, T, K] (see the file). batch_pos [M, k]: the batch row
 // e*T + position of each (token, slot), -1 where the slot has no local expert; a token's repeated
@@ -200,8 +203,9 @@ void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* s
 void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
                             int64_t max_rows, cudaStream_t s);
 
-// decode_fused.cu: the monolithic decode forward of bf16 experts after launch_route_plan — GEMM1
-// with the activation in its epilogue, GEMM2 and the weighted top-k reduce in one launch (see the
+// decode_fused.cu: the decode forward of bf16 experts on a row plan with work items of
+// fused_decode_item_rows(M) rows (the launch that builds the plan zeroes the counters) — GEMM1 with the
+// activation in its epilogue, GEMM2 and, when out is set, the weighted top-k reduce, in one launch (see the
 // file). Equal bit for bit to the small-M chain (GEMM1, activation, GEMM2, finalize).
 struct FusedDecode {
   const bf16* x;               // [M, K] expert input (plan.row_token gives each row's token)
@@ -212,16 +216,20 @@ struct FusedDecode {
   const float* topk_weights;   // [M, k], or null: unweighted (applied on the input)
   Activation act;
   int64_t M, K, I;
-  int top_k, max_active;       // max_active: entries of plan.active that may be >= 0
+  int top_k, max_items;        // max_items: plan.item_grid, the entries of plan.items that may be >= 0
   bf16* h2;                    // workspace [M * k, I]
-  bf16* y;                     // workspace [M * k, K]
-  bf16* out;                   // [M, K]
-  int32_t* counters;           // fused_decode_counters(max_active, K) ints, zero at launch
+  bf16* y;                     // workspace [M * k, K]: the experts' rows in plan order
+  bf16* out;                   // [M, K], or null: no reduce (the modular experts return y)
+  int32_t* counters;           // fused_decode_counters(max_items, K) ints, zero at launch
   int32_t* done_a;             // = counters + 1
-  int32_t* done_b;             // = counters + 1 + max_active
+  int32_t* done_b;             // = counters + 1 + max_items
 };
-int64_t fused_decode_counters(int max_active, int64_t K);
+int64_t fused_decode_counters(int max_items, int64_t K);
 inline constexpr int64_t kMaxFusedDecodeRows = 64;  // tokens (M) the fused decode kernel takes
+// The rows of the plan's work items for the kernel (RowPlan::item_rows): the token tiles it holds in
+// registers for M tokens, 8, 16, 32 or 64. An expert with more rows (ids repeated in a token) takes
+// several items, each streaming its weights.
+int fused_decode_item_rows(int64_t M);
 // sm_count sizes the grid (up to 4 blocks an SM, decode_fused.cu).
 void launch_fused_decode(const FusedDecode& f, const RowPlan& plan, int sm_count, cudaStream_t s);
 

@@ -4,7 +4,8 @@
 // experts mapped to -1 contribute no row. Within an expert, rows are in no particular order (every
 // consumer reads the plan through slot_rows / row_token, so the output does not depend on it).
 // Up to kOneBlockSlots slots: one block of 1024 threads does it all (one launch; the counts live
-// in shared memory). Above, three launches over chunks of kChunkSlots slots:
+// in shared memory; it also zeroes the fused decode kernel's counters when asked). Above, three
+// launches over chunks of kChunkSlots slots:
 //   count   (a block per chunk): the chunk's per-expert counts -> scratch[chunk][e];
 //   offsets (one block): counts (the sum over chunks), offsets and the active list;
 //   place   (a block per chunk): expert e's rows of chunk c from offsets[e] + the sum of
@@ -33,8 +34,9 @@ int64_t num_chunks(int64_t slots) { return slots <= kOneBlockSlots ? 0 : (slots 
 template <int kItems, int kThreads>
 __global__ void __launch_bounds__(kThreads)
     plan_kernel(const int32_t* ids, int64_t num_slots, int top_k, int num_experts, const int32_t* expert_map,
-                int num_local, RowPlan plan) {
+                int num_local, RowPlan plan, int32_t* zero, int64_t n_zero) {
   pdl_wait();
+  for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
   plan_block<kItems, kThreads>(ids, num_slots, top_k, num_experts, expert_map, num_local, plan);
   pdl_launch_dependents();
 }
@@ -112,7 +114,7 @@ int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows) {
 }
 
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map, int num_local,
-                 const RowPlan& plan, int32_t* scratch, cudaStream_t s) {
+                 const RowPlan& plan, int32_t* scratch, cudaStream_t s, int32_t* zero, int64_t n_zero) {
   FMOE_CHECK(num_local <= kMaxPlanExperts, "the CUDA row plan handles up to ", kMaxPlanExperts, " local experts, got ",
              num_local);
   const int64_t slots = M * top_k, chunks = num_chunks(slots);
@@ -120,10 +122,11 @@ void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, cons
     by_plan_block(num_local, slots, [&](auto items, auto threads) {
       constexpr int kThreads = decltype(threads)::value;
       launch(plan_kernel<decltype(items)::value, kThreads>, 1, kThreads, s, ids, slots, top_k, num_experts,
-             expert_map, num_local, plan);
+             expert_map, num_local, plan, zero, n_zero);
     });
     return;
   }
+  FMOE_CHECK(n_zero == 0, "the CUDA row plan zeroes counters for up to ", kOneBlockSlots, " slots only, got ", slots);
   FMOE_CHECK(scratch != nullptr, "the CUDA row plan of ", slots, " slots needs plan_scratch_ints() ints of scratch");
   const dim3 grid(static_cast<unsigned>(chunks));
   launch(plan_count_kernel, grid, kChunkThreads, s, ids, slots, num_experts, expert_map, num_local, scratch);
