@@ -59,27 +59,39 @@ constexpr int kConsumers = kWarps * 32;    // threads 0 .. 127; the producer war
 constexpr int kThreads = kConsumers + 32;
 constexpr int kTile = 16;                  // weight rows per A/B item, output columns per C item
 
-// Blocks per SM and the ring of each: kStages stages of 16 weight rows x kChunkBytes, rows padded by 16 bytes (the
+// Blocks per SM and the ring of each: stages of 16 weight rows x kChunkBytes, rows padded by 16 bytes (the
 // 8 rows a warp's lanes read start on 8 bank groups). kChunkBytes is a multiple of 4 64-byte chunks, so warp w's
 // chunks of k are those == w (mod 4) in every stage. Measured (H200, session 37, timelines of mixtral-8x7b and
 // qwen3-30b-a3b at 1 and 8 tokens on an earlier build of this design): against 4 blocks of 2 such stages, 1 block
 // of 6 stages of 2 KiB rows was 1.28-1.82x slower (its one consumer group ran each item's latencies in turn) and
 // 2 blocks of 3 stages of 2 KiB 1.01-1.16x slower; a third stage at 4 blocks: 1.00-1.02x faster (A/B).
 constexpr int kBlocksPerSm = 4;
-constexpr int kStages = 3;
 constexpr int kChunkBytes = 1024;
 constexpr int kRowStride = kChunkBytes + 16;
 constexpr int kStageBytes = kTile * kRowStride;
 
+// The ring's stages for items of 8 NT rows: 3 for 8-row items; 2 from 16 rows (9 tokens) on, where 4 rings of 3
+// stages left L1 too small for the token rows that every A item re-reads (52% hits at mixtral-8x7b's 16 tokens,
+// ncu): mixtral-8x7b 1.021x / 1.026x faster at 12 / 16 tokens with 2, and 0.995-0.997x at 4 / 8 (H200, session 42,
+// same-run A/B; bench/results/gpu-h200-session42-2026-12-02.md).
+constexpr int stages_for(int nt) { return nt >= 2 ? 2 : 3; }
+
 // Shared memory after the stages: their barriers and the item each holds (written by the producer), then the
 // split-k partial sums, then the plan's tables.
+template <int S>
 struct Ring {
-  uint64_t full[kStages], empty[kStages];
-  int64_t item[kStages];
+  uint64_t full[S], empty[S];
+  int64_t item[S];
+  // Moves to the next stage, flipping the phase on the wrap.
+  __device__ static void next(int& stage, uint32_t& phase) {
+    if (++stage == S) stage = 0, phase ^= 1;
+  }
 };
 template <int NT>
+using RingOf = Ring<stages_for(NT)>;
+template <int NT>
 constexpr size_t fixed_smem_bytes() {
-  return size_t(kStages) * kStageBytes + sizeof(Ring) + sizeof(float) * kWarps * NT * 4 * 32;
+  return size_t(stages_for(NT)) * kStageBytes + sizeof(RingOf<NT>) + sizeof(float) * kWarps * NT * 4 * 32;
 }
 
 // The plan as the items need it, copied to shared memory once per block (no dependent global reads per item):
@@ -196,8 +208,8 @@ __device__ inline int64_t gemm1_row(const FusedDecode& f, int tile, int r) {
 // The producer warp: claims items in order (the next claim is in flight while it copies the present item) and
 // copies each one's 16 weight rows into the ring, a chunk of every row per stage (lanes 0..15 a row each), with
 // the item beside the stage. A C item, and the end (item == total), take one stage with no bytes.
-__device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it, uint8_t* stages,
-                        Ring& ring) {
+template <class R>
+__device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it, uint8_t* stages, R& ring) {
   const int lane = threadIdx.x & 31;
   int stage = 0;
   uint32_t phase = 0;
@@ -242,7 +254,7 @@ __device__ void produce(const FusedDecode& f, const Tables& tab, const Items& it
         }
         __syncwarp();
       }
-      if (++stage == kStages) stage = 0, phase ^= 1;
+      R::next(stage, phase);
     }
     if (item == it.total) return;
   }
@@ -270,7 +282,7 @@ __device__ inline float round_bf16(float v) { return __bfloat162float(__float2bf
 // in ascending order and the warps' sums are added in warp order: small_m_gemm.cu's order, so the bits are
 // the same.
 template <int NT, bool kL2X>
-__device__ void gemm_item(uint8_t* stages, Ring& ring, int& stage, uint32_t& phase, int64_t row_bytes,
+__device__ void gemm_item(uint8_t* stages, RingOf<NT>& ring, int& stage, uint32_t& phase, int64_t row_bytes,
                           const uint8_t* const (&x)[NT], float (&partial)[kWarps][NT][4][32], float (&v)[NT][4]) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   constexpr int kU = NT >= 4 ? 1 : 4 / NT;  // chunks in flight per warp
@@ -309,7 +321,7 @@ __device__ void gemm_item(uint8_t* stages, Ring& ring, int& stage, uint32_t& pha
         for (int u = 0; u < kU; ++u) mma_chunk<false>(acc[t], wa[u], wb[u], xv[t][u]);
     }
     mbar_arrive(smem_addr(&ring.empty[stage]));  // every consumer thread, after its reads
-    if (++stage == kStages) stage = 0, phase ^= 1;
+    RingOf<NT>::next(stage, phase);
   }
   split_k_sum<kWarps, NT>(acc, partial, v, ConsumerSync{});
 }
@@ -317,7 +329,7 @@ __device__ void gemm_item(uint8_t* stages, Ring& ring, int& stage, uint32_t& pha
 // A: h2 columns of one tile of the expert in slot `slot` (its rows [off, off + count) of the plan).
 template <int NT>
 __device__ void gemm1_item(const FusedDecode& f, const Tables& tab, int slot, int tile, uint8_t* stages,
-                           Ring& ring, int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
+                           RingOf<NT>& ring, int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   const int64_t e = tab.e[slot], count = tab.count[slot], off = tab.off[slot], K = f.K, I = f.I;
   const bool gated = f.act.kind != ActivationKind::relu2;
@@ -349,8 +361,8 @@ __device__ void gemm1_item(const FusedDecode& f, const Tables& tab, int slot, in
 // B: y rows n0..n0+15 of the expert in slot `slot`. Its first stage is full only once the expert's h2 is
 // complete (the producer's wait, see produce), so the consumers read h2 without waiting themselves.
 template <int NT>
-__device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, int tile, uint8_t* stages, Ring& ring,
-                           int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
+__device__ void gemm2_item(const FusedDecode& f, const Tables& tab, int slot, int tile, uint8_t* stages,
+                           RingOf<NT>& ring, int& stage, uint32_t& phase, float (&partial)[kWarps][NT][4][32]) {
   const int lane = threadIdx.x & 31, gq = lane >> 2, cq = lane & 3;
   const int64_t e = tab.e[slot], count = tab.count[slot], off = tab.off[slot], K = f.K, I = f.I;
   const int64_t n0 = int64_t(tile) * kTile;
@@ -387,7 +399,7 @@ __device__ void finalize_item(const FusedDecode& f, const RowPlan& plan, int til
 // The consumer warps: the items in the order the producer put them in the ring.
 template <int NT>
 __device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables& tab, const Items& it, uint8_t* stages,
-                        Ring& ring, float (&partial)[kWarps][NT][4][32]) {
+                        RingOf<NT>& ring, float (&partial)[kWarps][NT][4][32]) {
   int stage = 0;
   uint32_t phase = 0;
   for (;;) {
@@ -401,22 +413,23 @@ __device__ void consume(const FusedDecode& f, const RowPlan& plan, const Tables&
       gemm2_item<NT>(f, tab, w.slot, w.tile, stages, ring, stage, phase, partial);
     } else {
       mbar_arrive(smem_addr(&ring.empty[stage]));  // the item is read
-      if (++stage == kStages) stage = 0, phase ^= 1;
+      RingOf<NT>::next(stage, phase);
       finalize_item(f, plan, w.tile, it.n_slots);
     }
   }
 }
 
 // kBlocksPerSm blocks per SM (their shared memory holds the rings): 4 consumer warps and a producer warp each.
-// Above 16 tokens (tests only: the heuristic stops at 8) 3 blocks, whose registers hold 4 or 8 token tiles.
+// Above 16 tokens (tests only: the heuristic stops at 16) 3 blocks, whose registers hold 4 or 8 token tiles.
 template <int NT>
 __global__ void __launch_bounds__(kThreads, NT >= 4 ? 3 : kBlocksPerSm)
     fused_decode_kernel(FusedDecode f, RowPlan plan) {
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* stages = smem;
-  auto& ring = *reinterpret_cast<Ring*>(smem + kStages * kStageBytes);
+  constexpr int kStages = stages_for(NT);
+  auto& ring = *reinterpret_cast<RingOf<NT>*>(smem + kStages * kStageBytes);
   auto& partial =
-      *reinterpret_cast<float(*)[kWarps][NT][4][32]>(smem + kStages * kStageBytes + sizeof(Ring));
+      *reinterpret_cast<float(*)[kWarps][NT][4][32]>(smem + kStages * kStageBytes + sizeof(RingOf<NT>));
   Tables tab(reinterpret_cast<int*>(smem + fixed_smem_bytes<NT>()), f.max_items);
   if (threadIdx.x < kStages) {
     mbar_init(&ring.full[threadIdx.x], 1);            // the producer's arrival, with the bytes it expects
