@@ -15,11 +15,12 @@
 // Without out the modular experts return y (rows in plan order) for their PrepareFinalize to reduce.
 // Items are taken in order, so an item only waits on items taken before it by running blocks,
 // which never wait on it: no deadlock, whatever blocks are resident (a block runs its items in the
-// order it took them). The counters (the work counter, done_a, done_b) are zeroed by the route+plan
-// kernel that runs just before.
+// order it took them). The counters (the work counter, done_a, done_b) are zeroed by the kernel that
+// builds the plan just before.
 // Block: 4 consumer warps and a producer warp, 4 blocks an SM. The producer warp takes the items
 // (the next claim in flight while it copies the present one) and copies each one's 16 weight rows
-// into a ring of 3 shared-memory stages, 1 KiB of every row a stage, by 1-D bulk copies (TMA; a
+// into a ring of shared-memory stages (3, or 2 for items of 16+ rows: stages_for), 1 KiB of every row a
+// stage, by 1-D bulk copies (TMA; a
 // full and an empty mbarrier per stage, the item's index beside the stage); the consumers multiply
 // from the ring. A B item's first stage is marked full only once its plan item's h2 is complete: the
 // producer polls done_a after issuing that stage's copies, so the weights stream in meanwhile and
