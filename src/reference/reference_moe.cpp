@@ -1,6 +1,7 @@
-// Float64 reference MoE. Deliberately simple and separate from the CPU fast path: a loop
-// over tokens and slots, weights dequantized element by element (each expert's once per call while they
-// fit a budget, RefMatrix), every sum in double. It
+// Float64 reference MoE. Deliberately simple and separate from the CPU fast path: blocks of tokens, and
+// within a block expert by expert, each weight row dequantized element by element (each expert's matrix once
+// per call while they fit a budget, RefMatrix) and multiplied with every (token, slot) of the block that routes
+// to its expert; every sum in double, each token's slots added in slot order. It
 // follows the schemes' recipe: input (weighted on the input for llama4) rounded to bf16,
 // quantized per scheme with f32 scales; GEMM1's output (bias included) rounded to bf16; the
 // activation's output re-quantized (fp8 schemes) or rounded to bf16 (the others); output left
@@ -179,19 +180,66 @@ int32_t local_of(const MoEConfig& c, const int32_t* map, int32_t id) {
   return map ? map[id] : id;
 }
 
-// GEMM1 (+bias) and the activation of one (token, expert), in double.
-std::vector<double> intermediate(const MoEConfig& c, const ExpertWeights& w, const RefMatrix& w13,
-                                 const std::vector<double>& a, int32_t e) {
+// GEMM1 (+bias) and the activation of inputs a[0..n) through local expert e, in double: each weight row read
+// once for all of them. Returns their activation outputs.
+std::vector<std::vector<double>> intermediate(const MoEConfig& c, const ExpertWeights& w, const RefMatrix& w13,
+                                              const std::vector<const std::vector<double>*>& a, int32_t e) {
   const int64_t N1 = c.w13_rows(), I = c.intermediate_size;
-  std::vector<double> h(static_cast<size_t>(N1)), wrow;
+  std::vector<std::vector<double>> h(a.size(), std::vector<double>(static_cast<size_t>(N1)));
+  std::vector<double> wrow;
   for (int64_t n = 0; n < N1; ++n) {
-    double acc = dot(a, w13.row(e, n, wrow));
-    if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
-    h[n] = round_to_bf16(float(acc));  // GEMM1's output is a bf16 tensor (vLLM's cache1)
+    const double* row = w13.row(e, n, wrow);
+    for (size_t i = 0; i < a.size(); ++i) {
+      double acc = dot(*a[i], row);
+      if (w.w13_bias.defined()) acc += w.w13_bias.data_as<const float>()[e * N1 + n];
+      h[i][n] = round_to_bf16(float(acc));  // GEMM1's output is a bf16 tensor (vLLM's cache1)
+    }
   }
-  std::vector<double> x(static_cast<size_t>(I));
-  for (int64_t i = 0; i < I; ++i) x[i] = activate(c.activation, h, i, I);
+  std::vector<std::vector<double>> x(a.size(), std::vector<double>(static_cast<size_t>(I)));
+  for (size_t i = 0; i < a.size(); ++i)
+    for (int64_t j = 0; j < I; ++j) x[i][j] = activate(c.activation, h[i], j, I);
   return x;
+}
+
+// Rows of the token list taken at a time: each weight row is read once per block (RealModelShapes' references,
+// deepseek-v3's fp8 experts and mixtral's, had spent ~190 s of GPU-machine time dequantizing it per token and slot).
+constexpr size_t kBlockRows = 64;
+
+// The inputs of rows [r0, r0 + n) of the token list — with `recipe`, as GEMM1 reads them (weighted on the input
+// for llama4, quantized per the scheme), else as hidden holds them — and which of their (row, slot) pairs each
+// local expert takes, in row and slot order.
+struct Block {
+  std::vector<std::vector<double>> a;          // [n][K]
+  std::vector<std::vector<int64_t>> pairs;     // [local expert]: (row - r0) * k + slot
+};
+Block block_inputs(const MoEConfig& c, const RefSetup& s, const Tensor& hidden, const Tensor& topk_ids,
+                   const float* topk_weights, size_t r0, size_t n, float a1_scale, bool recipe) {
+  const int64_t K = c.hidden_size, k = c.routing.top_k;
+  const bool on_input = c.apply_router_weight_on_input();
+  Block b;
+  b.a.assign(n, std::vector<double>(static_cast<size_t>(K)));
+  b.pairs.resize(static_cast<size_t>(c.num_local_experts()));
+  for (size_t r = 0; r < n; ++r) {
+    const int64_t t = s.tokens[r0 + r];
+    std::vector<double>& a = b.a[r];
+    for (int64_t i = 0; i < K; ++i) {
+      const double x = bf16_to_float(hidden.data_as<const bfloat16>()[t * K + i]);
+      a[i] = recipe && on_input ? round_to_bf16(float(x * topk_weights[t * k])) : x;
+    }
+    if (recipe && scheme_quantizes_activations(c.quant)) quantize_dequantize(c.quant, a, a1_scale);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const int32_t e = local_of(c, s.map, topk_ids.data_as<const int32_t>()[t * k + slot]);
+      if (e >= 0) b.pairs[e].push_back(int64_t(r) * k + slot);
+    }
+  }
+  return b;
+}
+
+// The inputs of the pairs, in the pairs' order.
+std::vector<const std::vector<double>*> pair_inputs(const Block& b, const std::vector<int64_t>& pairs, int64_t k) {
+  std::vector<const std::vector<double>*> a;
+  for (int64_t p : pairs) a.push_back(&b.a[static_cast<size_t>(p / k)]);
+  return a;
 }
 
 }  // namespace
@@ -204,27 +252,35 @@ std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, co
   const float a1_scale = w.a13_scale.defined() ? *w.a13_scale.data_as<const float>() : 0.0f;
   const float a2_scale = w.a2_scale.defined() ? *w.a2_scale.data_as<const float>() : 0.0f;
   const bool on_input = c.apply_router_weight_on_input();
+  const float* tw = topk_weights.data_as<const float>();
   std::vector<double> out(s.tokens.size() * static_cast<size_t>(K), 0.0);
-  for (size_t row = 0; row < s.tokens.size(); ++row) {
-    const int64_t t = s.tokens[row];
-    const float* tw = topk_weights.data_as<const float>() + t * k;
-    std::vector<double> a(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) {
-      const double x = bf16_to_float(hidden.data_as<const bfloat16>()[t * K + i]);
-      a[i] = on_input ? round_to_bf16(float(x * tw[0])) : x;
+  for (size_t r0 = 0; r0 < s.tokens.size(); r0 += kBlockRows) {
+    const size_t n = std::min(kBlockRows, s.tokens.size() - r0);
+    const Block b = block_inputs(c, s, hidden, topk_ids, tw, r0, n, a1_scale, /*recipe=*/true);
+    std::vector<std::vector<double>> y(n * static_cast<size_t>(k));  // GEMM2's output of each (row, slot)
+    std::vector<double> wrow;
+    for (int32_t e = 0; e < int32_t(b.pairs.size()); ++e) {
+      const std::vector<int64_t>& pairs = b.pairs[e];
+      if (pairs.empty()) continue;
+      std::vector<std::vector<double>> x = intermediate(c, w, s.w13, pair_inputs(b, pairs, k), e);
+      for (std::vector<double>& xi : x) quantize_dequantize(c.quant, xi, a2_scale);
+      for (int64_t p : pairs) y[static_cast<size_t>(p)].resize(static_cast<size_t>(K));
+      for (int64_t j = 0; j < K; ++j) {
+        const double* row = s.w2.row(e, j, wrow);
+        for (size_t i = 0; i < pairs.size(); ++i) {
+          double acc = dot(x[i], row);
+          if (w.w2_bias.defined()) acc += w.w2_bias.data_as<const float>()[e * K + j];
+          y[static_cast<size_t>(pairs[i])][j] = acc;
+        }
+      }
     }
-    if (scheme_quantizes_activations(c.quant)) quantize_dequantize(c.quant, a, a1_scale);
-    for (int64_t slot = 0; slot < k; ++slot) {
-      const int32_t e = local_of(c, s.map, topk_ids.data_as<const int32_t>()[t * k + slot]);
-      if (e < 0) continue;
-      std::vector<double> x = intermediate(c, w, s.w13, a, e);
-      quantize_dequantize(c.quant, x, a2_scale);
-      const double weight = on_input ? 1.0 : tw[slot];
-      std::vector<double> wrow;
-      for (int64_t n = 0; n < K; ++n) {
-        double acc = dot(x, s.w2.row(e, n, wrow));
-        if (w.w2_bias.defined()) acc += w.w2_bias.data_as<const float>()[e * K + n];
-        out[row * K + n] += weight * acc;
+    for (size_t r = 0; r < n; ++r) {
+      const int64_t t = s.tokens[r0 + r];
+      for (int64_t slot = 0; slot < k; ++slot) {
+        const std::vector<double>& ys = y[r * k + slot];
+        if (ys.empty()) continue;  // no local expert
+        const double weight = on_input ? 1.0 : tw[t * k + slot];
+        for (int64_t j = 0; j < K; ++j) out[(r0 + r) * K + j] += weight * ys[j];
       }
     }
   }
@@ -234,16 +290,16 @@ std::vector<double> reference_moe(const MoEConfig& c, const ExpertWeights& w, co
 double reference_intermediate_amax(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden,
                                    const Tensor& topk_ids, std::span<const int64_t> tokens) {
   const RefSetup s = setup(c, w, hidden, topk_ids, tokens);
-  const int64_t K = c.hidden_size, k = c.routing.top_k;
+  const int64_t k = c.routing.top_k;
   double amax = 0.0;
-  for (int64_t t : s.tokens) {
-    std::vector<double> a(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) a[i] = bf16_to_float(hidden.data_as<const bfloat16>()[t * K + i]);
-    for (int64_t slot = 0; slot < k; ++slot) {
-      const int32_t e = local_of(c, s.map, topk_ids.data_as<const int32_t>()[t * k + slot]);
-      if (e < 0) continue;
-      for (double v : intermediate(c, w, s.w13, a, e)) amax = std::max(amax, std::fabs(v));
-    }
+  for (size_t r0 = 0; r0 < s.tokens.size(); r0 += kBlockRows) {
+    const size_t n = std::min(kBlockRows, s.tokens.size() - r0);
+    // (the raw rows: the calibration of fp8-tensor's static scales)
+    const Block b = block_inputs(c, s, hidden, topk_ids, nullptr, r0, n, 0.0f, /*recipe=*/false);
+    for (int32_t e = 0; e < int32_t(b.pairs.size()); ++e)
+      if (!b.pairs[e].empty())
+        for (const std::vector<double>& x : intermediate(c, w, s.w13, pair_inputs(b, b.pairs[e], k), e))
+          for (double v : x) amax = std::max(amax, std::fabs(v));
   }
   return amax;
 }
