@@ -78,9 +78,10 @@ constexpr int kStageBytes = kTile * kRowStride;
 constexpr int stages_for(int nt) { return nt >= 2 ? 2 : 3; }
 
 // Shared memory after the stages: their barriers and the item each holds (written by the producer), then the
-// split-k partial sums, then the plan's tables.
+// split-k partial sums, then the plan's tables. (Not wgmma_pipeline.cuh's Ring, a role's position: this one is the
+// ring's shared-memory barriers, and the roles keep their stage and phase in registers.)
 template <int S>
-struct Ring {
+struct StageRing {
   uint64_t full[S], empty[S];
   int64_t item[S];
   // Moves to the next stage, flipping the phase on the wrap.
@@ -89,7 +90,7 @@ struct Ring {
   }
 };
 template <int NT>
-using RingOf = Ring<stages_for(NT)>;
+using RingOf = StageRing<stages_for(NT)>;
 template <int NT>
 constexpr size_t fixed_smem_bytes() {
   return size_t(stages_for(NT)) * kStageBytes + sizeof(RingOf<NT>) + sizeof(float) * kWarps * NT * 4 * 32;
