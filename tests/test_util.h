@@ -83,35 +83,51 @@ inline Problem make_problem(MoEConfig config, int64_t M, uint64_t seed, bool wit
   return p;
 }
 
-// Asserts out (bf16 [M, K]) is within the scheme's tolerance of the float64 reference, has no
-// NaN/Inf where the reference is finite, and is not all zero where the reference is not.
+// out (bf16 [M, K]) against the float64 reference: the worst and the root-mean-square error over max |reference|,
+// the elements outside the scheme's tolerance (the first 3 described) and the nonzero outputs.
 // (hidden: the problem's tokens, or the first rows of them with ids and weights of as many rows.)
-inline void expect_matches_reference(const Problem& p, const Tensor& hidden, const Tensor& out, const Tensor& ids,
-                                     const Tensor& weights) {
+struct ReferenceError {
+  double worst = 0.0, rms = 0.0, ref_max = 0.0;
+  int64_t outside = 0, nonzero = 0;
+  std::string first_outside;
+};
+inline ReferenceError reference_error(const Problem& p, const Tensor& hidden, const Tensor& out, const Tensor& ids,
+                                      const Tensor& weights) {
   const int64_t M = out.size(0), K = out.size(1);
   const std::vector<double> ref = reference_moe(p.config, p.weights.weights, hidden, ids, weights);
   const Tolerance tol = tolerance_for(p.config.quant);
-  double ref_max = 0.0;
-  for (double v : ref) ref_max = std::max(ref_max, std::fabs(v));
-  int64_t bad = 0, nonzero_out = 0;
-  double worst = 0.0;
+  ReferenceError e;
+  for (double v : ref) e.ref_max = std::max(e.ref_max, std::fabs(v));
+  const double scale = std::max(e.ref_max, 1e-30);
+  double sum_sq = 0.0;
   for (int64_t i = 0; i < M * K; ++i) {
     const double o = bf16_to_float(out.data_as<const bfloat16>()[i]), r = ref[i];
-    if (o != 0.0) ++nonzero_out;
+    if (o != 0.0) ++e.nonzero;
     const double err = std::fabs(o - r);
-    if (!(err <= tol.atol * ref_max + tol.rtol * std::fabs(r))) {
-      if (bad++ < 3)
-        ADD_FAILURE() << "out[" << i / K << ", " << i % K << "] = " << o << ", reference " << r << " (max |ref| "
-                      << ref_max << ")";
-    }
-    worst = std::max(worst, err / std::max(ref_max, 1e-30));
+    if (!(err <= tol.atol * e.ref_max + tol.rtol * std::fabs(r)) && e.outside++ < 3)
+      e.first_outside += "out[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " + std::to_string(o) +
+                         ", reference " + std::to_string(r) + "; ";
+    e.worst = std::max(e.worst, err / scale);
+    sum_sq += err * err;
   }
-  EXPECT_EQ(bad, 0) << "elements outside tolerance; worst normalized error " << worst;
-  if (ref_max > 0.0) EXPECT_GT(nonzero_out, 0) << "output is all zero but the reference is not";
+  e.rms = std::sqrt(sum_sq / static_cast<double>(std::max<int64_t>(M * K, 1))) / scale;
+  return e;
 }
 
-inline void expect_matches_reference(const Problem& p, const Tensor& out, const Tensor& ids, const Tensor& weights) {
-  expect_matches_reference(p, p.hidden, out, ids, weights);
+// Asserts out is within the scheme's tolerance of the float64 reference, has no NaN/Inf where the reference is
+// finite, and is not all zero where the reference is not. Returns the errors.
+inline ReferenceError expect_matches_reference(const Problem& p, const Tensor& hidden, const Tensor& out,
+                                               const Tensor& ids, const Tensor& weights) {
+  const ReferenceError e = reference_error(p, hidden, out, ids, weights);
+  EXPECT_EQ(e.outside, 0) << "elements outside tolerance (max |ref| " << e.ref_max << "): " << e.first_outside
+                          << "worst normalized error " << e.worst;
+  if (e.ref_max > 0.0) EXPECT_GT(e.nonzero, 0) << "output is all zero but the reference is not";
+  return e;
+}
+
+inline ReferenceError expect_matches_reference(const Problem& p, const Tensor& out, const Tensor& ids,
+                                               const Tensor& weights) {
+  return expect_matches_reference(p, p.hidden, out, ids, weights);
 }
 
 // One "rank" of an expert-parallel layout without dispatch: an expert_map placing `experts`

@@ -92,13 +92,11 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   if (fp4_) {
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
   }
-  const char* blockwise = std::getenv("FUSEDMOE_FP8_CHANNEL_BLOCKWISE");
-  const bool channel = config.quant == QuantScheme::fp8_per_channel;
-  gemm_kind_ = config.quant == QuantScheme::fp8_per_tensor   ? GroupedGemmKind::fp8_group_scaled
-              : channel && blockwise && blockwise[0] == '1' ? GroupedGemmKind::fp8_row_scaled
-              : channel                                     ? GroupedGemmKind::fp8_channel_scaled
-              : fp8_                                        ? GroupedGemmKind::fp8_block
-                                                            : GroupedGemmKind::bf16;
+  gemm_kind_ = config.quant == QuantScheme::fp8_per_tensor    ? GroupedGemmKind::fp8_group_scaled
+               : config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_channel_scaled
+               : fp8_                                         ? GroupedGemmKind::fp8_block
+                                                              : GroupedGemmKind::bf16;
+  fp8_fast_accum_ = env_switch("FUSEDMOE_FP8_FAST_ACCUM").value_or(false);
   if (fp8_) make_block_scales();
   batched_ = config.activation_format == ActivationFormat::batched;
   if (batched_)
@@ -147,6 +145,11 @@ size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
          items_bytes(R, num_local);
 }
 
+ExpertsPath CudaExperts::path_for(int64_t tokens, int64_t experts) const {
+  return choose_experts_path(tokens, config_.routing.top_k, experts, config_.quant, config_.intermediate_size,
+                             fp8_fast_accum_);
+}
+
 size_t CudaExperts::workspace_bytes(int64_t M) const {
   const int k = config_.routing.top_k;
   const int64_t K = config_.hidden_size;
@@ -155,7 +158,7 @@ size_t CudaExperts::workspace_bytes(int64_t M) const {
     return 3 * workspace_tensor_bytes(DType::i32, {num_local_ + 1}) + 2 * workspace_tensor_bytes(DType::i32, {R}) +
            items_bytes(R, num_local_) + rows_workspace_bytes(R, /*grouped=*/true, /*gemm1_rows=*/R);
   }
-  const ExpertsPath path = choose_experts_path(M, k, num_local_, config_.quant, config_.intermediate_size);
+  const ExpertsPath path = path_for(M, num_local_);
   // The fused decode kernel's counters for up to M tokens (the most items: 8-row ones); its h2 and y fit in the
   // rows' share.
   const int most_items = static_cast<int>(plan_max_items(M * k, num_local_, 8));
@@ -180,7 +183,7 @@ bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
 int64_t CudaExperts::gemm1_out_rows(int64_t M) const {
   const int k = config_.routing.top_k;
   const auto writes = [&](int64_t m) {
-    return !gated_gemm1_runs(choose_experts_path(m, k, num_local_, config_.quant, config_.intermediate_size));
+    return !gated_gemm1_runs(path_for(m, num_local_));
   };
   if (writes(M)) return M * k;
   for (int64_t j = (M * k + num_local_ - 1) / num_local_ - 1; j >= 0; --j) {
@@ -214,8 +217,7 @@ PlanBuffers CudaExperts::take_plan(int64_t M, Workspace& ws) const {
   p.plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   p.scratch = ws.take(DType::i32, {std::max<int64_t>(plan_scratch_ints(R, E), 1)}).data_as<int32_t>();
-  take_items(p.plan, R, E, choose_experts_path(M, static_cast<int>(k), E, config_.quant, config_.intermediate_size),
-             ws);
+  take_items(p.plan, R, E, path_for(M, E), ws);
   return p;
 }
 
@@ -294,8 +296,7 @@ ExpertsOutput CudaExperts::apply_batched(const PreparedActivations& in, Workspac
   plan.row_token = ws.take(DType::i32, {R}).data_as<int32_t>();
   plan.row_expert = ws.take(DType::i32, {R}).data_as<int32_t>();
   const int64_t tokens = in.topk_ids.defined() ? in.topk_ids.size(0) : T;
-  const ExpertsPath path =
-      choose_experts_path(tokens, config_.routing.top_k, E, config_.quant, config_.intermediate_size);
+  const ExpertsPath path = path_for(tokens, E);
   take_items(plan, R, E, path, ws);
   launch_batched_plan(in.expert_num_tokens.data_as<const int32_t>(), static_cast<int>(E), T, plan, stream());
   const Tensor y = run_rows(in.a1q, in.a1q_scale, plan, R, path, ws);
@@ -306,8 +307,7 @@ ExpertsOutput CudaExperts::run_planned(const PreparedActivations& in, const Plan
                                        Workspace& ws) const {
   DeviceGuard guard(device_);
   const int64_t M = in.topk_ids.size(0), k = config_.routing.top_k;
-  const ExpertsPath path =
-      choose_experts_path(M, static_cast<int>(k), num_local_, config_.quant, config_.intermediate_size);
+  const ExpertsPath path = path_for(M, num_local_);
   return {ExpertsOutputKind::sorted, run_rows(in.a1q, in.a1q_scale, planned.plan, M * k, path, ws), planned.slot_rows};
 }
 
@@ -468,6 +468,7 @@ void CudaExperts::run_gemm(const void* a, const float* a_scales, const void* b, 
   p.offsets = plan.offsets + e0;
   p.sm_count = sm_count_;
   p.tile_m = tile_m;
+  p.fast_accum = fp8_fast_accum_;
   p.gated_act = gated_act;
   const char* err = run_grouped_gemm(gemm_kind_, p, scratch.data(), scratch.nbytes(), s);
   FMOE_CHECK(err[0] == '\0', "grouped GEMM (N=", N, ", K=", K, ", ", num_local_, " experts): ", err);
@@ -499,8 +500,7 @@ void CudaExperts::make_block_scales() {
   }
   // One weight matrix: its [E, NB, KB] block scales on the device for the small-M kernels (returned), and the
   // CUTLASS kernels' copy: fp8-block's [E, KB, NB] (MN-major); fp8-tensor's [E] group scales (its activations'
-  // times the expert's); fp8-channel's [E, N] row scales (our copy: the epilogue reads them 16 bytes at a time),
-  // or [E, KB, N] (a scale per row and k block) for its blockwise variant.
+  // times the expert's); fp8-channel's [E, N] row scales (our copy: the epilogue reads them 16 bytes at a time).
   const auto blocks = [&](const Tensor& scale, float a_scale, int64_t N, int64_t cols, Buffer& made,
                           Buffer& mn) -> const float* {
     const int64_t NB = (N + 127) / 128, KB = cols / 128;
@@ -517,13 +517,8 @@ void CudaExperts::make_block_scales() {
       Buffer group = Buffer::empty(DType::f32, {E});
       for (int64_t e = 0; e < E; ++e) group.data_as<float>()[e] = a_scale * src[e];
       mn = copy_to(group.view(), device_);
-    } else if (gemm_kind_ == GroupedGemmKind::fp8_channel_scaled) {
+    } else {
       mn = copy_to(host_scale.view(), device_);
-    } else {  // each row's scale in each of its k blocks
-      Buffer rows = Buffer::empty(DType::f32, {E, KB, N});
-      for (int64_t e = 0; e < E; ++e)
-        for (int64_t kb = 0; kb < KB; ++kb) std::copy_n(src + e * N, N, rows.data_as<float>() + (e * KB + kb) * N);
-      mn = copy_to(rows.view(), device_);
     }
     made = copy_to(host.view(), device_);
     return made.data_as<const float>();
@@ -537,12 +532,17 @@ void CudaExperts::make_block_scales() {
 }
 
 namespace {
-const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
-  if (kind == GroupedGemmKind::fp8_row_scaled) return kGroupedGemmFp8RowScaledCoop128x128;  // its only tile
+const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m, bool fast_accum) {
+  const bool tile64 = tile_m == 64;
+  if (kind == GroupedGemmKind::fp8_group_scaled && fast_accum)
+    return tile64 ? kGroupedGemmFp8GroupScaledFastAccumPingpong64x256 : kGroupedGemmFp8GroupScaledFastAccumCoop128x256;
   if (kind == GroupedGemmKind::fp8_group_scaled)
-    return tile_m == 64 ? kGroupedGemmFp8GroupScaledPingpong64x256 : kGroupedGemmFp8GroupScaledCoop128x256;
+    return tile64 ? kGroupedGemmFp8GroupScaledPingpong64x128 : kGroupedGemmFp8GroupScaledCoop128x128;
+  if (kind == GroupedGemmKind::fp8_channel_scaled && fast_accum)
+    return tile64 ? kGroupedGemmFp8ChannelScaledFastAccumPingpong64x256
+                  : kGroupedGemmFp8ChannelScaledFastAccumCoop128x256;
   if (kind == GroupedGemmKind::fp8_channel_scaled)
-    return tile_m == 64 ? kGroupedGemmFp8ChannelScaledPingpong64x256 : kGroupedGemmFp8ChannelScaledCoop128x256;
+    return tile64 ? kGroupedGemmFp8ChannelScaledPingpong64x128 : kGroupedGemmFp8ChannelScaledCoop128x128;
   if (kind == GroupedGemmKind::fp8_block)
     return tile_m == 64 ? kGroupedGemmFp8Pingpong64x128 : kGroupedGemmFp8Coop128x128;
   return tile_m == 64 ? kGroupedGemmBf16Pingpong64x256 : kGroupedGemmBf16Coop128x256;
@@ -550,9 +550,11 @@ const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m) {
 }  // namespace
 
 size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count) {
-  return std::max({gemm_variant(kind, 128).workspace_bytes(num_groups, sm_count),
-                   gemm_variant(kind, 64).workspace_bytes(num_groups, sm_count),
-                   kGroupedGemmBf16GatedPingpong64x256.workspace_bytes(num_groups, sm_count)});
+  size_t bytes = kGroupedGemmBf16GatedPingpong64x256.workspace_bytes(num_groups, sm_count);
+  for (int tile_m : {128, 64})
+    for (bool fast_accum : {false, true})
+      bytes = std::max(bytes, gemm_variant(kind, tile_m, fast_accum).workspace_bytes(num_groups, sm_count));
+  return bytes;
 }
 
 const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, void* workspace, size_t bytes,
@@ -562,7 +564,7 @@ const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, 
     if (kind != GroupedGemmKind::bf16 || p.N % 256 != 0) return "the gated GEMM1 takes bf16 and N % 256 == 0";
     return kGroupedGemmBf16GatedPingpong64x256.run(p, workspace, bytes, stream);
   }
-  return gemm_variant(kind, p.tile_m).run(p, workspace, bytes, stream);
+  return gemm_variant(kind, p.tile_m, p.fast_accum).run(p, workspace, bytes, stream);
 }
 
 std::unique_ptr<Experts> make_experts(const MoEConfig& config, const ExpertWeights& weights, bool monolithic) {

@@ -65,6 +65,8 @@ class CudaExperts final : public ModularExperts {
                   Workspace& ws) const;
   // run_rows' share of the workspace; gemm1_rows: rows of room for GEMM1's output before the activation.
   size_t rows_workspace_bytes(int64_t R, bool grouped, int64_t gemm1_rows) const;
+  // The heuristic's path (heuristics.h) for this layer at `tokens` tokens over `experts` experts.
+  ExpertsPath path_for(int64_t tokens, int64_t experts) const;
   // Whether the path's GEMM1 is the gated one (it writes h2, not GEMM1's output), and the rows of
   // GEMM1 output a workspace for M tokens keeps room for (workspace_bytes never shrinks as M grows).
   bool gated_gemm1_runs(const ExpertsPath& path) const;
@@ -94,10 +96,11 @@ class CudaExperts final : public ModularExperts {
   bool fp8_ = false, fp4_ = false, batched_ = false;
   SmallMWeights weight_format_ = SmallMWeights::bf16;
   int64_t fp4_chunk_experts_ = 0;  // experts dequantized at a time on the fp4 grouped path
-  // The grouped path's GEMMs. fp8-channel: FP8FastAccum GEMMs with the row's activation scale and each weight
-  // row's scale in the epilogue (fp8_channel_scaled); FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1: the row-scaled
-  // blockwise variant (fp8_row_scaled).
+  // The grouped path's GEMMs. fp8-channel: the row's activation scale and each weight row's scale in the
+  // epilogue (fp8_channel_scaled); fp8-tensor: a scale per expert (fp8_group_scaled). Both promote the tensor
+  // cores' sums every k block, or, with FUSEDMOE_FP8_FAST_ACCUM=1, run CUTLASS's FP8FastAccum variants.
   GroupedGemmKind gemm_kind_ = GroupedGemmKind::bf16;
+  bool fp8_fast_accum_ = false;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
   // The fp8 schemes all run the block-scaled kernels: the weight scales per 128x128 block ([E, N/128,
@@ -105,9 +108,7 @@ class CudaExperts final : public ModularExperts {
   // for fp8-block, made at construction for fp8-tensor and fp8-channel (w13_blocks_, w2_blocks_).
   // fp8-channel's blocks are 1: its per-row scales (row_scale13_, row_scale2_: weights.w13_scale, w2_scale)
   // go to the small-M kernels' epilogue and, as *_scale_mn_, to the CUTLASS kernels: [E, N] (our aligned
-  // copy) for the channel-scaled epilogue, [E, K/128, N] for the row-scaled blockwise variant (with
-  // FUSEDMOE_FP8_CHANNEL_BLOCKWISE=1); its activation quantizes GEMM2's input
-  // per row. fp8-tensor's static a2 scale quantizes GEMM2's
+  // copy) for the channel-scaled epilogue; its activation quantizes GEMM2's input per row. fp8-tensor's static a2 scale quantizes GEMM2's
   // input, and its *_scale_mn_ are [E] group scales (a13 or a2 times the expert's weight scale) for the
   // group-scaled CUTLASS variant.
   const float* w13_block_scales_ = nullptr;

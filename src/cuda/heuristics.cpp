@@ -26,7 +26,7 @@ void set_experts_path_override(const ExpertsPath* path) {
 }
 
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
-                                int64_t intermediate_size) {
+                                int64_t intermediate_size, bool fp8_fast_accum) {
   if (g_overridden) return g_override;
   const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
@@ -57,11 +57,16 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // Session 28 moved two schemes' bounds (H200, same-run A/B, 2-3 rounds each). fp8-block takes the
   // 128-row tiles (clusters of two N tiles sharing A, since session 12) from 48 rows per expert on:
   // deepseek-v3 1.04-1.05x at 3072 tokens (96 rows), 1.08-1.13x at 4096 (128), 64-row tiles still ahead
-  // at 1024 (1.5%) and 512 (6%); 2048 (64 rows) within its rounds' spread. fp8-tensor and fp8-channel (the
-  // FP8FastAccum variants) keep 64-row tiles up to 512 rows per expert: mixtral-8x7b-fp8 1.02-1.04x at 1024,
-  // 1536 and 2048 tokens (256-512 rows), the same at 3072-6144; qwen3-30b-a3b-fp8-channel 1.026x / 1.019x /
-  // 1.002x at 3072 / 4096 / 8192 (192-512 rows).
-  const bool fast_accum = weights == QuantScheme::fp8_per_tensor || weights == QuantScheme::fp8_per_channel;
+  // at 1024 (1.5%) and 512 (6%); 2048 (64 rows) within its rounds' spread. fp8-tensor and fp8-channel on the
+  // FP8FastAccum variants (64x256 and 128x256 tiles) keep 64-row tiles up to 512 rows per expert:
+  // mixtral-8x7b-fp8 1.02-1.04x at 1024, 1536 and 2048 tokens (256-512 rows), the same at 3072-6144;
+  // qwen3-30b-a3b-fp8-channel 1.026x / 1.019x / 1.002x at 3072 / 4096 / 8192 (192-512 rows). On the promoting
+  // variants (64x128 and 128x128, the default since session 43) the bound is 128 rows, as bf16's: 128-row tiles
+  // from 48 rows instead (same-run A/B, H200, 2 rounds) ran mixtral-8x7b-fp8 1.08x / 1.29x at 1024 / 2048
+  // tokens (256 / 512 rows), 1.02x at 512 (128 rows), and qwen3-30b-a3b-fp8-channel 1.06x / 1.08x at 4096 / 8192
+  // (256 / 512 rows) but 0.93x / 0.97x at 1024 / 2048 (64 / 128 rows).
+  const bool fast_accum = fp8_fast_accum && (weights == QuantScheme::fp8_per_tensor ||
+                                             weights == QuantScheme::fp8_per_channel);
   const double tile64_up_to = weights == QuantScheme::fp8_block ? 48.0 : fast_accum ? 512.0 : 128.0;
   path.gemm_tile_m = rows_per_expert <= tile64_up_to ? 64 : 128;
   // fp8-channel's GEMM2 over a short K (qwen3-30b-a3b: I = 768, 6 k blocks a tile) takes the 128-row tiles above

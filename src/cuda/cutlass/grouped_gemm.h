@@ -4,11 +4,11 @@
 // Per-group shapes and pointers are built on the device from the row plan (no host sync);
 // experts without rows are empty groups. fp8_block: e4m3 operands, f32 scales per 1x128 (A,
 // grouped M-major) and 128x128 (B, [E, K/128, N/128]) blocks, f32 accumulation promoted
-// per k block; fp8_row_scaled: the same with B's scales per row and k block ([E, K/128, N]);
-// fp8_group_scaled: e4m3 operands with one f32 scale per group (fp8-tensor: the static activation
-// scale times the expert's weight scale) applied in the epilogue, no per-k-block promotion;
-// fp8_channel_scaled: the same mainloop, the epilogue multiplying by A's row scale and B's row scale
-// (fp8-channel: per token x per channel).
+// per k block; fp8_group_scaled: e4m3 operands with one f32 scale per group (fp8-tensor: the static activation
+// scale times the expert's weight scale) applied in the epilogue, f32 accumulation promoted per k
+// block; fp8_channel_scaled: the same mainloop, the epilogue multiplying by A's row scale and B's row
+// scale (fp8-channel: per token x per channel). Those two also come with CUTLASS's FP8FastAccum
+// mainloop (GroupedGemmProblem::fast_accum): no promotion, wider tiles, less accurate at long K.
 // Output bf16. This header stays free of CUTLASS and fusedmoe types so the
 // CUTLASS translation units compile on their own (C++17).
 #pragma once
@@ -20,7 +20,7 @@
 
 namespace fusedmoe::cuda {
 
-enum class GroupedGemmKind { bf16, fp8_block, fp8_row_scaled, fp8_group_scaled, fp8_channel_scaled };
+enum class GroupedGemmKind { bf16, fp8_block, fp8_group_scaled, fp8_channel_scaled };
 
 struct GroupedGemmProblem {
   int num_groups = 0;
@@ -28,14 +28,15 @@ struct GroupedGemmProblem {
   const void* a = nullptr;           // [R, K] bf16 or e4m3, rows grouped by expert
   const float* a_scales = nullptr;   // fp8_block: grouped M-major [*, K/128]; fp8_channel_scaled reads group 0
   const void* b = nullptr;           // [E, N, K]
-  const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major); fp8_row_scaled [E, K/128, N];
-                                     // fp8_channel_scaled [E, N], 16-byte aligned
+  const float* b_scales = nullptr;   // fp8_block: [E, K/128, N/128] (MN-major); fp8_channel_scaled [E, N],
+                                     // 16-byte aligned
   const float* group_scales = nullptr;  // fp8_group_scaled: device [num_groups], D = scale[g] * A.B^T
   void* d = nullptr;                 // bf16 [R, N]
   const int32_t* counts = nullptr;   // device [E]
   const int32_t* offsets = nullptr;  // device [E + 1]
   int sm_count = 0;
   int tile_m = 128;                  // rows of A per tile: 128 (cooperative) or 64 (pingpong)
+  bool fast_accum = false;           // fp8_group_scaled, fp8_channel_scaled: the FP8FastAccum variants
   int gated_act = 0;                 // > 0: GEMM1 with the gated activation in its epilogue (sm90::GatedAct:
                                      // 1 silu, 2 gelu, 3 gelu_tanh), B rows blocked by 128, d bf16 [R, N/2]
 };
@@ -56,14 +57,16 @@ extern const GroupedGemmVariant kGroupedGemmBf16Coop128x256;
 extern const GroupedGemmVariant kGroupedGemmBf16Pingpong64x256;
 extern const GroupedGemmVariant kGroupedGemmFp8Coop128x128;
 extern const GroupedGemmVariant kGroupedGemmFp8Pingpong64x128;
-// fp8 with B scaled per row (fp8-channel), 128x128 cooperative, every tile_m.
-extern const GroupedGemmVariant kGroupedGemmFp8RowScaledCoop128x128;
-// fp8 with one scale per group (fp8-tensor): 128x256 cooperative and 64x256 pingpong.
-extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledCoop128x256;
-extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledPingpong64x256;
-// fp8 with A's and B's row scales in the epilogue (fp8-channel): 128x256 cooperative and 64x256 pingpong.
-extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledCoop128x256;
-extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledPingpong64x256;
+// fp8 with one scale per group (fp8-tensor): 128x128 cooperative and 64x128 pingpong.
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledCoop128x128;
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledPingpong64x128;
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledFastAccumCoop128x256;  // fast_accum: wider tiles
+extern const GroupedGemmVariant kGroupedGemmFp8GroupScaledFastAccumPingpong64x256;
+// fp8 with A's and B's row scales in the epilogue (fp8-channel): 128x128 cooperative and 64x128 pingpong.
+extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledCoop128x128;
+extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledPingpong64x128;
+extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledFastAccumCoop128x256;  // fast_accum: wider tiles
+extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledFastAccumPingpong64x256;
 // bf16 GEMM1 with the gated activation in the epilogue, 64x256 pingpong (gated_epilogue_sm90.cuh).
 extern const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256;
 
