@@ -108,9 +108,9 @@ class CudaExperts final : public ModularExperts {
   // for fp8-block, made at construction for fp8-tensor and fp8-channel (w13_blocks_, w2_blocks_).
   // fp8-channel's blocks are 1: its per-row scales (row_scale13_, row_scale2_: weights.w13_scale, w2_scale)
   // go to the small-M kernels' epilogue and, as *_scale_mn_, to the CUTLASS kernels: [E, N] (our aligned
-  // copy) for the channel-scaled epilogue; its activation quantizes GEMM2's input per row. fp8-tensor's static a2 scale quantizes GEMM2's
-  // input, and its *_scale_mn_ are [E] group scales (a13 or a2 times the expert's weight scale) for the
-  // group-scaled CUTLASS variant.
+  // copy) for the channel-scaled epilogue; its activation quantizes GEMM2's input per row. fp8-tensor's static
+  // a2 scale quantizes GEMM2's input, and its *_scale_mn_ are [E] group scales (a13 or a2 times the expert's
+  // weight scale) for the group-scaled CUTLASS variants.
   const float* w13_block_scales_ = nullptr;
   const float* w2_block_scales_ = nullptr;
   Buffer w13_blocks_, w2_blocks_;

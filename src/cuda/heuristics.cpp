@@ -4,7 +4,8 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
-// bf16 wgmma kernel from 24 to 512 rows per expert, fp8-block weights the fp8 wgmma kernel from 12 to 64 (below).
+// bf16 wgmma kernel from 24 to 512 rows per expert, fp8-block and fp8-tensor weights the fp8 wgmma kernel
+// from 12 to 64.
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
@@ -119,7 +120,13 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // rows), 0.94x / 0.93-0.94x / 0.88-0.89x at 3072 / 4096 / 8192 (96-256 rows): CUTLASS's 128x128 tiles there are
   // 1.06-1.13x faster. Session 34 (profiled at 8192; wgmma_grouped_gemm.cu): the consumers' promotion bounds it; with
   // the scale products it runs at 0.97-0.99x CUTLASS at 4096 and 0.88x at 8192, so the bound stays at 64.
-  if (weights == QuantScheme::fp8_block && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
+  // fp8-tensor too since session 43 (its weights run as block-scaled, every block of an expert one scale; same-run
+  // A/B on H200, 2 rounds, against the promoting CUTLASS pair): mixtral-8x7b-fp8 1.11x / 1.06x / 1.28x at 64 / 128
+  // / 256 tokens (16 / 32 / 64 rows), qwen3-30b-a3b-fp8 1.11x / 1.07x / 1.08x at 256 / 512 / 1024; faster than the
+  // FP8FastAccum pair at each of those points too (1.01-1.07x), so whatever FUSEDMOE_FP8_FAST_ACCUM says.
+  // fp8-channel's row scales it does not take.
+  const bool fp8_wgmma_weights = weights == QuantScheme::fp8_block || weights == QuantScheme::fp8_per_tensor;
+  if (fp8_wgmma_weights && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 128;

@@ -26,7 +26,7 @@ struct ExpertsPath {
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
 // weights take the bf16 wgmma kernel from 24 to 512 rows per expert, CUTLASS between 12 and 24 and above 512;
-// fp8-block weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above.
+// fp8-block and fp8-tensor weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above.
 // intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile). fp8_fast_accum: fp8-tensor and
 // fp8-channel run CUTLASS's FP8FastAccum variants (FUSEDMOE_FP8_FAST_ACCUM=1), which keep 64-row tiles longer.
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
