@@ -760,7 +760,7 @@ TEST(CudaExperts, Fp8TensorAndChannelGroupedGemmsBothMainloops) {
 }
 
 // The promotion at long K (relu2, whose square doubles GEMM1's relative error). Session 42's full-size fuzz found
-// FastAccum 2 outputs past the fp8 tolerance (seed 1568: fp8-channel, K = 4096); over 8 seeds at K = 4096 and 8192
+// FastAccum 2 outputs past the fp8 tolerance (seed 1568: fp8-channel, K = 4096); over 8 problems at K = 4096 and 8192
 // (H200, session 43) the promoted mainloop's root-mean-square error over max |reference| was 0.0006-0.0013,
 // FastAccum's 0.0021-0.0033 (worst elements 0.006-0.026 against 0.014-0.031).
 TEST(CudaExperts, Fp8GroupedGemmsPromoteAtLongK) {

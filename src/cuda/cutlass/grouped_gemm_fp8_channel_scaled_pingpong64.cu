@@ -1,6 +1,6 @@
 // The fp8-channel variant of grouped_gemm_fp8_channel_scaled.cu (promoting fp8 mainloop, activation and weight
 // row scales in the epilogue) with 64-row tiles, one per consumer warpgroup in turn (pingpong): 64x128x128, for
-// experts of up to 512 rows (ExpertsPath::gemm_tile_m).
+// experts of up to 128 rows (ExpertsPath::gemm_tile_m).
 #include "cuda/cutlass/grouped_gemm_sm90.cuh"
 
 namespace fusedmoe::cuda {

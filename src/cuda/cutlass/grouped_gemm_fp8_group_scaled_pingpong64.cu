@@ -1,6 +1,6 @@
 // The fp8-tensor variant of grouped_gemm_fp8_group_scaled.cu (one f32 scale per group in the epilogue,
 // promoting fp8 mainloop) with 64-row tiles, one per consumer warpgroup in turn (pingpong): 64x128x128, for
-// experts of up to 512 rows (ExpertsPath::gemm_tile_m).
+// experts of up to 128 rows (ExpertsPath::gemm_tile_m).
 #include "cuda/cutlass/grouped_gemm_sm90.cuh"
 
 namespace fusedmoe::cuda {
