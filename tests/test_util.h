@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -104,9 +105,11 @@ inline ReferenceError reference_error(const Problem& p, const Tensor& hidden, co
     const double o = bf16_to_float(out.data_as<const bfloat16>()[i]), r = ref[i];
     if (o != 0.0) ++e.nonzero;
     const double err = std::fabs(o - r);
-    if (!(err <= tol.atol * e.ref_max + tol.rtol * std::fabs(r)) && e.outside++ < 3)
-      e.first_outside += "out[" + std::to_string(i / K) + ", " + std::to_string(i % K) + "] = " + std::to_string(o) +
-                         ", reference " + std::to_string(r) + "; ";
+    if (!(err <= tol.atol * e.ref_max + tol.rtol * std::fabs(r)) && e.outside++ < 3) {
+      std::ostringstream what;
+      what << "out[" << i / K << ", " << i % K << "] = " << o << ", reference " << r << "; ";
+      e.first_outside += what.str();
+    }
     e.worst = std::max(e.worst, err / scale);
     sum_sq += err * err;
   }
