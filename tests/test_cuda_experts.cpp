@@ -154,7 +154,7 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_EQ(choose_experts_path(256, 2, 8, fp8_tensor).tile_tokens, 128);           // 64 rows: the fp8 wgmma kernel
   EXPECT_EQ(choose_experts_path(256, 2, 8, fp8_tensor, 0, true).tile_tokens, 128);  // FastAccum or not
   EXPECT_FALSE(choose_experts_path(260, 2, 8, fp8_tensor).small_m);                 // 65 rows: CUTLASS
-  EXPECT_FALSE(choose_experts_path(256, 2, 8, fc).small_m);                         // fp8-channel: CUTLASS
+  EXPECT_EQ(choose_experts_path(256, 2, 8, fc).tile_tokens, 128);                   // fp8-channel too
   EXPECT_EQ(choose_experts_path(512, 2, 8, fp8_tensor).gemm_tile_m, 64);            // mixtral-8x7b-fp8: 128 rows
   EXPECT_EQ(choose_experts_path(520, 2, 8, fp8_tensor).gemm_tile_m, 128);           // 130 rows
   EXPECT_EQ(choose_experts_path(2048, 2, 8, fp8_tensor, 0, true).gemm_tile_m, 64);  // FastAccum, 512 rows
@@ -290,8 +290,8 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
       if (param == -64 && !fp4) continue;
       if (param == -256 && !fp4 && s != QuantScheme::bf16) continue;
-      // fp8-block and fp8-tensor: 128 (the fp8 wgmma kernel; fp8-channel's row scales it does not take)
-      if (param == -128 && s != QuantScheme::fp8_block && s != QuantScheme::fp8_per_tensor) continue;
+      // every fp8 scheme: 128 (the fp8 wgmma kernel)
+      if (param == -128 && !scheme_quantizes_activations(s)) continue;
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -802,7 +802,8 @@ TEST(CudaExperts, Fp8ChannelGemm2TileApartFromGemm1s) {
 }
 
 // fp8-channel's per-row activation quantization at every register width of its kernel (I up to 1, 2, 3, 4, 6 and 8
-// steps of 256 columns) and past them (I = 2304: the two-pass kernel), on both paths, silu and swiglu-oai, biases.
+// steps of 256 columns) and past them (I = 2304: the two-pass kernel), on the small-M, fp8 wgmma and grouped paths,
+// silu and swiglu-oai, biases.
 TEST(CudaExperts, Fp8ChannelActivationRowWidths) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -814,10 +815,10 @@ TEST(CudaExperts, Fp8ChannelActivationRowWidths) {
       const int64_t M = 24;
       const Problem p = make_problem(c, M, seed + I, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
-      for (bool small_m : {true, false}) {
+      for (int path : {0, 1, 2}) {  // small-M, the fp8 wgmma kernel (its activation scales M-major), grouped
         SCOPED_TRACE("I " + std::to_string(I) + (act == ActivationKind::silu_mul ? ", silu" : ", swiglu-oai") +
-                     (small_m ? ", small-M" : ", grouped"));
-        const ForcePath force(small_m, 16, 0, false, false, 64);
+                     (path == 0 ? ", small-M" : path == 1 ? ", fp8 wgmma" : ", grouped"));
+        const ForcePath force(path < 2, path == 1 ? 128 : 16, 0, path == 1, false, 64);
         expect_matches_reference(p, run_cuda_apply(g, M), p.ids, p.topk_weights);
       }
     }

@@ -124,8 +124,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // A/B on H200, 2 rounds, against the promoting CUTLASS pair): mixtral-8x7b-fp8 1.11x / 1.06x / 1.28x at 64 / 128
   // / 256 tokens (16 / 32 / 64 rows), qwen3-30b-a3b-fp8 1.11x / 1.07x / 1.08x at 256 / 512 / 1024; faster than the
   // FP8FastAccum pair at each of those points too (1.01-1.07x), so whatever FUSEDMOE_FP8_FAST_ACCUM says.
-  // fp8-channel's row scales it does not take.
-  const bool fp8_wgmma_weights = weights == QuantScheme::fp8_block || weights == QuantScheme::fp8_per_tensor;
+  // fp8-channel too since session 44 (its weight row scales in the consumers' epilogue): qwen3-30b-a3b-fp8-channel
+  // 1.10x / 1.07x / 1.07x at 256 / 512 / 1024 tokens, mixtral-8x7b-fp8-channel 1.06x at 128 and 256 (same-run A/B,
+  // H200, 2 rounds; deepseek-v3's fp8-block kernel 1.00x with the larger epilogue).
+  const bool fp8_wgmma_weights = weights == QuantScheme::fp8_block || weights == QuantScheme::fp8_per_tensor ||
+                                 weights == QuantScheme::fp8_per_channel;
   if (fp8_wgmma_weights && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
     path.small_m = true;
     path.warp_tiles = true;

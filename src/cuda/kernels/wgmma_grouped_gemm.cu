@@ -3,6 +3,8 @@
 // scale per 128x128 block, e4m3 X with one per row and 128-wide k group):
 //   Y[r, n] = sum_k X[r, k] * W[e, n, k]  (+ bias[e, n]),  r in plan order (X's rows gathered beforehand)
 //   fp8-block: Y[r, n] = sum_kb xs[kb, r] ws[e, n / 128, kb] sum_{k in kb} X[r, k] W[e, n, k]  (+ bias)
+//   fp8-tensor and fp8-channel run as fp8-block (one scale for every block of an expert); fp8-channel's weight row
+//   scales rs[e, n] multiply the promoted sums before the bias (scale_weight_rows)
 // Swap-AB, as fp4_wgmma_gemm.cu, whose pipeline it shares (wgmma_pipeline.cuh): the weights are wgmma's A,
 // the tokens of one plan item its B, both in shared memory (SS form). The token tile is wgmma's N, so
 // an expert's last few rows take a 32-row tail beside a full item instead of a whole 128-row M tile of
@@ -217,6 +219,22 @@ __device__ inline void promote(float (&acc)[kTok / 2], const float (&part)[kTok 
   }
 }
 
+// fp8-channel (g.w_row_scales set): a consumer's promoted sums times the scales of the lane's weight rows n + 64 t
+// and n + 64 t + 8 (accumulators 4 j, 4 j + 1 and 4 j + 2, 4 j + 3), before the epilogue adds the bias, as the
+// small-M kernels' scale_rows does (its block scales are 1).
+template <int kTok, int kT>
+__device__ inline void scale_weight_rows(float (&acc)[kT][kTok / 2], const SmallMGemm& g, int e, int64_t n) {
+  const float* rs = g.w_row_scales + int64_t(e) * g.N;
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    const int64_t r = n + 64 * t;
+    const float lo = r < g.N ? __ldg(rs + r) : 0.0f, hi = r + 8 < g.N ? __ldg(rs + r + 8) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kTok / 8; ++j)
+      acc[t][4 * j] *= lo, acc[t][4 * j + 1] *= lo, acc[t][4 * j + 2] *= hi, acc[t][4 * j + 3] *= hi;
+  }
+}
+
 template <class C, int kCluster, int kTok, int kT, int kTail, class FetchNext>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, float* products,
                                         uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int e, int64_t n0,
@@ -294,6 +312,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
     }
     load_row_bias<kT>(g, e, n0, bias_row, bias);
+    if (g.w_row_scales) scale_weight_rows<kTok, kT>(acc, g, e, n0 + bias_row);
   }
   fetch_next();  // the next unit's claim (the producer is loading it already)
   store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
@@ -585,7 +604,8 @@ void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, cons
 // The checks both element types share; `what` names the GEMM.
 template <class C>
 void check_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, const char* what) {
-  FMOE_CHECK(!g.act_epilogue && !g.w_row_scales, what, " takes no activation epilogue or row scales");
+  FMOE_CHECK(!g.act_epilogue, what, " takes no activation epilogue");
+  FMOE_CHECK(!g.w_row_scales || C::kScaled, what, " takes weight row scales only with fp8 weights");
   FMOE_CHECK(!g.x_row, what, " reads its rows in plan order (x_row must be null; gather them first)");
   FMOE_CHECK(g.K % C::kTileK == 0, what, " needs K % ", C::kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == C::kTileTokens, what, " needs a plan with work items of ",
