@@ -111,9 +111,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(1, 8, 128).small_m);
   EXPECT_EQ(choose_experts_path(1, 8, 128).tile_tokens, 8);
   EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
-  EXPECT_FALSE(choose_experts_path(256, 8, 128).small_m);           // 16 rows per expert
-  EXPECT_FALSE(choose_experts_path(384, 8, 128).small_m);           // bf16, 24 rows: CUTLASS
-  EXPECT_EQ(choose_experts_path(392, 8, 128).tile_tokens, 256);     // 24.5 rows: the bf16 wgmma kernel
+  EXPECT_EQ(choose_experts_path(192, 8, 128).tile_tokens, 16);      // 12 rows, the layer's shape unknown: small-M
+  EXPECT_EQ(choose_experts_path(194, 8, 128).tile_tokens, 256);     // 12.1 rows: the bf16 wgmma kernel
+  EXPECT_EQ(choose_experts_path(384, 8, 128).tile_tokens, 256);     // 24 rows
   EXPECT_EQ(choose_experts_path(1024, 2, 8).tile_tokens, 256);      // mixtral at 1024: 256 rows
   EXPECT_FALSE(choose_experts_path(512, 2, 8).wgmma_pairs);         // 128 rows: blocks alone
   EXPECT_TRUE(choose_experts_path(520, 2, 8).wgmma_pairs);          // 130 rows: in pairs
@@ -148,6 +148,24 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(choose_experts_path(2056, 8, 256, fp8).small_m);       // 64.25: CUTLASS, 128-row tiles
   EXPECT_EQ(choose_experts_path(2056, 8, 256, fp8).gemm_tile_m, 128);
   EXPECT_EQ(choose_experts_path(4096, 8, 256).gemm_tile_m, 64);       // bf16 at 128 rows per expert
+  // Decode batches (up to 12 rows per expert) on the wgmma kernels where their expected active experts hold 500 MB
+  // of weights (bf16: 700 MB) and give each GEMM 132 units of 128 weight rows; the layer's shape unknown: small-M.
+  const auto decode = [&](int64_t tokens, int k, int64_t E, QuantScheme q, int64_t H, int64_t I, int64_t N1) {
+    return choose_experts_path(tokens, k, E, q, I, false, H, N1);
+  };
+  EXPECT_EQ(decode(12, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 8);   // qwen3-30b-a3b: 651 MB
+  EXPECT_EQ(decode(14, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 256);  // 731 MB
+  EXPECT_TRUE(decode(14, 8, 128, QuantScheme::bf16, 2048, 768, 1536).small_m);
+  EXPECT_EQ(decode(14, 8, 128, QuantScheme::bf16, 0, 768, 1536).tile_tokens, 8);       // shape unknown
+  EXPECT_EQ(decode(24, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 32);  // fp8: 476 MB
+  EXPECT_EQ(decode(32, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 128);  // 527 MB
+  EXPECT_EQ(decode(1, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 8);                // deepseek-v3: 352 MB
+  EXPECT_EQ(decode(2, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 128);              // 690 MB
+  EXPECT_EQ(decode(256, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 128);            // 8 rows per expert
+  EXPECT_EQ(decode(2, 2, 8, QuantScheme::fp8_per_tensor, 4096, 14336, 28672).tile_tokens, 8);  // 112 GEMM2 units
+  EXPECT_EQ(decode(4, 2, 8, QuantScheme::fp8_per_tensor, 4096, 14336, 28672).tile_tokens, 128);  // 175
+  EXPECT_EQ(decode(32, 2, 8, QuantScheme::bf16, 4096, 14336, 28672).tile_tokens, 256);  // mixtral-8x7b
+  EXPECT_EQ(decode(64, 4, 128, QuantScheme::mxfp4, 2880, 2880, 5760).tile_tokens, 8);  // fp4: never at decode
   // fp8-tensor and fp8-channel: 64-row tiles up to 128 rows per expert on the promoting GEMMs, up to 512 on the
   // FP8FastAccum ones (the last argument)
   const QuantScheme fp8_tensor = QuantScheme::fp8_per_tensor, fc = QuantScheme::fp8_per_channel;
@@ -184,6 +202,11 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(cuda::choose_fused_decode(24, 1, 16, mixtral, FusedDecodeMode::on));  // above its range (16 tokens)
   EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 4, mixtral, FusedDecodeMode::on));   // 16 rows per expert: grouped
   EXPECT_FALSE(cuda::choose_fused_decode(8, 8, 8, mixtral, FusedDecodeMode::on));   // 8 rows: modular warp tiles
+  // where the bf16 wgmma kernels stream the batch (wgmma_streams_decode), from 9 tokens on
+  EXPECT_TRUE(cuda::choose_fused_decode(8, 2, 8, mixtral, FusedDecodeMode::automatic, true));
+  EXPECT_FALSE(cuda::choose_fused_decode(12, 2, 8, mixtral, FusedDecodeMode::automatic, true));
+  EXPECT_TRUE(cuda::choose_fused_decode(12, 2, 8, mixtral, FusedDecodeMode::automatic, false));
+  EXPECT_TRUE(cuda::choose_fused_decode(12, 2, 8, mixtral, FusedDecodeMode::on, true));
   EXPECT_TRUE(cuda::choose_route_plan_kernel(1, 8, 256, 256));     // deepseek-v3 at 1 token: one launch
   EXPECT_TRUE(cuda::choose_route_plan_kernel(8, 8, 128, 128));     // qwen3 at 8: a warp per token
   EXPECT_FALSE(cuda::choose_route_plan_kernel(9, 8, 128, 128));    // 9 tokens: the router and plan kernels

@@ -76,6 +76,27 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
       }
 }
 
+// Decode batches on the wgmma kernels, where the heuristic takes them for layers that stream enough weights
+// (wgmma_streams_decode; the test layers are too small for it, so the path is forced): the monolithic chain,
+// route+plan's single block included (1 and 7 tokens), equals the modular experts bit for bit.
+TEST(CudaMonolithic, WgmmaDecodePathEqualsModular) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block, QuantScheme::fp8_per_tensor,
+                        QuantScheme::fp8_per_channel})
+    for (RoutingMethod m : kGpuRoutingMethods)
+      for (int64_t M : {1, 7, 40}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m) + " M=" + std::to_string(M));
+        const Problem p = make_problem(routed_config(s, m), M, seed + M, /*with_bias=*/M == 7);
+        const GpuProblem g = to_gpu(p);
+        const ForcePath wgmma(true, s == QuantScheme::bf16 ? 256 : 128, 0, /*warp_tiles=*/true);
+        const Outputs o = run_both(g, M, g.logits);
+        EXPECT_TRUE(bits_equal(o.monolithic, o.modular)) << "monolithic and modular outputs differ";
+        expect_matches_reference(p, o.monolithic, o.ids, o.weights);
+      }
+}
+
 // The fused decode kernel equals the small-M chain bit for bit and matches the reference.
 void expect_fused_equals_chain(const Problem& p, int64_t M, int tile_tokens) {
   const GpuProblem g = to_gpu(p);

@@ -147,7 +147,7 @@ size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
 
 ExpertsPath CudaExperts::path_for(int64_t tokens, int64_t experts) const {
   return choose_experts_path(tokens, config_.routing.top_k, experts, config_.quant, config_.intermediate_size,
-                             fp8_fast_accum_);
+                             fp8_fast_accum_, config_.hidden_size, config_.w13_rows());
 }
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
@@ -244,7 +244,9 @@ ExpertsOutput CudaExperts::apply(const PreparedActivations& in, Workspace& ws) c
 
 bool CudaExperts::fused_decode_runs(int64_t M) const {
   return fused_decode_supported_ && M >= 1 && M <= kMaxFusedDecodeRows &&
-         choose_fused_decode(M, config_.routing.top_k, num_local_, expert_bytes_, fused_decode_mode_);
+         choose_fused_decode(M, config_.routing.top_k, num_local_, expert_bytes_, fused_decode_mode_,
+                             wgmma_streams_decode(M, config_.routing.top_k, num_local_, config_.quant,
+                                                  config_.hidden_size, config_.w13_rows(), config_.intermediate_size));
 }
 
 Tensor CudaExperts::prepare_fused_decode(int64_t M, PlanBuffers& planned, Workspace& ws) const {

@@ -4,12 +4,13 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
-// bf16 wgmma kernel from 24 to 512 rows per expert, fp8-block and fp8-tensor weights the fp8 wgmma kernel
-// from 12 to 64.
+// bf16 wgmma kernel from 12 to 512 rows per expert, fp8 weights the fp8 wgmma kernel from 12 to 64; below 12,
+// decode batches that stream enough weights take them too (wgmma_streams_decode), the small-M kernel the rest.
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "cuda/kernels/kernels.h"
@@ -26,8 +27,21 @@ void set_experts_path_override(const ExpertsPath* path) {
   if (path) g_override = *path;
 }
 
+bool wgmma_streams_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
+                          int64_t hidden_size, int64_t w13_rows, int64_t intermediate_size) {
+  if (hidden_size <= 0 || w13_rows <= 0 || intermediate_size <= 0 || num_local_experts <= 0) return false;
+  const double miss = 1.0 - std::min(1.0, double(top_k) / double(num_local_experts));  // one token, one expert
+  const double active = double(num_local_experts) * (1.0 - std::pow(miss, double(num_tokens)));
+  const double value_bytes = weights == QuantScheme::bf16 ? 2.0 : 1.0;
+  const double bytes = active * value_bytes * double(w13_rows + intermediate_size) * double(hidden_size);
+  const double units = active * double(std::min((w13_rows + 127) / 128, (hidden_size + 127) / 128));
+  const double min_bytes = weights == QuantScheme::bf16 ? kWgmmaDecodeMinBf16Bytes : kWgmmaDecodeMinBytes;
+  return bytes >= min_bytes && units >= kWgmmaDecodeMinUnits;
+}
+
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
-                                int64_t intermediate_size, bool fp8_fast_accum) {
+                                int64_t intermediate_size, bool fp8_fast_accum, int64_t hidden_size,
+                                int64_t w13_rows) {
   if (g_overridden) return g_override;
   const bool fp4_weights = weights == QuantScheme::nvfp4 || weights == QuantScheme::mxfp4;
   const double rows_per_expert = double(num_tokens) * top_k / double(num_local_experts > 0 ? num_local_experts : 1);
@@ -97,6 +111,9 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     // kernel, at n = 256 here) forcing it ran 0.55-0.63x (gpt-oss-120b) and 0.90x (qwen3-nvfp4) at 2048 tokens.
     path.fp4_persistent = rows_per_expert > 128.0;
   }
+  // (Not at decode: forced from 1 to 256 tokens, the fp4 wgmma kernel ran 0.33-0.82x (gpt-oss-120b) and 0.33-0.85x
+  // (qwen3-nvfp4) the small-M kernel, H200, session 44: its consumers dequantize 128 weight rows a unit for tokens
+  // that fill a few of its 256 columns.)
   // bf16 weights from 24 to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
   // plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps of 32 where
   // CUTLASS runs 64- or 128-row tiles. Same-run A/B on H200 against CUTLASS (session 30, 2 rounds):
@@ -108,7 +125,16 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // 0.990-1.014x at 2048 (512 rows); forced further, mixtral 0.93-1.00x at 4096 (1024 rows) and 0.90-0.97x at 8192
   // (2048 rows). At 64-128 rows the pairs lost (qwen3 0.96-0.98x at 2048 tokens: their items' X is the small
   // operand there).
-  if (weights == QuantScheme::bf16 && rows_per_expert > 24.0 && rows_per_expert <= 512.0) {
+  // Since session 44 from 12 rows per expert, where CUTLASS ran up to 24 (same-run A/B, H200, 2 rounds): mixtral-8x7b
+  // 1.061x / 1.036x at 64 / 96 tokens (16 / 24 rows), qwen3-30b-a3b 1.079x at 256 (16); and below 12 rows by the
+  // decode rule (wgmma_streams_decode, in place of the small-M kernel): mixtral-8x7b 1.12x / 1.12x / 1.23x at 24 / 32 /
+  // 48 tokens, qwen3-30b-a3b 1.02x / 1.00x / 1.03x / 1.03x / 1.04x / 1.05x at 10 / 12-14 / 16-17 / 20 / 64 / 128
+  // tokens, where below 10 tokens (qwen3's 487 MB of active weights at 8) it lost: 0.96x at 6-8, 0.85-0.93x at 2-4,
+  // 0.72x at 1.
+  const bool decode_wgmma =
+      rows_per_expert <= 12.0 &&
+      wgmma_streams_decode(num_tokens, top_k, num_local_experts, weights, hidden_size, w13_rows, intermediate_size);
+  if (weights == QuantScheme::bf16 && (rows_per_expert > 12.0 || decode_wgmma) && rows_per_expert <= 512.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;
@@ -127,9 +153,15 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // fp8-channel too since session 44 (its weight row scales in the consumers' epilogue): qwen3-30b-a3b-fp8-channel
   // 1.10x / 1.07x / 1.07x at 256 / 512 / 1024 tokens, mixtral-8x7b-fp8-channel 1.06x at 128 and 256 (same-run A/B,
   // H200, 2 rounds; deepseek-v3's fp8-block kernel 1.00x with the larger epilogue).
+  // Below 12 rows per expert by the decode rule since session 44 (same-run A/B against the small-M kernel, H200, 2
+  // rounds): deepseek-v3 1.08x / 1.08x / 1.12x / 1.09x / 1.08x / 1.09x / 1.07x / 1.06x / 1.06x / 1.13x / 1.31x at 2 /
+  // 3 / 4 / 6 / 8 / 10 / 12 / 16 / 64 / 128 / 256 tokens (1 token, 352 MB: 1.00x, left to small-M);
+  // mixtral-8x7b-fp8 1.09x / 1.09x / 1.10x / 1.19x / 1.37x at 4 / 16 / 24 / 32 / 48 tokens, where at 1 and 2 tokens
+  // (64 and 112 units of GEMM2) it lost 0.85x / 0.94x (fp8-channel alike); qwen3-30b-a3b-fp8 1.02x / 1.07x / 1.10x
+  // at 32 / 96 / 128 tokens, 0.85-0.98x at 1-16 (389 MB and less; fp8-channel alike).
   const bool fp8_wgmma_weights = weights == QuantScheme::fp8_block || weights == QuantScheme::fp8_per_tensor ||
                                  weights == QuantScheme::fp8_per_channel;
-  if (fp8_wgmma_weights && rows_per_expert > 12.0 && rows_per_expert <= 64.0) {
+  if (fp8_wgmma_weights && (rows_per_expert > 12.0 || decode_wgmma) && rows_per_expert <= 64.0) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 128;
@@ -150,9 +182,10 @@ FusedDecodeMode fused_decode_mode_from_env() {
 }
 
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
-                         FusedDecodeMode mode) {
+                         FusedDecodeMode mode, bool wgmma_streams) {
   if (g_overridden) return g_override.fused_decode;
   if (mode == FusedDecodeMode::off) return false;
+  if (mode == FusedDecodeMode::automatic && wgmma_streams && num_tokens > kFusedDecodeWgmmaFrom) return false;
   const ExpertsPath modular = choose_experts_path(num_tokens, top_k, num_local_experts, QuantScheme::bf16);
   const bool runs = num_tokens <= kMaxFusedDecodeTokens && modular.small_m && !modular.warp_tiles;
   return runs && (mode == FusedDecodeMode::on || expert_bytes >= kFusedDecodeMinExpertBytes);

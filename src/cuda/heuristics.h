@@ -25,13 +25,29 @@ struct ExpertsPath {
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
-// weights take the bf16 wgmma kernel from 24 to 512 rows per expert, CUTLASS between 12 and 24 and above 512;
-// fp8-block and fp8-tensor weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above.
+// weights take the bf16 wgmma kernel from 12 to 512 rows per expert, CUTLASS above; fp8-block, fp8-tensor and
+// fp8-channel weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above. Below 12 rows per
+// expert both take their wgmma kernel where the decode batch streams enough weights (wgmma_streams_decode), the
+// small-M kernel otherwise.
 // intermediate_size: GEMM2's K (0: unknown, GEMM2 takes GEMM1's tile). fp8_fast_accum: fp8-tensor and
 // fp8-channel run CUTLASS's FP8FastAccum variants (FUSEDMOE_FP8_FAST_ACCUM=1), which keep 64-row tiles longer.
+// hidden_size and w13_rows (GEMM1's output columns: 2 I gated, I otherwise): the layer's shape for the decode
+// rule (0: unknown, small-M below 12 rows per expert).
 ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local_experts,
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0,
-                                bool fp8_fast_accum = false);
+                                bool fp8_fast_accum = false, int64_t hidden_size = 0, int64_t w13_rows = 0);
+
+// Decode batches (up to 12 rows per expert) of bf16 and fp8 weights run the wgmma kernels, whose TMA rings stream
+// the weights at ~4.1 TB/s where the small-M kernels reach ~3.7 (H200, session 44), once the batch's expected
+// active experts (E (1 - (1 - k/E)^tokens), routing taken as uniform) hold at least kWgmmaDecodeMinBytes of
+// weights (bf16: kWgmmaDecodeMinBf16Bytes) and give each GEMM at least kWgmmaDecodeMinUnits units of 128 weight rows (a wave of blocks on an
+// H100/H200 SXM). Below either, the gather and activation passes the wgmma path adds, and its blocks' coarser
+// units, cost more than the faster stream gains.
+inline constexpr double kWgmmaDecodeMinBytes = 500e6;      // fp8 weights
+inline constexpr double kWgmmaDecodeMinBf16Bytes = 700e6;  // bf16: their small-M GEMM1 applies the activation too
+inline constexpr double kWgmmaDecodeMinUnits = 132;
+bool wgmma_streams_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
+                          int64_t hidden_size, int64_t w13_rows, int64_t intermediate_size);
 
 // The experts of a scheme the fused decode kernel runs (bf16), monolithic and (since session 42) modular: that
 // kernel for decode batches (up to kMaxFusedDecodeTokens tokens) where the chain would take the small-M kernel
@@ -51,9 +67,13 @@ FusedDecodeMode fused_decode_mode_from_env();
 // An on/off switch from the environment: "1" true, "0" false, unset or empty nullopt (the path decides); anything
 // else is a fusedmoe::Error naming the variable.
 std::optional<bool> env_switch(const char* name);
-// expert_bytes: one expert's weights (w13 and w2).
+// expert_bytes: one expert's weights (w13 and w2). wgmma_streams: wgmma_streams_decode holds for the batch; then,
+// from kFusedDecodeWgmmaFrom + 1 tokens, the chain on the bf16 wgmma kernel takes the batch unless the mode is on
+// (H200, session 44, same-run A/B against the fused decode kernel: mixtral-8x7b 1.046x / 1.035x at 12 / 16 tokens,
+// 0.999x at 8, 0.93-0.98x at 2-4).
+inline constexpr int64_t kFusedDecodeWgmmaFrom = 8;
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
-                         FusedDecodeMode mode);
+                         FusedDecodeMode mode, bool wgmma_streams = false);
 
 // The monolithic chain's routing: route+plan in one launch (launch_route_plan) where its 256-thread
 // block covers the batch — a warp per token, a thread per local expert and slot: up to 8 tokens —, the
