@@ -339,8 +339,9 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   // fp8-channel: the GEMMs apply the per-row weight scales (small-M: SmallMGemm::w_row_scales; grouped: the
   // channel-scaled CUTLASS epilogue), and its activation quantizes per row.
   // The wgmma grouped GEMMs: bf16 weights in 256-row items, fp8-block, fp8-tensor and fp8-channel (its row scales
-  // in the consumers' epilogue) in 128-row items (whose activation scales they read M-major, [groups, scale_rows]). Their TMA copies read rows in plan order: they and
-  // the grouped path read x gathered into plan order (the other small-M kernels gather as they load).
+  // in the consumers' epilogue) in 128-row items (whose activation scales they read M-major, [groups, scale_rows]).
+  // Their TMA copies read rows in plan order: they and the grouped path read x gathered into plan order (the other
+  // small-M kernels gather as they load).
   const bool bf16_wgmma = path.small_m && path.tile_tokens == 256 && weight_format_ == SmallMWeights::bf16;
   const bool fp8_wgmma = path.small_m && path.tile_tokens == 128 && weight_format_ == SmallMWeights::fp8_block;
   const bool wgmma = bf16_wgmma || fp8_wgmma;

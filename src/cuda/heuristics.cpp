@@ -128,9 +128,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // Since session 44 from 12 rows per expert, where CUTLASS ran up to 24 (same-run A/B, H200, 2 rounds): mixtral-8x7b
   // 1.061x / 1.036x at 64 / 96 tokens (16 / 24 rows), qwen3-30b-a3b 1.079x at 256 (16); and below 12 rows by the
   // decode rule (wgmma_streams_decode, in place of the small-M kernel): mixtral-8x7b 1.12x / 1.12x / 1.23x at 24 / 32 /
-  // 48 tokens, qwen3-30b-a3b 1.02x / 1.00x / 1.03x / 1.03x / 1.04x / 1.05x at 10 / 12-14 / 16-17 / 20 / 64 / 128
-  // tokens, where below 10 tokens (qwen3's 487 MB of active weights at 8) it lost: 0.96x at 6-8, 0.85-0.93x at 2-4,
-  // 0.72x at 1.
+  // 48 tokens, qwen3-30b-a3b 1.00x / 1.03x / 1.02x at 14 / 16-17 / 20 tokens (731-884 MB of active weights) and
+  // 1.04-1.05x at 64-128 (1.2 GB); below (qwen3 at 10-12 tokens, 574-651 MB) it was 0.994-1.019x, at 6-8 tokens
+  // 0.96x, at 2-4 0.85-0.93x and at 1 0.72x. The final rule against the session's start (same run, 2 rounds): mixtral-8x7b 1.04x at
+  // 12 and 16 tokens (the fused decode kernel gives way, choose_fused_decode), 1.10x at 32, 1.02x at 64; qwen3-30b-a3b
+  // 1.02 / 1.03 / 1.04 / 1.04 / 1.05x at 16 / 32 / 64 / 128 / 256; every other point 0.997-1.003x.
   const bool decode_wgmma =
       rows_per_expert <= 12.0 &&
       wgmma_streams_decode(num_tokens, top_k, num_local_experts, weights, hidden_size, w13_rows, intermediate_size);
@@ -158,7 +160,10 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // 3 / 4 / 6 / 8 / 10 / 12 / 16 / 64 / 128 / 256 tokens (1 token, 352 MB: 1.00x, left to small-M);
   // mixtral-8x7b-fp8 1.09x / 1.09x / 1.10x / 1.19x / 1.37x at 4 / 16 / 24 / 32 / 48 tokens, where at 1 and 2 tokens
   // (64 and 112 units of GEMM2) it lost 0.85x / 0.94x (fp8-channel alike); qwen3-30b-a3b-fp8 1.02x / 1.07x / 1.10x
-  // at 32 / 96 / 128 tokens, 0.85-0.98x at 1-16 (389 MB and less; fp8-channel alike).
+  // at 32 / 96 / 128 tokens, 0.85-0.98x at 1-16 (389 MB and less; fp8-channel alike). The final rule against the
+  // session's start (same run, 2 rounds): deepseek-v3 1.075 / 1.09 / 1.08 / 1.07 / 1.05 / 1.02 / 1.04 / 1.13 / 1.33x
+  // at 2 / 4 / 8 / 12 / 16 / 32 / 64 / 128 / 256 tokens, mixtral-8x7b-fp8 1.08-1.09x at 4-16 and 1.16x at 32,
+  // qwen3-30b-a3b-fp8-channel 1.04 / 1.04 / 1.11x at 32 / 64 / 128.
   const bool fp8_wgmma_weights = weights == QuantScheme::fp8_block || weights == QuantScheme::fp8_per_tensor ||
                                  weights == QuantScheme::fp8_per_channel;
   if (fp8_wgmma_weights && (rows_per_expert > 12.0 || decode_wgmma) && rows_per_expert <= 64.0) {
