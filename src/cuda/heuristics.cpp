@@ -126,11 +126,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // (2048 rows). At 64-128 rows the pairs lost (qwen3 0.96-0.98x at 2048 tokens: their items' X is the small
   // operand there).
   // Since session 44 from 12 rows per expert, where CUTLASS ran up to 24 (same-run A/B, H200, 2 rounds): mixtral-8x7b
-  // 1.061x / 1.036x at 64 / 96 tokens (16 / 24 rows), qwen3-30b-a3b 1.079x at 256 (16); and below 12 rows by the
-  // decode rule (wgmma_streams_decode, in place of the small-M kernel): mixtral-8x7b 1.12x / 1.12x / 1.23x at 24 / 32 /
-  // 48 tokens, qwen3-30b-a3b 1.00x / 1.03x / 1.02x at 14 / 16-17 / 20 tokens (731-884 MB of active weights) and
-  // 1.04-1.05x at 64-128 (1.2 GB); below (qwen3 at 10-12 tokens, 574-651 MB) it was 0.994-1.019x, at 6-8 tokens
-  // 0.96x, at 2-4 0.85-0.93x and at 1 0.72x. The final rule against the session's start (same run, 2 rounds): mixtral-8x7b 1.04x at
+  // 1.061x / 1.036x at 64 / 96 tokens (16 / 24 rows), qwen3-30b-a3b 1.079x at 256 (16); and below 12 rows by the decode
+  // rule (wgmma_streams_decode, in place of the small-M kernel): mixtral-8x7b 1.12x / 1.12x / 1.23x at 24 / 32 / 48
+  // tokens, qwen3-30b-a3b 1.00x / 1.03x / 1.02x at 14 / 16-17 / 20 tokens (731-884 MB of active weights) and 1.04-1.05x
+  // at 64-128 (1.2 GB); below (qwen3 at 10-12 tokens, 574-651 MB) it was 0.994-1.019x, at 6-8 tokens 0.96x, at 2-4
+  // 0.85-0.93x and at 1 0.72x. The final rule against the session's start (same run, 2 rounds): mixtral-8x7b 1.04x at
   // 12 and 16 tokens (the fused decode kernel gives way, choose_fused_decode), 1.10x at 32, 1.02x at 64; qwen3-30b-a3b
   // 1.02 / 1.03 / 1.04 / 1.04 / 1.05x at 16 / 32 / 64 / 128 / 256; every other point 0.997-1.003x.
   const bool decode_wgmma =

@@ -37,11 +37,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
                                 QuantScheme weights = QuantScheme::bf16, int64_t intermediate_size = 0,
                                 bool fp8_fast_accum = false, int64_t hidden_size = 0, int64_t w13_rows = 0);
 
-// Decode batches (up to 12 rows per expert) of bf16 and fp8 weights run the wgmma kernels, whose TMA rings stream
-// the weights at ~4.1 TB/s where the small-M kernels reach ~3.7 (H200, session 44), once the batch's expected
-// active experts (E (1 - (1 - k/E)^tokens), routing taken as uniform) hold at least kWgmmaDecodeMinBytes of
-// weights (bf16: kWgmmaDecodeMinBf16Bytes) and give each GEMM at least kWgmmaDecodeMinUnits units of 128 weight
-// rows (a wave of blocks on an H100/H200 SXM). Below either, the gather and activation passes the wgmma path adds, and its blocks' coarser
+// Decode batches (up to 12 rows per expert) of bf16 and fp8 weights run the wgmma kernels, whose TMA rings stream the
+// weights at ~4.1 TB/s where the small-M kernels reach ~3.7 (H200, session 44), once the batch's expected active
+// experts (E (1 - (1 - k/E)^tokens), routing taken as uniform) hold at least kWgmmaDecodeMinBytes of weights (bf16:
+// kWgmmaDecodeMinBf16Bytes) and give each GEMM at least kWgmmaDecodeMinUnits units of 128 weight rows (a wave of blocks
+// on an H100/H200 SXM). Below either, the gather and activation passes the wgmma path adds, and its blocks' coarser
 // units, cost more than the faster stream gains.
 inline constexpr double kWgmmaDecodeMinBytes = 500e6;      // fp8 weights
 inline constexpr double kWgmmaDecodeMinBf16Bytes = 700e6;  // bf16: their small-M GEMM1 applies the activation too
