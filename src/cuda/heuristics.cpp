@@ -114,9 +114,9 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // (Not at decode: forced from 1 to 256 tokens, the fp4 wgmma kernel ran 0.33-0.82x (gpt-oss-120b) and 0.33-0.85x
   // (qwen3-nvfp4) the small-M kernel, H200, session 44: its consumers dequantize 128 weight rows a unit for tokens
   // that fill a few of its 256 columns.)
-  // bf16 weights from 24 to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu; the small-M path's
-  // plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps of 32 where
-  // CUTLASS runs 64- or 128-row tiles. Same-run A/B on H200 against CUTLASS (session 30, 2 rounds):
+  // bf16 weights from 24 (12 since session 44) to 512 rows per expert: the bf16 wgmma kernel (bf16_wgmma_gemm.cu;
+  // the small-M path's plan and epilogue, X gathered first), whose token tiles follow each expert's rows in steps
+  // of 32 where CUTLASS runs 64- or 128-row tiles. Same-run A/B on H200 against CUTLASS (session 30, 2 rounds):
   // mixtral-8x7b 1.065x / 1.042x / 1.091x at 256 / 512 / 1024 tokens (64 / 128 / 256 rows), 1.01x at 64-128;
   // qwen3-30b-a3b 1.01-1.03x at 512-1024 (within the rounds' spread), 1.00x at 1536, 1.045x at 2048 (128 rows).
   // Above 128 rows it runs in pairs of blocks that share each item's X rows (TMA multicast; session 32): L2
