@@ -69,8 +69,8 @@ FusedDecodeMode fused_decode_mode_from_env();
 std::optional<bool> env_switch(const char* name);
 // expert_bytes: one expert's weights (w13 and w2). wgmma_streams: wgmma_streams_decode holds for the batch; then,
 // from kFusedDecodeWgmmaFrom + 1 tokens, the chain on the bf16 wgmma kernel takes the batch unless the mode is on
-// (H200, session 44, same-run A/B against the fused decode kernel: mixtral-8x7b 1.046x / 1.035x at 12 / 16 tokens,
-// 0.999x at 8, 0.93-0.98x at 2-4).
+// (H200, session 44, same-run A/B against the fused decode kernel: mixtral-8x7b 1.032x / 1.022x / 1.024x / 1.045x /
+// 1.035x at 9 / 10 / 11 / 12 / 16 tokens, 0.999x at 8, 0.93-0.98x at 2-4).
 inline constexpr int64_t kFusedDecodeWgmmaFrom = 8;
 bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, int64_t expert_bytes,
                          FusedDecodeMode mode, bool wgmma_streams = false);
