@@ -6,6 +6,8 @@
 // granularity (a per-tensor or per-row scale is repeated), so that every fp8 scheme feeds the same
 // block-scaled GEMMs.
 // Limits: K % 128 == 0 for the fp8 quantizers; rows are 16-byte aligned for the gather.
+#include <algorithm>
+
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp8_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -98,6 +100,8 @@ __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const flo
 // slot_rows (the batched format's); gather_tokens_kernel below for the others.
 constexpr int kGatherWarps = 8;
 constexpr int kGatherPieces = 8;
+// The token gather's smallest grid: a decode batch's rows go out in slices over about this many blocks.
+constexpr int64_t kGatherMinBlocks = 128;
 
 // A lane's share of a row in flight: its 16-byte pieces i0, i0 + 32, .. (kGatherPieces of them, those below n),
 // all loaded before any is stored.
@@ -115,18 +119,23 @@ struct RowPieces {
   }
 };
 
-// Row r's scales from the token's [G] into dst_scales: M-major [G, scale_rows] when scale_rows > 0, else grouped
-// M-major (expert e's rows' group g at offsets[e] G + g counts[e] + (r - offsets[e])). The warp's lanes take the
-// groups.
+// Where row r's scale of group g goes in dst_scales: base + g * stride. M-major [G, scale_rows] when scale_rows > 0,
+// else grouped M-major (expert e's rows' group g at offsets[e] G + g counts[e] + (r - offsets[e])).
+struct ScalePlace {
+  int64_t base, stride;
+};
+__device__ inline ScalePlace row_scale_place(const RowPlan& plan, int64_t r, int64_t G, int64_t scale_rows) {
+  if (scale_rows > 0) return {r, scale_rows};
+  const int e = plan.row_expert[r];
+  const int64_t off = plan.offsets[e];
+  return {off * G + r - off, plan.counts[e]};
+}
+
+// Row r's scales from the token's [G] into dst_scales; the warp's lanes take the groups.
 __device__ inline void put_row_scales(const float* token_scales, int64_t G, const RowPlan& plan, int64_t r,
                                       float* dst_scales, int64_t scale_rows, int lane) {
-  if (scale_rows > 0) {
-    for (int64_t g = lane; g < G; g += 32) dst_scales[g * scale_rows + r] = token_scales[g];
-    return;
-  }
-  const int e = plan.row_expert[r];
-  const int64_t off = plan.offsets[e], count = plan.counts[e];
-  for (int64_t g = lane; g < G; g += 32) dst_scales[off * G + g * count + (r - off)] = token_scales[g];
+  const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
+  for (int64_t g = lane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
 }
 
 __global__ void __launch_bounds__(kGatherWarps * 32)
@@ -151,30 +160,53 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
   if (dst_scales) put_row_scales(src_scales + token * G, G, plan, r, dst_scales, scale_rows, lane);
 }
 
-// A warp per token (plans with slot_rows): the token's row read once, kGatherPieces 16-byte pieces per lane at a
-// time, and stored into each of its top_k planned rows (slot_rows; -1: none), then its scales likewise, instead of
-// each planned row reading its token's row again.
+// A warp per token and slice of its row (plans with slot_rows): the slice read once, kGatherPieces 16-byte pieces
+// per lane at a time, and stored into each of the token's top_k planned rows (slot_rows; -1: none), instead of each
+// planned row reading its token's row again; the first slice's warp then writes the scales likewise. The token's
+// slots (a lane each, 32 at a time) and scales (kScalesPerLane a lane) are loaded with its row's pieces, before any
+// store: loaded between stores, through pointers the compiler must assume the stores may change, they made a chain
+// of dependent reads, 10-13 us of deepseek-v3's 4-16-token steps (H200, session 45). A decode batch also splits its
+// rows into blockIdx.y slices of `slice` pieces (launch_gather_rows), so that more than a few SMs store them.
+constexpr int kScalesPerLane = 4;  // K <= 16384 in registers; the groups past that are read as they are stored
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_tokens_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
-                         int64_t tokens, int top_k, uint8_t* dst, float* dst_scales, int64_t scale_rows) {
+                         int64_t tokens, int top_k, int64_t slice, uint8_t* dst, float* dst_scales,
+                         int64_t scale_rows) {
   const int64_t t = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   pdl_wait();
   pdl_launch_dependents();
   if (t >= tokens) return;
-  const int32_t* slots = plan.slot_rows + t * top_k;
   const uint4* s = reinterpret_cast<const uint4*>(src + t * row_bytes);
-  const int64_t n = row_bytes / 16;
-  for (int64_t i0 = lane; i0 < n; i0 += 32 * kGatherPieces) {
-    RowPieces p;
-    p.load(s, i0, n);
-    for (int j = 0; j < top_k; ++j)
-      if (const int64_t r = slots[j]; r >= 0) p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), i0, n);
+  const int64_t begin = int64_t(blockIdx.y) * slice, end = min(row_bytes / 16, begin + slice);
+  const float* token_scales = dst_scales && blockIdx.y == 0 ? src_scales + t * G : nullptr;
+  float scale[kScalesPerLane];
+#pragma unroll
+  for (int i = 0; i < kScalesPerLane; ++i) {
+    const int64_t g = lane + 32 * i;
+    scale[i] = token_scales && g < G ? token_scales[g] : 0.0f;
   }
-  if (!dst_scales) return;
-  for (int j = 0; j < top_k; ++j)
-    if (const int64_t r = slots[j]; r >= 0)
-      put_row_scales(src_scales + t * G, G, plan, r, dst_scales, scale_rows, lane);
+  for (int j0 = 0; j0 < top_k; j0 += 32) {
+    const int jn = min(32, top_k - j0);
+    const int my_slot = lane < jn ? plan.slot_rows[t * top_k + j0 + lane] : -1;
+    for (int64_t b0 = begin; b0 < end; b0 += 32 * kGatherPieces) {  // (warp-uniform: the shuffles)
+      RowPieces p;
+      p.load(s, b0 + lane, end);
+      for (int j = 0; j < jn; ++j)
+        if (const int64_t r = __shfl_sync(~0u, my_slot, j); r >= 0)
+          p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), b0 + lane, end);
+    }
+    if (!token_scales) continue;
+    for (int j = 0; j < jn; ++j) {
+      const int64_t r = __shfl_sync(~0u, my_slot, j);
+      if (r < 0) continue;
+      const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
+#pragma unroll
+      for (int i = 0; i < kScalesPerLane; ++i)
+        if (const int64_t g = lane + 32 * i; g < G) dst_scales[base + g * stride] = scale[i];
+      for (int64_t g = lane + 32 * kScalesPerLane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
+    }
+  }
 }
 
 }  // namespace
@@ -207,9 +239,14 @@ void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_sca
   const auto from = static_cast<const uint8_t*>(src);
   const auto to = static_cast<uint8_t*>(dst);
   if (plan.slot_rows && top_k > 0) {
-    const int64_t tokens = max_rows / top_k;
-    launch(gather_tokens_kernel, dim3(static_cast<unsigned>((tokens + kGatherWarps - 1) / kGatherWarps)),
-           dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, tokens, top_k, to, dst_scales, scale_rows);
+    const int64_t tokens = max_rows / top_k, token_blocks = (tokens + kGatherWarps - 1) / kGatherWarps;
+    // Slices of whole 32-piece spans (a lane's 16 bytes each), as many as bring the grid to kGatherMinBlocks.
+    const int64_t spans = (row_bytes / 16 + 31) / 32;
+    const int64_t slices = std::clamp<int64_t>((kGatherMinBlocks + token_blocks - 1) / token_blocks, 1, spans);
+    const int64_t slice = (spans + slices - 1) / slices * 32;
+    launch(gather_tokens_kernel, dim3(static_cast<unsigned>(token_blocks), static_cast<unsigned>(slices)),
+           dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, tokens, top_k, slice, to, dst_scales,
+           scale_rows);
     return;
   }
   launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
