@@ -331,6 +331,14 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       MoEConfig all = small_config(s, 8, 128, 128, 8);
       const Problem a = make_problem(all, 5, seed ^ 7);
       expect_matches_reference(a, run_cuda_apply(to_gpu(a), 5), a.ids, a.topk_weights);
+      // The row gather's limits (quantize.cu): top_k > 32 (a token's slots are read 32 at a time) and more than 128
+      // scale groups a row (K > 16384: the groups past a lane's registers).
+      MoEConfig wide = small_config(s, 40, 128, 128, 36);
+      const Problem w = make_problem(wide, 3, seed ^ 11);
+      expect_matches_reference(w, run_cuda_apply(to_gpu(w), 3), w.ids, w.topk_weights);
+      MoEConfig deep = small_config(s, 4, 16640, 128, 2);
+      const Problem d = make_problem(deep, 3, seed ^ 13);
+      expect_matches_reference(d, run_cuda_apply(to_gpu(d), 3), d.ids, d.topk_weights);
     }
   }
 }
