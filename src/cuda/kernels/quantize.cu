@@ -162,11 +162,12 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
 
 // A warp per token and slice of its row (plans with slot_rows): the slice read once, kGatherPieces 16-byte pieces
 // per lane at a time, and stored into each of the token's top_k planned rows (slot_rows; -1: none), instead of each
-// planned row reading its token's row again; the first slice's warp then writes the scales likewise. The token's
-// slots (a lane each, 32 at a time) and scales (kScalesPerLane a lane) are loaded with its row's pieces, before any
-// store: loaded between stores, through pointers the compiler must assume the stores may change, they made a chain
-// of dependent reads, 10-13 us of deepseek-v3's 4-16-token steps (H200, session 45). A decode batch also splits its
-// rows into blockIdx.y slices of `slice` pieces (launch_gather_rows), so that more than a few SMs store them.
+// planned row reading its token's row again; the first slice's warp then writes the scales likewise. A decode batch
+// splits its rows into blockIdx.y column slices of `slice` pieces over about kGatherMinBlocks blocks
+// (launch_gather_rows): with a warp per whole row its one or two blocks stored every planned row through one or two
+// SMs (deepseek-v3 at 4 / 16 tokens: 9.7 / 10.3 -> 3.7 / 5.8 us, 1.009-1.013x the step; H200, session 45). The
+// token's slots (a lane each, 32 at a time) and scales (kScalesPerLane a lane) are read with its row's pieces, before
+// any store (read between the stores, which may alias them, each read waited on them; alone that measured 1.00x).
 constexpr int kScalesPerLane = 4;  // K <= 16384 in registers; the groups past that are read as they are stored
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_tokens_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
