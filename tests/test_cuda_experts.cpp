@@ -331,9 +331,9 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       MoEConfig all = small_config(s, 8, 128, 128, 8);
       const Problem a = make_problem(all, 5, seed ^ 7);
       expect_matches_reference(a, run_cuda_apply(to_gpu(a), 5), a.ids, a.topk_weights);
-      // The row gather's limits (quantize.cu): top_k > 32 (a token's slots are read 32 at a time) and more than 128
-      // scale groups a row (K > 16384: the groups past a lane's registers).
-      MoEConfig wide = small_config(s, 40, 128, 128, 36);
+      // The row gather's limits (quantize.cu): top_k = 32, the backend's most (a token's slots fill the warp that
+      // reads them), and more than 128 scale groups a row (K > 16384: the groups past a lane's registers).
+      MoEConfig wide = small_config(s, 40, 128, 128, 32);
       const Problem w = make_problem(wide, 3, seed ^ 11);
       expect_matches_reference(w, run_cuda_apply(to_gpu(w), 3), w.ids, w.topk_weights);
       MoEConfig deep = small_config(s, 4, 16640, 128, 2);
@@ -462,14 +462,14 @@ TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
   }
 }
 
-// The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (64 .. 256; 64 and up to 128 in
-// blocks of 256 weight rows), 256-row items with a 32-row tail, and a second item after a full one, each
-// edge on both sides, with biases; blocks alone and in pairs (the same bits).
+// The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (32 .. 256; up to 128 in blocks of 256
+// weight rows), 256-row items with a 32-row tail, and a second item after a full one, each edge on both sides, with
+// biases; blocks alone and in pairs (the same bits).
 TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  const Problem p = rows_per_expert_problem(QuantScheme::bf16, {1, 33, 64, 65, 96, 97, 128, 129, 160, 161, 192, 193,
+  const Problem p = rows_per_expert_problem(QuantScheme::bf16, {1, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 192, 193,
                                                                 224, 225, 256, 257, 288, 289, 320, 545},
                                             320, 192, seed);
   const int64_t M = p.ids.view().size(0);

@@ -4,8 +4,8 @@
 // row plan over the ids it just wrote (plan_block: the modular plan's code). One launch instead of two, for decode-size batches. It also zeroes
 // the fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
-// every routed model of the presets; larger E takes the route and plan kernels — each variant of
-// route_token_warp is large, so only the common ones are compiled here). Host-checked.
+// every routed model of the presets; larger E takes the route and plan kernels, so fewer variants are compiled
+// here). A kernel per method family (RouteFamily), as the router's. Host-checked.
 #include <cuda_bf16.h>
 
 #include <type_traits>
@@ -19,7 +19,7 @@
 namespace fusedmoe::cuda {
 namespace {
 
-template <int J, class T, int kThreads>
+template <int J, RouteFamily F, class T, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                  const int32_t* expert_map, int num_local,
                                                                  int32_t* ids, float* weights, RowPlan plan,
@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p
   const int warp = threadIdx.x >> 5;
   pdl_wait();
   for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
-  for (int64_t t = warp; t < M; t += kWarps) route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
+  for (int64_t t = warp; t < M; t += kWarps) route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
   __syncthreads();  // the ids are visible to the whole block
   plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
   pdl_launch_dependents();
@@ -42,15 +42,19 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
   // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
   // token (a warp each) and slot a thread, else 1024.
   const bool small = route_plan_small_block(M, p.top_k, num_local);
-  auto go = [&](auto j) {
-    constexpr int J = decltype(j)::value;
-    const auto kernel = small ? route_plan_kernel<J, T, 256> : route_plan_kernel<J, T, kPlanThreads>;
-    launch(kernel, 1, small ? 256 : kPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero);
-  };
-  if (E <= 32) go(std::integral_constant<int, 1>{});
-  else if (E <= 64) go(std::integral_constant<int, 2>{});
-  else if (E <= 128) go(std::integral_constant<int, 4>{});
-  else go(std::integral_constant<int, 8>{});
+  with_route_family(p.method, [&](auto family) {
+    constexpr RouteFamily F = decltype(family)::value;
+    auto go = [&](auto j) {
+      constexpr int J = decltype(j)::value;
+      const auto kernel = small ? route_plan_kernel<J, F, T, 256> : route_plan_kernel<J, F, T, kPlanThreads>;
+      launch(kernel, 1, small ? 256 : kPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan, zero,
+             n_zero);
+    };
+    if (E <= 32) go(std::integral_constant<int, 1>{});
+    else if (E <= 64) go(std::integral_constant<int, 2>{});
+    else if (E <= 128) go(std::integral_constant<int, 4>{});
+    else go(std::integral_constant<int, 8>{});
+  });
 }
 
 }  // namespace

@@ -10,8 +10,10 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/route_token.h"
+#include "fusedmoe/error.h"
 
 namespace fusedmoe::cuda {
 
@@ -220,109 +222,129 @@ __device__ inline float load_logit<float>(const float* p) { return *p; }
 template <>
 __device__ inline float load_logit<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
-// Routes one token. `group_scores` is per-warp shared scratch of kMaxExpertGroups floats.
-// Lane r < top_k returns pick r in (id, weight).
-template <int J, class T>
+// The routing methods' families: the router kernels are compiled once per family (route_token_warp's F), each with
+// its own method's code alone. One kernel for every method was 51 KB of SASS at J = 8 (deepseek-v3's 256 experts),
+// which a decode step fetches from DRAM (the weights stream evicts it from L2): ncu put deepseek-v3's one-token
+// route_kernel at 7.1-7.9 us, 57 KB read from DRAM for 2 KB of logits and bias (H200, session 46).
+enum class RouteFamily : uint8_t { softmax_topk, topk_softmax, sigmoid_topk, llama4, deepseek_v3 };
+
+// Calls f(std::integral_constant<RouteFamily, F>{}) with the family of method m (host code; precomputed ids are
+// never routed: the callers refuse that method before they launch).
+template <class Fn>
+void with_route_family(RoutingMethod m, Fn&& f) {
+  using std::integral_constant;
+  switch (m) {
+    case RoutingMethod::softmax_topk:
+    case RoutingMethod::softmax_topk_renormalize:
+      return f(integral_constant<RouteFamily, RouteFamily::softmax_topk>{});
+    case RoutingMethod::topk_softmax: return f(integral_constant<RouteFamily, RouteFamily::topk_softmax>{});
+    case RoutingMethod::sigmoid_topk:
+    case RoutingMethod::sigmoid_topk_renormalize:
+      return f(integral_constant<RouteFamily, RouteFamily::sigmoid_topk>{});
+    case RoutingMethod::llama4: return f(integral_constant<RouteFamily, RouteFamily::llama4>{});
+    case RoutingMethod::deepseek_v3: return f(integral_constant<RouteFamily, RouteFamily::deepseek_v3>{});
+    case RoutingMethod::precomputed: break;
+  }
+  FMOE_FAIL("the CUDA router computes ids for every routing method but 'precomputed', got method ",
+            static_cast<int>(m));
+}
+
+// Routes one token by a method of family F (p.method). `group_scores` is per-warp shared scratch of
+// kMaxExpertGroups floats. Lane r < top_k returns pick r in (id, weight).
+template <int J, RouteFamily F, class T>
 __device__ inline void route_token_warp(const RoutingParams& p, const T* logits, float* group_scores, int& id,
                                         float& weight) {
   using namespace routing_detail;
   const int lane = threadIdx.x & 31, E = p.num_experts, k = p.top_k;
   float s[J];
+  [[maybe_unused]] float bias[J];
   bool present[J];
 #pragma unroll
-  for (int j = 0; j < J; ++j) {
+  for (int j = 0; j < J; ++j) {  // deepseek-v3: the bias loaded beside the logits (one DRAM round trip, not two)
     const int e = slot_expert<J>(j);
     present[j] = e < E;
     s[j] = present[j] ? sanitize(load_logit(logits + e)) : -INFINITY;
+    if constexpr (F == RouteFamily::deepseek_v3)
+      bias[j] = p.correction_bias && present[j] ? p.correction_bias[e] : 0.0f;
   }
   auto all = [](int) { return true; };
   float value = 0.0f;
-  switch (p.method) {
-    case RoutingMethod::softmax_topk:
-    case RoutingMethod::softmax_topk_renormalize:
-      warp_softmax(s, present);
-      warp_select_topk(s, E, k, all, id, value);
-      weight = value;
-      break;
-    case RoutingMethod::topk_softmax: {
-      warp_select_topk(s, E, k, all, id, value);
-      float w[1] = {value};
-      const bool here[1] = {lane < k};
-      warp_softmax(w, here);
-      weight = w[0];
-      break;
+  if constexpr (F == RouteFamily::softmax_topk) {
+    warp_softmax(s, present);
+    warp_select_topk(s, E, k, all, id, value);
+    weight = value;
+  } else if constexpr (F == RouteFamily::topk_softmax) {
+    warp_select_topk(s, E, k, all, id, value);
+    float w[1] = {value};
+    const bool here[1] = {lane < k};
+    warp_softmax(w, here);
+    weight = w[0];
+  } else if constexpr (F == RouteFamily::sigmoid_topk) {
+#pragma unroll
+    for (int j = 0; j < J; ++j) s[j] = sigmoid(s[j]);
+    warp_select_topk(s, E, k, all, id, value);
+    weight = value;
+  } else if constexpr (F == RouteFamily::llama4) {
+    warp_select_topk(s, E, 1, all, id, value);
+    weight = sigmoid(value);
+  } else {
+    static_assert(F == RouteFamily::deepseek_v3);
+    float choice[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      s[j] = sigmoid(s[j]);
+      choice[j] = s[j] + bias[j];
     }
-    case RoutingMethod::sigmoid_topk:
-    case RoutingMethod::sigmoid_topk_renormalize:
+    const int groups = p.num_expert_group, group_size = E / groups;
+    const bool top2 = p.correction_bias != nullptr && group_size >= 2;
+    int group[J];  // the group of each of this lane's experts, divided once
 #pragma unroll
-      for (int j = 0; j < J; ++j) s[j] = sigmoid(s[j]);
-      warp_select_topk(s, E, k, all, id, value);
-      weight = value;
-      break;
-    case RoutingMethod::llama4:
-      warp_select_topk(s, E, 1, all, id, value);
-      weight = sigmoid(value);
-      break;
-    case RoutingMethod::deepseek_v3: {
-      float choice[J];
+    for (int j = 0; j < J; ++j) group[j] = present[j] ? slot_expert<J>(j) / group_size : -1;
+    uint64_t group_mask = 0;
+    const int P = group_size / J;  // lanes per group, when a group is whole lanes
+    if (group_size % J == 0 && (P & (P - 1)) == 0 && P <= 32) {
+      group_mask = lane_select_groups(lane_group_score(choice, P, top2), P, groups, p.topk_group);
+    } else {
+      warp_group_scores(choice, group, groups, top2, group_scores);
+      __syncwarp();
+      float gs[2];
 #pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int e = slot_expert<J>(j);
-        s[j] = sigmoid(s[j]);
-        choice[j] = (p.correction_bias && present[j]) ? s[j] + p.correction_bias[e] : s[j];
+      for (int j = 0; j < 2; ++j) {
+        const int g = slot_expert<2>(j);
+        gs[j] = g < groups ? group_scores[g] : -INFINITY;
       }
-      const int groups = p.num_expert_group, group_size = E / groups;
-      const bool top2 = p.correction_bias != nullptr && group_size >= 2;
-      int group[J];  // the group of each of this lane's experts, divided once
-#pragma unroll
-      for (int j = 0; j < J; ++j) group[j] = present[j] ? slot_expert<J>(j) / group_size : -1;
-      uint64_t group_mask = 0;
-      const int P = group_size / J;  // lanes per group, when a group is whole lanes
-      if (group_size % J == 0 && (P & (P - 1)) == 0 && P <= 32) {
-        group_mask = lane_select_groups(lane_group_score(choice, P, top2), P, groups, p.topk_group);
-      } else {
-        warp_group_scores(choice, group, groups, top2, group_scores);
-        __syncwarp();
-        float gs[2];
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int g = slot_expert<2>(j);
-          gs[j] = g < groups ? group_scores[g] : -INFINITY;
-        }
-        int gpick;
-        float gpick_value;
-        warp_select_topk(gs, groups, p.topk_group, all, gpick, gpick_value);
-        for (int r = 0; r < p.topk_group; ++r) {
-          const int g = __shfl_sync(kFullMask, gpick, r);
-          if (g >= 0) group_mask |= uint64_t(1) << g;
-        }
-        __syncwarp();  // group_scores is reused by the next token of this warp
+      int gpick;
+      float gpick_value;
+      warp_select_topk(gs, groups, p.topk_group, all, gpick, gpick_value);
+      for (int r = 0; r < p.topk_group; ++r) {
+        const int g = __shfl_sync(kFullMask, gpick, r);
+        if (g >= 0) group_mask |= uint64_t(1) << g;
       }
-      auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
-      warp_select_topk(choice, E, k, in_selected_group, id, value, s, weight);
-      if (p.renormalize) {
-        const float sum = warp_sum(lane < k ? weight : 0.0f);
-        if (sum > 0.0f) weight /= sum;
-      }
-      break;
+      __syncwarp();  // group_scores is reused by the next token of this warp
     }
-    case RoutingMethod::precomputed:
-      break;
+    auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
+    warp_select_topk(choice, E, k, in_selected_group, id, value, s, weight);
+    if (p.renormalize) {
+      const float sum = warp_sum(lane < k ? weight : 0.0f);
+      if (sum > 0.0f) weight /= sum;
+    }
   }
-  if (p.method == RoutingMethod::softmax_topk_renormalize || p.method == RoutingMethod::sigmoid_topk_renormalize) {
-    const float sum = warp_sum(lane < k ? weight : 0.0f);
-    if (sum > 0.0f) weight /= sum;
+  if constexpr (F == RouteFamily::softmax_topk || F == RouteFamily::sigmoid_topk) {
+    if (p.method == RoutingMethod::softmax_topk_renormalize || p.method == RoutingMethod::sigmoid_topk_renormalize) {
+      const float sum = warp_sum(lane < k ? weight : 0.0f);
+      if (sum > 0.0f) weight /= sum;
+    }
   }
   if (p.routed_scaling_factor != 1.0f) weight *= p.routed_scaling_factor;
 }
 
 // Routes token t of logits [*, E] and stores its picks in ids/weights [*, top_k] (every lane calls).
-template <int J, class T>
+template <int J, RouteFamily F, class T>
 __device__ inline void route_and_store(const RoutingParams& p, const T* logits, int64_t t, float* group_scores,
                                        int32_t* ids, float* weights) {
   int id;
   float weight;
-  route_token_warp<J>(p, logits + t * p.num_experts, group_scores, id, weight);
+  route_token_warp<J, F>(p, logits + t * p.num_experts, group_scores, id, weight);
   const int lane = threadIdx.x & 31;
   if (lane < p.top_k) {
     ids[t * p.top_k + lane] = id;

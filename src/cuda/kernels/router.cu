@@ -1,5 +1,6 @@
 // Router kernel: logits [M, E] (f32 or bf16) -> top-k ids i32 [M, k] and weights f32 [M, k].
-// One warp per token (route_token_warp); E <= 1024, groups <= 64 (checked by the host).
+// One warp per token (route_token_warp); E <= 1024, groups <= 64 (checked by the host). A kernel per J (experts a
+// lane holds) and method family (RouteFamily: each kernel holds its own method's code alone).
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_util.h"
@@ -12,7 +13,7 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 
-template <int J, class T>
+template <int J, RouteFamily F, class T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) route_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                     int32_t* ids, float* weights) {
   __shared__ float group_scores[kWarpsPerBlock][kMaxExpertGroups];
@@ -21,7 +22,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) route_kernel(RoutingParam
   pdl_wait();
   pdl_launch_dependents();
   if (t >= M) return;
-  route_and_store<J>(p, logits, t, group_scores[warp], ids, weights);
+  route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
 }
 
 template <class T>
@@ -29,12 +30,15 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* i
                   cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((M + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
   const int E = p.num_experts;
-  if (E <= 32) launch(route_kernel<1, T>, grid, block, s, p, logits, M, ids, weights);
-  else if (E <= 64) launch(route_kernel<2, T>, grid, block, s, p, logits, M, ids, weights);
-  else if (E <= 128) launch(route_kernel<4, T>, grid, block, s, p, logits, M, ids, weights);
-  else if (E <= 256) launch(route_kernel<8, T>, grid, block, s, p, logits, M, ids, weights);
-  else if (E <= 512) launch(route_kernel<16, T>, grid, block, s, p, logits, M, ids, weights);
-  else launch(route_kernel<32, T>, grid, block, s, p, logits, M, ids, weights);
+  with_route_family(p.method, [&](auto family) {
+    constexpr RouteFamily F = decltype(family)::value;
+    if (E <= 32) launch(route_kernel<1, F, T>, grid, block, s, p, logits, M, ids, weights);
+    else if (E <= 64) launch(route_kernel<2, F, T>, grid, block, s, p, logits, M, ids, weights);
+    else if (E <= 128) launch(route_kernel<4, F, T>, grid, block, s, p, logits, M, ids, weights);
+    else if (E <= 256) launch(route_kernel<8, F, T>, grid, block, s, p, logits, M, ids, weights);
+    else if (E <= 512) launch(route_kernel<16, F, T>, grid, block, s, p, logits, M, ids, weights);
+    else launch(route_kernel<32, F, T>, grid, block, s, p, logits, M, ids, weights);
+  });
 }
 
 }  // namespace

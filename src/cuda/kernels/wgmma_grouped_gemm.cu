@@ -344,7 +344,7 @@ __device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_p
   return {e, first, pair_n0 < g.N ? rows : 0, pair_n0 + rank * slab};
 }
 
-// Calls f with the unit's tile: token tile (the item's rows rounded up to 32; bf16: at least 64), kT (tile_kt) and
+// Calls f with the unit's tile: token tile (the item's rows rounded up to 32), kT (tile_kt) and
 // tail. fp8-block keeps kTok <= 160 at kT = 1 and kTok <= 64 at kT = 2 (the partial sums' registers).
 template <class C, class F>
 __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
@@ -366,7 +366,8 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
   else if (rows > 128) f(integral_constant<int, 160>{}, I1{}, I0{});
   else if (rows > 96) f(integral_constant<int, 128>{}, I2{}, I0{});
   else if (rows > 64) f(integral_constant<int, 96>{}, I2{}, I0{});
-  else f(integral_constant<int, 64>{}, I2{}, I0{});
+  else if (rows > 32) f(integral_constant<int, 64>{}, I2{}, I0{});
+  else f(integral_constant<int, 32>{}, I2{}, I0{});
 }
 
 // The units' hand-out: the producer warp's first lane claims the next unit from a counter in global memory
