@@ -21,7 +21,9 @@
 // rows on (deepseek-v3 16-256 tokens), bf16 5% faster at 16-row tiles (qwen3-30b-a3b 128 tokens),
 // within +-2% at 8-row tiles and 2-4% slower at one token.
 // Limits: K % 32 (bf16) / K % 128 (fp8). A variant reading 32 contiguous bytes per lane with
-// contiguous per-warp k ranges measured 15-35% slower at decode on H200 (bench/results).
+// contiguous per-warp k ranges measured 15-35% slower at decode on H200 (bench/results); so did asking L2 for the
+// weights of the round one or two ahead (prefetch.global.L2, a lane per 64-byte piece; session 46, same-run A/B:
+// 0.88-0.95x at 1-8 tokens on deepseek-v3, qwen3-30b-a3b and its fp8 form, mixtral-8x7b-fp8).
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/act_epilogue.cuh"
 #include "cuda/kernels/kernels.h"
