@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
 // splits its rows into blockIdx.y column slices of `slice` pieces over about kGatherMinBlocks blocks
 // (launch_gather_rows): with a warp per whole row its one or two blocks stored every planned row through one or two
 // SMs (deepseek-v3 at 4 / 16 tokens: 9.7 / 10.3 -> 3.7 / 5.8 us, 1.009-1.013x the step; H200, session 45). The
-// token's slots (a lane each, 32 at a time) and scales (kScalesPerLane a lane) are read with its row's pieces, before
+// token's slots (a lane each) and scales (kScalesPerLane a lane) are read with its row's pieces, before
 // any store (read between the stores, which may alias them, each read waited on them; alone that measured 1.00x).
 constexpr int kScalesPerLane = 4;  // K <= 16384 in registers; the groups past that are read as they are stored
 __global__ void __launch_bounds__(kGatherWarps * 32)
@@ -187,26 +187,23 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
     const int64_t g = lane + 32 * i;
     scale[i] = token_scales && g < G ? token_scales[g] : 0.0f;
   }
-  for (int j0 = 0; j0 < top_k; j0 += 32) {
-    const int jn = min(32, top_k - j0);
-    const int my_slot = lane < jn ? plan.slot_rows[t * top_k + j0 + lane] : -1;
-    for (int64_t b0 = begin; b0 < end; b0 += 32 * kGatherPieces) {  // (warp-uniform: the shuffles)
-      RowPieces p;
-      p.load(s, b0 + lane, end);
-      for (int j = 0; j < jn; ++j)
-        if (const int64_t r = __shfl_sync(~0u, my_slot, j); r >= 0)
-          p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), b0 + lane, end);
-    }
-    if (!token_scales) continue;
-    for (int j = 0; j < jn; ++j) {
-      const int64_t r = __shfl_sync(~0u, my_slot, j);
-      if (r < 0) continue;
-      const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
+  const int my_slot = lane < top_k ? plan.slot_rows[t * top_k + lane] : -1;  // top_k <= 32 (host-checked)
+  for (int64_t b0 = begin; b0 < end; b0 += 32 * kGatherPieces) {  // (warp-uniform: the shuffles)
+    RowPieces p;
+    p.load(s, b0 + lane, end);
+    for (int j = 0; j < top_k; ++j)
+      if (const int64_t r = __shfl_sync(~0u, my_slot, j); r >= 0)
+        p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), b0 + lane, end);
+  }
+  if (!token_scales) return;
+  for (int j = 0; j < top_k; ++j) {
+    const int64_t r = __shfl_sync(~0u, my_slot, j);
+    if (r < 0) continue;
+    const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
 #pragma unroll
-      for (int i = 0; i < kScalesPerLane; ++i)
-        if (const int64_t g = lane + 32 * i; g < G) dst_scales[base + g * stride] = scale[i];
-      for (int64_t g = lane + 32 * kScalesPerLane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
-    }
+    for (int i = 0; i < kScalesPerLane; ++i)
+      if (const int64_t g = lane + 32 * i; g < G) dst_scales[base + g * stride] = scale[i];
+    for (int64_t g = lane + 32 * kScalesPerLane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
   }
 }
 
@@ -240,6 +237,7 @@ void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_sca
   const auto from = static_cast<const uint8_t*>(src);
   const auto to = static_cast<uint8_t*>(dst);
   if (plan.slot_rows && top_k > 0) {
+    FMOE_CHECK(top_k <= 32, "the token gather reads a token's slots a lane each: top_k <= 32, got ", top_k);
     const int64_t tokens = max_rows / top_k, token_blocks = (tokens + kGatherWarps - 1) / kGatherWarps;
     // Slices of whole 32-piece spans (a lane's 16 bytes each), as many as bring the grid to kGatherMinBlocks.
     const int64_t spans = (row_bytes / 16 + 31) / 32;

@@ -325,16 +325,13 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
     }
     auto in_selected_group = [&](int j) { return group[j] >= 0 && ((group_mask >> group[j]) & 1u) != 0; };
     warp_select_topk(choice, E, k, in_selected_group, id, value, s, weight);
-    if (p.renormalize) {
-      const float sum = warp_sum(lane < k ? weight : 0.0f);
-      if (sum > 0.0f) weight /= sum;
-    }
   }
-  if constexpr (F == RouteFamily::softmax_topk || F == RouteFamily::sigmoid_topk) {
-    if (p.method == RoutingMethod::softmax_topk_renormalize || p.method == RoutingMethod::sigmoid_topk_renormalize) {
-      const float sum = warp_sum(lane < k ? weight : 0.0f);
-      if (sum > 0.0f) weight /= sum;
-    }
+  const bool renormalize = F == RouteFamily::deepseek_v3 ? p.renormalize
+                           : p.method == RoutingMethod::softmax_topk_renormalize ||
+                               p.method == RoutingMethod::sigmoid_topk_renormalize;
+  if (renormalize) {
+    const float sum = warp_sum(lane < k ? weight : 0.0f);
+    if (sum > 0.0f) weight /= sum;
   }
   if (p.routed_scaling_factor != 1.0f) weight *= p.routed_scaling_factor;
 }
