@@ -99,14 +99,21 @@ for what in "$@"; do
         "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.FusedDecodeOdd*:CudaMonolithic.FusedDecodeGraph*'
       step synccheck_monolithic 300 compute-sanitizer --tool synccheck --error-exitcode 9 \
         "$(find_bin test_cuda_monolithic)" --gtest_filter='CudaMonolithic.FusedDecodeOdd*' 
-      step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-        --gtest_filter='Supported/*_silu_*:Variants/*'
+      # racecheck_known.py: fails on any hazard but CUTLASS's blockwise-scale report (docs/TESTING.md)
+      step racecheck 300 python3 bench/racecheck_known.py -- compute-sanitizer --tool racecheck \
+        "$(find_bin test_cuda_experts)" --gtest_filter='Supported/*_silu_*:Variants/*'
       step initcheck 300 compute-sanitizer --tool initcheck --error-exitcode 9 "$(find_bin test_cuda_experts)" \
         --gtest_filter='Supported/*_silu_*:Variants/*' ;;
     sanitize-variants)  # every compiled small-M/grouped variant and the row plan under memcheck, racecheck, initcheck (+ synccheck: the wgmma kernels)
+      variants='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*:CudaExperts.SmallMActivationEpilogue*'
       for tool in memcheck racecheck initcheck; do
-        step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
-          --gtest_filter='Variants/*:CudaExperts.SmallMPathIsBatchInvariant:CudaExperts.SmallMTileFits*:CudaExperts.SmallMActivationEpilogue*'
+        if [ "$tool" = racecheck ]; then  # every hazard fails but CUTLASS's blockwise-scale report (docs/TESTING.md)
+          step racecheck_variants 200 python3 bench/racecheck_known.py -- compute-sanitizer --tool racecheck \
+            "$(find_bin test_cuda_experts)" --gtest_filter="$variants"
+        else
+          step "${tool}_variants" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_experts)" \
+            --gtest_filter="$variants"
+        fi
         step "${tool}_plan" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_plan)"
       done
       # the wgmma kernels' mbarrier rings and warpgroup barriers

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <optional>
+#include <vector>
 
 #include "cuda_test_util.h"
 
@@ -226,6 +227,46 @@ TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
   graph.replay();
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_TRUE(bits_equal(copy_to(direct, Device::cpu()), copy_to(replayed, Device::cpu())));
+}
+
+// fp8 decode batches quantize first and route+plan beside the quantizer, waiting for it only at the end
+// (launch_route_plan's beside_previous). The logits it reads early must still be the ones the kernel before the
+// quantizer wrote: each forward here takes the previous forward's output as its hidden states and as its bf16
+// logits (E = K = 128), back to back on one stream, and the chain must equal the same chain with a device
+// synchronization after every call, bit for bit.
+TEST(CudaMonolithic, BackToBackForwardsReadThePreviousOutput) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  MoEConfig c = small_config(QuantScheme::fp8_block, 128, 128, 128, 4);
+  c.routing.method = RoutingMethod::deepseek_v3;
+  c.routing.num_expert_group = 8;
+  c.routing.topk_group = 2;
+  const int64_t M = 3;
+  const GpuProblem g = to_gpu(make_problem(c, M, seed));
+  KernelOptions opt;
+  opt.backend = Backend::cuda;
+  opt.use_monolithic = true;
+  const FusedMoEKernel mono = make_kernel(g.config, g.weights.weights, opt);
+  const Buffer ws = poisoned_workspace(mono, M);
+  auto chain = [&](bool sync) {
+    std::vector<Buffer> outs;
+    outs.push_back(copy_to(g.hidden, kGpu));
+    for (int i = 0; i < 4; ++i) {  // the outputs shrink to a fixed point after 6 to 8 forwards (H200, session 47)
+      outs.push_back(poisoned_bf16_on_gpu(M, 128));
+      mono.forward(outs[i], outs[i], outs[i + 1], ws.view());
+      if (sync) EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<Buffer> host;
+    for (const Buffer& o : outs) host.push_back(copy_to(o, Device::cpu()));
+    return host;
+  };
+  const std::vector<Buffer> synced = chain(true), back_to_back = chain(false);
+  for (size_t i = 1; i < synced.size(); ++i) {
+    EXPECT_TRUE(bits_equal(synced[i], back_to_back[i])) << "forward " << i << " differs from the synchronized chain";
+    EXPECT_FALSE(bits_equal(synced[i], synced[i - 1])) << "the chain stalled at forward " << i;  // it stays live
+  }
 }
 
 // Building the monolithic CUDA kernel for p fails with an Error mentioning `needle`.

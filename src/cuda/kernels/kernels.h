@@ -96,10 +96,13 @@ inline constexpr int kMaxRoutePlanExperts = 256;
 inline constexpr bool route_plan_small_block(int64_t M, int top_k, int64_t num_local) {
   return num_local <= 256 && 32 * M <= 256 && M * top_k <= 256;
 }
-// zero (may be null): n_zero ints it sets to 0 first (the fused decode kernel's counters).
+// zero (may be null): n_zero ints it sets to 0 first (the fused decode kernel's counters). beside_previous: the
+// kernel launched just before it on s is one of fusedmoe's that passed its pdl_wait() before it let this one start
+// (the activation quantizers: quantize.cu), and neither reads nor writes what this one does; then it routes and plans
+// while that kernel runs (the logits are settled: launch.cuh) and waits for it only before it ends.
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s, int32_t* zero = nullptr, int64_t n_zero = 0);
+                       cudaStream_t s, int32_t* zero = nullptr, int64_t n_zero = 0, bool beside_previous = false);
 
 // quantize.cu
 // x bf16 [M, K] -> q e4m3 [M, K] with f32 scales [M, K/128] (one per 1x128 group).

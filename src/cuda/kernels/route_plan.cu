@@ -23,21 +23,25 @@ template <int J, RouteFamily F, class T, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                  const int32_t* expert_map, int num_local,
                                                                  int32_t* ids, float* weights, RowPlan plan,
-                                                                 int32_t* zero, int64_t n_zero) {
+                                                                 int32_t* zero, int64_t n_zero,
+                                                                 bool beside_previous) {
   constexpr int kWarps = kThreads / 32;
   __shared__ float group_scores[kWarps][kMaxExpertGroups];
   const int warp = threadIdx.x >> 5;
-  pdl_wait();
+  if (!beside_previous) pdl_wait();
   for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
   for (int64_t t = warp; t < M; t += kWarps) route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
   __syncthreads();  // the ids are visible to the whole block
   plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  if (beside_previous) pdl_wait();  // this grid completes after the one before it: the kernels after it may count on
+                                    // that kernel's writes as they did when this one waited first
   pdl_launch_dependents();
 }
 
 template <class T>
 void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int32_t* map, int num_local,
-                  int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero) {
+                  int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero,
+                  bool beside_previous) {
   const int E = p.num_experts;
   // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
   // token (a warp each) and slot a thread, else 1024.
@@ -48,7 +52,7 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
       constexpr int J = decltype(j)::value;
       const auto kernel = small ? route_plan_kernel<J, F, T, 256> : route_plan_kernel<J, F, T, kPlanThreads>;
       launch(kernel, 1, small ? 256 : kPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan, zero,
-             n_zero);
+             n_zero, beside_previous);
     };
     if (E <= 32) go(std::integral_constant<int, 1>{});
     else if (E <= 64) go(std::integral_constant<int, 2>{});
@@ -61,7 +65,7 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
 
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s, int32_t* zero, int64_t n_zero) {
+                       cudaStream_t s, int32_t* zero, int64_t n_zero, bool beside_previous) {
   FMOE_CHECK(M >= 1 && M <= kMaxRoutePlanTokens, "the CUDA route+plan kernel takes 1 to ", kMaxRoutePlanTokens,
              " tokens, got ", M);
   FMOE_CHECK(num_local <= kPlanThreads, "the CUDA route+plan kernel handles up to ", kPlanThreads,
@@ -71,9 +75,10 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
   FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
   if (logits_bf16)
     launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero,
-                 n_zero);
+                 n_zero, beside_previous);
   else
-    launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero, n_zero);
+    launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero, n_zero,
+                 beside_previous);
 }
 
 }  // namespace fusedmoe::cuda

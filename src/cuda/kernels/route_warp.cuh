@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "core/route_token.h"
 #include "fusedmoe/error.h"
@@ -92,42 +93,96 @@ __device__ inline int slot_expert(int j) {
   return static_cast<int>(threadIdx.x & 31) * J + j;
 }
 
+// Batcher's odd-even merge network for J values: its compare-exchange pairs (a < b) as a compile-time table
+// (J = 8: 19 pairs), so that every array index below is a constant and the arrays stay in registers.
+template <int J>
+struct SortNetwork {
+  struct Pair {
+    int a, b;
+  };
+  template <class Visit>
+  static constexpr int for_each_pair(Visit visit) {
+    int n = 0;
+    for (int p = 1; p < J; p <<= 1)
+      for (int d = p; d >= 1; d >>= 1)
+        for (int j = d % p; j + d < J; j += 2 * d)
+          for (int i = 0; i < d && i + j + d < J; ++i)
+            if ((i + j) / (2 * p) == (i + j + d) / (2 * p)) visit(n++, i + j, i + j + d);
+    return n;
+  }
+  static constexpr int kPairs = for_each_pair([](int, int, int) {});
+  struct Table {
+    Pair pair[kPairs > 0 ? kPairs : 1];
+  };
+  static constexpr Table kTable = [] {
+    Table t{};
+    for_each_pair([&](int n, int a, int b) { t.pair[n] = Pair{a, b}; });
+    return t;
+  }();
+};
+
+template <int J, int... I>
+__device__ inline void lane_sort_desc(uint64_t (&key)[J], float (&payload)[J], std::integer_sequence<int, I...>) {
+  const auto exchange = [&](auto a, auto b) {
+    const bool swap = key[b] > key[a];
+    const uint64_t ka = key[a];
+    const float pa = payload[a];
+    key[a] = swap ? key[b] : ka;
+    key[b] = swap ? ka : key[b];
+    payload[a] = swap ? payload[b] : pa;
+    payload[b] = swap ? pa : payload[b];
+  };
+  (exchange(std::integral_constant<int, SortNetwork<J>::kTable.pair[I].a>{},
+            std::integral_constant<int, SortNetwork<J>::kTable.pair[I].b>{}),
+   ...);
+}
+
+// Sorts this lane's J (key, payload) pairs by key, largest first, so that a top-k round reads a lane's best at
+// key[0].
+template <int J>
+__device__ inline void lane_sort_desc(uint64_t (&key)[J], float (&payload)[J]) {
+  lane_sort_desc(key, payload, std::make_integer_sequence<int, SortNetwork<J>::kPairs>{});
+}
+
 // Picks the k best of v among the eligible experts (eligible(j): this lane's slot j, expert
 // slot_expert<J>(j)); lane r < k receives pick r in (id, value) and also[] of the pick in my_also
-// (the pick's weight when it is chosen on other scores). Each round is a max over this lane's keys
-// and one warp max; the lane that held the pick drops it and hands out its also[].
+// (the pick's weight when it is chosen on other scores). Each lane sorts its keys once; a round is
+// one warp max over the lanes' first keys, and the lane that held the pick hands out its also[] and
+// moves its next key up. (Before: a max over a lane's J keys and a pass clearing the pick, every
+// round: ~85 instructions a round at J = 8, deepseek-v3's route kernel ~1500 in all.)
 template <int J, class Eligible>
 __device__ inline void warp_select_topk(const float (&v)[J], int num_experts, int k, Eligible eligible, int& my_id,
                                         float& my_value, const float (&also)[J], float& my_also) {
   static_assert((J & (J - 1)) == 0, "J is a power of two");
   const int lane = threadIdx.x & 31;
   uint64_t key[J];
+  float held[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int e = slot_expert<J>(j);
     key[j] = e < num_experts && eligible(j) ? rank_key(v[j], e) : 0;
+    held[j] = also[j];
   }
+  lane_sort_desc(key, held);
   my_id = -1;
   my_value = my_also = 0.0f;
   for (int r = 0; r < k; ++r) {
-    uint64_t best = 0;
-#pragma unroll
-    for (int j = 0; j < J; ++j) best = key[j] > best ? key[j] : best;
-    best = warp_max_key(best);
+    const uint64_t best = warp_max_key(key[0]);
     if (best == 0) break;
     const int e = key_expert(best);
-    float held = 0.0f;
+    const float pick_also = __shfl_sync(kFullMask, held[0], e / J);
+    if (key[0] == best) {  // keys are unique: this lane held the pick
 #pragma unroll
-    for (int j = 0; j < J; ++j)
-      if (key[j] == best) {  // keys are unique: this is the pick (a test on j would become a local array)
-        key[j] = 0;
-        held = also[j];
+      for (int j = 0; j + 1 < J; ++j) {
+        key[j] = key[j + 1];
+        held[j] = held[j + 1];
       }
-    held = __shfl_sync(kFullMask, held, e / J);
+      key[J - 1] = 0;
+    }
     if (lane == r) {
       my_id = e;
       my_value = key_value(best);
-      my_also = held;
+      my_also = pick_also;
     }
   }
 }
@@ -217,10 +272,12 @@ __device__ inline uint64_t lane_select_groups(float score, int P, int groups, in
 
 template <class T>
 __device__ inline float load_logit(const T* p);
+// Through L2 (ld.global.cg): the route+plan kernel may read them before its pdl_wait (launch_route_plan), where an
+// L1 line of an earlier call could be stale.
 template <>
-__device__ inline float load_logit<float>(const float* p) { return *p; }
+__device__ inline float load_logit<float>(const float* p) { return __ldcg(p); }
 template <>
-__device__ inline float load_logit<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline float load_logit<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(__ldcg(p)); }
 
 // The routing methods' families: the router kernels are compiled once per family (route_token_warp's F), each with
 // its own method's code alone. One kernel for every method was 51 KB of SASS at J = 8 (deepseek-v3's 256 experts),
@@ -298,9 +355,18 @@ __device__ inline void route_token_warp(const RoutingParams& p, const T* logits,
     }
     const int groups = p.num_expert_group, group_size = E / groups;
     const bool top2 = p.correction_bias != nullptr && group_size >= 2;
-    int group[J];  // the group of each of this lane's experts, divided once
+    int group[J];  // the group of each of this lane's experts: one division, then counted on
+    {
+      int g = slot_expert<J>(0) / group_size, r = slot_expert<J>(0) - g * group_size;
 #pragma unroll
-    for (int j = 0; j < J; ++j) group[j] = present[j] ? slot_expert<J>(j) / group_size : -1;
+      for (int j = 0; j < J; ++j) {
+        group[j] = present[j] ? g : -1;
+        if (++r == group_size) {
+          r = 0;
+          ++g;
+        }
+      }
+    }
     uint64_t group_mask = 0;
     const int P = group_size / J;  // lanes per group, when a group is whole lanes
     if (group_size % J == 0 && (P & (P - 1)) == 0 && P <= 32) {
