@@ -657,6 +657,24 @@ TEST(CudaExperts, RunTwiceIsBitwiseEqualOnBothPaths) {
   }
 }
 
+// Applies `kernel` 200 times into the same (poisoned) output and workspace: every output must equal the first bit
+// for bit, and the first the reference.
+void expect_repeats_bitwise_equal(const Problem& p, const GpuProblem& g, const FusedMoEKernel& kernel, int64_t M) {
+  Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
+  const Buffer ws = poisoned_workspace(kernel, M);
+  Buffer first;
+  int differing = 0;
+  for (int rep = 0; rep < 200; ++rep) {
+    kernel.apply(g.hidden, g.ids, g.topk_weights, out, ws.view());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    Buffer now = copy_to(out, Device::cpu());
+    if (rep == 0) first = std::move(now);
+    else if (!bits_equal(first, now)) ++differing;
+  }
+  EXPECT_EQ(differing, 0) << "of 199 repeats differed from the first run";
+  expect_matches_reference(p, first, p.ids, p.topk_weights);
+}
+
 // A race shows up as a sporadic wrong tile (the bug catalogue's SM90 MXFP4 grouped GEMM wrote wrong
 // tiles in a fraction of calls), so one kernel runs 200 times into the same buffers and every output
 // must equal the first bit for bit: the warp tiles (X staged in shared memory by cp.async behind
@@ -673,19 +691,7 @@ TEST(CudaExperts, TwoHundredRepeatsAreBitwiseEqual) {
       const Problem p = make_problem(small_config(s, 6, 512, 384, 3), M, seed, /*with_bias=*/true);
       const GpuProblem g = to_gpu(p);
       const FusedMoEKernel kernel = cuda_kernel(g);
-      Buffer out = poisoned_bf16_on_gpu(M, 512);
-      const Buffer ws = poisoned_workspace(kernel, M);
-      Buffer first;
-      int differing = 0;
-      for (int rep = 0; rep < 200; ++rep) {
-        kernel.apply(g.hidden, g.ids, g.topk_weights, out, ws.view());
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        Buffer now = copy_to(out, Device::cpu());
-        if (rep == 0) first = std::move(now);
-        else if (!bits_equal(first, now)) ++differing;
-      }
-      EXPECT_EQ(differing, 0) << "of 199 repeats differed from the first run";
-      expect_matches_reference(p, first, p.ids, p.topk_weights);
+      expect_repeats_bitwise_equal(p, g, kernel, M);
     }
 }
 
@@ -704,19 +710,7 @@ TEST(CudaExperts, GroupedFp8BlockLongKRepeatsAreBitwiseEqual) {
   const Problem p = make_problem(small_config(QuantScheme::fp8_block, 4, 6144, 512, 2), M, seed);
   const GpuProblem g = to_gpu(p);
   const FusedMoEKernel kernel = cuda_kernel(g);
-  Buffer out = poisoned_bf16_on_gpu(M, 6144);
-  const Buffer ws = poisoned_workspace(kernel, M);
-  Buffer first;
-  int differing = 0;
-  for (int rep = 0; rep < 200; ++rep) {
-    kernel.apply(g.hidden, g.ids, g.topk_weights, out, ws.view());
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    Buffer now = copy_to(out, Device::cpu());
-    if (rep == 0) first = std::move(now);
-    else if (!bits_equal(first, now)) ++differing;
-  }
-  EXPECT_EQ(differing, 0) << "of 199 repeats differed from the first run";
-  expect_matches_reference(p, first, p.ids, p.topk_weights);
+  expect_repeats_bitwise_equal(p, g, kernel, M);
 }
 
 // Batch invariance on the decode (small-M) path: a token's output does not depend on which other
