@@ -5,7 +5,8 @@
 // the fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels, so fewer variants are compiled
-// here). A kernel per method family (RouteFamily), as the router's. Host-checked.
+// here). A kernel per method family (RouteFamily), as the router's. Host-checked. With beside_previous it works
+// before its pdl_wait and waits at its end (kernels.h says when that is allowed).
 #include <cuda_bf16.h>
 
 #include <type_traits>
