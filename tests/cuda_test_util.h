@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "cuda/heuristics.h"
 #include "test_util.h"
@@ -68,6 +69,34 @@ inline Buffer poisoned_workspace(const FusedMoEKernel& kernel, int64_t M) {
   Buffer ws = Buffer::empty(DType::u8, {static_cast<int64_t>(kernel.workspace_bytes(M))}, kGpu);
   EXPECT_EQ(cudaMemset(ws.view().data(), 0xff, ws.nbytes()), cudaSuccess);
   return ws;
+}
+
+// Runs kernel.forward 4 times on one stream, each on the previous forward's output as its hidden states and as its
+// bf16 router logits (num_experts == hidden_size), starting from hidden0 [M, K]: once back to back, once with a
+// device synchronization after every call. The two chains must match bit for bit — a kernel that reads its inputs
+// before its pdl_wait() (launch.cuh) would see a stale output in the first — and each forward must change its input.
+inline void expect_chained_forwards_equal_synchronized(const FusedMoEKernel& kernel, const Tensor& hidden0) {
+  const int64_t M = hidden0.size(0), K = hidden0.size(1);
+  ASSERT_EQ(kernel.config().num_experts, K) << "the output feeds the logits";
+  const Buffer ws = poisoned_workspace(kernel, M);
+  auto chain = [&](bool sync) {
+    std::vector<Buffer> outs;
+    outs.push_back(copy_to(hidden0, kGpu));
+    for (int i = 0; i < 4; ++i) {  // the outputs shrink to a fixed point after 6 to 8 forwards (H200, session 47)
+      outs.push_back(poisoned_bf16_on_gpu(M, K));
+      kernel.forward(outs[i], outs[i], outs[i + 1], ws.view());
+      if (sync) EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<Buffer> host;
+    for (const Buffer& o : outs) host.push_back(copy_to(o, Device::cpu()));
+    return host;
+  };
+  const std::vector<Buffer> synced = chain(true), back_to_back = chain(false);
+  for (size_t i = 1; i < synced.size(); ++i) {
+    EXPECT_TRUE(bits_equal(synced[i], back_to_back[i])) << "forward " << i << " differs from the synchronized chain";
+    EXPECT_FALSE(bits_equal(synced[i], synced[i - 1])) << "the chain stalled at forward " << i;  // it stays live
+  }
 }
 
 // Runs the CUDA modular kernel with the problem's ids (apply) into a NaN-poisoned output, with a

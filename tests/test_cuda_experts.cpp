@@ -243,15 +243,35 @@ TEST(CudaExperts, ForwardWithEveryRoutingMethod) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_block})
+  // forward's fp8 quantizers run beside the router (launch_quantize_fp8_block's beside_previous); fp8-channel has
+  // its own (per-row) quantizer.
+  for (QuantScheme s : {QuantScheme::bf16, QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel,
+                        QuantScheme::fp8_block})
     for (RoutingMethod m : kGpuRoutingMethods) {
-      SCOPED_TRACE(routing_method_name(m));
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + routing_method_name(m));
       const int64_t M = 45;
       const Problem p = make_problem(routed_config(s, m), M, seed);
       Buffer ids, w;
       const Buffer out = run_cuda_forward(to_gpu(p), M, &ids, &w);
       expect_matches_reference(p, out, ids, w);
     }
+}
+
+// The quantizer reads hidden beside the router, before its pdl_wait: hidden must still be what the kernel before
+// the router wrote. Each forward takes the previous one's output as hidden and logits, back to back.
+TEST(CudaExperts, BackToBackForwardsReadThePreviousOutput) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::fp8_per_tensor, QuantScheme::fp8_per_channel, QuantScheme::fp8_block}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    MoEConfig c = small_config(s, 128, 128, 128, 4);
+    c.routing.method = RoutingMethod::deepseek_v3;
+    c.routing.num_expert_group = 8;
+    c.routing.topk_group = 2;
+    const GpuProblem g = to_gpu(make_problem(c, 3, seed));
+    expect_chained_forwards_equal_synchronized(cuda_kernel(g), g.hidden);
+  }
 }
 
 TEST(CudaExperts, ZeroTokensIsANoOp) {

@@ -231,9 +231,7 @@ TEST(CudaMonolithic, CudaGraphReplayEqualsDirectRun) {
 
 // fp8 decode batches quantize first and route+plan beside the quantizer, waiting for it only at the end
 // (launch_route_plan's beside_previous). The logits it reads early must still be the ones the kernel before the
-// quantizer wrote: each forward here takes the previous forward's output as its hidden states and as its bf16
-// logits (E = K = 128), back to back on one stream, and the chain must equal the same chain with a device
-// synchronization after every call, bit for bit.
+// quantizer wrote: expect_chained_forwards_equal_synchronized (cuda_test_util.h).
 TEST(CudaMonolithic, BackToBackForwardsReadThePreviousOutput) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -242,31 +240,11 @@ TEST(CudaMonolithic, BackToBackForwardsReadThePreviousOutput) {
   c.routing.method = RoutingMethod::deepseek_v3;
   c.routing.num_expert_group = 8;
   c.routing.topk_group = 2;
-  const int64_t M = 3;
-  const GpuProblem g = to_gpu(make_problem(c, M, seed));
+  const GpuProblem g = to_gpu(make_problem(c, 3, seed));
   KernelOptions opt;
   opt.backend = Backend::cuda;
   opt.use_monolithic = true;
-  const FusedMoEKernel mono = make_kernel(g.config, g.weights.weights, opt);
-  const Buffer ws = poisoned_workspace(mono, M);
-  auto chain = [&](bool sync) {
-    std::vector<Buffer> outs;
-    outs.push_back(copy_to(g.hidden, kGpu));
-    for (int i = 0; i < 4; ++i) {  // the outputs shrink to a fixed point after 6 to 8 forwards (H200, session 47)
-      outs.push_back(poisoned_bf16_on_gpu(M, 128));
-      mono.forward(outs[i], outs[i], outs[i + 1], ws.view());
-      if (sync) EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    }
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    std::vector<Buffer> host;
-    for (const Buffer& o : outs) host.push_back(copy_to(o, Device::cpu()));
-    return host;
-  };
-  const std::vector<Buffer> synced = chain(true), back_to_back = chain(false);
-  for (size_t i = 1; i < synced.size(); ++i) {
-    EXPECT_TRUE(bits_equal(synced[i], back_to_back[i])) << "forward " << i << " differs from the synchronized chain";
-    EXPECT_FALSE(bits_equal(synced[i], synced[i - 1])) << "the chain stalled at forward " << i;  // it stays live
-  }
+  expect_chained_forwards_equal_synchronized(make_kernel(g.config, g.weights.weights, opt), g.hidden);
 }
 
 // Building the monolithic CUDA kernel for p fails with an Error mentioning `needle`.

@@ -43,8 +43,9 @@ class FusedMoEKernel {
                const Tensor& workspace = {}) const;
 
  private:
-  void run_modular(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights, const Tensor& out,
-                   Workspace& workspace) const;
+  // after_router: forward() launched the router just before (ModularPrepareFinalize::prepare).
+  void run_modular(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights, bool after_router,
+                   const Tensor& out, Workspace& workspace) const;
 
   MoEConfig config_;
   std::unique_ptr<PrepareFinalize> prepare_finalize_;

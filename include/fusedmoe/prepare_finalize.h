@@ -31,9 +31,12 @@ class ModularPrepareFinalize : public PrepareFinalize {
  public:
   bool is_monolithic() const final { return false; }
   // hidden bf16 [M, K]; topk_ids i32 [M, k]; topk_weights f32 [M, k]; static_input_scale as
-  // ModularExperts::static_input_scale(). Validated by the caller.
+  // ModularExperts::static_input_scale(). Validated by the caller. after_router: the last launch on the
+  // stream is fusedmoe's router (FusedMoEKernel::forward), which reads only the router logits and writes only
+  // topk_ids and topk_weights; work that touches neither may then run beside it (the CUDA quantizer does).
   virtual PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                                      const Tensor& static_input_scale, Workspace& workspace) const = 0;
+                                      const Tensor& static_input_scale, bool after_router,
+                                      Workspace& workspace) const = 0;
   // Weights (unless applied on the input) with prepared.topk_weights, reduces over top-k in slot
   // order (and, under expert parallelism, combines the ranks' partial sums), writes bf16 [M, K].
   virtual void finalize(const ExpertsOutput& experts_output, const PreparedActivations& prepared,

@@ -103,14 +103,15 @@ void FusedMoEKernel::apply(const Tensor& hidden, const Tensor& topk_ids, const T
   check_ids(config_, topk_ids);
   Buffer owned;
   Workspace ws = open_workspace(workspace, workspace_bytes(M), device(), owned);
-  if (M > 0 || is_collective()) run_modular(hidden, topk_ids, topk_weights, out, ws);
+  if (M > 0 || is_collective()) run_modular(hidden, topk_ids, topk_weights, false, out, ws);
 }
 
 void FusedMoEKernel::run_modular(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                                 const Tensor& out, Workspace& ws) const {
+                                 bool after_router, const Tensor& out, Workspace& ws) const {
   const ModularPrepareFinalize& pf = modular_pf(*prepare_finalize_);
   const ModularExperts& ex = modular_experts(*experts_);
-  const PreparedActivations prepared = pf.prepare(hidden, topk_ids, topk_weights, ex.static_input_scale(), ws);
+  const PreparedActivations prepared =
+      pf.prepare(hidden, topk_ids, topk_weights, ex.static_input_scale(), after_router, ws);
   const ExpertsOutput expert_out = ex.apply(prepared, ws);
   pf.finalize(expert_out, prepared, out, ws);
 }
@@ -153,7 +154,7 @@ void FusedMoEKernel::forward(const Tensor& hidden, const Tensor& router_logits, 
   const Tensor ids = ws.take(DType::i32, {M, k});
   const Tensor weights = ws.take(DType::f32, {M, k});
   if (M > 0) backend_for_device(device()).route(config_.routing, router_logits, ids, weights);
-  run_modular(hidden, ids, weights, out, ws);
+  run_modular(hidden, ids, weights, M > 0, out, ws);
 }
 
 }  // namespace fusedmoe

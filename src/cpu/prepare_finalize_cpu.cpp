@@ -69,7 +69,7 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
   size_t workspace_bytes(int64_t M) const override { return quantized_rows_bytes(config_, M); }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& workspace) const override {
+                              const Tensor& static_input_scale, bool, Workspace& workspace) const override {
     QuantizedRows rows = quantize_input_rows(config_, hidden, topk_weights, static_input_scale, workspace);
     PreparedActivations p;
     p.format = ActivationFormat::standard;
@@ -104,7 +104,7 @@ class PrepareFinalizeBatched final : public ModularPrepareFinalize {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& workspace) const override {
+                              const Tensor& static_input_scale, bool, Workspace& workspace) const override {
     if (const BatchedOverflow o = find_batched_overflow(config_, topk_ids); o.expert >= 0)
       FMOE_FAIL("local expert ", o.expert, " received ", o.rows,
                 " rows, over the batched capacity max_tokens_per_expert=", config_.max_tokens_per_expert);

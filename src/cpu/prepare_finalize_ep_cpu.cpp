@@ -112,7 +112,7 @@ class PrepareFinalizeAllGather final : public ModularPrepareFinalize, EpBase {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& ws) const override {
+                              const Tensor& static_input_scale, bool, Workspace& ws) const override {
     const int64_t M = hidden.size(0), K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols();
     gather_token_counts(comm_, M, T_, ws);
     const QuantizedRows rows = quantize_input_rows(config_, hidden, topk_weights, static_input_scale, ws);
@@ -175,7 +175,7 @@ class PrepareFinalizeAllToAll final : public ModularPrepareFinalize, EpBase {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& ws) const override {
+                              const Tensor& static_input_scale, bool, Workspace& ws) const override {
     const int64_t M = hidden.size(0), k = config_.routing.top_k, E = config_.num_experts;
     gather_token_counts(comm_, M, T_, ws);
     const QuantizedRows rows = quantize_input_rows(config_, hidden, topk_weights, static_input_scale, ws);

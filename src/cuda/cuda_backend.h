@@ -26,9 +26,11 @@ struct ExpertInput {
   Tensor scales;  // f32 [M, K/128] (fp8 schemes), undefined otherwise
 };
 size_t expert_input_bytes(const MoEConfig& config, int64_t M);
-// static_scale: fp8-tensor's input scale (weights.a13_scale, device f32 [1]); checked here.
+// static_scale: fp8-tensor's input scale (weights.a13_scale, device f32 [1]); checked here. after_router: the
+// last launch on the stream is fusedmoe's router (ModularPrepareFinalize::prepare); an fp8 quantizer that needs no
+// router weight then runs beside it (launch_quantize_fp8_block's beside_previous).
 ExpertInput make_expert_input(const MoEConfig& config, const Tensor& hidden, const float* row_weight,
-                              const Tensor& static_scale, Workspace& ws);
+                              const Tensor& static_scale, Workspace& ws, bool after_router = false);
 // The batched format's activations (kernels/batched.cu): the rows of an ExpertInput packed by
 // their ids [M, k] into [E_local, T, K], T = max_tokens_per_expert. A token's rows take at most
 // one place per local expert, so M <= T always fits (the caller checks it).

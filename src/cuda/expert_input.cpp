@@ -18,21 +18,24 @@ size_t expert_input_bytes(const MoEConfig& c, int64_t M) {
 }
 
 ExpertInput make_expert_input(const MoEConfig& c, const Tensor& hidden, const float* row_weight,
-                              const Tensor& static_scale, Workspace& ws) {
+                              const Tensor& static_scale, Workspace& ws, bool after_router) {
   const int64_t M = hidden.size(0), K = c.hidden_size;
   ExpertInput in;
   if (scheme_quantizes_activations(c.quant)) {
     in.rows = ws.take(DType::fp8_e4m3, {M, K});
     in.scales = ws.take(DType::f32, {M, K / 128});
     const bf16* x = hidden.data_as<const bf16>();
+    // The router's weights are its output: a quantizer that reads them waits for it.
+    const bool beside = after_router && !row_weight;
     if (c.quant == QuantScheme::fp8_per_channel) {
-      launch_quantize_fp8_rows(x, M, K, row_weight, in.rows.data_as<fp8>(), in.scales.data_as<float>(), stream());
+      launch_quantize_fp8_rows(x, M, K, row_weight, in.rows.data_as<fp8>(), in.scales.data_as<float>(), stream(),
+                               beside);
     } else {
       const bool per_tensor = c.quant == QuantScheme::fp8_per_tensor;
       if (per_tensor)
         check_tensor(static_scale, "the static input scale (weights.a13_scale)", DType::f32, {1}, hidden.device());
       if (M) launch_quantize_fp8_block(x, M, K, row_weight, per_tensor ? static_scale.data_as<const float>() : nullptr,
-                                       in.rows.data_as<fp8>(), in.scales.data_as<float>(), stream());
+                                       in.rows.data_as<fp8>(), in.scales.data_as<float>(), stream(), beside);
     }
   } else if (row_weight) {
     in.rows = ws.take(DType::bf16, {M, K});

@@ -42,7 +42,7 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& ws) const override {
+                              const Tensor& static_input_scale, bool after_router, Workspace& ws) const override {
     const int64_t M = hidden.size(0), T = config_.max_tokens_per_expert;
     if (batched_)
       FMOE_CHECK(M <= T, name(), ": ", M, " tokens, over the batched capacity max_tokens_per_expert=", T,
@@ -50,7 +50,7 @@ class PrepareFinalizeNoEP final : public ModularPrepareFinalize {
     DeviceGuard guard(device_);
     // llama4 has top_k == 1, so row t's weight is topk_weights[t].
     const float* row_weight = config_.apply_router_weight_on_input() ? topk_weights.data_as<const float>() : nullptr;
-    const ExpertInput in = make_expert_input(config_, hidden, row_weight, static_input_scale, ws);
+    const ExpertInput in = make_expert_input(config_, hidden, row_weight, static_input_scale, ws, after_router);
     PreparedActivations p;
     p.format = config_.activation_format;
     p.a1q = in.rows;

@@ -114,7 +114,7 @@ class PrepareFinalizeEp final : public ModularPrepareFinalize {
   }
 
   PreparedActivations prepare(const Tensor& hidden, const Tensor& topk_ids, const Tensor& topk_weights,
-                              const Tensor& static_input_scale, Workspace& ws) const override {
+                              const Tensor& static_input_scale, bool, Workspace& ws) const override {
     DeviceGuard guard(device_);
     const cudaStream_t s = stream();
     const int64_t M = hidden.size(0), K = config_.hidden_size, k = config_.routing.top_k, G = scale_cols();

@@ -95,7 +95,7 @@ int run_ep_bench(const MoEConfig& base, const ExpertWeights& full, const EpBench
           Workspace space(ws);
           comm.barrier();
           const double t0 = now_s();
-          const PreparedActivations p = mpf.prepare(hidden, ids, w, mex.static_input_scale(), space);
+          const PreparedActivations p = mpf.prepare(hidden, ids, w, mex.static_input_scale(), false, space);
           const double t1 = now_s();
           const ExpertsOutput y = mex.apply(p, space);
           comm.barrier();  // the combine starts when every rank's experts are done

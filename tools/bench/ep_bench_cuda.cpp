@@ -181,7 +181,7 @@ int run_rank(const MoEConfig& base, const EpCudaBenchOptions& o, int r, const Nc
     PreparedActivations prepared;
     ExpertsOutput eo;
     cudaGraphExec_t g[5];
-    g[0] = capture(s, [&] { prepared = mpf->prepare(hidden.view(), ids.view(), tw.view(), Tensor(), ws); });
+    g[0] = capture(s, [&] { prepared = mpf->prepare(hidden.view(), ids.view(), tw.view(), Tensor(), false, ws); });
     g[1] = capture(s, [&] { eo = experts->apply(prepared, ws); });
     g[2] = capture(s, [&] { mpf->finalize(eo, prepared, out.view(), ws); });
     g[3] = capture(s, [&] {

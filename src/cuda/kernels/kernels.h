@@ -109,12 +109,16 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
 // row_weight (may be null): each row is first multiplied by row_weight[row] and rounded to
 // bf16 (llama4's router weight on the input).
 // static_scale (device f32, may be null; fp8-tensor): every group's scale is *static_scale.
+// beside_previous: the kernel launched just before it on s is fusedmoe's router, which passed its pdl_wait() before
+// it let this one start and neither reads nor writes what this one does (row_weight must be null); then it
+// quantizes while the router runs (x and static_scale are settled: launch.cuh) and waits for it only before it ends.
 void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight,
-                               const float* static_scale, fp8* q, float* scales, cudaStream_t s);
+                               const float* static_scale, fp8* q, float* scales, cudaStream_t s,
+                               bool beside_previous = false);
 // fp8-channel's dynamic per-token quantization: each row's scale is its amax / 448, repeated in each of
-// the row's K/128 group slots (scales row-major [M, K/128]).
+// the row's K/128 group slots (scales row-major [M, K/128]). beside_previous as above.
 void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
-                              cudaStream_t s);
+                              cudaStream_t s, bool beside_previous = false);
 // out = bf16(x * row_weight[row]).
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s);
 // Gathers the input row of every planned row: dst[r] = src[row_token[r]] (row_bytes each);

@@ -23,9 +23,10 @@ __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepc
 // pdl_launch_dependents() only after its own pdl_wait(), so a grid starts after the previous grid
 // passed its wait, i.e. after the grid before that completed with its writes in L2 (kernels of other
 // libraries, and launches without PDL, trigger at completion). Such data may be read before pdl_wait,
-// from L2 (ld.global.cg, never a stale L1 line); data of the previous grid needs pdl_wait(). One kernel works
-// before its wait: the monolithic route+plan kernel after the activation quantizer (launch_route_plan's
-// beside_previous); it waits before it triggers, so the rule holds for the kernels after it.
+// from L2 (ld.global.cg, never a stale L1 line); data of the previous grid needs pdl_wait(). Two kernels work
+// before their wait, each beside a kernel of ours that touches none of its data: the monolithic route+plan kernel
+// after the activation quantizer (launch_route_plan's beside_previous) and the fp8 quantizers after the modular
+// forward's router (launch_quantize_fp8_block's); each waits before it triggers, so the rule holds after it.
 template <class T>
 __device__ __forceinline__ T load_settled(const T* p) {
   return __ldcg(p);

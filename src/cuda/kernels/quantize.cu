@@ -19,21 +19,24 @@ namespace {
 constexpr int kBlock = 256;
 
 // A half-warp per 128-value group, 8 values (16 bytes) per lane. static_scale (fp8-tensor): the
-// group's scale is *static_scale instead of its amax / 448.
+// group's scale is *static_scale instead of its amax / 448. beside: launch_quantize_fp8_block's beside_previous
+// (x and static_scale read from L2 before the wait, which comes last).
 __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight,
-                                          const float* static_scale, uint8_t* q, float* scales) {
+                                          const float* static_scale, uint8_t* q, float* scales, bool beside) {
   const int64_t groups = K / 128;
   const int64_t item = (int64_t(blockIdx.x) * kBlock + threadIdx.x) >> 4;
   const int sub = threadIdx.x & 15;
-  pdl_wait();
-  pdl_launch_dependents();
+  if (!beside) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
   const bool live = item < M * groups;
   const int64_t row = live ? item / groups : 0, g = live ? item % groups : 0;
   const int64_t base = row * K + g * 128 + sub * 8;
   float f[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   float amax = 0.0f;
   if (live) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + base);
+    const uint4 raw = load_settled(reinterpret_cast<const uint4*>(x + base));
     const bf16* v = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -43,10 +46,15 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
     }
   }
   const float dynamic = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
-  if (!live) return;
-  const float scale = static_scale ? *static_scale : dynamic;
-  *reinterpret_cast<uint2*>(q + base) = pack_e4m3x8(f, scale);
-  if (sub == 0) scales[row * groups + g] = scale;
+  if (live) {
+    const float scale = static_scale ? load_settled(static_scale) : dynamic;
+    *reinterpret_cast<uint2*>(q + base) = pack_e4m3x8(f, scale);
+    if (sub == 0) scales[row * groups + g] = scale;
+  }
+  if (beside) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
 }
 
 // A block per row: the row's amax (8 values per thread step), then its values / (amax / 448) as e4m3,
@@ -54,13 +62,16 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
 constexpr int kRowThreads = 256;
 
 __global__ void __launch_bounds__(kRowThreads)
-    quantize_fp8_rows_kernel(const bf16* x, int64_t K, const float* row_weight, uint8_t* q, float* scales) {
+    quantize_fp8_rows_kernel(const bf16* x, int64_t K, const float* row_weight, uint8_t* q, float* scales,
+                             bool beside) {
   const int64_t row = blockIdx.x;
-  pdl_wait();
-  pdl_launch_dependents();
+  if (!beside) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
   const bf16* src = x + row * K;
   const auto load8 = [&](int64_t c, float (&f)[8]) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+    const uint4 raw = load_settled(reinterpret_cast<const uint4*>(src + c));
     const bf16* v = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -83,6 +94,10 @@ __global__ void __launch_bounds__(kRowThreads)
     *reinterpret_cast<uint2*>(q + row * K + c) = pack_e4m3x8(f, scale);
   }
   for (int64_t g = threadIdx.x; g < K / 128; g += kRowThreads) scales[row * (K / 128) + g] = scale;
+  if (beside) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
 }
 
 __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out) {
@@ -210,18 +225,23 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
 }  // namespace
 
 void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight,
-                               const float* static_scale, fp8* q, float* scales, cudaStream_t s) {
+                               const float* static_scale, fp8* q, float* scales, cudaStream_t s,
+                               bool beside_previous) {
+  FMOE_CHECK(!beside_previous || !row_weight, "launch_quantize_fp8_block: the router weight is the router's output; ",
+             "a quantizer beside the router cannot read it");
   const int64_t threads = M * (K / 128) * 16;
   if (threads == 0) return;
   launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x, M,
-         K, row_weight, static_scale, reinterpret_cast<uint8_t*>(q), scales);
+         K, row_weight, static_scale, reinterpret_cast<uint8_t*>(q), scales, beside_previous);
 }
 
 void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
-                              cudaStream_t s) {
+                              cudaStream_t s, bool beside_previous) {
+  FMOE_CHECK(!beside_previous || !row_weight, "launch_quantize_fp8_rows: the router weight is the router's output; ",
+             "a quantizer beside the router cannot read it");
   if (M == 0) return;
   launch(quantize_fp8_rows_kernel, dim3(static_cast<unsigned>(M)), dim3(kRowThreads), s, x, K, row_weight,
-         reinterpret_cast<uint8_t*>(q), scales);
+         reinterpret_cast<uint8_t*>(q), scales, beside_previous);
 }
 
 void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, bf16* out, cudaStream_t s) {
