@@ -77,6 +77,39 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
       }
 }
 
+// DeepSeek-V3's routing layout (256 experts, 8 groups of 32, the best 4, top 8): the modular forward routes with the
+// block router (a warp per group, route_groups.cuh), the monolithic route+plan kernel with the one-warp router of every
+// other layout; the outputs must match bit for bit — same experts, same weights — for random, tied, all-negative and
+// NaN / +-inf logits, with and without the correction bias, and with the weights renormalized or not.
+TEST(CudaMonolithic, GroupRouterEqualsTheWarpRouter) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (const bool bias : {true, false})
+    for (const bool renormalize : {true, false})
+      for (int kind = 0; kind < 4; ++kind) {
+        SCOPED_TRACE(std::string(bias ? "bias" : "no bias") + (renormalize ? ", renormalized" : "") + ", logits " +
+                     std::to_string(kind));
+        MoEConfig c = small_config(QuantScheme::bf16, 256, 128, 128, 8);
+        c.routing.method = RoutingMethod::deepseek_v3;
+        c.routing.num_expert_group = 8;
+        c.routing.topk_group = 4;
+        c.routing.renormalize = renormalize;
+        c.routing.routed_scaling_factor = 2.5f;
+        const int64_t M = kind == 0 ? 1 : 7;
+        Problem p = make_problem(c, M, seed + kind);
+        if (!bias) p.config.routing.correction_bias = Tensor();
+        float* l = p.logits.data_as<float>();
+        for (int64_t i = 0; i < M * 256; ++i) {
+          if (kind == 1) l[i] = std::round(std::clamp(l[i], -1.0f, 1.0f));  // ties
+          if (kind == 2) l[i] = -30.0f - std::fabs(l[i]);                      // all negative: sigmoids near 0
+          if (kind == 3 && i % 17 == 3) l[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
+        }
+        const GpuProblem g = to_gpu(p);
+        expect_monolithic_equals_modular(p, g, M, g.logits);
+      }
+}
+
 // Decode batches on the wgmma kernels, where the heuristic takes them for layers that stream enough weights
 // (wgmma_streams_decode; the test layers are too small for it, so the path is forced): the monolithic chain,
 // route+plan's single block included (1 and 7 tokens), equals the modular experts bit for bit.

@@ -58,6 +58,9 @@ TEST(CudaRouter, MatchesCpuRouterForEveryMethod) {
       {RoutingMethod::deepseek_v3, 160, 6, 8, 3},    {RoutingMethod::deepseek_v3, 96, 4, 3, 2},
       {RoutingMethod::deepseek_v3, 32, 4, 16, 4},    {RoutingMethod::deepseek_v3, 256, 8, 8, 4, 1.0f, false},
       {RoutingMethod::deepseek_v3, 160, 6, 8, 3, 1.0f, false},
+      // groups of 32 (256/8 above too) take the block router, a warp per group (route_groups.cuh)
+      {RoutingMethod::deepseek_v3, 128, 6, 4, 2},    {RoutingMethod::deepseek_v3, 32, 5, 1, 1, 1.0f, false},
+      {RoutingMethod::deepseek_v3, 1024, 1, 32, 32},
   };
   int n = 0;
   for (const Case& c : cases) {

@@ -1,11 +1,13 @@
 // Router kernel: logits [M, E] (f32 or bf16) -> top-k ids i32 [M, k] and weights f32 [M, k].
 // One warp per token (route_token_warp); E <= 1024, groups <= 64 (checked by the host). A kernel per J (experts a
-// lane holds) and method family (RouteFamily: each kernel holds its own method's code alone).
+// lane holds) and method family (RouteFamily: each kernel holds its own method's code alone). deepseek-v3's layout of
+// groups of 32 experts (route_groups_fit) takes a block per token instead, a warp per group (route_groups.cuh).
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/route_groups.cuh"
 #include "cuda/kernels/route_warp.cuh"
 
 namespace fusedmoe::cuda {
@@ -25,9 +27,31 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) route_kernel(RoutingParam
   route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
 }
 
+// A block of num_expert_group warps per token.
+template <class T>
+__global__ void __launch_bounds__(1024) route_groups_kernel(RoutingParams p, const T* logits, int32_t* ids,
+                                                            float* weights) {
+  __shared__ RouteGroupsScratch scratch;
+  const int64_t t = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  int id;
+  float weight;
+  route_token_groups(p, logits + t * p.num_experts, scratch, id, weight);
+  if (threadIdx.x < p.top_k) {  // warp 0's picks
+    ids[t * p.top_k + threadIdx.x] = id;
+    weights[t * p.top_k + threadIdx.x] = weight;
+  }
+}
+
 template <class T>
 void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* ids, float* weights,
                   cudaStream_t s) {
+  if (route_groups_fit(p)) {
+    launch(route_groups_kernel<T>, dim3(static_cast<unsigned>(M)), dim3(32 * p.num_expert_group), s, p, logits, ids,
+           weights);
+    return;
+  }
   const dim3 grid(static_cast<unsigned>((M + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
   const int E = p.num_experts;
   with_route_family(p.method, [&](auto family) {
