@@ -222,13 +222,18 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
   }
 }
 
+// A quantizer beside the router (beside_previous) cannot read the router weight: it is the router's output.
+void check_beside_router(bool beside_previous, const float* row_weight, const char* what) {
+  FMOE_CHECK(!beside_previous || !row_weight, what, ": the router weight is the router's output; a quantizer beside ",
+             "the router cannot read it");
+}
+
 }  // namespace
 
 void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float* row_weight,
                                const float* static_scale, fp8* q, float* scales, cudaStream_t s,
                                bool beside_previous) {
-  FMOE_CHECK(!beside_previous || !row_weight, "launch_quantize_fp8_block: the router weight is the router's output; ",
-             "a quantizer beside the router cannot read it");
+  check_beside_router(beside_previous, row_weight, "launch_quantize_fp8_block");
   const int64_t threads = M * (K / 128) * 16;
   if (threads == 0) return;
   launch(quantize_fp8_block_kernel, dim3(static_cast<unsigned>((threads + kBlock - 1) / kBlock)), dim3(kBlock), s, x, M,
@@ -237,8 +242,7 @@ void launch_quantize_fp8_block(const bf16* x, int64_t M, int64_t K, const float*
 
 void launch_quantize_fp8_rows(const bf16* x, int64_t M, int64_t K, const float* row_weight, fp8* q, float* scales,
                               cudaStream_t s, bool beside_previous) {
-  FMOE_CHECK(!beside_previous || !row_weight, "launch_quantize_fp8_rows: the router weight is the router's output; ",
-             "a quantizer beside the router cannot read it");
+  check_beside_router(beside_previous, row_weight, "launch_quantize_fp8_rows");
   if (M == 0) return;
   launch(quantize_fp8_rows_kernel, dim3(static_cast<unsigned>(M)), dim3(kRowThreads), s, x, K, row_weight,
          reinterpret_cast<uint8_t*>(q), scales, beside_previous);

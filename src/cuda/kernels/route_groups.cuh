@@ -6,7 +6,8 @@
 // shuffles with no dependence between them. Same semantics and the same bits as route_token_warp: the group score is
 // the sum of the group's two largest choices (its largest without a correction bias; NaN skipped), groups and experts
 // rank by rank_key (ties to the lower index), the weights are the picks' sigmoids summed for renormalization in the
-// same warp order. Limits (route_groups_fit): num_experts = 32 groups, groups <= 32, topk_group * top_k <= 32.
+// same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). Limits
+// (route_groups_fit): num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32.
 #pragma once
 
 #include "cuda/kernels/route_warp.cuh"
