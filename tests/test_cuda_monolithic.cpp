@@ -22,8 +22,11 @@ struct Outputs {
 
 // forward() with the monolithic and the modular CUDA kernels (poisoned outputs and workspaces),
 // and the GPU router's picks for the reference. With small_m_tile: both on the small-M path with that tile, the
-// monolithic experts on the fused decode kernel (bf16) and the modular ones on the chain.
-Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits, std::optional<int> small_m_tile = {}) {
+// monolithic experts on the fused decode kernel (bf16) and the modular ones on the chain, and the one-warp router
+// where warp_router says so for that kind (deepseek-v3's groups of 32 take the block router otherwise).
+enum class WarpRouterIn { neither, monolithic, modular };
+Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits, std::optional<int> small_m_tile = {},
+                 WarpRouterIn warp_router = WarpRouterIn::neither) {
   Outputs o;
   KernelOptions opt;
   opt.backend = Backend::cuda;
@@ -36,7 +39,9 @@ Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits, std::opti
   const Buffer ws_mono = poisoned_workspace(mono, M), ws_mod = poisoned_workspace(modular, M);
   for (const bool monolithic : {true, false}) {
     std::optional<ForcePath> force;
-    if (small_m_tile) force.emplace(true, *small_m_tile, 0, false, /*fused_decode=*/monolithic);
+    const bool warp = warp_router == (monolithic ? WarpRouterIn::monolithic : WarpRouterIn::modular);
+    if (small_m_tile)
+      force.emplace(true, *small_m_tile, 0, false, /*fused_decode=*/monolithic, 128, false, false, warp);
     if (monolithic)
       mono.forward(g.hidden, logits, out_mono, ws_mono.view());
     else
@@ -56,8 +61,8 @@ Outputs run_both(const GpuProblem& g, int64_t M, const Tensor& logits, std::opti
 // Decode sizes: the modular experts on the small-M chain, which the monolithic chain and the fused
 // decode kernel (bf16) equal bit for bit; larger batches: the heuristic's path for both.
 void expect_monolithic_equals_modular(const Problem& p, const GpuProblem& g, int64_t M, const Tensor& logits,
-                                      int tile_tokens = 8) {
-  const Outputs o = run_both(g, M, logits, M <= 64 ? std::optional<int>(tile_tokens) : std::nullopt);
+                                      int tile_tokens = 8, WarpRouterIn warp_router = WarpRouterIn::neither) {
+  const Outputs o = run_both(g, M, logits, M <= 64 ? std::optional<int>(tile_tokens) : std::nullopt, warp_router);
   EXPECT_TRUE(bits_equal(o.monolithic, o.modular)) << "monolithic and modular outputs differ";
   expect_matches_reference(p, o.monolithic, o.ids, o.weights);
 }
@@ -77,37 +82,47 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
       }
 }
 
-// DeepSeek-V3's routing layout (256 experts, 8 groups of 32, the best 4, top 8): the modular forward routes with the
-// block router (a warp per group, route_groups.cuh), the monolithic route+plan kernel with the one-warp router of every
-// other layout; the outputs must match bit for bit — same experts, same weights — for random, tied, all-negative and
-// NaN / +-inf logits, with and without the correction bias, and with the weights renormalized or not.
+// deepseek-v3 routing on groups of exactly 32 experts, where the modular router and the monolithic route+plan kernel
+// take the block router (a warp per group, route_groups.cuh; route+plan where its 256 threads hold a slot of warps
+// for each token): DeepSeek-V3's 256 experts in 8 groups (best 4, top 8) and 64 in 2 groups (best 1, top 8). With one
+// of the two forwards forced onto the one-warp router of every other layout, the outputs must match bit for bit —
+// same experts, same weights — for random, tied, all-negative and NaN / +-inf logits, with and without the correction
+// bias, with the weights renormalized or not, at 1, 3 and 8 tokens (route+plan's block router at 1 token of the first
+// layout and at 1 and 3 tokens — one and three slots — of the second).
 TEST(CudaMonolithic, GroupRouterEqualsTheWarpRouter) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (const bool bias : {true, false})
-    for (const bool renormalize : {true, false})
-      for (int kind = 0; kind < 4; ++kind) {
-        SCOPED_TRACE(std::string(bias ? "bias" : "no bias") + (renormalize ? ", renormalized" : "") + ", logits " +
-                     std::to_string(kind));
-        MoEConfig c = small_config(QuantScheme::bf16, 256, 128, 128, 8);
-        c.routing.method = RoutingMethod::deepseek_v3;
-        c.routing.num_expert_group = 8;
-        c.routing.topk_group = 4;
-        c.routing.renormalize = renormalize;
-        c.routing.routed_scaling_factor = 2.5f;
-        const int64_t M = kind == 0 ? 1 : 7;
-        Problem p = make_problem(c, M, seed + kind);
-        if (!bias) p.config.routing.correction_bias = Tensor();
-        float* l = p.logits.data_as<float>();
-        for (int64_t i = 0; i < M * 256; ++i) {
-          if (kind == 1) l[i] = std::round(std::clamp(l[i], -1.0f, 1.0f));  // ties
-          if (kind == 2) l[i] = -30.0f - std::fabs(l[i]);                      // all negative: sigmoids near 0
-          if (kind == 3 && i % 17 == 3) l[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
-        }
-        const GpuProblem g = to_gpu(p);
-        expect_monolithic_equals_modular(p, g, M, g.logits);
-      }
+  struct Layout {
+    int experts, groups, topk_group;
+  };
+  for (const Layout layout : {Layout{256, 8, 4}, Layout{64, 2, 1}})
+    for (const bool bias : {true, false})
+      for (const bool renormalize : {true, false})
+        for (int kind = 0; kind < 4; ++kind)
+          for (const int64_t M : {1, 3, 8}) {
+            const WarpRouterIn warp = (kind + M + bias) % 2 ? WarpRouterIn::monolithic : WarpRouterIn::modular;
+            SCOPED_TRACE(std::to_string(layout.experts) + " experts, " + (bias ? "bias" : "no bias") +
+                         (renormalize ? ", renormalized" : "") + ", logits " + std::to_string(kind) +
+                         ", M=" + std::to_string(M) + ", warp router in the " +
+                         (warp == WarpRouterIn::monolithic ? "monolithic" : "modular") + " forward");
+            MoEConfig c = small_config(QuantScheme::bf16, layout.experts, 128, 128, 8);
+            c.routing.method = RoutingMethod::deepseek_v3;
+            c.routing.num_expert_group = layout.groups;
+            c.routing.topk_group = layout.topk_group;
+            c.routing.renormalize = renormalize;
+            c.routing.routed_scaling_factor = 2.5f;
+            Problem p = make_problem(c, M, seed + kind + 8 * M);
+            if (!bias) p.config.routing.correction_bias = Tensor();
+            float* l = p.logits.data_as<float>();
+            for (int64_t i = 0; i < M * layout.experts; ++i) {
+              if (kind == 1) l[i] = std::round(std::clamp(l[i], -1.0f, 1.0f));  // ties
+              if (kind == 2) l[i] = -30.0f - std::fabs(l[i]);                      // all negative: sigmoids near 0
+              if (kind == 3 && i % 17 == 3) l[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
+            }
+            const GpuProblem g = to_gpu(p);
+            expect_monolithic_equals_modular(p, g, M, g.logits, 8, warp);
+          }
 }
 
 // Decode batches on the wgmma kernels, where the heuristic takes them for layers that stream enough weights

@@ -201,6 +201,8 @@ bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_e
          route_plan_small_block(num_tokens, top_k, num_local_experts);
 }
 
+bool choose_block_router() { return !(g_overridden && g_override.warp_router); }
+
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {
   // FUSEDMOE_FP4_DEQUANT_MIB sets the budget (read on each call: the experts call this once, when built).
   // Fewer chunks make fewer, fuller grouped GEMMs: at 1024-8192 tokens (qwen3-nvfp4, gpt-oss-120b; H200,

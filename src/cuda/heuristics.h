@@ -21,6 +21,7 @@ struct ExpertsPath {
   int gemm2_tile_m = 128;         // grouped path: GEMM2's tiles (gemm_tile_m, but for fp8-channel's short GEMM2)
   bool wgmma_pairs = false;       // the bf16 wgmma kernel: in pairs of blocks sharing each item's X rows
   bool fp4_persistent = false;    // the fp4 wgmma kernel: persistent blocks claiming units (SmallMGemm::persistent)
+  bool warp_router = false;       // tests: the one-warp router even where the block router fits (choose_block_router)
 };
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
@@ -81,6 +82,10 @@ bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_expert
 // 0.4-6.5% slower than those two at 16 and 64 tokens (H200, session 21); the switch made the monolithic
 // forward 1.007-1.062x faster at 64 tokens and within 1% of the modular one at 16 and 64 (session 22).
 bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts);
+
+// The router and route+plan kernels' block_router argument: true (deepseek-v3's groups of 32 experts take the block
+// router, every other layout the one-warp router) unless a forced path asks for the one-warp router.
+bool choose_block_router();
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
 // expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 1 GiB scratch

@@ -27,9 +27,11 @@ using fp8 = __nv_fp8_e4m3;
 inline constexpr int kMaxRouterExperts = 1024;
 inline constexpr int kMaxPlanExperts = 4096;
 
-// router.cu
+// router.cu. block_router: deepseek-v3's layouts of groups of 32 experts (route_groups_fit) take the block router
+// (route_groups.cuh) rather than the one-warp router of every other layout — the same picks and bits (false: tests
+// compare the two).
 void launch_route(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M, int32_t* ids,
-                  float* weights, cudaStream_t s);
+                  float* weights, cudaStream_t s, bool block_router = true);
 
 // plan.cu — device arrays of one forward's row plan.
 // A work item of the row plan: rows first .. first + item_rows - 1 (within the expert) of local expert
@@ -99,10 +101,12 @@ inline constexpr bool route_plan_small_block(int64_t M, int top_k, int64_t num_l
 // zero (may be null): n_zero ints it sets to 0 first (the fused decode kernel's counters). beside_previous: the
 // kernel launched just before it on s is one of fusedmoe's that passed its pdl_wait() before it let this one start
 // (the activation quantizers: quantize.cu), and neither reads nor writes what this one does; then it routes and plans
-// while that kernel runs (the logits are settled: launch.cuh) and waits for it only before it ends.
+// while that kernel runs (the logits are settled: launch.cuh) and waits for it only before it ends. block_router:
+// as launch_route's.
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s, int32_t* zero = nullptr, int64_t n_zero = 0, bool beside_previous = false);
+                       cudaStream_t s, int32_t* zero = nullptr, int64_t n_zero = 0, bool beside_previous = false,
+                       bool block_router = true);
 
 // quantize.cu
 // x bf16 [M, K] -> q e4m3 [M, K] with f32 scales [M, K/128] (one per 1x128 group).

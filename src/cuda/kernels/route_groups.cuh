@@ -6,8 +6,9 @@
 // shuffles with no dependence between them. Same semantics and the same bits as route_token_warp: the group score is
 // the sum of the group's two largest choices (its largest without a correction bias; NaN skipped), groups and experts
 // rank by rank_key (ties to the lower index), the weights are the picks' sigmoids summed for renormalization in the
-// same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). Limits
-// (route_groups_fit): num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32.
+// same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). The monolithic
+// route+plan kernel runs it too, a slot of warps per token on a named barrier (SlotSync). Limits (route_groups_fit): num_experts = 32 * num_expert_group, num_expert_group <= 32,
+// topk_group * top_k <= 32.
 #pragma once
 
 #include "cuda/kernels/route_warp.cuh"
@@ -41,62 +42,108 @@ __device__ inline int warp_rank_lane_ordered(uint32_t high) {
   return rank;
 }
 
-// Shared scratch of route_token_groups.
-struct RouteGroupsScratch {
-  float group_score[32];
-  uint64_t candidate_key[32];  // group slot s (its rank among the chosen groups) holds its top_k at s * top_k + rank
-  float candidate_weight[32];
-  int pick_id[32];
-  float pick_weight[32];
+// One lane's expert e of a group: its sigmoid score s and its choice (s plus the correction bias).
+struct GroupLane {
+  float s, choice;
 };
-
-// Routes one token (every thread of a block of num_expert_group warps calls; logits: the token's row). Lane r < top_k
-// of every warp returns pick r in (id, weight) (the caller stores warp 0's), the other lanes id -1.
 template <class T>
-__device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int& id,
-                                          float& weight) {
+__device__ inline GroupLane group_lane(const RoutingParams& p, const T* logits, int e) {
   using namespace routing_detail;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, k = p.top_k, e = warp * 32 + lane;
   const float s = sigmoid(sanitize(load_logit(logits + e)));
-  const float choice = s + (p.correction_bias ? p.correction_bias[e] : 0.0f);
-  // The group's score: its largest choice and, with a bias, the largest of the other lanes' (NaN skipped).
+  return {s, s + (p.correction_bias ? p.correction_bias[e] : 0.0f)};
+}
+
+// The group's score from its lanes' choices (the whole warp calls; every lane gets it): its largest choice and, with a
+// bias, the largest of the other lanes' (NaN skipped).
+__device__ inline float group_score(const RoutingParams& p, float choice) {
+  const int lane = threadIdx.x & 31;
   const uint32_t mine = ordered_bits(choice != choice ? -INFINITY : choice), top = __reduce_max_sync(kFullMask, mine);
   const int holder = __ffs(__ballot_sync(kFullMask, mine == top)) - 1;
   const uint32_t second = __reduce_max_sync(kFullMask, lane == holder ? ordered_bits(-INFINITY) : mine);
-  if (lane == 0)
-    sh.group_score[warp] =
-        p.correction_bias ? from_ordered_bits(top) + from_ordered_bits(second) : from_ordered_bits(top);
-  __syncthreads();
-  // The group's rank among the groups; the best topk_group are chosen.
-  const uint64_t group_key = rank_key(sh.group_score[warp], warp);
-  int group_rank = 0;
-  for (int g = 0; g < p.num_expert_group; ++g) group_rank += rank_key(sh.group_score[g], g) > group_key ? 1 : 0;
-  // A chosen group's top_k experts, placed by the group's rank and their own.
-  const uint64_t key = rank_key(choice, e);
-  const int rank = warp_rank_lane_ordered(uint32_t(key >> 32));
-  if (group_rank < p.topk_group && rank < k) {
-    sh.candidate_key[group_rank * k + rank] = key;
-    sh.candidate_weight[group_rank * k + rank] = s;
-  }
-  __syncthreads();
-  // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
-  // shuffles free of divergence handling); warp 0 moves pick r to lane r.
-  const bool held = lane < p.topk_group * k;
-  const uint64_t ckey = held ? sh.candidate_key[lane] : 0;
+  return p.correction_bias ? from_ordered_bits(top) + from_ordered_bits(second) : from_ordered_bits(top);
+}
+
+// Group g's rank among the token's group scores (score[0 .. num_expert_group)); the best topk_group are chosen.
+__device__ inline int group_rank(const RoutingParams& p, const float* score, int g) {
+  const uint64_t key = rank_key(score[g], g);
+  int rank = 0;
+  for (int o = 0; o < p.num_expert_group; ++o) rank += rank_key(score[o], o) > key ? 1 : 0;
+  return rank;
+}
+
+// Where the last step hands pick r to lane r.
+struct GroupPicks {
+  int id[32];
+  float weight[32];
+};
+
+// The top_k of the candidates (lane j < topk_group * top_k holds candidate j: key ckey and sigmoid score cweight; the
+// other lanes key 0). The writer's picks go through `picks` (sync: the barrier after the writes); lane r < top_k
+// returns pick r in (id, weight), renormalized and scaled as route_token_warp does, the other lanes id -1.
+template <class Sync>
+__device__ inline void pick_top_k(const RoutingParams& p, uint64_t ckey, float cweight, bool writer, GroupPicks& picks,
+                                  Sync sync, int& id, float& weight) {
+  const int lane = threadIdx.x & 31, k = p.top_k;
   const int crank = warp_rank(ckey);
-  if (warp == 0 && held && crank < k) {
-    sh.pick_id[crank] = key_expert(ckey);
-    sh.pick_weight[crank] = sh.candidate_weight[lane];
+  if (writer && crank < k) {  // lanes without a candidate rank below the topk_group * top_k >= top_k held
+    picks.id[crank] = key_expert(ckey);
+    picks.weight[crank] = cweight;
   }
-  __syncthreads();
+  sync();
   id = -1;
   weight = 0.0f;
-  if (lane < k) id = sh.pick_id[lane], weight = sh.pick_weight[lane];
+  if (lane < k) id = picks.id[lane], weight = picks.weight[lane];
   if (p.renormalize) {
     const float sum = warp_sum(lane < k ? weight : 0.0f);
     if (sum > 0.0f) weight /= sum;
   }
   if (p.routed_scaling_factor != 1.0f) weight *= p.routed_scaling_factor;
+}
+
+// Shared scratch of route_token_groups.
+struct RouteGroupsScratch {
+  float group_score[32];
+  uint64_t candidate_key[32];  // group slot s (its rank among the chosen groups) holds its top_k at s * top_k + rank
+  float candidate_weight[32];
+  GroupPicks picks;
+};
+
+// The barrier of the warps that route one token: the whole block (the router kernel), or a named barrier over a
+// slot of them (the route+plan kernel, a token a slot; ids 1..kGroupSlotBarriers, barrier 0 is __syncthreads()).
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+inline constexpr int kGroupSlotBarriers = 15;
+struct SlotSync {
+  int id, threads;
+  __device__ void operator()() const { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+};
+
+// Routes one token (every thread of num_expert_group warps calls, warp `group` holding that group; sync: their
+// barrier; logits: the token's row). Lane r < top_k of every warp returns pick r in (id, weight) (the caller stores
+// group 0's), the other lanes id -1.
+template <class T, class Sync>
+__device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int group,
+                                          Sync sync, int& id, float& weight) {
+  const int warp = group, lane = threadIdx.x & 31, k = p.top_k, e = warp * 32 + lane;
+  const GroupLane x = group_lane(p, logits, e);
+  const float score = group_score(p, x.choice);
+  if (lane == 0) sh.group_score[warp] = score;
+  sync();
+  // A chosen group's top_k experts, placed by the group's rank and their own.
+  const int grank = group_rank(p, sh.group_score, warp);
+  const uint64_t key = rank_key(x.choice, e);
+  const int rank = warp_rank_lane_ordered(uint32_t(key >> 32));
+  if (grank < p.topk_group && rank < k) {
+    sh.candidate_key[grank * k + rank] = key;
+    sh.candidate_weight[grank * k + rank] = x.s;
+  }
+  sync();
+  // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
+  // shuffles free of divergence handling); warp 0 hands them out.
+  const bool held = lane < p.topk_group * k;
+  pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, warp == 0, sh.picks, sync,
+             id, weight);
 }
 
 }  // namespace fusedmoe::cuda

@@ -1,8 +1,12 @@
 // Route + plan kernel, the first step of the monolithic decode path: one block (256 threads, or
 // 1024 past 256 experts, 8 tokens or 256 slots) routes every token (a warp per token,
 // route_token_warp: the modular router's code, so both pick the same experts) and then builds the
-// row plan over the ids it just wrote (plan_block: the modular plan's code). One launch instead of two, for decode-size batches. It also zeroes
-// the fused decode kernel's counters when asked.
+// row plan over the ids it just wrote (plan_block: the modular plan's code). One launch instead of two, for
+// decode-size batches. deepseek-v3's groups of 32 experts take the modular router's block router instead
+// (route_groups.cuh) where a 256-thread block holds a slot of a warp per group for each token (DeepSeek-V3's 8
+// groups: 1 token; deepseek-v3 route+plan 6.0 -> 4.3 us, H200, session 49; rounds of slots, a 1024-thread block of 4
+// slots and a two-phase scheme over the block were slower than the warp router at 2-8 tokens). It also zeroes the
+// fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels, so fewer variants are compiled
 // here). A kernel per method family (RouteFamily), as the router's. Host-checked. With beside_previous it works
@@ -15,6 +19,7 @@
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/plan_block.cuh"
+#include "cuda/kernels/route_groups.cuh"
 #include "cuda/kernels/route_warp.cuh"
 
 namespace fusedmoe::cuda {
@@ -39,14 +44,51 @@ __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p
   pdl_launch_dependents();
 }
 
+// deepseek-v3's groups of 32 experts (route_groups_fit): the block router's steps, a slot of num_expert_group warps
+// per token (its named barrier: 1 + slot). Launched where the block's slots hold the batch (route_groups_plan_fits).
+constexpr int kGroupPlanThreads = 256, kGroupPlanSlots = kGroupPlanThreads / 32;
+static_assert(kGroupPlanSlots <= kGroupSlotBarriers);
+inline bool route_groups_plan_fits(const RoutingParams& p, int64_t M) {
+  return route_groups_fit(p) && M * p.num_expert_group <= kGroupPlanSlots;
+}
+template <class T>
+__global__ void __launch_bounds__(kGroupPlanThreads, 1)
+    route_groups_plan_kernel(RoutingParams p, const T* logits, int64_t M, const int32_t* expert_map, int num_local,
+                             int32_t* ids, float* weights, RowPlan plan, int32_t* zero, int64_t n_zero,
+                             bool beside_previous) {
+  __shared__ RouteGroupsScratch scratch[kGroupPlanSlots];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = warp / p.num_expert_group;
+  if (!beside_previous) pdl_wait();
+  for (int64_t i = threadIdx.x; i < n_zero; i += kGroupPlanThreads) zero[i] = 0;
+  if (t < M) {  // the slots past the batch's tokens idle
+    int id;
+    float weight;
+    route_token_groups(p, logits + t * p.num_experts, scratch[t], warp - t * p.num_expert_group,
+                       SlotSync{1 + t, 32 * p.num_expert_group}, id, weight);
+    if (warp == t * p.num_expert_group && lane < p.top_k) {
+      ids[t * p.top_k + lane] = id;
+      weights[t * p.top_k + lane] = weight;
+    }
+  }
+  __syncthreads();  // the ids are visible to the whole block
+  plan_block<1, kGroupPlanThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  if (beside_previous) pdl_wait();  // as route_plan_kernel
+  pdl_launch_dependents();
+}
+
 template <class T>
 void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int32_t* map, int num_local,
                   int32_t* ids, float* weights, const RowPlan& plan, cudaStream_t s, int32_t* zero, int64_t n_zero,
-                  bool beside_previous) {
+                  bool beside_previous, bool block_router) {
   const int E = p.num_experts;
   // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
   // token (a warp each) and slot a thread, else 1024.
   const bool small = route_plan_small_block(M, p.top_k, num_local);
+  if (block_router && small && route_groups_plan_fits(p, M)) {
+    launch(route_groups_plan_kernel<T>, 1, kGroupPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan,
+           zero, n_zero, beside_previous);
+    return;
+  }
   with_route_family(p.method, [&](auto family) {
     constexpr RouteFamily F = decltype(family)::value;
     auto go = [&](auto j) {
@@ -66,7 +108,7 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
 
 void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M,
                        const int32_t* expert_map, int num_local, int32_t* ids, float* weights, const RowPlan& plan,
-                       cudaStream_t s, int32_t* zero, int64_t n_zero, bool beside_previous) {
+                       cudaStream_t s, int32_t* zero, int64_t n_zero, bool beside_previous, bool block_router) {
   FMOE_CHECK(M >= 1 && M <= kMaxRoutePlanTokens, "the CUDA route+plan kernel takes 1 to ", kMaxRoutePlanTokens,
              " tokens, got ", M);
   FMOE_CHECK(num_local <= kPlanThreads, "the CUDA route+plan kernel handles up to ", kPlanThreads,
@@ -76,10 +118,10 @@ void launch_route_plan(const RoutingParams& p, const void* logits, bool logits_b
   FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
   if (logits_bf16)
     launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero,
-                 n_zero, beside_previous);
+                 n_zero, beside_previous, block_router);
   else
     launch_typed(p, static_cast<const float*>(logits), M, expert_map, num_local, ids, weights, plan, s, zero, n_zero,
-                 beside_previous);
+                 beside_previous, block_router);
 }
 
 }  // namespace fusedmoe::cuda

@@ -37,7 +37,8 @@ __global__ void __launch_bounds__(1024) route_groups_kernel(RoutingParams p, con
   pdl_launch_dependents();
   int id;
   float weight;
-  route_token_groups(p, logits + t * p.num_experts, scratch, id, weight);
+  route_token_groups(p, logits + t * p.num_experts, scratch, static_cast<int>(threadIdx.x >> 5), BlockSync{}, id,
+                     weight);
   if (threadIdx.x < p.top_k) {  // warp 0's picks
     ids[t * p.top_k + threadIdx.x] = id;
     weights[t * p.top_k + threadIdx.x] = weight;
@@ -45,9 +46,9 @@ __global__ void __launch_bounds__(1024) route_groups_kernel(RoutingParams p, con
 }
 
 template <class T>
-void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* ids, float* weights,
-                  cudaStream_t s) {
-  if (route_groups_fit(p)) {
+void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* ids, float* weights, cudaStream_t s,
+                  bool block_router) {
+  if (block_router && route_groups_fit(p)) {
     launch(route_groups_kernel<T>, dim3(static_cast<unsigned>(M)), dim3(32 * p.num_expert_group), s, p, logits, ids,
            weights);
     return;
@@ -68,15 +69,15 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, int32_t* i
 }  // namespace
 
 void launch_route(const RoutingParams& p, const void* logits, bool logits_bf16, int64_t M, int32_t* ids,
-                  float* weights, cudaStream_t s) {
+                  float* weights, cudaStream_t s, bool block_router) {
   FMOE_CHECK(p.num_experts <= kMaxRouterExperts, "the CUDA router handles num_experts <= ", kMaxRouterExperts,
              ", got ", p.num_experts);
   FMOE_CHECK(p.top_k <= 32, "the CUDA router handles top_k <= 32, got ", p.top_k);
   if (M == 0) return;
   if (logits_bf16)
-    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, ids, weights, s);
+    launch_typed(p, static_cast<const __nv_bfloat16*>(logits), M, ids, weights, s, block_router);
   else
-    launch_typed(p, static_cast<const float*>(logits), M, ids, weights, s);
+    launch_typed(p, static_cast<const float*>(logits), M, ids, weights, s, block_router);
 }
 
 }  // namespace fusedmoe::cuda
