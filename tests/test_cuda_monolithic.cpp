@@ -83,12 +83,12 @@ TEST(CudaMonolithic, EqualsModularForEveryRoutingMethodAndSize) {
 }
 
 // deepseek-v3 routing on groups of exactly 32 experts, where the modular router and the monolithic route+plan kernel
-// take the block router (a warp per group, route_groups.cuh; route+plan where its 256 threads hold a slot of warps
+// take the block router (a warp per group, route_groups.cuh; route+plan where 256 or 512 threads hold a slot of warps
 // for each token): DeepSeek-V3's 256 experts in 8 groups (best 4, top 8) and 64 in 2 groups (best 1, top 8). With one
 // of the two forwards forced onto the one-warp router of every other layout, the outputs must match bit for bit —
 // same experts, same weights — for random, tied, all-negative and NaN / +-inf logits, with and without the correction
-// bias, with the weights renormalized or not, at 1, 3 and 8 tokens (route+plan's block router at 1 token of the first
-// layout and at 1 and 3 tokens — one and three slots — of the second).
+// bias, with the weights renormalized or not, at 1, 2, 3 and 8 tokens (route+plan's block router at 1 and 2 tokens of
+// the first layout — its 256- and 512-thread blocks — and at every size of the second).
 TEST(CudaMonolithic, GroupRouterEqualsTheWarpRouter) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -100,7 +100,7 @@ TEST(CudaMonolithic, GroupRouterEqualsTheWarpRouter) {
     for (const bool bias : {true, false})
       for (const bool renormalize : {true, false})
         for (int kind = 0; kind < 4; ++kind)
-          for (const int64_t M : {1, 3, 8}) {
+          for (const int64_t M : {1, 2, 3, 8}) {
             const WarpRouterIn warp = (kind + M + bias) % 2 ? WarpRouterIn::monolithic : WarpRouterIn::modular;
             SCOPED_TRACE(std::to_string(layout.experts) + " experts, " + (bias ? "bias" : "no bias") +
                          (renormalize ? ", renormalized" : "") + ", logits " + std::to_string(kind) +

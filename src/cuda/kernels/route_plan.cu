@@ -3,10 +3,10 @@
 // route_token_warp: the modular router's code, so both pick the same experts) and then builds the
 // row plan over the ids it just wrote (plan_block: the modular plan's code). One launch instead of two, for
 // decode-size batches. deepseek-v3's groups of 32 experts take the modular router's block router instead
-// (route_groups.cuh) where a 256-thread block holds a slot of a warp per group for each token (DeepSeek-V3's 8
-// groups: 1 token; deepseek-v3 route+plan 6.0 -> 4.3 us, H200, session 49; rounds of slots, a 1024-thread block of 4
-// slots and a two-phase scheme over the block were slower than the warp router at 2-8 tokens). It also zeroes the
-// fused decode kernel's counters when asked.
+// (route_groups.cuh) where a 256- or 512-thread block holds a slot of a warp per group for each token (DeepSeek-V3's 8
+// groups: 1 or 2 tokens; route+plan 6.0 -> 4.3 us at 1 token, 5.7 -> 4.5 at 2, H200, session 49; rounds of slots, a
+// 1024-thread block of 4 slots and a two-phase scheme over the block were slower than the warp router at 4-8 tokens).
+// It also zeroes the fused decode kernel's counters when asked.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels, so fewer variants are compiled
 // here). A kernel per method family (RouteFamily), as the router's. Host-checked. With beside_previous it works
@@ -45,21 +45,19 @@ __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p
 }
 
 // deepseek-v3's groups of 32 experts (route_groups_fit): the block router's steps, a slot of num_expert_group warps
-// per token (its named barrier: 1 + slot). Launched where the block's slots hold the batch (route_groups_plan_fits).
-constexpr int kGroupPlanThreads = 256, kGroupPlanSlots = kGroupPlanThreads / 32;
-static_assert(kGroupPlanSlots <= kGroupSlotBarriers);
-inline bool route_groups_plan_fits(const RoutingParams& p, int64_t M) {
-  return route_groups_fit(p) && M * p.num_expert_group <= kGroupPlanSlots;
-}
-template <class T>
-__global__ void __launch_bounds__(kGroupPlanThreads, 1)
+// per token (its named barrier: 1 + slot), in a block of 256 or 512 threads that holds a slot for every token (up to
+// 8: route_plan_small_block's batches).
+constexpr int kGroupPlanTokens = 8;
+static_assert(kGroupPlanTokens <= kGroupSlotBarriers);
+template <class T, int kThreads>
+__global__ void __launch_bounds__(kThreads, 1)
     route_groups_plan_kernel(RoutingParams p, const T* logits, int64_t M, const int32_t* expert_map, int num_local,
                              int32_t* ids, float* weights, RowPlan plan, int32_t* zero, int64_t n_zero,
                              bool beside_previous) {
-  __shared__ RouteGroupsScratch scratch[kGroupPlanSlots];
+  __shared__ RouteGroupsScratch scratch[kGroupPlanTokens];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = warp / p.num_expert_group;
   if (!beside_previous) pdl_wait();
-  for (int64_t i = threadIdx.x; i < n_zero; i += kGroupPlanThreads) zero[i] = 0;
+  for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
   if (t < M) {  // the slots past the batch's tokens idle
     int id;
     float weight;
@@ -71,7 +69,7 @@ __global__ void __launch_bounds__(kGroupPlanThreads, 1)
     }
   }
   __syncthreads();  // the ids are visible to the whole block
-  plan_block<1, kGroupPlanThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
   if (beside_previous) pdl_wait();  // as route_plan_kernel
   pdl_launch_dependents();
 }
@@ -84,9 +82,13 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
   // Two block sizes (each route_plan_kernel is large): 256 threads when they give every local expert,
   // token (a warp each) and slot a thread, else 1024.
   const bool small = route_plan_small_block(M, p.top_k, num_local);
-  if (block_router && small && route_groups_plan_fits(p, M)) {
-    launch(route_groups_plan_kernel<T>, 1, kGroupPlanThreads, s, p, logits, M, map, num_local, ids, weights, plan,
-           zero, n_zero, beside_previous);
+  // deepseek-v3's groups of 32 experts: the block router where 256 or 512 threads hold a slot for every token (the
+  // 1024-thread block's plan runs at 64 registers and spills; measured slower, session 49).
+  const int64_t slot_warps = M * p.num_expert_group;
+  if (block_router && small && route_groups_fit(p) && slot_warps <= 16) {
+    const auto kernel = slot_warps <= 8 ? route_groups_plan_kernel<T, 256> : route_groups_plan_kernel<T, 512>;
+    launch(kernel, 1, slot_warps <= 8 ? 256 : 512, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero,
+           beside_previous);
     return;
   }
   with_route_family(p.method, [&](auto family) {
