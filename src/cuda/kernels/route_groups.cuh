@@ -7,8 +7,8 @@
 // the sum of the group's two largest choices (its largest without a correction bias; NaN skipped), groups and experts
 // rank by rank_key (ties to the lower index), the weights are the picks' sigmoids summed for renormalization in the
 // same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). The monolithic
-// route+plan kernel runs it too, a slot of warps per token on a named barrier (SlotSync). Limits (route_groups_fit): num_experts = 32 * num_expert_group, num_expert_group <= 32,
-// topk_group * top_k <= 32.
+// route+plan kernel runs it too, a slot of warps per token on a named barrier (SlotSync). Limits (route_groups_fit):
+// num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32.
 #pragma once
 
 #include "cuda/kernels/route_warp.cuh"
@@ -125,13 +125,13 @@ struct SlotSync {
 template <class T, class Sync>
 __device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int group,
                                           Sync sync, int& id, float& weight) {
-  const int warp = group, lane = threadIdx.x & 31, k = p.top_k, e = warp * 32 + lane;
+  const int lane = threadIdx.x & 31, k = p.top_k, e = group * 32 + lane;
   const GroupLane x = group_lane(p, logits, e);
   const float score = group_score(p, x.choice);
-  if (lane == 0) sh.group_score[warp] = score;
+  if (lane == 0) sh.group_score[group] = score;
   sync();
   // A chosen group's top_k experts, placed by the group's rank and their own.
-  const int grank = group_rank(p, sh.group_score, warp);
+  const int grank = group_rank(p, sh.group_score, group);
   const uint64_t key = rank_key(x.choice, e);
   const int rank = warp_rank_lane_ordered(uint32_t(key >> 32));
   if (grank < p.topk_group && rank < k) {
@@ -140,9 +140,9 @@ __device__ inline void route_token_groups(const RoutingParams& p, const T* logit
   }
   sync();
   // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
-  // shuffles free of divergence handling); warp 0 hands them out.
+  // shuffles free of divergence handling); group 0's warp hands them out.
   const bool held = lane < p.topk_group * k;
-  pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, warp == 0, sh.picks, sync,
+  pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, group == 0, sh.picks, sync,
              id, weight);
 }
 

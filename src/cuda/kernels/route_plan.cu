@@ -84,11 +84,11 @@ void launch_typed(const RoutingParams& p, const T* logits, int64_t M, const int3
   const bool small = route_plan_small_block(M, p.top_k, num_local);
   // deepseek-v3's groups of 32 experts: the block router where 256 or 512 threads hold a slot for every token (the
   // 1024-thread block's plan runs at 64 registers and spills; measured slower, session 49).
-  const int64_t slot_warps = M * p.num_expert_group;
-  if (block_router && small && route_groups_fit(p) && slot_warps <= 16) {
-    const auto kernel = slot_warps <= 8 ? route_groups_plan_kernel<T, 256> : route_groups_plan_kernel<T, 512>;
-    launch(kernel, 1, slot_warps <= 8 ? 256 : 512, s, p, logits, M, map, num_local, ids, weights, plan, zero, n_zero,
-           beside_previous);
+  const int64_t slot_threads = 32 * M * p.num_expert_group;
+  if (block_router && small && route_groups_fit(p) && slot_threads <= 512) {
+    const int threads = slot_threads <= 256 ? 256 : 512;
+    launch(threads == 256 ? route_groups_plan_kernel<T, 256> : route_groups_plan_kernel<T, 512>, 1, threads, s, p,
+           logits, M, map, num_local, ids, weights, plan, zero, n_zero, beside_previous);
     return;
   }
   with_route_family(p.method, [&](auto family) {
