@@ -2,10 +2,10 @@
 // row's expert when given, -> the GEMM2 input [R, I], bf16 or e4m3 with one f32 scale per 1x128
 // group (grouped M-major, see kernels.h): the group's amax / 448, fp8-tensor's static scale, or
 // (fp8-channel, a warp per row) the row's amax / 448.
-// Each half-warp takes one 128-column group of one planned row, 8 columns per lane (16-byte loads
-// of h), 16 groups per block; rows past the plan's count and rows with row_expert -1 (a batched
-// plan's unused rows) are skipped. (A block per row with 4 columns per lane ran at 39% of DRAM
-// peak for qwen3-30b-a3b at 8192 tokens: 154 us, ncu on H200.)
+// Eight lanes take one 128-column group of one planned row, two 16-byte pieces of h (8 columns each,
+// 64 apart) per lane, 32 groups per block, one kernel per activation kind; rows past the plan's count
+// and rows with row_expert -1 (a batched plan's unused rows) are skipped. (A block per row with 4
+// columns per lane ran at 39% of DRAM peak for qwen3-30b-a3b at 8192 tokens: 154 us, ncu on H200.)
 // Layouts of h: [gate | up] for the *_mul activations, interleaved (g0,u0,g1,u1,...) for
 // swiglu_oai, I columns for relu2. Limits: I % 8 == 0 (bf16 out), I % 128 == 0 (fp8 out).
 #include "core/activation_math.h"
@@ -13,12 +13,14 @@
 #include "cuda/kernels/fp8_util.cuh"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/topk_sum.cuh"  // store_bf16x8
 
 namespace fusedmoe::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kGroupsPerBlock = kThreads / 16;
+constexpr int kGroupLanes = 8;  // lanes per 128-column group: 16 columns each
+constexpr int kGroupsPerBlock = kThreads / kGroupLanes;
 
 // The 16-byte pieces of a row of h behind activations c .. c + 7: gate and up (the *_mul activations), two
 // interleaved pieces (swiglu_oai), or one (relu2; `second` unused). Loaded apart from the math so that a kernel can
@@ -40,9 +42,12 @@ __device__ inline HPieces load_h(const Activation& act, const bf16* row, int64_t
 
 // 8 values of h from the piece at column c, plus the bias at the same columns when there is one.
 __device__ inline void to_float8(const uint4& raw, const float* bias, int64_t c, float (&f)[8]) {
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};  // bf16 pairs, the lower column in the low half
 #pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = __bfloat162float(v[i]);
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
   if (bias) {
     const float4 b0 = *reinterpret_cast<const float4*>(bias + c), b1 = *reinterpret_cast<const float4*>(bias + c + 4);
     f[0] += b0.x, f[1] += b0.y, f[2] += b0.z, f[3] += b0.w;
@@ -99,35 +104,59 @@ __device__ inline void store_group_scale(const ActivationOut& o, const RowPlan& 
   o.scales[off * groups + g * plan.counts[e] + (r - off)] = scale;
 }
 
+// The largest of a over this lane's aligned group of kGroupLanes lanes (the whole warp must call it).
+__device__ inline float group_lanes_max(float a) {
+#pragma unroll
+  for (int off = kGroupLanes / 2; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+  return a;
+}
+
+// One 128-column group of one planned row per kGroupLanes lanes; lane `sub` takes the pieces at columns
+// g * 128 + sub * 8 and 64 further on. Item arithmetic in 32 bits (the host checks rows x groups < 2^32).
+// dense (a plan with slot_rows: every row below the plan's count has an expert) lets the loads of h go out
+// beside the read of the row's expert; a batched plan's rows read their expert first (its unused rows are
+// never written).
+template <ActivationKind kKind>
 __global__ void __launch_bounds__(kThreads)
-    activation_kernel(Activation act, const bf16* h, const float* bias, int64_t I, RowPlan plan, int num_local,
-                      ActivationOut o) {
+    activation_kernel(Activation act, const bf16* h, const float* bias, uint32_t I, uint32_t groups, RowPlan plan,
+                      int num_local, ActivationOut o) {
+  act.kind = kKind;
   pdl_wait();
   pdl_launch_dependents();
-  const int64_t groups = (I + 127) / 128;
-  const int64_t item = int64_t(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 4);
-  const int64_t r = item / groups, g = item % groups;
-  const int sub = threadIdx.x & 15;
-  const ActRow row = act_row(act, h, bias, I, plan, num_local, r);
-  const int64_t c = g * 128 + sub * 8;
-  const bool live = row.e >= 0 && c < I;
-  float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  if (live) activate8(act, load_h(act, row.h, I, c), row.bias, I, c, a);
-  if (o.scales) {  // every lane takes part in the shuffles
+  const uint32_t item = blockIdx.x * kGroupsPerBlock + threadIdx.x / kGroupLanes;
+  const uint32_t r = item / groups, g = item - r * groups, sub = threadIdx.x % kGroupLanes;
+  const uint32_t c0 = g * 128 + sub * 8, c1 = c0 + 64;
+  const bool dense = plan.slot_rows != nullptr;
+  const bool planned = r < uint32_t(plan.offsets[num_local]);
+  const bf16* row = h + uint64_t(r) * (kKind != ActivationKind::relu2 ? 2 * I : I);
+  int e = planned && !dense ? plan.row_expert[r] : -1;
+  const bool load = planned && (dense || e >= 0);
+  HPieces p0, p1;  // read only where loaded
+  if (load && c0 < I) p0 = load_h(act, row, I, c0);
+  if (load && c1 < I) p1 = load_h(act, row, I, c1);
+  if (planned && dense) e = plan.row_expert[r];
+  const float* row_bias = bias && e >= 0 ? bias + uint64_t(e) * (kKind != ActivationKind::relu2 ? 2 * I : I) : nullptr;
+  const bool live0 = e >= 0 && c0 < I, live1 = e >= 0 && c1 < I;
+  float a0[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  float a1[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  if (live0) activate8(act, p0, row_bias, I, c0, a0);
+  if (live1) activate8(act, p1, row_bias, I, c1, a1);
+  if (o.scales) {  // every lane takes part in the shuffles; fp8 out has I % 128 == 0: both pieces or none
     float amax = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(a[i]));
-    const float dynamic = fp8_scale_from_amax(half_warp_max(amax));
-    if (!live) return;
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fmaxf(fabsf(a0[i]), fabsf(a1[i])));
+    const float dynamic = fp8_scale_from_amax(group_lanes_max(amax));
+    if (!live0) return;
     const float scale = o.static_scale ? *o.static_scale : dynamic;
-    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(o.out) + r * I + c) = pack_e4m3x8(a, scale);
-    if (sub == 0) store_group_scale(o, plan, row.e, r, groups, g, scale);
-  } else if (live) {
-    __align__(16) bf16 v[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = __float2bfloat16_rn(a[i]);
-    *reinterpret_cast<uint4*>(static_cast<bf16*>(o.out) + r * I + c) = *reinterpret_cast<const uint4*>(v);
+    uint8_t* out = static_cast<uint8_t*>(o.out) + uint64_t(r) * I;
+    *reinterpret_cast<uint2*>(out + c0) = pack_e4m3x8(a0, scale);
+    *reinterpret_cast<uint2*>(out + c1) = pack_e4m3x8(a1, scale);
+    if (sub == 0) store_group_scale(o, plan, e, r, groups, g, scale);
+    return;
   }
+  bf16* out = static_cast<bf16*>(o.out) + uint64_t(r) * I;
+  if (live0) store_bf16x8(a0, out + c0);
+  if (live1) store_bf16x8(a1, out + c1);
 }
 
 // fp8-channel's GEMM2 input: a warp per planned row, 8 rows a block; the row's activations' amax, then the
@@ -210,9 +239,16 @@ void launch_activation(const Activation& act, const bf16* h, const float* bias, 
            h, bias, I, plan, num_local, max_rows, out);
     return;
   }
-  const int64_t items = max_rows * ((I + 127) / 128);
-  launch(activation_kernel, dim3(static_cast<unsigned>((items + kGroupsPerBlock - 1) / kGroupsPerBlock)),
-         dim3(kThreads), s, act, h, bias, I, plan, num_local, out);
+  const int64_t groups = (I + 127) / 128, items = max_rows * groups;
+  FMOE_CHECK(items < (int64_t(1) << 32) - kGroupsPerBlock,
+             "launch_activation: rows x (I / 128) must stay below 2^32, got ", max_rows, " x ", groups);
+  const auto kernel = act.kind == ActivationKind::silu_mul        ? activation_kernel<ActivationKind::silu_mul>
+                      : act.kind == ActivationKind::gelu_mul      ? activation_kernel<ActivationKind::gelu_mul>
+                      : act.kind == ActivationKind::gelu_tanh_mul ? activation_kernel<ActivationKind::gelu_tanh_mul>
+                      : act.kind == ActivationKind::swiglu_oai    ? activation_kernel<ActivationKind::swiglu_oai>
+                                                                  : activation_kernel<ActivationKind::relu2>;
+  launch(kernel, dim3(static_cast<unsigned>((items + kGroupsPerBlock - 1) / kGroupsPerBlock)), dim3(kThreads), s, act,
+         h, bias, static_cast<uint32_t>(I), static_cast<uint32_t>(groups), plan, num_local, out);
 }
 
 }  // namespace fusedmoe::cuda
