@@ -125,7 +125,7 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
   FMOE_SEED_TRACE(seed);
   const PlanCase cases[] = {
       {1000, 4, 10, false, 32},    // 4000 slots: one block; work items of 32 rows
-      {1100, 4, 10, false, 0},     // 4400: three chunks, the last partial
+      {1100, 4, 10, false, 0},     // 4400: nine chunks of 512, the last partial
       {1100, 4, 10, true, 16},     //   with an expert map
       {8192, 8, 128, false, 0},    // qwen3-30b-a3b at 8192 tokens
       {8192, 8, 384, true, 8},     // 256 local experts of 384

@@ -5,7 +5,7 @@
 // consumer reads the plan through slot_rows / row_token, so the output does not depend on it).
 // Up to kOneBlockSlots slots: one block of 1024 threads does it all (one launch; the counts live
 // in shared memory; it also zeroes the fused decode kernel's counters when asked). Above, three
-// launches over chunks of kChunkSlots slots:
+// launches over chunks of chunk_slots() slots:
 //   count   (a block per chunk): the chunk's per-expert counts -> scratch[chunk][e];
 //   offsets (one block): counts (the sum over chunks), offsets and the active list;
 //   place   (a block per chunk): expert e's rows of chunk c from offsets[e] + the sum of
@@ -26,10 +26,14 @@ namespace fusedmoe::cuda {
 namespace {
 
 constexpr int64_t kOneBlockSlots = 4096;
-constexpr int64_t kChunkSlots = 2048;
 constexpr int kChunkThreads = 512;
 
-int64_t num_chunks(int64_t slots) { return slots <= kOneBlockSlots ? 0 : (slots + kChunkSlots - 1) / kChunkSlots; }
+// Slots per chunk: a slot per thread up to 16384 slots (16-32 blocks; with 2048 a chunk, deepseek-v3's and
+// qwen3-30b-a3b's 1024 tokens ran 4 blocks), 2048 above (fewer chunks for the offsets kernel to sum).
+int64_t chunk_slots(int64_t slots) { return slots <= 16384 ? kChunkThreads : 2048; }
+int64_t num_chunks(int64_t slots) {
+  return slots <= kOneBlockSlots ? 0 : (slots + chunk_slots(slots) - 1) / chunk_slots(slots);
+}
 
 template <int kItems, int kThreads>
 __global__ void __launch_bounds__(kThreads)
@@ -42,14 +46,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kChunkThreads)
-    plan_count_kernel(const int32_t* ids, int64_t num_slots, int num_experts, const int32_t* expert_map, int num_local,
-                      int32_t* chunk_counts) {
+    plan_count_kernel(const int32_t* ids, int64_t num_slots, int64_t chunk, int num_experts, const int32_t* expert_map,
+                      int num_local, int32_t* chunk_counts) {
   __shared__ int counts[kMaxPlanExperts];
   pdl_wait();
   for (int e = threadIdx.x; e < num_local; e += kChunkThreads) counts[e] = 0;
   __syncthreads();
-  const int64_t begin = int64_t(blockIdx.x) * kChunkSlots;
-  count_slots(ids, begin, std::min(begin + kChunkSlots, num_slots), num_experts, expert_map, counts);
+  const int64_t begin = int64_t(blockIdx.x) * chunk;
+  count_slots(ids, begin, std::min(begin + chunk, num_slots), num_experts, expert_map, counts);
   __syncthreads();
   for (int e = threadIdx.x; e < num_local; e += kChunkThreads)
     chunk_counts[int64_t(blockIdx.x) * num_local + e] = counts[e];
@@ -81,15 +85,15 @@ __global__ void __launch_bounds__(kPlanThreads)
 
 // Block c places chunk c: expert e's rows from offsets[e] + the rows of e in chunks before c on.
 __global__ void __launch_bounds__(kChunkThreads)
-    plan_place_kernel(const int32_t* ids, int64_t num_slots, int top_k, int num_experts, const int32_t* expert_map,
-                      int num_local, const int32_t* chunk_counts, RowPlan plan) {
+    plan_place_kernel(const int32_t* ids, int64_t num_slots, int64_t chunk, int top_k, int num_experts,
+                      const int32_t* expert_map, int num_local, const int32_t* chunk_counts, RowPlan plan) {
   __shared__ int cursor[kMaxPlanExperts];
   pdl_wait();
   for (int e = threadIdx.x; e < num_local; e += kChunkThreads)
     cursor[e] = plan.offsets[e] + sum_chunks(chunk_counts, blockIdx.x, num_local, e);
   __syncthreads();
-  const int64_t begin = int64_t(blockIdx.x) * kChunkSlots;
-  place_slots(ids, begin, std::min(begin + kChunkSlots, num_slots), top_k, num_experts, expert_map, cursor, plan);
+  const int64_t begin = int64_t(blockIdx.x) * chunk;
+  place_slots(ids, begin, std::min(begin + chunk, num_slots), top_k, num_experts, expert_map, cursor, plan);
   pdl_launch_dependents();
 }
 
@@ -129,12 +133,13 @@ void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, cons
   FMOE_CHECK(n_zero == 0, "the CUDA row plan zeroes counters for up to ", kOneBlockSlots, " slots only, got ", slots);
   FMOE_CHECK(scratch != nullptr, "the CUDA row plan of ", slots, " slots needs plan_scratch_ints() ints of scratch");
   const dim3 grid(static_cast<unsigned>(chunks));
-  launch(plan_count_kernel, grid, kChunkThreads, s, ids, slots, num_experts, expert_map, num_local, scratch);
+  const int64_t chunk = chunk_slots(slots);
+  launch(plan_count_kernel, grid, kChunkThreads, s, ids, slots, chunk, num_experts, expert_map, num_local, scratch);
   by_items(num_local, [&](auto items) {
     launch(plan_offsets_kernel<decltype(items)::value>, 1, kPlanThreads, s, chunks, num_local,
            static_cast<const int32_t*>(scratch), plan);
   });
-  launch(plan_place_kernel, grid, kChunkThreads, s, ids, slots, top_k, num_experts, expert_map, num_local,
+  launch(plan_place_kernel, grid, kChunkThreads, s, ids, slots, chunk, top_k, num_experts, expert_map, num_local,
          static_cast<const int32_t*>(scratch), plan);
 }
 
