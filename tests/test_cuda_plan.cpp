@@ -142,6 +142,21 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
 }
 
+// The plan's scratch never shrinks as the batch grows (a workspace sized for the largest batch serves
+// every smaller one), across the change of chunk size. Host only.
+TEST(CudaPlan, ScratchGrowsWithTheBatch) {
+  for (int64_t E : {int64_t(8), int64_t(256)}) {
+    int64_t last = 0;
+    for (int64_t slots = 1; slots <= 70000; ++slots) {
+      const int64_t ints = cuda::plan_scratch_ints(slots, E);
+      ASSERT_GE(ints, last) << "slots " << slots << " E " << E;
+      ASSERT_EQ(ints % E, 0) << "slots " << slots;
+      last = ints;
+    }
+    EXPECT_EQ(cuda::plan_scratch_ints(4096, E), 0);  // one block, no scratch
+  }
+}
+
 // plan_max_items sizes the small-M grid and the items buffer: on the host, for adversarial and
 // random row counts, the items a plan lists never exceed it, and some distribution reaches it.
 TEST(CudaPlan, MaxItemsBoundHoldsAndIsReached) {

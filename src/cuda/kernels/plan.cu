@@ -28,9 +28,10 @@ namespace {
 constexpr int64_t kOneBlockSlots = 4096;
 constexpr int kChunkThreads = 512;
 
-// Slots per chunk: a slot per thread up to 16384 slots (16-32 blocks; with 2048 a chunk, deepseek-v3's and
+// Slots per chunk: a slot per thread up to kSmallChunksUpTo slots (16-32 blocks; with 2048 a chunk, deepseek-v3's and
 // qwen3-30b-a3b's 1024 tokens ran 4 blocks), 2048 above (fewer chunks for the offsets kernel to sum).
-int64_t chunk_slots(int64_t slots) { return slots <= 16384 ? kChunkThreads : 2048; }
+constexpr int64_t kSmallChunksUpTo = 16384;
+int64_t chunk_slots(int64_t slots) { return slots <= kSmallChunksUpTo ? kChunkThreads : 2048; }
 int64_t num_chunks(int64_t slots) {
   return slots <= kOneBlockSlots ? 0 : (slots + chunk_slots(slots) - 1) / chunk_slots(slots);
 }
@@ -109,7 +110,12 @@ void by_items(int num_local, F&& f) {
 
 }  // namespace
 
-int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local) { return num_chunks(num_slots) * num_local; }
+// Never less for more slots (a workspace sized for a batch serves every smaller one): past kSmallChunksUpTo slots the
+// chunks grow, so the scratch keeps room for the most small chunks.
+int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local) {
+  const int64_t chunks = num_chunks(num_slots);
+  return (num_slots > kSmallChunksUpTo ? std::max(chunks, num_chunks(kSmallChunksUpTo)) : chunks) * num_local;
+}
 
 int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows) {
   if (item_rows <= 0) return 0;
