@@ -104,13 +104,6 @@ __device__ inline void store_group_scale(const ActivationOut& o, const RowPlan& 
   o.scales[off * groups + g * plan.counts[e] + (r - off)] = scale;
 }
 
-// The largest of a over this lane's aligned group of kGroupLanes lanes (the whole warp must call it).
-__device__ inline float group_lanes_max(float a) {
-#pragma unroll
-  for (int off = kGroupLanes / 2; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
-  return a;
-}
-
 // One 128-column group of one planned row per kGroupLanes lanes; lane `sub` takes the pieces at columns
 // g * 128 + sub * 8 and 64 further on. Item arithmetic in 32 bits (the host checks rows x groups < 2^32).
 // dense (a plan with slot_rows: every row below the plan's count has an expert) lets the loads of h go out
@@ -128,14 +121,15 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t c0 = g * 128 + sub * 8, c1 = c0 + 64;
   const bool dense = plan.slot_rows != nullptr;
   const bool planned = r < uint32_t(plan.offsets[num_local]);
-  const bf16* row = h + uint64_t(r) * (kKind != ActivationKind::relu2 ? 2 * I : I);
+  const uint32_t N1 = kKind != ActivationKind::relu2 ? 2 * I : I;  // h's and the bias's columns
+  const bf16* row = h + uint64_t(r) * N1;
   int e = planned && !dense ? plan.row_expert[r] : -1;
   const bool load = planned && (dense || e >= 0);
   HPieces p0, p1;  // read only where loaded
   if (load && c0 < I) p0 = load_h(act, row, I, c0);
   if (load && c1 < I) p1 = load_h(act, row, I, c1);
   if (planned && dense) e = plan.row_expert[r];
-  const float* row_bias = bias && e >= 0 ? bias + uint64_t(e) * (kKind != ActivationKind::relu2 ? 2 * I : I) : nullptr;
+  const float* row_bias = bias && e >= 0 ? bias + uint64_t(e) * N1 : nullptr;
   const bool live0 = e >= 0 && c0 < I, live1 = e >= 0 && c1 < I;
   float a0[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   float a1[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -145,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fmaxf(fabsf(a0[i]), fabsf(a1[i])));
-    const float dynamic = fp8_scale_from_amax(group_lanes_max(amax));
+    const float dynamic = fp8_scale_from_amax(lanes_max<kGroupLanes>(amax));
     if (!live0) return;
     const float scale = o.static_scale ? *o.static_scale : dynamic;
     uint8_t* out = static_cast<uint8_t*>(o.out) + uint64_t(r) * I;
@@ -204,7 +198,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(a[0][i]));
     }
   }
-  const float scale = fp8_scale_from_amax(half_warp_max(fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16))));
+  const float scale = fp8_scale_from_amax(lanes_max<32>(amax));
   if constexpr (kChunks > 0) {
 #pragma unroll
     for (int j = 0; j < kChunks; ++j) {

@@ -38,10 +38,13 @@ __device__ inline uint2 pack_e4m3x8(const float (&v)[8], float scale) {
   return make_uint2(pairs[0] | pairs[1] << 16, pairs[2] | pairs[3] << 16);
 }
 
-// The largest of a over the 16 lanes of this half-warp (the whole warp must call it).
-__device__ inline float half_warp_max(float a) {
+// The largest of a over this lane's aligned group of kLanes lanes (a power of two up to 32: 16 a half-warp, 32 the
+// warp); the whole warp must call it.
+template <int kLanes>
+__device__ inline float lanes_max(float a) {
+  static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0);
 #pragma unroll
-  for (int off = 8; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+  for (int off = kLanes / 2; off > 0; off >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
   return a;
 }
 
@@ -49,7 +52,7 @@ __device__ inline float half_warp_max(float a) {
 // memory).
 template <int kThreads>
 __device__ inline float block_max(float a, float* scratch) {
-  a = half_warp_max(fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 16)));
+  a = lanes_max<32>(a);
   if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = a;
   __syncthreads();
 #pragma unroll

@@ -45,7 +45,7 @@ __global__ void quantize_fp8_block_kernel(const bf16* x, int64_t M, int64_t K, c
       amax = fmaxf(amax, fabsf(f[i]));
     }
   }
-  const float dynamic = fp8_scale_from_amax(half_warp_max(amax));  // every lane takes part
+  const float dynamic = fp8_scale_from_amax(lanes_max<16>(amax));  // every lane takes part
   if (live) {
     const float scale = static_scale ? load_settled(static_scale) : dynamic;
     *reinterpret_cast<uint2*>(q + base) = pack_e4m3x8(f, scale);
