@@ -42,7 +42,7 @@
 // and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). With two partial-sum buffers and
 // 32-bit descriptor arithmetic: 0.96x this kernel at 2048, 0.95 / 0.88x CUTLASS at 4096 / 8192. Open: what holds the
 // stages back.
-// L2 policy (session 51, H200, same-run A/Bs): the weight boxes marked L2::evict_first ran 0.87-0.99x end to end
+// L2 policy (session 51, H200, same-run A/Bs): the weight boxes marked L2::evict_first ran 0.89-1.00x end to end
 // (with every kernel's weight loads so marked), and e4m3 row maps without the 256-byte L2 promotion 0.98-0.99x on
 // deepseek-v3: the promoted half of a row's 256 bytes is read from L2 by the next k tile, and the stream needs it to
 // stay there.
