@@ -23,9 +23,10 @@ def main():
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"{'flush':>6} {'MB':>7} {'sum µs':>8} {'TB/s':>6} {'bmm µs':>8} {'TB/s':>6}  bmm shape")
-    # (experts, rows, k): qwen3-30b-a3b's GEMM1 / GEMM2 at 1 token, both, and larger passes.
+    # (experts, rows, k): qwen3-30b-a3b's GEMM1 / GEMM2 at 1 token, both, and larger passes; the last two are the
+    # whole layers of qwen3-30b-a3b (every expert active from ~128 tokens) and mixtral-8x7b (from ~16 tokens).
     for e, r, k in ((8, 768, 2048), (8, 1536, 2048), (8, 2304, 2048), (16, 2304, 2048), (2, 28672, 4096),
-                    (4, 28672, 4096)):
+                    (4, 28672, 4096), (128, 2304, 2048), (8, 43008, 4096)):
         n = e * r * k * 2
         x = torch.randn(n // 2, device="cuda", dtype=torch.bfloat16)
         w = x.view(e, r, k)

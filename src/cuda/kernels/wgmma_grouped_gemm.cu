@@ -46,6 +46,14 @@
 // (with every kernel's weight loads so marked), and e4m3 row maps without the 256-byte L2 promotion 0.98-0.99x on
 // deepseek-v3: the promoted half of a row's 256 bytes is read from L2 by the next k tile, and the stream needs it to
 // stay there.
+// The weight stream (session 52, H200, same-run A/Bs and Nsight Compute): mixtral-8x7b's GEMM1 at 128 tokens reads
+// 1.90 GB in 454 us at 87.8% of DRAM peak with L2 96% busy; cuBLAS's batched GEMV over the same [8, 28672, 4096]
+// weights (nvjet 256x8 tiles, 6 stages) 436.7 us at 89.6%, L2 95.5% busy, and at 16 tokens GEMM1 streams as fast
+// (4.29 TB/s). Measured and dropped: weights read as if laid out tile after tile (each stage's box 16 KiB of
+// contiguous bytes; timing only) 0.99-1.01x (0.93x at mixtral-8x7b's 128 tokens), so DRAM page locality is not the
+// bound; an L2 prefetch of the k tiles 2, 4, .. ahead every 4 / 8 tiles 0.92-0.99x / 0.81-0.94x; pairs (X
+// multicast) at 16-1024 tokens 0.94-0.998x; 16-token tiles (an m64n16 wgmma, a 16-row X box) 1.001-1.007x against
+// the stage release above, inside the rounds' spread (branch exp/s52-tile16).
 // X stays gathered into plan order by its own kernel (quantize.cu): reading GEMM1's rows where they lie instead was
 // tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
 // TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
@@ -193,10 +201,13 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 // A consumer warpgroup: its kT m64 tiles of the unit's weight rows against the item's kTok (+ kTail) token
 // rows, all of k, then (once fetch_next has taken the next unit) the epilogue into Y rows first_row .. first_row
 // + rows - 1 through the warpgroup's epilogue buffer, while the producer fills the ring for the next unit. A k
-// tile's wgmma are one group. bf16: once the previous tile's group is done, its stage goes back to the producer (the
-// last one after the drain): one arrival per consumer warp, as the consumers read the stages through wgmma alone
-// (an arrival per thread timed the same, session 30). fp8-block: the group is waited for at once (the warpgroup
-// writes the tile's scale products meanwhile), and the stage goes back after the promotion.
+// tile's wgmma are one group. bf16 with kT = 2 (token tiles of up to 128 rows, where the weights' stream binds): the
+// group is waited for at once and its stage goes back (session 52, same-run A/Bs on H200, 3 calls: qwen3-30b-a3b
+// 1.009-1.012x at 16-1024 tokens, mixtral-8x7b 1.014x at 512, 0.996-0.999x at 16-128). bf16 with kT = 1: once the
+// previous tile's group is done, its stage goes back to the producer (the last one after the drain), so that the
+// tensor cores always have the next group queued. One arrival per consumer warp, as the consumers read the stages
+// through wgmma alone (an arrival per thread timed the same, session 30). fp8-block: the group is waited for at once
+// (the warpgroup writes the tile's scale products meanwhile), and the stage goes back after the promotion.
 // A consumer warp gives a stage back to the producers of both blocks of the pair (either one's X boxes land in it).
 template <int kCluster>
 __device__ inline void release_stage(uint32_t empty) {
@@ -274,7 +285,20 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   };
   float bias[kT][2];  // of the lane's weight rows
   const int bias_row = 64 * kT * wg + 16 * warp + (lane >> 2);
-  if constexpr (!C::kScaled) {
+  if constexpr (!C::kScaled && kT == 2) {
+    // Token tiles of up to 128 rows stream weights faster than the tensor cores use them: each k tile's stage goes
+    // back as soon as its own group is done, so that while the consumer waits for the next tile every other stage
+    // is the producer's to fill (holding it until the next tile's group was issued left one stage of the ring idle
+    // during that wait).
+    for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+      mbar_wait(full + 8 * ring.st, ring.phase);
+      issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
+      wgmma_wait<0>();
+      if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
+    }
+    load_row_bias<kT>(g, e, n0, bias_row, bias);
+    drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
+  } else if constexpr (!C::kScaled) {
     // One group per k tile; once the previous tile's group is done, its stage goes back to the producer.
     int prev_st = 0;
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
