@@ -286,10 +286,10 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   float bias[kT][2];  // of the lane's weight rows
   const int bias_row = 64 * kT * wg + 16 * warp + (lane >> 2);
   if constexpr (!C::kScaled && kT == 2) {
-    // Token tiles of up to 128 rows stream weights faster than the tensor cores use them: each k tile's stage goes
-    // back as soon as its own group is done, so that while the consumer waits for the next tile every other stage
-    // is the producer's to fill (holding it until the next tile's group was issued left one stage of the ring idle
-    // during that wait).
+    // Token tiles of up to 128 rows: the tensor cores finish a k tile long before the next one lands, so each
+    // tile's stage goes back as soon as its own group is done and, while the consumer waits for the next tile,
+    // every other stage is the producer's to fill (holding it until the next tile's group was issued left one
+    // stage of the ring idle during that wait).
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
       issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
