@@ -285,32 +285,28 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   };
   float bias[kT][2];  // of the lane's weight rows
   const int bias_row = 64 * kT * wg + 16 * warp + (lane >> 2);
-  if constexpr (!C::kScaled && kT == 2) {
-    // Token tiles of up to 128 rows: the tensor cores finish a k tile long before the next one lands, so each
-    // tile's stage goes back as soon as its own group is done and, while the consumer waits for the next tile,
-    // every other stage is the producer's to fill (holding it until the next tile's group was issued left one
-    // stage of the ring idle during that wait).
-    for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
-      mbar_wait(full + 8 * ring.st, ring.phase);
-      issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
-      wgmma_wait<0>();
-      if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
-    }
-    load_row_bias<kT>(g, e, n0, bias_row, bias);
-    drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
-  } else if constexpr (!C::kScaled) {
-    // One group per k tile; once the previous tile's group is done, its stage goes back to the producer.
+  if constexpr (!C::kScaled) {
+    // One group per k tile. Token tiles of up to 128 rows (kT = 2): the tensor cores finish a k tile long before the
+    // next one lands, so its stage goes back as soon as its own group is done and, while the consumer waits for the
+    // next tile, every other stage is the producer's to fill. Larger tiles: once the previous tile's group is done,
+    // its stage goes back, so that the tensor cores always have the next group queued.
+    constexpr bool kReleaseAtOnce = kT == 2;
     int prev_st = 0;
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
       issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
-      wgmma_wait<1>();  // tile kt - 1's group is done: the warpgroup's wgmma no longer read its stage
-      if (kt > 0 && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
-      prev_st = ring.st;
+      if constexpr (kReleaseAtOnce) {
+        wgmma_wait<0>();
+        if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
+      } else {
+        wgmma_wait<1>();  // tile kt - 1's group is done: the warpgroup's wgmma no longer read its stage
+        if (kt > 0 && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
+        prev_st = ring.st;
+      }
     }
     load_row_bias<kT>(g, e, n0, bias_row, bias);  // while the last wgmma run
     drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
-    if (lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
+    if (!kReleaseAtOnce && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
   } else {
     static_assert(kTail == 0, "fp8-block tiles hold an item's tail in their token tile (with_tile)");
     static_assert(kTok <= kProductFloats, "a k tile's scale products fit the consumer's buffer");
