@@ -581,6 +581,40 @@ TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
         }
 }
 
+// The persistent fp4 wgmma kernel's GEMM1 with silu_mul or swiglu_oai in its epilogue (FUSEDMOE_SMALL_M_ACT_EPILOGUE,
+// on by default; its rows paired gate / up by gated_block_row) writes the h2 of GEMM1 + the activation kernel bit for
+// bit: nvfp4 and mxfp4, [gate | up] and interleaved rows, with and without w13 biases, items of 1-256 rows and 256
+// with a 1-32-row tail, several units a block (GEMM1's 5 slabs x 17 items). gelu_mul, and the one-unit kernel, keep
+// GEMM1 + the activation kernel (the same bits too).
+TEST(CudaExperts, Fp4WgmmaActivationEpilogueEqualsUnfused) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const std::vector<int32_t> rows = {1, 40, 64, 65, 100, 128, 129, 200, 256, 257, 288, 289, 300, 545};
+  for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai, ActivationKind::gelu_mul})
+      for (bool bias : {false, true}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(q)) + " " + activation_name(act) + (bias ? " bias" : ""));
+        Problem p = rows_per_expert_problem(q, rows, 192, 320, seed + (bias ? 1 : 0));
+        p.config.activation.kind = act;
+        if (!bias) p.weights.weights.w13_bias = p.weights.weights.w2_bias = Tensor{};
+        const GpuProblem g = to_gpu(p);
+        const int64_t M = p.ids.view().size(0);
+        for (bool persistent : {false, true}) {
+          SCOPED_TRACE(persistent ? "persistent" : "one unit a block");
+          const ForcePath force(true, cuda::kFp4WgmmaTileTokens, 0, true, false, 128, false, persistent);
+          const auto run_with = [&](const char* on) {
+            const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
+            return run_cuda_apply(g, M);
+          };
+          const Buffer plain = run_with("0");
+          const Buffer fused = run_with("1");
+          expect_matches_reference(p, fused, p.ids, p.topk_weights);
+          EXPECT_TRUE(bits_equal(plain, fused)) << "GEMM1 with the activation epilogue differs from GEMM1 + activation";
+        }
+      }
+}
+
 // The gated GEMM1 writes no GEMM1 output rows, so the workspace leaves their room out from the token
 // count where the heuristic turns it on; a workspace sized for M must still serve every smaller count:
 // workspace_bytes never shrinks as M grows, and one sized for 600 tokens runs the counts on either side

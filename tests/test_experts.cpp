@@ -1,12 +1,45 @@
 // The MoE layer end to end on the CPU against the float64 reference: every scheme x
 // activation, the edge cases of the bug catalogue, and the bitwise contracts (monolithic ==
 // modular, batched == standard, batch invariance, run-twice determinism).
+#include <cstring>
+#include <random>
 #include <tuple>
 
+#include "core/activation_math.h"
 #include "test_util.h"
 
 namespace fusedmoe::test {
 namespace {
+
+// sigmoid_gated_activation (the fp4 wgmma kernel's epilogue: selects, no switch) gives gated_activation's bits for
+// silu_mul and swiglu_oai: at swiglu_oai's clamp edges, signed zeros, large magnitudes, infinities, NaN and 20,000
+// random pairs.
+TEST(ActivationMath, SigmoidGatedFormGivesGatedActivationBits) {
+  const float alpha = 1.702f, limit = 7.0f, inf = std::numeric_limits<float>::infinity();
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, limit, -limit, std::nextafter(limit, 0.0f),
+                               std::nextafter(limit, inf), -std::nextafter(limit, 0.0f), 88.0f, -88.0f, 1e30f, -1e30f,
+                               inf, -inf, std::numeric_limits<float>::quiet_NaN()};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 6.0f);
+  for (int i = 0; i < 200; ++i) values.push_back(normal(rng));
+  const auto bits = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u;
+  };
+  for (ActivationKind kind : {ActivationKind::silu_mul, ActivationKind::swiglu_oai}) {
+    ASSERT_TRUE(is_sigmoid_gated(kind));
+    for (float gate : values)
+      for (float up : values) {
+        const float want = gated_activation(kind, gate, up, alpha, limit);
+        const float got = sigmoid_gated_activation(kind, gate, up, alpha, limit);
+        if (std::isnan(want)) EXPECT_TRUE(std::isnan(got)) << activation_name(kind) << " " << gate << " " << up;
+        else EXPECT_EQ(bits(want), bits(got)) << activation_name(kind) << " gate " << gate << " up " << up;
+      }
+  }
+  for (ActivationKind kind : {ActivationKind::gelu_mul, ActivationKind::gelu_tanh_mul, ActivationKind::relu2})
+    EXPECT_FALSE(is_sigmoid_gated(kind));
+}
 
 // Runs the modular kernel on poisoned output and returns it.
 Buffer run_modular(const Problem& p, const Tensor& ids, const Tensor& weights, KernelOptions opt = {}) {

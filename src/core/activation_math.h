@@ -24,6 +24,19 @@ FMOE_HOST_DEVICE inline float gated_activation(ActivationKind kind, float gate, 
   return 0.0f;
 }
 
+// The two gated activations of the form x * sigmoid(a x) — silu_mul and swiglu_oai —, the bits of gated_activation,
+// without its switch: selects, so that a GEMM epilogue that unrolls it stays small (the fp4 wgmma kernel's).
+FMOE_HOST_DEVICE inline bool is_sigmoid_gated(ActivationKind kind) {
+  return kind == ActivationKind::silu_mul || kind == ActivationKind::swiglu_oai;
+}
+FMOE_HOST_DEVICE inline float sigmoid_gated_activation(ActivationKind kind, float gate, float up, float alpha,
+                                                       float limit) {
+  const bool oai = kind == ActivationKind::swiglu_oai;
+  const float g = oai && !(gate < limit) ? limit : gate;
+  const float u = !oai ? up : (up < -limit ? -limit : (up > limit ? limit : up)) + 1.0f;
+  return act_sigmoid_mul(g, oai ? alpha : 1.0f) * u;
+}
+
 FMOE_HOST_DEVICE inline float relu2_activation(float x) {
   const float r = x > 0.0f ? x : 0.0f;
   return r * r;

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/activation_math.h"
 #include "core/check.h"
 #include "core/weight_layout.h"
 #include "cuda/cuda_backend.h"
@@ -366,8 +367,12 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};
     g1.w_row_scales = row_scale13_;
     g1.persistent = fp4_persistent_.value_or(path.fp4_persistent);
-    // GEMM1 writes h2 itself where its kernel carries the activation epilogue (act_epilogue.cuh).
-    g1.act_epilogue = small_m_act_epilogue_ && path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles;
+    // GEMM1 writes h2 itself where its kernel carries the activation epilogue: the split-k kernels of 8-token
+    // tiles (act_epilogue.cuh) and, for silu_mul and swiglu_oai, the persistent fp4 wgmma kernel (store_gated_tiles).
+    const bool fp4_wgmma_act = fp4_ && path.tile_tokens == kFp4WgmmaTileTokens && g1.persistent &&
+                               is_sigmoid_gated(config_.activation.kind) && I % 8 == 0;
+    g1.act_epilogue =
+        small_m_act_epilogue_ && ((path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles) || fp4_wgmma_act);
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     gemm(g1);

@@ -123,7 +123,8 @@ class CudaExperts final : public ModularExperts {
   int gated_gemm1_ = 0;
   Buffer w13_blocked_;
   // The small-M path's GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue): bf16 and
-  // fp4 weights, split-k 8-token tiles; FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
+  // fp4 weights, split-k 8-token tiles, and the persistent fp4 wgmma kernel (silu_mul, swiglu_oai);
+  // FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.
   bool small_m_act_epilogue_ = false;
   // FUSEDMOE_FP4_PERSISTENT: 1 runs the fp4 wgmma kernel persistent wherever it runs, 0 never, unset as the path says.
   std::optional<bool> fp4_persistent_;

@@ -11,6 +11,9 @@
 // above, T = 1 and n = 256 (+ n = 32 for a tail). Two kernels: a block per unit (fp4_wgmma_kernel), or
 // (SmallMGemm::persistent) one block per SM running units as it claims them from a counter, the producer loading
 // the next unit while the consumers store the last (fp4_wgmma_persistent_kernel; T = 1 and n = 256 for every item).
+// The persistent kernel's GEMM1 may carry silu_mul or swiglu_oai (SmallMGemm::act_epilogue, its kAct instance): the
+// producer loads each 16-row group of a block as 8 gate rows and their 8 up rows (gated_block_row), so that
+// store_gated_tiles pairs them in its registers and writes h2 [R, I] itself, the bits of GEMM1 + the activation kernel.
 // - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
 //   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
 //   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes
@@ -62,7 +65,7 @@ constexpr int kStages = 4;
 // +-1% at 1024/2048; 2 gained half as much (no spill), 4 less than 3 (132 bytes of spill stores). 3 spills
 // 28-32 bytes of the producer's registers to local memory (L1) and still ran fastest.
 constexpr int kScaleAhead = 3;
-constexpr int kTileTokens = 256;
+constexpr int kTileTokens = kFp4WgmmaTileTokens;
 // An expert's last rows, up to kTailTokens past a full item of kTileTokens, are that item's block's tail:
 // m64n32 products on the same dequantized weights, instead of a block of their own that would dequantize
 // all of the expert's weights again for a few rows (at 8192 tokens, about half of gpt-oss-120b's experts
@@ -229,6 +232,20 @@ __device__ inline void fence_fragments(uint32_t (&fr)[kT][2][4]) {
 }
 
 
+// The weight row in block row b of a block from GEMM1 row n0 where GEMM1 carries the gated activation (kAct: the
+// persistent kernel's instance for SmallMGemm::act_epilogue; else it is n0 + b): the gate (b % 16 < 8) or the up row
+// of h2 column j = n0 / 2 + 8 (b / 16) + b % 8 — w13's rows j and I + j, or 2j and 2j + 1 for swiglu_oai —, so that a
+// consumer lane's accumulator rows g and g + 8 (wgmma's m64 layout) are one column's gate and up sums for the same
+// tokens (store_gated_tiles pairs them); N (no row) past h2's last column. A block of 128 T rows covers 64 T columns of h2;
+// the grid and the units stay GEMM1's. In 32 bits (the persistent kernel's launch checks N < 2^31). The kAct = false
+// instances keep their own row arithmetic (the SASS of main before the epilogue, bench/sass_diff.py).
+__device__ __forceinline__ int64_t gated_block_row(const SmallMGemm& g, int64_t n0, int b) {
+  const int N = static_cast<int>(g.N), I = N >> 1, j = (static_cast<int>(n0) >> 1) + 8 * (b >> 4) + (b & 7);
+  const int up = (b >> 3) & 1;
+  if (j >= I) return N;
+  return g.act.kind == ActivationKind::swiglu_oai ? 2 * j + up : j + (up ? I : 0);
+}
+
 // The producer warpgroup: copies k tiles into the stages (full[s] completes when a tile has landed) once
 // the consumers have released the stage (empty[s]). X as wgmma's B (16-byte chunk c of token row t at
 // chunk c ^ (t % 8) of the row's 128 bytes), W's rows unchanged, each row's group multipliers of the tile
@@ -238,7 +255,7 @@ __device__ inline void fence_fragments(uint32_t (&fr)[kT][2][4]) {
 // multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
 // The unit's X rows: src_rows (staged in shared memory, -1 past the rows), or (kPersistent) the `rows` rows from
 // `first` on through x_row, the stage ring carried on from the previous unit (ring).
-template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false>
+template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false, bool kAct = false>
 __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
                                         int64_t rows = 0, int64_t first = 0, Ring<kStages>* ring = nullptr) {
@@ -275,7 +292,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   uint32_t w_ok = 0;
 #pragma unroll
   for (int i = 0; i < kWCopies; ++i) {
-    const int64_t r = n0 + (p >> 1) + 64 * i;
+    const int64_t r = kAct ? gated_block_row(g, n0, (p >> 1) + 64 * i) : n0 + (p >> 1) + 64 * i;
     w_src[i] = w + (r < N ? r * row_bytes : 0) + (p & 1) * 16;
     w_ok |= uint32_t(r < N) << i;
   }
@@ -285,8 +302,13 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   const uint8_t* s_row[kT];
 #pragma unroll
   for (int j = 0; j < kT; ++j) {
-    const bool ok = n0 + p + 128 * j < N;
-    s_row[j] = g.w_fp4_scales + (e * N + (ok ? n0 + p + 128 * j : 0)) * groups;
+    if constexpr (kAct) {
+      const int64_t r = gated_block_row(g, n0, p + 128 * j);
+      s_row[j] = g.w_fp4_scales + (e * N + (r < N ? r : 0)) * groups;
+    } else {
+      const bool ok = n0 + p + 128 * j < N;
+      s_row[j] = g.w_fp4_scales + (e * N + (ok ? n0 + p + 128 * j : 0)) * groups;
+    }
   }
   const auto load_scale = [&](int j, int kt) -> uint32_t {
     if constexpr (kNv) return __ldg(reinterpret_cast<const uint32_t*>(s_row[j]) + kt);
@@ -375,7 +397,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
 // empty barrier once its wgmma reading it are done and its own loads from it have returned (with one
 // arrival per warpgroup, racecheck reported the producer's copies racing with the other warps' loads).
 // kPersistent: the stage ring carried on from the previous unit (ring), the epilogue through epi.
-template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false>
+template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false, bool kAct = false>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         const uint32_t* flags, int e, int64_t n0, int64_t rows, int64_t first_row,
                                         uint8_t* epi = nullptr, Ring<kStages>* ring = nullptr) {
@@ -484,15 +506,20 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   // The epilogue's factors, loaded while the last wgmma run.
   const float gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
   float bias[kT][2];
-  load_row_bias<kT>(g, e, n0, row0, bias);
+  if constexpr (kAct) load_row_bias<kT>(g, e, row0, [&](int b) { return gated_block_row(g, n0, b); }, bias);
+  else load_row_bias<kT>(g, e, n0, row0, bias);
   drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
   fence_fragments(fr[kBuf - 1]);
   if constexpr (kPersistent) {
     ring->st = st;
     ring->phase = parity;
     mbar_arrive(empty + 8 * prev_st);  // the last tile's stage goes back to the producer
-    store_tiles<kTok, kTail, kT, kTailAcc, kPersistentEpiTokens>(g, acc, tail, bias, gs, epi, n0 + 64 * kT * wg, rows,
-                                                                first_row);
+    if constexpr (kAct)
+      store_gated_tiles<kTok, kTail, kT, kTailAcc, 2 * kPersistentEpiTokens>(g, acc, tail, bias, gs, epi,
+                                                                             n0 / 2 + 32 * kT * wg, rows, first_row);
+    else
+      store_tiles<kTok, kTail, kT, kTailAcc, kPersistentEpiTokens>(g, acc, tail, bias, gs, epi, n0 + 64 * kT * wg,
+                                                                  rows, first_row);
   } else {
     pdl_launch_dependents();
     consumers_bar();  // both consumers are done with the stages (and every copy into them has landed)
@@ -592,7 +619,8 @@ __device__ __forceinline__ void with_persistent_shape(int rows, F&& f) {
 // unit as soon as a unit's copies are issued, so the ring fills with it while the consumers store the last; it waits
 // for claim n - 2's unit to be done, long past by then. The block to count itself done last (work_counters[1]) sets
 // both counters back to 0 for the next launch.
-template <bool kNv>
+// kAct: GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue; gated_block_row, store_gated_tiles).
+template <bool kNv, bool kAct>
 __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -630,8 +658,9 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
       const Unit w = queue.unit[slot];
       if (w.rows == 0) break;
       with_persistent_shape(w.rows, [&](auto tok, auto tail) {
-        produce<kNv, decltype(tok)::value, 1, decltype(tail)::value, true>(g, smem, full_a, empty_a, flags, nullptr,
-                                                                          w.e, w.n0, w.rows, w.first, &ring);
+        produce<kNv, decltype(tok)::value, 1, decltype(tail)::value, true, kAct>(g, smem, full_a, empty_a, flags,
+                                                                                nullptr, w.e, w.n0, w.rows, w.first,
+                                                                                &ring);
       });
     }
     if (leader) reset_claim_counters(plan.work_counters, static_cast<int>(gridDim.x));
@@ -644,9 +673,9 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
       const Unit& unit = queue.unit[slot];
       if (unit.rows == 0) break;
       with_persistent_shape(unit.rows, [&](auto tok, auto tail) {
-        consume<kNv, decltype(tok)::value, 1, decltype(tail)::value, true>(g, smem, full_a, empty_a, flags, unit.e,
-                                                                          unit.n0, unit.rows, unit.first, my_epi,
-                                                                          &ring);
+        consume<kNv, decltype(tok)::value, 1, decltype(tail)::value, true, kAct>(g, smem, full_a, empty_a, flags,
+                                                                                unit.e, unit.n0, unit.rows, unit.first,
+                                                                                my_epi, &ring);
       });
       mbar_arrive(smem_addr(&queue.taken[slot]));  // this thread is done with the claim
     }
@@ -656,13 +685,13 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
 
 // The persistent kernel's blocks the current device holds at once (one per SM), asked once per device and kernel
 // (whose shared-memory limit it raises first).
-template <bool kNv>
+template <bool kNv, bool kAct>
 int resident_blocks() {
   static std::atomic<int> known[kMaxDevices] = {};
   return once_per_device(known, "the persistent fp4 wgmma GEMM", [](int device) {
     int sms = 0, per_sm = 0;
     FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const auto kernel = fp4_wgmma_persistent_kernel<kNv>;
+    const auto kernel = fp4_wgmma_persistent_kernel<kNv, kAct>;
     FMOE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
     FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
@@ -680,17 +709,29 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
              kTileTokens, " rows, got item_rows=", plan.item_rows);
   FMOE_CHECK(g.N % 8 == 0, "the fp4 wgmma GEMM needs N % 8 == 0 (16-byte output stores), got N=", g.N);
   FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0, "the fp4 wgmma GEMM needs a 16-byte aligned y");
+  FMOE_CHECK(!g.act_epilogue || (g.persistent && is_sigmoid_gated(g.act.kind) && g.N % 16 == 0),
+             "the fp4 wgmma GEMM1 has the activation epilogue in its persistent kernel, for silu_mul and swiglu_oai "
+             "with I % 8 == 0, got ", g.persistent ? "" : "the one-unit kernel, ", activation_name(g.act.kind),
+             " and N=", g.N);
   if (g.persistent) {
     FMOE_CHECK(plan.work_counters, "the persistent fp4 wgmma GEMM needs the plan's work counters");
     FMOE_CHECK(g.N < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM addresses weight rows in 32 bits, got N=", g.N);
     const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
     FMOE_CHECK(units + 1024 < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM takes fewer than 2^31 units, got ",
                units);
+    const auto go = [&](auto nv, auto act) {
+      constexpr bool kNv = decltype(nv)::value, kAct = decltype(act)::value;
+      const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, resident_blocks<kNv, kAct>()));
+      launch_with_smem(fp4_wgmma_persistent_kernel<kNv, kAct>, dim3(blocks), dim3(kThreads), kPersistentSmemBytes, s,
+                       g, plan);
+    };
+    using On = std::true_type;
+    using Off = std::false_type;
     const bool nv = g.weights == SmallMWeights::nvfp4;
-    const auto blocks =
-        static_cast<unsigned>(std::min<int64_t>(units, nv ? resident_blocks<true>() : resident_blocks<false>()));
-    launch_with_smem(nv ? fp4_wgmma_persistent_kernel<true> : fp4_wgmma_persistent_kernel<false>, dim3(blocks),
-                     dim3(kThreads), kPersistentSmemBytes, s, g, plan);
+    if (nv && g.act_epilogue) go(On{}, On{});
+    else if (nv) go(On{}, Off{});
+    else if (g.act_epilogue) go(Off{}, On{});
+    else go(Off{}, Off{});
     return;
   }
   FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);

@@ -173,9 +173,10 @@ struct SmallMGemm {
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
   bool persistent = false;     // the fp4 wgmma kernel: persistent blocks claiming units (fp4_wgmma_gemm.cu)
-  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles): y is h2. A
-  // gated activation pairs rows — a tile's rows gq and gq + 8 are the gate and up rows of h2 column
-  // n0 / 2 + gq, h2 [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh).
+  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles; fp4 weights in the
+  // persistent wgmma kernel, silu_mul and swiglu_oai): y is h2. A gated activation pairs rows — a tile's rows gq and gq + 8 are the
+  // gate and up rows of h2 column n0 / 2 + gq (the wgmma kernel: + 8 per 16 rows), h2 [R, N / 2] —; relu2 keeps
+  // them, h2 [R, N] (act_epilogue.cuh; wgmma_pipeline.cuh's store_gated_tiles).
   bool act_epilogue = false;
   Activation act{};
   // fp8 weights with a scale per row (fp8-channel, f32 [E, N]; its block scales are 1): the sums are
@@ -184,10 +185,12 @@ struct SmallMGemm {
 };
 // The token tile whose split-k small-M kernels carry the activation epilogue (act_epilogue.cuh).
 inline constexpr int kActEpilogueTileTokens = 8;
+// The tile_tokens (plan items of 256 rows) by which launch_small_m_gemm runs fp4 weights on the wgmma kernel.
+inline constexpr int kFp4WgmmaTileTokens = 256;
 // A block row per work item of the plan (plan.item_rows == tile_tokens): plan.item_grid rows.
 void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
 // small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
-// tile_tokens 256 (fp4 only) runs launch_fp4_wgmma_gemm.
+// tile_tokens kFp4WgmmaTileTokens (fp4 only) runs launch_fp4_wgmma_gemm.
 void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
 // fp4_wgmma_gemm.cu: the same product for many rows per expert, on wgmma (sm_90a), weights dequantized
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.

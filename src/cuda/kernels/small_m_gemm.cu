@@ -266,9 +266,12 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
   FMOE_CHECK(!(fp8 && g.act_epilogue), "the small-M GEMM has no activation epilogue for fp8 (the activation "
              "re-quantizes)");
-  FMOE_CHECK(!g.act_epilogue || (tile_tokens == kActEpilogueTileTokens && !g.warp_tiles),
+  const bool fp4 = g.weights == SmallMWeights::nvfp4 || g.weights == SmallMWeights::mxfp4;
+  FMOE_CHECK(!g.act_epilogue || (tile_tokens == kActEpilogueTileTokens && !g.warp_tiles) ||
+                 (fp4 && tile_tokens == kFp4WgmmaTileTokens),
              "the small-M GEMM has its activation epilogue in the split-k kernels of ", kActEpilogueTileTokens,
-             "-token tiles alone, got tile_tokens=", tile_tokens, g.warp_tiles ? " with warp tiles" : "");
+             "-token tiles and (fp4) the wgmma kernel of ", kFp4WgmmaTileTokens, "-token items alone, got tile_tokens=",
+             tile_tokens, g.warp_tiles ? " with warp tiles" : "");
   FMOE_CHECK(!g.act_epilogue || !g.act.is_gated() || g.N % 2 == 0, "the gated small-M GEMM1 needs an even N, got N=",
              g.N);
   switch (g.weights) {

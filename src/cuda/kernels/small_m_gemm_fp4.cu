@@ -357,7 +357,7 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
   const bool warp_tiles = g.warp_tiles;
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
-  if (tile_tokens == 256) return launch_fp4_wgmma_gemm(g, plan, s);
+  if (tile_tokens == kFp4WgmmaTileTokens) return launch_fp4_wgmma_gemm(g, plan, s);
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
   if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s);

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "core/activation_math.h"
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/wgmma_util.cuh"
@@ -225,7 +226,19 @@ __device__ inline ItemRows item_rows(PlanItem item, int tile_tokens, int tail_to
   return {item.expert, int64_t(item.offset) + item.first, left <= tile_tokens + tail_tokens ? left : tile_tokens};
 }
 
-// The bias of a consumer lane's weight rows, n0 + row0 + 64 t and 8 below (0 past N or without a bias).
+// The bias of a consumer lane's weight rows, those of its block rows row0 + 64 t and 8 below: weight row
+// row_of(block row) (0 past N or without a bias).
+template <int kT, class RowOf>
+__device__ inline void load_row_bias(const SmallMGemm& g, int e, int row0, RowOf row_of, float (&bias)[kT][2]) {
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int64_t n = row_of(row0 + 64 * t + 8 * hi);
+      bias[t][hi] = g.bias && n < g.N ? g.bias[e * g.N + n] : 0.0f;
+    }
+}
+// The same for a block from weight row n0 on, its rows in order: n0 + row0 + 64 t and 8 below.
 template <int kT>
 __device__ inline void load_row_bias(const SmallMGemm& g, int e, int64_t n0, int row0, float (&bias)[kT][2]) {
 #pragma unroll
@@ -260,6 +273,71 @@ __device__ inline void drain_accumulators(float (&acc)[kT][kTok / 2], float (&ta
     fence_accumulators<kTok>(acc[t]);
     if constexpr (kTail > 0) fence_accumulators<kTail>(tail[t]);
   }
+}
+
+// The persistent fp4 kernel's GEMM1 epilogue with silu_mul or swiglu_oai (SmallMGemm::act_epilogue; its block rows
+// paired by gated_block_row, fp4_wgmma_gemm.cu): a consumer lane's accumulator rows g and g + 8 of tile t are the gate
+// and up sums of h2 column j_base + 32 t + 8 warp + g for the same tokens. Each sum is rounded as GEMM1's store would
+// (times gs, plus its row's bias, bf16), the pair goes through sigmoid_gated_activation (the activation kernel's bits,
+// no switch) and is rounded to bf16; stmatrix stores the values transposed into 64-byte token rows of buf (a warp's 8
+// columns are its 16-byte chunk, at chunk warp ^ (row / 2 % 4): conflict-free), and they go out into h2 [R, N / 2]
+// as 16-byte stores of 8 columns (N % 16 == 0), in passes of kPass tokens. The activation runs on the accumulators:
+// staging GEMM1's bf16 tile through buf and activating it from there (a loop) made the kernel 29 us slower on
+// qwen3-nvfp4's GEMM1 at 8192 tokens (H200).
+template <int kTok, int kTail, int kT, int kTailAcc, int kPass>
+__device__ __forceinline__ void store_gated_tiles(const SmallMGemm& g, const float (&acc)[kT][kTok / 2],
+                                                  const float (&tail)[kT][kTailAcc], const float (&bias)[kT][2],
+                                                  float gs, uint8_t* buf, int64_t j_base, int64_t rows,
+                                                  int64_t first_row) {
+  constexpr int kN = kTok + kTail;
+  static_assert(kPass % 32 == 0 && kTok % 32 == 0 && kTail % 32 == 0);
+  const int tid = threadIdx.x & 127, wg = threadIdx.x >> 7, warp = tid >> 5, lane = tid & 31;
+  const int64_t I = g.N / 2;
+  const Activation act = g.act;
+  const auto chunk = [](int m, int c) { return uint32_t(m) * 64 + (uint32_t(c ^ ((m >> 1) & 3)) << 4); };
+  const auto value = [&](float gate_sum, float up_sum, int t) {
+    const float gate = __bfloat162float(__float2bfloat16_rn(gate_sum * gs + bias[t][0]));
+    const float up = __bfloat162float(__float2bfloat16_rn(up_sum * gs + bias[t][1]));
+    return sigmoid_gated_activation(act.kind, gate, up, act.alpha, act.limit);
+  };
+  // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 8) + l % 8, chunk `warp`.
+  const uint32_t buf_a = smem_addr(buf);
+  const int q = lane >> 3, r = lane & 7;
+  // Tile t's tokens [m0, m1) into buf: 32 tokens (accumulators 4 j .. 4 j + 15) a stmatrix.
+  const auto stage = [&](int t, int m0, int m1) {
+#pragma unroll
+    for (int j = m0 / 8; j < m1 / 8; j += 4) {
+      uint32_t v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float* a = j + i < kTok / 8 ? &acc[t][4 * (j + i)] : &tail[t][4 * (j + i - kTok / 8)];
+        v[i] = pack_bf16x2(value(a[0], a[2], t), value(a[1], a[3], t));
+      }
+      stmatrix_x4_trans(buf_a + chunk(8 * (j + q) + r - m0, warp), v[0], v[1], v[2], v[3]);
+    }
+  };
+  // Thread tid stores chunk c = tid % 4 (columns 8c .. 8c + 7 of the tile) of tokens m0 + tid / 4 + 32 k.
+  const int c = tid & 3;
+  const auto store = [&](int t, int m0, int m1) {
+    const int64_t j = j_base + 32 * t + 8 * c;
+#pragma unroll
+    for (int k = 0; k < (m1 - m0) / 32; ++k) {
+      const int m = m0 + (tid >> 2) + 32 * k, bm = m - m0;
+      if (m >= rows || j >= I) continue;
+      const uint4 v = *reinterpret_cast<const uint4*>(buf + chunk(bm, c));
+      *reinterpret_cast<uint4*>(g.y + (first_row + m) * I + j) = v;
+    }
+  };
+#pragma unroll
+  for (int t = 0; t < kT; ++t)
+#pragma unroll
+    for (int m0 = 0; m0 < kN; m0 += kPass) {
+      const int m1 = m0 + kPass < kN ? m0 + kPass : kN;
+      warpgroup_bar(wg);  // the previous pass's stores have read buf
+      stage(t, m0, m1);
+      warpgroup_bar(wg);  // the pass is in buf
+      store(t, m0, m1);
+    }
 }
 
 // A consumer warpgroup's epilogue: its kT m64 tiles of accumulators (weight rows n_base + 64 t + 0..63 by
