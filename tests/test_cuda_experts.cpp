@@ -959,7 +959,8 @@ TEST(CudaExperts, GptOssLayerShapeMxfp4) {
 // scales 120..136 on w13 (above 128 — scales above 2 — the kernels multiply in two steps, with
 // lanes of one warp on both sides) and tiny ones (1..20, values near the bottom of bf16's range)
 // on w2; nvfp4 e4m3 scales over every finite positive code (subnormal to 448). Both paths, and the
-// wgmma kernel in its three block shapes (9, 300 and 800 tokens: items of up to 64, 128 and 256 rows).
+// wgmma kernel in its three block shapes (9, 300 and 800 tokens: items of up to 64, 128 and 256 rows),
+// at 800 tokens its persistent form too (which reads the next k tile's scales before a tile's last rescale).
 TEST(CudaExperts, Fp4ScalesOverTheirRange) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -991,8 +992,12 @@ TEST(CudaExperts, Fp4ScalesOverTheirRange) {
       fill(q.weights.weights.w13_scale, 0x5c1, mx ? 120 : 1, mx ? 136 : 0x7e);
       fill(q.weights.weights.w2_scale, 0x5c2, 1, mx ? 20 : 0x7e);
       const GpuProblem gq = to_gpu(q);
-      const ForcePath force(true, 256, 0, true);
-      expect_matches_reference(q, run_cuda_apply(gq, tokens), q.ids, q.topk_weights);
+      for (bool persistent : {false, true}) {
+        if (persistent && tokens != 800) continue;
+        SCOPED_TRACE(persistent ? "persistent" : "one unit a block");
+        const ForcePath force(true, 256, 0, true, false, 128, false, persistent);
+        expect_matches_reference(q, run_cuda_apply(gq, tokens), q.ids, q.topk_weights);
+      }
     }
   }
 }

@@ -37,6 +37,8 @@
 // epilogue through shared memory, producer-side multipliers, tails): 1.13-1.30x at 1024-8192 tokens.
 // Sessions 40-41 (the persistent kernel below, the producer loading the next unit during the epilogue):
 // qwen3-nvfp4 about 1.045x at 8192 tokens, gpt-oss-120b 1.01x (0.93x until its producer got 96 registers).
+// Session 54 (persistent kernel only): X copied in whole 32-byte sectors and the consumers' shared loads a chunk
+// ahead of the wgmma issue: the GEMMs' span 1.03-1.045x at 8192 tokens (kernel timelines, H200).
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>
@@ -204,12 +206,12 @@ __device__ inline void scale_chunk(const UnpackedChunk& c, uint32_t (&fr)[2][4])
 }
 
 // mxfp4 scales above 2 (not seen in checkpoints; the producer flags the tiles that have one): the
-// chunk's fragments of the rows whose scale byte u (mw[hi].y, byte h) is above 128 were scaled by 2^126
-// and take 2^(u - 127) in a second multiply.
-__device__ inline void rescale_big_rows(const uint2 (&mw)[2], int h, uint32_t (&fr)[2][4]) {
+// chunk's fragments of the rows whose scale byte u (bytes[hi] = mw[hi].y, byte h) is above 128 were scaled
+// by 2^126 and take 2^(u - 127) in a second multiply.
+__device__ inline void rescale_big_rows(const uint32_t (&bytes)[2], int h, uint32_t (&fr)[2][4]) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    const uint32_t u = (mw[hi].y >> (8 * h)) & 0xff;
+    const uint32_t u = (bytes[hi] >> (8 * h)) & 0xff;
     if (u <= 128) continue;
     const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(u)));
 #pragma unroll
@@ -266,12 +268,16 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   const int p = threadIdx.x - 128 * kConsumers;
   const bf16* x = static_cast<const bf16*>(g.x);
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * N * row_bytes;
-  // X: this thread copies chunks 2 cp, 2 cp + 1 (32 bytes) of rows p / 4 + 32 i, all with t % 8 == (p / 4) % 8
-  // (two fixed swizzled slots). W: 16-byte half cw = p % 2 of block rows p / 2 + 64 i. The source pointers
-  // stay in registers, one per X row, and step a tile at a time (rows past the item or N copy nothing,
-  // from a valid address: the expert's first row), so that a copy issues at a few instructions.
+  // X: this thread copies two 16-byte chunks of rows p / 4 + 32 i, all with t % 8 == (p / 4) % 8 (two fixed
+  // swizzled slots). Persistent: chunks cp and cp + 4, so that a warp's copy instruction reads the first or the
+  // second half of its 8 rows, whole 32-byte sectors; with chunks 2 cp and 2 cp + 1 (the one-unit kernel's) each
+  // instruction touched every sector of a row for half its bytes, twice the L2 sector requests (ncu). Persistent
+  // GEMMs 1.02-1.07x at 4096-8192 tokens; the one-unit kernel ran 1.7-2% slower with it at 2048-4096 (H200, session
+  // 54). W: 16-byte half cw = p % 2 of block rows p / 2 + 64 i. The source pointers stay in registers, one per X
+  // row, and step a tile at a time (rows past the item or N copy nothing, from a valid address: the expert's first
+  // row), so that a copy issues at a few instructions.
   const int cp = p & 3, t8 = (p >> 2) & 7;
-  const int slot0 = ((2 * cp) ^ t8) << 4, slot1 = ((2 * cp + 1) ^ t8) << 4;
+  const int slot0 = ((kPersistent ? cp : 2 * cp) ^ t8) << 4, slot1 = ((kPersistent ? cp + 4 : 2 * cp + 1) ^ t8) << 4;
   constexpr int kXRows = (kTok + kTail) / 32;  // X rows a thread copies
   const bf16* x_src[kXRows];
   uint32_t x_ok = 0;
@@ -284,7 +290,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     } else {
       src = src_rows[(p >> 2) + 32 * i];
     }
-    x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + cp * 16;
+    x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + (kPersistent ? cp * 8 : cp * 16);
     x_ok |= uint32_t(src >= 0) << i;
   }
   constexpr int kWCopies = S::kBlockRows * 2 / 128;
@@ -356,7 +362,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       for (int i = 0; i < kXRows; ++i) {
         const bool ok = (x_ok >> i) & 1;
         cp_async_16(x_dst + i * 32 * 128 + slot0, x_src[i], ok);
-        cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + 8, ok);
+        cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + (kPersistent ? 32 : 8), ok);
         x_src[i] += kTileK;
       }
 #pragma unroll
@@ -405,6 +411,11 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   // Registers: 128 accumulators (+ 16 of a tail) + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
+  // kAhead (the persistent kernel): a chunk's shared loads (at chunk 1, the next tile's wait and loads) go out before
+  // the previous chunk's wgmma are issued, not after them, where the unpacking right behind waited on their latency
+  // (6% of the stall samples, ncu, qwen3-nvfp4 GEMM1 at 8192 tokens, H200). Persistent GEMMs 1.00-1.03x at 4096-8192
+  // tokens; the one-unit kernel ran 1-3% slower with it (session 54).
+  constexpr bool kAhead = kPersistent && kEarly;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gq = lane >> 2, cq = lane & 3;
   const int num_kt = static_cast<int>(g.K / kTileK);
   // The lane's fragment rows in the block for tile t: row0 + 64 t and 8 below.
@@ -464,15 +475,25 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int b = kBuf == 2 ? h : 0;  // a tile has two chunks: chunk h's buffer is h
+      const bool more = h == 0 || kt + 1 < num_kt;
+      // mxfp4: the flag and scale bytes of this tile, kept where kAhead reads the next tile's before chunk 1's rescale.
+      bool big_now = big;
+      uint32_t bytes_now[kT][2];
+#pragma unroll
+      for (int t = 0; t < kT; ++t) bytes_now[t][0] = mw[t][0].y, bytes_now[t][1] = mw[t][1].y;
+      if constexpr (kAhead) {  // this chunk is unpacked already (kEarly): pk is free
+        if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
+        else if (more) begin_tile(next_st, next_parity);
+      }
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
         if constexpr (!kEarly) unpack_chunk<kNv>(pk[t], mw[t], h, u[t]);
         scale_chunk(u[t], fr[b][t]);
       }
       if constexpr (!kNv)
-        if (big)
+        if (big_now)
 #pragma unroll
-          for (int t = 0; t < kT; ++t) rescale_big_rows(mw[t], h, fr[b][t]);
+          for (int t = 0; t < kT; ++t) rescale_big_rows(bytes_now[t], h, fr[b][t]);
       wgmma_fence();  // the fragments written above are visible to the wgmma
 #pragma unroll
       for (int t = 0; t < kT; ++t)
@@ -484,10 +505,11 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
           if constexpr (kTail > 0) wgmma_rs<kTail>(tail[t], fr[b][t][sub], desc + 2 * (2 * h + sub) + kTok * 8);
         }
       wgmma_commit();
-      // The next chunk's words (and, kEarly, its unpacking), while this chunk's wgmma run.
-      const bool more = h == 0 || kt + 1 < num_kt;
-      if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
-      else if (more) begin_tile(next_st, next_parity);
+      // The next chunk's words (unless kAhead loaded them) and, kEarly, their unpacking, while this chunk's wgmma run.
+      if constexpr (!kAhead) {
+        if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
+        else if (more) begin_tile(next_st, next_parity);
+      }
       if constexpr (kEarly)
         if (more)
 #pragma unroll
