@@ -521,6 +521,20 @@ TEST(CudaExperts, Fp8WgmmaEveryTokenTile) {
   }
 }
 
+// A fused GEMM1 (the 0/1 switch `env` at 1) against GEMM1 + the activation kernel (at 0), on the path the caller
+// forces: the fused output matches the reference and equals the unfused one bit for bit (`what`: the fused form).
+void expect_fused_gemm1_equals_unfused(const Problem& p, const GpuProblem& g, int64_t M, const char* env,
+                                       const char* what) {
+  const auto run_with = [&](const char* on) {
+    const ScopedEnv scoped(env, on);
+    return run_cuda_apply(g, M);
+  };
+  const Buffer plain = run_with("0");
+  const Buffer fused = run_with("1");
+  expect_matches_reference(p, fused, p.ids, p.topk_weights);
+  EXPECT_TRUE(bits_equal(plain, fused)) << what << " differs from GEMM1 + activation";
+}
+
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the
 // experts are built: default on for fp4, whose dequantization writes w13 in gate/up blocks; opt-in
 // for bf16, which keeps a blocked copy of w13) gives the bits of GEMM1 + the activation kernel,
@@ -538,14 +552,7 @@ TEST(CudaExperts, GatedGemm1EqualsUnfused) {
       const Problem p = make_problem(c, 300, seed);
       const GpuProblem g = to_gpu(p);
       const ForcePath force(false, 16, /*fp4_chunk_experts=*/2, false, false, 128);
-      const auto run_with = [&](const char* fused) {
-        const ScopedEnv env("FUSEDMOE_FUSED_GEMM1", fused);
-        return run_cuda_apply(g, 300);
-      };
-      const Buffer plain = run_with("0");
-      const Buffer fused = run_with("1");
-      expect_matches_reference(p, fused, p.ids, p.topk_weights);
-      EXPECT_TRUE(bits_equal(plain, fused)) << "the gated GEMM1 differs from GEMM1 + activation";
+      expect_fused_gemm1_equals_unfused(p, g, 300, "FUSEDMOE_FUSED_GEMM1", "the gated GEMM1");
     }
 }
 
@@ -570,14 +577,8 @@ TEST(CudaExperts, SmallMActivationEpilogueEqualsUnfused) {
           const Problem p = make_problem(c, M, seed + M + (bias ? 1 : 0), bias);
           const GpuProblem g = to_gpu(p);
           const ForcePath force(true, cuda::kActEpilogueTileTokens, 0, false);
-          const auto run_with = [&](const char* on) {
-            const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
-            return run_cuda_apply(g, M);
-          };
-          const Buffer plain = run_with("0");
-          const Buffer fused = run_with("1");
-          expect_matches_reference(p, fused, p.ids, p.topk_weights);
-          EXPECT_TRUE(bits_equal(plain, fused)) << "GEMM1 with the activation epilogue differs from GEMM1 + activation";
+          expect_fused_gemm1_equals_unfused(p, g, M, "FUSEDMOE_SMALL_M_ACT_EPILOGUE",
+                                            "GEMM1 with the activation epilogue");
         }
 }
 
@@ -603,14 +604,8 @@ TEST(CudaExperts, Fp4WgmmaActivationEpilogueEqualsUnfused) {
         for (bool persistent : {false, true}) {
           SCOPED_TRACE(persistent ? "persistent" : "one unit a block");
           const ForcePath force(true, cuda::kFp4WgmmaTileTokens, 0, true, false, 128, false, persistent);
-          const auto run_with = [&](const char* on) {
-            const ScopedEnv env("FUSEDMOE_SMALL_M_ACT_EPILOGUE", on);
-            return run_cuda_apply(g, M);
-          };
-          const Buffer plain = run_with("0");
-          const Buffer fused = run_with("1");
-          expect_matches_reference(p, fused, p.ids, p.topk_weights);
-          EXPECT_TRUE(bits_equal(plain, fused)) << "GEMM1 with the activation epilogue differs from GEMM1 + activation";
+          expect_fused_gemm1_equals_unfused(p, g, M, "FUSEDMOE_SMALL_M_ACT_EPILOGUE",
+                                            "GEMM1 with the activation epilogue");
         }
       }
 }
