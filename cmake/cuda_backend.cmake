@@ -68,7 +68,8 @@ fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/quantize.cu
   src/cuda/kernels/router.cu
   src/cuda/kernels/small_m_gemm.cu
-  src/cuda/kernels/small_m_gemm_fp4.cu)
+  src/cuda/kernels/small_m_gemm_fp4.cu
+  src/cuda/kernels/tensor_map.cu)
 target_compile_definitions(fusedmoe_cuda_kernels PRIVATE FUSEDMOE_WITH_CUDA)
 
 # Host side of the backend (plain C++).

@@ -384,6 +384,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
                   b2, y.data_as<bf16>(), K, I, weight_format_, path.warp_tiles};
     g2.w_row_scales = row_scale2_;
     g2.persistent = fp4_persistent_.value_or(path.fp4_persistent);
+    g2.x_rows = R;
     gemm(g2);
   } else {
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};

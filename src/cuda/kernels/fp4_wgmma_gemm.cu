@@ -50,6 +50,7 @@
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
 #include "cuda/kernels/mma_util.cuh"
+#include "cuda/kernels/tensor_map.h"
 #include "cuda/kernels/wgmma_pipeline.cuh"
 #include "cuda/kernels/wgmma_util.cuh"
 #include "fusedmoe/formats.h"
@@ -257,10 +258,12 @@ __device__ __forceinline__ int64_t gated_block_row(const SmallMGemm& g, int64_t 
 // multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
 // The unit's X rows: src_rows (staged in shared memory, -1 past the rows), or (kPersistent) the `rows` rows from
 // `first` on through x_row, the stage ring carried on from the previous unit (ring).
-template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false, bool kAct = false>
+template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false, bool kAct = false, bool kTmaX = false>
 __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
-                                        int64_t rows = 0, int64_t first = 0, Ring<kStages>* ring = nullptr) {
+                                        int64_t rows = 0, int64_t first = 0, Ring<kStages>* ring = nullptr,
+                                        const CUtensorMap* x_map = nullptr) {
+  static_assert(!kTmaX || (kPersistent && !kAct), "X by TMA: the persistent kernel's GEMMs of X in plan order");
   using S = Shape<kTok, kT, kTail>;
   constexpr int kGroup = kNv ? 16 : 32;
   const int64_t N = g.N, K = g.K, row_bytes = K / 2, groups = K / kGroup;
@@ -278,11 +281,11 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   // row), so that a copy issues at a few instructions.
   const int cp = p & 3, t8 = (p >> 2) & 7;
   const int slot0 = ((kPersistent ? cp : 2 * cp) ^ t8) << 4, slot1 = ((kPersistent ? cp + 4 : 2 * cp + 1) ^ t8) << 4;
-  constexpr int kXRows = (kTok + kTail) / 32;  // X rows a thread copies
+  constexpr int kXRows = (kTok + kTail) / 32;  // X rows a thread copies (kTmaX: 32-row boxes)
   const bf16* x_src[kXRows];
   uint32_t x_ok = 0;
 #pragma unroll
-  for (int i = 0; i < kXRows; ++i) {
+  for (int i = 0; i < (kTmaX ? 0 : kXRows); ++i) {
     int32_t src;
     if constexpr (kPersistent) {
       const int64_t r = (p >> 2) + 32 * i;
@@ -358,8 +361,19 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       uint8_t* xs = smem + st * kStageBytes;
       uint8_t* ws = xs + S::kXBytes;
       uint8_t* x_dst = xs + (p >> 2) * 128;
+      if constexpr (kTmaX) {
+        // One thread: the stage's X rows in 32-row boxes (rows past the unit meet accumulator columns that are never
+        // stored; past the tensor they read as zeros). The full barrier waits for their bytes besides the arrivals.
+        if (p == 0) {
+          mbar_expect_tx(full + 8 * st, kXRows * 32 * 128);
 #pragma unroll
-      for (int i = 0; i < kXRows; ++i) {
+          for (int i = 0; i < kXRows; ++i)
+            tma_load_2d(smem_addr(xs) + i * 32 * 128, x_map, kt * kTileK, static_cast<int32_t>(first) + 32 * i,
+                        full + 8 * st);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < (kTmaX ? 0 : kXRows); ++i) {
         const bool ok = (x_ok >> i) & 1;
         cp_async_16(x_dst + i * 32 * 128 + slot0, x_src[i], ok);
         cp_async_16(x_dst + i * 32 * 128 + slot1, x_src[i] + (kPersistent ? 32 : 8), ok);
@@ -642,8 +656,9 @@ __device__ __forceinline__ void with_persistent_shape(int rows, F&& f) {
 // for claim n - 2's unit to be done, long past by then. The block to count itself done last (work_counters[1]) sets
 // both counters back to 0 for the next launch.
 // kAct: GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue; gated_block_row, store_gated_tiles).
-template <bool kNv, bool kAct>
-__global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan) {
+template <bool kNv, bool kAct, bool kTmaX>
+__global__ void __launch_bounds__(kThreads, 1)
+    fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   uint8_t* epi = smem + kStages * kStageBytes;
@@ -680,9 +695,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
       const Unit w = queue.unit[slot];
       if (w.rows == 0) break;
       with_persistent_shape(w.rows, [&](auto tok, auto tail) {
-        produce<kNv, decltype(tok)::value, 1, decltype(tail)::value, true, kAct>(g, smem, full_a, empty_a, flags,
-                                                                                nullptr, w.e, w.n0, w.rows, w.first,
-                                                                                &ring);
+        produce<kNv, decltype(tok)::value, 1, decltype(tail)::value, true, kAct, kTmaX>(
+            g, smem, full_a, empty_a, flags, nullptr, w.e, w.n0, w.rows, w.first, &ring, &x_map);
       });
     }
     if (leader) reset_claim_counters(plan.work_counters, static_cast<int>(gridDim.x));
@@ -707,13 +721,13 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_persistent_kernel(Small
 
 // The persistent kernel's blocks the current device holds at once (one per SM), asked once per device and kernel
 // (whose shared-memory limit it raises first).
-template <bool kNv, bool kAct>
+template <bool kNv, bool kAct, bool kTmaX>
 int resident_blocks() {
   static std::atomic<int> known[kMaxDevices] = {};
   return once_per_device(known, "the persistent fp4 wgmma GEMM", [](int device) {
     int sms = 0, per_sm = 0;
     FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const auto kernel = fp4_wgmma_persistent_kernel<kNv, kAct>;
+    const auto kernel = fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX>;
     FMOE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
     FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
@@ -741,19 +755,27 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
     const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
     FMOE_CHECK(units + 1024 < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM takes fewer than 2^31 units, got ",
                units);
-    const auto go = [&](auto nv, auto act) {
-      constexpr bool kNv = decltype(nv)::value, kAct = decltype(act)::value;
-      const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, resident_blocks<kNv, kAct>()));
-      launch_with_smem(fp4_wgmma_persistent_kernel<kNv, kAct>, dim3(blocks), dim3(kThreads), kPersistentSmemBytes, s,
-                       g, plan);
+    // X in plan order (x_row null, x_rows known): the producer loads it by TMA.
+    const bool tma_x = !g.x_row && g.x_rows > 0 && !g.act_epilogue;
+    if (tma_x)
+      FMOE_CHECK(g.x_rows + kBlockTokens < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM addresses x rows with ",
+                 "32-bit TMA coordinates, got x_rows=", g.x_rows);
+    const CUtensorMap x_map = tma_x ? rows_map(g.x, g.x_rows, g.K, false, 32) : CUtensorMap{};
+    const auto go = [&](auto nv, auto act, auto tma) {
+      constexpr bool kNv = decltype(nv)::value, kAct = decltype(act)::value, kTmaX = decltype(tma)::value;
+      const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, resident_blocks<kNv, kAct, kTmaX>()));
+      launch_with_smem(fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX>, dim3(blocks), dim3(kThreads),
+                       kPersistentSmemBytes, s, g, plan, x_map);
     };
     using On = std::true_type;
     using Off = std::false_type;
     const bool nv = g.weights == SmallMWeights::nvfp4;
-    if (nv && g.act_epilogue) go(On{}, On{});
-    else if (nv) go(On{}, Off{});
-    else if (g.act_epilogue) go(Off{}, On{});
-    else go(Off{}, Off{});
+    if (nv && g.act_epilogue) go(On{}, On{}, Off{});
+    else if (nv && tma_x) go(On{}, Off{}, On{});
+    else if (nv) go(On{}, Off{}, Off{});
+    else if (g.act_epilogue) go(Off{}, On{}, Off{});
+    else if (tma_x) go(Off{}, Off{}, On{});
+    else go(Off{}, Off{}, Off{});
     return;
   }
   FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);

@@ -182,6 +182,8 @@ struct SmallMGemm {
   // fp8 weights with a scale per row (fp8-channel, f32 [E, N]; its block scales are 1): the sums are
   // multiplied by their row's scale before the bias.
   const float* w_row_scales = nullptr;
+  // Rows of x when x_row is null (0: not given). The persistent fp4 wgmma kernel loads such x by TMA (its map).
+  int64_t x_rows = 0;
 };
 // The token tile whose split-k small-M kernels carry the activation epilogue (act_epilogue.cuh).
 inline constexpr int kActEpilogueTileTokens = 8;

@@ -75,6 +75,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/kernels.h"
 #include "cuda/kernels/launch.cuh"
+#include "cuda/kernels/tensor_map.h"
 #include "cuda/kernels/wgmma_pipeline.cuh"
 #include "cuda/kernels/wgmma_util.cuh"
 
@@ -537,35 +538,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   pdl_launch_dependents();  // every thread that stays: the dependent launch waits for all of them (or their exit)
   // In a pair no block exits while its peer may still arrive on its barriers or write its channel.
   if constexpr (kCluster > 1) cluster_sync();
-}
-
-// cuTensorMapEncodeTiled, from the driver.
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const auto encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    FMOE_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
-    FMOE_CHECK(found == cudaDriverEntryPointSuccess && fn, "the CUDA driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  return encode;
-}
-
-// A 2-D tensor map of rows [rows, K] (row-major; bf16, or e4m3 as bytes) with boxes of box_rows rows' 128 bytes,
-// 128-byte swizzle.
-CUtensorMap rows_map(const void* base, int64_t rows, int64_t K, bool fp8, uint32_t box_rows) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(K) * (fp8 ? 1 : 2)};
-  const cuuint32_t box[2] = {cuuint32_t(fp8 ? kRowBytes : kRowBytes / 2), box_rows};
-  const cuuint32_t unit[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(&map, fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                                          2, const_cast<void*>(base), dims, strides, box, unit,
-                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  FMOE_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", fp8 ? "e4m3" : "bf16",
-             " rows [", rows, ", ", K, "]");
-  return map;
 }
 
 // fp8-block's X scales [KB, row_stride] (M-major, row_stride % 4 == 0) of `rows` rows with boxes of kScaleBox rows of
