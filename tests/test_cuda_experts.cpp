@@ -460,7 +460,8 @@ Problem rows_per_expert_problem(QuantScheme s, const std::vector<int32_t>& rows,
 // The persistent fp4 wgmma kernel with more units than blocks, so that a block runs several and carries its ring
 // and its claim queue from one to the next: 24 experts of 1-330 rows (items of 256 rows with 1-32-row tails, second
 // items, small items, which it runs as 256-token tiles), GEMM1's N = 896 in 7 slabs of 128 rows (about 200 units),
-// biases. The same bits as the kernel of one unit per block.
+// biases. The same bits as the kernel of one unit per block. GEMM2 reads h2 by TMA (the kTmaX instances; the last
+// unit's boxes reach past the tensor), GEMM1 gathers its rows with cp.async.
 TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -15,7 +15,8 @@
 // producer loads each 16-row group of a block as 8 gate rows and their 8 up rows (gated_block_row), so that
 // store_gated_tiles pairs them in its registers and writes h2 [R, I] itself, the bits of GEMM1 + the activation kernel.
 // - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
-//   through x_row into the K-major, 128-byte-swizzled layout wgmma reads, the packed W rows as they lie
+//   through x_row into the K-major, 128-byte-swizzled layout wgmma reads (the persistent kernel, X in plan order and
+//   its rows known — GEMM2's h2 —: TMA boxes of 32 rows into the same layout), the packed W rows as they lie
 //   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes
 //   (loaded kScaleAhead tiles ahead into registers).
 //   A stage's full barrier completes when every producer thread has seen its copies land (a tile later)
@@ -38,7 +39,8 @@
 // Sessions 40-41 (the persistent kernel below, the producer loading the next unit during the epilogue):
 // qwen3-nvfp4 about 1.045x at 8192 tokens, gpt-oss-120b 1.01x (0.93x until its producer got 96 registers).
 // Session 54 (persistent kernel only): X copied in whole 32-byte sectors and the consumers' shared loads a chunk
-// ahead of the wgmma issue: the GEMMs' span 1.03-1.045x at 8192 tokens (kernel timelines, H200).
+// ahead of the wgmma issue: the GEMMs' span 1.03-1.045x at 8192 tokens (kernel timelines, H200). Session 55: GEMM2's X
+// by TMA, GEMM2 1.04-1.05x at 4096-8192 tokens; the ring needs its 4 stages (3: 0.83x, 5: 1.003x).
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>
@@ -257,13 +259,16 @@ __device__ __forceinline__ int64_t gated_block_row(const SmallMGemm& g, int64_t 
 // through registers (mxfp4 rows of K/32 bytes need not be 4-byte aligned for cp.async) and become
 // multipliers here, so that the consumers neither read global memory nor decode scales in their loop.
 // The unit's X rows: src_rows (staged in shared memory, -1 past the rows), or (kPersistent) the `rows` rows from
-// `first` on through x_row, the stage ring carried on from the previous unit (ring).
+// `first` on through x_row, the stage ring carried on from the previous unit (ring). kTmaX (persistent, x_row null):
+// those rows by TMA through x_map (boxes of 32 rows): one thread issues a stage's boxes, whose bytes the stage's full
+// barrier waits for besides the producer threads' arrivals (18 16-byte copies a thread a stage before: GEMM2
+// 1.04-1.05x at 4096-8192 tokens, H200, session 55). Gathered rows (GEMM1) as one-row boxes ran 2.7-2.9x slower.
 template <bool kNv, int kTok, int kT, int kTail, bool kPersistent = false, bool kAct = false, bool kTmaX = false>
 __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint32_t full, uint32_t empty,
                                         uint32_t* flags, const int32_t* src_rows, int e, int64_t n0,
                                         int64_t rows = 0, int64_t first = 0, Ring<kStages>* ring = nullptr,
                                         const CUtensorMap* x_map = nullptr) {
-  static_assert(!kTmaX || (kPersistent && !kAct), "X by TMA: the persistent kernel's GEMMs of X in plan order");
+  static_assert(!kTmaX || kPersistent, "X by TMA: the persistent kernel");
   using S = Shape<kTok, kT, kTail>;
   constexpr int kGroup = kNv ? 16 : 32;
   const int64_t N = g.N, K = g.K, row_bytes = K / 2, groups = K / kGroup;
@@ -755,7 +760,7 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
     const int64_t units = (g.N + kSlabRows - 1) / kSlabRows * max_items;
     FMOE_CHECK(units + 1024 < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM takes fewer than 2^31 units, got ",
                units);
-    // X in plan order (x_row null, x_rows known): the producer loads it by TMA.
+    // X in plan order (x_row null, x_rows known; GEMM2): the producer loads it by TMA. GEMM1 (kAct) gathers.
     const bool tma_x = !g.x_row && g.x_rows > 0 && !g.act_epilogue;
     if (tma_x)
       FMOE_CHECK(g.x_rows + kBlockTokens < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM addresses x rows with ",
