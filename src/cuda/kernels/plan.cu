@@ -11,7 +11,8 @@
 //   place   (a block per chunk): expert e's rows of chunk c from offsets[e] + the sum of
 //           scratch[c'][e] over chunks c' < c on.
 // For 65536 slots (qwen3-30b-a3b at 8192 tokens) the single block took 137 us on H200 (ncu), the
-// three launches 23 us with a running sum over chunks in the offsets kernel.
+// three launches 23 us with a running sum over chunks in the offsets kernel. At 4096 slots the single block took
+// 11.6 us, the three 7.5-7.8; at 2048 they tie (7.1 against 7.2-7.7; H200, session 56, kernel timelines).
 // Limits: num_local <= kMaxPlanExperts (up to 4 scan items per thread; the launch picks the
 // fewest that cover num_local, which keeps the decode-size plan short).
 #include <algorithm>
@@ -25,7 +26,10 @@
 namespace fusedmoe::cuda {
 namespace {
 
-constexpr int64_t kOneBlockSlots = 4096;
+constexpr int64_t kOneBlockSlots = 2048;
+// The fused decode kernel's counters are zeroed by the one-block plan: its batches (kMaxFusedDecodeRows tokens, top_k
+// up to the router's 32) stay within it.
+static_assert(kMaxFusedDecodeRows * 32 <= kOneBlockSlots);
 constexpr int kChunkThreads = 512;
 
 // Slots per chunk: a slot per thread up to kSmallChunksUpTo slots (16-32 blocks; with 2048 a chunk, deepseek-v3's and
