@@ -40,7 +40,10 @@
 // qwen3-nvfp4 about 1.045x at 8192 tokens, gpt-oss-120b 1.01x (0.93x until its producer got 96 registers).
 // Session 54 (persistent kernel only): X copied in whole 32-byte sectors and the consumers' shared loads a chunk
 // ahead of the wgmma issue: the GEMMs' span 1.03-1.045x at 8192 tokens (kernel timelines, H200). Session 55: GEMM2's X
-// by TMA, GEMM2 1.04-1.05x at 4096-8192 tokens; the ring needs its 4 stages (3: 0.83x, 5: 1.003x).
+// by TMA, GEMM2 1.04-1.05x at 4096-8192 tokens; the ring needs its 4 stages (3: 0.83x, 5: 1.003x). Session 56
+// (dropped, branches exp/s56-*): the persistent epilogue written out by TMA stores 0.99x; the one-unit grid's empty
+// columns (an item of 4 tiles uses 1 in 4) cost 1.8-3% at 1024 tokens, but a block running an item's further slabs
+// in turn spilled (0.92-1.0x) and GEMM2's empty blocks leaving before pdl_wait ran 0.992-0.997x.
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>

@@ -12,7 +12,8 @@
 //           scratch[c'][e] over chunks c' < c on.
 // For 65536 slots (qwen3-30b-a3b at 8192 tokens) the single block took 137 us on H200 (ncu), the
 // three launches 23 us with a running sum over chunks in the offsets kernel. At 4096 slots the single block took
-// 11.6 us, the three 7.5-7.8; at 2048 they tie (7.1 against 7.2-7.7; H200, session 56, kernel timelines).
+// 11.6 us, the three 7.5-7.8; at 2048-2400 they tie (7.0-8.2 against 7.2-8.0), at 1024 the block wins (4.8 against
+// 6.5; H200, session 56, kernel timelines).
 // Limits: num_local <= kMaxPlanExperts (up to 4 scan items per thread; the launch picks the
 // fewest that cover num_local, which keeps the decode-size plan short).
 #include <algorithm>
