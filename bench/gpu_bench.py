@@ -5,7 +5,7 @@ fp8 GEMM rate through cuBLAS/cuBLASLt), then, per model and token count, times w
 graphs and an L2 flush before every replay:
   fusedmoe      the fusedmoe C API forward (libfusedmoe_c.so), modular experts
   fusedmoe_mono the same weights through the monolithic experts (and whether the outputs are equal); the two
-                graphs are timed in turns (time_pair_us)
+                graphs are timed in turns (time_each_us)
   torch_grouped torch routing + sort + torch._grouped_mm x2 + weighted index_add (bf16)
   torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
 floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
@@ -91,36 +91,18 @@ def flush_l2():
         _flush.zero_()
 
 
-def time_us(fn, reps, warmup=3):
-    """Median of per-call device times; the L2 is flushed (flush_l2) before each call."""
+def time_each_us(fns, reps, warmup=3):
+    """Median of per-call device times of each function, the functions timed in turns (a, b, a, b, ...; the L2 is
+    flushed, flush_l2, before each call), so that the card's clocks and temperature over the run treat them alike.
+    (Timed one after the other, gpt-oss-120b's monolithic forward at 8192 tokens read 14% slower than the modular
+    one in sessions 54-55, though both run the same kernels and their kernel timelines agree within 1.2%.)"""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     torch.cuda.synchronize()
-    times = []
+    times = [[] for _ in fns]
     for _ in range(reps):
-        flush_l2()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def time_pair_us(fa, fb, reps, warmup=3):
-    """Medians of two functions' device times, timed in turns (a, b, a, b, ...; the L2 flushed before each call), so
-    that the card's clocks and temperature over the run treat both alike. (Timed one after the other, gpt-oss-120b's
-    monolithic forward at 8192 tokens read 14% slower than the modular one in sessions 54-55, though both run the same
-    kernels and their kernel timelines agree within 1.2%.)"""
-    for _ in range(warmup):
-        fa()
-        fb()
-    torch.cuda.synchronize()
-    times = ([], [])
-    for _ in range(reps):
-        for fn, out in zip((fa, fb), times):
+        for fn, out in zip(fns, times):
             flush_l2()
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
@@ -128,7 +110,12 @@ def time_pair_us(fa, fb, reps, warmup=3):
             e.record()
             e.synchronize()
             out.append(s.elapsed_time(e) * 1e3)
-    return tuple(sorted(t)[len(t) // 2] for t in times)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def time_us(fn, reps, warmup=3):
+    """Median of per-call device times; the L2 is flushed (flush_l2) before each call."""
+    return time_each_us([fn], reps, warmup)[0]
 
 
 def graphed(fn):
@@ -436,7 +423,7 @@ def main():
                 print(f"  {name:14s} M={M:5d} floor {floor_us:9.1f} us | fusedmoe {res['fusedmoe_us']:9.1f} us "
                       f"({res['fusedmoe_pct_floor']:5.1f}%)", flush=True)
                 continue
-            res["fusedmoe_us"], res["fusedmoe_mono_us"] = time_pair_us(graphed(fm), graphed(lambda: fm(mono)),
+            res["fusedmoe_us"], res["fusedmoe_mono_us"] = time_each_us([graphed(fm), graphed(lambda: fm(mono))],
                                                                        args.reps)
             ref = torch_grouped(p, w, hidden, logits, bias)
             fm(mono)
