@@ -44,8 +44,9 @@
 // (dropped, branches exp/s56-*): the persistent epilogue written out by TMA stores 0.99x; the one-unit grid's empty
 // columns (an item of 4 tiles uses 1 in 4) cost 1.8-3% at 1024 tokens, but a block running an item's further slabs
 // in turn spilled (0.92-1.0x) and GEMM2's empty blocks leaving before pdl_wait ran 0.992-0.997x. Session 57 (dropped,
-// branches exp/s57-*): a finalize kernel beside GEMM2 (GEMM2 at 160 registers to make room), 0.72-0.89x; a few lines
-// before the consumers' unit loop (to start consumer 1 late) put 32-72 bytes on the stack and cost 8-18% by themselves.
+// branches exp/s57-*): a finalize kernel beside GEMM2 (GEMM2 at 160 registers to make room), 0.72-0.89x; consumer 1
+// started 0.8-2 us late, so that the epilogues fall apart, 0.975-0.994x (in the consumers' own code, a few lines before
+// their unit loop grew the k loop by 13-24% and cost 8-18% by themselves; in the prologue, before setmaxnreg, none).
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>
