@@ -153,15 +153,26 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   const auto decode = [&](int64_t tokens, int k, int64_t E, QuantScheme q, int64_t H, int64_t I, int64_t N1) {
     return choose_experts_path(tokens, k, E, q, I, false, H, N1);
   };
-  EXPECT_EQ(decode(12, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 8);   // qwen3-30b-a3b: 651 MB
+  EXPECT_EQ(decode(9, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 8);    // qwen3-30b-a3b: 528 MB
+  EXPECT_EQ(decode(10, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 256);  // 574 MB, rows in place
+  EXPECT_EQ(decode(17, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 256);  // 794 MB, gathered
   EXPECT_EQ(decode(14, 8, 128, QuantScheme::bf16, 2048, 768, 1536).tile_tokens, 256);  // 731 MB
   EXPECT_TRUE(decode(14, 8, 128, QuantScheme::bf16, 2048, 768, 1536).small_m);
   EXPECT_EQ(decode(14, 8, 128, QuantScheme::bf16, 0, 768, 1536).tile_tokens, 8);       // shape unknown
   EXPECT_EQ(decode(24, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 32);  // fp8: 476 MB
   EXPECT_EQ(decode(32, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 128);  // 527 MB
-  EXPECT_EQ(decode(1, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 8);                // deepseek-v3: 352 MB
+  EXPECT_EQ(decode(1, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 128);              // deepseek-v3: 352 MB, in place
+  EXPECT_EQ(decode(12, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 32);   // 341 MB
+  EXPECT_EQ(decode(16, 8, 128, QuantScheme::fp8_per_tensor, 2048, 768, 1536).tile_tokens, 128);  // 389 MB
   EXPECT_EQ(decode(2, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 128);              // 694 MB
   EXPECT_EQ(decode(256, 8, 256, fp8, 7168, 2048, 4096).tile_tokens, 128);            // 8 rows per expert
+  // GEMM1 reads its rows where they lie on the wgmma kernels up to kWgmmaInPlaceMaxTokens tokens.
+  EXPECT_TRUE(decode(4, 8, 256, fp8, 7168, 2048, 4096).x_in_place);                  // deepseek-v3 at 4 tokens
+  EXPECT_TRUE(decode(16, 8, 128, QuantScheme::bf16, 2048, 768, 1536).x_in_place);    // qwen3-30b-a3b at 16
+  EXPECT_FALSE(decode(17, 8, 128, QuantScheme::bf16, 2048, 768, 1536).x_in_place);
+  EXPECT_FALSE(decode(9, 8, 128, QuantScheme::bf16, 2048, 768, 1536).x_in_place);    // small-M: gathers as it loads
+  EXPECT_TRUE(decode(1, 8, 256, fp8, 7168, 2048, 4096).x_in_place);
+  EXPECT_FALSE(decode(128, 8, 256, fp8, 7168, 2048, 4096).x_in_place);
   EXPECT_EQ(decode(2, 2, 8, QuantScheme::fp8_per_tensor, 4096, 14336, 28672).tile_tokens, 8);  // 112 GEMM2 units
   EXPECT_EQ(decode(4, 2, 8, QuantScheme::fp8_per_tensor, 4096, 14336, 28672).tile_tokens, 128);  // 175
   EXPECT_EQ(decode(32, 2, 8, QuantScheme::bf16, 4096, 14336, 28672).tile_tokens, 256);  // mixtral-8x7b
@@ -321,18 +332,21 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; -256 (fp4, bf16) and -128
-  // (fp8): the wgmma kernels; 0 / 64: grouped, 128- / 64-row GEMM tiles
-  const int param = GetParam();
+  // (fp8): the wgmma kernels; -1256 and -1128: those with GEMM1's rows read in place (bf16 and fp8; blocks alone);
+  // 0 / 64: grouped, 128- / 64-row GEMM tiles
+  const bool in_place = GetParam() <= -1000;
+  const int param = in_place ? GetParam() + 1000 : GetParam();
   const int tile = param < 0 ? -param : param;
   {
     const bool small_m = param < 0 || (tile > 0 && tile <= 32);
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
-                          param == 64 ? 64 : 128, /*wgmma_pairs=*/true);
+                          param == 64 ? 64 : 128, /*wgmma_pairs=*/!in_place, false, false, in_place);
     for (QuantScheme s : kCudaSchemes) {
       // fp4 only: 64-row warp tiles; fp4 and bf16: 256 (the wgmma kernels)
       const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
       if (param == -64 && !fp4) continue;
       if (param == -256 && !fp4 && s != QuantScheme::bf16) continue;
+      if (in_place && param == -256 && s != QuantScheme::bf16) continue;  // (the fp4 kernel gathers as it loads)
       // every fp8 scheme: 128 (the fp8 wgmma kernel)
       if (param == -128 && !scheme_quantizes_activations(s)) continue;
       SCOPED_TRACE(quant_scheme_name(s));
@@ -364,11 +378,14 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant,
-                         ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, -128, 0, 64), [](const auto& info) {
+                         ::testing::Values(8, 16, 32, -8, -16, -32, -64, -256, -128, -1256, -1128, 0, 64),
+                         [](const auto& info) {
                            const int p = info.param;
                            if (p == 0) return std::string("grouped");
                            if (p == -256) return std::string("wgmma");
                            if (p == -128) return std::string("fp8_wgmma");
+                           if (p == -1256) return std::string("wgmma_in_place");
+                           if (p == -1128) return std::string("fp8_wgmma_in_place");
                            if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
@@ -485,7 +502,8 @@ TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
 
 // The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (32 .. 256; up to 128 in blocks of 256
 // weight rows), 256-row items with a 32-row tail, and a second item after a full one, each edge on both sides, with
-// biases; blocks alone and in pairs (the same bits).
+// biases; blocks alone, in pairs, and alone with GEMM1's rows read where they lie (x_in_place: one-row boxes, 1-288
+// of them a stage), all the same bits.
 TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -495,20 +513,22 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
                                             320, 192, seed);
   const int64_t M = p.ids.view().size(0);
   const GpuProblem g = to_gpu(p);
-  Buffer outs[2];
-  for (bool pairs : {false, true}) {
-    SCOPED_TRACE(pairs ? "pairs" : "alone");
-    const ForcePath force(true, 256, 0, true, false, 128, pairs);
-    outs[pairs] = run_cuda_apply(g, M);
-    expect_matches_reference(p, outs[pairs], p.ids, p.topk_weights);
+  Buffer outs[3];
+  for (int run : {0, 1, 2}) {  // blocks alone, pairs, alone with GEMM1's rows read in place
+    const bool pairs = run == 1, in_place = run == 2;
+    SCOPED_TRACE(pairs ? "pairs" : in_place ? "alone, rows in place" : "alone");
+    const ForcePath force(true, 256, 0, true, false, 128, pairs, false, false, in_place);
+    outs[run] = run_cuda_apply(g, M);
+    expect_matches_reference(p, outs[run], p.ids, p.topk_weights);
   }
   EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "pairs differ from blocks alone";
+  EXPECT_TRUE(bits_equal(outs[0], outs[2])) << "rows read in place differ from gathered rows";
 }
 
 // The fp8 wgmma kernel's token tiles (32, 64 in blocks of 256 weight rows; 96, 128, and 160 for an item with its
 // tail of 1-32 rows, in blocks of 128), a second item after a full one, each edge on both sides, with biases; GEMM2's
 // N = 384 leaves the second consumer of a 256-row block past N. fp8-block and fp8-tensor (its per-expert scales as
-// block scales).
+// block scales). GEMM1's rows gathered and read where they lie (x_in_place, the scales row-major): the same bits.
 TEST(CudaExperts, Fp8WgmmaEveryTokenTile) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
@@ -517,8 +537,15 @@ TEST(CudaExperts, Fp8WgmmaEveryTokenTile) {
     SCOPED_TRACE(quant_scheme_name(s));
     const Problem p = rows_per_expert_problem(s, {1, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 256, 257, 300},
                                               384, 256, seed);
-    const ForcePath force(true, 128, 0, true, false, 128, false);
-    expect_matches_reference(p, run_cuda_apply(to_gpu(p), p.ids.view().size(0)), p.ids, p.topk_weights);
+    const GpuProblem g = to_gpu(p);
+    Buffer outs[2];
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE(in_place ? "rows in place" : "gathered rows");
+      const ForcePath force(true, 128, 0, true, false, 128, false, false, false, in_place);
+      outs[in_place] = run_cuda_apply(g, p.ids.view().size(0));
+      expect_matches_reference(p, outs[in_place], p.ids, p.topk_weights);
+    }
+    EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "rows read in place differ from gathered rows";
   }
 }
 

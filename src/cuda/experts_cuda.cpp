@@ -108,6 +108,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   const char* act_epilogue = std::getenv("FUSEDMOE_SMALL_M_ACT_EPILOGUE");
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
   fp4_persistent_ = env_switch("FUSEDMOE_FP4_PERSISTENT");
+  x_in_place_ = env_switch("FUSEDMOE_X_IN_PLACE");
   fused_decode_mode_ = fused_decode_mode_from_env();
   expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
@@ -348,20 +349,28 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   const bool wgmma = bf16_wgmma || fp8_wgmma;
   ActivationOut act_out{h2.data(), h2_scale_ptr, static_a2_, /*per_row=*/row_scale13_ != nullptr};
   if (fp8_wgmma) act_out.scale_rows = scale_rows;
-  if (!path.small_m || wgmma) {
+  // Decode batches (ExpertsPath::x_in_place): the wgmma GEMM1 reads each planned row's token row of x where it lies
+  // (x_row; for fp8 with its row-major scales), and no gather pass runs. Plans with slot_rows (not the batched
+  // format's, whose rows are x's own).
+  const bool x_in_place =
+      wgmma && plan.slot_rows && !path.wgmma_pairs && x_in_place_.value_or(path.x_in_place);
+  if (!path.small_m || (wgmma && !x_in_place)) {
     const int64_t row_bytes = K * static_cast<int64_t>(dtype_size(act));
     launch_gather_rows(x.data(), row_bytes, x_scale_ptr, K / 128, plan, static_cast<int>(E), R,
                        static_cast<int>(config_.routing.top_k), x_sorted.data(),
                        fp8_ ? x_sorted_scales.data_as<float>() : nullptr, s, fp8_wgmma ? scale_rows : 0);
   }
   if (path.small_m) {
+    // (x's rows for a GEMM that reads them in place, else R planned rows)
     const auto gemm = [&](const SmallMGemm& g) {
-      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, R, E, path.wgmma_pairs, s);
-      else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, R, E, s);
+      const int64_t x_rows = g.x_row ? x.size(0) : R;
+      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, x_rows, E, path.wgmma_pairs, s);
+      else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, x_rows, E, s);
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
     };
-    SmallMGemm g1{wgmma ? x_sorted.data() : x.data(), wgmma ? nullptr : plan.row_token,
-                  fp8_wgmma ? x_sorted_scales.data_as<const float>() : x_scale_ptr,
+    const bool sorted = wgmma && !x_in_place;
+    SmallMGemm g1{sorted ? x_sorted.data() : x.data(), sorted ? nullptr : plan.row_token,
+                  fp8_wgmma && sorted ? x_sorted_scales.data_as<const float>() : x_scale_ptr,
                   weights_.w13.data(), w13_block_scales_,
                   fp4_ ? weights_.w13_scale.data_as<const uint8_t>() : nullptr, f32_or_null(weights_.w13_global_scale),
                   b13, h.data_as<bf16>(), N1, K, weight_format_, path.warp_tiles};

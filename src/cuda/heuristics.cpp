@@ -35,7 +35,10 @@ bool wgmma_streams_decode(int64_t num_tokens, int top_k, int64_t num_local_exper
   const double value_bytes = weights == QuantScheme::bf16 ? 2.0 : 1.0;
   const double bytes = active * value_bytes * double(w13_rows + intermediate_size) * double(hidden_size);
   const double units = active * double(std::min((w13_rows + 127) / 128, (hidden_size + 127) / 128));
-  const double min_bytes = weights == QuantScheme::bf16 ? kWgmmaDecodeMinBf16Bytes : kWgmmaDecodeMinBytes;
+  const bool in_place = num_tokens <= kWgmmaInPlaceMaxTokens;  // (no gather pass)
+  const double min_bytes = weights == QuantScheme::bf16
+                               ? (in_place ? kWgmmaDecodeInPlaceMinBf16Bytes : kWgmmaDecodeMinBf16Bytes)
+                               : (in_place ? kWgmmaDecodeInPlaceMinBytes : kWgmmaDecodeMinBytes);
   return bytes >= min_bytes && units >= kWgmmaDecodeMinUnits;
 }
 
@@ -141,6 +144,7 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.warp_tiles = true;
     path.tile_tokens = 256;
     path.wgmma_pairs = rows_per_expert > 128.0;
+    path.x_in_place = num_tokens <= kWgmmaInPlaceMaxTokens;  // (heuristics.h; wgmma_grouped_gemm.cu's numbers)
   }
   // fp8-block weights from 12 to 64 rows per expert: the fp8 wgmma kernel (wgmma_grouped_gemm.cu; 128-row plan items,
   // token tiles of 32-160 rows, each k tile's sums promoted with its scales). Same-run A/B on H200 against CUTLASS
@@ -170,6 +174,7 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 128;
+    path.x_in_place = num_tokens <= kWgmmaInPlaceMaxTokens;
   }
   return path;
 }

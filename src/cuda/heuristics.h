@@ -22,7 +22,17 @@ struct ExpertsPath {
   bool wgmma_pairs = false;       // the bf16 wgmma kernel: in pairs of blocks sharing each item's X rows
   bool fp4_persistent = false;    // the fp4 wgmma kernel: persistent blocks claiming units (SmallMGemm::persistent)
   bool warp_router = false;       // tests: the one-warp router even where the block router fits (choose_block_router)
+  bool x_in_place = false;        // the bf16 / fp8 wgmma GEMM1 reads each row's token row where it lies, no gather
 };
+
+// Decode batches of up to this many tokens on the bf16 and fp8 wgmma kernels: GEMM1 reads each planned row's token row
+// where it lies (SmallMGemm::x_row, one-row TMA boxes) instead of after a gather pass, which at decode costs a launch
+// and a dependent step for a few KiB (ExpertsPath::x_in_place; FUSEDMOE_X_IN_PLACE=0/1 overrides it). An expert has
+// at most this many rows unless a token repeats it among its ids; the one-row boxes cost the TMA unit a request
+// each, which at the batches of session 35's attempt (1024-8192 tokens, up to 288 rows an item) ran 2.0-4.6x slower.
+// Session 58 (H200, same-run A/B against the gather): deepseek-v3 1.002-1.011x at 2-16 tokens; forced above 16,
+// 0.98-1.00x at 24-64 tokens and 0.82x at mixtral-8x7b's 128 (16 rows an item).
+inline constexpr int64_t kWgmmaInPlaceMaxTokens = 16;
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
@@ -43,9 +53,14 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
 // experts (E (1 - (1 - k/E)^tokens), routing taken as uniform) hold at least kWgmmaDecodeMinBytes of weights (bf16:
 // kWgmmaDecodeMinBf16Bytes) and give each GEMM at least kWgmmaDecodeMinUnits units of 128 weight rows (a wave of blocks
 // on an H100/H200 SXM). Below either, the gather and activation passes the wgmma path adds, and its blocks' coarser
-// units, cost more than the faster stream gains.
+// units, cost more than the faster stream gains. Where GEMM1 reads its rows in place (up to kWgmmaInPlaceMaxTokens
+// tokens, no gather pass) the bounds are lower (session 58, same-run A/B against the small-M kernels, H200, 2 rounds):
+// deepseek-v3 1.013x at 1 token (352 MB), qwen3-30b-a3b 1.055x / 1.038x at 10 / 12 tokens (574 / 651 MB),
+// qwen3-30b-a3b-fp8 1.010x at 16 (389 MB) but 0.976x at 12 (341 MB) and 0.996x at 10 (291 MB).
 inline constexpr double kWgmmaDecodeMinBytes = 500e6;      // fp8 weights
 inline constexpr double kWgmmaDecodeMinBf16Bytes = 700e6;  // bf16: their small-M GEMM1 applies the activation too
+inline constexpr double kWgmmaDecodeInPlaceMinBytes = 345e6;
+inline constexpr double kWgmmaDecodeInPlaceMinBf16Bytes = 550e6;
 inline constexpr double kWgmmaDecodeMinUnits = 132;
 bool wgmma_streams_decode(int64_t num_tokens, int top_k, int64_t num_local_experts, QuantScheme weights,
                           int64_t hidden_size, int64_t w13_rows, int64_t intermediate_size);

@@ -198,12 +198,15 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
 // in registers; plan items of 256 rows. Limits: K % 64 == 0.
 void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
 // wgmma_grouped_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
-// plan order (x_row null) — x_rows of them —, W [num_experts, N, K]; pairs: in clusters of two blocks that share
-// each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0, N % 8 == 0.
+// plan order (x_row null) — x_rows of them —, or read where they lie (x_row set: planned row r reads X row x_row[r]
+// of x_rows, one-row TMA boxes; decode batches, ExpertsPath::x_in_place), W [num_experts, N, K]; pairs (never with
+// x_row): in clusters of two blocks that share each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0,
+// N % 8 == 0.
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, bool pairs,
                             cudaStream_t s);
 // The same for fp8-block weights: plan items of 128 rows, X e4m3 with its scales x_scales M-major,
-// [K/128, m_major_scale_rows(x_rows)] (launch_gather_rows and launch_activation write them so when asked).
+// [K/128, m_major_scale_rows(x_rows)] (launch_gather_rows and launch_activation write them so when asked); with
+// x_row, X's own rows and their scales row-major [x_rows, K/128].
 // Limits: K % 128 == 0, N % 8 == 0.
 void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
                            cudaStream_t s);

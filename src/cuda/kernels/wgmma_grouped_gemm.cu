@@ -58,6 +58,13 @@
 // tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
 // TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
 // arriving on the stage's barrier once its copies land) 0.70-0.99x, 1.03x only at qwen3-30b-a3b's 1024 tokens.
+// Decode batches (up to 16 tokens, heuristics.h's kWgmmaInPlaceMaxTokens) read them in place since session 58: with
+// x_row set (the kInPlace instances, blocks alone) the producer warp's lanes load an item's real rows as one-row
+// boxes (1-2 a stage at deepseek-v3's 4 tokens) and fp8's consumers read the tokens' scales from global memory a k
+// tile ahead; the gather's launch and dependent step go away, same bits. Same-run A/B (H200, 2-3 rounds):
+// deepseek-v3 1.009 / 1.004 / 1.011 / 1.002x at 2 / 4 / 8 / 16 tokens (its 4-token span 316.6 -> 313.3 us in the
+// timeline), qwen3-30b-a3b 1.00x at 8-16; forced above 16 tokens 0.98-1.00x at 24-64 and 0.82x at mixtral-8x7b's 128
+// (16 one-row boxes a stage), so the gather stays there.
 // The epilogue stays as it is (session 36, H200, same-run A/Bs): the gated activation in it (w13's rows paired so
 // that a lane holds a gate row and its up row; bit-equal to GEMM1 + the activation kernel) ran 0.98-1.02x end to end,
 // the consumers doing the math while the tensor cores wait (unrolled per pass, its code overflowed the instruction
@@ -163,21 +170,42 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
 // (x_row0 on, boxes of 64 rows, then 32), the block's weight rows (w_row0 on, boxes of 128) and (fp8-block) the X
 // rows' scales of the k tile. Rows past the item or N hold other experts' rows, or zeros past the tensors: they meet
 // accumulator columns or rows that are never stored.
-template <class C, int kCluster, int kTok, int kT, int kTail>
+// In place (kInPlace: x_row set, decode batches): the item's `rows` rows come as one-row boxes of x_map from the rows
+// x_row[x_row0 ..] of X where they lie, issued by the producer warp's lanes (lane i: rows i, i + 32, ..) once its
+// first lane has waited for the stage and announced its bytes; no scales (the consumers read them, consume). The
+// tile's other rows keep what an earlier stage left there: they meet accumulator columns that are never stored.
+template <class C, int kCluster, int kTok, int kT, int kTail, bool kInPlace>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
                                         const CUtensorMap& w_map, const CUtensorMap& xs_map, int num_kt, uint8_t* smem,
                                         uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int32_t x_row0,
-                                        int32_t w_row0, int rank) {
+                                        int32_t w_row0, int rank, const int32_t* x_row, int rows) {
   using S = Shape<kTok, kT, kTail, C::kScaled>;
   static_assert(!C::kScaled || kCluster == 1, "fp8-block runs its blocks alone");
+  static_assert(!kInPlace || kCluster == 1, "rows read in place run their blocks alone");
   const uint32_t base = smem_addr(smem);
+  const int lane = threadIdx.x & 31;
+  const int32_t lane_row = kInPlace && lane < rows ? __ldg(x_row + x_row0 + lane) : 0;
   for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
+    const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * C::kStageBytes, ws = xs + S::kXBytes;
+    const int32_t k = kt * C::kTileK;
+    if constexpr (kInPlace) {
+      if (lane == 0) {
+        if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
+        mbar_arrive_expect_tx(bar, S::kWBytes + rows * kRowBytes);
+#pragma unroll
+        for (int j = 0; j < S::kBlockRows / kWBox; ++j)
+          tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+      }
+      __syncwarp();  // the stage is free and its bytes announced
+      if (lane < rows) tma_load_2d(xs + lane * kRowBytes, &x_map, k, lane_row, bar);
+      for (int i = lane + 32; i < rows; i += 32)
+        tma_load_2d(xs + i * kRowBytes, &x_map, k, __ldg(x_row + x_row0 + i), bar);
+      continue;
+    }
     // From the ring's second round on, the stage's previous round must have been released (in both blocks of the
     // pair: the X boxes land in both).
     if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
-    const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * C::kStageBytes, ws = xs + S::kXBytes;
     mbar_arrive_expect_tx(bar, S::kStageBytes);
-    const int32_t k = kt * C::kTileK;
     // X box b comes from the pair's block b % 2, multicast to both.
     const auto load_x = [&](uint32_t dst, const CUtensorMap& map, int32_t row, int b) {
       if constexpr (kCluster == 1) tma_load_2d(dst, &map, k, row, bar);
@@ -251,7 +279,7 @@ __device__ inline void scale_weight_rows(float (&acc)[kT][kTok / 2], const Small
   }
 }
 
-template <class C, int kCluster, int kTok, int kT, int kTail, class FetchNext>
+template <class C, int kCluster, int kTok, int kT, int kTail, bool kInPlace, class FetchNext>
 __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint8_t* epi, float* products,
                                         uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int e, int64_t n0,
                                         int64_t rows, int64_t first_row, FetchNext&& fetch_next) {
@@ -318,16 +346,37 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     float part[kT][kTok / 2], part_tail[kT][kTailAcc];  // (part_tail: issue's unused tail operand)
     zero_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
     const int wg_tid = tid & 127;
+    // In place: the scales of the thread's token columns c = wg_tid + 128 i where X's rows lie (row-major [*, K/128]),
+    // a k tile ahead; none past the item's rows.
+    constexpr int kCols = kInPlace ? (kTok + 127) / 128 : 1;
+    const float* col_scales[kCols];
+    float col_scale[kCols];
+    if constexpr (kInPlace) {
+#pragma unroll
+      for (int i = 0; i < kCols; ++i) {
+        const int c = wg_tid + 128 * i;
+        col_scales[i] = c < rows ? g.x_scales + int64_t(__ldg(g.x_row + first_row + c)) * num_kt : nullptr;
+        col_scale[i] = col_scales[i] ? __ldg(col_scales[i]) : 0.0f;
+      }
+    }
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
       issue(part, part_tail, uint64_t(ring.st) * (C::kStageBytes >> 4), true);
       // While the group runs: the tile's scale products ws * xs[token] into this consumer's buffer kt % 2, a token
       // (or two) a thread; the warpgroup meets once they are written.
-      const float* xs =
-          reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) + (first_row & 3);
       float* prod = products + (kt & 1) * kProductFloats;
+      if constexpr (kInPlace) {
 #pragma unroll
-      for (int c = wg_tid; c < kTok; c += 128) prod[c] = xs[c] * ws;
+        for (int i = 0; i < kCols; ++i) {
+          if (const int c = wg_tid + 128 * i; c < kTok) prod[c] = col_scale[i] * ws;
+          col_scale[i] = col_scales[i] && kt + 1 < num_kt ? __ldg(col_scales[i] + kt + 1) : 0.0f;
+        }
+      } else {
+        const float* xs = reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) +
+                          (first_row & 3);
+#pragma unroll
+        for (int c = wg_tid; c < kTok; c += 128) prod[c] = xs[c] * ws;
+      }
       ws = w_scale && kt + 1 < num_kt ? __ldg(w_scale + kt + 1) : 0.0f;
       warpgroup_bar(wg);
       drain_accumulators<kTok, kTail, kT, kTailAcc>(part, part_tail);
@@ -437,8 +486,9 @@ __device__ inline int pair_claim(PairChannel& ch, int* work, int n, int rank) {
 }
 
 // Persistent: each pair of blocks runs units as it claims them (above) until they run out.
-// xs_map: fp8-block's X scales (unused for bf16).
-template <class C, int kCluster>
+// xs_map: fp8-block's X scales (unused for bf16, and in place). kInPlace: g.x_row gives each planned row's row of X,
+// x_map's boxes are one row (produce).
+template <class C, int kCluster, bool kInPlace>
 __global__ void __launch_bounds__(kThreads, 1)
     wgmma_grouped_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap x_tail_map,
                          const __grid_constant__ CUtensorMap w_map, const __grid_constant__ CUtensorMap xs_map,
@@ -496,11 +546,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       u = __shfl_sync(~0u, u, 0);
       if (u >= units) break;
       const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
-      if (leader && w.rows > 0)
+      if ((leader || kInPlace) && w.rows > 0)
         with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
-          produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+          produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
               x_map, x_tail_map, w_map, xs_map, static_cast<int>(g.K / C::kTileK), smem, full_a, empty_a, ring,
-              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0), rank);
+              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0), rank, g.x_row,
+              static_cast<int>(w.rows));
         });
       __syncwarp();
     }
@@ -530,7 +581,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         continue;
       }
       with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
-        consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value>(
+        consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
             g, smem, my_epi, my_products, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
       });
     }
@@ -557,11 +608,11 @@ CUtensorMap scales_map(const float* base, int64_t rows, int64_t row_stride, int6
 
 // The clusters of kCluster blocks the current device holds at once (one block per SM), asked once per device; also
 // sets the kernel's shared-memory limit.
-template <class C, int kCluster>
+template <class C, int kCluster, bool kInPlace>
 int resident_groups() {
   static std::atomic<int> known[kMaxDevices] = {};
   return once_per_device(known, "the wgmma grouped GEMM", [](int) {
-    const auto kernel = wgmma_grouped_kernel<C, kCluster>;
+    const auto kernel = wgmma_grouped_kernel<C, kCluster, kInPlace>;
     FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes<C>)));
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(kCluster);
@@ -579,11 +630,11 @@ int resident_groups() {
 }
 
 // Persistent: as many clusters as the device holds at once, or one per unit when there are fewer units.
-template <class C, int kCluster>
+template <class C, int kCluster, bool kInPlace = false>
 void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, const CUtensorMap& w_map,
                    const CUtensorMap& xs_map, const SmallMGemm& g, const RowPlan& plan, cudaStream_t s) {
   const int64_t units = (g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows) * plan.item_grid;
-  const int groups = resident_groups<C, kCluster>();
+  const int groups = resident_groups<C, kCluster, kInPlace>();
   // The claims (32-bit) run one per cluster past the last unit.
   FMOE_CHECK(units + groups < (int64_t(1) << 31), "the wgmma grouped GEMM takes fewer than 2^31 units of work, got ",
              units);
@@ -591,10 +642,10 @@ void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, cons
   // Alone: a plain launch. (A cluster launch of one block with the pairs' cluster barriers, tried first, ran 1-3%
   // slower at 64-128 rows per expert; H200, session 32.)
   if constexpr (kCluster == 1)
-    launch_with_smem(wgmma_grouped_kernel<C, 1>, dim3(blocks), dim3(kThreads), kSmemBytes<C>, s, x_map, x_tail_map,
-                     w_map, xs_map, g, plan);
+    launch_with_smem(wgmma_grouped_kernel<C, 1, kInPlace>, dim3(blocks), dim3(kThreads), kSmemBytes<C>, s, x_map,
+                     x_tail_map, w_map, xs_map, g, plan);
   else
-    launch_clustered(wgmma_grouped_kernel<C, kCluster>, dim3(blocks), dim3(kThreads), kCluster, kSmemBytes<C>, s,
+    launch_clustered(wgmma_grouped_kernel<C, kCluster, false>, dim3(blocks), dim3(kThreads), kCluster, kSmemBytes<C>, s,
                      x_map, x_tail_map, w_map, xs_map, g, plan);
 }
 
@@ -603,12 +654,12 @@ template <class C>
 void check_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, const char* what) {
   FMOE_CHECK(!g.act_epilogue, what, " takes no activation epilogue");
   FMOE_CHECK(!g.w_row_scales || C::kScaled, what, " takes weight row scales only with fp8 weights");
-  FMOE_CHECK(!g.x_row, what, " reads its rows in plan order (x_row must be null; gather them first)");
   FMOE_CHECK(g.K % C::kTileK == 0, what, " needs K % ", C::kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == C::kTileTokens, what, " needs a plan with work items of ",
              C::kTileTokens, " rows, got item_rows=", plan.item_rows);
   FMOE_CHECK(plan.work_counters, what, " needs the plan's work counters (RowPlan::work_counters)");
   FMOE_CHECK(g.N % 8 == 0, what, " needs N % 8 == 0 (16-byte output stores), got N=", g.N);
+  FMOE_CHECK(!g.x_row || x_rows > 0, what, " reads rows in place (x_row) from x_rows > 0 rows of x, got ", x_rows);
   FMOE_CHECK(reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && reinterpret_cast<uintptr_t>(g.x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(g.w) % 16 == 0,
              what, " needs 16-byte aligned x, w and y");
@@ -626,10 +677,15 @@ void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_
   if (plan.item_grid == 0) return;
   FMOE_CHECK(g.weights == SmallMWeights::bf16, "the bf16 wgmma GEMM takes bf16 weights");
   check_gemm<Bf16Gemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM");
-  const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
-  const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
+  FMOE_CHECK(!(pairs && g.x_row), "the bf16 wgmma GEMM reads rows in place (x_row) with its blocks alone, not pairs");
   const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, false, kWBox);
   const CUtensorMap none{};
+  if (g.x_row) {
+    launch_kernel<Bf16Gemm, 1, true>(rows_map(g.x, x_rows, g.K, false, 1), none, w_map, none, g, plan, s);
+    return;
+  }
+  const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
+  const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
   if (pairs) launch_kernel<Bf16Gemm, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
   else launch_kernel<Bf16Gemm, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
 }
@@ -640,11 +696,16 @@ void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_r
   FMOE_CHECK(g.weights == SmallMWeights::fp8_block && g.x_scales && g.w_scales,
              "the fp8 wgmma GEMM takes fp8-block weights with their block scales and X's scales");
   check_gemm<Fp8BlockGemm>(g, plan, x_rows, num_experts, "the fp8 wgmma GEMM");
+  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, true, kWBox);
+  if (g.x_row) {
+    const CUtensorMap none{};
+    launch_kernel<Fp8BlockGemm, 1, true>(rows_map(g.x, x_rows, g.K, true, 1), none, w_map, none, g, plan, s);
+    return;
+  }
   FMOE_CHECK(reinterpret_cast<uintptr_t>(g.x_scales) % 16 == 0, "the fp8 wgmma GEMM needs 16-byte aligned x_scales");
   const int64_t rows = std::max<int64_t>(x_rows, 1);
   const CUtensorMap x_map = rows_map(g.x, rows, g.K, true, kXBox);
   const CUtensorMap x_tail_map = rows_map(g.x, rows, g.K, true, kXTailBox);
-  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, true, kWBox);
   const CUtensorMap xs_map = scales_map(g.x_scales, rows, m_major_scale_rows(rows), g.K / 128);
   launch_kernel<Fp8BlockGemm, 1>(x_map, x_tail_map, w_map, xs_map, g, plan, s);
 }
