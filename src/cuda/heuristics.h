@@ -56,7 +56,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
 // units, cost more than the faster stream gains. Where GEMM1 reads its rows in place (up to kWgmmaInPlaceMaxTokens
 // tokens, no gather pass) the bounds are lower (session 58, same-run A/B against the small-M kernels, H200, 2 rounds):
 // deepseek-v3 1.013x at 1 token (352 MB), qwen3-30b-a3b 1.055x / 1.038x at 10 / 12 tokens (574 / 651 MB),
-// qwen3-30b-a3b-fp8 1.010x at 16 (389 MB) but 0.976x at 12 (341 MB) and 0.996x at 10 (291 MB).
+// qwen3-30b-a3b-fp8 1.010x at 16 (389 MB) but 0.976x at 12 (341 MB) and 0.996x at 10 (291 MB). (The batched format,
+// which keeps its gather, and FUSEDMOE_X_IN_PLACE=0 take the same bounds.)
 inline constexpr double kWgmmaDecodeMinBytes = 500e6;      // fp8 weights
 inline constexpr double kWgmmaDecodeMinBf16Bytes = 700e6;  // bf16: their small-M GEMM1 applies the activation too
 inline constexpr double kWgmmaDecodeInPlaceMinBytes = 345e6;
