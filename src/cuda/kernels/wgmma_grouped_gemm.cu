@@ -188,13 +188,21 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
   for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
     const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * C::kStageBytes, ws = xs + S::kXBytes;
     const int32_t k = kt * C::kTileK;
+    // From the ring's second round on, the stage's previous round must have been released (in both blocks of the
+    // pair: the X boxes land in both); then its bytes are announced.
+    const auto take_stage = [&](uint32_t bytes) {
+      if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
+      mbar_arrive_expect_tx(bar, bytes);
+    };
+    const auto load_w = [&] {
+#pragma unroll
+      for (int j = 0; j < S::kBlockRows / kWBox; ++j)
+        tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+    };
     if constexpr (kInPlace) {
       if (lane == 0) {
-        if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
-        mbar_arrive_expect_tx(bar, S::kWBytes + rows * kRowBytes);
-#pragma unroll
-        for (int j = 0; j < S::kBlockRows / kWBox; ++j)
-          tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+        take_stage(S::kWBytes + rows * kRowBytes);
+        load_w();
       }
       __syncwarp();  // the stage is free and its bytes announced
       if (lane < rows) tma_load_2d(xs + lane * kRowBytes, &x_map, k, lane_row, bar);
@@ -202,10 +210,7 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
         tma_load_2d(xs + i * kRowBytes, &x_map, k, __ldg(x_row + x_row0 + i), bar);
       continue;
     }
-    // From the ring's second round on, the stage's previous round must have been released (in both blocks of the
-    // pair: the X boxes land in both).
-    if (ring.passed >= C::kStages) mbar_wait(empty + 8 * ring.st, ring.phase ^ 1);
-    mbar_arrive_expect_tx(bar, S::kStageBytes);
+    take_stage(S::kStageBytes);
     // X box b comes from the pair's block b % 2, multicast to both.
     const auto load_x = [&](uint32_t dst, const CUtensorMap& map, int32_t row, int b) {
       if constexpr (kCluster == 1) tma_load_2d(dst, &map, k, row, bar);
@@ -217,9 +222,7 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
 #pragma unroll
     for (int r = kTok / kXBox * kXBox, b = kTok / kXBox; r < kTok + kTail; r += kXTailBox, ++b)
       load_x(xs + r * kRowBytes, x_tail_map, x_row0 + r, b);
-#pragma unroll
-    for (int j = 0; j < S::kBlockRows / kWBox; ++j)
-      tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+    load_w();
     // The scales: a TMA box's innermost coordinate must be 16-byte aligned, so they start at the 4-row boundary at
     // or below x_row0 (the consumers skip x_row0 % 4 of them), in one box (until session 39 in boxes of 32 rows,
     // five or six copies a stage: 1.00-1.01x, H200).
