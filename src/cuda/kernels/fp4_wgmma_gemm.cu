@@ -243,20 +243,6 @@ __device__ inline void fence_fragments(uint32_t (&fr)[kT][2][4]) {
 }
 
 
-// The weight row in block row b of a block from GEMM1 row n0 where GEMM1 carries the gated activation (kAct: the
-// persistent kernel's instance for SmallMGemm::act_epilogue; else it is n0 + b): the gate (b % 16 < 8) or the up row
-// of h2 column j = n0 / 2 + 8 (b / 16) + b % 8 — w13's rows j and I + j, or 2j and 2j + 1 for swiglu_oai —, so that a
-// consumer lane's accumulator rows g and g + 8 (wgmma's m64 layout) are one column's gate and up sums for the same
-// tokens (store_gated_tiles pairs them); N (no row) past h2's last column. A block of 128 T rows covers 64 T columns of h2;
-// the grid and the units stay GEMM1's. In 32 bits (the persistent kernel's launch checks N < 2^31). The kAct = false
-// instances keep their own row arithmetic (the SASS of main before the epilogue, bench/sass_diff.py).
-__device__ __forceinline__ int64_t gated_block_row(const SmallMGemm& g, int64_t n0, int b) {
-  const int N = static_cast<int>(g.N), I = N >> 1, j = (static_cast<int>(n0) >> 1) + 8 * (b >> 4) + (b & 7);
-  const int up = (b >> 3) & 1;
-  if (j >= I) return N;
-  return g.act.kind == ActivationKind::swiglu_oai ? 2 * j + up : j + (up ? I : 0);
-}
-
 // The producer warpgroup: copies k tiles into the stages (full[s] completes when a tile has landed) once
 // the consumers have released the stage (empty[s]). X as wgmma's B (16-byte chunk c of token row t at
 // chunk c ^ (t % 8) of the row's 128 bytes), W's rows unchanged, each row's group multipliers of the tile

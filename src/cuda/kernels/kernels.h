@@ -173,10 +173,10 @@ struct SmallMGemm {
   SmallMWeights weights;
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
   bool persistent = false;     // the fp4 wgmma kernel: persistent blocks claiming units (fp4_wgmma_gemm.cu)
-  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles; fp4 weights in the
-  // persistent wgmma kernel, silu_mul and swiglu_oai): y is h2. A gated activation pairs rows — a tile's rows gq and gq + 8 are the
-  // gate and up rows of h2 column n0 / 2 + gq (the wgmma kernel: + 8 per 16 rows), h2 [R, N / 2] —; relu2 keeps
-  // them, h2 [R, N] (act_epilogue.cuh; wgmma_pipeline.cuh's store_gated_tiles).
+  // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles; the persistent fp4 wgmma
+  // kernel and the bf16 wgmma kernel, sigmoid-gated activations): y is h2. A gated activation pairs rows — a tile's
+  // rows gq and gq + 8 are the gate and up rows of h2 column n0 / 2 + gq (the wgmma kernels: + 8 per 16 rows), h2
+  // [R, N / 2] —; relu2 keeps them, h2 [R, N] (act_epilogue.cuh; wgmma_pipeline.cuh's store_gated_tiles).
   bool act_epilogue = false;
   Activation act{};
   // fp8 weights with a scale per row (fp8-channel, f32 [E, N]; its block scales are 1): the sums are

@@ -34,4 +34,22 @@ CUtensorMap rows_map(const void* base, int64_t rows, int64_t K, bool fp8, uint32
   return map;
 }
 
+CUtensorMap gated_rows_map(const void* base, int64_t E, int64_t I, int64_t K, bool interleaved, uint32_t box_groups) {
+  FMOE_CHECK(I % 8 == 0, "the gated weight map needs I % 8 == 0, got I=", I);
+  CUtensorMap map{};
+  const cuuint64_t row = cuuint64_t(K) * 2;  // a row's bytes
+  // {k, row of the group's 8, gate / up, group, expert}
+  const cuuint64_t dims[5] = {cuuint64_t(K), 8, 2, cuuint64_t(I / 8), cuuint64_t(E)};
+  const cuuint64_t strides[4] = {interleaved ? 2 * row : row, interleaved ? row : cuuint64_t(I) * row,
+                                 (interleaved ? 16 : 8) * row, 2 * cuuint64_t(I) * row};
+  const cuuint32_t box[5] = {64, 8, 2, box_groups, 1};
+  const cuuint32_t unit[5] = {1, 1, 1, 1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void*>(base), dims,
+                                          strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FMOE_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for the gated rows of w13 [", E, ", ",
+             2 * I, ", ", K, "]");
+  return map;
+}
+
 }  // namespace fusedmoe::cuda

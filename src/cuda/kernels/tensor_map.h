@@ -16,4 +16,10 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
 // (one k tile: 64 bf16 or 128 e4m3 values), 128-byte swizzle; a box's rows past `rows` read as zeros.
 CUtensorMap rows_map(const void* base, int64_t rows, int64_t K, bool fp8, uint32_t box_rows);
 
+// A 5-D tensor map of bf16 w13 [E, 2 I, K] that reads a k tile of box_groups 16-row groups: group j of expert e is
+// the gate rows of h2 columns 8 j .. 8 j + 7 and then their up rows (rows c and I + c of w13, or 2 c and 2 c + 1
+// for swiglu_oai's interleaved order), as gated_block_row (wgmma_pipeline.cuh) numbers a block's rows. Coordinates
+// {k, 0, 0, j, e}; groups past I / 8 read as zeros. I % 8 == 0.
+CUtensorMap gated_rows_map(const void* base, int64_t E, int64_t I, int64_t K, bool interleaved, uint32_t box_groups);
+
 }  // namespace fusedmoe::cuda

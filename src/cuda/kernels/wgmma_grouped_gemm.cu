@@ -65,13 +65,17 @@
 // deepseek-v3 1.009 / 1.004 / 1.011 / 1.002x at 2 / 4 / 8 / 16 tokens (its 4-token span 316.6 -> 313.3 us in the
 // timeline), qwen3-30b-a3b 1.00x at 8-16; forced above 16 tokens 0.98-1.00x at 24-64 and 0.82x at mixtral-8x7b's 128
 // (16 one-row boxes a stage), so the gather stays there.
-// The epilogue stays as it is (session 36, H200, same-run A/Bs): the gated activation in it (w13's rows paired so
-// that a lane holds a gate row and its up row; bit-equal to GEMM1 + the activation kernel) ran 0.98-1.02x end to end,
-// the consumers doing the math while the tensor cores wait (unrolled per pass, its code overflowed the instruction
-// cache: 0.66x); TMA stores from two 4 KiB staging buffers, with or without an L2 evict-first hint, 0.99-1.00x; the
-// whole epilogue staged in a ring stage each consumer holds back, one barrier, TMA stores written while the consumers
-// run on, 0.994-1.008x; the gated activation applied from such a stage by two idle producer warps, 0.995-1.018x
-// (branches exp/s36-*).
+// GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; ExpertsPath::gate_up_tiles): one
+// 5-D TMA box a 128-row slab reads w13's rows as 16-row groups of 8 gate and 8 up rows (gated_rows_map; no copy of
+// w13), so a lane holds both sums of an h2 value and store_gated_tiles (the fp4 kernel's) writes h2: no h, no
+// activation kernel, the same bits. Same-run A/B (H200, 2 rounds): mixtral-8x7b 1.006 / 1.012 / 1.013 / 1.023 /
+// 1.033x at 16 / 128 / 512 / 1024 / 2048 tokens, qwen3-30b-a3b 1.003-1.004x at 16-128, 1.019-1.037x at 512-8192.
+// Session 36 had tried the same pairing (0.98-1.02x end to end, the consumers doing the math while the tensor cores
+// wait; unrolled per pass, its code overflowed the instruction cache: 0.66x). The rest of the epilogue stays as it
+// is (session 36, H200, same-run A/Bs): TMA stores from two 4 KiB staging buffers, with or without an L2 evict-first
+// hint, 0.99-1.00x; the whole epilogue staged in a ring stage each consumer holds back, one barrier, TMA stores
+// written while the consumers run on, 0.994-1.008x; the gated activation applied from such a stage by two idle
+// producer warps, 0.995-1.018x (branches exp/s36-*).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -118,7 +122,7 @@ struct Shape {
 // The element types. kTileK: values of a k tile; kTileTokens: the plan's item rows; the stages of the ring, of
 // kStageBytes each (the largest shape of with_tile below, rounded up to 1024 bytes).
 struct Bf16Gemm {
-  static constexpr bool kScaled = false;
+  static constexpr bool kScaled = false, kGateUp = false;
   static constexpr int kTileK = 64, kTileTokens = 256, kStages = 4;
   static constexpr int kStageBytes = Shape<kTileTokens, 1, kTailTokens>::kStageBytes;  // 52 KiB
   static_assert(Shape<256, 1>::kStageBytes <= kStageBytes && Shape<128, 2>::kStageBytes <= kStageBytes);
@@ -126,11 +130,17 @@ struct Bf16Gemm {
 // fp8-block: a k tile is one scale group. Items of 128 rows, a tail making a tile of 160: the partial sums double a
 // consumer's accumulators (kT m64 tiles by kTok tokens, twice, within kConsumerRegs).
 struct Fp8BlockGemm {
-  static constexpr bool kScaled = true;
+  static constexpr bool kScaled = true, kGateUp = false;
   static constexpr int kTileK = 128, kTileTokens = 128, kStages = 5;
   static constexpr int kStageBytes = (Shape<64, 2, 0, true>::kStageBytes + 1023) / 1024 * 1024;  // 41 KiB
   static_assert(Shape<160, 1, 0, true>::kStageBytes <= kStageBytes &&
                 Shape<32, 2, 0, true>::kStageBytes <= kStageBytes);
+};
+// bf16 GEMM1 with the gated activation in its epilogue (ExpertsPath::gate_up_tiles): the weight boxes come from
+// gated_rows_map, 16-row groups of 8 gate rows and their 8 up rows (gated_block_row), so that a consumer lane's
+// accumulator rows g and g + 8 are the gate and up sums of one h2 column, and store_gated_tiles writes h2 [R, N / 2].
+struct Bf16GateUpGemm : Bf16Gemm {
+  static constexpr bool kGateUp = true;
 };
 // fp8-block: a consumer's two buffers of a k tile's scale products (ws xs[token], consume), after the barriers.
 constexpr int kProductFloats = 160;
@@ -178,7 +188,7 @@ template <class C, int kCluster, int kTok, int kT, int kTail, bool kInPlace>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
                                         const CUtensorMap& w_map, const CUtensorMap& xs_map, int num_kt, uint8_t* smem,
                                         uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int32_t x_row0,
-                                        int32_t w_row0, int rank, const int32_t* x_row, int rows) {
+                                        int32_t w_row0, int rank, const int32_t* x_row, int rows, int32_t w_expert) {
   using S = Shape<kTok, kT, kTail, C::kScaled>;
   static_assert(!C::kScaled || kCluster == 1, "fp8-block runs its blocks alone");
   static_assert(!kInPlace || kCluster == 1, "rows read in place run their blocks alone");
@@ -195,9 +205,15 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
       mbar_arrive_expect_tx(bar, bytes);
     };
     const auto load_w = [&] {
+      if constexpr (C::kGateUp) {  // boxes of 8 groups of 16 rows (64 h2 columns) from group w_row0 of w_expert on
 #pragma unroll
-      for (int j = 0; j < S::kBlockRows / kWBox; ++j)
-        tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+        for (int j = 0; j < S::kBlockRows / kWBox; ++j)
+          tma_load_5d(ws + j * kWBox * kRowBytes, &w_map, k, 0, 0, w_row0 + 8 * j, w_expert, bar);
+      } else {
+#pragma unroll
+        for (int j = 0; j < S::kBlockRows / kWBox; ++j)
+          tma_load_2d(ws + j * kWBox * kRowBytes, &w_map, k, w_row0 + kWBox * j, bar);
+      }
     };
     if constexpr (kInPlace) {
       if (lane == 0) {
@@ -336,7 +352,9 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
         prev_st = ring.st;
       }
     }
-    load_row_bias<kT>(g, e, n0, bias_row, bias);  // while the last wgmma run
+    // The rows' bias while the last wgmma run.
+    if constexpr (C::kGateUp) load_row_bias<kT>(g, e, bias_row, [&](int b) { return gated_block_row(g, n0, b); }, bias);
+    else load_row_bias<kT>(g, e, n0, bias_row, bias);
     drain_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
     if (!kReleaseAtOnce && lane == 0) release_stage<kCluster>(empty + 8 * prev_st);
   } else {
@@ -392,8 +410,13 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     if (g.w_row_scales) scale_weight_rows<kTok, kT>(acc, g, e, n0 + bias_row);
   }
   fetch_next();  // the next unit's claim (the producer is loading it already)
-  store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
-                                                    first_row);
+  if constexpr (C::kGateUp) {  // (kPass tokens of 32 columns: the 8 KiB buffer)
+    store_gated_tiles<kTok, kTail, kT, kTailAcc, 2 * kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 / 2 + 32 * kT * wg,
+                                                                 rows, first_row);
+  } else {
+    store_tiles<kTok, kTail, kT, kTailAcc, kEpiTokens>(g, acc, tail, bias, 1.0f, epi, n0 + 64 * kT * wg, rows,
+                                                      first_row);
+  }
 }
 
 // A unit of work, for a pair of blocks: a plan item's rows against kCluster neighbouring slabs of weight rows
@@ -553,8 +576,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
           produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
               x_map, x_tail_map, w_map, xs_map, static_cast<int>(g.K / C::kTileK), smem, full_a, empty_a, ring,
-              static_cast<int32_t>(w.first), static_cast<int32_t>(w.e * g.N + w.n0), rank, g.x_row,
-              static_cast<int>(w.rows));
+              static_cast<int32_t>(w.first), static_cast<int32_t>(C::kGateUp ? w.n0 / 16 : w.e * g.N + w.n0), rank,
+              g.x_row, static_cast<int>(w.rows), w.e);
         });
       __syncwarp();
     }
@@ -655,7 +678,7 @@ void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, cons
 // The checks both element types share; `what` names the GEMM.
 template <class C>
 void check_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, const char* what) {
-  FMOE_CHECK(!g.act_epilogue, what, " takes no activation epilogue");
+  FMOE_CHECK(!g.act_epilogue || C::kGateUp, what, " takes no activation epilogue");
   FMOE_CHECK(!g.w_row_scales || C::kScaled, what, " takes weight row scales only with fp8 weights");
   FMOE_CHECK(g.K % C::kTileK == 0, what, " needs K % ", C::kTileK, " == 0, got K=", g.K);
   FMOE_CHECK(plan.items && plan.item_rows == C::kTileTokens, what, " needs a plan with work items of ",
@@ -673,24 +696,40 @@ void check_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_
              " weight rows");
 }
 
+// The bf16 instances of C on w_map: rows read in place, or gathered with the blocks alone or in pairs.
+template <class C>
+void launch_bf16(const CUtensorMap& w_map, const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, bool pairs,
+                 cudaStream_t s) {
+  FMOE_CHECK(!(pairs && g.x_row), "the bf16 wgmma GEMM reads rows in place (x_row) with its blocks alone, not pairs");
+  const CUtensorMap none{};
+  if (g.x_row) {
+    launch_kernel<C, 1, true>(rows_map(g.x, x_rows, g.K, false, 1), none, w_map, none, g, plan, s);
+    return;
+  }
+  const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
+  const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
+  if (pairs) launch_kernel<C, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
+  else launch_kernel<C, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
+}
+
 }  // namespace
 
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
                             bool pairs, cudaStream_t s) {
   if (plan.item_grid == 0) return;
   FMOE_CHECK(g.weights == SmallMWeights::bf16, "the bf16 wgmma GEMM takes bf16 weights");
-  check_gemm<Bf16Gemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM");
-  FMOE_CHECK(!(pairs && g.x_row), "the bf16 wgmma GEMM reads rows in place (x_row) with its blocks alone, not pairs");
-  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, false, kWBox);
-  const CUtensorMap none{};
-  if (g.x_row) {
-    launch_kernel<Bf16Gemm, 1, true>(rows_map(g.x, x_rows, g.K, false, 1), none, w_map, none, g, plan, s);
+  if (g.act_epilogue) {
+    check_gemm<Bf16GateUpGemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM1 with the activation");
+    FMOE_CHECK(is_sigmoid_gated(g.act.kind) && g.N % 16 == 0,
+               "the bf16 wgmma GEMM1 with the activation takes a sigmoid-gated activation and N % 16 == 0, got N=",
+               g.N);
+    const CUtensorMap w_map =
+        gated_rows_map(g.w, num_experts, g.N / 2, g.K, g.act.kind == ActivationKind::swiglu_oai, kWBox / 16);
+    launch_bf16<Bf16GateUpGemm>(w_map, g, plan, x_rows, pairs, s);
     return;
   }
-  const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
-  const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
-  if (pairs) launch_kernel<Bf16Gemm, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
-  else launch_kernel<Bf16Gemm, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
+  check_gemm<Bf16Gemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM");
+  launch_bf16<Bf16Gemm>(rows_map(g.w, num_experts * g.N, g.K, false, kWBox), g, plan, x_rows, pairs, s);
 }
 
 void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,

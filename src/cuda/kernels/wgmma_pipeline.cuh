@@ -59,6 +59,15 @@ __device__ inline void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, i
       "l"(tmap), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// A 5-D TMA copy of the box at (c0, .., c4) (gated_rows_map), as tma_load_2d.
+__device__ inline void tma_load_5d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, int32_t c2, int32_t c3,
+                                   int32_t c4, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, %6}],"
+      " [%7];\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(bar)
+      : "memory");
+}
 // The same copy multicast: the box lands at dst in every CTA of the cluster in cta_mask, and its bytes count towards
 // the barrier at bar's offset in each of them.
 __device__ inline void tma_load_2d_multicast(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
@@ -224,6 +233,19 @@ __device__ inline ItemRows item_rows(PlanItem item, int tile_tokens, int tail_to
   const int64_t left = int64_t(item.count) - item.first;  // the expert's rows from the item's first
   if (item.first > 0 && left <= tail_tokens) return {0, 0, 0};
   return {item.expert, int64_t(item.offset) + item.first, left <= tile_tokens + tail_tokens ? left : tile_tokens};
+}
+
+// The weight row in block row b of a block from GEMM1 row n0 where GEMM1 carries the gated activation (the fp4 and bf16
+// wgmma kernels' instances for SmallMGemm::act_epilogue; else it is n0 + b): the gate (b % 16 < 8) or the up row of
+// h2 column j = n0 / 2 + 8 (b / 16) + b % 8 — w13's rows j and I + j, or 2j and 2j + 1 for swiglu_oai —, so that a
+// consumer lane's accumulator rows g and g + 8 (wgmma's m64 layout) are one column's gate and up sums for the same
+// tokens (store_gated_tiles pairs them); N (no row) past h2's last column. A block of 128 T rows covers 64 T columns
+// of h2; the grid and the units stay GEMM1's. In 32 bits (the launches check N < 2^31).
+__device__ __forceinline__ int64_t gated_block_row(const SmallMGemm& g, int64_t n0, int b) {
+  const int N = static_cast<int>(g.N), I = N >> 1, j = (static_cast<int>(n0) >> 1) + 8 * (b >> 4) + (b & 7);
+  const int up = (b >> 3) & 1;
+  if (j >= I) return N;
+  return g.act.kind == ActivationKind::swiglu_oai ? 2 * j + up : j + (up ? I : 0);
 }
 
 // The bias of a consumer lane's weight rows, those of its block rows row0 + 64 t and 8 below: weight row
