@@ -334,15 +334,17 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
   // 8/16/32: small-M tile; -8/-16/-32 (-64, fp4 only): the same with a tile per warp; -256 (fp4, bf16) and -128
   // (fp8): the wgmma kernels; -1256 and -1128: those with GEMM1's rows read in place (bf16 and fp8; blocks alone);
   // 0 / 64: grouped, 128- / 64-row GEMM tiles
-  // -2128 / -3128: bf16 GEMM1 with the activation in its epilogue (gate_up_tiles), rows in place / gathered in pairs
-  const bool gate_up = GetParam() == -2128 || GetParam() == -3128;
+  // (the bf16 wgmma GEMM1 applies the activation itself by default); -2128 / -3128: the bf16 wgmma GEMM1 without the
+  // activation (FUSEDMOE_WGMMA_GATE_UP=0, GEMM1 then the activation kernel), rows in place / gathered in pairs
+  const bool chain = GetParam() == -2128 || GetParam() == -3128;
   const bool in_place = GetParam() <= -1000 && GetParam() != -3128;
-  const int param = gate_up ? -256 : in_place ? GetParam() + 1000 : GetParam();
+  const int param = chain ? -256 : in_place ? GetParam() + 1000 : GetParam();
   const int tile = param < 0 ? -param : param;
   {
+    const ScopedEnv act_epilogue("FUSEDMOE_WGMMA_GATE_UP", chain ? "0" : "1");
     const bool small_m = param < 0 || (tile > 0 && tile <= 32);
     const ForcePath force(small_m, small_m ? tile : 16, /*fp4_chunk_experts=*/3, /*warp_tiles=*/param < 0, false,
-                          param == 64 ? 64 : 128, /*wgmma_pairs=*/!in_place, false, false, in_place, gate_up);
+                          param == 64 ? 64 : 128, /*wgmma_pairs=*/!in_place, false, false, in_place);
     for (QuantScheme s : kCudaSchemes) {
       // fp4 only: 64-row warp tiles; fp4 and bf16: 256 (the wgmma kernels)
       const bool fp4 = s == QuantScheme::nvfp4 || s == QuantScheme::mxfp4;
@@ -351,7 +353,7 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       if (in_place && param == -256 && s != QuantScheme::bf16) continue;  // (the fp4 kernel gathers as it loads)
       // every fp8 scheme: 128 (the fp8 wgmma kernel)
       if (param == -128 && !scheme_quantizes_activations(s)) continue;
-      if (gate_up && s != QuantScheme::bf16) continue;  // (bf16 weights only)
+      if (chain && s != QuantScheme::bf16) continue;  // (bf16 weights only)
       SCOPED_TRACE(quant_scheme_name(s));
       // Every token on expert 3 (more rows than any tile), duplicates included.
       MoEConfig c = small_config(s, 10, 128, 128, 2);
@@ -389,8 +391,8 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaExpertsVariant,
                            if (p == -128) return std::string("fp8_wgmma");
                            if (p == -1256) return std::string("wgmma_in_place");
                            if (p == -1128) return std::string("fp8_wgmma_in_place");
-                           if (p == -2128) return std::string("wgmma_gate_up");
-                           if (p == -3128) return std::string("wgmma_gate_up_pairs");
+                           if (p == -2128) return std::string("wgmma_no_act_epilogue_in_place");
+                           if (p == -3128) return std::string("wgmma_no_act_epilogue");
                            if (p == 64) return std::string("grouped_tile64");
                            return (p < 0 ? "small_m_warp_tiles" : "small_m_tile") + std::to_string(p < 0 ? -p : p);
                          });
@@ -530,40 +532,6 @@ TEST(CudaExperts, Bf16WgmmaEveryTokenTile) {
   EXPECT_TRUE(bits_equal(outs[0], outs[2])) << "rows read in place differ from gathered rows";
 }
 
-// The bf16 wgmma GEMM1 with the gated activation in its epilogue (ExpertsPath::gate_up_tiles): w13's rows read in
-// groups of 8 gate and 8 up rows (gated_rows_map), h2 written by store_gated_tiles. Every token tile (32 .. 256 rows,
-// kT = 2 up to 128 and 1 above, a 32-row tail, second items), w13 biases, silu_mul and swiglu_oai's interleaved rows,
-// I = 192 (h2's last 64-column block partial) and 256; rows read in place, gathered, and gathered by pairs of blocks:
-// it matches the reference and equals the chain (GEMM1, then the activation kernel) bit for bit. (gelu_mul and the
-// other activations keep the chain: CudaExperts::path_for.)
-TEST(CudaExperts, Bf16WgmmaGateUpTilesEqualTheChain) {
-  FMOE_REQUIRE_GPU();
-  const uint64_t seed = test_seed();
-  FMOE_SEED_TRACE(seed);
-  const std::vector<int32_t> rows = {1, 31, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 224, 256, 257, 288, 289, 545};
-  for (int64_t I : {192, 256})
-    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai}) {
-      SCOPED_TRACE("I=" + std::to_string(I) + " " + activation_name(act));
-      Problem p = rows_per_expert_problem(QuantScheme::bf16, rows, 320, I, seed + I);
-      p.config.activation.kind = act;
-      const int64_t M = p.ids.view().size(0);
-      const GpuProblem g = to_gpu(p);
-      Buffer chain;
-      {
-        const ForcePath force(true, 256, 0, true);
-        chain = run_cuda_apply(g, M);
-        expect_matches_reference(p, chain, p.ids, p.topk_weights);
-      }
-      for (int run : {0, 1, 2}) {
-        const bool in_place = run == 0, pairs = run == 2;
-        SCOPED_TRACE(in_place ? "rows in place" : pairs ? "rows gathered, pairs" : "rows gathered");
-        const ForcePath force(true, 256, 0, true, false, 128, pairs, false, false, in_place, /*gate_up_tiles=*/true);
-        const Buffer out = run_cuda_apply(g, M);
-        EXPECT_TRUE(bits_equal(chain, out)) << "the GEMM1 with the activation differs from the chain";
-      }
-    }
-}
-
 // The fp8 wgmma kernel's token tiles (32, 64 in blocks of 256 weight rows; 96, 128, and 160 for an item with its
 // tail of 1-32 rows, in blocks of 128), a second item after a full one, each edge on both sides, with biases; GEMM2's
 // N = 384 leaves the second consumer of a 256-row block past N. fp8-block and fp8-tensor (its per-expert scales as
@@ -675,6 +643,34 @@ TEST(CudaExperts, Fp4WgmmaActivationEpilogueEqualsUnfused) {
                                             "GEMM1 with the activation epilogue");
         }
       }
+}
+
+// The bf16 wgmma GEMM1 with the gated activation in its epilogue (FUSEDMOE_WGMMA_GATE_UP, on by default): w13's rows
+// read in groups of 8 gate and 8 up rows (gated_rows_map), h2 written by store_gated_tiles. Every token tile (32 ..
+// 256 rows, kT = 2 up to 128 and 1 above, a 32-row tail, second items), w13 biases, silu_mul and swiglu_oai's
+// interleaved rows, I = 192 (h2's last 64-column block partial) and 256; rows read in place, gathered, and gathered
+// by pairs of blocks: it matches the reference and equals GEMM1 + the activation kernel bit for bit. (gelu_mul and
+// the other activations keep the activation kernel.)
+TEST(CudaExperts, Bf16WgmmaGateUpTilesEqualTheChain) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const std::vector<int32_t> rows = {1, 31, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 224, 256, 257, 288, 289, 545};
+  for (int64_t I : {192, 256})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai}) {
+      Problem p = rows_per_expert_problem(QuantScheme::bf16, rows, 320, I, seed + I);
+      p.config.activation.kind = act;
+      const int64_t M = p.ids.view().size(0);
+      const GpuProblem g = to_gpu(p);
+      for (int run : {0, 1, 2}) {
+        const bool in_place = run == 0, pairs = run == 2;
+        SCOPED_TRACE("I=" + std::to_string(I) + " " + activation_name(act) +
+                     (in_place ? ", rows in place" : pairs ? ", rows gathered, pairs" : ", rows gathered"));
+        const ForcePath force(true, 256, 0, true, false, 128, pairs, false, false, in_place);
+        expect_fused_gemm1_equals_unfused(p, g, M, "FUSEDMOE_WGMMA_GATE_UP",
+                                          "the bf16 wgmma GEMM1 with the activation");
+      }
+    }
 }
 
 // The gated GEMM1 writes no GEMM1 output rows, so the workspace leaves their room out from the token

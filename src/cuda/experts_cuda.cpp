@@ -109,9 +109,9 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   small_m_act_epilogue_ = !fp8_ && !(act_epilogue && act_epilogue[0] == '0');
   fp4_persistent_ = env_switch("FUSEDMOE_FP4_PERSISTENT");
   x_in_place_ = env_switch("FUSEDMOE_X_IN_PLACE");
-  gate_up_tiles_ok_ = !batched_ && config.quant == QuantScheme::bf16 && is_sigmoid_gated(config.activation.kind) &&
-                      config.intermediate_size % 8 == 0 && small_m_act_epilogue_;
-  gate_up_tiles_ = env_switch("FUSEDMOE_WGMMA_GATE_UP");
+  bf16_wgmma_act_ = !batched_ && config.quant == QuantScheme::bf16 && is_sigmoid_gated(config.activation.kind) &&
+                    config.intermediate_size % 8 == 0 && small_m_act_epilogue_ &&
+                    env_switch("FUSEDMOE_WGMMA_GATE_UP").value_or(true);
   fused_decode_mode_ = fused_decode_mode_from_env();
   expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
@@ -151,16 +151,8 @@ size_t CudaExperts::plan_bytes(int64_t M, int top_k, int64_t num_local) {
 }
 
 ExpertsPath CudaExperts::path_for(int64_t tokens, int64_t experts) const {
-  ExpertsPath path = choose_experts_path(tokens, config_.routing.top_k, experts, config_.quant,
-                                         config_.intermediate_size, fp8_fast_accum_, config_.hidden_size,
-                                         config_.w13_rows());
-  // The bf16 wgmma chain: GEMM1 reads w13's rows as groups of 8 gate and 8 up rows and applies the gated activation
-  // itself, so h and the activation kernel go away (H200, session 59: 1.003-1.037x end to end at 16-8192 tokens).
-  // FUSEDMOE_WGMMA_GATE_UP=0 turns it off (FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 too).
-  if (!experts_path_overridden() && path.small_m && path.tile_tokens == 256 && gate_up_tiles_ok_ &&
-      gate_up_tiles_.value_or(true))
-    path.gate_up_tiles = true;
-  return path;
+  return choose_experts_path(tokens, config_.routing.top_k, experts, config_.quant, config_.intermediate_size,
+                             fp8_fast_accum_, config_.hidden_size, config_.w13_rows());
 }
 
 size_t CudaExperts::workspace_bytes(int64_t M) const {
@@ -388,15 +380,14 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g1.w_row_scales = row_scale13_;
     g1.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     // GEMM1 writes h2 itself where its kernel carries the activation epilogue: the split-k kernels of 8-token
-    // tiles (act_epilogue.cuh) and, for silu_mul and swiglu_oai, the persistent fp4 wgmma kernel (store_gated_tiles).
+    // tiles (act_epilogue.cuh) and, for silu_mul and swiglu_oai, the persistent fp4 wgmma kernel (store_gated_tiles)
+    // and the bf16 wgmma kernel (w13's rows read as groups of 8 gate and 8 up rows, gated_rows_map; H200, session 59:
+    // 1.003-1.037x end to end at 16-8192 tokens).
     const bool fp4_wgmma_act = fp4_ && path.tile_tokens == kFp4WgmmaTileTokens && g1.persistent &&
                                is_sigmoid_gated(config_.activation.kind) && I % 8 == 0;
     g1.act_epilogue =
         small_m_act_epilogue_ && ((path.tile_tokens == kActEpilogueTileTokens && !path.warp_tiles) || fp4_wgmma_act);
-    if (bf16_wgmma && path.gate_up_tiles) {  // (path_for, tests)
-      FMOE_CHECK(is_sigmoid_gated(config_.activation.kind), name(), ": gate/up tiles need a sigmoid-gated activation");
-      g1.act_epilogue = true;
-    }
+    if (bf16_wgmma && bf16_wgmma_act_) g1.act_epilogue = true;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     gemm(g1);

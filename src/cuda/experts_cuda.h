@@ -129,8 +129,8 @@ class CudaExperts final : public ModularExperts {
   // FUSEDMOE_FP4_PERSISTENT: 1 runs the fp4 wgmma kernel persistent wherever it runs, 0 never, unset as the path says.
   std::optional<bool> fp4_persistent_;
   std::optional<bool> x_in_place_;  // FUSEDMOE_X_IN_PLACE, read at construction (else ExpertsPath::x_in_place)
-  bool gate_up_tiles_ok_ = false;   // ExpertsPath::gate_up_tiles allowed (path_for)
-  std::optional<bool> gate_up_tiles_;  // FUSEDMOE_WGMMA_GATE_UP: forces it on or off where allowed
+  // The bf16 wgmma GEMM1 applies the gated activation itself (silu_mul, swiglu_oai; FUSEDMOE_WGMMA_GATE_UP=0: off).
+  bool bf16_wgmma_act_ = false;
   // The fused decode kernel: whether the shape allows it, FUSEDMOE_FUSED_DECODE, one expert's bf16 weight bytes.
   bool fused_decode_supported_ = false;
   FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;

@@ -22,8 +22,6 @@ bool g_overridden = false;
 ExpertsPath g_override;
 }  // namespace
 
-bool experts_path_overridden() { return g_overridden; }
-
 void set_experts_path_override(const ExpertsPath* path) {
   g_overridden = path != nullptr;
   if (path) g_override = *path;

@@ -23,10 +23,6 @@ struct ExpertsPath {
   bool fp4_persistent = false;    // the fp4 wgmma kernel: persistent blocks claiming units (SmallMGemm::persistent)
   bool warp_router = false;       // tests: the one-warp router even where the block router fits (choose_block_router)
   bool x_in_place = false;        // the bf16 / fp8 wgmma GEMM1 reads each row's token row where it lies, no gather
-  // The bf16 wgmma GEMM1 (tile_tokens 256) with the gated activation in its epilogue (h2 out, no activation kernel):
-  // it reads w13's rows in groups of 8 gate and 8 up rows; set by the experts where their activation allows it
-  // (CudaExperts::path_for).
-  bool gate_up_tiles = false;
 };
 
 // Decode batches of up to this many tokens on the bf16 and fp8 wgmma kernels: GEMM1 reads each planned row's token row
@@ -116,6 +112,5 @@ int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_ex
 // Tests and benchmarks force a path (both must be right for every input); null restores the
 // heuristic. Not thread-safe: set it while no forward runs.
 void set_experts_path_override(const ExpertsPath* path);
-bool experts_path_overridden();
 
 }  // namespace fusedmoe::cuda

@@ -65,7 +65,7 @@
 // deepseek-v3 1.009 / 1.004 / 1.011 / 1.002x at 2 / 4 / 8 / 16 tokens (its 4-token span 316.6 -> 313.3 us in the
 // timeline), qwen3-30b-a3b 1.00x at 8-16; forced above 16 tokens 0.98-1.00x at 24-64 and 0.82x at mixtral-8x7b's 128
 // (16 one-row boxes a stage), so the gather stays there.
-// GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; ExpertsPath::gate_up_tiles): one
+// GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; SmallMGemm::act_epilogue): one
 // 5-D TMA box a 128-row slab reads w13's rows as 16-row groups of 8 gate and 8 up rows (gated_rows_map; no copy of
 // w13), so a lane holds both sums of an h2 value and store_gated_tiles (the fp4 kernel's) writes h2: no h, no
 // activation kernel, the same bits. Same-run A/B (H200, 2 rounds): mixtral-8x7b 1.006 / 1.012 / 1.013 / 1.023 /
@@ -136,7 +136,7 @@ struct Fp8BlockGemm {
   static_assert(Shape<160, 1, 0, true>::kStageBytes <= kStageBytes &&
                 Shape<32, 2, 0, true>::kStageBytes <= kStageBytes);
 };
-// bf16 GEMM1 with the gated activation in its epilogue (ExpertsPath::gate_up_tiles): the weight boxes come from
+// bf16 GEMM1 with the gated activation in its epilogue (SmallMGemm::act_epilogue): the weight boxes come from
 // gated_rows_map, 16-row groups of 8 gate rows and their 8 up rows (gated_block_row), so that a consumer lane's
 // accumulator rows g and g + 8 are the gate and up sums of one h2 column, and store_gated_tiles writes h2 [R, N / 2].
 struct Bf16GateUpGemm : Bf16Gemm {
