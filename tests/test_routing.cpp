@@ -2,6 +2,7 @@
 // plus ties, all-negative, NaN and infinite logits.
 #include <algorithm>
 #include <numeric>
+#include <string>
 
 #include "test_util.h"
 
@@ -10,16 +11,24 @@ namespace {
 
 // near_tie: a choice (an expert against the next in the top k + 1, the last group kept against the next) was decided
 // by a relative gap under 1e-6 but not zero, which the router's float arithmetic cannot resolve the way float64 does.
+// For the methods that order float-computed scores (sigmoids and their sums: `rounded`), what a near-tie token's
+// routing must still satisfy (expect_valid_near_tie): choice, each expert's ordering score; weight_of, its weight
+// before renormalizing and scaling; deepseek-v3: group_score and the group size (0: no groups).
 struct Routed {
   std::vector<int32_t> ids;
   std::vector<double> weights;
   bool near_tie = false;
+  std::vector<double> choice, weight_of, group_score;
+  std::vector<int32_t> group_order;
+  int group_size = 0;
+  bool renorm = false;
 };
 
 // Whether a > b by less than float arithmetic resolves (exact ties excluded: they go to the lower index, tested).
+double tie_slack(double a, double b) { return 1e-6 * std::max(std::fabs(a), std::fabs(b)); }
 bool near_tie(double a, double b) {
-  const double gap = a - b, scale = std::max(std::fabs(a), std::fabs(b));
-  return gap > 0.0 && gap < 1e-6 * scale;
+  const double gap = a - b;
+  return gap > 0.0 && gap < tie_slack(a, b);
 }
 
 double sanitize(float x) { return std::isnan(x) ? -INFINITY : double(x); }
@@ -91,7 +100,9 @@ Routed brute_force(const RoutingConfig& c, const float* logits, int E) {
       for (int e = 0; e < E; ++e) s[e] = sigmoid(x[e]);
       take(s, all, k, /*rounded=*/true);
       for (int32_t id : r.ids) r.weights.push_back(s[id]);
-      if (c.method == RoutingMethod::sigmoid_topk_renormalize) renorm();
+      r.renorm = c.method == RoutingMethod::sigmoid_topk_renormalize;
+      if (r.renorm) renorm();
+      r.choice = r.weight_of = s;
       break;
     }
     case RoutingMethod::llama4:
@@ -120,13 +131,63 @@ Routed brute_force(const RoutingConfig& c, const float* logits, int E) {
         for (int e = groups[j] * size; e < (groups[j] + 1) * size; ++e) eligible[e] = true;
       take(choice, eligible, k, /*rounded=*/true);
       for (int32_t id : r.ids) r.weights.push_back(s[id]);
-      if (c.renormalize) renorm();
+      r.renorm = c.renormalize;
+      if (r.renorm) renorm();
+      r.choice = choice;
+      r.weight_of = s;
+      r.group_score = group_score;
+      r.group_order = groups;
+      r.group_size = size;
       break;
     }
     case RoutingMethod::precomputed: break;
   }
   for (double& w : r.weights) w *= c.routed_scaling_factor;
   return r;
+}
+
+// A token whose float64 reference rests on a near-tie (r.near_tie): the router may resolve it either way, but its
+// routing must be one that float resolution allows. Distinct ids in range; ordered best first within tie_slack; a top
+// k within tie_slack (no unchosen expert of a group that must be eligible beats the weakest chosen one by more; for
+// deepseek-v3, every chosen expert's group among the top topk_group groups within tie_slack, at most topk_group of
+// them); and the weights the reference gives those ids.
+void expect_valid_near_tie(const RoutingConfig& c, const Routed& r, const int32_t* got, const float* got_w, int E,
+                           const std::string& where) {
+  const int k = c.top_k;
+  std::vector<bool> chosen(E, false);
+  for (int j = 0; j < k; ++j) {
+    ASSERT_TRUE(got[j] >= 0 && got[j] < E && !chosen[got[j]]) << where << " slot " << j << ": id " << got[j];
+    chosen[got[j]] = true;
+    if (j > 0)
+      EXPECT_GE(r.choice[got[j - 1]], r.choice[got[j]] - tie_slack(r.choice[got[j - 1]], r.choice[got[j]]))
+          << where << " slot " << j << ": out of order";
+  }
+  const double weakest = r.choice[got[k - 1]];
+  std::vector<bool> must_check(E, r.group_size == 0);  // experts whose groups are (or had to be) eligible
+  if (r.group_size > 0) {
+    const int G = int(r.group_score.size());
+    const double last_kept = r.group_score[r.group_order[c.topk_group - 1]];
+    const double next = G > c.topk_group ? r.group_score[r.group_order[c.topk_group]] : -INFINITY;
+    std::vector<bool> router_group(G, false);
+    for (int j = 0; j < k; ++j) router_group[got[j] / r.group_size] = true;
+    EXPECT_LE(std::count(router_group.begin(), router_group.end(), true), c.topk_group) << where << ": too many groups";
+    for (int g = 0; g < G; ++g) {
+      if (router_group[g])
+        EXPECT_GE(r.group_score[g], last_kept - tie_slack(r.group_score[g], last_kept))
+            << where << ": group " << g << " is not among the top " << c.topk_group;
+      const bool must = G <= c.topk_group || r.group_score[g] > next + tie_slack(r.group_score[g], next);
+      for (int e = g * r.group_size; e < (g + 1) * r.group_size; ++e) must_check[e] = must || router_group[g];
+    }
+  }
+  for (int e = 0; e < E; ++e)
+    if (must_check[e] && !chosen[e])
+      EXPECT_LE(r.choice[e], weakest + tie_slack(r.choice[e], weakest)) << where << ": expert " << e << " left out";
+  double sum = 0.0;
+  for (int j = 0; j < k; ++j) sum += r.weight_of[got[j]];
+  for (int j = 0; j < k; ++j) {
+    const double want = r.weight_of[got[j]] / (r.renorm && sum > 0.0 ? sum : 1.0) * c.routed_scaling_factor;
+    EXPECT_NEAR(got_w[j], want, 1e-6 + 1e-5 * std::fabs(want)) << where << " slot " << j << ": weight";
+  }
 }
 
 void expect_matches_brute_force(const RoutingConfig& c, const Buffer& logits) {
@@ -136,8 +197,10 @@ void expect_matches_brute_force(const RoutingConfig& c, const Buffer& logits) {
   int64_t near_ties = 0;
   for (int64_t t = 0; t < M; ++t) {
     const Routed r = brute_force(c, logits.data_as<float>() + t * E, int(E));
-    if (r.near_tie) {  // either choice is right in float; such tokens must stay rare
+    if (r.near_tie) {  // either resolution is right in float (checked as such); such tokens must stay rare
       ++near_ties;
+      expect_valid_near_tie(c, r, ids.data_as<int32_t>() + t * c.top_k, w.data_as<float>() + t * c.top_k, int(E),
+                            std::string(routing_method_name(c.method)) + " token " + std::to_string(t));
       continue;
     }
     for (int j = 0; j < c.top_k; ++j) {
