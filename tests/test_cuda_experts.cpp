@@ -119,6 +119,15 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(520, 2, 8).wgmma_pairs);          // 130 rows: in pairs
   EXPECT_TRUE(choose_experts_path(2048, 2, 8).small_m);             // 512 rows: still the wgmma kernel
   EXPECT_FALSE(choose_experts_path(2056, 2, 8).small_m);            // 514 rows: CUTLASS
+  // Narrow layers (hidden_size <= 2048) keep the bf16 wgmma kernel up to 2048 rows per expert.
+  const auto bf16_shape = [&](int64_t tokens, int k, int64_t E, int64_t H, int64_t I) {
+    return choose_experts_path(tokens, k, E, QuantScheme::bf16, I, false, H, 2 * I);
+  };
+  EXPECT_TRUE(bf16_shape(32768, 8, 128, 2048, 768).small_m);   // qwen3-30b-a3b: 2048 rows
+  EXPECT_TRUE(bf16_shape(32768, 8, 128, 2048, 768).wgmma_pairs);
+  EXPECT_FALSE(bf16_shape(32784, 8, 128, 2048, 768).small_m);  // 2049 rows: CUTLASS
+  EXPECT_FALSE(bf16_shape(4096, 2, 8, 4096, 14336).small_m);   // mixtral-8x7b: 1024 rows, CUTLASS
+  EXPECT_TRUE(bf16_shape(2048, 2, 8, 4096, 14336).small_m);    // 512 rows
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
   EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
   EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 32);  // 24 rows: the small-M kernel
@@ -710,18 +719,18 @@ TEST(CudaExperts, WorkspaceForMServesFewerTokens) {
     }
   }
   // Where the gated GEMM1 runs, the room saved is GEMM1's output: R x 2I bf16, for the token counts on
-  // the grouped path above the last count that writes it (bf16: the wgmma kernel's 512 rows per expert, 1536
-  // tokens; fp4 weights no longer take it).
+  // the grouped path above the last count that writes it (bf16 at this narrow hidden size: the wgmma kernel's 2048
+  // rows per expert, 6144 tokens; fp4 weights no longer take it).
   MoEConfig c = small_config(QuantScheme::bf16, 6, 256, 256, 2);
   c.routing.method = RoutingMethod::precomputed;
   const GpuProblem g = to_gpu(make_problem(c, 4, seed));
   const auto bytes_with = [&](const char* fused) {
     const ScopedEnv env("FUSEDMOE_FUSED_GEMM1", fused);
-    return cuda_kernel(g).workspace_bytes(4096);
+    return cuda_kernel(g).workspace_bytes(8192);
   };
   const size_t plain = bytes_with("0"), gated = bytes_with("1");
-  EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {4096 * 2, 512}) -
-                               workspace_tensor_bytes(DType::bf16, {1536 * 2, 512}));
+  EXPECT_EQ(plain - gated, workspace_tensor_bytes(DType::bf16, {8192 * 2, 512}) -
+                               workspace_tensor_bytes(DType::bf16, {6144 * 2, 512}));
 }
 
 TEST(CudaExperts, MoreLocalExpertsThanPlanThreads) {

@@ -3,6 +3,7 @@
 // NaN and +-inf logits. Skips without a Hopper GPU.
 #include <cmath>
 
+#include "cuda/heuristics.h"
 #include "cuda_test_util.h"
 
 namespace fusedmoe::test {
@@ -78,6 +79,8 @@ TEST(CudaRouter, MatchesCpuRouterForEveryMethod) {
     const int64_t M = 97;
     const uint64_t s = seed + 17 * ++n;
     expect_same_routing(cfg, testing::random_f32({M, c.E}, s, 2.0f), "random");
+    // A batch past the block router's (kBlockRouterMaxTokens: the one-warp router for every layout there).
+    expect_same_routing(cfg, testing::random_f32({cuda::kBlockRouterMaxTokens + 3, c.E}, s ^ 5, 2.0f), "large batch");
     // Ties: logits from {-1, 0, 1}; all-negative; NaN and +-inf sprinkled in.
     Buffer ties = testing::random_f32({M, c.E}, s ^ 1, 2.0f);
     Buffer negative = testing::random_f32({M, c.E}, s ^ 2, 1.0f);

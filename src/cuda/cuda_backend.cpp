@@ -99,7 +99,7 @@ void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk
   DeviceGuard guard(logits.device());
   const RoutingParams params = make_routing_params(config, logits.size(1));
   launch_route(params, logits.data(), logits.dtype() == DType::bf16, logits.size(0), topk_ids.data_as<int32_t>(),
-               topk_weights.data_as<float>(), stream(), choose_block_router());
+               topk_weights.data_as<float>(), stream(), choose_block_router(logits.size(0)));
 }
 
 }  // namespace cuda

@@ -136,10 +136,17 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // 0.85-0.93x and at 1 0.72x. The final rule against the session's start (same run, 2 rounds): mixtral-8x7b 1.04x at
   // 12 and 16 tokens (the fused decode kernel gives way, choose_fused_decode), 1.10x at 32, 1.02x at 64; qwen3-30b-a3b
   // 1.02 / 1.03 / 1.04 / 1.04 / 1.05x at 16 / 32 / 64 / 128 / 256; every other point 0.997-1.003x.
+  // Above 512 rows for narrow layers (hidden_size <= kBf16WgmmaNarrowHidden) too, up to 2048 rows: the kernel's
+  // main loop runs a few percent behind CUTLASS's there, but its GEMM1 applies the activation, which saves the
+  // activation kernel's pass over h — whose share of the step grows as the hidden size (the GEMMs' K and N per h
+  // value) shrinks. Same-run A/B on H200 (session 61, 3 rounds; session 59 alike): qwen3-30b-a3b (hidden 2048)
+  // 1.056 / 1.057 / 1.053 / 1.056x at 12288 / 16384 / 24576 / 32768 tokens (768-2048 rows), spreads 0.2-0.9%;
+  // mixtral-8x7b (hidden 4096) 0.955-1.001x at 4096-16384 tokens, so it keeps CUTLASS there.
+  const double bf16_wgmma_up_to = hidden_size > 0 && hidden_size <= kBf16WgmmaNarrowHidden ? 2048.0 : 512.0;
   const bool decode_wgmma =
       rows_per_expert <= 12.0 &&
       wgmma_streams_decode(num_tokens, top_k, num_local_experts, weights, hidden_size, w13_rows, intermediate_size);
-  if (weights == QuantScheme::bf16 && (rows_per_expert > 12.0 || decode_wgmma) && rows_per_expert <= 512.0) {
+  if (weights == QuantScheme::bf16 && (rows_per_expert > 12.0 || decode_wgmma) && rows_per_expert <= bf16_wgmma_up_to) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;
@@ -206,7 +213,9 @@ bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_e
          route_plan_small_block(num_tokens, top_k, num_local_experts);
 }
 
-bool choose_block_router() { return !(g_overridden && g_override.warp_router); }
+bool choose_block_router(int64_t num_tokens) {
+  return !(g_overridden && g_override.warp_router) && num_tokens <= kBlockRouterMaxTokens;
+}
 
 int64_t choose_fp4_chunk_experts(int64_t expert_bf16_bytes, int64_t num_local_experts) {
   // FUSEDMOE_FP4_DEQUANT_MIB sets the budget (read on each call: the experts call this once, when built).

@@ -34,9 +34,14 @@ struct ExpertsPath {
 // 0.98-1.00x at 24-64 tokens and 0.82x at mixtral-8x7b's 128 (16 rows an item).
 inline constexpr int64_t kWgmmaInPlaceMaxTokens = 16;
 
+// bf16 layers of at most this hidden size keep the bf16 wgmma kernel up to 2048 rows per expert, the others up to 512
+// (choose_experts_path; heuristics.cpp has the measurements).
+inline constexpr int64_t kBf16WgmmaNarrowHidden = 2048;
+
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
 // copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
-// weights take the bf16 wgmma kernel from 12 to 512 rows per expert, CUTLASS above; fp8-block, fp8-tensor and
+// weights take the bf16 wgmma kernel from 12 to 512 rows per expert (2048 where hidden_size <=
+// kBf16WgmmaNarrowHidden), CUTLASS above; fp8-block, fp8-tensor and
 // fp8-channel weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above. Below 12 rows per
 // expert both take their wgmma kernel where the decode batch streams enough weights (wgmma_streams_decode), the
 // small-M kernel otherwise.
@@ -100,8 +105,15 @@ bool choose_fused_decode(int64_t num_tokens, int top_k, int64_t num_local_expert
 bool choose_route_plan_kernel(int64_t num_tokens, int top_k, int64_t num_local_experts, int num_experts);
 
 // The router and route+plan kernels' block_router argument: true (deepseek-v3's groups of 32 experts take the block
-// router, every other layout the one-warp router) unless a forced path asks for the one-warp router.
-bool choose_block_router();
+// router, every other layout the one-warp router) up to kBlockRouterMaxTokens tokens, unless a forced path asks for
+// the one-warp router. The block router's 8 warps a token finish one token sooner (3.2 against 5.1 us at 64 tokens)
+// but issue about three times the one-warp router's instructions, which large batches pay for: deepseek-v3's router
+// kernel alone (H200, session 61, kernel timelines, 20 replays each) took 3.3 / 4.3 / 5.4 / 8.5 / 14.6 / 27.3 / 52.2 us
+// on the block router (since that session only its group-0 warp picks the top k; before, all 8 warps did it: 3.2 /
+// 4.6 / 6.1 / 9.5 / 16.6 / 35.4 / 69.6 us) and 5.1 / 5.9 / 6.6 / 7.8 / 11.2 / 18.9 / 30.5 us on the one-warp router
+// at 64 / 256 / 512 / 1024 / 2048 / 4096 / 8192 tokens. The two cross between 512 and 1024 tokens.
+inline constexpr int64_t kBlockRouterMaxTokens = 640;
+bool choose_block_router(int64_t num_tokens);
 
 // fp4 weights on the grouped path: how many experts to dequantize to bf16 at a time, given one
 // expert's bf16 bytes (the larger of w13 and w2) — whole experts within a 1 GiB scratch

@@ -77,10 +77,10 @@ class CudaMonolithicExperts final : public MonolithicExperts {
       launch_route_plan(params, router_logits.data(), bf16_logits, M, experts_.device_expert_map(), num_local,
                         ids.data_as<int32_t>(), weights.data_as<float>(), planned.plan, s,
                         fused ? counters.data_as<int32_t>() : nullptr, fused ? counters.numel() : 0, input_first,
-                        choose_block_router());
+                        choose_block_router(M));
     } else {
       launch_route(params, router_logits.data(), bf16_logits, M, ids.data_as<int32_t>(), weights.data_as<float>(), s,
-                   choose_block_router());
+                   choose_block_router(M));
       launch_plan(ids.data_as<const int32_t>(), M, static_cast<int>(k), static_cast<int>(config_.num_experts),
                   experts_.device_expert_map(), num_local, planned.plan, planned.scratch, s);
     }

@@ -8,7 +8,10 @@
 // rank by rank_key (ties to the lower index), the weights are the picks' sigmoids summed for renormalization in the
 // same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). The monolithic
 // route+plan kernel runs it too, a slot of warps per token on a named barrier (SlotSync). Limits (route_groups_fit):
-// num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32.
+// num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32. The router kernel has only
+// warp 0 take the last step, the top k of the candidates (kLeadPicks; the other warps leave): its kernel time at
+// deepseek-v3's 256 / 1024 / 8192 tokens 4.6 / 9.5 / 69.6 -> 4.3 / 8.5 / 52.2 us (H200, session 61); large batches
+// take the one-warp router all the same (heuristics.h, kBlockRouterMaxTokens).
 #pragma once
 
 #include "cuda/kernels/route_warp.cuh"
@@ -118,11 +121,15 @@ struct SlotSync {
   int id, threads;
   __device__ void operator()() const { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
 };
+struct WarpSync {
+  __device__ void operator()() const { __syncwarp(); }
+};
 
 // Routes one token (every thread of num_expert_group warps calls, warp `group` holding that group; sync: their
 // barrier; logits: the token's row). Lane r < top_k of every warp returns pick r in (id, weight) (the caller stores
-// group 0's), the other lanes id -1.
-template <class T, class Sync>
+// group 0's), the other lanes id -1. kLeadPicks: only group 0's warp takes the last step (the others return id -1
+// once the candidates are placed, and sync is not called again): for callers that store group 0's picks alone.
+template <bool kLeadPicks = false, class T, class Sync>
 __device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int group,
                                           Sync sync, int& id, float& weight) {
   const int lane = threadIdx.x & 31, k = p.top_k, e = group * 32 + lane;
@@ -142,8 +149,16 @@ __device__ inline void route_token_groups(const RoutingParams& p, const T* logit
   // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
   // shuffles free of divergence handling); group 0's warp hands them out.
   const bool held = lane < p.topk_group * k;
-  pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, group == 0, sh.picks, sync,
-             id, weight);
+  if constexpr (kLeadPicks) {
+    id = -1;
+    weight = 0.0f;
+    if (group == 0)
+      pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, true, sh.picks,
+                 WarpSync{}, id, weight);
+  } else {
+    pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, group == 0, sh.picks,
+               sync, id, weight);
+  }
 }
 
 }  // namespace fusedmoe::cuda

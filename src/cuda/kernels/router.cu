@@ -1,7 +1,9 @@
 // Router kernel: logits [M, E] (f32 or bf16) -> top-k ids i32 [M, k] and weights f32 [M, k].
 // One warp per token (route_token_warp); E <= 1024, groups <= 64 (checked by the host). A kernel per J (experts a
 // lane holds) and method family (RouteFamily: each kernel holds its own method's code alone). deepseek-v3's layout of
-// groups of 32 experts (route_groups_fit) takes a block per token instead, a warp per group (route_groups.cuh).
+// groups of 32 experts (route_groups_fit) takes a block per token instead, a warp per group (route_groups.cuh), where
+// the caller asks (block_router: up to heuristics.h's kBlockRouterMaxTokens tokens); only its group-0 warp picks the
+// top k (route_token_groups<true>).
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_util.h"
@@ -37,8 +39,8 @@ __global__ void __launch_bounds__(1024) route_groups_kernel(RoutingParams p, con
   pdl_launch_dependents();
   int id;
   float weight;
-  route_token_groups(p, logits + t * p.num_experts, scratch, static_cast<int>(threadIdx.x >> 5), BlockSync{}, id,
-                     weight);
+  route_token_groups<true>(p, logits + t * p.num_experts, scratch, static_cast<int>(threadIdx.x >> 5), BlockSync{},
+                           id, weight);
   if (threadIdx.x < p.top_k) {  // warp 0's picks
     ids[t * p.top_k + threadIdx.x] = id;
     weights[t * p.top_k + threadIdx.x] = weight;
