@@ -141,7 +141,8 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // activation kernel's pass over h — whose share of the step grows as the hidden size (the GEMMs' K and N per h
   // value) shrinks. Same-run A/B on H200 (session 61, 3 rounds; session 59 alike): qwen3-30b-a3b (hidden 2048)
   // 1.056 / 1.057 / 1.053 / 1.056x at 12288 / 16384 / 24576 / 32768 tokens (768-2048 rows), spreads 0.2-0.9%;
-  // mixtral-8x7b (hidden 4096) 0.955-1.001x at 4096-16384 tokens, so it keeps CUTLASS there.
+  // mixtral-8x7b (hidden 4096) 0.90-1.00x at 4096-16384 tokens (session 61: 0.90x at 12288, rounds 6% apart; 1.00x at
+  // 16384), so it keeps CUTLASS there.
   const double bf16_wgmma_up_to = hidden_size > 0 && hidden_size <= kBf16WgmmaNarrowHidden ? 2048.0 : 512.0;
   const bool decode_wgmma =
       rows_per_expert <= 12.0 &&
