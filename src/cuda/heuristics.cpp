@@ -4,8 +4,9 @@
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
 // kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
-// bf16 wgmma kernel from 12 to 512 rows per expert, fp8 weights the fp8 wgmma kernel from 12 to 64; below 12,
-// decode batches that stream enough weights take them too (wgmma_streams_decode), the small-M kernel the rest.
+// bf16 wgmma kernel from 12 to 512 rows per expert (2048 for layers up to 2048 wide), fp8 weights the fp8
+// wgmma kernel from 12 to 64; below 12, decode batches that stream enough weights take them too
+// (wgmma_streams_decode), the small-M kernel the rest.
 // The small-M kernel picks its shape (4 warps splitting k, or a tile per warp) by the routed rows (below).
 #include "cuda/heuristics.h"
 
