@@ -47,6 +47,10 @@
 // branches exp/s57-*): a finalize kernel beside GEMM2 (GEMM2 at 160 registers to make room), 0.72-0.89x; consumer 1
 // started 0.8-2 us late, so that the epilogues fall apart, 0.975-0.994x (in the consumers' own code, a few lines before
 // their unit loop grew the k loop by 13-24% and cost 8-18% by themselves; in the prologue, before setmaxnreg, none).
+// Session 61 (dropped, same-run A/Bs on H200; ncu at gpt-oss-120b's 1024 tokens: tensor pipe 41% active, issue 48%): items
+// of up to 32 rows on m64n32 tiles (branch exp/s61-fp4-n32) 0.992-1.023x, and T = 4 chunks dequantized in two halves,
+// each half's wgmma running while the other is dequantized (exp/s61-fp4-split), 0.994-1.015x: the one-unit kernel is
+// held back outside its consumers' k-tile chain.
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
 #include <algorithm>
