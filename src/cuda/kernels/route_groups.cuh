@@ -147,7 +147,7 @@ __device__ inline void route_token_groups(const RoutingParams& p, const T* logit
   }
   sync();
   // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
-  // shuffles free of divergence handling); group 0's warp hands them out.
+  // shuffles free of divergence handling); group 0's warp hands them out. kLeadPicks: in group 0's warp alone.
   const bool held = lane < p.topk_group * k;
   if constexpr (kLeadPicks) {
     id = -1;
