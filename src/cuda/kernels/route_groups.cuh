@@ -128,7 +128,8 @@ struct WarpSync {
 // Routes one token (every thread of num_expert_group warps calls, warp `group` holding that group; sync: their
 // barrier; logits: the token's row). Lane r < top_k of every warp returns pick r in (id, weight) (the caller stores
 // group 0's), the other lanes id -1. kLeadPicks: only group 0's warp takes the last step (the others return id -1
-// once the candidates are placed, and sync is not called again): for callers that store group 0's picks alone.
+// once the candidates are placed, and sync is not called again): for callers that store group 0's picks alone. The
+// route+plan kernel stores only those too and could take it (then the flag goes); not yet run there on a GPU.
 template <bool kLeadPicks = false, class T, class Sync>
 __device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int group,
                                           Sync sync, int& id, float& weight) {
