@@ -1,8 +1,8 @@
 // The CUDA row plan (launch_plan) on its own: for random ids with masked (-1), out-of-range and
 // unmapped experts, the counts, offsets and active list equal the host's count, and every valid
 // (token, slot) has exactly one row inside its expert's range that names its token and expert.
-// Covers the one-block plan and the multi-block plan (count, offsets, place) with partial last
-// chunks and 1, 2 and 4 scan items per thread, and the small-M work items (each active expert's
+// Covers the one-block plan and the multi-block plan (count, then scan and place) with partial last
+// chunks and 1, 2, 4 and 8 scan items per thread, and the small-M work items (each active expert's
 // rows cut every item_rows, in expert order). Outputs are poisoned before the call. Skips without
 // a Hopper GPU.
 #include <random>
@@ -56,6 +56,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
   const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
   Buffer items = dev_ints(4 * max_items), work_counters = dev_ints(2);
+  constexpr int64_t kZeroed = 700;  // the fused decode kernel's counters, zeroed by the plan on either path
+  Buffer zeroed = dev_ints(kZeroed);
   cuda::RowPlan plan{counts.data_as<int32_t>(),
                      offsets.data_as<int32_t>(),
                      active.data_as<int32_t>(),
@@ -68,7 +70,7 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
                      work_counters.data_as<int32_t>()};
   cuda::launch_plan(d_ids.data_as<const int32_t>(), pc.M, pc.top_k, pc.num_experts,
                     pc.map ? d_map.data_as<const int32_t>() : nullptr, num_local, plan, scratch.data_as<int32_t>(),
-                    nullptr);
+                    nullptr, zeroed.data_as<int32_t>(), kZeroed);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   auto host = [](const Buffer& b, int64_t n) {
     std::vector<int32_t> v(static_cast<size_t>(n));
@@ -103,6 +105,7 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
     ++hits[r];
   }
   for (int64_t r = 0; r < total; ++r) ASSERT_EQ(hits[r], 1) << "row " << r;
+  ASSERT_EQ(host(zeroed, kZeroed), std::vector<int32_t>(kZeroed, 0)) << "the counters asked for are zeroed";
   if (pc.item_rows == 0) {
     ASSERT_EQ(host(items, 1)[0], 0x7f7f7f7f) << "a plan without work items wrote items";
     ASSERT_EQ(host(work_counters, 2), std::vector<int32_t>(2, 0x7f7f7f7f)) << "... or the work counters";
@@ -124,21 +127,25 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
   const PlanCase cases[] = {
-      {500, 4, 10, false, 32},     // 2000 slots: one block; work items of 32 rows
+      {250, 4, 10, false, 32},     // 1000 slots: one block; work items of 32 rows
+      {205, 5, 64, false, 8},      // 1025 slots: three chunks of 512, the last one slot
       {1000, 4, 10, false, 32},    // 4000: eight chunks of 512, the last partial
       {1100, 4, 10, false, 0},     // 4400: nine chunks of 512, the last partial
       {1100, 4, 10, true, 16},     //   with an expert map
       {8192, 8, 128, false, 0},    // qwen3-30b-a3b at 8192 tokens
       {8192, 8, 384, true, 8},     // 256 local experts of 384
-      {3001, 3, 1500, false, 8},   // 2 scan items per thread
-      {2000, 5, 3000, true, 16},   // 2000 local experts: 2 items
-      {1500, 4, 4000, false, 32},  // 4 items
+      {3001, 3, 1000, false, 8},   // 2 scan items per thread (512 a chunk block)
+      {2000, 5, 3000, true, 16},   // 2000 local experts: 4 items
+      {1500, 4, 4000, false, 32},  // 8 items
+      {32768, 8, 256, false, 0},   // 128 chunks of 2048 slots
       {1, 1, 8, false, 8},         // one slot
       {128, 8, 128, false, 16},    // qwen3-30b-a3b at 128 tokens
       // the one-block plan's block sizes (by_plan_block): 128, 256 and 512 threads
       {1, 8, 128, false, 8},    // qwen3-30b-a3b at 1 token: 128 threads
       {24, 8, 256, false, 16},  // deepseek-v3 at 24 tokens: 192 slots, 256 experts: 256 threads
       {50, 8, 450, true, 8},    // 400 slots, 300 local experts: 512 threads
+      {120, 8, 1500, false, 8},  // 960 slots, 1500 experts: 1024 threads, 2 scan items each
+      {100, 4, 3000, true, 0},   // 2000 local experts: 4 scan items each
   };
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
 }
@@ -154,8 +161,8 @@ TEST(CudaPlan, ScratchGrowsWithTheBatch) {
       ASSERT_EQ(ints % E, 0) << "slots " << slots;
       last = ints;
     }
-    EXPECT_EQ(cuda::plan_scratch_ints(2048, E), 0);  // one block, no scratch
-    EXPECT_GT(cuda::plan_scratch_ints(2049, E), 0);
+    EXPECT_EQ(cuda::plan_scratch_ints(1024, E), 0);  // one block, no scratch
+    EXPECT_GT(cuda::plan_scratch_ints(1025, E), 0);
   }
 }
 

@@ -143,7 +143,9 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // value) shrinks. Same-run A/B on H200 (session 61, 3 rounds; session 59 alike): qwen3-30b-a3b (hidden 2048)
   // 1.056 / 1.057 / 1.053 / 1.056x at 12288 / 16384 / 24576 / 32768 tokens (768-2048 rows), spreads 0.2-0.9%;
   // mixtral-8x7b (hidden 4096) 0.90-1.00x at 4096-16384 tokens (session 61: 0.90x at 12288, rounds 6% apart; 1.00x at
-  // 16384), so it keeps CUTLASS there.
+  // 16384), so it keeps CUTLASS there. A second narrow layer (session 62, gpu_bench's deepseek-v2-lite: 64 experts of
+  // 2048 x 1408, top 6; 2 rounds): 1.056 / 1.028 / 1.043 / 1.055x at 8192 / 12288 / 16384 / 20480 tokens (768-1920
+  // rows), spreads 0.1-0.3%.
   const double bf16_wgmma_up_to = hidden_size > 0 && hidden_size <= kBf16WgmmaNarrowHidden ? 2048.0 : 512.0;
   const bool decode_wgmma =
       rows_per_expert <= 12.0 &&

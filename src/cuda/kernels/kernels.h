@@ -67,8 +67,8 @@ int64_t plan_max_items(int64_t num_slots, int64_t num_local, int item_rows);
 // ids [M, k]; expert_map (device, may be null) maps global -> local or -1. scratch: device ints,
 // plan_scratch_ints(M * k, num_local) of them (0 for decode-size batches: may then be null).
 int64_t plan_scratch_ints(int64_t num_slots, int64_t num_local);
-// zero (may be null; decode-size plans only, up to 2048 slots): n_zero ints it sets to 0 first (the
-// fused decode kernel's counters).
+// zero (may be null): n_zero ints it sets to 0 before it returns (the fused decode kernel's counters; nothing
+// in the plan reads them).
 void launch_plan(const int32_t* ids, int64_t M, int top_k, int num_experts, const int32_t* expert_map,
                  int num_local, const RowPlan& plan, int32_t* scratch, cudaStream_t s, int32_t* zero = nullptr,
                  int64_t n_zero = 0);

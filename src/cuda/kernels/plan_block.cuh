@@ -69,9 +69,10 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]
 // (shared, the whole block's view); on return counts[e] holds offsets[e], the first row of expert e.
-// The block has kThreads threads, num_local <= kItems * kThreads.
+// The block has kThreads threads, num_local <= kItems * kThreads. write = false: the scan alone, the plan
+// untouched (the blocks of the multi-block plan other than the one that writes it).
 template <int kItems, int kThreads = kPlanThreads>
-__device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan) {
+__device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& plan, bool write = true) {
   int c[kItems];
   PlanSums first[kItems];
 #pragma unroll
@@ -84,15 +85,17 @@ __device__ inline void plan_offsets(int* counts, int num_local, const RowPlan& p
   for (int j = 0; j < kItems; ++j) {
     const int e = threadIdx.x * kItems + j;
     if (e < num_local) {
-      plan.counts[e] = c[j];
-      plan.offsets[e] = first[j].rows;
-      plan.active[e] = -1;
+      if (write) {
+        plan.counts[e] = c[j];
+        plan.offsets[e] = first[j].rows;
+        plan.active[e] = -1;
+      }
       counts[e] = first[j].rows;
     }
   }
-  if (threadIdx.x == 0) plan.offsets[num_local] = total.rows;
+  if (threadIdx.x == 0 && write) plan.offsets[num_local] = total.rows;
   __syncthreads();
-  list_active(c, first, total, num_local, plan);
+  if (write) list_active(c, first, total, num_local, plan);
 }
 
 // Slots [begin, end) to rows: cursor[e] (shared) is the next free row of expert e.

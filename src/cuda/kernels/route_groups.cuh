@@ -8,8 +8,8 @@
 // rank by rank_key (ties to the lower index), the weights are the picks' sigmoids summed for renormalization in the
 // same warp order. deepseek-v3's one-token route 5.1 -> 3.2 us in the forward (H200, session 48). The monolithic
 // route+plan kernel runs it too, a slot of warps per token on a named barrier (SlotSync). Limits (route_groups_fit):
-// num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32. The router kernel has only
-// warp 0 take the last step, the top k of the candidates (kLeadPicks; the other warps leave): its kernel time at
+// num_experts = 32 * num_expert_group, num_expert_group <= 32, topk_group * top_k <= 32. Only group 0's warp takes
+// the last step, the top k of the candidates (the other warps leave): the router kernel's time at
 // deepseek-v3's 256 / 1024 / 8192 tokens 4.6 / 9.5 / 69.6 -> 4.3 / 8.5 / 52.2 us (H200, session 61); large batches
 // take the one-warp router all the same (heuristics.h, kBlockRouterMaxTokens).
 #pragma once
@@ -81,18 +81,17 @@ struct GroupPicks {
 };
 
 // The top_k of the candidates (lane j < topk_group * top_k holds candidate j: key ckey and sigmoid score cweight; the
-// other lanes key 0). The writer's picks go through `picks` (sync: the barrier after the writes); lane r < top_k
-// returns pick r in (id, weight), renormalized and scaled as route_token_warp does, the other lanes id -1.
-template <class Sync>
-__device__ inline void pick_top_k(const RoutingParams& p, uint64_t ckey, float cweight, bool writer, GroupPicks& picks,
-                                  Sync sync, int& id, float& weight) {
+// other lanes key 0), in one warp: the picks go through `picks`; lane r < top_k returns pick r in (id, weight),
+// renormalized and scaled as route_token_warp does, the other lanes id -1.
+__device__ inline void pick_top_k(const RoutingParams& p, uint64_t ckey, float cweight, GroupPicks& picks, int& id,
+                                  float& weight) {
   const int lane = threadIdx.x & 31, k = p.top_k;
   const int crank = warp_rank(ckey);
-  if (writer && crank < k) {  // lanes without a candidate rank below the topk_group * top_k >= top_k held
+  if (crank < k) {  // lanes without a candidate rank below the topk_group * top_k >= top_k held
     picks.id[crank] = key_expert(ckey);
     picks.weight[crank] = cweight;
   }
-  sync();
+  __syncwarp();
   id = -1;
   weight = 0.0f;
   if (lane < k) id = picks.id[lane], weight = picks.weight[lane];
@@ -121,16 +120,12 @@ struct SlotSync {
   int id, threads;
   __device__ void operator()() const { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
 };
-struct WarpSync {
-  __device__ void operator()() const { __syncwarp(); }
-};
 
 // Routes one token (every thread of num_expert_group warps calls, warp `group` holding that group; sync: their
-// barrier; logits: the token's row). Lane r < top_k of every warp returns pick r in (id, weight) (the caller stores
-// group 0's), the other lanes id -1. kLeadPicks: only group 0's warp takes the last step (the others return id -1
-// once the candidates are placed, and sync is not called again): for callers that store group 0's picks alone. The
-// route+plan kernel stores only those too and could take it (then the flag goes); not yet run there on a GPU.
-template <bool kLeadPicks = false, class T, class Sync>
+// barrier; logits: the token's row). Only group 0's warp takes the last step, the top k of the candidates: its lane
+// r < top_k returns pick r in (id, weight), every other lane id -1 (sync is not called after the candidates are
+// placed, so the other warps may leave).
+template <class T, class Sync>
 __device__ inline void route_token_groups(const RoutingParams& p, const T* logits, RouteGroupsScratch& sh, int group,
                                           Sync sync, int& id, float& weight) {
   const int lane = threadIdx.x & 31, k = p.top_k, e = group * 32 + lane;
@@ -147,19 +142,12 @@ __device__ inline void route_token_groups(const RoutingParams& p, const T* logit
     sh.candidate_weight[grank * k + rank] = x.s;
   }
   sync();
-  // The top_k of the topk_group * top_k candidates, in every warp alike (no warp leaves: the compiler then keeps the
-  // shuffles free of divergence handling); group 0's warp hands them out. kLeadPicks: in group 0's warp alone.
+  // The top_k of the topk_group * top_k candidates, in group 0's warp alone.
+  id = -1;
+  weight = 0.0f;
+  if (group != 0) return;
   const bool held = lane < p.topk_group * k;
-  if constexpr (kLeadPicks) {
-    id = -1;
-    weight = 0.0f;
-    if (group == 0)
-      pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, true, sh.picks,
-                 WarpSync{}, id, weight);
-  } else {
-    pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, group == 0, sh.picks,
-               sync, id, weight);
-  }
+  pick_top_k(p, held ? sh.candidate_key[lane] : 0, held ? sh.candidate_weight[lane] : 0.0f, sh.picks, id, weight);
 }
 
 }  // namespace fusedmoe::cuda

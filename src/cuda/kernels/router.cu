@@ -3,7 +3,7 @@
 // lane holds) and method family (RouteFamily: each kernel holds its own method's code alone). deepseek-v3's layout of
 // groups of 32 experts (route_groups_fit) takes a block per token instead, a warp per group (route_groups.cuh), where
 // the caller asks (block_router: up to heuristics.h's kBlockRouterMaxTokens tokens); only its group-0 warp picks the
-// top k (route_token_groups<true>).
+// top k.
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_util.h"
@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(1024) route_groups_kernel(RoutingParams p, con
   pdl_launch_dependents();
   int id;
   float weight;
-  route_token_groups<true>(p, logits + t * p.num_experts, scratch, static_cast<int>(threadIdx.x >> 5), BlockSync{},
-                           id, weight);
+  route_token_groups(p, logits + t * p.num_experts, scratch, static_cast<int>(threadIdx.x >> 5), BlockSync{}, id,
+                     weight);
   if (threadIdx.x < p.top_k) {  // warp 0's picks
     ids[t * p.top_k + threadIdx.x] = id;
     weights[t * p.top_k + threadIdx.x] = weight;
