@@ -128,8 +128,8 @@ void launch_scale_rows(const bf16* x, int64_t M, int64_t K, const float* row_wei
 // Gathers the input row of every planned row: dst[r] = src[row_token[r]] (row_bytes each);
 // with scales, src_scales [M, G] row-major -> dst_scales grouped M-major, or M-major [G, scale_rows] when
 // scale_rows > 0 (the fp8 wgmma GEMM's). max_rows = M * k. A plan with slot_rows and top_k > 0: a pass per
-// token, which reads each source row once and writes its k rows; otherwise (the batched format's plan) a pass per
-// planned row.
+// token, which reads each source row once and writes its k rows, and (fp8) a pass per 32 planned rows that writes
+// their scales; otherwise (the batched format's plan) a pass per planned row.
 void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_scales, int64_t G, const RowPlan& plan,
                         int num_local, int64_t max_rows, int top_k, void* dst, float* dst_scales, cudaStream_t s,
                         int64_t scale_rows = 0);

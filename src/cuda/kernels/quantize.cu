@@ -153,6 +153,19 @@ __device__ inline void put_row_scales(const float* token_scales, int64_t G, cons
   for (int64_t g = lane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
 }
 
+// Planned row r's scales (a lane's row; none past the plan's rows) from its token's [G] into dst_scales. Lanes
+// take consecutive rows, which lie side by side in either layout while they belong to one expert, so each of a
+// warp's G stores writes one or two runs of consecutive floats (a warp storing one row's scales, strided by the
+// expert's rows, touches 32 sectors a store); the loads gather from the token-major source, which L2 holds.
+__device__ inline void put_scales_by_row(const float* src_scales, int64_t G, const RowPlan& plan, int num_local,
+                                         int64_t r, float* dst_scales, int64_t scale_rows) {
+  if (r >= plan.offsets[num_local]) return;
+  const float* from = src_scales + int64_t(plan.row_token[r]) * G;
+  const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
+#pragma unroll 8
+  for (int64_t g = 0; g < G; ++g) dst_scales[base + g * stride] = __ldg(from + g);
+}
+
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
                        int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales, int64_t scale_rows) {
@@ -177,31 +190,31 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
 
 // A warp per token and slice of its row (plans with slot_rows): the slice read once, kGatherPieces 16-byte pieces
 // per lane at a time, and stored into each of the token's top_k planned rows (slot_rows; -1: none), instead of each
-// planned row reading its token's row again; the first slice's warp then writes the scales likewise. A decode batch
-// splits its rows into blockIdx.y column slices of `slice` pieces over about kGatherMinBlocks blocks
-// (launch_gather_rows): with a warp per whole row its one or two blocks stored every planned row through one or two
-// SMs (deepseek-v3 at 4 / 16 tokens: 9.7 / 10.3 -> 3.7 / 5.8 us, 1.009-1.013x the step; H200, session 45). The
-// token's slots (a lane each) and scales (kScalesPerLane a lane) are read with its row's pieces, before
-// any store (read between the stores, which may alias them, each read waited on them; alone that measured 1.00x).
-constexpr int kScalesPerLane = 4;  // K <= 16384 in registers; the groups past that are read as they are stored
+// planned row reading its token's row again. A decode batch splits its rows into blockIdx.y column slices of `slice`
+// pieces over about kGatherMinBlocks blocks (launch_gather_rows): with a warp per whole row its one or two blocks
+// stored every planned row through one or two SMs (deepseek-v3 at 4 / 16 tokens: 9.7 / 10.3 -> 3.7 / 5.8 us,
+// 1.009-1.013x the step; H200, session 45). The token's slots (a lane each) are read with its row's pieces, before any
+// store. fp8: the first scale_blocks blocks (of blockIdx.y 0) write the scales, in the order of the rows
+// (put_scales_by_row): when the token warps stored their rows' scales too, strided by the expert's rows, deepseek-v3's
+// gather took 32.0 / 218.4 us at 1024 / 8192 tokens, with this pass 23.4 / 157.5 (kernel timelines, H200, session 62;
+// the forward 1.003 / 1.011x, inside its rounds' spread).
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_tokens_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
-                         int64_t tokens, int top_k, int64_t slice, uint8_t* dst, float* dst_scales,
-                         int64_t scale_rows) {
-  const int64_t t = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
+                         int num_local, int64_t tokens, int top_k, int64_t slice, uint8_t* dst, float* dst_scales,
+                         int64_t scale_rows, int scale_blocks) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   pdl_wait();
   pdl_launch_dependents();
+  if (int(blockIdx.x) < scale_blocks) {
+    if (blockIdx.y == 0)
+      put_scales_by_row(src_scales, G, plan, num_local, (int64_t(blockIdx.x) * kGatherWarps + warp) * 32 + lane,
+                        dst_scales, scale_rows);
+    return;
+  }
+  const int64_t t = int64_t(blockIdx.x - scale_blocks) * kGatherWarps + warp;
   if (t >= tokens) return;
   const uint4* s = reinterpret_cast<const uint4*>(src + t * row_bytes);
   const int64_t begin = int64_t(blockIdx.y) * slice, end = min(row_bytes / 16, begin + slice);
-  const float* token_scales = dst_scales && blockIdx.y == 0 ? src_scales + t * G : nullptr;
-  float scale[kScalesPerLane];
-#pragma unroll
-  for (int i = 0; i < kScalesPerLane; ++i) {
-    const int64_t g = lane + 32 * i;
-    scale[i] = token_scales && g < G ? token_scales[g] : 0.0f;
-  }
   const int my_slot = lane < top_k ? plan.slot_rows[t * top_k + lane] : -1;  // top_k <= 32 (host-checked)
   for (int64_t b0 = begin; b0 < end; b0 += 32 * kGatherPieces) {  // (warp-uniform: the shuffles)
     RowPieces p;
@@ -209,16 +222,6 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
     for (int j = 0; j < top_k; ++j)
       if (const int64_t r = __shfl_sync(~0u, my_slot, j); r >= 0)
         p.store(reinterpret_cast<uint4*>(dst + r * row_bytes), b0 + lane, end);
-  }
-  if (!token_scales) return;
-  for (int j = 0; j < top_k; ++j) {
-    const int64_t r = __shfl_sync(~0u, my_slot, j);
-    if (r < 0) continue;
-    const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
-#pragma unroll
-    for (int i = 0; i < kScalesPerLane; ++i)
-      if (const int64_t g = lane + 32 * i; g < G) dst_scales[base + g * stride] = scale[i];
-    for (int64_t g = lane + 32 * kScalesPerLane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
   }
 }
 
@@ -267,9 +270,11 @@ void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_sca
     const int64_t spans = (row_bytes / 16 + 31) / 32;
     const int64_t slices = std::clamp<int64_t>((kGatherMinBlocks + token_blocks - 1) / token_blocks, 1, spans);
     const int64_t slice = (spans + slices - 1) / slices * 32;
-    launch(gather_tokens_kernel, dim3(static_cast<unsigned>(token_blocks), static_cast<unsigned>(slices)),
-           dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, tokens, top_k, slice, to, dst_scales,
-           scale_rows);
+    const int64_t scale_blocks = dst_scales ? (max_rows + 32 * kGatherWarps - 1) / (32 * kGatherWarps) : 0;
+    launch(gather_tokens_kernel,
+           dim3(static_cast<unsigned>(scale_blocks + token_blocks), static_cast<unsigned>(slices)),
+           dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, num_local, tokens, top_k, slice, to,
+           dst_scales, scale_rows, static_cast<int>(scale_blocks));
     return;
   }
   launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
