@@ -40,6 +40,12 @@ PRESETS = {
     "qwen3-30b-a3b-fp8": dict(E=128, K=2048, I=768, k=8, quant="fp8-tensor", routing="softmax-topk-renormalize"),
     "mixtral-8x7b-fp8-channel": dict(E=8, K=4096, I=14336, k=2, quant="fp8-channel",
                                      routing="softmax-topk-renormalize"),
+    # a second narrow bf16 layer beside qwen3-30b-a3b (hidden 2048): DeepSeek-V2-Lite's routed experts (64 of
+    # 2048 x 1408, top 6; its softmax top-k without renormalization is taken here as the presets' routing)
+    "deepseek-v2-lite": dict(E=64, K=2048, I=1408, k=6, quant="bf16", routing="softmax-topk-renormalize"),
+    # a control for deepseek-v3's grouped fp8-block GEMMs: its expert shape, but 8 experts and top 8, so every expert
+    # takes every token (whole 128-row tiles, 8 groups): what the GEMMs cost without the grouping
+    "deepseek-v3-dense8": dict(E=8, K=7168, I=2048, k=8, quant="fp8-block", routing="softmax-topk-renormalize"),
 }
 DEFAULT_MODELS = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3,gpt-oss-120b,qwen3-30b-a3b-nvfp4"
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
