@@ -109,9 +109,9 @@ __global__ void scale_rows_kernel(const bf16* x, int64_t M, int64_t K, const flo
 }
 
 // A warp per planned row, 8 rows per block: the row's plan entries read together, then 16-byte
-// pieces, 8 per lane loaded before any is stored, then the row's scales. (A block of 128 threads
-// per row, one piece in flight per thread after three dependent plan reads, took 118 us at 72% of
-// DRAM peak for qwen3-30b-a3b at 8192 tokens; this one 109 us at 77%. ncu, H200.) For plans without
+// pieces, 8 per lane loaded before any is stored (fp8: the scales by the first blocks, put_scales_by_row).
+// (A block of 128 threads per row, one piece in flight per thread after three dependent plan reads, took 118 us
+// at 72% of DRAM peak for qwen3-30b-a3b at 8192 tokens; this one 109 us at 77%. ncu, H200.) For plans without
 // slot_rows (the batched format's); gather_tokens_kernel below for the others.
 constexpr int kGatherWarps = 8;
 constexpr int kGatherPieces = 8;
@@ -146,33 +146,38 @@ __device__ inline ScalePlace row_scale_place(const RowPlan& plan, int64_t r, int
   return {off * G + r - off, plan.counts[e]};
 }
 
-// Row r's scales from the token's [G] into dst_scales; the warp's lanes take the groups.
-__device__ inline void put_row_scales(const float* token_scales, int64_t G, const RowPlan& plan, int64_t r,
-                                      float* dst_scales, int64_t scale_rows, int lane) {
-  const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
-  for (int64_t g = lane; g < G; g += 32) dst_scales[base + g * stride] = token_scales[g];
-}
-
-// Planned row r's scales (a lane's row; none past the plan's rows) from its token's [G] into dst_scales. Lanes
-// take consecutive rows, which lie side by side in either layout while they belong to one expert, so each of a
-// warp's G stores writes one or two runs of consecutive floats (a warp storing one row's scales, strided by the
-// expert's rows, touches 32 sectors a store); the loads gather from the token-major source, which L2 holds.
+// Planned row r's scales (a lane's row; none past the plan's rows or max_rows, none for a batched plan's unused rows)
+// from its token's [G] into dst_scales. Lanes take consecutive rows, which lie side by side in either layout while
+// they belong to one expert, so each of a warp's G stores writes one or two runs of consecutive floats (a warp
+// storing one row's scales, strided by the expert's rows, touches 32 sectors a store); the loads gather from the
+// token-major source, which L2 holds. Both gathers run it in their first scale_blocks blocks.
 __device__ inline void put_scales_by_row(const float* src_scales, int64_t G, const RowPlan& plan, int num_local,
-                                         int64_t r, float* dst_scales, int64_t scale_rows) {
-  if (r >= plan.offsets[num_local]) return;
+                                         int64_t max_rows, int64_t r, float* dst_scales, int64_t scale_rows) {
+  if (r >= max_rows || r >= plan.offsets[num_local] || plan.row_expert[r] < 0) return;
   const float* from = src_scales + int64_t(plan.row_token[r]) * G;
   const auto [base, stride] = row_scale_place(plan, r, G, scale_rows);
 #pragma unroll 8
   for (int64_t g = 0; g < G; ++g) dst_scales[base + g * stride] = __ldg(from + g);
 }
 
+// The blocks of a gather that write the scales: a lane per planned row (put_scales_by_row).
+int64_t scale_blocks_of(int64_t max_rows, const float* dst_scales) {
+  return dst_scales ? (max_rows + 32 * kGatherWarps - 1) / (32 * kGatherWarps) : 0;
+}
+
 __global__ void __launch_bounds__(kGatherWarps * 32)
     gather_rows_kernel(const uint8_t* src, int64_t row_bytes, const float* src_scales, int64_t G, RowPlan plan,
-                       int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales, int64_t scale_rows) {
-  const int64_t r = int64_t(blockIdx.x) * kGatherWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
+                       int num_local, int64_t max_rows, uint8_t* dst, float* dst_scales, int64_t scale_rows,
+                       int scale_blocks) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   pdl_wait();
   pdl_launch_dependents();
+  if (int(blockIdx.x) < scale_blocks) {
+    put_scales_by_row(src_scales, G, plan, num_local, max_rows,
+                      (int64_t(blockIdx.x) * kGatherWarps + warp) * 32 + lane, dst_scales, scale_rows);
+    return;
+  }
+  const int64_t r = int64_t(blockIdx.x - scale_blocks) * kGatherWarps + warp;
   if (r >= max_rows || r >= plan.offsets[num_local]) return;
   const int e = plan.row_expert[r];
   const int64_t token = plan.row_token[r];
@@ -185,7 +190,6 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
     p.load(s, i0, n);
     p.store(d, i0, n);
   }
-  if (dst_scales) put_row_scales(src_scales + token * G, G, plan, r, dst_scales, scale_rows, lane);
 }
 
 // A warp per token and slice of its row (plans with slot_rows): the slice read once, kGatherPieces 16-byte pieces
@@ -207,8 +211,8 @@ __global__ void __launch_bounds__(kGatherWarps * 32)
   pdl_launch_dependents();
   if (int(blockIdx.x) < scale_blocks) {
     if (blockIdx.y == 0)
-      put_scales_by_row(src_scales, G, plan, num_local, (int64_t(blockIdx.x) * kGatherWarps + warp) * 32 + lane,
-                        dst_scales, scale_rows);
+      put_scales_by_row(src_scales, G, plan, num_local, tokens * top_k,
+                        (int64_t(blockIdx.x) * kGatherWarps + warp) * 32 + lane, dst_scales, scale_rows);
     return;
   }
   const int64_t t = int64_t(blockIdx.x - scale_blocks) * kGatherWarps + warp;
@@ -270,16 +274,17 @@ void launch_gather_rows(const void* src, int64_t row_bytes, const float* src_sca
     const int64_t spans = (row_bytes / 16 + 31) / 32;
     const int64_t slices = std::clamp<int64_t>((kGatherMinBlocks + token_blocks - 1) / token_blocks, 1, spans);
     const int64_t slice = (spans + slices - 1) / slices * 32;
-    const int64_t scale_blocks = dst_scales ? (max_rows + 32 * kGatherWarps - 1) / (32 * kGatherWarps) : 0;
+    const int64_t scale_blocks = scale_blocks_of(max_rows, dst_scales);
     launch(gather_tokens_kernel,
            dim3(static_cast<unsigned>(scale_blocks + token_blocks), static_cast<unsigned>(slices)),
            dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, num_local, tokens, top_k, slice, to,
            dst_scales, scale_rows, static_cast<int>(scale_blocks));
     return;
   }
-  launch(gather_rows_kernel, dim3(static_cast<unsigned>((max_rows + kGatherWarps - 1) / kGatherWarps)),
+  const int64_t scale_blocks = scale_blocks_of(max_rows, dst_scales);
+  launch(gather_rows_kernel, dim3(static_cast<unsigned>(scale_blocks + (max_rows + kGatherWarps - 1) / kGatherWarps)),
          dim3(kGatherWarps * 32), s, from, row_bytes, src_scales, G, plan, num_local, max_rows, to, dst_scales,
-         scale_rows);
+         scale_rows, static_cast<int>(scale_blocks));
 }
 
 }  // namespace fusedmoe::cuda
