@@ -84,6 +84,11 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // from 48 rows instead (same-run A/B, H200, 2 rounds) ran mixtral-8x7b-fp8 1.08x / 1.29x at 1024 / 2048
   // tokens (256 / 512 rows), 1.02x at 512 (128 rows), and qwen3-30b-a3b-fp8-channel 1.06x / 1.08x at 4096 / 8192
   // (256 / 512 rows) but 0.93x / 0.97x at 1024 / 2048 (64 / 128 rows).
+  // Session 63 (H200, timing only; its sums were not yet right, and it was dropped): CUTLASS on each expert's whole
+  // 128-row tiles and, in a second launch, the fp8 wgmma kernel on the rest of its rows, to save the padding of the
+  // last tiles, ran 0.93x at deepseek-v3's 8192 tokens (1.004x / 0.987x at 3072 / 4096): in the kernel timeline the
+  // second GEMM1 took 1.64 ms beside CUTLASS's 2.81 (4.35 ms alone), for it streams every expert's weights from DRAM
+  // again.
   const bool fast_accum = fp8_fast_accum && (weights == QuantScheme::fp8_per_tensor ||
                                              weights == QuantScheme::fp8_per_channel);
   const double tile64_up_to = weights == QuantScheme::fp8_block ? 48.0 : fast_accum ? 512.0 : 128.0;

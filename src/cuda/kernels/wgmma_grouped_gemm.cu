@@ -42,6 +42,16 @@
 // and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). With two partial-sum buffers and
 // 32-bit descriptor arithmetic: 0.96x this kernel at 2048, 0.95 / 0.88x CUTLASS at 4096 / 8192. Open: what holds the
 // stages back.
+// What the promotion costs (session 63, H200, same-run A/Bs of timing-only builds forced above 64 rows per expert,
+// against CUTLASS at deepseek-v3's 4096 / 8192 tokens): as written 0.998-1.024x / 0.87-0.905x; times the weight
+// block's scale alone (no token scales, products or barrier) 1.078x / 0.933x; no promotion at all (wgmma summing over
+// all of k) 1.17x / 1.05-1.12x; in pairs of blocks sharing X 1.016x / 0.914x, and without promotion 1.146x / 1.082x.
+// So the promotion makes the kernel 1.14-1.29x slower there, a fifth to a half of that the token scales; without it
+// the kernel would run at about 0.83-0.9x CUTLASS's rate on whole tiles (whose rows CUTLASS pads by 1.24-1.27x).
+// Since then the products are read 16 bytes at a time (product_slot: 8 loads a k tile at 128 tokens, 16 before) and
+// the descriptors summed in 32 bits (sw128_desc): same bits, deepseek-v3 1.000x / 1.002x at 1024 / 2048 tokens, forced
+// 0.998x at 4096 and 1.095x at 8192 (rounds 7.7% apart); the bf16 instances gained from the descriptors (mixtral-8x7b
+// 1.024x / 1.028x at 1024 / 2048).
 // L2 policy (session 51, H200, same-run A/Bs): the weight boxes marked L2::evict_first ran 0.89-1.00x end to end
 // (with every kernel's weight loads so marked), and e4m3 row maps without the 256-byte L2 promotion 0.98-0.99x on
 // deepseek-v3: the promoted half of a row's 256 bytes is read from L2 by the next k tile, and the stream needs it to
@@ -267,18 +277,32 @@ __device__ inline void release_stage(uint32_t empty) {
   }
 }
 
+// fp8-block's scale products of a k tile (ws xs[token], the weight block's scale and each token's) lie in a consumer's
+// buffer so that one 16-byte load gives a lane the four it needs for two neighbouring n8 blocks of its accumulator
+// columns (8 j + 2 (lane % 4) + 0/1, wgmma_util.cuh's C layout; j = 2 m, 2 m + 1): token column c goes to float
+// 16 m + 4 q + 2 (j % 2) + c % 2, where c = 8 j + 2 q + c % 2. (Column order, read as float2, took twice the loads.)
+__device__ __forceinline__ int product_slot(int c) {
+  const int j = c >> 3, q = (c >> 1) & 3;
+  return 16 * (j >> 1) + 4 * q + 2 * (j & 1) + (c & 1);
+}
+
 // fp8-block: a consumer's accumulators of one m64 tile += its k tile's partial sums times the tile's scale products
-// (ws xs[token], the weight block's scale and each token's), per token column (8 j + 2 (lane % 4) + 0/1,
-// wgmma_util.cuh's C layout): prod[column], 8-byte aligned pairs.
+// (product_slot's order; kTok % 16 == 0, the buffer 16-byte aligned).
 template <int kTok>
 __device__ inline void promote(float (&acc)[kTok / 2], const float (&part)[kTok / 2], const float* prod, int lane) {
+  static_assert(kTok % 16 == 0, "token tiles of whole pairs of n8 blocks");
 #pragma unroll
-  for (int j = 0; j < kTok / 8; ++j) {
-    const float2 s = *reinterpret_cast<const float2*>(prod + 8 * j + 2 * (lane & 3));
-    acc[4 * j] += part[4 * j] * s.x;
-    acc[4 * j + 1] += part[4 * j + 1] * s.y;
-    acc[4 * j + 2] += part[4 * j + 2] * s.x;
-    acc[4 * j + 3] += part[4 * j + 3] * s.y;
+  for (int m = 0; m < kTok / 16; ++m) {
+    const float4 s = *reinterpret_cast<const float4*>(prod + 16 * m + 4 * (lane & 3));
+    const int j = 8 * m;  // accumulators of n8 block 2 m: j .. j + 3; of block 2 m + 1: j + 4 .. j + 7
+    acc[j] += part[j] * s.x;
+    acc[j + 1] += part[j + 1] * s.y;
+    acc[j + 2] += part[j + 2] * s.x;
+    acc[j + 3] += part[j + 3] * s.y;
+    acc[j + 4] += part[j + 4] * s.z;
+    acc[j + 5] += part[j + 5] * s.w;
+    acc[j + 6] += part[j + 6] * s.z;
+    acc[j + 7] += part[j + 7] * s.w;
   }
 }
 
@@ -309,25 +333,26 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   constexpr int kTailAcc = kTail ? kTail / 2 : 1;
   float tail[kT][kTailAcc];  // tokens kTok .. kTok + kTail - 1, laid out as acc's first kTail tokens
   zero_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
-  // Stage 0's descriptors: X, and this consumer's first m64 tile of W (tile t: 64 rows of 128 bytes on).
-  // Stage s, k step i: + s kStageBytes / 16 + 2 i (the address field's unit is 16 bytes, and no address in
-  // shared memory carries out of it).
+  // Stage 0's descriptors (their low words, sw128_desc): X, and this consumer's first m64 tile of W (tile t: 64 rows
+  // of 128 bytes on). Stage s, k step i: + s kStageBytes / 16 + 2 i (the address field's unit is 16 bytes, and no
+  // address in shared memory carries out of it).
   const uint32_t base = smem_addr(smem);
-  const uint64_t x_desc0 = smem_desc_k_major_sw128(base);
-  const uint64_t w_desc0 = smem_desc_k_major_sw128(base + S::kXBytes + 64 * kT * wg * kRowBytes);
-  constexpr uint64_t kTileDesc = 64 * kRowBytes / 16;
+  const uint32_t x_lo0 = uint32_t(smem_desc_k_major_sw128(base));
+  const uint32_t w_lo0 = uint32_t(smem_desc_k_major_sw128(base + S::kXBytes + 64 * kT * wg * kRowBytes));
+  constexpr uint32_t kTileDesc = 64 * kRowBytes / 16;
   // A k tile's wgmma: kSteps k steps of the consumer's kT m64 tiles against the tokens, then the tail's (whose token
   // rows follow the kTok rows in the stage, kTok 128-byte rows further); accumulate = 0 at step 0 starts new sums.
-  const auto issue = [&](float (&d)[kT][kTok / 2], float (&d_tail)[kT][kTailAcc], uint64_t off, bool restart) {
+  const auto issue = [&](float (&d)[kT][kTok / 2], float (&d_tail)[kT][kTailAcc], uint32_t off, bool restart) {
     wgmma_fence();
 #pragma unroll
     for (int i = 0; i < kSteps; ++i)
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
-        const uint64_t a = w_desc0 + off + t * kTileDesc + 2 * i;
+        const uint64_t a = sw128_desc(w_lo0 + off + t * kTileDesc + 2 * i);
         const int accumulate = !(restart && i == 0);
-        wgmma_ss<C, kTok>(d[t], a, x_desc0 + off + 2 * i, accumulate);
-        if constexpr (kTail > 0) wgmma_ss<C, kTail>(d_tail[t], a, x_desc0 + off + 2 * i + kTok * 8, accumulate);
+        wgmma_ss<C, kTok>(d[t], a, sw128_desc(x_lo0 + off + 2 * i), accumulate);
+        if constexpr (kTail > 0)
+          wgmma_ss<C, kTail>(d_tail[t], a, sw128_desc(x_lo0 + off + 2 * i + kTok * 8), accumulate);
       }
     wgmma_commit();
   };
@@ -342,7 +367,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     int prev_st = 0;
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
-      issue(acc, tail, uint64_t(ring.st) * (C::kStageBytes >> 4), false);
+      issue(acc, tail, uint32_t(ring.st) * (C::kStageBytes >> 4), false);
       if constexpr (kReleaseAtOnce) {
         wgmma_wait<0>();
         if (lane == 0) release_stage<kCluster>(empty + 8 * ring.st);
@@ -382,21 +407,21 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     }
     for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
       mbar_wait(full + 8 * ring.st, ring.phase);
-      issue(part, part_tail, uint64_t(ring.st) * (C::kStageBytes >> 4), true);
+      issue(part, part_tail, uint32_t(ring.st) * (C::kStageBytes >> 4), true);
       // While the group runs: the tile's scale products ws * xs[token] into this consumer's buffer kt % 2, a token
       // (or two) a thread; the warpgroup meets once they are written.
       float* prod = products + (kt & 1) * kProductFloats;
       if constexpr (kInPlace) {
 #pragma unroll
         for (int i = 0; i < kCols; ++i) {
-          if (const int c = wg_tid + 128 * i; c < kTok) prod[c] = col_scale[i] * ws;
+          if (const int c = wg_tid + 128 * i; c < kTok) prod[product_slot(c)] = col_scale[i] * ws;
           col_scale[i] = col_scales[i] && kt + 1 < num_kt ? __ldg(col_scales[i] + kt + 1) : 0.0f;
         }
       } else {
         const float* xs = reinterpret_cast<const float*>(smem + ring.st * C::kStageBytes + S::kXBytes + S::kWBytes) +
                           (first_row & 3);
 #pragma unroll
-        for (int c = wg_tid; c < kTok; c += 128) prod[c] = xs[c] * ws;
+        for (int c = wg_tid; c < kTok; c += 128) prod[product_slot(c)] = xs[c] * ws;
       }
       ws = w_scale && kt + 1 < num_kt ? __ldg(w_scale + kt + 1) : 0.0f;
       warpgroup_bar(wg);

@@ -27,13 +27,25 @@ __device__ inline void wgmma_fence_operand(float& r) { asm volatile("" : "+f"(r)
 // Descriptor of a K-major bf16 tile in shared memory with the 128-byte swizzle: rows of 64 values
 // (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row groups 1024 bytes apart,
 // the tile 1024-byte aligned. k16 step s of the 64 values starts at byte 32 s of the tile's first row.
-__device__ inline uint64_t smem_desc_k_major_sw128(uint32_t smem_addr) {
+__host__ __device__ constexpr uint64_t smem_desc_k_major_sw128(uint32_t smem_addr) {
   uint64_t d = 0;
   d |= uint64_t((smem_addr & 0x3FFFF) >> 4);  // start address
   d |= uint64_t(1) << 16;                     // leading byte offset: unused with a swizzle (1 by convention)
   d |= uint64_t(1024 >> 4) << 32;             // stride byte offset: between 8-row groups
   d |= uint64_t(1) << 62;                     // 128-byte swizzle
   return d;
+}
+
+// The descriptor above from its low 32 bits: they hold the address field (and the leading byte offset), the high word
+// is the same for every address, and no shared-memory address carries out of the field, so that offsets into the
+// stages (in its 16-byte unit) can be added in 32 bits: an add and no carry a descriptor where 64-bit sums took two
+// adds and two moves (wgmma_grouped_gemm.cu, session 63: with its 16-byte scale-product loads, the fp8 k-tile loop at
+// 128 tokens runs 150 instructions, 162 before; same bits; mixtral-8x7b's bf16 1.024x / 1.028x at 1024 / 2048 tokens,
+// H200, same-run A/B). Not for the fp4 kernel, whose descriptors the compiler already keeps in uniform registers (one
+// UIADD3.64 a sum; the low-word form made its loops 2-7% longer).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t low) {
+  constexpr uint64_t kHigh = smem_desc_k_major_sw128(0) & ~uint64_t(0xFFFFFFFF);
+  return kHigh | low;
 }
 
 // The accumulator operands of the products below, 16 at a time: FMOE_WGMMA_ACC_n names d[0 .. n - 1] as
