@@ -125,8 +125,8 @@ int64_t item_capacity(int64_t R, int64_t num_local) { return plan_max_items(R, n
 
 constexpr int64_t kItemInts = sizeof(PlanItem) / sizeof(int32_t);
 
-// The items, then RowPlan::work_counters (2 ints), in one workspace tensor.
-int64_t items_ints(int64_t R, int64_t num_local) { return kItemInts * item_capacity(R, num_local) + 2; }
+// The items, then RowPlan::work_counters (3 ints), in one workspace tensor.
+int64_t items_ints(int64_t R, int64_t num_local) { return kItemInts * item_capacity(R, num_local) + 3; }
 
 size_t items_bytes(int64_t R, int64_t num_local) {
   return workspace_tensor_bytes(DType::i32, {items_ints(R, num_local)});

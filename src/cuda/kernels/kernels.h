@@ -56,8 +56,9 @@ struct RowPlan {
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
-  // [2]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu,
-  // fp4_wgmma_gemm.cu), which a plan with work items zeroes (may be null otherwise).
+  // [3]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu,
+  // fp4_wgmma_gemm.cu), which a plan with work items zeroes, and the plan's item count, which it
+  // writes (may be null otherwise).
   int32_t* work_counters;
 };
 // Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,

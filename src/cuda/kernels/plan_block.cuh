@@ -63,7 +63,7 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
   }
   if (plan.item_rows > 0) {
     for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
-    if (threadIdx.x < 2 && plan.work_counters) plan.work_counters[threadIdx.x] = 0;
+    if (threadIdx.x < 3 && plan.work_counters) plan.work_counters[threadIdx.x] = threadIdx.x < 2 ? 0 : total.items;
   }
 }
 

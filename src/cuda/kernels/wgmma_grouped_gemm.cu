@@ -457,12 +457,13 @@ template <class C>
 __device__ inline int tile_kt(int64_t rows) {
   return rows > (C::kScaled ? 64 : 128) ? 1 : 2;
 }
-// Unit order: groups of kItemGroup consecutive plan items, and within a group the pairs of N tiles outer, so that
-// the units running at once share their items' X rows and their weight rows in L2.
+// Unit order: groups of kItemGroup consecutive plan items (n_items of them, the plan's count), and within a group
+// the pairs of N tiles outer, so that the units running at once share their items' X rows and their weight rows in
+// L2.
 template <class C, int kCluster>
-__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_pairs, int u, int rank) {
+__device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_pairs, int n_items, int u, int rank) {
   const int group = u / (kItemGroup * n_pairs), in_group = u - group * kItemGroup * n_pairs;
-  const int group_items = min(kItemGroup, plan.item_grid - group * kItemGroup);
+  const int group_items = min(kItemGroup, n_items - group * kItemGroup);
   const int item_index = group * kItemGroup + in_group % group_items, pair = in_group / group_items;
   const auto [e, first, rows] = item_rows(plan.items[item_index], C::kTileTokens, kTailTokens);
   const int64_t slab = kSlabRows * tile_kt<C>(rows), pair_n0 = int64_t(pair) * kCluster * slab;
@@ -509,6 +510,11 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
 // touch them only after pdl_wait, i.e. once this grid has finished). A claim on demand keeps the units that run at
 // once a window of consecutive units, however unlike their lengths (tails, items of 64-224 rows), where a fixed
 // share per block left the blocks unevenly loaded (0.77x at mixtral 1024 tokens, session 31).
+// The units are those of the plan's items (its count, RowPlan::work_counters[2]), not of the grid's bound on them
+// (plan.item_grid): each block's leader reads the count beside its first claim and leaves it in shared memory for its
+// consumers, who read it after the first claim. (Until session 64 the claims ran over item_grid items, whose units
+// past the last item each cost a block a claim at the end of the GEMM: deepseek-v3 has 256 experts, and at 64 tokens
+// some 3000 of them.)
 
 // Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
 // to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
@@ -553,9 +559,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty = full + C::kStages;
   __shared__ ClaimQueue<int> queue;
   __shared__ PairChannel channel;
+  __shared__ int item_count;  // the plan's items, from the producer's leader to the consumers
   const int rank = static_cast<int>(cluster_rank());
   const int n_pairs = static_cast<int>((g.N + kCluster * kSlabRows - 1) / (kCluster * kSlabRows));
-  const int units = n_pairs * plan.item_grid;
   if (threadIdx.x < C::kStages) {
     mbar_init(&full[threadIdx.x], 1);                          // the producer's expect_tx, then the TMA bytes
     mbar_init(&empty[threadIdx.x], 4 * kConsumers * kCluster);  // each consumer warp of the pair, after its wgmma
@@ -585,18 +591,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kCluster == 1 && threadIdx.x >= 128 * kConsumers + 32) return;
     const bool leader = threadIdx.x == 128 * kConsumers;
     int* work = plan.work_counters;
+    // (Its first use follows the first claim's atomic, so that the two round trips overlap.)
+    int n_items = leader ? *static_cast<volatile int*>(work + 2) : 0;
     for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
       const int slot = n & 1;
       int u = 0;
       if (leader) {
         if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2 has been read
         u = pair_claim<kCluster>(channel, work, n, rank);
+        if (n == 0) item_count = n_items;
         queue.unit[slot] = u;
         mbar_arrive(smem_addr(&queue.posted[slot]));
       }
       u = __shfl_sync(~0u, u, 0);
-      if (u >= units) break;
-      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
+      if (n == 0) n_items = __shfl_sync(~0u, n_items, 0);
+      if (u >= n_pairs * n_items) break;
+      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, n_items, u, rank);
       if ((leader || kInPlace) && w.rows > 0)
         with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
           produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
@@ -625,8 +635,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       ++n;
     };
     fetch_next();
-    while (u < units) {
-      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, u, rank);
+    const int n_items = __shfl_sync(~0u, (threadIdx.x & 31) == 0 ? *static_cast<volatile int*>(&item_count) : 0, 0);
+    while (u < n_pairs * n_items) {
+      const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, n_items, u, rank);
       if (w.rows == 0) {
         fetch_next();
         continue;
