@@ -591,7 +591,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kCluster == 1 && threadIdx.x >= 128 * kConsumers + 32) return;
     const bool leader = threadIdx.x == 128 * kConsumers;
     int* work = plan.work_counters;
-    // (Its first use follows the first claim's atomic, so that the two round trips overlap.)
+    // The plan's item count: its first use follows the first claim's atomic, so that the two round trips overlap.
     int n_items = leader ? *static_cast<volatile int*>(work + 2) : 0;
     for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
       const int slot = n & 1;
