@@ -514,7 +514,7 @@ __device__ __forceinline__ void with_tile(int64_t rows, F&& f) {
 // (plan.item_grid): each block's leader reads the count beside its first claim and leaves it in shared memory for its
 // consumers, who read it after the first claim. (Until session 64 the claims ran over item_grid items, whose units
 // past the last item each cost a block a claim at the end of the GEMM: deepseek-v3 has 256 experts, and at 64 tokens
-// some 3000 of them.)
+// its GEMM1 had about 4400 of them.)
 
 // Both blocks of a pair run the same units: the leader of block 0 claims (the hand-out above) and passes the claim
 // to block 1's leader through a two-slot channel in block 1's shared memory: the claim (st.shared::cluster), then an
