@@ -375,6 +375,12 @@ TEST_P(CudaExpertsVariant, SkewMaskedIdsTopKEqualsEAndOddExpertCounts) {
       const int32_t ids[] = {-1, 3, 123456789, 9, 10, 0, -7, 5, 2, 2, 4, -1};
       std::memcpy(masked.ids.data_as<int32_t>(), ids, sizeof(ids));
       expect_matches_reference(masked, run_cuda_apply(to_gpu(masked), 6), masked.ids, masked.topk_weights);
+      // No valid id at all (an all-gather EP rank that none of the batch's ids reach): no rows, no plan items, so the
+      // wgmma kernels' claims end at once, and every output row is zero.
+      Problem none = make_problem(c, 4, seed ^ 3);
+      const int32_t none_ids[] = {-1, 10, -1, 123456789, -7, -1, 10, -1};
+      std::memcpy(none.ids.data_as<int32_t>(), none_ids, sizeof(none_ids));
+      expect_matches_reference(none, run_cuda_apply(to_gpu(none), 4), none.ids, none.topk_weights);
       // top_k == E.
       MoEConfig all = small_config(s, 8, 128, 128, 8);
       const Problem a = make_problem(all, 5, seed ^ 7);
