@@ -74,7 +74,10 @@
 // tile ahead; the gather's launch and dependent step go away, same bits. Same-run A/B (H200, 2-3 rounds):
 // deepseek-v3 1.009 / 1.004 / 1.011 / 1.002x at 2 / 4 / 8 / 16 tokens (its 4-token span 316.6 -> 313.3 us in the
 // timeline), qwen3-30b-a3b 1.00x at 8-16; forced above 16 tokens 0.98-1.00x at 24-64 and 0.82x at mixtral-8x7b's 128
-// (16 one-row boxes a stage), so the gather stays there.
+// (16 one-row boxes a stage), so the gather stays there. Their 32-token tiles fill 36 of a stage's 52 KiB; a ring
+// sized for them timed the same (session 65, timing-only builds: 5 stages of 36 KiB 0.999-1.004x at 8-16 tokens),
+// so with every SM streaming, 128 KiB of weights in flight per block is enough; 128-row units with 10 stages of
+// 20 KiB ran 0.97-1.024x as the batch changed, with 4 stages 0.96-0.97x.
 // GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; SmallMGemm::act_epilogue): one
 // 5-D TMA box a 128-row slab reads w13's rows as 16-row groups of 8 gate and 8 up rows (gated_rows_map; no copy of
 // w13), so a lane holds both sums of an h2 value and store_gated_tiles (the fp4 kernel's) writes h2: no h, no
@@ -85,7 +88,9 @@
 // is (session 36, H200, same-run A/Bs): TMA stores from two 4 KiB staging buffers, with or without an L2 evict-first
 // hint, 0.99-1.00x; the whole epilogue staged in a ring stage each consumer holds back, one barrier, TMA stores
 // written while the consumers run on, 0.994-1.008x; the gated activation applied from such a stage by two idle
-// producer warps, 0.995-1.018x (branches exp/s36-*).
+// producer warps, 0.995-1.018x (branches exp/s36-*). The second consumer started up to 4000 cycles after the first,
+// so that their epilogues fall apart, changed nothing (0.997-1.003x at 1024-8192 tokens, this kernel and the
+// persistent fp4 one; session 65): the consumers share every stage.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
