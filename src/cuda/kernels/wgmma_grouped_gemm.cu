@@ -80,8 +80,8 @@
 // 20 KiB ran 0.97-1.024x as the batch changed, with 4 stages 0.96-0.97x.
 // Where blocks run one or two units (mixtral-8x7b's GEMM2 at 16-1024 tokens, deepseek-v3's at 1 token) they idle
 // 8-16% of the GEMM (a per-block trace, session 65): units do not divide evenly, and the SMs of some GPCs stream
-// 15-20% faster than the rest. Units split in k to even that out lost even as a timing-only bound (0.86-0.99x, GEMM2
-// alone as much): a unit boundary costs far more than its stores, not yet explained.
+// 15-20% faster than the rest. Units split in k to even that out lost even as a timing-only bound (0.86-0.99x;
+// deepseek-v3's GEMM2 alone about as much): a unit boundary costs far more than its stores, not yet explained.
 // GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; SmallMGemm::act_epilogue): one
 // 5-D TMA box a 128-row slab reads w13's rows as 16-row groups of 8 gate and 8 up rows (gated_rows_map; no copy of
 // w13), so a lane holds both sums of an h2 value and store_gated_tiles (the fp4 kernel's) writes h2: no h, no
@@ -94,7 +94,7 @@
 // written while the consumers run on, 0.994-1.008x; the gated activation applied from such a stage by two idle
 // producer warps, 0.995-1.018x (branches exp/s36-*). The second consumer started up to 4000 cycles after the first,
 // so that their epilogues fall apart, changed nothing (0.997-1.003x at 1024-8192 tokens, this kernel and the
-// persistent fp4 one; session 65): the consumers share every stage.
+// persistent fp4 one; session 65), likely because the consumers share every stage.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
