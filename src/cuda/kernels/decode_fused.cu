@@ -32,16 +32,7 @@
 // modular chain rounds them, so the output equals the modular small-M forward bit for bit.
 // Data written in this kernel (h2, y) is read through L2 (ld.global.cg), never a stale L1 line.
 // Limits (host-checked): K % 32 == 0, I % 32 == 0, top_k <= 32, M <= 64 (an item's rows in registers).
-// Measured (H200, session 37, bench/results/gpu-h200-session37-2026-12-01.md; same run against the
-// chain): mixtral-8x7b 1.05-1.12x at 1-8 tokens, 1.05x / 1.03x at 12 / 16 (84.5-96.6% of the floor,
-// its weights at up to 4.07 TB/s); qwen3-30b-a3b 0.84-0.98x at 1-8 tokens: each item there is 64 KiB
-// (A) or 24 KiB (B) and a block's few items are latency-bound. The version before it (register loads,
-// 16 warps an SM) ran at 40-55% of DRAM peak. Variants measured slower: fewer, larger blocks (see
-// kBlocksPerSm), and each expert's B items taken right after the next expert's A items (qwen3 1.3-1.7x
-// slower at 2-8 tokens: the B items waited for A items claimed just before them). Session 38
-// (bench/results/gpu-h200-session38-2026-12-02.md): the producer's h2 gate made qwen3 1.06x faster at 1 token,
-// 1.01-1.02x at 2-16 (0.86-1.00x the chain); measured and not kept: token rows loaded a step ahead, the split-k
-// sums handed to warp 0 by mbarriers (0.98-1.00x), 8-row B items (0.87-1.02x).
+// Measurements behind this shape, and what was tried and dropped: docs/KERNEL_NOTES.md (decode_fused.cu).
 #include <algorithm>
 
 #include "core/activation_math.h"

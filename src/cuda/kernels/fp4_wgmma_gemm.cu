@@ -29,30 +29,9 @@
 //   wgmma fill the gap). Consumers read no global memory in the loop (the multipliers come through
 //   shared memory), so nothing but the stages holds up a wgmma fence. The epilogue reuses the ring (a block per
 //   unit) or goes through an 8 KiB buffer per consumer (persistent).
-// Measured (H200, session 14): with the producer's scale load waiting in line, its generic (not
-// shared-space) loads and per-copy address arithmetic, the consumers waited on full stages 27-32% of
-// the time and the kernel ran at 0.6-0.9x the CUTLASS path; without them 1.0-1.7x. A persistent variant
-// (one block per SM walking the units) was 2-4% slower. Session 15: taller blocks for items of up to 128
-// rows gave 1.05x at 8192 tokens (an expert's last, partial item had taken a whole 128-row block,
-// latency-bound) and 1.1-1.25x at 32-64 rows per expert. Session 17 (the producer's scale loads, the
-// epilogue through shared memory, producer-side multipliers, tails): 1.13-1.30x at 1024-8192 tokens.
-// Sessions 40-41 (the persistent kernel below, the producer loading the next unit during the epilogue):
-// qwen3-nvfp4 about 1.045x at 8192 tokens, gpt-oss-120b 1.01x (0.93x until its producer got 96 registers).
-// Session 54 (persistent kernel only): X copied in whole 32-byte sectors and the consumers' shared loads a chunk
-// ahead of the wgmma issue: the GEMMs' span 1.03-1.045x at 8192 tokens (kernel timelines, H200). Session 55: GEMM2's X
-// by TMA, GEMM2 1.04-1.05x at 4096-8192 tokens; the ring needs its 4 stages (3: 0.83x, 5: 1.003x). Session 56
-// (dropped, branches exp/s56-*): the persistent epilogue written out by TMA stores 0.99x; the one-unit grid's empty
-// columns (an item of 4 tiles uses 1 in 4) cost 1.8-3% at 1024 tokens, but a block running an item's further slabs
-// in turn spilled (0.92-1.0x) and GEMM2's empty blocks leaving before pdl_wait ran 0.992-0.997x. Session 57 (dropped,
-// branches exp/s57-*): a finalize kernel beside GEMM2 (GEMM2 at 160 registers to make room), 0.72-0.89x; consumer 1
-// started 0.8-2 us late, so that the epilogues fall apart, 0.975-0.994x (in the consumers' own code, a few lines before
-// their unit loop grew the k loop by 13-24% and cost 8-18% by themselves; in the prologue, before setmaxnreg, none).
-// Session 61 (dropped, same-run A/Bs on H200; ncu at gpt-oss-120b's 1024 tokens: tensor pipe 41% active, issue 48%): items
-// of up to 32 rows on m64n32 tiles (branch exp/s61-fp4-n32) 0.992-1.023x, and T = 4 chunks dequantized in two halves,
-// each half's wgmma running while the other is dequantized (exp/s61-fp4-split), 0.994-1.015x: the one-unit kernel is
-// held back outside its consumers' k-tile chain.
 // Limits: K % 64 == 0 and N % 8 == 0 (the CUDA fp4 experts' hidden and intermediate sizes), y 16-byte
 // aligned; plan items of 256 rows.
+// Measurements behind this shape, and what was tried and dropped: docs/KERNEL_NOTES.md (fp4_wgmma_gemm.cu).
 #include <algorithm>
 #include <atomic>
 #include <type_traits>

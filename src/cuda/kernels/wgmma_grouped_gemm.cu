@@ -1,7 +1,7 @@
 // Grouped GEMMs on Hopper's warpgroup tensor cores for many rows per expert, in place of the CUTLASS grouped GEMMs
 // when chosen (heuristics.h): bf16 weights (Bf16Gemm below) and fp8-block ones (Fp8BlockGemm: e4m3 W with an f32
 // scale per 128x128 block, e4m3 X with one per row and 128-wide k group):
-//   Y[r, n] = sum_k X[r, k] * W[e, n, k]  (+ bias[e, n]),  r in plan order (X's rows gathered beforehand)
+//   Y[r, n] = sum_k X[r, k] * W[e, n, k]  (+ bias[e, n]),  r in plan order
 //   fp8-block: Y[r, n] = sum_kb xs[kb, r] ws[e, n / 128, kb] sum_{k in kb} X[r, k] W[e, n, k]  (+ bias)
 //   fp8-tensor and fp8-channel run as fp8-block (one scale for every block of an expert); fp8-channel's weight row
 //   scales rs[e, n] multiply the promoted sums before the bias (scale_weight_rows)
@@ -25,76 +25,13 @@
 //   accumulators times the tile's scale products (its weight block's scale times each token's; the warpgroup writes
 //   them to shared memory while the wgmma run) once they are done, as DeepGEMM promotes;
 // - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
+// Decode batches (up to heuristics.h's kWgmmaInPlaceMaxTokens) read GEMM1's rows where they lie (kInPlace: x_row set,
+// one-row boxes by the producer warp's lanes); larger ones read X gathered into plan order (quantize.cu). GEMM1 may
+// carry the gated activation in its epilogue (Bf16GateUpGemm, SmallMGemm::act_epilogue: 5-D boxes of w13's rows as
+// 16-row groups of 8 gate and 8 up rows, gated_rows_map; store_gated_tiles writes h2).
 // Limits: K % 64 == 0 (fp8-block: % 128), N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan
-// items of kTileTokens rows. Pairs (bf16): 1.00-1.02x blocks alone at 256 rows per expert, 0.96-0.98x at 128 (H200,
-// session 32), and they take CUTLASS's place up to 512 rows (heuristics.cpp). fp8-block beats CUTLASS up to 64 rows
-// per expert and loses above (0.97-0.99x at 128 rows, 0.88x at 256; session 34). Profiled at 256 rows (ncu, H200,
-// session 34): the tensor pipe is busy ~43% of the time; the consumers are the bound (the producer waits for free
-// stages ~12 polls a stage, the consumers almost never for data): a k tile took a consumer ~950 cycles for 256 of
-// wgmma, the rest its promotion (64 FMAs a thread, inherent to 128-wide scale groups, plus, before the scale
-// products, 32 shared loads and 32 multiplies for the per-token scales, which swap-AB puts on accumulator columns).
-// Tried and dropped there: two partial-sum buffers so that the next tile's wgmma run during a promotion (0.96-0.99x:
-// the promotion's throughput binds, not its latency; whether issue slots or register-file ports shared with the
-// wgmma is not pinned down), pairs sharing X (0.94-1.00x: L2 is not the bound). Tokens as wgmma's M (session 39,
-// branch exp/s39-fp8-tokens-m: 128x128 tiles, m64n128 per consumer, two token scales a lane, no shared products)
-// ran 0.83-0.90x CUTLASS at 4096-8192 tokens and 0.90-0.99x this kernel at 512-2048: its consumers split their time
-// between their own wgmma's wait, the wait for full stages (the ring drains though L2 is 68% and DRAM 37% busy)
-// and a 175-instruction k tile (64 FMAs; ~50 of 64-bit descriptor arithmetic). With two partial-sum buffers and
-// 32-bit descriptor arithmetic: 0.96x this kernel at 2048, 0.95 / 0.88x CUTLASS at 4096 / 8192. Open: what holds the
-// stages back.
-// What the promotion costs (session 63, H200, same-run A/Bs of timing-only builds forced above 64 rows per expert,
-// against CUTLASS at deepseek-v3's 4096 / 8192 tokens): as written 0.998-1.024x / 0.87-0.905x; times the weight
-// block's scale alone (no token scales, products or barrier) 1.078x / 0.933x; no promotion at all (wgmma summing over
-// all of k) 1.17x / 1.05-1.12x; in pairs of blocks sharing X 1.016x / 0.914x, and without promotion 1.146x / 1.082x.
-// So the promotion makes the kernel 1.14-1.29x slower there, a fifth to a half of that the token scales; without it
-// the kernel would run at about 0.83-0.9x CUTLASS's rate on whole tiles (whose rows CUTLASS pads by 1.24-1.27x).
-// Since then the products are read 16 bytes at a time (product_slot: 8 loads a k tile at 128 tokens, 16 before) and
-// the descriptors summed in 32 bits (sw128_desc): same bits, deepseek-v3 1.000x / 1.002x at 1024 / 2048 tokens, forced
-// 0.998x at 4096 and 1.095x at 8192 (rounds 7.7% apart); the bf16 instances gained from the descriptors (mixtral-8x7b
-// 1.024x / 1.028x at 1024 / 2048).
-// L2 policy (session 51, H200, same-run A/Bs): the weight boxes marked L2::evict_first ran 0.89-1.00x end to end
-// (with every kernel's weight loads so marked), and e4m3 row maps without the 256-byte L2 promotion 0.98-0.99x on
-// deepseek-v3: the promoted half of a row's 256 bytes is read from L2 by the next k tile, and the stream needs it to
-// stay there.
-// The weight stream (session 52, H200, same-run A/Bs and Nsight Compute): mixtral-8x7b's GEMM1 at 128 tokens reads
-// 1.90 GB in 454 us at 87.8% of DRAM peak with L2 96% busy; cuBLAS's batched GEMV over the same [8, 28672, 4096]
-// weights (nvjet 256x8 tiles, 6 stages) 436.7 us at 89.6%, L2 95.5% busy, and at 16 tokens GEMM1 streams as fast
-// (4.29 TB/s). Measured and dropped: weights read as if laid out tile after tile (each stage's box 16 KiB of
-// contiguous bytes; timing only) 0.99-1.01x (0.93x at mixtral-8x7b's 128 tokens), so DRAM page locality is not the
-// bound; an L2 prefetch of the k tiles 2, 4, .. ahead every 4 / 8 tiles 0.92-0.99x / 0.81-0.94x; pairs (X
-// multicast) at 16-1024 tokens 0.94-0.998x; 16-token tiles (an m64n16 wgmma, a 16-row X box) 1.001-1.007x against
-// the stage release above, inside the rounds' spread (branch exp/s52-tile16).
-// X stays gathered into plan order by its own kernel (quantize.cu): reading GEMM1's rows where they lie instead was
-// tried in session 35 (H200, same-run A/B at 1024-8192 tokens): a 1-row TMA box per row ran 2.0-4.6x slower (the
-// TMA unit takes small boxes one at a time), cp.async by the whole producer warpgroup (eight threads a row, each
-// arriving on the stage's barrier once its copies land) 0.70-0.99x, 1.03x only at qwen3-30b-a3b's 1024 tokens.
-// Decode batches (up to 16 tokens, heuristics.h's kWgmmaInPlaceMaxTokens) read them in place since session 58: with
-// x_row set (the kInPlace instances, blocks alone) the producer warp's lanes load an item's real rows as one-row
-// boxes (1-2 a stage at deepseek-v3's 4 tokens) and fp8's consumers read the tokens' scales from global memory a k
-// tile ahead; the gather's launch and dependent step go away, same bits. Same-run A/B (H200, 2-3 rounds):
-// deepseek-v3 1.009 / 1.004 / 1.011 / 1.002x at 2 / 4 / 8 / 16 tokens (its 4-token span 316.6 -> 313.3 us in the
-// timeline), qwen3-30b-a3b 1.00x at 8-16; forced above 16 tokens 0.98-1.00x at 24-64 and 0.82x at mixtral-8x7b's 128
-// (16 one-row boxes a stage), so the gather stays there. Their 32-token tiles fill 36 of a stage's 52 KiB; a ring
-// sized for them timed the same (session 65, timing-only builds: 5 stages of 36 KiB 0.999-1.004x at 8-16 tokens),
-// so with every SM streaming, 128 KiB of weights in flight per block is enough; 128-row units with 10 stages of
-// 20 KiB ran 0.97-1.024x as the batch changed, with 4 stages 0.96-0.97x.
-// Where blocks run one or two units (mixtral-8x7b's GEMM2 at 16-1024 tokens, deepseek-v3's at 1 token) they idle
-// 8-16% of the GEMM (a per-block trace, session 65): units do not divide evenly, and the SMs of some GPCs stream
-// 15-20% faster than the rest. Units split in k to even that out lost even as a timing-only bound (0.86-0.99x;
-// deepseek-v3's GEMM2 alone about as much): a unit boundary costs far more than its stores, not yet explained.
-// GEMM1 with the gated activation in its epilogue (Bf16GateUpGemm, since session 59; SmallMGemm::act_epilogue): one
-// 5-D TMA box a 128-row slab reads w13's rows as 16-row groups of 8 gate and 8 up rows (gated_rows_map; no copy of
-// w13), so a lane holds both sums of an h2 value and store_gated_tiles (the fp4 kernel's) writes h2: no h, no
-// activation kernel, the same bits. Same-run A/B (H200, 2 rounds): mixtral-8x7b 1.006 / 1.012 / 1.013 / 1.023 /
-// 1.033x at 16 / 128 / 512 / 1024 / 2048 tokens, qwen3-30b-a3b 1.003-1.004x at 16-128, 1.019-1.037x at 512-8192.
-// Session 36 had tried the same pairing (0.98-1.02x end to end, the consumers doing the math while the tensor cores
-// wait; unrolled per pass, its code overflowed the instruction cache: 0.66x). The rest of the epilogue stays as it
-// is (session 36, H200, same-run A/Bs): TMA stores from two 4 KiB staging buffers, with or without an L2 evict-first
-// hint, 0.99-1.00x; the whole epilogue staged in a ring stage each consumer holds back, one barrier, TMA stores
-// written while the consumers run on, 0.994-1.008x; the gated activation applied from such a stage by two idle
-// producer warps, 0.995-1.018x (branches exp/s36-*). The second consumer started up to 4000 cycles after the first,
-// so that their epilogues fall apart, changed nothing (0.997-1.003x at 1024-8192 tokens, this kernel and the
-// persistent fp4 one; session 65), likely because the consumers share every stage.
+// items of kTileTokens rows.
+// Measurements behind this shape, and what was tried and dropped: docs/KERNEL_NOTES.md (wgmma_grouped_gemm.cu).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
