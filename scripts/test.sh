@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs dependencies, configures, builds and runs every test: CTest (GoogleTest suites, the
-# install/find_package consumer, the fuzz campaign, the fusedmoe-bench runs), then the Python
+# install/find_package consumer, the fuzz campaign, the fusedmoe-bench runs), the CPU suite again
+# under the address, leak and undefined-behaviour sanitizers, then the Python
 # package (pip install . into a venv, with torch and transformers) and its pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 cmake --workflow --preset default
+# The CPU backend (the oracle) and the tools again under AddressSanitizer, LeakSanitizer and
+# UndefinedBehaviorSanitizer (CMakePresets.json: `sanitize`, build-sanitize/, no CUDA; ~6 minutes on
+# 2 cores); FUSEDMOE_TEST_SANITIZE=0 skips it.
+if [ "${FUSEDMOE_TEST_SANITIZE:-1}" != 0 ]; then
+  cmake --workflow --preset sanitize
+fi
 
 venv=build/python-venv
 python3 -m venv "$venv"
