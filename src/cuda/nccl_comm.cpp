@@ -193,9 +193,14 @@ class NcclPeerWindow final : public PeerWindow {
       throw;
     }
   }
+  // DeviceGuard throws where the device cannot be selected (the driver shut down, say): then nothing is released on
+  // it, and no exception leaves the destructor.
   ~NcclPeerWindow() override {
-    cuda::DeviceGuard guard(comm_.device());
-    release();
+    try {
+      cuda::DeviceGuard guard(comm_.device());
+      release();
+    } catch (const Error&) {
+    }
   }
   void* const* peers() const override { return peers_.data_as<void* const>(); }
   double timeout_seconds() const override { return comm_.timeout(); }
