@@ -27,11 +27,36 @@ namespace {
 using Array = nb::ndarray<nb::ro>;
 constexpr int kDlCpu = 1, kDlCuda = 2, kDlCudaHost = 3;
 
+// DLPack's element type as the array libraries name it (float16, bfloat16, uint8, ...).
+std::string dtype_text(nb::dlpack::dtype d) {
+  using C = nb::dlpack::dtype_code;
+  std::string base;
+  switch (static_cast<C>(d.code)) {
+    case C::Int: base = "int"; break;
+    case C::UInt: base = "uint"; break;
+    case C::Float: base = "float"; break;
+    case C::Bfloat: base = "bfloat"; break;
+    case C::Complex: base = "complex"; break;
+    case C::Bool: return "bool";
+    default:  // DLPack's codes past nanobind's list: 7 on are the float8, float6 and float4 formats
+      if (d.code < 7) return "DLPack dtype code " + std::to_string(d.code) + " (" + std::to_string(d.bits) + " bits)";
+      base = "float";
+  }
+  std::string s = base + std::to_string(d.bits);
+  if (d.lanes != 1) s += "x" + std::to_string(d.lanes);
+  return s;
+}
+
 std::string describe(const Array& a) {
-  std::string s = "dtype(code " + std::to_string(a.dtype().code) + ", bits " + std::to_string(a.dtype().bits) +
-                  ") shape [";
+  std::string s = dtype_text(a.dtype()) + " [";
   for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + "] on device type " + std::to_string(a.device_type());
+  s += "] on ";
+  switch (a.device_type()) {
+    case kDlCpu: return s + "cpu";
+    case kDlCuda: return s + "cuda:" + std::to_string(a.device_id());
+    case kDlCudaHost: return s + "pinned host memory";
+    default: return s + "DLPack device type " + std::to_string(a.device_type());
+  }
 }
 
 bool dtype_matches(const Array& a, DType want) {
@@ -90,6 +115,8 @@ struct Layer {
   void forward(const Array& hidden, const Array& logits, const Array& out, std::optional<Array> workspace,
                uintptr_t stream) const {
     const bool bf16_logits = logits.dtype().code == uint8_t(nb::dlpack::dtype_code::Bfloat);
+    FMOE_CHECK(bf16_logits || dtype_matches(logits, DType::f32), "router_logits must be f32 or bf16, got ",
+               describe(logits));
     // Views (and their errors) with the GIL held; only the kernel runs without it.
     const Tensor ws = workspace ? view(*workspace, DType::u8, "workspace") : Tensor();
     const Tensor h = view(hidden, DType::bf16, "hidden");

@@ -67,8 +67,10 @@ def test_bad_input_is_a_clear_error_and_writes_nothing():
     w13, w2, hidden, logits = make(SEED + 3)
     moe = fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13, w2=w2)
     out = np.full((13, 128), 0x7FC1, dtype=np.uint16)
-    with pytest.raises(fusedmoe.Error, match="hidden must be bf16"):
+    with pytest.raises(fusedmoe.Error, match=r"hidden must be bf16 .*, got float64 \[13, 128\] on cpu"):
         moe(hidden.astype(np.float64), logits, out)
+    with pytest.raises(fusedmoe.Error, match=r"router_logits must be f32 or bf16, got int32 \[13, 8\] on cpu"):
+        moe(hidden, logits.astype(np.int32), out)
     with pytest.raises(fusedmoe.Error, match=r"router_logits must be a contiguous f32\[13, 8\]"):
         moe(hidden, logits[:, :7].copy(), out)
     with pytest.raises(fusedmoe.Error, match="contiguous"):
