@@ -688,6 +688,53 @@ TEST(CudaExperts, Bf16WgmmaGateUpTilesEqualTheChain) {
     }
 }
 
+// GEMM2 in GEMM1's tail (FUSEDMOE_GEMM2_EARLY, on by default): the bf16 wgmma GEMM2 loads a plan item's h2 rows once
+// GEMM1's consumers have counted them stored (WgmmaOverlap) and starts on the SMs GEMM1's blocks leave.
+// The units and their sums are unchanged, so it equals GEMM2 after GEMM1 bit for bit, run after run: the token tiles
+// of the test above (rows in place, gathered, gathered by pairs), and 64 experts of 1-40 rows, whose few hundred
+// units a GEMM keep GEMM1 running while GEMM2's first blocks start.
+TEST(CudaExperts, Bf16WgmmaGemm2EarlyEqualsAfterGemm1) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> many(64);
+  for (int32_t& r : many) r = 1 + static_cast<int32_t>(rng() % 40);
+  const std::vector<int32_t> tiles = {1, 31, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 224, 256, 257, 288, 289, 545};
+  for (const auto& [rows, I] : {std::pair{tiles, int64_t{192}}, std::pair{many, int64_t{768}}}) {
+    Problem p = rows_per_expert_problem(QuantScheme::bf16, rows, 320, I, seed + I);
+    p.config.activation.kind = ActivationKind::silu_mul;
+    const int64_t M = p.ids.view().size(0);
+    const GpuProblem g = to_gpu(p);
+    for (int run : {0, 1, 2}) {
+      const bool in_place = run == 0, pairs = run == 2;
+      SCOPED_TRACE(std::to_string(rows.size()) + " experts, I=" + std::to_string(I) +
+                   (in_place ? ", rows in place" : pairs ? ", rows gathered, pairs" : ", rows gathered"));
+      const ForcePath force(true, 256, 0, true, false, 128, pairs, false, false, in_place);
+      const Buffer after = [&] {
+        const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "0");
+        return run_cuda_apply(g, M);
+      }();
+      const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
+      const Buffer early = run_cuda_apply(g, M);
+      expect_matches_reference(p, early, p.ids, p.topk_weights);
+      EXPECT_TRUE(bits_equal(after, early)) << "GEMM2 in GEMM1's tail differs from GEMM2 after GEMM1";
+      for (int again = 0; again < 3; ++again)
+        EXPECT_TRUE(bits_equal(early, run_cuda_apply(g, M))) << "run " << again + 2 << " differs from the first";
+    }
+  }
+  // Forwards back to back on one stream, each on the last one's output: the next forward's plan zeroes the counts
+  // only once this one's GEMM2, and with it GEMM1, has completed.
+  MoEConfig c = small_config(QuantScheme::bf16, 256, 256, 384, 8);
+  const GpuProblem g = to_gpu(make_problem(c, 48, seed));
+  for (bool in_place : {true, false}) {
+    SCOPED_TRACE(in_place ? "chained forwards, rows in place" : "chained forwards, rows gathered");
+    const ForcePath force(true, 256, 0, true, false, 128, false, false, false, in_place);
+    const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
+    expect_chained_forwards_equal_synchronized(cuda_kernel(g), g.hidden);
+  }
+}
+
 // The gated GEMM1 writes no GEMM1 output rows, so the workspace leaves their room out from the token
 // count where the heuristic turns it on; a workspace sized for M must still serve every smaller count:
 // workspace_bytes never shrinks as M grows, and one sized for 600 tokens runs the counts on either side

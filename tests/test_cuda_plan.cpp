@@ -55,7 +55,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   Buffer slot_rows = dev_ints(slots), row_token = dev_ints(slots), row_expert = dev_ints(slots);
   Buffer scratch = dev_ints(cuda::plan_scratch_ints(slots, num_local));
   const int64_t max_items = cuda::plan_max_items(slots, num_local, pc.item_rows);
-  Buffer items = dev_ints(4 * max_items), work_counters = dev_ints(3);
+  const int64_t n_counters = cuda::kPlanCounterInts + max_items;  // the counters, then one per item
+  Buffer items = dev_ints(4 * max_items), work_counters = dev_ints(n_counters);
   constexpr int64_t kZeroed = 700;  // the fused decode kernel's counters, zeroed by the plan on either path
   Buffer zeroed = dev_ints(kZeroed);
   cuda::RowPlan plan{counts.data_as<int32_t>(),
@@ -108,7 +109,8 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   ASSERT_EQ(host(zeroed, kZeroed), std::vector<int32_t>(kZeroed, 0)) << "the counters asked for are zeroed";
   if (pc.item_rows == 0) {
     ASSERT_EQ(host(items, 1)[0], 0x7f7f7f7f) << "a plan without work items wrote items";
-    ASSERT_EQ(host(work_counters, 3), std::vector<int32_t>(3, 0x7f7f7f7f)) << "... or the work counters";
+    ASSERT_EQ(host(work_counters, n_counters), std::vector<int32_t>(n_counters, 0x7f7f7f7f))
+        << "... or the work counters";
     return;
   }
   std::vector<int32_t> want_items;  // {expert, first row, offsets[expert], counts[expert]}, then expert -1
@@ -119,8 +121,10 @@ void check_plan(const PlanCase& pc, uint64_t seed) {
   ASSERT_LE(n, max_items);
   for (int64_t i = n; i < max_items; ++i) want_items.insert(want_items.end(), {-1, 0, 0, 0});
   ASSERT_EQ(host(items, 4 * max_items), want_items);
-  ASSERT_EQ(host(work_counters, 3), (std::vector<int32_t>{0, 0, static_cast<int32_t>(n)}))
-      << "the work counters are zeroed, the item count written";
+  std::vector<int32_t> want_counters(n_counters, 0);
+  want_counters[2] = static_cast<int32_t>(n);
+  ASSERT_EQ(host(work_counters, n_counters), want_counters)
+      << "the work counters and the items' h2 counts are zeroed, the item count written";
 }
 
 TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {

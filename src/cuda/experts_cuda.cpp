@@ -112,6 +112,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   bf16_wgmma_act_ = !batched_ && config.quant == QuantScheme::bf16 && is_sigmoid_gated(config.activation.kind) &&
                     config.intermediate_size % 8 == 0 && small_m_act_epilogue_ &&
                     env_switch("FUSEDMOE_WGMMA_GATE_UP").value_or(true);
+  gemm2_early_ = env_switch("FUSEDMOE_GEMM2_EARLY").value_or(true);
   fused_decode_mode_ = fused_decode_mode_from_env();
   expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
@@ -125,8 +126,10 @@ int64_t item_capacity(int64_t R, int64_t num_local) { return plan_max_items(R, n
 
 constexpr int64_t kItemInts = sizeof(PlanItem) / sizeof(int32_t);
 
-// The items, then RowPlan::work_counters (3 ints), in one workspace tensor.
-int64_t items_ints(int64_t R, int64_t num_local) { return kItemInts * item_capacity(R, num_local) + 3; }
+// The items, then RowPlan::work_counters (the counters and one per item), in one workspace tensor.
+int64_t items_ints(int64_t R, int64_t num_local) {
+  return (kItemInts + 1) * item_capacity(R, num_local) + kPlanCounterInts;
+}
 
 size_t items_bytes(int64_t R, int64_t num_local) {
   return workspace_tensor_bytes(DType::i32, {items_ints(R, num_local)});
@@ -365,9 +368,9 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   }
   if (path.small_m) {
     // (x's rows for a GEMM that reads them in place, else R planned rows)
-    const auto gemm = [&](const SmallMGemm& g) {
+    const auto gemm = [&](const SmallMGemm& g, WgmmaOverlap overlap = WgmmaOverlap::none) {
       const int64_t x_rows = g.x_row ? x.size(0) : R;
-      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, x_rows, E, path.wgmma_pairs, s);
+      if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, x_rows, E, path.wgmma_pairs, s, overlap);
       else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, x_rows, E, s);
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
     };
@@ -390,7 +393,10 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     if (bf16_wgmma && bf16_wgmma_act_) g1.act_epilogue = true;
     g1.act = config_.activation;
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
-    gemm(g1);
+    // The bf16 wgmma GEMM2 starts in GEMM1's tail, on its items' counts (WgmmaOverlap), where their blocks run
+    // alone (up to 128 rows an expert; in pairs it ran 0.99x, session 68).
+    const bool gemm2_early = bf16_wgmma && g1.act_epilogue && gemm2_early_ && !path.wgmma_pairs;
+    gemm(g1, gemm2_early ? WgmmaOverlap::signal : WgmmaOverlap::none);
     if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,
                         s);
@@ -400,7 +406,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g2.w_row_scales = row_scale2_;
     g2.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     g2.x_rows = R;
-    gemm(g2);
+    gemm(g2, gemm2_early ? WgmmaOverlap::await : WgmmaOverlap::none);
   } else {
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
     if (gated) {  // GEMM1 writes act(gate) * up to h2

@@ -56,11 +56,14 @@ struct RowPlan {
   PlanItem* items;
   int item_rows;
   int item_grid;  // the small-M grids' rows: plan_max_items(slots, num_local, item_rows)
-  // [3]: the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu,
-  // fp4_wgmma_gemm.cu), which a plan with work items zeroes, and the plan's item count, which it
-  // writes (may be null otherwise).
+  // [kPlanCounterInts + item_grid] (may be null without work items), which a plan with work items writes:
+  // [0, 1] the persistent wgmma kernels' unit claims and finished blocks (wgmma_grouped_gemm.cu,
+  // fp4_wgmma_gemm.cu), zeroed; [2] the plan's item count; [3, 4] the claims and finished blocks of a
+  // second wgmma GEMM that runs beside the first (WgmmaOverlap), zeroed; then one count per work item of
+  // the h2 columns that GEMM1 has written (WgmmaOverlap), zeroed.
   int32_t* work_counters;
 };
+inline constexpr int kPlanCounterInts = 5;
 // Bound on the work items of a plan of num_slots slots: A active experts (A <= min(num_local,
 // num_slots)) with c_e >= 1 rows make sum(ceil(c_e / item_rows)) <= A + (num_slots - A) / item_rows
 // items, which grows with A. No more grid rows than active experts when num_slots <= num_local.
@@ -203,8 +206,13 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
 // of x_rows, one-row TMA boxes; decode batches, ExpertsPath::x_in_place), W [num_experts, N, K]; pairs (never with
 // x_row): in clusters of two blocks that share each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0,
 // N % 8 == 0.
+// overlap (blocks alone, not pairs): GEMM2 starting on the SMs that GEMM1's blocks leave. GEMM1 (signal, with the
+// gated activation in its epilogue) adds the h2 columns of each unit it has stored to its plan item's count
+// (RowPlan::work_counters) and lets the next launch start at once; GEMM2 (await, X = h2 in plan order) loads an item's
+// rows once the count has reached its K and waits for GEMM1's grid only before it ends.
+enum class WgmmaOverlap { none, signal, await };
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, bool pairs,
-                            cudaStream_t s);
+                            cudaStream_t s, WgmmaOverlap overlap = WgmmaOverlap::none);
 // The same for fp8-block weights: plan items of 128 rows, X e4m3 with its scales x_scales M-major,
 // [K/128, m_major_scale_rows(x_rows)] (launch_gather_rows and launch_activation write them so when asked); with
 // x_row, X's own rows and their scales row-major [x_rows, K/128].

@@ -63,7 +63,9 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
   }
   if (plan.item_rows > 0) {
     for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
-    if (threadIdx.x < 3 && plan.work_counters) plan.work_counters[threadIdx.x] = threadIdx.x < 2 ? 0 : total.items;
+    if (plan.work_counters)
+      for (int i = threadIdx.x; i < kPlanCounterInts + plan.item_grid; i += blockDim.x)
+        plan.work_counters[i] = i == 2 ? total.items : 0;
   }
 }
 

@@ -79,6 +79,7 @@ struct Shape {
 // kStageBytes each (the largest shape of with_tile below, rounded up to 1024 bytes).
 struct Bf16Gemm {
   static constexpr bool kScaled = false, kGateUp = false;
+  static constexpr bool kSignal = false, kAwait = false;  // GEMM2 beside GEMM1 (below)
   static constexpr int kTileK = 64, kTileTokens = 256, kStages = 4;
   static constexpr int kStageBytes = Shape<kTileTokens, 1, kTailTokens>::kStageBytes;  // 52 KiB
   static_assert(Shape<256, 1>::kStageBytes <= kStageBytes && Shape<128, 2>::kStageBytes <= kStageBytes);
@@ -87,6 +88,7 @@ struct Bf16Gemm {
 // consumer's accumulators (kT m64 tiles by kTok tokens, twice, within kConsumerRegs).
 struct Fp8BlockGemm {
   static constexpr bool kScaled = true, kGateUp = false;
+  static constexpr bool kSignal = false, kAwait = false;
   static constexpr int kTileK = 128, kTileTokens = 128, kStages = 5;
   static constexpr int kStageBytes = (Shape<64, 2, 0, true>::kStageBytes + 1023) / 1024 * 1024;  // 41 KiB
   static_assert(Shape<160, 1, 0, true>::kStageBytes <= kStageBytes &&
@@ -97,6 +99,15 @@ struct Fp8BlockGemm {
 // accumulator rows g and g + 8 are the gate and up sums of one h2 column, and store_gated_tiles writes h2 [R, N / 2].
 struct Bf16GateUpGemm : Bf16Gemm {
   static constexpr bool kGateUp = true;
+};
+// GEMM2 beside GEMM1 (WgmmaOverlap in kernels.h; the blocks alone): GEMM1 counts each item's h2 columns
+// as they are stored, GEMM2 waits for an item's count before it loads the item's rows (signal_item, await_item).
+// Instances of their own, so that the others' code stays as it was.
+struct Bf16GateUpSignalGemm : Bf16GateUpGemm {
+  static constexpr bool kSignal = true;
+};
+struct Bf16AwaitGemm : Bf16Gemm {
+  static constexpr bool kAwait = true;
 };
 // fp8-block: a consumer's two buffers of a k tile's scale products (ws xs[token], consume), after the barriers.
 constexpr int kProductFloats = 160;
@@ -415,6 +426,11 @@ __device__ inline Unit unit_at(const SmallMGemm& g, const RowPlan& plan, int n_p
   const int64_t slab = kSlabRows * tile_kt<C>(rows), pair_n0 = int64_t(pair) * kCluster * slab;
   return {e, first, pair_n0 < g.N ? rows : 0, pair_n0 + rank * slab};
 }
+// The plan item of unit u (unit_at's order).
+__device__ inline int unit_item(int n_pairs, int n_items, int u) {
+  const int group = u / (kItemGroup * n_pairs), in_group = u - group * kItemGroup * n_pairs;
+  return group * kItemGroup + in_group % min(kItemGroup, n_items - group * kItemGroup);
+}
 
 // Calls f with the unit's tile: token tile (the item's rows rounded up to 32), kT (tile_kt) and
 // tail. fp8-block keeps kTok <= 160 at kT = 1 and kTok <= 64 at kT = 2 (the partial sums' registers).
@@ -488,6 +504,46 @@ __device__ inline int pair_claim(PairChannel& ch, int* work, int n, int rank) {
   return u;
 }
 
+// GEMM2 beside GEMM1 (WgmmaOverlap). GEMM1 lets the next launch start once its blocks
+// have all started (pdl_launch_dependents after pdl_wait), so GEMM2's blocks take the SMs that GEMM1's blocks
+// leave in its tail; a GEMM1 consumer warpgroup, once its unit's stores are issued, adds the h2 columns it stored
+// to its item's count with a release (CUTLASS's generic barrier: the warpgroup's barrier, then one thread's
+// red.release.gpu); GEMM2's producer waits for the item's count to reach GEMM2's K with an acquire before it loads
+// the item's rows by TMA (a proxy fence orders the generic writes before the async proxy's reads). GEMM1's blocks
+// are all resident before GEMM2's first block starts and never wait on GEMM2, so the waits end. GEMM2 claims from
+// its own counters (work_counters[3, 4]) and waits for GEMM1's grid (pdl_wait) before it ends, so that the launches
+// after it see every kernel before them complete, as without it. A wait that has not ended after 10 s traps (a
+// kernel error, not a hang).
+constexpr int kSecondGemmCounters = 3;
+__device__ inline void signal_item(int32_t* count, int cols, int wg) {
+  warpgroup_bar(wg);  // the warpgroup's stores of the unit are issued
+  if ((threadIdx.x & 127) == 0)
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(count), "r"(cols) : "memory");
+}
+__device__ inline void await_item(const int32_t* count, int64_t target) {
+  uint64_t start = 0;
+  for (int polls = 0;; ++polls) {
+    int32_t v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(count) : "memory");
+    if (v >= target) break;
+    uint64_t now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+    if (polls == 0) start = now;
+    else if (now - start > 10'000'000'000ull) __trap();
+    __nanosleep(128);
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+// The h2 columns a GEMM1 consumer warpgroup stores of a unit: its 64 kT weight rows from n0 + 64 kT wg on (gated:
+// half as many h2 columns), none past N.
+template <class C, int kT>
+__device__ inline int unit_columns(const SmallMGemm& g, int64_t n0, int wg) {
+  constexpr int kRows = 64 * kT;
+  const int64_t left = g.N - (n0 + int64_t(kRows) * wg);
+  const int rows = static_cast<int>(left < 0 ? 0 : left < kRows ? left : kRows);
+  return C::kGateUp ? rows / 2 : rows;
+}
+
 // Persistent: each pair of blocks runs units as it claims them (above) until they run out.
 // xs_map: fp8-block's X scales (unused for bf16, and in place). kInPlace: g.x_row gives each planned row's row of X,
 // x_map's boxes are one row (produce).
@@ -528,17 +584,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   if constexpr (kCluster == 1) __syncthreads();
   else cluster_sync();
-  pdl_wait();
+  if constexpr (!C::kAwait) pdl_wait();
+  if constexpr (C::kSignal) pdl_launch_dependents();  // GEMM2 may take the SMs this grid's blocks leave
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
+  int32_t* const item_counts = plan.work_counters + kPlanCounterInts;  // (WgmmaOverlap)
   Ring<C::kStages> ring;
   if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kProducerRegs>();
     // Alone, the producer warpgroup's other warps leave now; in a pair they wait for the cluster's last barrier.
     if (kCluster == 1 && threadIdx.x >= 128 * kConsumers + 32) return;
     const bool leader = threadIdx.x == 128 * kConsumers;
-    int* work = plan.work_counters;
+    int* work = plan.work_counters + (C::kAwait ? kSecondGemmCounters : 0);
     // The plan's item count: its first use follows the first claim's atomic, so that the two round trips overlap.
-    int n_items = leader ? *static_cast<volatile int*>(work + 2) : 0;
+    int n_items = leader ? *static_cast<volatile int*>(plan.work_counters + 2) : 0;
     for (int n = 0; threadIdx.x < 128 * kConsumers + 32; ++n) {  // the producer warp
       const int slot = n & 1;
       int u = 0;
@@ -553,6 +611,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (n == 0) n_items = __shfl_sync(~0u, n_items, 0);
       if (u >= n_pairs * n_items) break;
       const Unit w = unit_at<C, kCluster>(g, plan, n_pairs, n_items, u, rank);
+      if constexpr (C::kAwait)
+        if (leader && w.rows > 0) await_item(item_counts + unit_item(n_pairs, n_items, u), g.K);
       if ((leader || kInPlace) && w.rows > 0)
         with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
           produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
@@ -591,9 +651,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
         consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
             g, smem, my_epi, my_products, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
+        if constexpr (C::kSignal)
+          signal_item(item_counts + unit_item(n_pairs, n_items, u),
+                      unit_columns<C, decltype(t)::value>(g, w.n0, threadIdx.x >> 7), threadIdx.x >> 7);
       });
     }
   }
+  if constexpr (C::kAwait) pdl_wait();  // GEMM1's grid has completed (see signal_item)
   pdl_launch_dependents();  // every thread that stays: the dependent launch waits for all of them (or their exit)
   // In a pair no block exits while its peer may still arrive on its barriers or write its channel.
   if constexpr (kCluster > 1) cluster_sync();
@@ -683,21 +747,25 @@ template <class C>
 void launch_bf16(const CUtensorMap& w_map, const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, bool pairs,
                  cudaStream_t s) {
   FMOE_CHECK(!(pairs && g.x_row), "the bf16 wgmma GEMM reads rows in place (x_row) with its blocks alone, not pairs");
+  FMOE_CHECK(!(pairs && (C::kSignal || C::kAwait)),
+             "the bf16 wgmma GEMMs run GEMM2 beside GEMM1 (WgmmaOverlap) with their blocks alone, not pairs");
   const CUtensorMap none{};
   if (g.x_row) {
-    launch_kernel<C, 1, true>(rows_map(g.x, x_rows, g.K, false, 1), none, w_map, none, g, plan, s);
+    if constexpr (C::kAwait) FMOE_FAIL("the bf16 wgmma GEMM2 beside GEMM1 reads h2 in plan order, not rows in place");
+    else launch_kernel<C, 1, true>(rows_map(g.x, x_rows, g.K, false, 1), none, w_map, none, g, plan, s);
     return;
   }
   const CUtensorMap x_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXBox);
   const CUtensorMap x_tail_map = rows_map(g.x, std::max<int64_t>(x_rows, 1), g.K, false, kXTailBox);
-  if (pairs) launch_kernel<C, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
-  else launch_kernel<C, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
+  if constexpr (!C::kSignal && !C::kAwait)
+    if (pairs) return launch_kernel<C, 2>(x_map, x_tail_map, w_map, none, g, plan, s);
+  launch_kernel<C, 1>(x_map, x_tail_map, w_map, none, g, plan, s);
 }
 
 }  // namespace
 
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
-                            bool pairs, cudaStream_t s) {
+                            bool pairs, cudaStream_t s, WgmmaOverlap overlap) {
   if (plan.item_grid == 0) return;
   FMOE_CHECK(g.weights == SmallMWeights::bf16, "the bf16 wgmma GEMM takes bf16 weights");
   if (g.act_epilogue) {
@@ -707,11 +775,18 @@ void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_
                g.N);
     const CUtensorMap w_map =
         gated_rows_map(g.w, num_experts, g.N / 2, g.K, g.act.kind == ActivationKind::swiglu_oai, kWBox / 16);
-    launch_bf16<Bf16GateUpGemm>(w_map, g, plan, x_rows, pairs, s);
+    FMOE_CHECK(overlap != WgmmaOverlap::await, "the bf16 wgmma GEMM1 with the activation signals (WgmmaOverlap), "
+               "it does not await");
+    if (overlap == WgmmaOverlap::signal) launch_bf16<Bf16GateUpSignalGemm>(w_map, g, plan, x_rows, pairs, s);
+    else launch_bf16<Bf16GateUpGemm>(w_map, g, plan, x_rows, pairs, s);
     return;
   }
+  FMOE_CHECK(overlap != WgmmaOverlap::signal, "the bf16 wgmma GEMM signals its items' h2 (WgmmaOverlap) only with the "
+             "activation in its epilogue");
+  const CUtensorMap w_map = rows_map(g.w, num_experts * g.N, g.K, false, kWBox);
   check_gemm<Bf16Gemm>(g, plan, x_rows, num_experts, "the bf16 wgmma GEMM");
-  launch_bf16<Bf16Gemm>(rows_map(g.w, num_experts * g.N, g.K, false, kWBox), g, plan, x_rows, pairs, s);
+  if (overlap == WgmmaOverlap::await) launch_bf16<Bf16AwaitGemm>(w_map, g, plan, x_rows, pairs, s);
+  else launch_bf16<Bf16Gemm>(w_map, g, plan, x_rows, pairs, s);
 }
 
 void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts,
