@@ -736,6 +736,48 @@ TEST(CudaExperts, Bf16WgmmaGemm2EarlyEqualsAfterGemm1) {
   }
 }
 
+// The same for the persistent fp4 wgmma kernels (GEMM1 with silu_mul or swiglu_oai in its epilogue, GEMM2 reading
+// h2 by TMA): nvfp4 and mxfp4, items of 1-256 rows and 256 with a 1-32-row tail, second items, several units a block
+// (GEMM1's 7 slabs of 128 rows by 30 items), and 64 experts of 1-40 rows; then chained forwards back to back.
+TEST(CudaExperts, Fp4WgmmaGemm2EarlyEqualsAfterGemm1) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> many(64);
+  for (int32_t& r : many) r = 1 + static_cast<int32_t>(rng() % 40);
+  std::vector<int32_t> tiles;
+  for (int e = 0; e < 24; ++e) tiles.push_back(1 + (e * 149) % 330);
+  const ForcePath force(true, cuda::kFp4WgmmaTileTokens, 0, true, false, 128, false, /*fp4_persistent=*/true);
+  for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (const auto& [rows, act] : {std::pair{tiles, ActivationKind::silu_mul},
+                                    std::pair{many, ActivationKind::swiglu_oai}}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(q)) + ", " + std::to_string(rows.size()) + " experts, " +
+                   activation_name(act));
+      Problem p = rows_per_expert_problem(q, rows, 192, 448, seed + rows.size());
+      p.config.activation.kind = act;
+      const int64_t M = p.ids.view().size(0);
+      const GpuProblem g = to_gpu(p);
+      const Buffer after = [&] {
+        const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "0");
+        return run_cuda_apply(g, M);
+      }();
+      const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
+      const Buffer early = run_cuda_apply(g, M);
+      expect_matches_reference(p, early, p.ids, p.topk_weights);
+      EXPECT_TRUE(bits_equal(after, early)) << "GEMM2 in GEMM1's tail differs from GEMM2 after GEMM1";
+      for (int again = 0; again < 3; ++again)
+        EXPECT_TRUE(bits_equal(early, run_cuda_apply(g, M))) << "run " << again + 2 << " differs from the first";
+    }
+  for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    SCOPED_TRACE(std::string("chained forwards, ") + quant_scheme_name(q));
+    const MoEConfig c = small_config(q, 256, 256, 384, 8);
+    const GpuProblem g = to_gpu(make_problem(c, 300, seed));
+    const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
+    expect_chained_forwards_equal_synchronized(cuda_kernel(g), g.hidden);
+  }
+}
+
 // The gated GEMM1 writes no GEMM1 output rows, so the workspace leaves their room out from the token
 // count where the heuristic turns it on; a workspace sized for M must still serve every smaller count:
 // workspace_bytes never shrinks as M grows, and one sized for 600 tokens runs the counts on either side

@@ -99,7 +99,7 @@ static_assert(kConsumers * kEpiBytes <= kStages * kStageBytes);
 // above, its claim queue (+ alignment).
 constexpr int kPersistentEpiTokens = 64;
 constexpr int kPersistentEpiBytes = kPersistentEpiTokens * 128;
-constexpr int kQueueBytes = 64;
+constexpr int kQueueBytes = 80;  // ClaimQueue<ItemUnit>
 constexpr size_t kPersistentSmemBytes = size_t(kStages) * kStageBytes + kConsumers * kPersistentEpiBytes +
                                         2 * kStages * 8 + kStages * 4 * sizeof(uint32_t) + kQueueBytes + 1024;
 static_assert(kPersistentSmemBytes <= 195 * 1024);
@@ -593,25 +593,34 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
 }
 
 // The persistent kernel's unit of work: weight rows n0 .. n0 + 127 of expert e against a plan item's `rows` token
-// rows, plan rows first on; rows = 0: no more units.
+// rows, plan rows first on; rows = 0: no more units. ItemUnit (GEMM2 beside GEMM1, WgmmaOverlap): and the plan item.
 struct Unit {
   int e, first, rows, n0;
 };
+struct ItemUnit : Unit {
+  int item;
+};
 
 // The producer leader's claim: units u = item * n_slabs + slab (n_slabs: N / 128 rounded up) from the counter
-// (plan.work_counters[0]) until one has work; rows = 0 once they run out. Units with none: an item that rides as its
+// (work[0]: plan.work_counters[0], or [3] for GEMM2 beside GEMM1) until one has work; rows = 0 once they run out. Units with none: an item that rides as its
 // predecessor's tail and (from the first, since items past the last hold expert -1) every unit past the last item.
 // Unit order: an item's slabs one after another, so that the units running at once share their X rows (as the
 // one-unit kernel's grid orders its blocks).
-__device__ inline Unit claim_unit(const RowPlan& plan, int n_slabs, int units) {
+template <class U>
+__device__ inline U claim_unit(const RowPlan& plan, int* work, int n_slabs, int units) {
   for (;;) {
-    const int u = atomicAdd(&plan.work_counters[0], 1);
+    const int u = atomicAdd(&work[0], 1);
     if (u >= units) return {};
     const int item = u / n_slabs, slab = u - item * n_slabs;
     const PlanItem it = plan.items[item];
     if (it.expert < 0) return {};
     const auto [e, first, rows] = item_rows(it, kTileTokens, kTailTokens);
-    if (rows > 0) return {e, static_cast<int>(first), static_cast<int>(rows), slab * kSlabRows};
+    const Unit unit{e, static_cast<int>(first), static_cast<int>(rows), slab * kSlabRows};
+    if constexpr (std::is_same_v<U, ItemUnit>) {
+      if (rows > 0) return {unit, item};
+    } else {
+      if (rows > 0) return unit;
+    }
   }
 }
 
@@ -636,17 +645,24 @@ __device__ __forceinline__ void with_persistent_shape(int rows, F&& f) {
 // for claim n - 2's unit to be done, long past by then. The block to count itself done last (work_counters[1]) sets
 // both counters back to 0 for the next launch.
 // kAct: GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue; gated_block_row, store_gated_tiles).
-template <bool kNv, bool kAct, bool kTmaX>
+// kOverlap: GEMM2 beside GEMM1 (WgmmaOverlap, wgmma_pipeline.cuh): with kAct GEMM1 lets GEMM2 start after its
+// pdl_wait and its consumers count each item's h2 columns (signal_item); with kTmaX GEMM2's leader waits for its
+// claimed item's count (await_item) before it posts the unit, claims from work_counters[3, 4] and waits for GEMM1's
+// grid before it ends.
+template <bool kNv, bool kAct, bool kTmaX, bool kOverlap = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan, const __grid_constant__ CUtensorMap x_map) {
+  static_assert(!kOverlap || kAct != kTmaX, "beside each other: GEMM1 with the activation, GEMM2 reading h2 by TMA");
+  constexpr bool kSignal = kOverlap && kAct, kAwait = kOverlap && kTmaX;
+  using U = std::conditional_t<kOverlap, ItemUnit, Unit>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   uint8_t* epi = smem + kStages * kStageBytes;
   uint64_t* full = reinterpret_cast<uint64_t*>(epi + kConsumers * kPersistentEpiBytes);
   uint64_t* empty = full + kStages;
   uint32_t* flags = reinterpret_cast<uint32_t*>(empty + kStages);  // [kStages][4]
-  auto& queue = *reinterpret_cast<ClaimQueue<Unit>*>(flags + 4 * kStages);
-  static_assert(sizeof(ClaimQueue<Unit>) <= kQueueBytes);
+  auto& queue = *reinterpret_cast<ClaimQueue<U>*>(flags + 4 * kStages);
+  static_assert(sizeof(ClaimQueue<U>) <= kQueueBytes);
   const int n_slabs = static_cast<int>((g.N + kSlabRows - 1) / kSlabRows), units = n_slabs * plan.item_grid;
   if (threadIdx.x < kStages) {
     mbar_init(&full[threadIdx.x], 128);                // each producer thread, once its part is complete
@@ -657,7 +673,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_init(&queue.taken[threadIdx.x], 128 * kConsumers);  // each consumer thread, once its unit is done
   }
   __syncthreads();
-  pdl_wait();
+  if constexpr (!kAwait) pdl_wait();
+  if constexpr (kSignal) pdl_launch_dependents();  // GEMM2 may take the SMs this grid's blocks leave
+  int* const work = plan.work_counters + (kAwait ? kSecondGemmCounters : 0);
   const uint32_t full_a = smem_addr(full), empty_a = smem_addr(empty);
   Ring<kStages> ring;
   if (threadIdx.x >= 128 * kConsumers) {
@@ -666,7 +684,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int n = 0;; ++n) {
       const int slot = n & 1;
       if (leader) {
-        const Unit claim = claim_unit(plan, n_slabs, units);
+        const U claim = claim_unit<U>(plan, work, n_slabs, units);
+        if constexpr (kAwait)  // the leader issues the X boxes (produce): after its acquire and proxy fence
+          if (claim.rows > 0) await_item(plan.work_counters + kPlanCounterInts + claim.item, g.K);
         if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2's unit is done
         queue.unit[slot] = claim;
         mbar_arrive(smem_addr(&queue.posted[slot]));
@@ -679,35 +699,40 @@ __global__ void __launch_bounds__(kThreads, 1)
             g, smem, full_a, empty_a, flags, nullptr, w.e, w.n0, w.rows, w.first, &ring, &x_map);
       });
     }
-    if (leader) reset_claim_counters(plan.work_counters, static_cast<int>(gridDim.x));
+    if (leader) reset_claim_counters(work, static_cast<int>(gridDim.x));
   } else {
     setmaxnreg_inc<kPersistentConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kPersistentEpiBytes;
     for (int n = 0;; ++n) {
       const int slot = n & 1;
       mbar_wait(smem_addr(&queue.posted[slot]), (n >> 1) & 1);
-      const Unit& unit = queue.unit[slot];
+      const U& unit = queue.unit[slot];
       if (unit.rows == 0) break;
       with_persistent_shape(unit.rows, [&](auto tok, auto tail) {
         consume<kNv, decltype(tok)::value, 1, decltype(tail)::value, true, kAct>(g, smem, full_a, empty_a, flags,
                                                                                 unit.e, unit.n0, unit.rows, unit.first,
                                                                                 my_epi, &ring);
       });
+      if constexpr (kSignal) {
+        const int wg = threadIdx.x >> 7;
+        signal_item(plan.work_counters + kPlanCounterInts + unit.item, warpgroup_rows(g.N, unit.n0, 64, wg) / 2, wg);
+      }
       mbar_arrive(smem_addr(&queue.taken[slot]));  // this thread is done with the claim
     }
   }
+  if constexpr (kAwait) pdl_wait();  // GEMM1's grid has completed (signal_item)
   pdl_launch_dependents();  // every thread: the dependent launch waits for all of them (or their exit)
 }
 
 // The persistent kernel's blocks the current device holds at once (one per SM), asked once per device and kernel
 // (whose shared-memory limit it raises first).
-template <bool kNv, bool kAct, bool kTmaX>
+template <bool kNv, bool kAct, bool kTmaX, bool kOverlap>
 int resident_blocks() {
   static std::atomic<int> known[kMaxDevices] = {};
   return once_per_device(known, "the persistent fp4 wgmma GEMM", [](int device) {
     int sms = 0, per_sm = 0;
     FMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const auto kernel = fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX>;
+    const auto kernel = fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX, kOverlap>;
     FMOE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kPersistentSmemBytes)));
     FMOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kPersistentSmemBytes));
@@ -717,7 +742,7 @@ int resident_blocks() {
 
 }  // namespace
 
-void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s) {
+void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s, WgmmaOverlap overlap) {
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
   FMOE_CHECK(g.K % kTileK == 0, "the fp4 wgmma GEMM needs K % ", kTileK, " == 0, got K=", g.K);
@@ -740,24 +765,39 @@ void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_
     if (tma_x)
       FMOE_CHECK(g.x_rows + kBlockTokens < (int64_t(1) << 31), "the persistent fp4 wgmma GEMM addresses x rows with ",
                  "32-bit TMA coordinates, got x_rows=", g.x_rows);
+    FMOE_CHECK(overlap != WgmmaOverlap::signal || g.act_epilogue, "the persistent fp4 wgmma GEMM signals its items' h2 "
+               "(WgmmaOverlap) only as GEMM1 with the activation epilogue");
+    FMOE_CHECK(overlap != WgmmaOverlap::await || tma_x, "the persistent fp4 wgmma GEMM awaits its items' h2 "
+               "(WgmmaOverlap) only as GEMM2, reading h2 in plan order (x_row null, x_rows set)");
     const CUtensorMap x_map = tma_x ? rows_map(g.x, g.x_rows, g.K, false, 32) : CUtensorMap{};
-    const auto go = [&](auto nv, auto act, auto tma) {
+    const auto go = [&](auto nv, auto act, auto tma, auto ov) {
       constexpr bool kNv = decltype(nv)::value, kAct = decltype(act)::value, kTmaX = decltype(tma)::value;
-      const auto blocks = static_cast<unsigned>(std::min<int64_t>(units, resident_blocks<kNv, kAct, kTmaX>()));
-      launch_with_smem(fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX>, dim3(blocks), dim3(kThreads),
+      constexpr bool kOverlap = decltype(ov)::value;
+      const auto blocks =
+          static_cast<unsigned>(std::min<int64_t>(units, resident_blocks<kNv, kAct, kTmaX, kOverlap>()));
+      launch_with_smem(fp4_wgmma_persistent_kernel<kNv, kAct, kTmaX, kOverlap>, dim3(blocks), dim3(kThreads),
                        kPersistentSmemBytes, s, g, plan, x_map);
     };
     using On = std::true_type;
     using Off = std::false_type;
     const bool nv = g.weights == SmallMWeights::nvfp4;
-    if (nv && g.act_epilogue) go(On{}, On{}, Off{});
-    else if (nv && tma_x) go(On{}, Off{}, On{});
-    else if (nv) go(On{}, Off{}, Off{});
-    else if (g.act_epilogue) go(Off{}, On{}, Off{});
-    else if (tma_x) go(Off{}, Off{}, On{});
-    else go(Off{}, Off{}, Off{});
+    if (overlap != WgmmaOverlap::none) {
+      if (nv && g.act_epilogue) go(On{}, On{}, Off{}, On{});
+      else if (nv) go(On{}, Off{}, On{}, On{});
+      else if (g.act_epilogue) go(Off{}, On{}, Off{}, On{});
+      else go(Off{}, Off{}, On{}, On{});
+      return;
+    }
+    if (nv && g.act_epilogue) go(On{}, On{}, Off{}, Off{});
+    else if (nv && tma_x) go(On{}, Off{}, On{}, Off{});
+    else if (nv) go(On{}, Off{}, Off{}, Off{});
+    else if (g.act_epilogue) go(Off{}, On{}, Off{}, Off{});
+    else if (tma_x) go(Off{}, Off{}, On{}, Off{});
+    else go(Off{}, Off{}, Off{}, Off{});
     return;
   }
+  FMOE_CHECK(overlap == WgmmaOverlap::none, "the fp4 wgmma GEMMs run beside each other (WgmmaOverlap) in the "
+             "persistent kernel alone");
   FMOE_CHECK(max_items <= 65535, "the fp4 wgmma GEMM takes at most 65535 work items, got ", max_items);
   const auto go = [&](auto kernel) {
     FMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)));

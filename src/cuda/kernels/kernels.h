@@ -198,19 +198,20 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
 // small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
 // tile_tokens kFp4WgmmaTileTokens (fp4 only) runs launch_fp4_wgmma_gemm.
 void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
+// GEMM2 starting on the SMs that GEMM1's blocks leave (the bf16 wgmma GEMMs' blocks alone, the persistent fp4 wgmma
+// kernel): GEMM1 (signal, with the gated activation in its epilogue) adds the h2 columns of each unit it has stored to
+// its plan item's count (RowPlan::work_counters) and lets the next launch start at once; GEMM2 (await, X = h2 in plan
+// order) loads an item's rows once the count has reached its K and waits for GEMM1's grid only before it ends.
+enum class WgmmaOverlap { none, signal, await };
 // fp4_wgmma_gemm.cu: the same product for many rows per expert, on wgmma (sm_90a), weights dequantized
-// in registers; plan items of 256 rows. Limits: K % 64 == 0.
-void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s);
+// in registers; plan items of 256 rows. Limits: K % 64 == 0; overlap in the persistent kernel alone.
+void launch_fp4_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, cudaStream_t s,
+                           WgmmaOverlap overlap = WgmmaOverlap::none);
 // wgmma_grouped_gemm.cu: the bf16 product on wgmma for many rows per expert, plan items of 256 rows, X's rows in
 // plan order (x_row null) — x_rows of them —, or read where they lie (x_row set: planned row r reads X row x_row[r]
 // of x_rows, one-row TMA boxes; decode batches, ExpertsPath::x_in_place), W [num_experts, N, K]; pairs (never with
 // x_row): in clusters of two blocks that share each item's X rows (ExpertsPath::wgmma_pairs). Limits: K % 64 == 0,
-// N % 8 == 0.
-// overlap (blocks alone, not pairs): GEMM2 starting on the SMs that GEMM1's blocks leave. GEMM1 (signal, with the
-// gated activation in its epilogue) adds the h2 columns of each unit it has stored to its plan item's count
-// (RowPlan::work_counters) and lets the next launch start at once; GEMM2 (await, X = h2 in plan order) loads an item's
-// rows once the count has reached its K and waits for GEMM1's grid only before it ends.
-enum class WgmmaOverlap { none, signal, await };
+// N % 8 == 0; overlap with the blocks alone, not pairs.
 void launch_bf16_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_rows, int64_t num_experts, bool pairs,
                             cudaStream_t s, WgmmaOverlap overlap = WgmmaOverlap::none);
 // The same for fp8-block weights: plan items of 128 rows, X e4m3 with its scales x_scales M-major,

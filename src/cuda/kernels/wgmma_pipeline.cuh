@@ -197,6 +197,43 @@ __device__ inline void reset_claim_counters(int* work, int claimers) {
   }
 }
 
+// GEMM2 beside GEMM1 (WgmmaOverlap; the bf16 wgmma kernels and the persistent fp4 one). GEMM1 lets the next launch
+// start once its blocks have all started (pdl_launch_dependents after pdl_wait), so GEMM2's blocks take the SMs that
+// GEMM1's blocks leave in its tail; a GEMM1 consumer warpgroup, once its unit's stores are issued, adds the h2 columns
+// it stored to its item's count with a release (CUTLASS's generic barrier: the warpgroup's barrier, then one thread's
+// red.release.gpu); GEMM2's producer waits for the item's count to reach GEMM2's K with an acquire before it loads the
+// item's rows by TMA (a proxy fence orders the generic writes before the async proxy's reads). GEMM1's blocks are all
+// resident before GEMM2's first block starts and never wait on GEMM2, so the waits end. GEMM2 claims from its own
+// counters (work_counters[3, 4]) and waits for GEMM1's grid (pdl_wait) before it ends, so that the launches after it
+// see every kernel before them complete, as without it. A wait that has not ended after 10 s traps (a kernel error, not
+// a hang).
+constexpr int kSecondGemmCounters = 3;
+__device__ inline void signal_item(int32_t* count, int cols, int wg) {
+  warpgroup_bar(wg);  // the warpgroup's stores of the unit are issued
+  if ((threadIdx.x & 127) == 0)
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(count), "r"(cols) : "memory");
+}
+__device__ inline void await_item(const int32_t* count, int64_t target) {
+  uint64_t start = 0;
+  for (int polls = 0;; ++polls) {
+    int32_t v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(count) : "memory");
+    if (v >= target) break;
+    uint64_t now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+    if (polls == 0) start = now;
+    else if (now - start > 10'000'000'000ull) __trap();
+    __nanosleep(128);
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+// The weight rows a consumer warpgroup holds of a unit from n0 on (kRows each, warpgroup wg's from n0 + kRows wg),
+// none past N.
+__device__ inline int warpgroup_rows(int64_t N, int64_t n0, int kRows, int wg) {
+  const int64_t left = N - (n0 + int64_t(kRows) * wg);
+  return static_cast<int>(left < 0 ? 0 : left < kRows ? left : kRows);
+}
+
 // The persistent kernels' groups of blocks the current device holds at once: count() the first time for each
 // device, the cached answer after (known: the kernel's own cache; what: the kernel's name for the errors).
 inline constexpr int kMaxDevices = 64;
