@@ -688,9 +688,9 @@ TEST(CudaExperts, Bf16WgmmaGateUpTilesEqualTheChain) {
     }
 }
 
-// GEMM2 in GEMM1's tail (FUSEDMOE_GEMM2_EARLY=1; off by default until this test has passed on a GPU): the bf16
-// wgmma GEMM2 loads a plan item's h2 rows once GEMM1's consumers have counted them stored (WgmmaOverlap) and starts on
-// the SMs GEMM1's blocks leave.
+// GEMM2 in GEMM1's tail (FUSEDMOE_GEMM2_EARLY, on by default): the bf16 wgmma GEMM2 loads a plan item's h2 rows once
+// GEMM1's consumers have counted them stored (WgmmaOverlap) and starts on the SMs GEMM1's blocks leave. (Session 69:
+// it caught the counts going to the next unit's item, a 10 s trap in GEMM2's wait.)
 // The units and their sums are unchanged, so it equals GEMM2 after GEMM1 bit for bit, run after run: the token tiles
 // of the test above (rows in place, gathered, gathered by pairs), and 64 experts of 1-40 rows, whose few hundred
 // units a GEMM keep GEMM1 running while GEMM2's first blocks start.

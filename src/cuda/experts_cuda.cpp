@@ -112,8 +112,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   bf16_wgmma_act_ = !batched_ && config.quant == QuantScheme::bf16 && is_sigmoid_gated(config.activation.kind) &&
                     config.intermediate_size % 8 == 0 && small_m_act_epilogue_ &&
                     env_switch("FUSEDMOE_WGMMA_GATE_UP").value_or(true);
-  // Off by default until its final build has run on a GPU (session 68 measured the first one; see the README).
-  gemm2_early_ = env_switch("FUSEDMOE_GEMM2_EARLY").value_or(false);
+  gemm2_early_ = env_switch("FUSEDMOE_GEMM2_EARLY").value_or(true);
   fused_decode_mode_ = fused_decode_mode_from_env();
   expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&

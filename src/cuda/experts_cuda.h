@@ -131,8 +131,9 @@ class CudaExperts final : public ModularExperts {
   std::optional<bool> x_in_place_;  // FUSEDMOE_X_IN_PLACE, read at construction (else ExpertsPath::x_in_place)
   // The bf16 wgmma GEMM1 applies the gated activation itself (silu_mul, swiglu_oai; FUSEDMOE_WGMMA_GATE_UP=0: off).
   bool bf16_wgmma_act_ = false;
-  // GEMM2 runs in GEMM1's tail there (WgmmaOverlap; FUSEDMOE_GEMM2_EARLY=1, off by default for now).
-  bool gemm2_early_ = false;
+  // The wgmma GEMM2 runs in GEMM1's tail (WgmmaOverlap: bf16 blocks alone, the persistent fp4 kernel;
+  // FUSEDMOE_GEMM2_EARLY=0: after GEMM1).
+  bool gemm2_early_ = true;
   // The fused decode kernel: whether the shape allows it, FUSEDMOE_FUSED_DECODE, one expert's bf16 weight bytes.
   bool fused_decode_supported_ = false;
   FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;

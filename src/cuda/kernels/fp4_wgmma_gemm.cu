@@ -624,6 +624,17 @@ __device__ inline U claim_unit(const RowPlan& plan, int* work, int n_slabs, int 
   }
 }
 
+// GEMM2 beside GEMM1 (kOverlap, GEMM1): the producer's leader adds a unit's h2 columns (128 weight rows, gated: 64
+// columns, none past N) to its item's count once the consumers have arrived on the unit's `taken` barrier after their
+// stores (an mbarrier arrival releases, the leader's wait acquires, at the block's scope; add_release then makes the
+// stores visible to GEMM2). The consumers' code stays that of the instance without it (a count by each
+// consumer warpgroup after its stores cost it 32 bytes of stack and a longer main loop).
+__device__ inline void signal_unit(const SmallMGemm& g, const RowPlan& plan, const ItemUnit& unit) {
+  const int64_t rows = g.N - unit.n0;
+  const int cols = static_cast<int>(rows < kSlabRows ? rows : kSlabRows) / 2;
+  add_release(plan.work_counters + kPlanCounterInts + unit.item, cols);
+}
+
 // The producer warpgroup's named barrier (0: __syncthreads, 1-3: the consumers', wgmma_pipeline.cuh).
 __device__ inline void producers_bar() { asm volatile("bar.sync 4, 128;\n" ::: "memory"); }
 
@@ -646,9 +657,9 @@ __device__ __forceinline__ void with_persistent_shape(int rows, F&& f) {
 // both counters back to 0 for the next launch.
 // kAct: GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue; gated_block_row, store_gated_tiles).
 // kOverlap: GEMM2 beside GEMM1 (WgmmaOverlap, wgmma_pipeline.cuh): with kAct GEMM1 lets GEMM2 start after its
-// pdl_wait and its consumers count each item's h2 columns (signal_item); with kTmaX GEMM2's leader waits for its
-// claimed item's count (await_item) before it posts the unit, claims from work_counters[3, 4] and waits for GEMM1's
-// grid before it ends.
+// pdl_wait and its producer's leader counts each item's h2 columns as the consumers finish its units (signal_unit);
+// with kTmaX GEMM2's leader waits for its claimed item's count (await_item) before it posts the unit, claims from
+// work_counters[3, 4] and waits for GEMM1's grid before it ends.
 template <bool kNv, bool kAct, bool kTmaX, bool kOverlap = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fp4_wgmma_persistent_kernel(SmallMGemm g, RowPlan plan, const __grid_constant__ CUtensorMap x_map) {
@@ -681,13 +692,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x >= 128 * kConsumers) {
     setmaxnreg_dec<kPersistentProducerRegs>();
     const bool leader = threadIdx.x == 128 * kConsumers;
-    for (int n = 0;; ++n) {
+    int n = 0;
+    for (;; ++n) {
       const int slot = n & 1;
       if (leader) {
         const U claim = claim_unit<U>(plan, work, n_slabs, units);
         if constexpr (kAwait)  // the leader issues the X boxes (produce): after its acquire and proxy fence
           if (claim.rows > 0) await_item(plan.work_counters + kPlanCounterInts + claim.item, g.K);
-        if (n >= 2) mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2's unit is done
+        if (n >= 2) {
+          mbar_wait(smem_addr(&queue.taken[slot]), ((n >> 1) - 1) & 1);  // claim n - 2's unit is done
+          if constexpr (kSignal) signal_unit(g, plan, queue.unit[slot]);
+        }
         queue.unit[slot] = claim;
         mbar_arrive(smem_addr(&queue.posted[slot]));
       }
@@ -699,7 +714,14 @@ __global__ void __launch_bounds__(kThreads, 1)
             g, smem, full_a, empty_a, flags, nullptr, w.e, w.n0, w.rows, w.first, &ring, &x_map);
       });
     }
-    if (leader) reset_claim_counters(work, static_cast<int>(gridDim.x));
+    if (leader) {
+      if constexpr (kSignal)
+        if (n >= 1) {  // the last unit (claim n is the one with none)
+          mbar_wait(smem_addr(&queue.taken[(n - 1) & 1]), ((n - 1) >> 1) & 1);
+          signal_unit(g, plan, queue.unit[(n - 1) & 1]);
+        }
+      reset_claim_counters(work, static_cast<int>(gridDim.x));
+    }
   } else {
     setmaxnreg_inc<kPersistentConsumerRegs>();
     uint8_t* my_epi = epi + (threadIdx.x >> 7) * kPersistentEpiBytes;
@@ -713,14 +735,10 @@ __global__ void __launch_bounds__(kThreads, 1)
                                                                                 unit.e, unit.n0, unit.rows, unit.first,
                                                                                 my_epi, &ring);
       });
-      if constexpr (kSignal) {
-        const int wg = threadIdx.x >> 7;
-        signal_item(plan.work_counters + kPlanCounterInts + unit.item, warpgroup_rows(g.N, unit.n0, 64, wg) / 2, wg);
-      }
       mbar_arrive(smem_addr(&queue.taken[slot]));  // this thread is done with the claim
     }
   }
-  if constexpr (kAwait) pdl_wait();  // GEMM1's grid has completed (signal_item)
+  if constexpr (kAwait) pdl_wait();  // GEMM1's grid has completed (signal_unit)
   pdl_launch_dependents();  // every thread: the dependent launch waits for all of them (or their exit)
 }
 

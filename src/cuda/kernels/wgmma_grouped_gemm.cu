@@ -508,7 +508,9 @@ __device__ inline int pair_claim(PairChannel& ch, int* work, int n, int rank) {
 // half as many h2 columns), none past N.
 template <class C, int kT>
 __device__ inline int unit_columns(const SmallMGemm& g, int64_t n0, int wg) {
-  const int rows = warpgroup_rows(g.N, n0, 64 * kT, wg);
+  constexpr int kRows = 64 * kT;
+  const int64_t left = g.N - (n0 + int64_t(kRows) * wg);
+  const int rows = static_cast<int>(left < 0 ? 0 : left < kRows ? left : kRows);
   return C::kGateUp ? rows / 2 : rows;
 }
 
@@ -616,12 +618,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         fetch_next();
         continue;
       }
+      // (consume takes the next claim into u before its epilogue: the unit's item is read now)
+      const int item = C::kSignal ? unit_item(n_pairs, n_items, u) : 0;
       with_tile<C>(w.rows, [&](auto tok, auto t, auto tail) {
         consume<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
             g, smem, my_epi, my_products, full_a, empty_a, ring, w.e, w.n0, w.rows, w.first, fetch_next);
         if constexpr (C::kSignal)
-          signal_item(item_counts + unit_item(n_pairs, n_items, u),
-                      unit_columns<C, decltype(t)::value>(g, w.n0, threadIdx.x >> 7), threadIdx.x >> 7);
+          signal_item(item_counts + item, unit_columns<C, decltype(t)::value>(g, w.n0, threadIdx.x >> 7),
+                      threadIdx.x >> 7);
       });
     }
   }

@@ -208,10 +208,12 @@ __device__ inline void reset_claim_counters(int* work, int claimers) {
 // see every kernel before them complete, as without it. A wait that has not ended after 10 s traps (a kernel error, not
 // a hang).
 constexpr int kSecondGemmCounters = 3;
+__device__ inline void add_release(int32_t* count, int cols) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(count), "r"(cols) : "memory");
+}
 __device__ inline void signal_item(int32_t* count, int cols, int wg) {
   warpgroup_bar(wg);  // the warpgroup's stores of the unit are issued
-  if ((threadIdx.x & 127) == 0)
-    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(count), "r"(cols) : "memory");
+  if ((threadIdx.x & 127) == 0) add_release(count, cols);
 }
 __device__ inline void await_item(const int32_t* count, int64_t target) {
   uint64_t start = 0;
@@ -227,13 +229,6 @@ __device__ inline void await_item(const int32_t* count, int64_t target) {
   }
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
-// The weight rows a consumer warpgroup holds of a unit from n0 on (kRows each, warpgroup wg's from n0 + kRows wg),
-// none past N.
-__device__ inline int warpgroup_rows(int64_t N, int64_t n0, int kRows, int wg) {
-  const int64_t left = N - (n0 + int64_t(kRows) * wg);
-  return static_cast<int>(left < 0 ? 0 : left < kRows ? left : kRows);
-}
-
 // The persistent kernels' groups of blocks the current device holds at once: count() the first time for each
 // device, the cached answer after (known: the kernel's own cache; what: the kernel's name for the errors).
 inline constexpr int kMaxDevices = 64;
