@@ -688,6 +688,30 @@ TEST(CudaExperts, Bf16WgmmaGateUpTilesEqualTheChain) {
     }
 }
 
+// n experts of 1 .. max_rows rows each, at random.
+std::vector<int32_t> random_row_counts(int n, int max_rows, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> rows(n);
+  for (int32_t& r : rows) r = 1 + static_cast<int32_t>(rng() % max_rows);
+  return rows;
+}
+
+// The forward with GEMM2 in GEMM1's tail (FUSEDMOE_GEMM2_EARLY=1) against the CPU oracle, bit for bit against GEMM2
+// after GEMM1 (=0), and run after run.
+void expect_gemm2_early_equals_after(const Problem& p, const GpuProblem& g) {
+  const int64_t M = p.ids.view().size(0);
+  const Buffer after = [&] {
+    const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "0");
+    return run_cuda_apply(g, M);
+  }();
+  const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
+  const Buffer early = run_cuda_apply(g, M);
+  expect_matches_reference(p, early, p.ids, p.topk_weights);
+  EXPECT_TRUE(bits_equal(after, early)) << "GEMM2 in GEMM1's tail differs from GEMM2 after GEMM1";
+  for (int again = 0; again < 3; ++again)
+    EXPECT_TRUE(bits_equal(early, run_cuda_apply(g, M))) << "run " << again + 2 << " differs from the first";
+}
+
 // GEMM2 in GEMM1's tail (FUSEDMOE_GEMM2_EARLY, on by default): the bf16 wgmma GEMM2 loads a plan item's h2 rows once
 // GEMM1's consumers have counted them stored (WgmmaOverlap) and starts on the SMs GEMM1's blocks leave. (Session 69:
 // it caught the counts going to the next unit's item, a 10 s trap in GEMM2's wait.)
@@ -698,30 +722,18 @@ TEST(CudaExperts, Bf16WgmmaGemm2EarlyEqualsAfterGemm1) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> many(64);
-  for (int32_t& r : many) r = 1 + static_cast<int32_t>(rng() % 40);
+  const std::vector<int32_t> many = random_row_counts(64, 40, seed);
   const std::vector<int32_t> tiles = {1, 31, 32, 33, 64, 65, 96, 97, 128, 129, 160, 161, 224, 256, 257, 288, 289, 545};
   for (const auto& [rows, I] : {std::pair{tiles, int64_t{192}}, std::pair{many, int64_t{768}}}) {
     Problem p = rows_per_expert_problem(QuantScheme::bf16, rows, 320, I, seed + I);
     p.config.activation.kind = ActivationKind::silu_mul;
-    const int64_t M = p.ids.view().size(0);
     const GpuProblem g = to_gpu(p);
     for (int run : {0, 1, 2}) {
       const bool in_place = run == 0, pairs = run == 2;
       SCOPED_TRACE(std::to_string(rows.size()) + " experts, I=" + std::to_string(I) +
                    (in_place ? ", rows in place" : pairs ? ", rows gathered, pairs" : ", rows gathered"));
       const ForcePath force(true, 256, 0, true, false, 128, pairs, false, false, in_place);
-      const Buffer after = [&] {
-        const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "0");
-        return run_cuda_apply(g, M);
-      }();
-      const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
-      const Buffer early = run_cuda_apply(g, M);
-      expect_matches_reference(p, early, p.ids, p.topk_weights);
-      EXPECT_TRUE(bits_equal(after, early)) << "GEMM2 in GEMM1's tail differs from GEMM2 after GEMM1";
-      for (int again = 0; again < 3; ++again)
-        EXPECT_TRUE(bits_equal(early, run_cuda_apply(g, M))) << "run " << again + 2 << " differs from the first";
+      expect_gemm2_early_equals_after(p, g);
     }
   }
   // Forwards back to back on one stream, each on the last one's output: the next forward's plan zeroes the counts
@@ -743,9 +755,7 @@ TEST(CudaExperts, Fp4WgmmaGemm2EarlyEqualsAfterGemm1) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> many(64);
-  for (int32_t& r : many) r = 1 + static_cast<int32_t>(rng() % 40);
+  const std::vector<int32_t> many = random_row_counts(64, 40, seed);
   std::vector<int32_t> tiles;
   for (int e = 0; e < 24; ++e) tiles.push_back(1 + (e * 149) % 330);
   const ForcePath force(true, cuda::kFp4WgmmaTileTokens, 0, true, false, 128, false, /*fp4_persistent=*/true);
@@ -756,18 +766,8 @@ TEST(CudaExperts, Fp4WgmmaGemm2EarlyEqualsAfterGemm1) {
                    activation_name(act));
       Problem p = rows_per_expert_problem(q, rows, 192, 448, seed + rows.size());
       p.config.activation.kind = act;
-      const int64_t M = p.ids.view().size(0);
       const GpuProblem g = to_gpu(p);
-      const Buffer after = [&] {
-        const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "0");
-        return run_cuda_apply(g, M);
-      }();
-      const ScopedEnv env("FUSEDMOE_GEMM2_EARLY", "1");
-      const Buffer early = run_cuda_apply(g, M);
-      expect_matches_reference(p, early, p.ids, p.topk_weights);
-      EXPECT_TRUE(bits_equal(after, early)) << "GEMM2 in GEMM1's tail differs from GEMM2 after GEMM1";
-      for (int again = 0; again < 3; ++again)
-        EXPECT_TRUE(bits_equal(early, run_cuda_apply(g, M))) << "run " << again + 2 << " differs from the first";
+      expect_gemm2_early_equals_after(p, g);
     }
   for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
     SCOPED_TRACE(std::string("chained forwards, ") + quant_scheme_name(q));
