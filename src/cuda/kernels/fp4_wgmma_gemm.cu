@@ -602,8 +602,9 @@ struct ItemUnit : Unit {
 };
 
 // The producer leader's claim: units u = item * n_slabs + slab (n_slabs: N / 128 rounded up) from the counter
-// (work[0]: plan.work_counters[0], or [3] for GEMM2 beside GEMM1) until one has work; rows = 0 once they run out. Units with none: an item that rides as its
-// predecessor's tail and (from the first, since items past the last hold expert -1) every unit past the last item.
+// (work[0]: plan.work_counters[0], or [3] for GEMM2 beside GEMM1) until one has work; rows = 0 once they run out.
+// Units with none: an item that rides as its predecessor's tail and (from the first, since items past the last hold
+// expert -1) every unit past the last item.
 // Unit order: an item's slabs one after another, so that the units running at once share their X rows (as the
 // one-unit kernel's grid orders its blocks).
 template <class U>
