@@ -372,7 +372,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
       const int64_t x_rows = g.x_row ? x.size(0) : R;
       if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, x_rows, E, path.wgmma_pairs, s, overlap);
       else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, x_rows, E, s);
-      else if (overlap != WgmmaOverlap::none) launch_fp4_wgmma_gemm(g, plan, s, overlap);
+      else if (overlap != WgmmaOverlap::none) launch_fp4_wgmma_gemm(g, plan, s, overlap);  // (fp4_wgmma_act)
       else launch_small_m_gemm(g, plan, path.tile_tokens, s);
     };
     const bool sorted = wgmma && !x_in_place;
@@ -396,8 +396,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     if (g1.act_epilogue) g1.y = h2.data_as<bf16>();
     // The wgmma GEMM2 starts in GEMM1's tail, on its items' counts (WgmmaOverlap): bf16 where the blocks run alone
     // (up to 128 rows an expert; in pairs it ran 0.99x, session 68), fp4 in the persistent kernel.
-    const bool gemm2_early =
-        gemm2_early_ && ((bf16_wgmma && g1.act_epilogue && !path.wgmma_pairs) || (fp4_wgmma_act && g1.act_epilogue));
+    const bool gemm2_early = gemm2_early_ && g1.act_epilogue && ((bf16_wgmma && !path.wgmma_pairs) || fp4_wgmma_act);
     gemm(g1, gemm2_early ? WgmmaOverlap::signal : WgmmaOverlap::none);
     if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,

@@ -199,14 +199,14 @@ __device__ inline void reset_claim_counters(int* work, int claimers) {
 
 // GEMM2 beside GEMM1 (WgmmaOverlap; the bf16 wgmma kernels and the persistent fp4 one). GEMM1 lets the next launch
 // start once its blocks have all started (pdl_launch_dependents after pdl_wait), so GEMM2's blocks take the SMs that
-// GEMM1's blocks leave in its tail; a GEMM1 consumer warpgroup, once its unit's stores are issued, adds the h2 columns
-// it stored to its item's count with a release (CUTLASS's generic barrier: the warpgroup's barrier, then one thread's
-// red.release.gpu); GEMM2's producer waits for the item's count to reach GEMM2's K with an acquire before it loads the
-// item's rows by TMA (a proxy fence orders the generic writes before the async proxy's reads). GEMM1's blocks are all
-// resident before GEMM2's first block starts and never wait on GEMM2, so the waits end. GEMM2 claims from its own
-// counters (work_counters[3, 4]) and waits for GEMM1's grid (pdl_wait) before it ends, so that the launches after it
-// see every kernel before them complete, as without it. A wait that has not ended after 10 s traps (a kernel error, not
-// a hang).
+// GEMM1's blocks leave in its tail; once a unit's stores are issued, GEMM1 adds its h2 columns to its item's count with
+// a release (bf16, signal_item: each consumer warpgroup's barrier, then one thread's red.release.gpu, as CUTLASS's
+// generic barrier; fp4: the producer's leader after the unit's `taken` barrier, signal_unit); GEMM2's producer waits
+// for the item's count to reach GEMM2's K with an acquire before it loads the item's rows by TMA (a proxy fence orders
+// the generic writes before the async proxy's reads). GEMM1's blocks are all resident before GEMM2's first block starts
+// and never wait on GEMM2, so the waits end. GEMM2 claims from its own counters (work_counters[3, 4]) and waits for
+// GEMM1's grid (pdl_wait) before it ends, so that the launches after it see every kernel before them complete, as
+// without it. A wait that has not ended after 10 s traps (a kernel error, not a hang).
 constexpr int kSecondGemmCounters = 3;
 __device__ inline void add_release(int32_t* count, int cols) {
   asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(count), "r"(cols) : "memory");
