@@ -70,7 +70,7 @@ FusedMoEKernel::FusedMoEKernel(const MoEConfig& config, std::unique_ptr<PrepareF
 
 size_t FusedMoEKernel::workspace_bytes(int64_t M) const {
   const int64_t prepared = prepare_finalize_->max_prepared_tokens(M);
-  // kWorkspaceAlignment: room to align a caller's workspace that starts off a 64-byte boundary.
+  // kWorkspaceAlignment: room to align a caller's workspace that starts off a kWorkspaceAlignment boundary.
   size_t bytes = kWorkspaceAlignment + prepare_finalize_->workspace_bytes(M) + experts_->workspace_bytes(prepared);
   if (!is_monolithic()) {
     const int64_t k = config_.routing.top_k;

@@ -15,7 +15,7 @@ Workspace::Workspace(const Tensor& bytes)
     : base_(bytes.data_as<uint8_t>()), capacity_(bytes.defined() ? bytes.nbytes() : 0), device_(bytes.device()) {
   FMOE_CHECK(!bytes.defined() || (bytes.dtype() == DType::u8 && bytes.ndim() == 1 && bytes.is_contiguous()),
              "workspace must be a contiguous u8 [n] tensor, got ", bytes.describe());
-  // Any address is accepted: the first slice starts at the next 64-byte boundary.
+  // Any address is accepted: the first slice starts at the next kWorkspaceAlignment boundary.
   const size_t skip = (kWorkspaceAlignment - reinterpret_cast<uintptr_t>(base_) % kWorkspaceAlignment) %
                       kWorkspaceAlignment;
   base_ += skip;
