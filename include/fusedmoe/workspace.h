@@ -1,8 +1,8 @@
 // Workspace: a bump allocator over caller-provided scratch bytes (256-byte aligned slices; the
 // bytes themselves may start anywhere — up to 255 are skipped, which workspace sizes include).
-// 256, where TMA and vector loads need 16: with 64-byte slices a tensor's rows could start mid 128-byte
-// line, and where they did depended on the sizes of the tensors before it (on H100, 1-2% of the forward at
-// 8192 tokens; bench/results/gpu-h100-session70-2026-12-05.md).
+// 256, where TMA and vector loads need 16: with 64-byte slices where a tensor started within a 128-byte
+// line depended on the sizes of the tensors before it, and growing one moved the forward by 1-2% at 8192
+// tokens on H100 (bench/results/gpu-h100-session70-2026-12-05.md).
 #pragma once
 
 #include <cstddef>
