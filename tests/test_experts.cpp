@@ -180,13 +180,13 @@ TEST(Workspace, SlicesStartOnTheAlignmentFromAnyAddress) {
   Buffer bytes = Buffer::bytes(need + 300);
   const Buffer expected = run_modular(p, p.ids, p.topk_weights);
   for (size_t start : {0, 1, 63, 64, 129, 255, 299}) {
-    uint8_t* base = bytes.data_as<uint8_t>() + start;
-    Workspace ws(Tensor(base, DType::u8, {static_cast<int64_t>(need)}));
+    const Tensor workspace(bytes.data_as<uint8_t>() + start, DType::u8, {static_cast<int64_t>(need)});
+    Workspace ws(workspace);
     for (int64_t n : {1, 3, 64, 100, 257})
       EXPECT_EQ(reinterpret_cast<uintptr_t>(ws.take(DType::bf16, {n}).data()) % kWorkspaceAlignment, 0u)
           << "start " << start << ", slice of " << n;
     Buffer out = poisoned_bf16(5, 128);
-    kernel.apply(p.hidden, p.ids, p.topk_weights, out, Tensor(base, DType::u8, {static_cast<int64_t>(need)}));
+    kernel.apply(p.hidden, p.ids, p.topk_weights, out, workspace);
     EXPECT_TRUE(bits_equal(out, expected)) << "start " << start;
   }
 }
