@@ -31,7 +31,9 @@ struct ExpertsPath {
 // at most this many rows unless a token repeats it among its ids; the one-row boxes cost the TMA unit a request
 // each, which at the batches of session 35's attempt (1024-8192 tokens, up to 288 rows an item) ran 2.0-4.6x slower.
 // Session 58 (H200, same-run A/B against the gather): deepseek-v3 1.002-1.011x at 2-16 tokens; forced above 16,
-// 0.98-1.00x at 24-64 tokens and 0.82x at mixtral-8x7b's 128 (16 rows an item).
+// 0.98-1.00x at 24-64 tokens and 0.82x at mixtral-8x7b's 128 (16 rows an item). A bound on the average rows an
+// expert instead gained 1.006-1.013x on H100 (qwen3-30b-a3b at 32-256 tokens, uniform routing) but lost 0.837x at
+// 256 tokens under a skewed router (sessions 71-72): tokens bound every item's rows whatever the routing.
 inline constexpr int64_t kWgmmaInPlaceMaxTokens = 16;
 
 // bf16 layers of at most this hidden size keep the bf16 wgmma kernel up to 2048 rows per expert, the others up to 512
