@@ -8,6 +8,10 @@ graphs and an L2 flush before every replay:
                 graphs are timed in turns (time_each_us)
   torch_grouped torch routing + sort + torch._grouped_mm x2 + weighted index_add (bf16)
   torch_loop    torch routing + a Python loop over experts (eager, host syncs; not graphed)
+  triton        torch routing + a Triton fused-MoE (bench/triton_moe.py: the align / grouped GEMM / activation /
+                sum shape engines ship, bf16 and fp8-block weights, tile configs tuned here per GEMM and batch);
+  triton_experts the same without the routing (ids and weights computed before the call); the two graphs are timed
+                in turns
 floor = max((weight bytes of the experts hit + activation bytes) / copy bandwidth,
             FLOPs / dense GEMM rate), all measured in this run. Output: a table, JSON and a
 roofline PNG under --out. For fp8 and fp4 models the torch baselines run the dequantized
@@ -361,6 +365,20 @@ def torch_loop(p, w, hidden, logits, bias):
     return out.to(torch.bfloat16)
 
 
+def triton_baseline(p, w):
+    """The Triton fused-MoE baseline for this preset, or None where it does not apply (fp4 weights, biases, other
+    activations) or Triton is missing."""
+    if p["quant"] not in ("bf16", "fp8-block") or p.get("act", "silu") != "silu" or p.get("bias"):
+        return None
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from triton_moe import TritonMoE
+    except ImportError as e:
+        print(f"# no Triton baseline: {e}", flush=True)
+        return None
+    return TritonMoE(p, w)
+
+
 # ---- main ----------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser()
@@ -370,6 +388,7 @@ def main():
     ap.add_argument("--tokens", default="1,16,128,1024,8192")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-loop", action="store_true", help="skip the per-expert loop baseline")
+    ap.add_argument("--no-triton", action="store_true", help="skip the Triton fused-MoE baseline")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--flush", choices=("write", "read"), default="write",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
@@ -426,6 +445,7 @@ def main():
         fp8 = p["quant"].startswith("fp8")
         expert_bytes = expert_bytes_of(p)
         rate = roof["fp8_flops_per_s"] if fp8 else roof["bf16_flops_per_s"]
+        tm = None if args.no_triton or args.modular_only else triton_baseline(p, w)
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
@@ -465,10 +485,18 @@ def main():
             res["mono_equals_modular"] = bool(torch.equal(mono_out, out))
             res["rel_err_vs_torch"] = float((out.float() - ref.float()).norm() / ref.float().norm())
             res["torch_grouped_us"] = time_us(graphed(lambda: torch_grouped(p, w, hidden, logits, bias)), args.reps)
+            if tm is not None:
+                ids_t, wts_t = torch_route(p, logits, bias)
+                res["triton_configs"] = tm.tune(hidden, ids_t, wts_t, lambda fn: time_us(fn, 10, warmup=2, idle=0.0))
+                tout = tm.forward(hidden, ids_t, wts_t)
+                res["triton_rel_err_vs_torch"] = float((tout.float() - ref.float()).norm() / ref.float().norm())
+                res["triton_us"], res["triton_experts_us"] = time_each_us(
+                    [graphed(lambda: tm.forward(hidden, *torch_route(p, logits, bias))),
+                     graphed(lambda: tm.forward(hidden, ids_t, wts_t))], args.reps)
             if not args.no_loop:
                 res["torch_loop_us"] = time_us(lambda: torch_loop(p, w, hidden, logits, bias), max(3, args.reps // 5),
                                                warmup=1)
-            for key in ("fusedmoe", "fusedmoe_mono", "torch_grouped", "torch_loop"):
+            for key in ("fusedmoe", "fusedmoe_mono", "torch_grouped", "torch_loop", "triton", "triton_experts"):
                 if key + "_us" in res:
                     res[key + "_pct_floor"] = 100.0 * floor_us / res[key + "_us"]
             res["fusedmoe_tflops"] = flops / (res["fusedmoe_us"] * 1e-6) / 1e12
@@ -482,6 +510,9 @@ def main():
                   f"({res['fusedmoe_mono_pct_floor']:5.1f}%{'' if res['mono_equals_modular'] else ', DIFFERS'}) "
                   f"| grouped_mm {res['torch_grouped_us']:9.1f} us "
                   f"({res['torch_grouped_pct_floor']:5.1f}%)"
+                  + (f" | triton {res['triton_us']:9.1f} us ({res['triton_pct_floor']:5.1f}%), experts alone "
+                     f"{res['triton_experts_us']:9.1f} us, rel err {res['triton_rel_err_vs_torch']:.2e}"
+                     if "triton_us" in res else "")
                   + (f" | loop {res['torch_loop_us']:9.1f} us" if "torch_loop_us" in res else "")
                   + f" | rel err {res['rel_err_vs_torch']:.2e}", flush=True)
         lib.fmoe_layer_destroy(layer)
@@ -497,12 +528,14 @@ def main():
         return
     plot(rows, roof, env, os.path.join(args.out, f"gpu-bench-{tag}-{stamp}.png"))
     print("\nmodel               tokens   floor_us  fusedmoe_us  %floor  monolithic_us  %floor  grouped_mm_us  %floor"
-          "  %bf16_rate  (sustained)")
+          "  %bf16_rate  (sustained)  triton_us  %floor  triton_experts_us  %floor")
     for r in rows:
         print(f"{r['model']:19s} {r['tokens']:6d} {r['floor_us']:10.1f} {r['fusedmoe_us']:12.1f} "
               f"{r['fusedmoe_pct_floor']:7.1f} {r['fusedmoe_mono_us']:14.1f} {r['fusedmoe_mono_pct_floor']:7.1f} "
               f"{r['torch_grouped_us']:14.1f} {r['torch_grouped_pct_floor']:7.1f} {r['fusedmoe_pct_bf16_rate']:10.1f} "
-              f"{r['fusedmoe_pct_bf16_rate_sustained']:12.1f}")
+              f"{r['fusedmoe_pct_bf16_rate_sustained']:12.1f}"
+              + (f" {r['triton_us']:10.1f} {r['triton_pct_floor']:7.1f} {r['triton_experts_us']:18.1f} "
+                 f"{r['triton_experts_pct_floor']:7.1f}" if "triton_us" in r else ""))
 
 
 def plot(rows, roof, env, path):
@@ -518,6 +551,9 @@ def plot(rows, roof, env, path):
         ax.plot([r["tokens"] for r in rs], [r["fusedmoe_pct_floor"] for r in rs], "o-", label=f"fusedmoe {model}")
         ax.plot([r["tokens"] for r in rs], [r["torch_grouped_pct_floor"] for r in rs], "x--",
                 label=f"torch grouped_mm {model}")
+        if all("triton_pct_floor" in r for r in rs):
+            ax.plot([r["tokens"] for r in rs], [r["triton_pct_floor"] for r in rs], "s:",
+                    label=f"triton fused-MoE {model}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens")
     ax.set_ylabel("% of floor (measured copy BW / GEMM rate)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: CUDA tests, compute-sanitizer, benchmark — in that order,
 # each step bounded by `timeout`, all output in $OUT/log.txt, bench JSON/PNG in $OUT.
-# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [bench] [bench-no-pdl] [profile] [stalls] [gate] [ab] [bits] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
+# Usage: bench/gpu_session.sh [tests] [tests-quick] [tests-fp4] [tests-no-pdl] [sanitize] [sanitize-variants] [sanitize-batched] [triton] [bench] [bench-no-pdl] [profile] [stalls] [gate] [ab] [bits] [probe] [sanitize-fused] [fuzz] [nccl] [ep] [sanitize-ep] [ep-batched] [python]
 # (python builds the extension here — it needs the CUTLASS headers: third_party/cutlass-* in the
 #  tree or $BIN/cutlass.tar.xz — in the background from the start, then runs the pytest suite
 #  with torch and transformers)
@@ -124,6 +124,8 @@ for what in "$@"; do
         step "${tool}_batched" 200 compute-sanitizer --tool "$tool" --error-exitcode 9 "$(find_bin test_cuda_batched)" \
           --gtest_filter='-CudaBatched.EqualsStandardFormatBitwiseOnBothPaths'
       done ;;
+    triton)  # the Triton fused-MoE baseline against its float32 reference (bench/triton_moe.py)
+      step triton_selfcheck 300 python3 bench/triton_moe.py ;;
     bench)
       step bench 480 python3 bench/gpu_bench.py --lib "$(find_bin libfusedmoe_c.so)" --out "$OUT" ${BENCH_ARGS:-} ;;
     fuzz)  # the GPU campaign: FUZZ_SEEDS (default 1:10000) CUDA cases, memcheck on the first 40
