@@ -48,7 +48,7 @@ fusedmoe_cuda_objects(fusedmoe_cutlass 17
   src/cuda/cutlass/grouped_gemm_fp8_channel_scaled_pingpong64.cu
   src/cuda/cutlass/grouped_gemm_fp8_channel_scaled_fast_accum.cu
   src/cuda/cutlass/grouped_gemm_fp8_channel_scaled_fast_accum_pingpong64.cu
-  src/cuda/cutlass/grouped_gemm_bf16_gated_pingpong64.cu)
+  src/cuda/cutlass/grouped_gemm_bf16_gated_coop128.cu)
 target_include_directories(fusedmoe_cutlass SYSTEM PRIVATE ${FUSEDMOE_CUTLASS_DIR}/include
                            ${FUSEDMOE_CUTLASS_DIR}/util/include)
 

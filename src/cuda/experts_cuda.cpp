@@ -581,7 +581,7 @@ const GroupedGemmVariant& gemm_variant(GroupedGemmKind kind, int tile_m, bool fa
 }  // namespace
 
 size_t grouped_gemm_workspace_bytes(GroupedGemmKind kind, int num_groups, int sm_count) {
-  size_t bytes = kGroupedGemmBf16GatedPingpong64x256.workspace_bytes(num_groups, sm_count);
+  size_t bytes = kGroupedGemmBf16GatedCoop128x256.workspace_bytes(num_groups, sm_count);
   for (int tile_m : {128, 64})
     for (bool fast_accum : {false, true})
       bytes = std::max(bytes, gemm_variant(kind, tile_m, fast_accum).workspace_bytes(num_groups, sm_count));
@@ -593,7 +593,7 @@ const char* run_grouped_gemm(GroupedGemmKind kind, const GroupedGemmProblem& p, 
   if (p.tile_m != 64 && p.tile_m != 128) return "tile_m must be 64 or 128";
   if (p.gated_act > 0) {  // one variant, whatever the tile of the plain GEMMs
     if (kind != GroupedGemmKind::bf16 || p.N % 256 != 0) return "the gated GEMM1 takes bf16 and N % 256 == 0";
-    return kGroupedGemmBf16GatedPingpong64x256.run(p, workspace, bytes, stream);
+    return kGroupedGemmBf16GatedCoop128x256.run(p, workspace, bytes, stream);
   }
   return gemm_variant(kind, p.tile_m, p.fast_accum).run(p, workspace, bytes, stream);
 }

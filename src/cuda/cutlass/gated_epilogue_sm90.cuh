@@ -10,7 +10,8 @@
 // 16 bytes: conflict-free), then writes 128-byte row pieces with 16-byte stores. Measured on H200:
 // single-element register-to-global stores made GEMM1 ~15% slower than GEMM1 + the activation
 // kernel; per-value F2F conversions and the IEEE divide kept it ~8% slower; packed conversions, the
-// fast sigmoid (activation_fn.h) and the pingpong schedule put it ahead.
+// fast sigmoid (activation_fn.h) and the 64x256 pingpong schedule put it ahead there (session 11). On the H100 the
+// 128x256 cooperative tiles run it faster (grouped_gemm_bf16_gated_coop128.cu, session 73).
 // Limits: 256-column tiles of 64 rows per warpgroup (cooperative 128 or pingpong 64), N % 256 == 0
 // (I % 128 == 0), silu/gelu/gelu_tanh without a w13 bias.
 #pragma once
@@ -56,8 +57,9 @@ class GatedActivationEpilogueArray {
   using GmemTiledCopyD = void;
   static constexpr int NumEpilogueWarpGroups = 2;  // cooperative; pingpong has two consumer warpgroups too
 
-  // A warpgroup stages half its 64 x 128 outputs at a time: 18 KB in all leaves the 64x256 pingpong
-  // mainloop its 5 stages (the whole tile, 34 KB, left 4: 4% slower at mixtral's 256 tokens).
+  // A warpgroup stages half its 64 x 128 outputs at a time: 18 KB in all left the 64x256 pingpong
+  // mainloop its 5 stages (the whole tile, 34 KB, left 4: 4% slower at mixtral's 256 tokens, H200); the
+  // 128x256 cooperative mainloop keeps 4.
   static constexpr int kStageCols = 64;
   static constexpr int kStageLd = kStageCols + 8;  // bf16 per staged row, + 16 bytes: no bank conflicts
   struct SharedStorage {

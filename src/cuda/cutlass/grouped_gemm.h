@@ -67,7 +67,7 @@ extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledCoop128x128;
 extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledPingpong64x128;
 extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledFastAccumCoop128x256;  // fast_accum: wider tiles
 extern const GroupedGemmVariant kGroupedGemmFp8ChannelScaledFastAccumPingpong64x256;
-// bf16 GEMM1 with the gated activation in the epilogue, 64x256 pingpong (gated_epilogue_sm90.cuh).
-extern const GroupedGemmVariant kGroupedGemmBf16GatedPingpong64x256;
+// bf16 GEMM1 with the gated activation in the epilogue, 128x256 cooperative (gated_epilogue_sm90.cuh).
+extern const GroupedGemmVariant kGroupedGemmBf16GatedCoop128x256;
 
 }  // namespace fusedmoe::cuda
