@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--tokens", default="1")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--kinds", default="modular,monolithic", help="the forwards to time, in this order")
+    ap.add_argument("--router-skew", type=float, default=0.0,
+                    help="as gpu_bench.py's: S x a fixed per-expert N(0,1) offset on the logits (0: uniform routing)")
     args = ap.parse_args()
     lib = gb.load_lib(args.lib)
     torch.manual_seed(0)
@@ -111,9 +113,15 @@ def main():
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
+            if args.router_skew:
+                gen = torch.Generator(device="cuda").manual_seed(1234)
+                logits += args.router_skew * torch.randn(E, device="cuda", generator=gen)
             out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
             ids, _ = gb.torch_route(p, logits, bias)
             active = int(ids.unique().numel())
+            if args.router_skew:
+                rows = torch.bincount(ids.reshape(-1), minlength=E).sort(descending=True).values.tolist()
+                print(f"  rows per expert, most first: {rows[:16]}{' ...' if E > 16 else ''}")
             mb = active * gb.expert_bytes_of(p) / 1e6
             for kind, h in layers.items():
                 def fm(which=h):
