@@ -113,9 +113,7 @@ def main():
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
-            if args.router_skew:
-                gen = torch.Generator(device="cuda").manual_seed(1234)
-                logits += args.router_skew * torch.randn(E, device="cuda", generator=gen)
+            gb.skew_logits(logits, args.router_skew)
             out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
             ids, _ = gb.torch_route(p, logits, bias)
             active = int(ids.unique().numel())

@@ -322,6 +322,14 @@ def torch_route(p, logits, bias):
     return ids, w / w.sum(-1, keepdim=True)
 
 
+def skew_logits(logits, skew):
+    """--router-skew: adds skew x a fixed per-expert N(0,1) offset (seed 1234) to [M, E] logits, in place, so some
+    experts draw more tokens than others, as trained routers do (0: unchanged)."""
+    if skew:
+        gen = torch.Generator(device="cuda").manual_seed(1234)
+        logits += skew * torch.randn(logits.shape[1], device="cuda", generator=gen)
+
+
 def activation(p, h):
     if p.get("act") == "swiglu-oai":  # interleaved (g0, u0, g1, u1, ...), alpha 1.702, limit 7
         g, u = h[:, 0::2].clamp(max=7.0), h[:, 1::2].clamp(-7.0, 7.0)
@@ -449,9 +457,7 @@ def main():
         for M in (int(t) for t in args.tokens.split(",")):
             hidden = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             logits = torch.randn(M, E, device="cuda", dtype=torch.float32)
-            if args.router_skew:
-                gen = torch.Generator(device="cuda").manual_seed(1234)
-                logits += args.router_skew * torch.randn(E, device="cuda", generator=gen)
+            skew_logits(logits, args.router_skew)
             out = torch.empty(M, K, device="cuda", dtype=torch.bfloat16)
 
             def fm(which=layer):
