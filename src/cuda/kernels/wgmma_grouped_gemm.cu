@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/cuda_util.h"
@@ -142,6 +143,30 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
   else wgmma_m64n32k16_ss(d, desc_a, desc_b);
 }
 
+// X's TMA boxes with an L2 cache policy (the weights' boxes take none): the copies of tma_load_2d and
+// tma_load_2d_multicast (wgmma_pipeline.cuh) with .L2::cache_hint, and the evict_last policy they take.
+__device__ inline void tma_load_2d_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
+                                          uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
+      : "memory");
+}
+__device__ inline void tma_load_2d_multicast_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1,
+                                                    uint32_t bar, uint16_t cta_mask, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
+      " [%0], [%1, {%2, %3}], [%4], %5, %6;\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask), "l"(policy)
+      : "memory");
+}
+__device__ inline uint64_t l2_evict_last_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
 // The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
 // when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
 // (x_row0 on, boxes of 64 rows, then 32), the block's weight rows (w_row0 on, boxes of 128) and (fp8-block) the X
@@ -155,13 +180,15 @@ template <class C, int kCluster, int kTok, int kT, int kTail, bool kInPlace>
 __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensorMap& x_tail_map,
                                         const CUtensorMap& w_map, const CUtensorMap& xs_map, int num_kt, uint8_t* smem,
                                         uint32_t full, uint32_t empty, Ring<C::kStages>& ring, int32_t x_row0,
-                                        int32_t w_row0, int rank, const int32_t* x_row, int rows, int32_t w_expert) {
+                                        int32_t w_row0, int rank, const int32_t* x_row, int rows, int32_t w_expert,
+                                        bool x_evict_last) {
   using S = Shape<kTok, kT, kTail, C::kScaled>;
   static_assert(!C::kScaled || kCluster == 1, "fp8-block runs its blocks alone");
   static_assert(!kInPlace || kCluster == 1, "rows read in place run their blocks alone");
   const uint32_t base = smem_addr(smem);
   const int lane = threadIdx.x & 31;
   const int32_t lane_row = kInPlace && lane < rows ? __ldg(x_row + x_row0 + lane) : 0;
+  const uint64_t x_policy = x_evict_last ? l2_evict_last_policy() : 0;
   for (int kt = 0; kt < num_kt; ++kt, ring.advance()) {
     const uint32_t bar = full + 8 * ring.st, xs = base + ring.st * C::kStageBytes, ws = xs + S::kXBytes;
     const int32_t k = kt * C::kTileK;
@@ -194,10 +221,16 @@ __device__ __forceinline__ void produce(const CUtensorMap& x_map, const CUtensor
       continue;
     }
     take_stage(S::kStageBytes);
-    // X box b comes from the pair's block b % 2, multicast to both.
+    // X box b comes from the pair's block b % 2, multicast to both; evict_last when x_evict_last (see the kernel).
     const auto load_x = [&](uint32_t dst, const CUtensorMap& map, int32_t row, int b) {
-      if constexpr (kCluster == 1) tma_load_2d(dst, &map, k, row, bar);
-      else if (b % kCluster == rank) tma_load_2d_multicast(dst, &map, k, row, bar, (1u << kCluster) - 1);
+      const uint16_t both = (1u << kCluster) - 1;
+      if constexpr (kCluster == 1) {
+        if (x_evict_last) tma_load_2d_hinted(dst, &map, k, row, bar, x_policy);
+        else tma_load_2d(dst, &map, k, row, bar);
+      } else if (b % kCluster == rank) {
+        if (x_evict_last) tma_load_2d_multicast_hinted(dst, &map, k, row, bar, both, x_policy);
+        else tma_load_2d_multicast(dst, &map, k, row, bar, both);
+      }
     };
 #pragma unroll
     for (int j = 0; j < kTok / kXBox; ++j) load_x(xs + j * kXBox * kRowBytes, x_map, x_row0 + kXBox * j, j);
@@ -517,11 +550,19 @@ __device__ inline int unit_columns(const SmallMGemm& g, int64_t n0, int wg) {
 // Persistent: each pair of blocks runs units as it claims them (above) until they run out.
 // xs_map: fp8-block's X scales (unused for bf16, and in place). kInPlace: g.x_row gives each planned row's row of X,
 // x_map's boxes are one row (produce).
+// x_evict_last: the gathered X boxes (not the in-place rows, whose one-row boxes take no policy) are loaded
+// L2::evict_last. Every N pair of an item reads the item's X again, while the weights stream through L2 once;
+// without the policy the stream evicts X between the pairs that share it. (Session 74, H100, mixtral-8x7b at 1024
+// tokens: GEMM1 read 2.45 GB from DRAM for 1.88 GB of weights, 2.28 GB with the policy.) X is workspace that the
+// next forward rewrites. Same-run A/Bs on the H100: up to 1.036x at 256-2048 tokens, even elsewhere, but
+// 0.996-0.997x at qwen3-30b-a3b's 8192 tokens, whichever GEMMs take the policy there. Capped at half the L2, the
+// policy lost the gains where X is 59-117 MB (deepseek-v3 at 1024-2048 tokens, qwen3-30b-a3b at 2048): no cap.
+// FUSEDMOE_X_EVICT_LAST=0 turns it off (launch_kernel).
 template <class C, int kCluster, bool kInPlace>
 __global__ void __launch_bounds__(kThreads, 1)
     wgmma_grouped_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap x_tail_map,
                          const __grid_constant__ CUtensorMap w_map, const __grid_constant__ CUtensorMap xs_map,
-                         SmallMGemm g, RowPlan plan) {
+                         SmallMGemm g, RowPlan plan, bool x_evict_last) {
   extern __shared__ uint8_t smem_raw[];
   // 1024-byte aligned (the swizzled tiles); an offset into smem_raw, so that the compiler knows every
   // pointer below addresses shared memory.
@@ -588,7 +629,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           produce<C, kCluster, decltype(tok)::value, decltype(t)::value, decltype(tail)::value, kInPlace>(
               x_map, x_tail_map, w_map, xs_map, static_cast<int>(g.K / C::kTileK), smem, full_a, empty_a, ring,
               static_cast<int32_t>(w.first), static_cast<int32_t>(C::kGateUp ? w.n0 / 16 : w.e * g.N + w.n0), rank,
-              g.x_row, static_cast<int>(w.rows), w.e);
+              g.x_row, static_cast<int>(w.rows), w.e, x_evict_last);
         });
       __syncwarp();
     }
@@ -685,12 +726,16 @@ void launch_kernel(const CUtensorMap& x_map, const CUtensorMap& x_tail_map, cons
   const auto blocks = static_cast<unsigned>(kCluster * std::min<int64_t>(units, groups));
   // Alone: a plain launch. (A cluster launch of one block with the pairs' cluster barriers, tried first, ran 1-3%
   // slower at 64-128 rows per expert; H200, session 32.)
+  static const bool evict_last = [] {  // the kernel's x_evict_last; FUSEDMOE_X_EVICT_LAST=0 turns it off
+    const char* v = std::getenv("FUSEDMOE_X_EVICT_LAST");
+    return !(v && v[0] == '0');
+  }();
   if constexpr (kCluster == 1)
     launch_with_smem(wgmma_grouped_kernel<C, 1, kInPlace>, dim3(blocks), dim3(kThreads), kSmemBytes<C>, s, x_map,
-                     x_tail_map, w_map, xs_map, g, plan);
+                     x_tail_map, w_map, xs_map, g, plan, evict_last);
   else
     launch_clustered(wgmma_grouped_kernel<C, kCluster, false>, dim3(blocks), dim3(kThreads), kCluster, kSmemBytes<C>, s,
-                     x_map, x_tail_map, w_map, xs_map, g, plan);
+                     x_map, x_tail_map, w_map, xs_map, g, plan, evict_last);
 }
 
 // The checks both element types share; `what` names the GEMM.
