@@ -26,9 +26,10 @@
 //   them to shared memory while the wgmma run) once they are done, as DeepGEMM promotes;
 // - the epilogue (store_tiles) goes through an 8 KiB buffer per consumer, apart from the ring.
 // Decode batches (up to heuristics.h's kWgmmaInPlaceMaxTokens) read GEMM1's rows where they lie (kInPlace: x_row set,
-// one-row boxes by the producer warp's lanes); larger ones read X gathered into plan order (quantize.cu). GEMM1 may
-// carry the gated activation in its epilogue (Bf16GateUpGemm, SmallMGemm::act_epilogue: 5-D boxes of w13's rows as
-// 16-row groups of 8 gate and 8 up rows, gated_rows_map; store_gated_tiles writes h2).
+// one-row boxes by the producer warp's lanes); larger ones read X gathered into plan order (quantize.cu), its boxes
+// L2::evict_last (the kernel's x_evict_last). GEMM1 may carry the gated activation in its epilogue (Bf16GateUpGemm,
+// SmallMGemm::act_epilogue: 5-D boxes of w13's rows as 16-row groups of 8 gate and 8 up rows, gated_rows_map;
+// store_gated_tiles writes h2).
 // Limits: K % 64 == 0 (fp8-block: % 128), N % 8 == 0, x, w and y 16-byte aligned, rows addressed in 32 bits; plan
 // items of kTileTokens rows.
 // Measurements behind this shape, and what was tried and dropped: docs/KERNEL_NOTES.md (wgmma_grouped_gemm.cu).
