@@ -144,30 +144,6 @@ __device__ inline void wgmma_ss(float (&d)[kTok / 2], uint64_t desc_a, uint64_t 
   else wgmma_m64n32k16_ss(d, desc_a, desc_b);
 }
 
-// X's TMA boxes with an L2 cache policy (the weights' boxes take none): the copies of tma_load_2d and
-// tma_load_2d_multicast (wgmma_pipeline.cuh) with .L2::cache_hint, and the evict_last policy they take.
-__device__ inline void tma_load_2d_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
-                                          uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
-      : "memory");
-}
-__device__ inline void tma_load_2d_multicast_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1,
-                                                    uint32_t bar, uint16_t cta_mask, uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
-      " [%0], [%1, {%2, %3}], [%4], %5, %6;\n" ::"r"(dst),
-      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask), "l"(policy)
-      : "memory");
-}
-__device__ inline uint64_t l2_evict_last_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
 // The producer: one thread of the producer warpgroup fills the stages with TMA copies (full[s] completes
 // when their bytes have landed) once the consumers have released the stage (empty[s]): the item's X rows
 // (x_row0 on, boxes of 64 rows, then 32), the block's weight rows (w_row0 on, boxes of 128) and (fp8-block) the X

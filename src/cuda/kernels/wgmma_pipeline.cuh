@@ -78,6 +78,29 @@ __device__ inline void tma_load_2d_multicast(uint32_t dst, const void* tmap, int
       "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
       : "memory");
 }
+// The same two copies with an L2 cache policy (.L2::cache_hint; wgmma_grouped_gemm.cu's X boxes), and the
+// evict_last policy they take.
+__device__ inline void tma_load_2d_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
+                                          uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
+      : "memory");
+}
+__device__ inline void tma_load_2d_multicast_hinted(uint32_t dst, const void* tmap, int32_t c0, int32_t c1,
+                                                    uint32_t bar, uint16_t cta_mask, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
+      " [%0], [%1, {%2, %3}], [%4], %5, %6;\n" ::"r"(dst),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask), "l"(policy)
+      : "memory");
+}
+__device__ inline uint64_t l2_evict_last_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
 
 // Thread block clusters: the CTA's rank, the address of the same shared-memory location in the cluster's CTA
 // `rank` (shared::cluster space), an arrival on a barrier there, a store there, a wait with cluster-scope acquire
