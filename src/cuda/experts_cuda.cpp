@@ -183,8 +183,8 @@ bool CudaExperts::gated_gemm1_runs(const ExpertsPath& path) const {
   return !path.small_m && gated_gemm1_ > 0 && (!fp4_ || path.gemm_tile_m == 128);
 }
 
-// The gated GEMM1 runs on parts of the token range (where the heuristic takes the grouped path: for bf16, 12-24
-// and above 512 rows per expert), and a workspace sized for M must serve every smaller count: GEMM1's output
+// The gated GEMM1 runs on parts of the token range (where the heuristic takes the grouped path: for bf16, above 512
+// rows per expert, 2048 for narrow layers), and a workspace sized for M must serve every smaller count: GEMM1's output
 // rows of the largest count up to M that writes them. The heuristic's bounds on the rows per expert (M k / E)
 // are whole numbers, so the path is the same for every count in (j E / k, (j + 1) E / k]: the largest count
 // of each such piece is tried, from M down (only while the gated GEMM1 runs at M).
