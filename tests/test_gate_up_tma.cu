@@ -84,7 +84,8 @@ void check_view(int32_t I, int32_t K) {
   auto slice = tma.get_slice(0);
   for (int j = 0; j < N / 256; ++j)
     for (int kt = 0; kt < K / 64; ++kt) {
-      Tensor tBgB = slice.partition_S(gB(_, _, j, _, 0));
+      // As the kernel takes a tile's coordinate (sm90_gemm_array_tma_warpspecialized_cooperative.hpp).
+      Tensor tBgB = slice.partition_S(gB(_, _, idx2crd(j, shape<2>(gB)), _, 0));
       ASSERT_EQ(int(size<1>(tBgB) * size<2>(tBgB)), 1) << "one box a k tile";
       const auto c = tBgB(_, _, _, kt).data().coord_;
       const int64_t c0 = get<0>(c), c1 = get<1>(c), c2 = get<2>(c), c3 = get<3>(c);
