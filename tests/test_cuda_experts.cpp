@@ -586,9 +586,9 @@ void expect_fused_gemm1_equals_unfused(const Problem& p, const GpuProblem& g, in
 }
 
 // The grouped GEMM1 with the gated activation in its epilogue (FUSEDMOE_FUSED_GEMM1, read when the
-// experts are built: default on for fp4, whose dequantization writes w13 in gate/up blocks; opt-in
-// for bf16, which keeps a blocked copy of w13) gives the bits of GEMM1 + the activation kernel,
-// with several groups per tile row, partial 64-row tiles and fp4 chunks of two experts.
+// experts are built, on by default; it reads w13's gate and up blocks where they lie, three 256-row
+// tiles here) gives the bits of GEMM1 + the activation kernel, with several groups per tile row,
+// partial 64-row tiles and fp4 chunks of two experts.
 TEST(CudaExperts, GatedGemm1EqualsUnfused) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -425,9 +425,9 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   return y;
 }
 
-// FUSEDMOE_FUSED_GEMM1 (read here, at construction): unset, on for fp4 weights (free: their
-// dequantization writes the blocked order) and off for bf16 (the blocked copy costs w13's size
-// again); 1, on for both; 0, off. Gated activations without a w13 bias and I % 128 == 0 only.
+// FUSEDMOE_FUSED_GEMM1 (read here, at construction): unset or 1, on; 0, off. Gated activations
+// without a w13 bias and I % 128 == 0 only. It reads w13 where it lies (gate_up_mainloop_sm90.cuh);
+// until session 74 it read a blocked copy of w13, so bf16 weights had it opt-in.
 void CudaExperts::choose_gated_gemm1() {
   const ActivationKind a = config_.activation.kind;
   const int act = a == ActivationKind::silu_mul        ? 1
@@ -435,20 +435,9 @@ void CudaExperts::choose_gated_gemm1() {
                   : a == ActivationKind::gelu_tanh_mul ? 3
                                                        : 0;
   const char* env = std::getenv("FUSEDMOE_FUSED_GEMM1");
-  const bool wanted = env && env[0] ? env[0] == '1' : fp4_;
-  const int64_t I = config_.intermediate_size, K = config_.hidden_size;
-  if (!wanted || act == 0 || fp8_ || weights_.w13_bias.defined() || I % 128 != 0) return;
+  const bool wanted = !env || !env[0] || env[0] == '1';
+  if (!wanted || act == 0 || fp8_ || weights_.w13_bias.defined() || config_.intermediate_size % 128 != 0) return;
   gated_gemm1_ = act;
-  if (fp4_) return;
-  // bf16: per expert and half, the I/128 blocks of 128 rows go every other 128-row slot.
-  w13_blocked_ = Buffer::empty(DType::bf16, {num_local_, 2 * I, K}, device_);
-  const size_t block = size_t(128) * K * sizeof(uint16_t);
-  for (int64_t e = 0; e < num_local_; ++e)
-    for (int64_t half = 0; half < 2; ++half) {
-      const char* src = static_cast<const char*>(weights_.w13.data()) + (e * 2 + half) * I * K * 2;
-      char* dst = w13_blocked_.data_as<char>() + e * 2 * I * K * 2 + half * block;
-      FMOE_CUDA_CHECK(cudaMemcpy2D(dst, 2 * block, src, block, block, I / 128, cudaMemcpyDeviceToDevice));
-    }
 }
 
 int64_t CudaExperts::fp4_dequant_elements() const {
@@ -461,7 +450,7 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
   const Tensor& w = w13 ? weights_.w13 : weights_.w2;
   if (!fp4_) {
     const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
-    const void* b = gated_act > 0 ? w13_blocked_.data_as<const void>() : w.data();
+    const void* b = w.data();
     if (gemm_kind_ == GroupedGemmKind::fp8_group_scaled) {  // w_scale_mn holds a scale per expert
       run_gemm(a, nullptr, b, nullptr, d, N, K, 0, num_local_, plan, tile_m, scratch, s, 0,
                w_scale_mn.data_as<const float>());
@@ -477,7 +466,7 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
   for (int64_t e0 = 0; e0 < num_local_; e0 += fp4_chunk_experts_) {
     const int64_t n = std::min(fp4_chunk_experts_, num_local_ - e0);
     launch_dequant_fp4(weight_format_, w.data_as<const uint8_t>(), scales.data_as<const uint8_t>(), global, e0, n, N,
-                       K, /*gate_up_blocked=*/gated_act > 0, dequant.data_as<bf16>(), s);
+                       K, dequant.data_as<bf16>(), s);
     run_gemm(a, nullptr, dequant.data(), nullptr, d, N, K, e0, n, plan, tile_m, scratch, s, gated_act);
   }
 }

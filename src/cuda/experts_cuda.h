@@ -118,10 +118,9 @@ class CudaExperts final : public ModularExperts {
   const float* row_scale2_ = nullptr;
   const float* static_a2_ = nullptr;
   // The grouped path's GEMM1 with the gated activation in its epilogue (sm90 GatedAct, 0: GEMM1
-  // then the activation kernel). It reads w13 with rows blocked by 128 (gate block j, then up block
-  // j): fp4 dequantizes into that order; bf16 keeps the copy w13_blocked_ (opt-in, it costs w13's size).
+  // then the activation kernel). It reads w13's gate and up blocks where they lie
+  // (src/cuda/cutlass/gate_up_mainloop_sm90.cuh), so it costs no copy of the weights.
   int gated_gemm1_ = 0;
-  Buffer w13_blocked_;
   // The small-M path's GEMM1 with the activation in its epilogue (SmallMGemm::act_epilogue): bf16 and
   // fp4 weights, split-k 8-token tiles, and the persistent fp4 wgmma kernel (silu_mul, swiglu_oai);
   // FUSEDMOE_SMALL_M_ACT_EPILOGUE=0 turns it off.

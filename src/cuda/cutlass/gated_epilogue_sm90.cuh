@@ -1,8 +1,8 @@
 // Epilogue of the grouped GEMM1 with the gated activation: out = bf16(act(bf16(gate)) * bf16(up)),
 // the rounding points of GEMM1 + activation_kernel, so the result equals the unfused path bit for
 // bit (test: CudaExperts.GatedGemm1EqualsUnfused).
-// Layout: w13's rows blocked by 128 per expert — rows [256j, 256j+128) are gate rows
-// [128j, 128j+128), rows [256j+128, 256j+256) the up rows of the same columns — so a 256-column
+// Layout: the 256-column tile j holds gate rows [128j, 128j+128) of w13, then the up rows of the
+// same columns (its mainloop reads both blocks where they lie, gate_up_mainloop_sm90.cuh) — so a
 // tile holds gate column c and up column c + 128 in the same thread: in the GMMA C fragment of a
 // 64x256 warpgroup tile, ((2,2,32),1,1), a thread's first 64 elements are gate columns and the
 // next 64 the matching up columns. Output bf16 [rows, N/2].

@@ -38,7 +38,7 @@ struct GroupedGemmProblem {
   int tile_m = 128;                  // rows of A per tile: 128 (cooperative) or 64 (pingpong)
   bool fast_accum = false;           // fp8_group_scaled, fp8_channel_scaled: the FP8FastAccum variants
   int gated_act = 0;                 // > 0: GEMM1 with the gated activation in its epilogue (sm90::GatedAct:
-                                     // 1 silu, 2 gelu, 3 gelu_tanh), B rows blocked by 128, d bf16 [R, N/2]
+                                     // 1 silu, 2 gelu, 3 gelu_tanh), B as w13 [gate; up], d bf16 [R, N/2]
 };
 
 // Scratch bytes (argument arrays + CUTLASS workspace) for `num_groups` groups, either tile.

@@ -14,6 +14,7 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/util/packed_stride.hpp>
 
+#include "cuda/cutlass/gate_up_mainloop_sm90.cuh"
 #include "cuda/cutlass/gated_epilogue_sm90.cuh"
 #include "cuda/cutlass/grouped_gemm.h"
 
@@ -89,11 +90,13 @@ struct GroupedGemm {
 
   using StrideArgA = cute::conditional_t<kBlockScaled, cute::tuple<LayoutA*, LayoutSFA*>, LayoutA*>;
   using StrideArgB = cute::conditional_t<kBlockScaled, cute::tuple<LayoutB*, LayoutSFB*>, LayoutB*>;
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, StrideArgA, kAlignAB, ElementAB, StrideArgB,
       kAlignAB, float, Tile, Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
+  // The gated GEMM1 reads w13's gate and up blocks of a tile where they lie (gate_up_mainloop_sm90.cuh).
+  using Mainloop = cute::conditional_t<Gated, GateUpMainloop<BuiltMainloop>, BuiltMainloop>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -153,7 +156,9 @@ struct GroupedGemm {
     if constexpr (Gated) {
       args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
                                       {p.num_groups, arr.shapes, nullptr},
-                                      {arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                      {{arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                       static_cast<int32_t>(p.N),
+                                       static_cast<int32_t>(p.K)},
                                       {arr.d, arr.stride_d, p.gated_act},
                                       hw};
     } else if constexpr (ChannelScaled) {  // the tree's arguments: ((acc, col), row); sfa, sfb: a pointer per group

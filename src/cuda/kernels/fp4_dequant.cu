@@ -5,10 +5,9 @@
 // scale, as the reference takes it. Per step a thread turns 4 packed words (32 values) into four
 // 16-byte stores, the warp's stores of one word index 512 contiguous bytes; bytes become bf16
 // pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk, 32-bit indices (on H200 the
-// nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). With
-// gate_up_blocked, w13's output rows go in the gated GEMM1's order: within an expert, gate row
-// 128j + i to row 256j + i and up row 128j + i to row 256j + 128 + i.
-// Limits: K % 32 == 0; gate_up_blocked: N % 256 == 0.
+// nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). Rows keep their order
+// (the gated GEMM1 reads w13's gate and up blocks where they lie, gate_up_mainloop_sm90.cuh).
+// Limits: K % 32 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
@@ -49,18 +48,10 @@ __device__ __forceinline__ uint4 dequant_word(uint32_t packed, uint8_t s, float 
   return make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-// Where chunk row `row` (N rows per expert) goes in the gated GEMM1's order (gate_up_blocked).
-__device__ __forceinline__ uint32_t blocked_row(uint32_t row, uint32_t N) {
-  const uint32_t n = row % N, I = N / 2;
-  const uint32_t half = n >= I, m = n - half * I;
-  return row - n + ((m >> 7) << 8) + (half << 7) + (m & 127);
-}
-
 template <bool kNv>
 __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w, const uint8_t* scales,
                                                                const float* global, int64_t e0, uint32_t total,
-                                                               uint32_t N, uint32_t words_per_row, bool gate_up_blocked,
-                                                               bf16* out) {
+                                                               uint32_t N, uint32_t words_per_row, bf16* out) {
   constexpr int kGroup = kNv ? 16 : 32;
   pdl_wait();
   pdl_launch_dependents();
@@ -83,8 +74,7 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
       const uint32_t row = i / words_per_row, k0 = (i - row * words_per_row) * 8;
       const uint4 v = dequant_word<kNv>(packed[j], __ldg(src_scales + size_t(row) * (K / kGroup) + k0 / kGroup),
                                         kNv ? __ldg(gscale + row / N) : 0.0f);
-      const uint32_t out_row = gate_up_blocked ? blocked_row(row, N) : row;
-      *reinterpret_cast<uint4*>(out + size_t(out_row) * K + k0) = v;
+      *reinterpret_cast<uint4*>(out + size_t(row) * K + k0) = v;
     }
   }
 }
@@ -92,10 +82,8 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
 }  // namespace
 
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
-                        int64_t count, int64_t N, int64_t K, bool gate_up_blocked, bf16* out, cudaStream_t s) {
+                        int64_t count, int64_t N, int64_t K, bf16* out, cudaStream_t s) {
   FMOE_CHECK(K % 32 == 0, "fp4 dequantization needs K % 32 == 0, got K=", K);
-  FMOE_CHECK(!gate_up_blocked || (N % 256 == 0 && count * N < (int64_t(1) << 32)),
-             "fp4 dequantization in gate/up blocks needs N % 256 == 0 and fewer than 2^32 rows, got N=", N, " x ", count);
   const int64_t words = count * N * (K / 8);
   if (words == 0) return;
   FMOE_CHECK(words < (int64_t(1) << 32) - int64_t(kMaxBlocks) * kThreads * 4,
@@ -103,11 +91,9 @@ void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* s
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((words + 4 * kThreads - 1) / (4 * kThreads), kMaxBlocks)));
   const auto total = static_cast<uint32_t>(words), n32 = static_cast<uint32_t>(N), wpr = static_cast<uint32_t>(K / 8);
   if (format == SmallMWeights::nvfp4)
-    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, gate_up_blocked,
-           out);
+    launch(dequant_fp4_kernel<true>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, out);
   else
-    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, gate_up_blocked,
-           out);
+    launch(dequant_fp4_kernel<false>, grid, dim3(kThreads), s, w, scales, global, e0, total, n32, wpr, out);
 }
 
 }  // namespace fusedmoe::cuda

@@ -224,10 +224,8 @@ void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_r
 // fp4_dequant.cu: experts [e0, e0 + count) of packed fp4 weights W [E, N, K/2] -> bf16 [count, N, K]
 // (the grouped-GEMM path of fp4 weights): value * group scale (* global scale for nvfp4), rounded
 // once to bf16. Limits: K % 32 == 0.
-// gate_up_blocked (w13, N = 2I, I % 128 == 0): output rows blocked by 128, gate block j then up
-// block j, the order of the gated GEMM1 (src/cuda/cutlass/gated_epilogue_sm90.cuh).
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
-                        int64_t count, int64_t N, int64_t K, bool gate_up_blocked, bf16* out, cudaStream_t s);
+                        int64_t count, int64_t N, int64_t K, bf16* out, cudaStream_t s);
 // y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
 void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
                             int64_t max_rows, cudaStream_t s);
