@@ -427,7 +427,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
 
 // FUSEDMOE_FUSED_GEMM1 (read here, at construction): unset or 1, on; 0, off. Gated activations
 // without a w13 bias and I % 128 == 0 only. It reads w13 where it lies (gate_up_mainloop_sm90.cuh);
-// until session 74 it read a blocked copy of w13, so bf16 weights had it opt-in.
+// until session 75 it read a blocked copy of w13, so bf16 weights had it opt-in.
 void CudaExperts::choose_gated_gemm1() {
   const ActivationKind a = config_.activation.kind;
   const int act = a == ActivationKind::silu_mul        ? 1
@@ -450,14 +450,13 @@ void CudaExperts::run_gemm_weights(const void* a, const float* a_scales, bool w1
   const Tensor& w = w13 ? weights_.w13 : weights_.w2;
   if (!fp4_) {
     const Buffer& w_scale_mn = w13 ? w13_scale_mn_ : w2_scale_mn_;
-    const void* b = w.data();
     if (gemm_kind_ == GroupedGemmKind::fp8_group_scaled) {  // w_scale_mn holds a scale per expert
-      run_gemm(a, nullptr, b, nullptr, d, N, K, 0, num_local_, plan, tile_m, scratch, s, 0,
+      run_gemm(a, nullptr, w.data(), nullptr, d, N, K, 0, num_local_, plan, tile_m, scratch, s, 0,
                w_scale_mn.data_as<const float>());
       return;
     }
-    run_gemm(a, a_scales, b, fp8_ ? w_scale_mn.data_as<const float>() : nullptr, d, N, K, 0, num_local_, plan, tile_m,
-             scratch, s, gated_act);
+    run_gemm(a, a_scales, w.data(), fp8_ ? w_scale_mn.data_as<const float>() : nullptr, d, N, K, 0, num_local_, plan,
+             tile_m, scratch, s, gated_act);
     return;
   }
   // fp4: a chunk of experts at a time, dequantized to bf16, then the bf16 grouped GEMM on it.
