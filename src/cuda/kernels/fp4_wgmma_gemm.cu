@@ -148,10 +148,9 @@ __device__ inline uint2 tile_multipliers(uint32_t scales, bool& big) {
   const auto half = [](__nv_bfloat162 m) { return uint32_t(__bfloat16_as_ushort(m.x)); };
   big = false;
   if constexpr (kNv) {
-    uint32_t h[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = half(nv_multiplier((scales >> (8 * i)) & 0xff));
-    return make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+    const float2 lo = nv_multipliers_f32(scales), hi = nv_multipliers_f32(scales >> 16);
+    const __nv_bfloat162 m01 = __floats2bfloat162_rn(lo.x, lo.y), m23 = __floats2bfloat162_rn(hi.x, hi.y);
+    return make_uint2(*reinterpret_cast<const uint32_t*>(&m01), *reinterpret_cast<const uint32_t*>(&m23));
   } else {
     bool big0, big1;
     const uint32_t m0 = half(ue8m0_multiplier(scales & 0xff, big0));

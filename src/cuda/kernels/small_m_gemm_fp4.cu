@@ -51,7 +51,10 @@ struct Fp4Multipliers {
 template <bool kNv>
 __device__ inline Fp4Multipliers fp4_multipliers(uint32_t scale_bits, bool& big) {
   big = false;
-  if constexpr (kNv) return {nv_multiplier(scale_bits & 0xff), nv_multiplier(scale_bits >> 8)};
+  if constexpr (kNv) {
+    const float2 f = nv_multipliers_f32(scale_bits);
+    return {__float2bfloat162_rn(f.x), __float2bfloat162_rn(f.y)};
+  }
   const __nv_bfloat162 m = ue8m0_multiplier(scale_bits & 0xff, big);
   return {m, m};
 }
