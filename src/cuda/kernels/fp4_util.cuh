@@ -57,8 +57,8 @@ inline constexpr float kNvEpilogueFactor = 256.0f;  // 2^8
 // come out as value * s * 2^-8; the missing 2^8 is folded into the f32 global scale of the epilogue. Exact: e2m1 has
 // 2 significant bits, e4m3 4. One conversion of the byte pair to f16x2 (e4m3's range, subnormals included, lies inside
 // f16's normal numbers; 0x7f / 0xff stay NaN), two widenings, two multiplies: about 3.5 instructions a scale where
-// placing each scale's bits in an f32 took 9 (session 76).
-__device__ inline float2 nv_multipliers_f32(uint32_t two_bytes) {
+// placing each scale's bits in an f32 took 9 (session 76). Also a host function, so that test_fp4_util checks it in CI.
+__host__ __device__ inline float2 nv_multipliers_f32(uint32_t two_bytes) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
   const float2 f = __half22float2(__half2(h));
   return make_float2(f.x * 0x1p118f, f.y * 0x1p118f);
