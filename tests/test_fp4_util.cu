@@ -1,4 +1,8 @@
-// fp4_util.cuh's nvfp4 group multipliers, checked on the host (runs without a GPU): for every pair of e4m3 scale
+// fp4_util.cuh's helpers, checked on the host (runs without a GPU).
+// The sm90 packing: for every e2m1 code in every place of a segment (and random neighbours), packing then
+// e2m1x8_sm90_bf16_times_2m126 gives the code's value times 2^-126, decoded here by e2m1's definition, in the
+// pair the kernels expect (word c, pair q = the checkpoint's byte c + 4q); packing round-trips.
+// The nvfp4 group multipliers: for every pair of e4m3 scale
 // bytes, nv_multipliers_f32 gives s * 2^118 of each byte, in its place (byte 0 -> x, byte 1 -> y), exactly, with
 // NaN for 0x7f / 0xff, and the value survives the caller's rounding to bf16 unchanged. s is decoded here from the
 // e4m3 bits by its definition, independently of the f16 conversion the function uses. (On the host the conversion
@@ -7,6 +11,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <random>
 
 #include "cuda/kernels/fp4_util.cuh"
 
@@ -34,6 +40,42 @@ TEST(Fp4Util, NvMultipliersAreExactForEveryScalePair) {
     expect_multiplier(m.x, pair & 0xff, pair);
     expect_multiplier(m.y, pair >> 8, pair);
   }
+}
+
+double e2m1_value(uint32_t code) {  // sign, 2 exponent bits (bias 1), 1 mantissa bit; subnormal 0.5 at exponent 0
+  static constexpr double kMagnitude[8] = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0};
+  return (code & 8) ? -kMagnitude[code & 7] : kMagnitude[code & 7];
+}
+
+double bf16_bits_value(uint32_t bits) {
+  const uint32_t f32 = bits << 16;
+  float f;
+  std::memcpy(&f, &f32, 4);
+  return f;
+}
+
+TEST(Fp4Util, Sm90PackingUnpacksEveryCodeInEveryPlace) {
+  std::mt19937 rng(20261206u);
+  const auto r = [&] { return static_cast<uint32_t>(rng()); };
+  for (int place = 0; place < 32; ++place)  // value `place` of the 32-value segment: byte place / 2
+    for (uint32_t code = 0; code < 16; ++code)
+      for (int fill = 0; fill < 8; ++fill) {
+        uint32_t seg[4] = {r(), r(), r(), r()};
+        const int byte = place / 2, shift = 8 * (byte % 4) + 4 * (place % 2);
+        seg[byte / 4] = (seg[byte / 4] & ~(0xfu << shift)) | (code << shift);
+        uint32_t packed[4], back[4];
+        fusedmoe::cuda::fp4_pack_segment_sm90(seg, packed);
+        fusedmoe::cuda::fp4_unpack_segment_sm90(packed, back);
+        for (int i = 0; i < 4; ++i) ASSERT_EQ(back[i], seg[i]) << "round trip, word " << i;
+        const int c = byte % 4, q = byte / 4;  // checkpoint byte c + 4q is pair q of packed word c
+        uint32_t out[4];
+        fusedmoe::cuda::e2m1x8_sm90_bf16_times_2m126(packed[c], out);
+        const uint32_t half = place % 2 ? out[q] >> 16 : out[q] & 0xffffu;
+        const double got = std::ldexp(bf16_bits_value(half), 126), want = e2m1_value(code);
+        ASSERT_EQ(got, want) << "code " << code << " at value " << place << " (word " << c << ", pair " << q
+                             << ", half " << place % 2 << "); bf16 bits 0x" << std::hex << half;
+        if (code == 8) EXPECT_EQ(half, 0x8000u) << "-0 keeps its sign";
+      }
 }
 
 }  // namespace
