@@ -1,7 +1,8 @@
 // fp4_util.cuh's helpers, checked on the host (runs without a GPU).
-// The sm90 packing: for every e2m1 code in every place of a segment (and random neighbours), packing then
-// e2m1x8_sm90_bf16_times_2m126 gives the code's value times 2^-126, decoded here by e2m1's definition, in the
-// pair the kernels expect (word c, pair q = the checkpoint's byte c + 4q); packing round-trips.
+// The sm90 packing: for every byte (pair of e2m1 codes) in every place of a segment, with random neighbours,
+// packing then e2m1x8_sm90_bf16_times_2m126 gives both codes' values times 2^-126, decoded here by e2m1's
+// definition, in the pair the kernels expect (word c, pair q = the checkpoint's byte c + 4q); packing
+// round-trips.
 // The nvfp4 group multipliers: for every pair of e4m3 scale
 // bytes, nv_multipliers_f32 gives s * 2^118 of each byte, in its place (byte 0 -> x, byte 1 -> y), exactly, with
 // NaN for 0x7f / 0xff, and the value survives the caller's rounding to bf16 unchanged. s is decoded here from the
@@ -54,27 +55,29 @@ double bf16_bits_value(uint32_t bits) {
   return f;
 }
 
-TEST(Fp4Util, Sm90PackingUnpacksEveryCodeInEveryPlace) {
+TEST(Fp4Util, Sm90PackingUnpacksEveryPairInEveryPlace) {
   std::mt19937 rng(20261206u);
   const auto r = [&] { return static_cast<uint32_t>(rng()); };
-  for (int place = 0; place < 32; ++place)  // value `place` of the 32-value segment: byte place / 2
-    for (uint32_t code = 0; code < 16; ++code)
-      for (int fill = 0; fill < 8; ++fill) {
+  for (int byte = 0; byte < 16; ++byte)  // checkpoint byte `byte` of the segment: values 2 byte, 2 byte + 1
+    for (uint32_t pair = 0; pair < 256; ++pair)
+      for (int fill = 0; fill < 4; ++fill) {
         uint32_t seg[4] = {r(), r(), r(), r()};
-        const int byte = place / 2, shift = 8 * (byte % 4) + 4 * (place % 2);
-        seg[byte / 4] = (seg[byte / 4] & ~(0xfu << shift)) | (code << shift);
+        const int shift = 8 * (byte % 4);
+        seg[byte / 4] = (seg[byte / 4] & ~(0xffu << shift)) | (pair << shift);
         uint32_t packed[4], back[4];
-        fusedmoe::cuda::fp4_pack_segment_sm90(seg, packed);
-        fusedmoe::cuda::fp4_unpack_segment_sm90(packed, back);
+        fusedmoe::fp4_pack_segment_sm90(seg, packed);
+        fusedmoe::fp4_unpack_segment_sm90(packed, back);
         for (int i = 0; i < 4; ++i) ASSERT_EQ(back[i], seg[i]) << "round trip, word " << i;
         const int c = byte % 4, q = byte / 4;  // checkpoint byte c + 4q is pair q of packed word c
         uint32_t out[4];
         fusedmoe::cuda::e2m1x8_sm90_bf16_times_2m126(packed[c], out);
-        const uint32_t half = place % 2 ? out[q] >> 16 : out[q] & 0xffffu;
-        const double got = std::ldexp(bf16_bits_value(half), 126), want = e2m1_value(code);
-        ASSERT_EQ(got, want) << "code " << code << " at value " << place << " (word " << c << ", pair " << q
-                             << ", half " << place % 2 << "); bf16 bits 0x" << std::hex << half;
-        if (code == 8) EXPECT_EQ(half, 0x8000u) << "-0 keeps its sign";
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t code = (pair >> (4 * h)) & 0xfu, half = (out[q] >> (16 * h)) & 0xffffu;
+          const double got = std::ldexp(bf16_bits_value(half), 126), want = e2m1_value(code);
+          ASSERT_EQ(got, want) << "code " << code << " as value " << 2 * byte + h << " (word " << c << ", pair " << q
+                               << ") of byte 0x" << std::hex << pair << "; bf16 bits 0x" << half;
+          if (code == 8) ASSERT_EQ(half, 0x8000u) << "-0 keeps its sign";
+        }
       }
 }
 

@@ -93,7 +93,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
                  "the CUDA experts need 16-byte aligned expert biases, got ", bias->describe());
   if (fp4_) {
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
-    pack_fp4_weights();
+    if (weights.fp4_packing == Fp4Packing::checkpoint) pack_fp4_weights();
   }
   gemm_kind_ = config.quant == QuantScheme::fp8_per_tensor    ? GroupedGemmKind::fp8_group_scaled
                : config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_channel_scaled
@@ -129,6 +129,7 @@ void CudaExperts::pack_fp4_weights() {
     *t = copy->view();
   }
   FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  weights_.fp4_packing = Fp4Packing::sm90;
 }
 
 namespace {

@@ -87,8 +87,9 @@ class CudaExperts final : public ModularExperts {
   // The block scales of every fp8 scheme: fp8-block's own; for fp8-tensor every 128x128 block of expert e
   // takes its scale, for fp8-channel 1 (its per-row scales go in separately).
   void make_block_scales();
-  // fp4: w13 and w2 copied into the sm90 packing the fp4 kernels read (fp4_util.cuh; packed_w13_, packed_w2_),
-  // weights_ pointing at the copies. (It doubles the fp4 weights' memory: an in-place form is the next step.)
+  // fp4 weights in the checkpoint's order: w13 and w2 copied into the sm90 packing the fp4 kernels read
+  // (packed_w13_, packed_w2_), weights_ pointing at the copies. Weights packed in place beforehand
+  // (pack_fp4_weights_sm90) are read where they lie.
   void pack_fp4_weights();
 
   MoEConfig config_;

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "fusedmoe/formats.h"
+
 namespace fusedmoe::cuda {
 
 __device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
@@ -16,18 +18,8 @@ __device__ inline uint32_t mul_bf16x2(uint32_t a, __nv_bfloat162 s) {
   return *reinterpret_cast<const uint32_t*>(&p);
 }
 
-// The CUDA experts' fp4 weight order ("sm90 packing", made once at construction by fp4_pack.cu from the
-// checkpoint's: element 2i of a row in the low nibble of byte i). A row is cut in 16-byte segments (32 values);
-// word c of a segment holds the segment's bytes c, c + 4, c + 8 and c + 12 of the checkpoint (pairs of values
-// p = c + 4q, q = 0..3), so that one 32-bit word is what a wgmma A fragment's lane takes of two k16 steps
-// (fp4_wgmma_gemm.cu), and inside the word the 32 bits are placed so that each pair comes out as a bf16x2 word
-// in 1-3 instructions (below). fp4_sm90_bit(v, j) is the bit of value v = 2q + h (h = 0: low half of pair q)
-// holding e2m1 bit j (0..2: mantissa, exponent low, exponent high; 3: sign).
-__host__ __device__ constexpr int fp4_sm90_bit(int v, int j) {
-  constexpr int kBits[8][4] = {{6, 7, 8, 15},  {22, 23, 24, 31}, {28, 29, 30, 5}, {12, 13, 14, 21},
-                               {25, 26, 27, 2}, {9, 10, 11, 18},  {3, 4, 0, 1},   {19, 20, 16, 17}};
-  return kBits[v][j];
-}
+// The fp4 kernels read their weights in the sm90 packing (fusedmoe/formats.h: fp4_pack_segment_sm90), made
+// from the checkpoint's order once, by fusedmoe::pack_fp4_weights_sm90 or by the CUDA experts' own copy.
 inline constexpr uint32_t kBf16PairMask = 0x81C081C0u;  // e2m1 bits 0..2 at bf16 bits 6..8, bit 3 at 15; both halves
 
 // The four pairs of one sm90-packed word as bf16x2 words, out[q] = values 2q (low half) and 2q + 1, each value
@@ -43,27 +35,6 @@ __host__ __device__ inline void e2m1x8_sm90_bf16_times_2m126(uint32_t w, uint32_
   out[1] = ((w << 10) | (w >> 22)) & kBf16PairMask;
   out[2] = ((w << 13) | (w >> 19)) & kBf16PairMask;
   out[3] = ((w & 0x001B001Bu) * 0x4108u) & kBf16PairMask;
-}
-
-// One 16-byte segment of a row from the checkpoint's order (in[0..3], little-endian words) to the sm90 packing,
-// and back. Construction and tests only.
-__host__ __device__ inline void fp4_pack_segment_sm90(const uint32_t (&in)[4], uint32_t (&out)[4]) {
-  for (int c = 0; c < 4; ++c) {
-    uint32_t w = 0;
-    for (int q = 0; q < 4; ++q) {
-      const uint32_t byte = (in[q] >> (8 * c)) & 0xffu;  // checkpoint byte c + 4q: values 2q, 2q + 1 of word c
-      for (int h = 0; h < 2; ++h)
-        for (int j = 0; j < 4; ++j) w |= ((byte >> (4 * h + j)) & 1u) << fp4_sm90_bit(2 * q + h, j);
-    }
-    out[c] = w;
-  }
-}
-__host__ __device__ inline void fp4_unpack_segment_sm90(const uint32_t (&in)[4], uint32_t (&out)[4]) {
-  for (int q = 0; q < 4; ++q) out[q] = 0;
-  for (int c = 0; c < 4; ++c)
-    for (int q = 0; q < 4; ++q)
-      for (int h = 0; h < 2; ++h)
-        for (int j = 0; j < 4; ++j) out[q] |= ((in[c] >> fp4_sm90_bit(2 * q + h, j)) & 1u) << (8 * c + 4 * h + j);
 }
 
 // bf16 2^126 in both halves.
