@@ -1,5 +1,5 @@
 // fp4 weights to bf16 for the grouped-GEMM path of the nvfp4 and mxfp4 experts: experts [e0, e0 + count) of
-// W [E, N, K/2] (packed e2m1 in the sm90 packing, fp4_util.cuh) -> bf16 [count, N, K], each value times its group
+// W [E, N, K/2] (packed e2m1 in the sm90 packing, formats.h) -> bf16 [count, N, K], each value times its group
 // scale, rounded once: mxfp4 multiplies by the ue8m0 scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3
 // scale and the expert's global scale, as the reference takes it. Per step a thread turns 4 packed words (32
 // values) into 16 4-byte stores: the warp's words of one step are 8 whole 32-value segments, each word's 4 bf16
@@ -19,7 +19,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 8192;
 
-// One packed word (sm90 packing: the checkpoint's pairs c + 4q of a 32-value segment, fp4_util.cuh) to 4 bf16
+// One packed word (sm90 packing: the checkpoint's pairs c + 4q of a 32-value segment, formats.h) to 4 bf16
 // pairs, pair q times its group's scale: pairs q = 0, 1 lie in the segment's first 16 values, q = 2, 3 in the
 // second (nvfp4: s_lo, s_hi, each times the expert's global scale; mxfp4: s_lo for all 32).
 template <bool kNv>

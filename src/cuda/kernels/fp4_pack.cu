@@ -1,7 +1,8 @@
 // Packed fp4 weights from the checkpoint's order (element 2i of a row in the low nibble of byte i) to the sm90
-// packing the CUDA kernels read (fp4_util.cuh: per 16-byte segment, word c holds bytes c, c + 4, c + 8, c + 12 and
-// its bits are placed for a cheap unpacking), in place. A thread per segment, one 16-byte load and store; run once
-// when the CUDA experts are built. Limits: the buffer is 16-byte aligned and a whole number of segments.
+// packing the CUDA kernels read (fusedmoe/formats.h: per 16-byte segment, word c holds bytes c, c + 4, c + 8,
+// c + 12, its bits placed for a cheap unpacking), in place. A thread per segment, one 16-byte load and store; run
+// once, by pack_fp4_weights_sm90 or on the CUDA experts' own copy. Limits: the buffer is 16-byte aligned and a
+// whole number of segments.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/kernels.h"
