@@ -65,7 +65,7 @@ class Desc(ctypes.Structure):
                 ("w2", ctypes.c_void_p), ("w13_scale", ctypes.c_void_p), ("w2_scale", ctypes.c_void_p),
                 ("use_monolithic", ctypes.c_int32), ("w13_global_scale", ctypes.c_void_p),
                 ("w2_global_scale", ctypes.c_void_p), ("a13_scale", ctypes.c_void_p), ("a2_scale", ctypes.c_void_p),
-                ("w13_bias", ctypes.c_void_p), ("w2_bias", ctypes.c_void_p)]
+                ("w13_bias", ctypes.c_void_p), ("w2_bias", ctypes.c_void_p), ("fp4_packing", ctypes.c_int32)]
 
 
 def load_lib(path):

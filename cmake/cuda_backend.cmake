@@ -62,6 +62,7 @@ fusedmoe_cuda_objects(fusedmoe_cuda_kernels 20
   src/cuda/kernels/expert_bias.cu
   src/cuda/kernels/finalize.cu
   src/cuda/kernels/fp4_dequant.cu
+  src/cuda/kernels/fp4_pack.cu
   src/cuda/kernels/fp4_wgmma_gemm.cu
   src/cuda/kernels/plan.cu
   src/cuda/kernels/route_plan.cu

@@ -1,13 +1,14 @@
 // The C API (libfusedmoe_c) on the CPU: a layer built from raw pointers gives the C++ kernel's
 // output bit for bit, for bf16, fp8-block, nvfp4 (global scales) and mxfp4 with expert biases and
 // swiglu-oai (gpt-oss's layer); bad descriptors and calls return 1 with the library's message and write
-// nothing to the output.
+// nothing to the output; fp4 weights are packed in place for the CUDA kernels.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 
 #include "fusedmoe/c_api.h"
+#include "fusedmoe/formats.h"
 #include "test_util.h"
 
 namespace fusedmoe::test {
@@ -79,6 +80,35 @@ TEST(CApi, BadDescriptorsAreErrorsWithTheLibraryMessage) {
   EXPECT_NE(std::string(err).find("hidden"), std::string::npos) << err;
   EXPECT_TRUE(bits_equal(out, poisoned_bf16(3, 256)));
   fmoe_layer_destroy(layer);
+}
+
+// fmoe_pack_fp4_weights_sm90 rewrites the described w13 and w2 in place (here on the CPU) segment by segment; the
+// CPU layer then refuses them (it reads the checkpoint's order), and fp4_packing takes 0 or 1 only.
+TEST(CApi, PacksFp4WeightsInPlace) {
+  Problem p = make_problem(small_config(QuantScheme::mxfp4, 8, 256, 128, 2), 3, 2);
+  const Buffer before = copy_to(p.weights.weights.w2, Device::cpu());
+  fmoe_layer_desc d = describe(p, "mxfp4", "silu");
+  char err[512] = "";
+  ASSERT_EQ(fmoe_pack_fp4_weights_sm90(&d, err, sizeof(err)), 0) << err;
+  for (size_t at = 0; at < before.nbytes(); at += 16) {
+    uint32_t in[4], want[4], got[4];
+    std::memcpy(in, before.data_as<const uint8_t>() + at, 16);
+    std::memcpy(got, p.weights.weights.w2.data_as<const uint8_t>() + at, 16);
+    fp4_pack_segment_sm90(in, want);
+    ASSERT_EQ(std::memcmp(got, want, 16), 0) << "segment at byte " << at;
+  }
+  fmoe_layer* layer = nullptr;
+  d.fp4_packing = 1;
+  EXPECT_EQ(fmoe_layer_create(&d, &layer, err, sizeof(err)), 1);
+  EXPECT_NE(std::string(err).find("the CPU experts read fp4 weights in the checkpoint's order"), std::string::npos)
+      << err;
+  d.fp4_packing = 2;
+  EXPECT_EQ(fmoe_layer_create(&d, &layer, err, sizeof(err)), 1);
+  EXPECT_NE(std::string(err).find("fp4_packing must be 0"), std::string::npos) << err;
+  EXPECT_EQ(layer, nullptr);
+  d = describe(p, "mxfp4", "silu");
+  d.quant = "bf16";
+  EXPECT_EQ(fmoe_pack_fp4_weights_sm90(&d, err, sizeof(err)), 1);
 }
 
 }  // namespace

@@ -1165,6 +1165,37 @@ TEST(CudaExperts, Fp4ScalesOverTheirRange) {
   }
 }
 
+// fp4 weights packed in place on the GPU (pack_fp4_weights_sm90, what an engine does once at load) give the bits
+// of the experts' own packed copy (weights in the checkpoint's order) on every fp4 path, and match the reference.
+TEST(CudaExperts, Fp4WeightsPackedInPlaceEqualTheExpertsCopy) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    SCOPED_TRACE(quant_scheme_name(s));
+    MoEConfig c = small_config(s, 6, 256, 128, 2);
+    c.routing.method = RoutingMethod::precomputed;
+    for (int64_t M : {9, 800}) {
+      SCOPED_TRACE("tokens " + std::to_string(M));
+      const Problem p = make_problem(c, M, seed);
+      const GpuProblem checkpoint_order = to_gpu(p);
+      GpuProblem packed = to_gpu(p);
+      pack_fp4_weights_sm90(packed.config, packed.weights.weights);
+      ASSERT_EQ(packed.weights.weights.fp4_packing, Fp4Packing::sm90);
+      EXPECT_FALSE(bits_equal(copy_to(packed.weights.weights.w13, Device::cpu()), p.weights.weights.w13));
+      for (int variant : {0, 1, 2, 3}) {  // small-M split-k, small-M warp tiles, grouped (dequantize first), wgmma
+        if ((variant == 3) != (M == 800)) continue;
+        SCOPED_TRACE(variant);
+        const ForcePath force(variant != 2, variant == 3 ? 256 : 8, 0, variant == 1 || variant == 3, false, 128, false,
+                              variant == 3);
+        const Buffer got = run_cuda_apply(packed, M);
+        EXPECT_TRUE(bits_equal(got, run_cuda_apply(checkpoint_order, M)));
+        expect_matches_reference(p, got, p.ids, p.topk_weights);
+      }
+    }
+  }
+}
+
 TEST(CudaExperts, RealModelShapes) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -207,6 +207,26 @@ TEST_F(BadInput, WeightsOnAnotherDeviceForTheCpuBackend) {
   o.backend = Backend::cpu;
   expect_error([&] { make_kernel(p.config, w, o); }, "weights");
 }
+// ---- the sm90 fp4 packing (pack_fp4_weights_sm90) ---------------------------------------
+TEST_F(BadInput, Fp4PackingOfNonFp4Weights) {
+  expect_error([&] { pack_fp4_weights_sm90(p.config, p.weights.weights); }, "nvfp4 or mxfp4");
+  p.weights.weights.fp4_packing = Fp4Packing::sm90;
+  expect_error([&] { kernel(); }, "weights.fp4_packing");
+}
+TEST_F(BadInput, Fp4PackingTwice) {
+  Problem q = make_problem(small_config(QuantScheme::nvfp4, kE, kK, kI, kTopK), kM, 6);
+  pack_fp4_weights_sm90(q.config, q.weights.weights);
+  expect_error([&] { pack_fp4_weights_sm90(q.config, q.weights.weights); }, "already in the sm90 packing");
+}
+TEST_F(BadInput, Sm90PackedFp4WeightsForTheCpuExpertsAndTheReference) {
+  Problem q = make_problem(small_config(QuantScheme::mxfp4, kE, kK, kI, kTopK), kM, 7);
+  pack_fp4_weights_sm90(q.config, q.weights.weights);
+  KernelOptions o;
+  o.backend = Backend::cpu;
+  expect_error([&] { make_kernel(q.config, q.weights.weights, o); }, "the CPU experts read fp4 weights");
+  expect_error([&] { reference_moe(q.config, q.weights.weights, q.hidden, q.ids, q.topk_weights); },
+               "the reference read fp4 weights");
+}
 TEST_F(BadInput, StaticScaleNotFinite) {
   MoEConfig c = small_config(QuantScheme::fp8_per_tensor, kE, kK, kI, kTopK);
   Problem q = make_problem(c, kM, 5);

@@ -1,11 +1,14 @@
-// Number formats: hand-computed encodings, rounding ties, saturation, round trips, and the
-// vectorized row decoders against the scalar definitions.
+// Number formats: hand-computed encodings, rounding ties, saturation, round trips, the
+// vectorized row decoders against the scalar definitions, and the sm90 packing of fp4 data.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include "cpu/decode_rows.h"
 #include "fusedmoe/formats.h"
+#include "fusedmoe/weights.h"
 
 using namespace fusedmoe;
 
@@ -100,4 +103,56 @@ TEST(RowDecoders, MatchScalarDefinitions) {
   float fp4[256];
   cpu::decode_fp4_row(codes, 256, scales, 32, fp4);
   for (int i = 0; i < 256; ++i) EXPECT_EQ(fp4[i], fp4x2_get(codes, i) * scales[i / 32]) << i;
+}
+
+// The sm90 packing of fp4 data (formats.h): value i of a segment, read back through fp4_sm90_bit, is the
+// checkpoint's value i; pack_fp4_weights_sm90 rewrites w13 and w2 segment by segment in place (here on the CPU;
+// test_cuda_experts runs it on a GPU) and marks the weights, and copies of them keep the mark.
+uint8_t sm90_code(const uint32_t (&packed)[4], int i) {
+  const int byte = i / 2, c = byte % 4, q = byte / 4;
+  uint32_t code = 0;
+  for (int j = 0; j < 4; ++j) code |= ((packed[c] >> fp4_sm90_bit(2 * q + i % 2, j)) & 1u) << j;
+  return uint8_t(code);
+}
+
+TEST(Fp4Sm90Packing, EveryValueInItsPlace) {
+  uint32_t state = 12345u;
+  for (int trial = 0; trial < 1000; ++trial) {
+    uint32_t seg[4], packed[4];
+    for (uint32_t& w : seg) w = state = state * 1664525u + 1013904223u;
+    fp4_pack_segment_sm90(seg, packed);
+    const auto* bytes = reinterpret_cast<const uint8_t*>(seg);
+    for (int i = 0; i < 32; ++i)
+      ASSERT_EQ(sm90_code(packed, i), (i % 2 ? bytes[i / 2] >> 4 : bytes[i / 2] & 0xf)) << "value " << i;
+  }
+}
+
+TEST(Fp4Sm90Packing, PacksWeightsInPlace) {
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
+    MoEConfig c;
+    c.num_experts = 4, c.hidden_size = 64, c.intermediate_size = 32, c.quant = s;
+    c.routing.top_k = 2;
+    OwnedExpertWeights owned = allocate_expert_weights(c, c.num_experts);
+    ExpertWeights& w = owned.weights;
+    uint8_t n = 7;
+    for (const Tensor* t : {&w.w13, &w.w2, &w.w13_scale, &w.w2_scale, &w.w13_global_scale, &w.w2_global_scale})
+      if (t->defined())
+        for (size_t b = 0; b < t->nbytes(); ++b) static_cast<uint8_t*>(t->data())[b] = n = uint8_t(n * 37 + 11);
+    const OwnedExpertWeights before = copy_expert_weights(w, Device::cpu());
+    pack_fp4_weights_sm90(c, w);
+    EXPECT_EQ(w.fp4_packing, Fp4Packing::sm90);
+    EXPECT_EQ(copy_expert_weights(w, Device::cpu()).weights.fp4_packing, Fp4Packing::sm90);
+    for (auto [now, was] : {std::pair{&w.w13, &before.weights.w13}, std::pair{&w.w2, &before.weights.w2}}) {
+      ASSERT_EQ(now->nbytes() % 16, 0u);
+      for (size_t at = 0; at < now->nbytes(); at += 16) {
+        uint32_t in[4], want[4], got[4];
+        std::memcpy(in, static_cast<const uint8_t*>(was->data()) + at, 16);
+        std::memcpy(got, static_cast<const uint8_t*>(now->data()) + at, 16);
+        fp4_pack_segment_sm90(in, want);
+        for (int i = 0; i < 4; ++i) ASSERT_EQ(got[i], want[i]) << quant_scheme_name(s) << " byte " << at;
+      }
+    }
+    EXPECT_EQ(std::memcmp(w.w13_scale.data(), before.weights.w13_scale.data(), w.w13_scale.nbytes()), 0)
+        << "scales are left as they are";
+  }
 }

@@ -125,4 +125,37 @@ FMOE_HOST_DEVICE inline float fp4x2_get(const uint8_t* packed, int64_t i) {
   return fp4_e2m1_to_float((i & 1) ? uint8_t(byte >> 4) : uint8_t(byte & 0xf));
 }
 
+// ---- the sm90 packing of fp4 weights (what the CUDA kernels read) ------------------------
+// A row of packed e2m1 (checkpoint order: element 2i in the low nibble of byte i) is cut in 16-byte segments
+// of 32 values. In the sm90 packing, word c (little-endian) of a segment holds the checkpoint's bytes c, c + 4,
+// c + 8 and c + 12 — its pairs q = 0..3 —, so that one 32-bit word is what a lane of a wgmma A fragment takes
+// of two k16 steps, and its 32 bits are placed so that each pair becomes a bf16x2 word in 1-3 instructions
+// (src/cuda/kernels/fp4_util.cuh). fp4_sm90_bit(v, j): the bit of value v = 2q + h (h = 0: the pair's first
+// value) that holds e2m1 bit j (0: mantissa, 1-2: exponent, 3: sign).
+FMOE_HOST_DEVICE constexpr int fp4_sm90_bit(int v, int j) {
+  constexpr int kBits[8][4] = {{6, 7, 8, 15},  {22, 23, 24, 31}, {28, 29, 30, 5}, {12, 13, 14, 21},
+                               {25, 26, 27, 2}, {9, 10, 11, 18},  {3, 4, 0, 1},   {19, 20, 16, 17}};
+  return kBits[v][j];
+}
+
+// One segment (four little-endian words) from the checkpoint's order to the sm90 packing, and back.
+FMOE_HOST_DEVICE inline void fp4_pack_segment_sm90(const uint32_t (&in)[4], uint32_t (&out)[4]) {
+  for (int c = 0; c < 4; ++c) {
+    uint32_t w = 0;
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t byte = (in[q] >> (8 * c)) & 0xffu;  // checkpoint byte c + 4q
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j) w |= ((byte >> (4 * h + j)) & 1u) << fp4_sm90_bit(2 * q + h, j);
+    }
+    out[c] = w;
+  }
+}
+FMOE_HOST_DEVICE inline void fp4_unpack_segment_sm90(const uint32_t (&in)[4], uint32_t (&out)[4]) {
+  for (int q = 0; q < 4; ++q) out[q] = 0;
+  for (int c = 0; c < 4; ++c)
+    for (int q = 0; q < 4; ++q)
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j) out[q] |= ((in[c] >> fp4_sm90_bit(2 * q + h, j)) & 1u) << (8 * c + 4 * h + j);
+}
+
 }  // namespace fusedmoe

@@ -11,6 +11,8 @@
 // nvfp4           fp4x2 [E,N1,K/2] / [E,K,I/2] fp8 [E,N1,K/16] / fp8 [E,K,I/16]    w13/w2_global_scale f32 [E]
 // mxfp4           fp4x2 [E,N1,K/2] / [E,K,I/2] ue8m0 [E,N1,K/32] / ue8m0 [E,K,I/32] -
 // Optional biases (any scheme): w13_bias f32 [E,N1], w2_bias f32 [E,K].
+// fp4 data comes in the checkpoint's order (element 2i in the low nibble of byte i) or, after
+// pack_fp4_weights_sm90, in the order the CUDA kernels read (fusedmoe/formats.h: the sm90 packing).
 #pragma once
 
 #include <vector>
@@ -20,12 +22,19 @@
 
 namespace fusedmoe {
 
+// The order of the values in packed fp4 data (w13, w2 of nvfp4 and mxfp4).
+enum class Fp4Packing : uint8_t {
+  checkpoint,  // as checkpoints store it; the CPU experts and the reference read only this
+  sm90,        // the CUDA kernels' order; CUDA experts given checkpoint data make a packed copy of w13 and w2
+};
+
 struct ExpertWeights {
   Tensor w13, w2;
   Tensor w13_scale, w2_scale;
   Tensor w13_global_scale, w2_global_scale;
   Tensor a13_scale, a2_scale;
   Tensor w13_bias, w2_bias;
+  Fp4Packing fp4_packing = Fp4Packing::checkpoint;
 };
 
 // Throws fusedmoe::Error naming the first tensor whose dtype, shape, device or layout is wrong.
@@ -62,6 +71,12 @@ void set_static_activation_scales(const ExpertWeights& weights, float input_amax
 
 // A copy of every defined tensor of `weights` on `device` (e.g. CPU-quantized weights to a GPU).
 OwnedExpertWeights copy_expert_weights(const ExpertWeights& weights, Device device);
+
+// Rewrites the fp4 data (w13, w2) of nvfp4 / mxfp4 `weights` from the checkpoint's order into the sm90
+// packing, in place on their device, and sets weights.fp4_packing: the CUDA experts then read them where they
+// lie instead of keeping a packed copy (which doubles the weights' memory). Other views of the same data still
+// say `checkpoint` and must not be used with it. Needs hidden_size and intermediate_size % 32 == 0. Synchronous.
+void pack_fp4_weights_sm90(const MoEConfig& config, ExpertWeights& weights);
 
 // Bytes of expert weight storage (data + scales) of `num_experts` experts in the scheme's layout.
 int64_t expert_weight_bytes(const MoEConfig& config, int64_t num_experts);

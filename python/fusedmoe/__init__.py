@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ._C import Error, backend_available, make_layer, reference
+from ._C import pack_fp4_weights_sm90 as _pack_fp4_weights_sm90
 
-__all__ = ["Error", "FusedMoE", "fused_moe", "to_bf16_bits", "from_bf16_bits", "reference", "backend_available"]
+__all__ = ["Error", "FusedMoE", "fused_moe", "to_bf16_bits", "from_bf16_bits", "reference", "backend_available",
+           "pack_fp4_weights_sm90"]
 
 try:  # torch.library ops and the nn.Module, when torch is importable
     from .torch_ops import FusedMoEModule  # noqa: F401
@@ -78,8 +80,19 @@ def _stream_of(a) -> int:
     return 0
 
 
+def pack_fp4_weights_sm90(*, num_experts: int, hidden_size: int, intermediate_size: int, quant: str, w13, w2,
+                          **weights):
+    """Rewrites nvfp4 / mxfp4 w13 and w2 (given with the scheme's scales, as FusedMoE takes them) in place, on
+    their device, from the checkpoint's order into the sm90 packing the CUDA kernels read; then build layers with
+    fp4_packing="sm90". Without it, a CUDA layer keeps a packed copy of w13 and w2 (twice their memory). The
+    arrays carry no mark: packing them twice scrambles them."""
+    arrays = {"w13": w13, "w2": w2, **{k: v for k, v in weights.items() if v is not None}}
+    _pack_fp4_weights_sm90(num_experts, hidden_size, intermediate_size, quant, arrays)
+
+
 class FusedMoE:
-    """One MoE layer: config, weights (kept referenced, never copied) and the fused kernel."""
+    """One MoE layer: config, weights (kept referenced; not copied, except fp4 weights in the checkpoint's order
+    on CUDA: see pack_fp4_weights_sm90) and the fused kernel."""
 
     WEIGHT_NAMES = ("w13", "w2", "w13_scale", "w2_scale", "w13_global_scale", "w2_global_scale", "a13_scale",
                     "a2_scale", "w13_bias", "w2_bias")
@@ -88,9 +101,9 @@ class FusedMoE:
                  quant: str = "bf16", activation: str = "silu", routing: str = "softmax-topk-renormalize",
                  num_expert_group: int = 1, topk_group: int = 1, renormalize: bool = True,
                  routed_scaling_factor: float = 1.0, correction_bias=None, backend: str = "auto",
-                 monolithic: bool = False, **weights):
+                 monolithic: bool = False, fp4_packing: str = "checkpoint", **weights):
         """w13 [E, N1, K] / w2 [E, K, I] (+ the scheme's scales, global scales, biases by name;
-        layouts in include/fusedmoe/weights.h)."""
+        layouts in include/fusedmoe/weights.h). fp4_packing: "checkpoint" or "sm90" (pack_fp4_weights_sm90)."""
         unknown = set(weights) - set(self.WEIGHT_NAMES)
         if unknown:
             raise TypeError(f"unknown weight argument(s) {sorted(unknown)}; known: {self.WEIGHT_NAMES}")
@@ -98,7 +111,7 @@ class FusedMoE:
         arrays = {"w13": w13, "w2": w2, **{k: v for k, v in weights.items() if v is not None}}
         self._layer = make_layer(num_experts, hidden_size, intermediate_size, top_k, quant, activation, routing,
                                  num_expert_group, topk_group, renormalize, routed_scaling_factor, correction_bias,
-                                 arrays, backend, monolithic)
+                                 arrays, backend, monolithic, fp4_packing)
 
     def workspace_bytes(self, num_tokens: int) -> int:
         return self._layer.workspace_bytes(num_tokens)

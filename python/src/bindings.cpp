@@ -183,7 +183,7 @@ std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int6
                                   const std::string& quant, const std::string& activation, const std::string& routing,
                                   int num_expert_group, int topk_group, bool renormalize, float routed_scaling_factor,
                                   std::optional<Array> correction_bias, const WeightDict& weights,
-                                  const std::string& backend, bool monolithic) {
+                                  const std::string& backend, bool monolithic, const std::string& fp4_packing) {
   auto layer = std::make_unique<Layer>();
   layer->config = make_config(num_experts, hidden_size, intermediate_size, top_k, quant, activation, routing,
                               num_expert_group, topk_group, renormalize, routed_scaling_factor);
@@ -192,12 +192,25 @@ std::unique_ptr<Layer> make_layer(int64_t num_experts, int64_t hidden_size, int6
     c.routing.correction_bias = view(*correction_bias, DType::f32, "correction_bias");
     layer->keep_alive.push_back(*correction_bias);
   }
-  const ExpertWeights w = weights_from(c, weights, &layer->keep_alive);
+  ExpertWeights w = weights_from(c, weights, &layer->keep_alive);
+  FMOE_CHECK(fp4_packing == "checkpoint" || fp4_packing == "sm90",
+             "fp4_packing must be 'checkpoint' or 'sm90', got '", fp4_packing, "'");
+  w.fp4_packing = fp4_packing == "sm90" ? Fp4Packing::sm90 : Fp4Packing::checkpoint;
   KernelOptions opt;
   opt.backend = parse_enum<Backend>(backend, parse_backend, "backend");
   opt.use_monolithic = monolithic;
   layer->kernel = std::make_unique<FusedMoEKernel>(make_kernel(c, w, opt));
   return layer;
+}
+
+// fp4 weights (w13, w2 and the scheme's scales) rewritten in place from the checkpoint's order to the sm90
+// packing the CUDA kernels read (pack_fp4_weights_sm90).
+void pack_fp4(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size, const std::string& quant,
+              const WeightDict& weights) {
+  const MoEConfig c = make_config(num_experts, hidden_size, intermediate_size, 1, quant, "silu", "precomputed", 1, 1,
+                                  true, 1.0f);
+  ExpertWeights w = weights_from(c, weights, nullptr);
+  pack_fp4_weights_sm90(c, w);
 }
 
 // float64 reference output [M, K] for given ids/weights (CPU arrays), as a numpy array.
@@ -231,7 +244,10 @@ NB_MODULE(_C, m) {
   m.def("make_layer", &make_layer, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
         nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("routing"), nb::arg("num_expert_group"),
         nb::arg("topk_group"), nb::arg("renormalize"), nb::arg("routed_scaling_factor"),
-        nb::arg("correction_bias").none(), nb::arg("weights"), nb::arg("backend"), nb::arg("monolithic"));
+        nb::arg("correction_bias").none(), nb::arg("weights"), nb::arg("backend"), nb::arg("monolithic"),
+        nb::arg("fp4_packing"));
+  m.def("pack_fp4_weights_sm90", &pack_fp4, nb::arg("num_experts"), nb::arg("hidden_size"),
+        nb::arg("intermediate_size"), nb::arg("quant"), nb::arg("weights"));
   m.def("reference", &reference, nb::arg("num_experts"), nb::arg("hidden_size"), nb::arg("intermediate_size"),
         nb::arg("top_k"), nb::arg("quant"), nb::arg("activation"), nb::arg("weights"), nb::arg("hidden"),
         nb::arg("topk_ids"), nb::arg("topk_weights"));

@@ -81,3 +81,38 @@ def test_bad_input_is_a_clear_error_and_writes_nothing():
                           quant="int3")
     with pytest.raises(fusedmoe.Error, match="w13"):
         fusedmoe.FusedMoE(num_experts=8, hidden_size=128, intermediate_size=64, top_k=2, w13=w13[:, :5], w2=w2)
+
+
+SM90_BITS = [[6, 7, 8, 15], [22, 23, 24, 31], [28, 29, 30, 5], [12, 13, 14, 21], [25, 26, 27, 2], [9, 10, 11, 18],
+             [3, 4, 0, 1], [19, 20, 16, 17]]
+
+
+def sm90_packed(packed):
+    """The sm90 packing (include/fusedmoe/formats.h) of packed e2m1 bytes, written out again in numpy: word c of
+    each 16-byte segment takes the segment's bytes c + 4q, bit j of nibble h of byte c + 4q at SM90_BITS[2q+h][j]."""
+    seg = packed.reshape(-1, 16)
+    out = np.zeros((seg.shape[0], 4), dtype=np.uint32)
+    for c in range(4):
+        for q in range(4):
+            for h in range(2):
+                for j in range(4):
+                    bit = (seg[:, c + 4 * q] >> (4 * h + j)) & 1
+                    out[:, c] |= bit.astype(np.uint32) << np.uint32(SM90_BITS[2 * q + h][j])
+    return out.astype("<u4").view(np.uint8).reshape(packed.shape)
+
+
+def test_fp4_weights_packed_in_place_and_refused_by_the_cpu():
+    rng = np.random.default_rng(SEED + 7)
+    E, K, I = 4, 64, 32
+    w = {"w13": rng.integers(0, 256, (E, 2 * I, K // 2), dtype=np.uint8),
+         "w2": rng.integers(0, 256, (E, K, I // 2), dtype=np.uint8),
+         "w13_scale": rng.integers(120, 130, (E, 2 * I, K // 32), dtype=np.uint8),
+         "w2_scale": rng.integers(120, 130, (E, K, I // 32), dtype=np.uint8)}
+    want13, want2 = sm90_packed(w["w13"]), sm90_packed(w["w2"])
+    dims = dict(num_experts=E, hidden_size=K, intermediate_size=I)
+    fusedmoe.pack_fp4_weights_sm90(quant="mxfp4", **dims, **w)
+    assert np.array_equal(w["w13"], want13) and np.array_equal(w["w2"], want2), f"seed {SEED}"
+    with pytest.raises(fusedmoe.Error, match="the CPU experts read fp4 weights in the checkpoint's order"):
+        fusedmoe.FusedMoE(**dims, top_k=2, quant="mxfp4", backend="cpu", fp4_packing="sm90", **w)
+    with pytest.raises(fusedmoe.Error, match="fp4_packing must be 'checkpoint' or 'sm90'"):
+        fusedmoe.FusedMoE(**dims, top_k=2, quant="mxfp4", backend="cpu", fp4_packing="sm100", **w)

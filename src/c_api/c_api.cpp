@@ -48,50 +48,74 @@ Tensor view(const void* p, DType dtype, std::initializer_list<int64_t> shape, De
   return p ? Tensor(const_cast<void*>(p), dtype, shape, device) : Tensor();
 }
 
+// The layer's config from the descriptor (validated).
+MoEConfig config_from(const fmoe_layer_desc* d, Device dev) {
+  MoEConfig c;
+  c.num_experts = d->num_experts;
+  c.hidden_size = d->hidden_size;
+  c.intermediate_size = d->intermediate_size;
+  c.quant = parse_or_fail<QuantScheme>(d->quant, "quant", parse_quant_scheme);
+  c.activation.kind = parse_or_fail<ActivationKind>(d->activation, "activation", parse_activation);
+  c.routing.method = parse_or_fail<RoutingMethod>(d->routing, "routing", parse_routing_method);
+  c.routing.top_k = d->top_k;
+  c.routing.num_expert_group = d->num_expert_group > 0 ? d->num_expert_group : 1;
+  c.routing.topk_group = d->topk_group > 0 ? d->topk_group : 1;
+  c.routing.renormalize = d->renormalize != 0;
+  c.routing.routed_scaling_factor = d->routed_scaling_factor != 0.0f ? d->routed_scaling_factor : 1.0f;
+  c.routing.correction_bias = view(d->correction_bias, DType::f32, {c.num_experts}, dev);
+  validate_config(c);
+  return c;
+}
+
+// Views of the caller's pointers in the scheme's layout (shapes and dtypes from the one table validation
+// reads); make_kernel validates them.
+ExpertWeights weights_from(const MoEConfig& c, const fmoe_layer_desc* d, Device dev) {
+  const std::pair<Tensor ExpertWeights::*, const void*> given[] = {
+      {&ExpertWeights::w13, d->w13},
+      {&ExpertWeights::w2, d->w2},
+      {&ExpertWeights::w13_scale, d->w13_scale},
+      {&ExpertWeights::w2_scale, d->w2_scale},
+      {&ExpertWeights::w13_global_scale, d->w13_global_scale},
+      {&ExpertWeights::w2_global_scale, d->w2_global_scale},
+      {&ExpertWeights::a13_scale, d->a13_scale},
+      {&ExpertWeights::a2_scale, d->a2_scale},
+      {&ExpertWeights::w13_bias, d->w13_bias},
+      {&ExpertWeights::w2_bias, d->w2_bias}};
+  ExpertWeights w;
+  for (const WeightTensorSpec& spec : weight_layout(c, c.num_local_experts()))
+    for (const auto& [member, ptr] : given)
+      if (member == spec.member && ptr) w.*member = Tensor(const_cast<void*>(ptr), spec.dtype, spec.shape, dev);
+  FMOE_CHECK(d->fp4_packing == 0 || d->fp4_packing == 1,
+             "fp4_packing must be 0 (the checkpoint's order) or 1 (the sm90 packing), got ", d->fp4_packing);
+  w.fp4_packing = d->fp4_packing ? Fp4Packing::sm90 : Fp4Packing::checkpoint;
+  return w;
+}
+
+Device device_from(const fmoe_layer_desc* d) { return d->device < 0 ? Device::cpu() : Device::cuda(d->device); }
+
 }  // namespace
 
 extern "C" int fmoe_layer_create(const fmoe_layer_desc* d, fmoe_layer** out, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     FMOE_CHECK(d && out, "fmoe_layer_create needs a descriptor and an output pointer");
     auto layer = std::make_unique<fmoe_layer>();
-    MoEConfig& c = layer->config;
-    c.num_experts = d->num_experts;
-    c.hidden_size = d->hidden_size;
-    c.intermediate_size = d->intermediate_size;
-    c.quant = parse_or_fail<QuantScheme>(d->quant, "quant", parse_quant_scheme);
-    c.activation.kind = parse_or_fail<ActivationKind>(d->activation, "activation", parse_activation);
-    c.routing.method = parse_or_fail<RoutingMethod>(d->routing, "routing", parse_routing_method);
-    c.routing.top_k = d->top_k;
-    c.routing.num_expert_group = d->num_expert_group > 0 ? d->num_expert_group : 1;
-    c.routing.topk_group = d->topk_group > 0 ? d->topk_group : 1;
-    c.routing.renormalize = d->renormalize != 0;
-    c.routing.routed_scaling_factor = d->routed_scaling_factor != 0.0f ? d->routed_scaling_factor : 1.0f;
-    const Device dev = d->device < 0 ? Device::cpu() : Device::cuda(d->device);
-    layer->device = dev;
-    c.routing.correction_bias = view(d->correction_bias, DType::f32, {c.num_experts}, dev);
-    validate_config(c);
-    // Views of the caller's pointers in the scheme's layout (shapes and dtypes from the one
-    // table validation reads); make_kernel validates them.
-    const std::pair<Tensor ExpertWeights::*, const void*> given[] = {
-        {&ExpertWeights::w13, d->w13},
-        {&ExpertWeights::w2, d->w2},
-        {&ExpertWeights::w13_scale, d->w13_scale},
-        {&ExpertWeights::w2_scale, d->w2_scale},
-        {&ExpertWeights::w13_global_scale, d->w13_global_scale},
-        {&ExpertWeights::w2_global_scale, d->w2_global_scale},
-        {&ExpertWeights::a13_scale, d->a13_scale},
-        {&ExpertWeights::a2_scale, d->a2_scale},
-        {&ExpertWeights::w13_bias, d->w13_bias},
-        {&ExpertWeights::w2_bias, d->w2_bias}};
-    ExpertWeights w;
-    for (const WeightTensorSpec& spec : weight_layout(c, c.num_local_experts()))
-      for (const auto& [member, ptr] : given)
-        if (member == spec.member && ptr)
-          w.*member = Tensor(const_cast<void*>(ptr), spec.dtype, spec.shape, dev);
+    layer->device = device_from(d);
+    layer->config = config_from(d, layer->device);
+    const ExpertWeights w = weights_from(layer->config, d, layer->device);
     KernelOptions opt;
     opt.use_monolithic = d->use_monolithic != 0;
-    layer->kernel = std::make_unique<FusedMoEKernel>(make_kernel(c, w, opt));
+    layer->kernel = std::make_unique<FusedMoEKernel>(make_kernel(layer->config, w, opt));
     *out = layer.release();
+  });
+}
+
+extern "C" int fmoe_pack_fp4_weights_sm90(const fmoe_layer_desc* d, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    FMOE_CHECK(d, "fmoe_pack_fp4_weights_sm90 needs a descriptor");
+    const Device dev = device_from(d);
+    const MoEConfig c = config_from(d, dev);
+    ExpertWeights w = weights_from(c, d, dev);
+    pack_fp4_weights_sm90(c, w);
   });
 }
 

@@ -31,6 +31,8 @@ struct BackendImpl {
   bool (*available)();
   // Arguments already validated by route().
   void (*route)(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
+  // Packed fp4 data (whole 16-byte segments) from the checkpoint's order to the sm90 packing, in place (formats.h).
+  void (*pack_fp4_sm90)(void* data, size_t bytes, Device device);
 };
 
 // Every backend compiled into this build, in preference order.

@@ -1,6 +1,7 @@
 // Weight layout table, validation, allocation and byte counts.
 #include "core/weight_layout.h"
 
+#include "core/backend_registry.h"
 #include "core/check.h"
 #include "fusedmoe/error.h"
 
@@ -53,6 +54,10 @@ std::array<WeightTensorSpec, 10> weight_layout(const MoEConfig& c, int64_t E) {
 void validate_weights(const MoEConfig& config, const ExpertWeights& weights) {
   const int64_t E = config.num_local_experts();
   FMOE_CHECK(weights.w13.defined(), "weights.w13 must be defined");
+  FMOE_CHECK(weights.fp4_packing == Fp4Packing::checkpoint || config.quant == QuantScheme::nvfp4 ||
+                 config.quant == QuantScheme::mxfp4,
+             "weights.fp4_packing = sm90 is for nvfp4 and mxfp4 weights, got the ", quant_scheme_name(config.quant),
+             " scheme");
   const Device device = weights.w13.device();
   for (const WeightTensorSpec& spec : weight_layout(config, E)) {
     const Tensor& t = weights.*spec.member;
@@ -106,7 +111,29 @@ OwnedExpertWeights copy_expert_weights(const ExpertWeights& weights, Device devi
     owned.storage.push_back(copy_to(src, device));
     owned.weights.*member = owned.storage.back().view();
   }
+  owned.weights.fp4_packing = weights.fp4_packing;
   return owned;
+}
+
+void pack_fp4_weights_sm90(const MoEConfig& config, ExpertWeights& weights) {
+  FMOE_CHECK(config.quant == QuantScheme::nvfp4 || config.quant == QuantScheme::mxfp4,
+             "pack_fp4_weights_sm90 takes nvfp4 or mxfp4 weights, got the ", quant_scheme_name(config.quant),
+             " scheme");
+  validate_weights(config, weights);
+  FMOE_CHECK(weights.fp4_packing == Fp4Packing::checkpoint,
+             "pack_fp4_weights_sm90 takes weights in the checkpoint's order, got weights already in the sm90 packing");
+  FMOE_CHECK(config.hidden_size % 32 == 0 && config.intermediate_size % 32 == 0,
+             "the sm90 fp4 packing needs hidden_size and intermediate_size % 32 == 0, got ", config.hidden_size,
+             " and ", config.intermediate_size);
+  const BackendImpl& backend = backend_for_device(weights.w13.device());
+  for (const Tensor* t : {&weights.w13, &weights.w2}) backend.pack_fp4_sm90(t->data(), t->nbytes(), t->device());
+  weights.fp4_packing = Fp4Packing::sm90;
+}
+
+void check_checkpoint_fp4_packing(const ExpertWeights& weights, const char* who) {
+  FMOE_CHECK(weights.fp4_packing == Fp4Packing::checkpoint, who,
+             " read fp4 weights in the checkpoint's order, got weights.fp4_packing = sm90 (pack_fp4_weights_sm90 "
+             "is for the CUDA experts)");
 }
 
 }  // namespace fusedmoe

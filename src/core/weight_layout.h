@@ -22,4 +22,7 @@ struct WeightTensorSpec {
 // The ten ExpertWeights fields, in declaration order, for `num_local_experts` experts.
 std::array<WeightTensorSpec, 10> weight_layout(const MoEConfig& config, int64_t num_local_experts);
 
+// Throws unless weights.fp4_packing is the checkpoint's order; `who` (e.g. "the CPU experts") reads only that.
+void check_checkpoint_fp4_packing(const ExpertWeights& weights, const char* who);
+
 }  // namespace fusedmoe

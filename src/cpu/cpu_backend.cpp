@@ -5,6 +5,7 @@
 
 #include "core/backend_registry.h"
 #include "cpu/cpu_backend.h"
+#include "fusedmoe/formats.h"
 
 namespace fusedmoe {
 namespace {
@@ -22,13 +23,23 @@ bool cpu_available() { return true; }
 
 void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) { std::memcpy(dst, src, bytes); }
 
+void cpu_pack_fp4_sm90(void* data, size_t bytes, Device) {
+  auto* p = static_cast<unsigned char*>(data);
+  for (size_t at = 0; at + 16 <= bytes; at += 16) {
+    uint32_t in[4], out[4];
+    std::memcpy(in, p + at, 16);
+    fp4_pack_segment_sm90(in, out);
+    std::memcpy(p + at, out, 16);
+  }
+}
+
 }  // namespace
 
 const BackendImpl& cpu_backend() {
   static const BackendImpl impl{Backend::cpu,       "cpu",          DeviceKind::cpu,
                                 cpu_allocate,       cpu_deallocate, cpu_copy,
                                 cpu::make_experts,  cpu::make_prepare_finalize, cpu_available,
-                                cpu::route};
+                                cpu::route,         cpu_pack_fp4_sm90};
   return impl;
 }
 

@@ -15,6 +15,7 @@ class CpuExpertsBase {
   CpuExpertsBase(const MoEConfig& config, const ExpertWeights& weights) : config_(config), weights_(weights) {
     FMOE_CHECK(weights.w13.device() == Device::cpu(), "the CPU experts need weights on the CPU, got ",
                weights.w13.device().str());
+    check_checkpoint_fp4_packing(weights, "the CPU experts");
   }
 
  protected:

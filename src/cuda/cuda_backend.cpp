@@ -90,6 +90,12 @@ void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device,
   FMOE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
+void cuda_pack_fp4_sm90(void* data, size_t bytes, Device device) {
+  DeviceGuard guard(device);
+  launch_pack_fp4_sm90(data, static_cast<int64_t>(bytes), stream());
+  FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
 }  // namespace
 
 void route(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights) {
@@ -108,7 +114,7 @@ const BackendImpl& cuda_backend() {
   static const BackendImpl impl{Backend::cuda,         "cuda",          DeviceKind::cuda,
                                 cuda::cuda_allocate,   cuda::cuda_deallocate, cuda::cuda_copy,
                                 cuda::make_experts,    cuda::make_prepare_finalize, cuda::cuda_available,
-                                cuda::route};
+                                cuda::route,           cuda::cuda_pack_fp4_sm90};
   return impl;
 }
 

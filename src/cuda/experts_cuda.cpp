@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/activation_math.h"
@@ -92,6 +93,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
                  "the CUDA experts need 16-byte aligned expert biases, got ", bias->describe());
   if (fp4_) {
     fp4_chunk_experts_ = choose_fp4_chunk_experts(2 * larger_weight_values(config), num_local_);
+    if (weights.fp4_packing == Fp4Packing::checkpoint) pack_fp4_weights();
   }
   gemm_kind_ = config.quant == QuantScheme::fp8_per_tensor    ? GroupedGemmKind::fp8_group_scaled
                : config.quant == QuantScheme::fp8_per_channel ? GroupedGemmKind::fp8_channel_scaled
@@ -118,6 +120,16 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
                             config.intermediate_size % 32 == 0 && num_local_ <= 1024;
   gemm_scratch_bytes_ = grouped_gemm_workspace_bytes(gemm_kind_, static_cast<int>(num_local_), sm_count_);
+}
+
+void CudaExperts::pack_fp4_weights() {
+  for (auto [t, copy] : {std::pair{&weights_.w13, &packed_w13_}, std::pair{&weights_.w2, &packed_w2_}}) {
+    *copy = copy_to(*t, device_);
+    launch_pack_fp4_sm90(copy->data_as<uint8_t>(), static_cast<int64_t>(copy->nbytes()), stream());
+    *t = copy->view();
+  }
+  FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  weights_.fp4_packing = Fp4Packing::sm90;
 }
 
 namespace {

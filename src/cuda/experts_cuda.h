@@ -87,6 +87,10 @@ class CudaExperts final : public ModularExperts {
   // The block scales of every fp8 scheme: fp8-block's own; for fp8-tensor every 128x128 block of expert e
   // takes its scale, for fp8-channel 1 (its per-row scales go in separately).
   void make_block_scales();
+  // fp4 weights in the checkpoint's order: w13 and w2 copied into the sm90 packing the fp4 kernels read
+  // (packed_w13_, packed_w2_), weights_ pointing at the copies. Weights packed in place beforehand
+  // (pack_fp4_weights_sm90) are read where they lie.
+  void pack_fp4_weights();
 
   MoEConfig config_;
   ExpertWeights weights_;
@@ -103,6 +107,7 @@ class CudaExperts final : public ModularExperts {
   bool fp8_fast_accum_ = false;
   size_t gemm_scratch_bytes_ = 0;
   Buffer expert_map_, w13_scale_mn_, w2_scale_mn_;
+  Buffer packed_w13_, packed_w2_;
   // The fp8 schemes all run the block-scaled kernels: the weight scales per 128x128 block ([E, N/128,
   // K/128]: the small-M kernels'; *_scale_mn_ is the CUTLASS kernels' [E, K/128, N/128]), the checkpoint's
   // for fp8-block, made at construction for fp8-tensor and fp8-channel (w13_blocks_, w2_blocks_).

@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "core/weight_layout.h"
 #include "fusedmoe/error.h"
 #include "fusedmoe/formats.h"
 
@@ -159,6 +160,7 @@ RefSetup setup(const MoEConfig& c, const ExpertWeights& w, const Tensor& hidden,
                std::span<const int64_t> tokens) {
   validate_config(c);
   validate_weights(c, w);
+  check_checkpoint_fp4_packing(w, "the reference");
   FMOE_CHECK(hidden.defined() && hidden.ndim() == 2, "hidden must be [M, K], got ", hidden.describe());
   const int64_t M = hidden.size(0);
   check_tensor(hidden, "hidden", DType::bf16, {M, c.hidden_size}, Device::cpu());

@@ -1,12 +1,11 @@
-// fp4 weights to bf16 for the grouped-GEMM path of the nvfp4 and mxfp4 experts: experts
-// [e0, e0 + count) of W [E, N, K/2] (packed e2m1, element 2i in the low nibble) -> bf16
-// [count, N, K], each value times its group scale, rounded once: mxfp4 multiplies by the ue8m0
-// scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3 scale and the expert's global
-// scale, as the reference takes it. Per step a thread turns 4 packed words (32 values) into four
-// 16-byte stores, the warp's stores of one word index 512 contiguous bytes; bytes become bf16
-// pairs by fp4_util.cuh's bit placement. Grid-stride over the chunk, 32-bit indices (on H200 the
-// nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). Rows keep their order
-// (the gated GEMM1 reads w13's gate and up blocks where they lie, gate_up_mainloop_sm90.cuh).
+// fp4 weights to bf16 for the grouped-GEMM path of the nvfp4 and mxfp4 experts: experts [e0, e0 + count) of
+// W [E, N, K/2] (packed e2m1 in the sm90 packing, formats.h) -> bf16 [count, N, K], each value times its group
+// scale, rounded once: mxfp4 multiplies by the ue8m0 scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3
+// scale and the expert's global scale, as the reference takes it. Per step a thread turns 4 packed words (32
+// values) into 16 4-byte stores: the warp's words of one step are 8 whole 32-value segments, each word's 4 bf16
+// pairs spread over its segment, the segment's 4 lanes filling it. Grid-stride over the chunk, 32-bit indices (on
+// H200 the nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). Rows keep their order (the
+// gated GEMM1 reads w13's gate and up blocks where they lie, gate_up_mainloop_sm90.cuh).
 // Limits: K % 32 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
@@ -20,32 +19,32 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 8192;
 
-// One packed word (8 values of one scale group) to 8 bf16 values times the group scale s (nvfp4: times
-// the expert's global scale too).
+// One packed word (sm90 packing: the checkpoint's pairs c + 4q of a 32-value segment, formats.h) to 4 bf16
+// pairs, pair q times its group's scale: pairs q = 0, 1 lie in the segment's first 16 values, q = 2, 3 in the
+// second (nvfp4: s_lo, s_hi, each times the expert's global scale; mxfp4: s_lo for all 32).
 template <bool kNv>
-__device__ __forceinline__ uint4 dequant_word(uint32_t packed, uint8_t s, float global_scale) {
-  uint32_t o[4];
-  e2m1x8_bf16_times_2m126(packed, o);
+__device__ __forceinline__ void dequant_word(uint32_t packed, uint8_t s_lo, uint8_t s_hi, float global_scale,
+                                             uint32_t (&o)[4]) {
+  e2m1x8_sm90_bf16_times_2m126(packed, o);
   if constexpr (kNv) {
-    const float sc = fp8_e4m3_to_float(s) * global_scale;
+    const float sc[2] = {fp8_e4m3_to_float(s_lo) * global_scale, fp8_e4m3_to_float(s_hi) * global_scale};
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const uint32_t pair = mul_bf16x2(o[q], bf16x2_two_pow_126());
       const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
-      const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * sc, f.y * sc);
+      const __nv_bfloat162 r = __floats2bfloat162_rn(f.x * sc[q / 2], f.y * sc[q / 2]);
       o[q] = *reinterpret_cast<const uint32_t*>(&r);
     }
   } else {
     bool big;
-    const __nv_bfloat162 m = ue8m0_multiplier(s, big);
-    const __nv_bfloat162 sc = __float2bfloat162_rn(big ? ue8m0_to_float(s) : 1.0f);
+    const __nv_bfloat162 m = ue8m0_multiplier(s_lo, big);
+    const __nv_bfloat162 sc = __float2bfloat162_rn(big ? ue8m0_to_float(s_lo) : 1.0f);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       o[q] = mul_bf16x2(o[q], m);
       if (big) o[q] = mul_bf16x2(o[q], sc);
     }
   }
-  return make_uint4(o[0], o[1], o[2], o[3]);
 }
 
 template <bool kNv>
@@ -71,10 +70,13 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
     for (int j = 0; j < 4; ++j) {
       const uint32_t i = base + 32 * j + lane;
       if (i >= total) break;
-      const uint32_t row = i / words_per_row, k0 = (i - row * words_per_row) * 8;
-      const uint4 v = dequant_word<kNv>(packed[j], __ldg(src_scales + size_t(row) * (K / kGroup) + k0 / kGroup),
-                                        kNv ? __ldg(gscale + row / N) : 0.0f);
-      *reinterpret_cast<uint4*>(out + size_t(row) * K + k0) = v;
+      const uint32_t row = i / words_per_row, wi = i - row * words_per_row, k0 = (wi & ~3u) * 8, c = wi & 3;
+      const uint8_t* sp = src_scales + size_t(row) * (K / kGroup) + k0 / kGroup;
+      uint32_t o[4];
+      dequant_word<kNv>(packed[j], __ldg(sp), kNv ? __ldg(sp + 1) : 0, kNv ? __ldg(gscale + row / N) : 0.0f, o);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(out + size_t(row) * K + k0);  // the segment's 16 bf16 pairs
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[c + 4 * q] = o[q];
     }
   }
 }

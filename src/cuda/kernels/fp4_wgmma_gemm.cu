@@ -22,9 +22,9 @@
 //   A stage's full barrier completes when every producer thread has seen its copies land (a tile later)
 //   and fenced them for wgmma's async proxy; its empty barrier when every consumer thread is done with it.
 // - two consumers, T m64 tiles of weight rows each, m64nNk16 wgmma with A from registers. A lane's
-//   fragment of a 32-value chunk of a weight row is byte c of each of the chunk's four words (lane
-//   4g + c): one 16-byte shared load and three prmt give a packed word whose unpacking and scaling are
-//   the A registers of two k16 steps. Chunk h + 1 is unpacked while chunk h's wgmma run and scaled
+//   fragment of a 32-value chunk of a weight row is the chunk's word c in the sm90 packing (lane 4g + c;
+//   fp4_util.cuh): one 4-byte shared load gives a packed word whose unpacking and scaling are the A
+//   registers of two k16 steps. Chunk h + 1 is unpacked while chunk h's wgmma run and scaled
 //   into the other register buffer once chunk h - 1's are done (T = 4: one buffer, the other consumer's
 //   wgmma fill the gap). Consumers read no global memory in the loop (the multipliers come through
 //   shared memory), so nothing but the stages holds up a wgmma fence. The epilogue reuses the ring (a block per
@@ -126,11 +126,11 @@ __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], ui
 }
 
 // The lane's packed word of chunk h (32 values: k16 steps 2h, 2h + 1) of block row r of a k tile in shared
-// memory (ws: 32 bytes a row): byte c of each of the chunk's four words (sel picks byte c of two words),
-// i.e. values k = 2c, 2c + 1 | 2c + 8, 2c + 9 of step 2h, then of step 2h + 1.
-__device__ inline uint32_t load_packed(const uint8_t* ws, int r, int h, uint32_t sel) {
-  const uint4 v = *reinterpret_cast<const uint4*>(ws + r * 32 + h * 16);
-  return prmt(prmt(v.x, v.y, sel), prmt(v.z, v.w, sel), 0x5410);
+// memory (ws: 32 bytes a row): word c of the chunk, which the sm90 packing (fp4_util.cuh) made of the
+// checkpoint's bytes c, c + 4, c + 8, c + 12, i.e. values k = 2c, 2c + 1 | 2c + 8, 2c + 9 of step 2h, then of
+// step 2h + 1.
+__device__ inline uint32_t load_packed(const uint8_t* ws, int r, int h, int c) {
+  return *reinterpret_cast<const uint32_t*>(ws + r * 32 + h * 16 + c * 4);
 }
 
 // Both halves of a bf16x2 word from its low (hi = 0) or high half.
@@ -148,10 +148,9 @@ __device__ inline uint2 tile_multipliers(uint32_t scales, bool& big) {
   const auto half = [](__nv_bfloat162 m) { return uint32_t(__bfloat16_as_ushort(m.x)); };
   big = false;
   if constexpr (kNv) {
-    uint32_t h[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = half(nv_multiplier((scales >> (8 * i)) & 0xff));
-    return make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+    const float2 lo = nv_multipliers_f32(scales), hi = nv_multipliers_f32(scales >> 16);
+    const __nv_bfloat162 m01 = __floats2bfloat162_rn(lo.x, lo.y), m23 = __floats2bfloat162_rn(hi.x, hi.y);
+    return make_uint2(*reinterpret_cast<const uint32_t*>(&m01), *reinterpret_cast<const uint32_t*>(&m23));
   } else {
     bool big0, big1;
     const uint32_t m0 = half(ue8m0_multiplier(scales & 0xff, big0));
@@ -174,7 +173,7 @@ template <bool kNv>
 __device__ inline void unpack_chunk(const uint32_t (&pk)[2], const uint2 (&mw)[2], int h, UnpackedChunk& c) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    e2m1x8_bf16_times_2m126(pk[hi], c.q[hi]);
+    e2m1x8_sm90_bf16_times_2m126(pk[hi], c.q[hi]);
     if constexpr (kNv) {
       const uint32_t w = h ? mw[hi].y : mw[hi].x;
       c.m0[hi] = broadcast_half(w, 0);
@@ -420,7 +419,6 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   float tail[kT][kTailAcc];  // tokens kTok .. kTok + kTail - 1, laid out as acc's first kTail tokens
   zero_accumulators<kTok, kTail, kT, kTailAcc>(acc, tail);
 
-  const uint32_t sel = uint32_t(cq) | (uint32_t(cq + 4) << 4);
   // Stage 0's X descriptor; stage s, k16 step i: + s kStageBytes / 16 + 2 i (the address field's unit is
   // 16 bytes, and no address in shared memory carries out of it).
   const uint64_t desc0 = smem_desc_k_major_sw128(smem_addr(smem));
@@ -434,7 +432,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 #pragma unroll
     for (int t = 0; t < kT; ++t)
 #pragma unroll
-      for (int hi = 0; hi < 2; ++hi) pk[t][hi] = load_packed(ws, row0 + 64 * t + 8 * hi, h, sel);
+      for (int hi = 0; hi < 2; ++hi) pk[t][hi] = load_packed(ws, row0 + 64 * t + 8 * hi, h, cq);
   };
   // Waits for the tile in stage st (full barrier phase `parity`) and reads its multipliers, its flags and
   // chunk 0's packed words.

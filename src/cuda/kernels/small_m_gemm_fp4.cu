@@ -4,8 +4,8 @@
 // X bf16, f32 accumulation, bf16 out.
 // The shape is small_m_gemm.cu's (swap-AB mma.sync m16n8k16 with 16 weight rows per block, 4
 // warps splitting k, a fixed-order reduction through shared memory), but one 16-byte load of a
-// lane holds 32 packed values of a weight row. They are dequantized in registers — three integer
-// instructions a pair of values (fp4_util.cuh, no table) and one bf16x2 multiply by the group scale
+// lane holds 32 packed values of a weight row (in the sm90 packing, fp4_util.cuh). They are dequantized in
+// registers — two instructions a pair of values on average (no table) and one bf16x2 multiply by the group scale
 // with fp4_util's 2^126 folded in (nvfp4: s 2^118, the other 2^8 in the f32 global scale) — exact,
 // since e2m1 has 2 significant bits, e4m3 4 and ue8m0 1 — and meet 64 bytes of X in 8 k16 steps.
 // Each packed weight is read once per pass over up to 8*NT rows of its expert; each pass takes the
@@ -41,7 +41,7 @@ constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
 
 // The multipliers of one lane's 32 packed values of a row (16 bytes, its share of a 128-value chunk), for
-// e2m1x8_bf16_times_2m126's output: lo for words 0-1, hi for words 2-3 (nvfp4: its two e4m3 group scales,
+// e2m1x8_sm90_bf16_times_2m126's output: lo for pairs 0-7, hi for 8-15 (nvfp4: its two e4m3 group scales,
 // times 2^118 — the f32 global scale carries the other 2^8 —; mxfp4: the one ue8m0 scale, see
 // ue8m0_multiplier). big: an mxfp4 scale above 2 (not seen in checkpoints), whose lo and hi are 2^126 and
 // which takes a second multiply by big_multiplier. scale_bits: nvfp4 two bytes, mxfp4 one.
@@ -51,7 +51,10 @@ struct Fp4Multipliers {
 template <bool kNv>
 __device__ inline Fp4Multipliers fp4_multipliers(uint32_t scale_bits, bool& big) {
   big = false;
-  if constexpr (kNv) return {nv_multiplier(scale_bits & 0xff), nv_multiplier(scale_bits >> 8)};
+  if constexpr (kNv) {
+    const float2 f = nv_multipliers_f32(scale_bits);
+    return {__float2bfloat162_rn(f.x), __float2bfloat162_rn(f.y)};
+  }
   const __nv_bfloat162 m = ue8m0_multiplier(scale_bits & 0xff, big);
   return {m, m};
 }
@@ -60,31 +63,37 @@ __device__ inline __nv_bfloat162 big_multiplier(uint32_t scale_bits, bool big) {
   return big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits))) : __float2bfloat162_rn(1.0f);
 }
 
-// Word i (8 values) of a lane's 16 packed bytes -> 4 bf16x2 words, word q = values 2q, 2q+1, scaled; sc:
-// big_multiplier when the warp has a big scale (any_big), unused otherwise.
+// Word c of a lane's 16 packed bytes (sm90 packing, fp4_util.cuh) -> 4 bf16x2 words, out[q] = the
+// checkpoint's pair c + 4q (values 2(c + 4q), +1), scaled: pairs 0-7 by lo, 8-15 by hi; sc: big_multiplier when
+// the warp has a big scale (any_big), unused otherwise.
 // The split-k blocks call it a word at a time, each word's two k16 steps of mma right after it, so that few
 // dequantized words are live and 6 chunks of loads fit in the registers (below); dequant32 calls it 4 times.
-__device__ inline void dequant_word(uint32_t w, int i, const Fp4Multipliers& m, bool any_big, __nv_bfloat162 sc,
+__device__ inline void dequant_word(uint32_t w, const Fp4Multipliers& m, bool any_big, __nv_bfloat162 sc,
                                     uint32_t (&out)[4]) {
   uint32_t p[4];
-  e2m1x8_bf16_times_2m126(w, p);
+  e2m1x8_sm90_bf16_times_2m126(w, p);
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    out[q] = mul_bf16x2(p[q], i < 2 ? m.lo : m.hi);
+    out[q] = mul_bf16x2(p[q], q < 2 ? m.lo : m.hi);
     if (any_big) out[q] = mul_bf16x2(out[q], sc);
   }
 }
 
-// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = values 2j, 2j+1, scaled (see Fp4Multipliers).
-// Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16 words, then
-// the mma (the per-word form above was 1-1.5% slower there at 16-64 tokens, H200, session 23).
+// 16 packed bytes (32 values) -> 16 bf16x2 words, word j = the checkpoint's values 2j, 2j+1, scaled (see
+// Fp4Multipliers). Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16
+// words, then the mma in the checkpoint's k order (the per-word form above was 1-1.5% slower there at 16-64
+// tokens, H200, session 23).
 template <bool kNv>
 __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
   bool big;
   const Fp4Multipliers m = fp4_multipliers<kNv>(scale_bits, big);
 #pragma unroll
-  for (int i = 0; i < 4; ++i)  // into out's words 4i..4i+3 in place (a copy through a local changed the SASS)
-    dequant_word(word(w, i), i, m, false, {}, *reinterpret_cast<uint32_t(*)[4]>(out + 4 * i));
+  for (int c = 0; c < 4; ++c) {
+    uint32_t d[4];
+    dequant_word(word(w, c), m, false, {}, d);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) out[c + 4 * q] = d[q];
+  }
   if (!kNv && __any_sync(0xffffffffu, big)) {
     const __nv_bfloat162 sc = big_multiplier(scale_bits, big);
 #pragma unroll
@@ -223,14 +232,14 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
         __nv_bfloat162 sca{}, scb{};
         if (any_big) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {  // word i of both rows: k16 steps 2i, 2i + 1 (each accumulator in k order)
+        for (int c = 0; c < 4; ++c) {  // word c of both rows: pairs c, c + 4 | c + 8, c + 12 in two k16 steps
           uint32_t a[4], bw[4];
-          dequant_word(word(wa[u], i), i, ma, any_big, sca, a);
-          dequant_word(word(wb[u], i), i, mb, any_big, scb, bw);
+          dequant_word(word(wa[u], c), ma, any_big, sca, a);
+          dequant_word(word(wb[u], c), mb, any_big, scb, bw);
 #pragma unroll
           for (int t = 0; t < NT; ++t) {
-            mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], xk[t][i].x, xk[t][i].y);
-            mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], xk[t][i].z, xk[t][i].w);
+            mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], word(xk[t][0], c), word(xk[t][1], c));
+            mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], word(xk[t][2], c), word(xk[t][3], c));
           }
         }
       } else {
