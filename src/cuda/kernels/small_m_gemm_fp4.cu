@@ -15,9 +15,10 @@
 // its own 16-row tile over all of k — no split-k reduce; 10-30% faster at 16-1024 tokens than the
 // split-k blocks. Its warps need the same X, which the block stages once in shared memory (cp.async,
 // two buffers of U chunks, one barrier per step while the weight loads are in flight) instead of
-// each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7). 8- and 16-row tiles
-// run in blocks of 4 warps (64 weight rows); 32- and 64-row tiles, where X's reads from L2 bound the
-// kernel, in blocks of 8 and 16 (128 and 256 rows) that stage X in whole 32-byte sectors (session 13).
+// each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7). 8-row tiles run in
+// blocks of 4 warps (64 weight rows); 16-, 32- and 64-row tiles, where X's reads from L2 bound the
+// kernel, in blocks of 8, 8 and 16 (128, 128 and 256 rows) that stage X in whole 32-byte sectors
+// (sessions 13 and 77).
 // Measured (H200, bench/results): ncu showed the small tiles issue-bound (4 warps per scheduler, an
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
@@ -107,7 +108,7 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // Blocks of 4 warps per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16
 // tokens, 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k
 // blocks (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7. Blocks of
-// 8 or 16 warps: a half or a quarter as many, the same 128 registers.
+// 8 or 16 warps: a half or a quarter as many, rounded down (16-token tiles: 2 blocks of 8 warps), 128 registers.
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 
@@ -157,10 +158,10 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
   // Staging, zeros for chunks, slices or tokens out of range:
-  // - 4-warp blocks (8- and 16-row tiles): warp j copies piece j (16 bytes) of every lane's 32 values.
+  // - 4-warp blocks (8-row warp tiles): warp j copies piece j (16 bytes) of every lane's 32 values.
   //   Each lane reads 16 bytes of a 32-byte sector, but the reads stay simple: the 32-byte layout
   //   below measured 2-3% slower at 16-128 tokens (H200, session 13).
-  // - 8- and 16-warp blocks (32- and 64-row tiles): warp w copies slice s = w % 4 (the 32 values of
+  // - 8- and 16-warp blocks (16-, 32- and 64-row tiles): warp w copies slice s = w % 4 (the 32 values of
   //   the lanes with cq == s) of every token of the (u, t) with (u * NT + t) % (kBlockWarps / 4) == w / 4,
   //   its lane (gq, cq) piece cq of token gq: four lanes read 64 contiguous bytes, whole sectors. X's
   //   reads from L2 bounded these tiles in 4-warp blocks (ncu: L2 75-83% busy, DRAM 15-23%); 128 rows
@@ -331,8 +332,11 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
 // grouped path at 64 rows per expert) at 512-2048 tokens on gpt-oss-120b, 1.18-1.47x at 512-1024 on
 // qwen3-nvfp4; the same with 4-warp blocks, 1.01-1.16x. 16-warp blocks then: 64-row tiles 1.08-1.09x on
 // gpt-oss-120b at 2048 tokens, 0.98-1.00x on qwen3-nvfp4 at 1024; 32-row tiles 0.91x at 512. At 16-row
-// tiles 8 warps were 8% faster on gpt-oss-120b at 256 tokens but 5% slower on qwen3-nvfp4 at 128: kept
-// at 4. H200, session 13.
+// tiles 8 warps were 8% faster on gpt-oss-120b at 256 tokens but 5% slower on qwen3-nvfp4 at 128 (H200,
+// session 13), so they kept 4 until the sm90 packing cut the dequantization's instructions: then ncu had the
+// 4-warp kernel L2-bound at qwen3-nvfp4's 128 tokens (L2 79% busy, DRAM 56%), and 8-warp blocks with whole-sector
+// staging ran 1.124x there and 1.214x at gpt-oss-120b's 256, 0.996-1.001x at 16-64 tokens, bit-equal (H100,
+// session 77).
 template <bool kNv, bool kSplitK>
 void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
   FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the fp4 small-M GEMM of ", tile_tokens,
@@ -346,7 +350,7 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
   };
   switch (tile_tokens) {
     case 8: go(small_m_fp4_kernel<kNv, 1, kSplitK, kWarps>, kWarps); break;
-    case 16: go(small_m_fp4_kernel<kNv, 2, kSplitK, kWarps>, kWarps); break;
+    case 16: go(small_m_fp4_kernel<kNv, 2, kSplitK, kWide>, kWide); break;
     case 32: go(small_m_fp4_kernel<kNv, 4, kSplitK, kWide>, kWide); break;
     case 64:
       if constexpr (!kSplitK) {
