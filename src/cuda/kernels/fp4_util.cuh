@@ -1,6 +1,6 @@
-// Helpers for packed fp4 e2m1 weights: the order the CUDA kernels read them in (the sm90 packing, made from
-// the checkpoint's at construction), a pair of values to a bf16x2 word by bit placement (element 2i in the low
-// half, as bf16 pairs of activations lie in memory), and exact bf16x2 scaling.
+// Device helpers for packed fp4 e2m1 weights in the sm90 packing (fusedmoe/formats.h): a pair of values to a
+// bf16x2 word by bit placement (element 2i in the low half, as bf16 pairs of activations lie in memory), and
+// exact bf16x2 scaling.
 #pragma once
 
 #include <cuda_bf16.h>
