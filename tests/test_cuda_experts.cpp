@@ -110,6 +110,11 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   const QuantScheme nv = QuantScheme::nvfp4, fp8 = QuantScheme::fp8_block;
   EXPECT_TRUE(choose_experts_path(1, 8, 128).small_m);
   EXPECT_EQ(choose_experts_path(1, 8, 128).tile_tokens, 8);
+  // GEMM2's fp4 split-k blocks start in GEMM1's tail at 1 token only, and only for fp4 weights.
+  EXPECT_TRUE(choose_experts_path(1, 8, 128, nv).fp4_gemm2_overlap);
+  EXPECT_TRUE(choose_experts_path(1, 4, 128, QuantScheme::mxfp4).fp4_gemm2_overlap);
+  EXPECT_FALSE(choose_experts_path(2, 4, 128, QuantScheme::mxfp4).fp4_gemm2_overlap);
+  EXPECT_FALSE(choose_experts_path(1, 8, 128).fp4_gemm2_overlap);
   EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
   EXPECT_EQ(choose_experts_path(192, 8, 128).tile_tokens, 16);      // 12 rows, the layer's shape unknown: small-M
   EXPECT_EQ(choose_experts_path(194, 8, 128).tile_tokens, 256);     // 12.1 rows: the bf16 wgmma kernel
@@ -1194,6 +1199,44 @@ TEST(CudaExperts, Fp4WeightsPackedInPlaceEqualTheExpertsCopy) {
       }
     }
   }
+}
+
+// GEMM2's fp4 split-k blocks starting in GEMM1's tail at 1 token (ExpertsPath::fp4_gemm2_overlap, the heuristic's
+// choice there: GEMM1's blocks trigger the next launch after their pdl_wait, GEMM2's read the plan and issue their first
+// weight loads before theirs) give the bits of the chain without it (FUSEDMOE_FP4_GEMM2_OVERLAP=0) and match the
+// reference: both formats, gate/up in two halves and interleaved, relu2, biases, K with a partial 128-value chunk
+// (320), in CUDA-graph replays (each replay's plan kernel rewrites the items GEMM2 reads before its wait).
+TEST(CudaExperts, Fp4Gemm2OverlapAtOneTokenEqualsTheChain) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const int64_t M = 1;
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai, ActivationKind::relu2})
+      for (int64_t K : {256, 320}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + activation_name(act) + " K=" + std::to_string(K));
+        MoEConfig c = small_config(s, 6, K, 192, 3);
+        c.activation.kind = act;
+        ASSERT_TRUE(cuda::choose_experts_path(M, c.routing.top_k, c.num_experts, s).fp4_gemm2_overlap);
+        const Problem p = make_problem(c, M, seed + K, /*with_bias=*/true);
+        const GpuProblem g = to_gpu(p);
+        Buffer chain;
+        {
+          const ScopedEnv env("FUSEDMOE_FP4_GEMM2_OVERLAP", "0");
+          chain = run_cuda_apply(g, M);
+        }
+        const Buffer overlapped = run_cuda_apply(g, M);
+        EXPECT_TRUE(bits_equal(overlapped, chain));
+        expect_matches_reference(p, overlapped, p.ids, p.topk_weights);
+        const FusedMoEKernel kernel = cuda_kernel(g);
+        const Buffer ws = poisoned_workspace(kernel, M);
+        Buffer replayed = poisoned_bf16_on_gpu(M, K);
+        CapturedGraph graph([&] { kernel.apply(g.hidden, g.ids, g.topk_weights, replayed, ws.view()); });
+        for (int rep = 0; rep < 3; ++rep) {
+          graph.replay();
+          EXPECT_TRUE(bits_equal(copy_to(replayed, Device::cpu()), chain)) << "replay " << rep;
+        }
+      }
 }
 
 TEST(CudaExperts, RealModelShapes) {

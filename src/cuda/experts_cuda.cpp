@@ -115,6 +115,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
                     config.intermediate_size % 8 == 0 && small_m_act_epilogue_ &&
                     env_switch("FUSEDMOE_WGMMA_GATE_UP").value_or(true);
   gemm2_early_ = env_switch("FUSEDMOE_GEMM2_EARLY").value_or(true);
+  fp4_gemm2_overlap_ = env_switch("FUSEDMOE_FP4_GEMM2_OVERLAP").value_or(true);
   fused_decode_mode_ = fused_decode_mode_from_env();
   expert_bytes_ = (config.w13_rows() + config.intermediate_size) * config.hidden_size * 2;
   fused_decode_supported_ = config.quant == QuantScheme::bf16 && !batched_ && config.hidden_size % 32 == 0 &&
@@ -380,12 +381,12 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
   }
   if (path.small_m) {
     // (x's rows for a GEMM that reads them in place, else R planned rows)
-    const auto gemm = [&](const SmallMGemm& g, WgmmaOverlap overlap = WgmmaOverlap::none) {
+    const auto gemm = [&](const SmallMGemm& g, WgmmaOverlap overlap, Fp4DecodeOverlap fp4_overlap) {
       const int64_t x_rows = g.x_row ? x.size(0) : R;
       if (bf16_wgmma) launch_bf16_wgmma_gemm(g, plan, x_rows, E, path.wgmma_pairs, s, overlap);
       else if (fp8_wgmma) launch_fp8_wgmma_gemm(g, plan, x_rows, E, s);
       else if (overlap != WgmmaOverlap::none) launch_fp4_wgmma_gemm(g, plan, s, overlap);  // (fp4_wgmma_act)
-      else launch_small_m_gemm(g, plan, path.tile_tokens, s);
+      else launch_small_m_gemm(g, plan, path.tile_tokens, s, fp4_overlap);
     };
     const bool sorted = wgmma && !x_in_place;
     SmallMGemm g1{sorted ? x_sorted.data() : x.data(), sorted ? nullptr : plan.row_token,
@@ -409,7 +410,10 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     // The wgmma GEMM2 starts in GEMM1's tail, on its items' counts (WgmmaOverlap): bf16 where the blocks run alone
     // (up to 128 rows an expert; in pairs it ran 0.99x, session 68), fp4 in the persistent kernel.
     const bool gemm2_early = gemm2_early_ && g1.act_epilogue && ((bf16_wgmma && !path.wgmma_pairs) || fp4_wgmma_act);
-    gemm(g1, gemm2_early ? WgmmaOverlap::signal : WgmmaOverlap::none);
+    // GEMM2's fp4 split-k blocks start in GEMM1's tail at 1 token (ExpertsPath::fp4_gemm2_overlap): GEMM1's blocks let
+    // it launch early, and it reads its plan (written two launches back) and its first weights before its wait.
+    const bool fp4_overlap = fp4_gemm2_overlap_ && path.fp4_gemm2_overlap;
+    gemm(g1, gemm2_early ? WgmmaOverlap::signal : WgmmaOverlap::none, Fp4DecodeOverlap{fp4_overlap, false});
     if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,
                         s);
@@ -419,7 +423,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g2.w_row_scales = row_scale2_;
     g2.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     g2.x_rows = R;
-    gemm(g2, gemm2_early ? WgmmaOverlap::await : WgmmaOverlap::none);
+    gemm(g2, gemm2_early ? WgmmaOverlap::await : WgmmaOverlap::none, Fp4DecodeOverlap{fp4_overlap, fp4_overlap});
   } else {
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};
     if (gated) {  // GEMM1 writes act(gate) * up to h2

@@ -138,6 +138,9 @@ class CudaExperts final : public ModularExperts {
   // The wgmma GEMM2 runs in GEMM1's tail (WgmmaOverlap: bf16 blocks alone, the persistent fp4 kernel;
   // FUSEDMOE_GEMM2_EARLY=0: after GEMM1).
   bool gemm2_early_ = true;
+  // GEMM2's fp4 split-k blocks start in GEMM1's tail where the path says (ExpertsPath::fp4_gemm2_overlap;
+  // FUSEDMOE_FP4_GEMM2_OVERLAP=0: never).
+  bool fp4_gemm2_overlap_ = true;
   // The fused decode kernel: whether the shape allows it, FUSEDMOE_FUSED_DECODE, one expert's bf16 weight bytes.
   bool fused_decode_supported_ = false;
   FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;

@@ -66,6 +66,13 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // blocks keep the tile above (the 32-row variant costs registers: +4% on qwen3 at 1 and 128
   // tokens, +10% on deepseek-v3 at 1 token; H200, bench/results, 2026-11-28).
   if (path.warp_tiles && scheme_quantizes_activations(weights)) path.tile_tokens = 32;  // every fp8 scheme
+  // fp4 at 1 token: GEMM2's split-k blocks start in GEMM1's tail (Fp4DecodeOverlap: GEMM1's blocks let it launch right
+  // after their pdl_wait, and it issues its first weight loads before its own, its plan written two launches back).
+  // At 1 token GEMM2 runs 1.4 waves of blocks and GEMM1's tail leaves the DRAM idle (ncu at gpt-oss-120b: 1.0 TB/s).
+  // Same-run A/B on H100 (session 78, 2 rounds; both GEMMs' split-k blocks overlapping at every batch that has them,
+  // against main): 1.032x (gpt-oss-120b) and 1.033x (qwen3-nvfp4) at 1 token end to end, 1.003x / 0.998x at 2, 0.976x /
+  // 1.016x at 3; the early trigger without the early loads 0.983-0.988x at 1 token. So 1-token batches take it.
+  path.fp4_gemm2_overlap = fp4_weights && num_tokens == 1 && path.small_m && !path.warp_tiles;
   // (fp4 warp tiles of 64 rows, session 13, ran above 32 rows per expert until the fp4 wgmma kernel below
   // replaced them; they stay a compiled, tested variant.)
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /

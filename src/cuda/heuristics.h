@@ -23,6 +23,7 @@ struct ExpertsPath {
   bool fp4_persistent = false;    // the fp4 wgmma kernel: persistent blocks claiming units (SmallMGemm::persistent)
   bool warp_router = false;       // tests: the one-warp router even where the block router fits (choose_block_router)
   bool x_in_place = false;        // the bf16 / fp8 wgmma GEMM1 reads each row's token row where it lies, no gather
+  bool fp4_gemm2_overlap = false;  // fp4 split-k GEMM2 starting in GEMM1's tail (Fp4DecodeOverlap; 1-token batches)
 };
 
 // Decode batches of up to this many tokens on the bf16 and fp8 wgmma kernels: GEMM1 reads each planned row's token row

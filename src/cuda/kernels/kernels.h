@@ -193,11 +193,21 @@ struct SmallMGemm {
 inline constexpr int kActEpilogueTileTokens = 8;
 // The tile_tokens (plan items of 256 rows) by which launch_small_m_gemm runs fp4 weights on the wgmma kernel.
 inline constexpr int kFp4WgmmaTileTokens = 256;
+// The fp4 split-k blocks' part in GEMM2 starting in GEMM1's tail (ExpertsPath::fp4_gemm2_overlap, 1-token batches):
+// early_trigger: the blocks let the next launch start right after their pdl_wait (else after their pass);
+// plan_settled: the plan was written two launches back or more (launch.cuh), as for GEMM2, so the blocks read their
+// item and issue their first weight loads before they wait on the previous grid. Other kernels ignore both.
+struct Fp4DecodeOverlap {
+  bool early_trigger = false;
+  bool plan_settled = false;
+};
 // A block row per work item of the plan (plan.item_rows == tile_tokens): plan.item_grid rows.
-void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s,
+                         Fp4DecodeOverlap overlap = {});
 // small_m_gemm_fp4.cu (launch_small_m_gemm calls it for the fp4 formats). Limits: K % 32 == 0.
 // tile_tokens kFp4WgmmaTileTokens (fp4 only) runs launch_fp4_wgmma_gemm.
-void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s);
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s,
+                             Fp4DecodeOverlap overlap = {});
 // GEMM2 starting on the SMs that GEMM1's blocks leave (the bf16 wgmma GEMMs' blocks alone, the persistent fp4 wgmma
 // kernel): GEMM1 (signal, with the gated activation in its epilogue) adds the h2 columns of each unit it has stored to
 // its plan item's count (RowPlan::work_counters) and lets the next launch start at once; GEMM2 (await, X = h2 in plan

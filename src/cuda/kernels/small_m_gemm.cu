@@ -260,7 +260,8 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
 
 }  // namespace
 
-void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s) {
+void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s,
+                         Fp4DecodeOverlap overlap) {
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
   const bool fp8 = g.weights == SmallMWeights::fp8_block;
@@ -283,7 +284,7 @@ void launch_small_m_gemm(const SmallMGemm& g, const RowPlan& plan, int tile_toke
       else launch_typed<false, false>(g, plan, max_items, tile_tokens, s);
       break;
     case SmallMWeights::nvfp4:
-    case SmallMWeights::mxfp4: launch_small_m_gemm_fp4(g, plan, tile_tokens, s); break;
+    case SmallMWeights::mxfp4: launch_small_m_gemm_fp4(g, plan, tile_tokens, s, overlap); break;
   }
 }
 

@@ -24,9 +24,14 @@
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
 // Split-k blocks (below 16 routed rows): 6 chunks of loads per lane, each chunk's X loaded ahead of its
 // dequantization, which runs a word at a time, interleaved with the mma (session 23: gpt-oss-120b 1.05-1.12x
-// at 1-3 tokens, bit-equal).
+// at 1-3 tokens, bit-equal). mxfp4 chunks whose warp has no scale above 2 (all of them in checkpoints) run a copy of
+// that code without the second multiply, which as predicated-off instructions still took 32 issue slots a chunk
+// (gpt-oss-120b 1.01-1.03x at 1-3 tokens, H100, session 78). At 1 token GEMM2's blocks start in GEMM1's tail
+// (Fp4DecodeOverlap, kernels.h: their item and first weight loads before their pdl_wait).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
+#include <type_traits>
+
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
 #include "cuda/kernels/act_epilogue.cuh"
@@ -116,6 +121,8 @@ constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
 struct Fp4BlockTile {
   int64_t e, off, count, N, K, n0, slices, num_chunks, wr0, wr1;
   int warp, lane, gq, cq;
+  bool wait_in_pass;   // split-k on a settled plan: pdl_wait once the first chunks' weight loads are issued
+  bool early_trigger;  // split-k: pdl_launch_dependents right after the wait (else after the pass)
   const uint8_t* w_row0;
   const uint8_t* w_row1;
   const uint8_t* s_row0;
@@ -194,6 +201,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
     __syncthreads();  // every warp is done reading xs (previous pass)
     stage_x(0, 0);
   }
+  bool waiting = kSplitK && b.wait_in_pass;
   for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U, buf ^= 1) {
     uint4 wa[U], wb[U];
     uint32_t sa[U], sb[U];
@@ -207,6 +215,11 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
       wb[u] = ok1 ? load_streaming(b.w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
       sa[u] = ok0 ? scale_bits(b.s_row0 + ch * (128 / kGroup)) : 0;
       sb[u] = ok1 ? scale_bits(b.s_row1 + ch * (128 / kGroup)) : 0;
+    }
+    if (waiting) {  // the weights stream in while the previous grid finishes; X is its output
+      waiting = false;
+      pdl_wait();
+      if (b.early_trigger) pdl_launch_dependents();
     }
     if constexpr (!kSplitK) {  // the weight loads above are in flight across the barrier
       cp_async_wait_all();
@@ -230,19 +243,28 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
         bool big_a, big_b;
         const Fp4Multipliers ma = fp4_multipliers<kNv>(sa[u], big_a), mb = fp4_multipliers<kNv>(sb[u], big_b);
         const bool any_big = !kNv && __any_sync(0xffffffffu, big_a || big_b);  // the same for the whole warp
-        __nv_bfloat162 sca{}, scb{};
-        if (any_big) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
+        // The chunk's words, with the big scales' second multiply (kBig) or without: two copies of the code, so
+        // that the common one carries no predicated-off multiplies (32 a chunk, issued all the same).
+        const auto words = [&](auto big) {
+          constexpr bool kBig = decltype(big)::value;
+          __nv_bfloat162 sca{}, scb{};
+          if constexpr (kBig) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {  // word c of both rows: pairs c, c + 4 | c + 8, c + 12 in two k16 steps
-          uint32_t a[4], bw[4];
-          dequant_word(word(wa[u], c), ma, any_big, sca, a);
-          dequant_word(word(wb[u], c), mb, any_big, scb, bw);
+          for (int c = 0; c < 4; ++c) {  // word c of both rows: pairs c, c + 4 | c + 8, c + 12 in two k16 steps
+            uint32_t a[4], bw[4];
+            dequant_word(word(wa[u], c), ma, kBig, sca, a);
+            dequant_word(word(wb[u], c), mb, kBig, scb, bw);
 #pragma unroll
-          for (int t = 0; t < NT; ++t) {
-            mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], word(xk[t][0], c), word(xk[t][1], c));
-            mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], word(xk[t][2], c), word(xk[t][3], c));
+            for (int t = 0; t < NT; ++t) {
+              mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], word(xk[t][0], c), word(xk[t][1], c));
+              mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], word(xk[t][2], c), word(xk[t][3], c));
+            }
           }
-        }
+        };
+        if (any_big)
+          words(std::true_type{});
+        else
+          words(std::false_type{});
       } else {
         uint32_t a[16], bw[16];
         dequant32<kNv>(wa[u], sa[u], a);
@@ -261,7 +283,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
       }
     }
   }
-  pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
+  if (!b.early_trigger) pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
   if constexpr (kSplitK) {
     split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
@@ -289,17 +311,31 @@ constexpr int kFp4U = NT == 1 ? (kSplitK ? 6 : 4) : NT == 8 ? 1 : 2;
 // no mma work for empty columns. k is summed in the same order whatever the tile.
 template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
 __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
-    small_m_fp4_kernel(SmallMGemm g, RowPlan plan) {
+    small_m_fp4_kernel(SmallMGemm g, RowPlan plan, Fp4DecodeOverlap overlap) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
   __shared__ float partial[kSplitK ? kWarps * kMaxNT * 4 * 32 : 1];
   __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
 
-  pdl_wait();
-  const PlanItem item = plan.items[blockIdx.y];  // a block row per item; expert -1 past the last
+  // Fp4DecodeOverlap (split-k blocks only): on a settled plan (GEMM2) they read their item and issue their first
+  // weight loads before they wait on the previous grid; with early_trigger they let the next launch start at once.
+  const bool wait_in_pass = kSplitK && overlap.plan_settled, early_trigger = kSplitK && overlap.early_trigger;
+  if (!wait_in_pass) {
+    pdl_wait();
+    if (early_trigger) pdl_launch_dependents();
+  }
+  PlanItem item;  // a block row per item; expert -1 past the last
+  if (wait_in_pass) {
+    const int4 v = load_settled(reinterpret_cast<const int4*>(plan.items + blockIdx.y));
+    item = {v.x, v.y, v.z, v.w};
+  } else {
+    item = plan.items[blockIdx.y];
+  }
   if (item.expert < 0) return;
   const int e = item.expert;
   Fp4BlockTile b;
+  b.wait_in_pass = wait_in_pass;
+  b.early_trigger = early_trigger;
   b.e = e;
   b.off = item.offset;
   b.count = item.count;
@@ -338,7 +374,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
 // staging ran 1.124x there and 1.214x at gpt-oss-120b's 256, 0.996-1.001x at 16-64 tokens, bit-equal (H100,
 // session 77).
 template <bool kNv, bool kSplitK>
-void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s) {
+void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, int tile_tokens, cudaStream_t s,
+                  Fp4DecodeOverlap overlap) {
   FMOE_CHECK(plan.items && plan.item_rows == tile_tokens, "the fp4 small-M GEMM of ", tile_tokens,
              "-row tiles needs a plan with work items of as many rows, got item_rows=", plan.item_rows);
   constexpr int kWide = kSplitK ? kWarps : 2 * kWarps;
@@ -346,7 +383,7 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
     const int64_t rows_per_block = kRowsPerBlock * (kSplitK ? 1 : block_warps);
     const dim3 grid(static_cast<unsigned>((g.N + rows_per_block - 1) / rows_per_block),
                     static_cast<unsigned>(max_items));
-    launch(kernel, grid, dim3(block_warps * 32), s, g, plan);
+    launch(kernel, grid, dim3(block_warps * 32), s, g, plan, overlap);
   };
   switch (tile_tokens) {
     case 8: go(small_m_fp4_kernel<kNv, 1, kSplitK, kWarps>, kWarps); break;
@@ -366,17 +403,18 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
 
 }  // namespace
 
-void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s) {
+void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_tokens, cudaStream_t s,
+                             Fp4DecodeOverlap overlap) {
   const bool warp_tiles = g.warp_tiles;
   const int64_t max_items = plan.item_grid;
   if (max_items == 0) return;
   if (tile_tokens == kFp4WgmmaTileTokens) return launch_fp4_wgmma_gemm(g, plan, s);
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
   const bool nv = g.weights == SmallMWeights::nvfp4;
-  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s);
-  else if (nv) launch_typed<true, true>(g, plan, max_items, tile_tokens, s);
-  else if (warp_tiles) launch_typed<false, false>(g, plan, max_items, tile_tokens, s);
-  else launch_typed<false, true>(g, plan, max_items, tile_tokens, s);
+  if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s, overlap);
+  else if (nv) launch_typed<true, true>(g, plan, max_items, tile_tokens, s, overlap);
+  else if (warp_tiles) launch_typed<false, false>(g, plan, max_items, tile_tokens, s, overlap);
+  else launch_typed<false, true>(g, plan, max_items, tile_tokens, s, overlap);
 }
 
 }  // namespace fusedmoe::cuda
