@@ -201,6 +201,8 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
     __syncthreads();  // every warp is done reading xs (previous pass)
     stage_x(0, 0);
   }
+  // (A warp without a chunk, at K < 384, never waits: it reads nothing of the previous grid, and warp 0, which stores
+  // the tile, always has one.)
   bool waiting = kSplitK && b.wait_in_pass;
   for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U, buf ^= 1) {
     uint4 wa[U], wb[U];
