@@ -30,11 +30,20 @@ inline constexpr uint32_t kBf16PairMask = 0x81C081C0u;  // e2m1 bits 0..2 at bf1
 // rotation away (rotate, AND), pair 3 takes one multiply by 2^3 + 2^8 + 2^14, whose three shifted copies
 // carry nothing into the kept bits (all 256 codes checked, tests/test_fp4_util.cu). 8 instructions a word
 // (7 integer-ALU, 1 IMAD), against 15 (11 and 4) for the checkpoint's order.
+// e2m1x2_sm90_bf16_times_2m126<q>(w) is out[q] alone, for callers that take a word's pairs one at a time.
+template <int q>
+__host__ __device__ inline uint32_t e2m1x2_sm90_bf16_times_2m126(uint32_t w) {
+  static_assert(q >= 0 && q < 4, "a sm90-packed word holds four pairs");
+  if constexpr (q == 0) return w & kBf16PairMask;
+  if constexpr (q == 1) return ((w << 10) | (w >> 22)) & kBf16PairMask;
+  if constexpr (q == 2) return ((w << 13) | (w >> 19)) & kBf16PairMask;
+  return ((w & 0x001B001Bu) * 0x4108u) & kBf16PairMask;
+}
 __host__ __device__ inline void e2m1x8_sm90_bf16_times_2m126(uint32_t w, uint32_t (&out)[4]) {
-  out[0] = w & kBf16PairMask;
-  out[1] = ((w << 10) | (w >> 22)) & kBf16PairMask;
-  out[2] = ((w << 13) | (w >> 19)) & kBf16PairMask;
-  out[3] = ((w & 0x001B001Bu) * 0x4108u) & kBf16PairMask;
+  out[0] = e2m1x2_sm90_bf16_times_2m126<0>(w);
+  out[1] = e2m1x2_sm90_bf16_times_2m126<1>(w);
+  out[2] = e2m1x2_sm90_bf16_times_2m126<2>(w);
+  out[3] = e2m1x2_sm90_bf16_times_2m126<3>(w);
 }
 
 // bf16 2^126 in both halves.

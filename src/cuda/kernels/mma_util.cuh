@@ -37,6 +37,17 @@ __device__ inline uint4 load_streaming(const void* p) {
   return v;
 }
 
+// load_streaming where ok, else no read: v keeps whatever its registers held (the caller must not let it count).
+// An asm predicate rather than `ok ? load : 0`, which costs four register moves for the zeros.
+__device__ inline uint4 load_streaming_if(const void* p, bool ok) {
+  uint4 v;
+  asm volatile(
+      "{\n .reg .pred q;\n setp.ne.u32 q, %5, 0;\n @q ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<uint32_t>(ok)));
+  return v;
+}
+
 // A 16-byte read-only load through L1 (data the block's warps share), volatile: it stays where the code
 // puts it, ahead of the work that hides its latency.
 __device__ inline uint4 load_cached(const void* p) {

@@ -69,22 +69,6 @@ __device__ inline __nv_bfloat162 big_multiplier(uint32_t scale_bits, bool big) {
   return big ? __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(scale_bits))) : __float2bfloat162_rn(1.0f);
 }
 
-// Word c of a lane's 16 packed bytes (sm90 packing, fp4_util.cuh) -> 4 bf16x2 words, out[q] = the
-// checkpoint's pair c + 4q (values 2(c + 4q), +1), scaled: pairs 0-7 by lo, 8-15 by hi; sc: big_multiplier when
-// the warp has a big scale (any_big), unused otherwise.
-// The split-k blocks call it a word at a time, each word's two k16 steps of mma right after it, so that few
-// dequantized words are live and 6 chunks of loads fit in the registers (below); dequant32 calls it 4 times.
-__device__ inline void dequant_word(uint32_t w, const Fp4Multipliers& m, bool any_big, __nv_bfloat162 sc,
-                                    uint32_t (&out)[4]) {
-  uint32_t p[4];
-  e2m1x8_sm90_bf16_times_2m126(w, p);
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    out[q] = mul_bf16x2(p[q], q < 2 ? m.lo : m.hi);
-    if (any_big) out[q] = mul_bf16x2(out[q], sc);
-  }
-}
-
 // 16 packed bytes (32 values) -> 16 bf16x2 words, word j = the checkpoint's values 2j, 2j+1, scaled (see
 // Fp4Multipliers). Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16
 // words, then the mma in the checkpoint's k order (the per-word form above was 1-1.5% slower there at 16-64
@@ -94,11 +78,11 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
   bool big;
   const Fp4Multipliers m = fp4_multipliers<kNv>(scale_bits, big);
 #pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    uint32_t d[4];
-    dequant_word(word(w, c), m, false, {}, d);
+  for (int c = 0; c < 4; ++c) {  // word c holds pairs c + 4q, q = 0..3
+    uint32_t p[4];
+    e2m1x8_sm90_bf16_times_2m126(word(w, c), p);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) out[c + 4 * q] = d[q];
+    for (int q = 0; q < 4; ++q) out[c + 4 * q] = mul_bf16x2(p[q], q < 2 ? m.lo : m.hi);
   }
   if (!kNv && __any_sync(0xffffffffu, big)) {
     const __nv_bfloat162 sc = big_multiplier(scale_bits, big);
@@ -131,19 +115,128 @@ struct Fp4BlockTile {
   float gs;
 };
 
-// One pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight),
-// then the epilogue. partial_raw: kWarps*NT*4*32 floats (split-k); xs_raw: 2*U*NT*4*32 uint4 (warp
-// tiles: kBlockWarps = 4, 8 or 16 warps of 16 rows each).
-template <bool kNv, int NT, int U, bool kSplitK, int kBlockWarps, bool kActEpilogue>
-__device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb, float* partial_raw,
-                                         uint4* xs_raw) {
+// Split-k blocks: one pass over all of k for the expert's rows tb .. tb + 8*NT - 1. Warp w takes chunks w, w + 4, ...
+// of the block's 16 weight rows, U at a time: all U chunks' weight loads first, then a chunk at a time its X, its
+// dequantization and mma. Warp 0 sums the four warps' fragments (split_k_sum, partial_raw: kWarps*NT*4*32 floats) and
+// stores the tile. The loads carry no zero-fill and no per-row predicate (session 79: the predicates of 12 loads
+// overflowed the predicate registers, and with the zero-fills and X's 64-bit addressing made ~85 of a chunk's ~215
+// instructions):
+// - rows past N were pointed at row N - 1 by the caller: their sums are never stored;
+// - tokens past the expert's count read the tile's first token: their columns are never stored;
+// - a lane whose 32 values lie past the end of a row (the last chunk when K % 128 != 0) skips its weight load and
+//   gets zero multipliers (a zero scale, or for mxfp4 a zeroed multiplier: ue8m0 0 is 2^-127), and reads X at the
+//   row's last 32 values: its products are exact zeros (the dequantized fp4 is always finite, X is finite where the
+//   token's own sums are).
+// Each k16 step takes pairs 4q + 2h and 4q + 2h + 1 of the lanes' 32 values, so that X's two words of a step are
+// adjacent registers of one 16-byte load (the mma's operands need no moves).
+template <bool kNv, int NT, int U, bool kActEpilogue>
+__device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb,
+                                                 float* partial_raw) {
+  constexpr int kScaleBytes = kNv ? 8 : 4;  // a row's scale bytes in a 128-value chunk
+  const int warp = b.warp, cq = b.cq;
+  const int num_chunks = static_cast<int>(b.num_chunks);
+  const int lane_chunks = static_cast<int>((b.slices - cq + 3) / 4);  // chunks holding this lane's 32 values
+  const int x_last = static_cast<int>(b.K) - 32;
+  auto scale_bits = [&](const uint8_t* p) -> uint32_t {
+    return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
+  };
+  const bf16* x_row[NT];  // this lane's B token (row gq of each tile), or the tile's first token past the count
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int64_t m = tb + t * 8 + b.gq, r = m < b.count ? m : tb;
+    x_row[t] = b.x + (g.x_row ? g.x_row[b.off + r] : b.off + r) * b.K;
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+  bool waiting = b.wait_in_pass;
+  for (int ch0 = warp; ch0 < num_chunks; ch0 += kWarps * U) {
+    uint4 wa[U], wb[U];
+    uint32_t sa[U], sb[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int ch = ch0 + u * kWarps;
+      const bool ok = ch < lane_chunks;
+      wa[u] = load_streaming_if(b.w_row0 + ch * 64, ok);
+      wb[u] = load_streaming_if(b.w_row1 + ch * 64, ok);
+      sa[u] = ok ? scale_bits(b.s_row0 + ch * kScaleBytes) : 0;
+      sb[u] = ok ? scale_bits(b.s_row1 + ch * kScaleBytes) : 0;
+    }
+    if (waiting) {  // the weights stream in while the previous grid finishes; X is its output
+      waiting = false;
+      pdl_wait();
+      if (b.early_trigger) pdl_launch_dependents();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int ch = ch0 + u * kWarps;
+      if (ch >= num_chunks) break;  // the same for the whole warp
+      // This chunk's X first, by volatile loads that stay ahead of the dequantization, which hides their L1/L2
+      // latency. As __ldg the compiler put them after it, just before the mma that waited on them: 1.07-1.08x at
+      // gpt-oss-120b's 1-3 tokens (H200, session 23; bit-equal).
+      const int xo = min(ch * 128 + cq * 32, x_last);
+      uint4 xk[NT][4];
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) xk[t][j] = load_cached(x_row[t] + xo + j * 8);
+      bool big_a, big_b;
+      Fp4Multipliers ma = fp4_multipliers<kNv>(sa[u], big_a), mb = fp4_multipliers<kNv>(sb[u], big_b);
+      if (!kNv && ch >= lane_chunks) ma.lo = ma.hi = mb.lo = mb.hi = __float2bfloat162_rn(0.0f);
+      const bool any_big = !kNv && __any_sync(0xffffffffu, big_a || big_b);  // the same for the whole warp
+      // The chunk's steps, with the big scales' second multiply (kBig) or without: two copies of the code, so that
+      // the common one carries no predicated-off multiplies (32 a chunk, issued all the same).
+      const auto steps = [&](auto big) {
+        constexpr bool kBig = decltype(big)::value;
+        __nv_bfloat162 sca{}, scb{};
+        if constexpr (kBig) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
+        const auto pair = [&](uint32_t w, __nv_bfloat162 m, __nv_bfloat162 sc, auto q) {
+          const uint32_t v = mul_bf16x2(e2m1x2_sm90_bf16_times_2m126<decltype(q)::value>(w), m);
+          return kBig ? mul_bf16x2(v, sc) : v;
+        };
+        const auto step = [&](auto q, int h) {  // pairs 4q + 2h, 4q + 2h + 1: word q of X's load q
+          constexpr int kQ = decltype(q)::value;
+          const __nv_bfloat162 la = kQ < 2 ? ma.lo : ma.hi, lb = kQ < 2 ? mb.lo : mb.hi;
+          const uint32_t a0 = pair(word(wa[u], 2 * h), la, sca, q), a1 = pair(word(wa[u], 2 * h + 1), la, sca, q);
+          const uint32_t b0 = pair(word(wb[u], 2 * h), lb, scb, q), b1 = pair(word(wb[u], 2 * h + 1), lb, scb, q);
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+            mma_bf16_16816(acc[t], a0, b0, a1, b1, word(xk[t][kQ], 2 * h), word(xk[t][kQ], 2 * h + 1));
+        };
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          step(std::integral_constant<int, 0>{}, h);
+          step(std::integral_constant<int, 1>{}, h);
+          step(std::integral_constant<int, 2>{}, h);
+          step(std::integral_constant<int, 3>{}, h);
+        }
+      };
+      if (any_big)
+        steps(std::true_type{});
+      else
+        steps(std::false_type{});
+    }
+  }
+  if (!b.early_trigger) pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
+  float sum[NT][4];
+  split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
+  if (warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, b.count, b.off);
+}
+
+// Warp tiles: one pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight), then
+// the epilogue; xs_raw: 2*U*NT*4*32 uint4 (kBlockWarps = 4, 8 or 16 warps of 16 rows each).
+template <bool kNv, int NT, int U, int kBlockWarps, bool kActEpilogue>
+__device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb,
+                                                   uint4* xs_raw) {
   constexpr int kGroup = kNv ? 16 : 32;
-  constexpr int kChunkStride = kSplitK ? kWarps : 1;  // a warp's step between 128-value chunks
-  // Warp tiles: the block's warps share X, staged U chunks at a time (double-buffered): slot
+  // The block's warps share X, staged U chunks at a time (double-buffered): slot
   // ((u * NT + t) * 4 + j) * 32 + gq * 4 + (cq ^ sw(j)) holds the j-th 16 bytes of lane (gq, cq)'s 32
   // values of chunk u, tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
   // sw(j) = j for the 8- and 16-warp blocks (see stage_x), 0 for the 4-warp ones.
-  constexpr bool kWholeSectors = !kSplitK && kBlockWarps >= 8;
+  constexpr bool kWholeSectors = kBlockWarps >= 8;
   uint4 (*xs)[U * NT * 4 * 32] = reinterpret_cast<uint4 (*)[U * NT * 4 * 32]>(xs_raw);
   const int64_t count = b.count, off = b.off, num_chunks = b.num_chunks, slices = b.slices;
   const int warp = b.warp, gq = b.gq, cq = b.cq;
@@ -174,7 +267,7 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
   //   reads from L2 bounded these tiles in 4-warp blocks (ncu: L2 75-83% busy, DRAM 15-23%); 128 rows
   //   per block and whole sectors cut the L2 sectors per weight row to a quarter (then L2 ~70% busy,
   //   issue slots 43-54%), 256 rows to an eighth. The cq ^ j swizzle of the slot keeps these writes conflict-free too.
-  static_assert(kSplitK || kBlockWarps == 4 || kBlockWarps == 8 || kBlockWarps == 16,
+  static_assert(kBlockWarps == 4 || kBlockWarps == 8 || kBlockWarps == 16,
                 "warp tiles take blocks of 4, 8 or 16 warps");
   auto stage_x = [&](int buf, int64_t ch0) {
 #pragma unroll
@@ -197,113 +290,54 @@ __device__ __forceinline__ void fp4_pass(const SmallMGemm& g, const Fp4BlockTile
     cp_async_commit();
   };
   int buf = 0;
-  if constexpr (!kSplitK) {
-    __syncthreads();  // every warp is done reading xs (previous pass)
-    stage_x(0, 0);
-  }
-  // (A warp without a chunk, at K < 384, never waits: it reads nothing of the previous grid, and warp 0, which stores
-  // the tile, always has one.)
-  bool waiting = kSplitK && b.wait_in_pass;
-  for (int64_t ch0 = kSplitK ? warp : 0; ch0 < num_chunks; ch0 += kChunkStride * U, buf ^= 1) {
+  __syncthreads();  // every warp is done reading xs (previous pass)
+  stage_x(0, 0);
+  for (int64_t ch0 = 0; ch0 < num_chunks; ch0 += U, buf ^= 1) {
     uint4 wa[U], wb[U];
     uint32_t sa[U], sb[U];
-    bool ok[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
-      const int64_t ch = ch0 + u * kChunkStride;
-      ok[u] = ch < num_chunks && ch * 4 + cq < slices;
-      const bool ok0 = ok[u] && b.wr0 < b.N, ok1 = ok[u] && b.wr1 < b.N;
+      const int64_t ch = ch0 + u;
+      const bool ok = ch < num_chunks && ch * 4 + cq < slices;
+      const bool ok0 = ok && b.wr0 < b.N, ok1 = ok && b.wr1 < b.N;
       wa[u] = ok0 ? load_streaming(b.w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
       wb[u] = ok1 ? load_streaming(b.w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
       sa[u] = ok0 ? scale_bits(b.s_row0 + ch * (128 / kGroup)) : 0;
       sb[u] = ok1 ? scale_bits(b.s_row1 + ch * (128 / kGroup)) : 0;
     }
-    if (waiting) {  // the weights stream in while the previous grid finishes; X is its output
-      waiting = false;
-      pdl_wait();
-      if (b.early_trigger) pdl_launch_dependents();
-    }
-    if constexpr (!kSplitK) {  // the weight loads above are in flight across the barrier
-      cp_async_wait_all();
-      __syncthreads();  // X of chunks ch0.. is in xs[buf]; every warp is done with xs[buf ^ 1]
-      if (ch0 + U < num_chunks) stage_x(buf ^ 1, ch0 + U);
-    }
+    // The weight loads above are in flight across the barrier.
+    cp_async_wait_all();
+    __syncthreads();  // X of chunks ch0.. is in xs[buf]; every warp is done with xs[buf ^ 1]
+    if (ch0 + U < num_chunks) stage_x(buf ^ 1, ch0 + U);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t ch = ch0 + u * kChunkStride;
+      const int64_t ch = ch0 + u;
       if (ch >= num_chunks) continue;  // the same for the whole warp
-      // Split-k: this chunk's X first, by volatile loads that stay ahead of the dequantization, which hides
-      // their L1/L2 latency. As __ldg the compiler put them after it, just before the mma that waited on them:
-      // 1.07-1.08x at gpt-oss-120b's 1-3 tokens (H200, session 23; bit-equal).
-      if constexpr (kSplitK) {
-        uint4 xk[NT][4];
+      uint32_t a[16], bw[16];
+      dequant32<kNv>(wa[u], sa[u], a);
+      dequant32<kNv>(wb[u], sb[u], bw);
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+      for (int t = 0; t < NT; ++t) {
+        uint4 xv[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            xk[t][j] = ok[u] && x_row[t] ? load_cached(x_row[t] + ch * 128 + cq * 32 + j * 8) : make_uint4(0, 0, 0, 0);
-        bool big_a, big_b;
-        const Fp4Multipliers ma = fp4_multipliers<kNv>(sa[u], big_a), mb = fp4_multipliers<kNv>(sb[u], big_b);
-        const bool any_big = !kNv && __any_sync(0xffffffffu, big_a || big_b);  // the same for the whole warp
-        // The chunk's words, with the big scales' second multiply (kBig) or without: two copies of the code, so
-        // that the common one carries no predicated-off multiplies (32 a chunk, issued all the same).
-        const auto words = [&](auto big) {
-          constexpr bool kBig = decltype(big)::value;
-          __nv_bfloat162 sca{}, scb{};
-          if constexpr (kBig) sca = big_multiplier(sa[u], big_a), scb = big_multiplier(sb[u], big_b);
+        for (int j = 0; j < 4; ++j)
+          xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + gq * 4 + (kWholeSectors ? cq ^ j : cq)];
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {  // word c of both rows: pairs c, c + 4 | c + 8, c + 12 in two k16 steps
-            uint32_t a[4], bw[4];
-            dequant_word(word(wa[u], c), ma, kBig, sca, a);
-            dequant_word(word(wb[u], c), mb, kBig, scb, bw);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-              mma_bf16_16816(acc[t], a[0], bw[0], a[1], bw[1], word(xk[t][0], c), word(xk[t][1], c));
-              mma_bf16_16816(acc[t], a[2], bw[2], a[3], bw[3], word(xk[t][2], c), word(xk[t][3], c));
-            }
-          }
-        };
-        if (any_big)
-          words(std::true_type{});
-        else
-          words(std::false_type{});
-      } else {
-        uint32_t a[16], bw[16];
-        dequant32<kNv>(wa[u], sa[u], a);
-        dequant32<kNv>(wb[u], sb[u], bw);
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          uint4 xv[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            xv[j] = xs[buf][((u * NT + t) * 4 + j) * 32 + gq * 4 + (kWholeSectors ? cq ^ j : cq)];
-#pragma unroll
-          for (int st = 0; st < 8; ++st)
-            mma_bf16_16816(acc[t], a[2 * st], bw[2 * st], a[2 * st + 1], bw[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
-                           word(xv[st / 2], 2 * (st % 2) + 1));
-        }
+        for (int st = 0; st < 8; ++st)
+          mma_bf16_16816(acc[t], a[2 * st], bw[2 * st], a[2 * st + 1], bw[2 * st + 1], word(xv[st / 2], 2 * (st % 2)),
+                         word(xv[st / 2], 2 * (st % 2) + 1));
       }
     }
   }
-  if (!b.early_trigger) pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
-  float sum[NT][4];  // split-k: summed in warp 0; warp tiles: each warp's own rows
-  if constexpr (kSplitK) {
-    split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
-  } else {
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sum[t][i] = acc[t][i];
-  }
-  if (!kSplitK || warp == 0)
-    store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
+  pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
+  store_small_m_tile<NT, kActEpilogue>(acc, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, count, off);
 }
 
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
 // than U=1 at 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few
 // spilled registers. 64-token tiles (warp tiles only) take U=1: their staged X is then 32 KB, as the
 // 32-token tiles' at U=2. The split-k blocks of 8-token tiles take U=6 (a word-at-a-time dequantization
-// frees the registers, dequant_word): one round of loads per warp at K = 2880, where U=4 took two —
+// frees the registers, fp4_split_k_pass): one round of loads per warp at K = 2880, where U=4 took two —
 // gpt-oss-120b 2.5% / 4% faster at 2 / 3 tokens than U=4 (H200, session 23).
 template <int NT, bool kSplitK>
 constexpr int kFp4U = NT == 1 ? (kSplitK ? 6 : 4) : NT == 8 ? 1 : 2;
@@ -348,19 +382,24 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
   constexpr bool kAct = kHasActEpilogue<kMaxNT, kSplitK>;
   tile_weight_rows<kAct>(g, b.n0, b.gq, b.wr0, b.wr1);  // with a gated epilogue: a gate row and its up row
+  // The split-k blocks read rows past N at row N - 1 (fp4_split_k_pass); the warp tiles skip them.
+  const int64_t ar0 = kSplitK ? min(b.wr0, b.N - 1) : b.wr0, ar1 = kSplitK ? min(b.wr1, b.N - 1) : b.wr1;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
-  b.w_row0 = w + b.wr0 * row_bytes + b.cq * 16;
-  b.w_row1 = w + b.wr1 * row_bytes + b.cq * 16;
+  b.w_row0 = w + ar0 * row_bytes + b.cq * 16;
+  b.w_row1 = w + ar1 * row_bytes + b.cq * 16;
   const uint8_t* s = g.w_fp4_scales + e * b.N * (b.K / kGroup);
-  b.s_row0 = s + b.wr0 * (b.K / kGroup) + b.cq * (32 / kGroup);
-  b.s_row1 = s + b.wr1 * (b.K / kGroup) + b.cq * (32 / kGroup);
+  b.s_row0 = s + ar0 * (b.K / kGroup) + b.cq * (32 / kGroup);
+  b.s_row1 = s + ar1 * (b.K / kGroup) + b.cq * (32 / kGroup);
   b.x = static_cast<const bf16*>(g.x);
   b.gs = kNv ? g.w_global[e] * kNvEpilogueFactor : 1.0f;  // exact: a power of two
 
   const int64_t end = min(b.count, int64_t(item.first) + plan.item_rows);
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
     constexpr int NT = decltype(nt)::value;
-    fp4_pass<kNv, NT, kFp4U<NT, kSplitK>, kSplitK, kBlockWarps, kAct>(g, b, tb, partial, xs);
+    if constexpr (kSplitK)
+      fp4_split_k_pass<kNv, NT, kFp4U<NT, true>, kAct>(g, b, tb, partial);
+    else
+      fp4_warp_tile_pass<kNv, NT, kFp4U<NT, false>, kBlockWarps, kAct>(g, b, tb, xs);
   });
 }
 
