@@ -23,11 +23,14 @@
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
 // Split-k blocks (below 16 routed rows): 6 chunks of loads per lane, each chunk's X loaded ahead of its
-// dequantization, which runs a word at a time, interleaved with the mma (session 23: gpt-oss-120b 1.05-1.12x
-// at 1-3 tokens, bit-equal). mxfp4 chunks whose warp has no scale above 2 (all of them in checkpoints) run a copy of
-// that code without the second multiply, which as predicated-off instructions still took 32 issue slots a chunk
-// (gpt-oss-120b 1.01-1.03x at 1-3 tokens, H100, session 78). At 1 token GEMM2's blocks start in GEMM1's tail
-// (Fp4DecodeOverlap, kernels.h: their item and first weight loads before their pdl_wait).
+// dequantization, which runs a k16 step at a time, interleaved with the mma (session 23: gpt-oss-120b 1.05-1.12x
+// at 1-3 tokens, bit-equal); loads without zero-fills or per-row predicates (session 79: 188 -> 144 instructions a
+// chunk, gpt-oss-120b 1.01-1.03x at 1-3 tokens, H100; fp4_split_k_pass). mxfp4 chunks whose warp has no scale
+// above 2 (all of them in checkpoints) run a copy of that code without the second multiply, which as predicated-off
+// instructions still took 32 issue slots a chunk (gpt-oss-120b 1.01-1.03x at 1-3 tokens, H100, session 78). At 1
+// token GEMM2's blocks start in GEMM1's tail (Fp4DecodeOverlap, kernels.h: their item and first weight loads before
+// their pdl_wait). Measured and dropped (session 79, bench/results/patches): persistent split-k blocks streaming
+// their tiles' loads a round ahead (0.72-0.92x), weights through shared memory at 6 or 8 blocks an SM (0.90-1.02x).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include <type_traits>
@@ -119,9 +122,10 @@ struct Fp4BlockTile {
 // of the block's 16 weight rows, U at a time: all U chunks' weight loads first, then a chunk at a time its X, its
 // dequantization and mma. Warp 0 sums the four warps' fragments (split_k_sum, partial_raw: kWarps*NT*4*32 floats) and
 // stores the tile. The loads carry no zero-fill and no per-row predicate (session 79: the predicates of 12 loads
-// overflowed the predicate registers, and with the zero-fills and X's 64-bit addressing made ~85 of a chunk's ~215
-// instructions):
-// - rows past N were pointed at row N - 1 by the caller: their sums are never stored;
+// overflowed the predicate registers, and with the zero-fills and X's 64-bit addressing they made the main loop's
+// 6 chunks 1131 instructions, now 867):
+// - rows past N (none with fp4 weights, whose N is a multiple of 32, but kept safe) are read at row N - 1 (the
+//   kernel's clamp): their sums are never stored;
 // - tokens past the expert's count read the tile's first token: their columns are never stored;
 // - a lane whose 32 values lie past the end of a row (the last chunk when K % 128 != 0) skips its weight load and
 //   gets zero multipliers (a zero scale, or for mxfp4 a zeroed multiplier: ue8m0 0 is 2^-127), and reads X at the
@@ -197,7 +201,7 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
           const uint32_t v = mul_bf16x2(e2m1x2_sm90_bf16_times_2m126<decltype(q)::value>(w), m);
           return kBig ? mul_bf16x2(v, sc) : v;
         };
-        const auto step = [&](auto q, int h) {  // pairs 4q + 2h, 4q + 2h + 1: word q of X's load q
+        const auto step = [&](auto q, int h) {  // pairs 4q + 2h, 4q + 2h + 1: words 2h, 2h + 1 of X's load q
           constexpr int kQ = decltype(q)::value;
           const __nv_bfloat162 la = kQ < 2 ? ma.lo : ma.hi, lb = kQ < 2 ? mb.lo : mb.hi;
           const uint32_t a0 = pair(word(wa[u], 2 * h), la, sca, q), a1 = pair(word(wa[u], 2 * h + 1), la, sca, q);
