@@ -169,10 +169,12 @@ class ForcePath {
  public:
   // gemm_tile_m: the grouped path's CUTLASS tile rows (128 or 64); wgmma_pairs: the bf16 wgmma kernel's pairs;
   // fp4_persistent: the fp4 wgmma kernel's persistent blocks; warp_router: the one-warp router where the block router
-  // fits; x_in_place: the bf16 / fp8 wgmma GEMM1 reads its rows where they lie (no gather pass).
+  // fits; x_in_place: the bf16 / fp8 wgmma GEMM1 reads its rows where they lie (no gather pass); fp4_split_k_warps: the
+  // fp4 split-k blocks' warps, both GEMMs (4 or 8).
   explicit ForcePath(bool small_m, int tile_tokens = 16, int64_t fp4_chunk_experts = 0, bool warp_tiles = false,
                      bool fused_decode = false, int gemm_tile_m = 128, bool wgmma_pairs = false,
-                     bool fp4_persistent = false, bool warp_router = false, bool x_in_place = false) {
+                     bool fp4_persistent = false, bool warp_router = false, bool x_in_place = false,
+                     int fp4_split_k_warps = 4) {
     cuda::ExpertsPath p;
     p.gemm_tile_m = gemm_tile_m;
     p.gemm2_tile_m = gemm_tile_m;
@@ -185,6 +187,7 @@ class ForcePath {
     p.fp4_persistent = fp4_persistent;
     p.warp_router = warp_router;
     p.x_in_place = x_in_place;
+    p.fp4_split_k_warps1 = p.fp4_split_k_warps2 = fp4_split_k_warps;
     cuda::set_experts_path_override(&p);
   }
   ~ForcePath() { cuda::set_experts_path_override(nullptr); }

@@ -115,6 +115,21 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(1, 4, 128, QuantScheme::mxfp4).fp4_gemm2_overlap);
   EXPECT_FALSE(choose_experts_path(2, 4, 128, QuantScheme::mxfp4).fp4_gemm2_overlap);
   EXPECT_FALSE(choose_experts_path(1, 8, 128).fp4_gemm2_overlap);
+  // fp4 split-k blocks of 8 warps at 1-2 tokens on rows of more than 2048 values (per GEMM: GEMM1's K is hidden_size,
+  // GEMM2's intermediate_size), 4 otherwise.
+  const auto fp4_shape = [&](int64_t tokens, int k, QuantScheme q, int64_t H, int64_t I) {
+    return choose_experts_path(tokens, k, 128, q, I, false, H, 2 * I);
+  };
+  const QuantScheme mx = QuantScheme::mxfp4;
+  EXPECT_EQ(fp4_shape(1, 4, mx, 2880, 2880).fp4_split_k_warps1, 8);  // gpt-oss-120b
+  EXPECT_EQ(fp4_shape(2, 4, mx, 2880, 2880).fp4_split_k_warps2, 8);
+  EXPECT_EQ(fp4_shape(3, 4, mx, 2880, 2880).fp4_split_k_warps1, 4);
+  EXPECT_EQ(fp4_shape(3, 4, mx, 2880, 2880).fp4_split_k_warps2, 4);
+  EXPECT_EQ(fp4_shape(1, 8, nv, 2048, 768).fp4_split_k_warps1, 4);  // qwen3-30b-a3b-nvfp4: 16 and 6 chunks a row
+  EXPECT_EQ(fp4_shape(1, 8, nv, 2048, 768).fp4_split_k_warps2, 4);
+  EXPECT_EQ(fp4_shape(1, 8, nv, 4096, 1536).fp4_split_k_warps1, 8);
+  EXPECT_EQ(fp4_shape(1, 8, nv, 4096, 1536).fp4_split_k_warps2, 4);
+  EXPECT_EQ(choose_experts_path(1, 4, 128, QuantScheme::bf16, 2880, false, 2880, 5760).fp4_split_k_warps1, 4);
   EXPECT_EQ(choose_experts_path(160, 8, 128).tile_tokens, 16);      // 10 rows per expert
   EXPECT_EQ(choose_experts_path(192, 8, 128).tile_tokens, 16);      // 12 rows, the layer's shape unknown: small-M
   EXPECT_EQ(choose_experts_path(194, 8, 128).tile_tokens, 256);     // 12.1 rows: the bf16 wgmma kernel
@@ -1104,6 +1119,31 @@ TEST(CudaExperts, Fp8ChannelActivationRowWidths) {
 // gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
 // 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
 // softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
+// The fp4 split-k blocks of 8 warps (SmallMGemm::split_k_warps; the heuristic's choice at 1-2 tokens on rows of more
+// than 2048 values) against the float64 reference: both formats, rows of 23 chunks, the last partial (K = 2880), and
+// of fewer chunks than warps (K = 256, I = 192: most warps without a chunk), silu_mul and swiglu_oai (in GEMM1's
+// epilogue), biases, 1 and 5 tokens.
+TEST(CudaExperts, Fp4SplitKEightWarpsMatchTheReference) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (auto [K, I] : {std::pair<int64_t, int64_t>{2880, 2880}, std::pair<int64_t, int64_t>{256, 192}})
+      for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai})
+        for (int64_t M : {1, 5}) {
+          SCOPED_TRACE(std::string(quant_scheme_name(q)) + " K=" + std::to_string(K) + " I=" + std::to_string(I) + " " +
+                       activation_name(act) + " M=" + std::to_string(M));
+          MoEConfig c = small_config(q, 6, K, I, 2);
+          c.activation.kind = act;
+          const Problem p = make_problem(c, M, seed + M, /*with_bias=*/true);
+          const GpuProblem g = to_gpu(p);
+          const ForcePath force(true, 8, 0, false, false, 128, false, false, false, false, /*fp4_split_k_warps=*/8);
+          Buffer ids, w;
+          const Buffer out = run_cuda_forward(g, M, &ids, &w);
+          expect_matches_reference(p, out, ids, w);
+        }
+}
+
 TEST(CudaExperts, GptOssLayerShapeMxfp4) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

@@ -73,6 +73,18 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // against main): 1.032x (gpt-oss-120b) and 1.033x (qwen3-nvfp4) at 1 token end to end, 1.003x / 0.998x at 2, 0.976x /
   // 1.016x at 3; the early trigger without the early loads 0.983-0.988x at 1 token. So 1-token batches take it.
   path.fp4_gemm2_overlap = fp4_weights && num_tokens == 1 && path.small_m && !path.warp_tiles;
+  // fp4 split-k blocks of 8 warps (3 chunks a warp, 3 blocks an SM) instead of 4 (6 chunks, 4 blocks) at 1-2 tokens
+  // where a row has more than 16 chunks (K > 2048): half the work a block, so the few waves of blocks a decode GEMM
+  // makes leave a shorter tail. Same-run A/B on H100 (session 79, 2 rounds, both GEMMs forced to 8 warps): gpt-oss-120b
+  // (K = 2880: 23 chunks) 1.072x at 1 token, 1.059x at 2, 0.992x at 3; qwen3-nvfp4 (K = 2048 and 768: 16 and 6 chunks,
+  // 2 and 1 a warp) 0.959x at 1 token, 0.995-1.002x at 2-3.
+  const auto split_k_warps = [&](int64_t k) {
+    return fp4_weights && num_tokens <= 2 && path.small_m && !path.warp_tiles && path.tile_tokens == 8 && k > 2048
+               ? 8
+               : 4;
+  };
+  path.fp4_split_k_warps1 = split_k_warps(hidden_size);
+  path.fp4_split_k_warps2 = split_k_warps(intermediate_size);
   // (fp4 warp tiles of 64 rows, session 13, ran above 32 rows per expert until the fp4 wgmma kernel below
   // replaced them; they stay a compiled, tested variant.)
   // The grouped GEMM's tile of token rows: up to 128 rows per expert, 64-row tiles (pingpong): 20% /

@@ -24,6 +24,8 @@ struct ExpertsPath {
   bool warp_router = false;       // tests: the one-warp router even where the block router fits (choose_block_router)
   bool x_in_place = false;        // the bf16 / fp8 wgmma GEMM1 reads each row's token row where it lies, no gather
   bool fp4_gemm2_overlap = false;  // fp4 split-k GEMM2 starting in GEMM1's tail (Fp4DecodeOverlap; 1-token batches)
+  int fp4_split_k_warps1 = 4;      // fp4 split-k blocks of 8-token tiles: warps splitting GEMM1's k (4 or 8)
+  int fp4_split_k_warps2 = 4;      // ... GEMM2's k (SmallMGemm::split_k_warps)
 };
 
 // Decode batches of up to this many tokens on the bf16 and fp8 wgmma kernels: GEMM1 reads each planned row's token row

@@ -29,8 +29,11 @@
 // above 2 (all of them in checkpoints) run a copy of that code without the second multiply, which as predicated-off
 // instructions still took 32 issue slots a chunk (gpt-oss-120b 1.01-1.03x at 1-3 tokens, H100, session 78). At 1
 // token GEMM2's blocks start in GEMM1's tail (Fp4DecodeOverlap, kernels.h: their item and first weight loads before
-// their pdl_wait). Measured and dropped (session 79, bench/results/patches): persistent split-k blocks streaming
-// their tiles' loads a round ahead (0.72-0.92x), weights through shared memory at 6 or 8 blocks an SM (0.90-1.02x).
+// their pdl_wait). At 1-2 tokens on rows of more than 2048 values the split-k blocks have 8 warps (3 chunks a warp,
+// 3 blocks an SM; SmallMGemm::split_k_warps, the heuristic's): half a block's work, a shorter tail to the few waves a
+// decode GEMM makes (gpt-oss-120b 1.072x / 1.059x at 1 / 2 tokens, H100, session 79). Measured and dropped (session
+// 79, bench/results/patches): persistent split-k blocks streaming their tiles' loads a round ahead (0.70-0.90x),
+// weights through shared memory at 6 or 8 blocks an SM (0.89-1.02x).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include <type_traits>
@@ -118,12 +121,12 @@ struct Fp4BlockTile {
   float gs;
 };
 
-// Split-k blocks: one pass over all of k for the expert's rows tb .. tb + 8*NT - 1. Warp w takes chunks w, w + 4, ...
-// of the block's 16 weight rows, U at a time: all U chunks' weight loads first, then a chunk at a time its X, its
-// dequantization and mma. Warp 0 sums the four warps' fragments (split_k_sum, partial_raw: kWarps*NT*4*32 floats) and
-// stores the tile. The loads carry no zero-fill and no per-row predicate (session 79: the predicates of 12 loads
-// overflowed the predicate registers, and with the zero-fills and X's 64-bit addressing they made the main loop's
-// 6 chunks 1131 instructions, now 867):
+// Split-k blocks: one pass over all of k for the expert's rows tb .. tb + 8*NT - 1. Warp w of kSplitWarps (4, or 8 for
+// 8-token tiles) takes chunks w, w + kSplitWarps, ... of the block's 16 weight rows, U at a time: all U chunks' weight
+// loads first, then a chunk at a time its X, its dequantization and mma. Warp 0 sums the warps' fragments (split_k_sum,
+// partial_raw: kSplitWarps*NT*4*32 floats) and stores the tile. The loads carry no zero-fill and no per-row
+// predicate (session 79: the predicates of 12 loads overflowed the predicate registers, and with the zero-fills and
+// X's 64-bit addressing they made the main loop's 6 chunks 1131 instructions, now 867):
 // - rows past N (none with fp4 weights, whose N is a multiple of 32, but kept safe) are read at row N - 1 (the
 //   kernel's clamp): their sums are never stored;
 // - tokens past the expert's count read the tile's first token: their columns are never stored;
@@ -133,7 +136,7 @@ struct Fp4BlockTile {
 //   token's own sums are).
 // Each k16 step takes pairs 4q + 2h and 4q + 2h + 1 of the lanes' 32 values, so that X's two words of a step are
 // adjacent registers of one 16-byte load (the mma's operands need no moves).
-template <bool kNv, int NT, int U, bool kActEpilogue>
+template <bool kNv, int NT, int U, int kSplitWarps, bool kActEpilogue>
 __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb,
                                                  float* partial_raw) {
   constexpr int kScaleBytes = kNv ? 8 : 4;  // a row's scale bytes in a 128-value chunk
@@ -157,12 +160,12 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
   bool waiting = b.wait_in_pass;
-  for (int ch0 = warp; ch0 < num_chunks; ch0 += kWarps * U) {
+  for (int ch0 = warp; ch0 < num_chunks; ch0 += kSplitWarps * U) {
     uint4 wa[U], wb[U];
     uint32_t sa[U], sb[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int ch = ch0 + u * kWarps;
+      const int ch = ch0 + u * kSplitWarps;
       const bool ok = ch < lane_chunks;
       wa[u] = load_streaming_if(b.w_row0 + ch * 64, ok);
       wb[u] = load_streaming_if(b.w_row1 + ch * 64, ok);
@@ -176,7 +179,7 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int ch = ch0 + u * kWarps;
+      const int ch = ch0 + u * kSplitWarps;
       if (ch >= num_chunks) break;  // the same for the whole warp
       // This chunk's X first, by volatile loads that stay ahead of the dequantization, which hides their L1/L2
       // latency. As __ldg the compiler put them after it, just before the mma that waited on them: 1.07-1.08x at
@@ -226,7 +229,7 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
   }
   if (!b.early_trigger) pdl_launch_dependents();  // the block's only pass is done: the next kernel may launch
   float sum[NT][4];
-  split_k_sum<kWarps, NT>(acc, *reinterpret_cast<float (*)[kWarps][NT][4][32]>(partial_raw), sum);
+  split_k_sum<kSplitWarps, NT>(acc, *reinterpret_cast<float (*)[kSplitWarps][NT][4][32]>(partial_raw), sum);
   if (warp == 0) store_small_m_tile<NT, kActEpilogue>(sum, b.gs, g, b.e, b.n0, b.wr0, b.wr1, tb, b.count, b.off);
 }
 
@@ -345,16 +348,22 @@ __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp
 // gpt-oss-120b 2.5% / 4% faster at 2 / 3 tokens than U=4 (H200, session 23).
 template <int NT, bool kSplitK>
 constexpr int kFp4U = NT == 1 ? (kSplitK ? 6 : 4) : NT == 8 ? 1 : 2;
+// Split-k blocks of 8 warps (SmallMGemm::split_k_warps, 8-token tiles: ExpertsPath::fp4_split_k_warps1/2): 3 chunks a
+// warp, 3 blocks an SM (80 registers, a few spills).
+template <int NT, int kSplitWarps>
+constexpr int kFp4SplitU = kSplitWarps == 8 ? 3 : kFp4U<NT, true>;
 
 // kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds the
 // expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
 // no mma work for empty columns. k is summed in the same order whatever the tile.
 template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
-__global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
+__global__ void __launch_bounds__(kBlockWarps * 32, (kSplitK && kBlockWarps == 8
+                                                        ? 3
+                                                        : kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan, Fp4DecodeOverlap overlap) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
-  __shared__ float partial[kSplitK ? kWarps * kMaxNT * 4 * 32 : 1];
+  __shared__ float partial[kSplitK ? kBlockWarps * kMaxNT * 4 * 32 : 1];
   __shared__ uint4 xs[kSplitK ? 1 : 2 * kMaxSlots];
 
   // Fp4DecodeOverlap (split-k blocks only): on a settled plan (GEMM2) they read their item and issue their first
@@ -401,7 +410,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kMinBlocks<kMaxNT, kSplitK>
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
     constexpr int NT = decltype(nt)::value;
     if constexpr (kSplitK)
-      fp4_split_k_pass<kNv, NT, kFp4U<NT, true>, kAct>(g, b, tb, partial);
+      fp4_split_k_pass<kNv, NT, kFp4SplitU<NT, kBlockWarps>, kBlockWarps, kAct>(g, b, tb, partial);
     else
       fp4_warp_tile_pass<kNv, NT, kFp4U<NT, false>, kBlockWarps, kAct>(g, b, tb, xs);
   });
@@ -431,7 +440,15 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
     launch(kernel, grid, dim3(block_warps * 32), s, g, plan, overlap);
   };
   switch (tile_tokens) {
-    case 8: go(small_m_fp4_kernel<kNv, 1, kSplitK, kWarps>, kWarps); break;
+    case 8:
+      if constexpr (kSplitK) {
+        if (g.split_k_warps == 8) {
+          go(small_m_fp4_kernel<kNv, 1, true, 2 * kWarps>, 2 * kWarps);
+          break;
+        }
+      }
+      go(small_m_fp4_kernel<kNv, 1, kSplitK, kWarps>, kWarps);
+      break;
     case 16: go(small_m_fp4_kernel<kNv, 2, kSplitK, kWide>, kWide); break;
     case 32: go(small_m_fp4_kernel<kNv, 4, kSplitK, kWide>, kWide); break;
     case 64:
@@ -455,6 +472,8 @@ void launch_small_m_gemm_fp4(const SmallMGemm& g, const RowPlan& plan, int tile_
   if (max_items == 0) return;
   if (tile_tokens == kFp4WgmmaTileTokens) return launch_fp4_wgmma_gemm(g, plan, s);
   FMOE_CHECK(g.K % 32 == 0, "the fp4 small-M GEMM needs K % 32 == 0, got K=", g.K);
+  FMOE_CHECK(g.split_k_warps == 4 || g.split_k_warps == 8,
+             "the fp4 split-k blocks take 4 or 8 warps (SmallMGemm::split_k_warps), got ", g.split_k_warps);
   const bool nv = g.weights == SmallMWeights::nvfp4;
   if (nv && warp_tiles) launch_typed<true, false>(g, plan, max_items, tile_tokens, s, overlap);
   else if (nv) launch_typed<true, true>(g, plan, max_items, tile_tokens, s, overlap);
