@@ -77,7 +77,7 @@ __device__ inline __nv_bfloat162 big_multiplier(uint32_t scale_bits, bool big) {
 
 // 16 packed bytes (32 values) -> 16 bf16x2 words, word j = the checkpoint's values 2j, 2j+1, scaled (see
 // Fp4Multipliers). Called by whole warps (the mxfp4 branch on big scales is voted). The warp tiles' form: all 16
-// words, then the mma in the checkpoint's k order (the per-word form above was 1-1.5% slower there at 16-64
+// words, then the mma in the checkpoint's k order (the split-k blocks' per-word form was 1-1.5% slower there at 16-64
 // tokens, H200, session 23).
 template <bool kNv>
 __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (&out)[16]) {
@@ -103,9 +103,12 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // Blocks of 4 warps per SM the registers are sized for: 5 (96 registers) for warp tiles of 8 or 16
 // tokens, 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k
 // blocks (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7. Blocks of
-// 8 or 16 warps: a half or a quarter as many, rounded down (16-token tiles: 2 blocks of 8 warps), 128 registers.
+// 8 or 16 warps: a half or a quarter as many, rounded down (16-token tiles: 2 blocks of 8 warps), 128 registers;
+// but split-k blocks of 8 warps 3 (80 registers: kFp4SplitU below).
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
+template <int NT, bool kSplitK, int kBlockWarps>
+constexpr int kBlocksPerSm = kSplitK && kBlockWarps == 8 ? 3 : kMinBlocks<NT, kSplitK> * kWarps / kBlockWarps;
 
 // What a block knows about its expert and its 16 (split-k) or 64 / 128 / 256 (warp tiles) weight rows.
 struct Fp4BlockTile {
@@ -343,7 +346,7 @@ __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp
 // Chunks in flight per lane and row (U) of each token tile: 32-token tiles with U=2 were 3-9% faster
 // than U=1 at 256-1024 tokens on gpt-oss-120b and qwen3-nvfp4 (H200, session 7), despite a few
 // spilled registers. 64-token tiles (warp tiles only) take U=1: their staged X is then 32 KB, as the
-// 32-token tiles' at U=2. The split-k blocks of 8-token tiles take U=6 (a word-at-a-time dequantization
+// 32-token tiles' at U=2. The split-k blocks of 8-token tiles take U=6 (a step-at-a-time dequantization
 // frees the registers, fp4_split_k_pass): one round of loads per warp at K = 2880, where U=4 took two —
 // gpt-oss-120b 2.5% / 4% faster at 2 / 3 tokens than U=4 (H200, session 23).
 template <int NT, bool kSplitK>
@@ -357,9 +360,7 @@ constexpr int kFp4SplitU = kSplitWarps == 8 ? 3 : kFp4U<NT, true>;
 // expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
 // no mma work for empty columns. k is summed in the same order whatever the tile.
 template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
-__global__ void __launch_bounds__(kBlockWarps * 32, (kSplitK && kBlockWarps == 8
-                                                        ? 3
-                                                        : kMinBlocks<kMaxNT, kSplitK> * kWarps / kBlockWarps))
+__global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplitK, kBlockWarps>))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan, Fp4DecodeOverlap overlap) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
