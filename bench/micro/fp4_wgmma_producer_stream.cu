@@ -5,7 +5,10 @@
 // memory, one block an SM, so L1 keeps what the real kernel leaves it), and each thread loads its row's scale word
 // for the tile (mxfp4: 2 bytes; a 32-byte sector serves 16 k tiles). Variants:
 //   rows    the rows' own order: a half at row * row_bytes + 32 kt + 16 h
-//   tiled   16-row tiles, segment-major: at tile + 256 (2 kt + h) + 16 (row % 16) (formats.h as patched in session 80)
+//   tiled   16-row tiles, segment-major: at tile + 256 (2 kt + h) + 16 (row % 16) (formats.h as patched in session 80),
+//           into shared memory as the kernel stores it (32 bytes a row), so a sector's halves land 32 bytes apart
+//   tiled+  the same order, a warp's lane l copying segment l / 16 of row l % 16 into shared memory in that order too
+//           (512 contiguous bytes a warp in both memories: session80-fp4-tiled-layout-v2.patch)
 //   scales: none, __ldg (the kernel's), or ld.global.nc.L1::evict_last
 // All 128 experts' weights (gpt-oss-120b GEMM1: 5760 rows of 1440 bytes, 1.06 GB), L2 flushed before each launch,
 // median of 7 launches. Under ncu, lts__t_requests_srcunit_tex_op_read.sum shows which variant doubles the requests.
@@ -48,7 +51,7 @@ __device__ inline uint32_t scale_word(const uint16_t* p, Scales mode) {
   return v;
 }
 
-template <bool kTiled, Scales kMode>
+template <bool kTiled, Scales kMode, bool kStageTiled = false>
 __global__ void __launch_bounds__(kThreads) producer(const uint8_t* w, const uint8_t* scales, int N, int K,
                                                      unsigned* out) {
   extern __shared__ uint8_t ring[];
@@ -56,9 +59,19 @@ __global__ void __launch_bounds__(kThreads) producer(const uint8_t* w, const uin
   const int64_t row_bytes = K / 2, e = blockIdx.y, n0 = int64_t(blockIdx.x) * kBlockRows;
   const uint8_t* wexp = w + e * N * row_bytes;
   const uint8_t* src[2];
+  int dst[2];
   for (int i = 0; i < 2; ++i) {
-    const int64_t r = n0 + (p >> 1) + 64 * i;
-    src[i] = wexp + (kTiled ? (r / 16) * 16 * row_bytes + (p & 1) * 256 + (r % 16) * 16 : r * row_bytes + (p & 1) * 16);
+    if constexpr (kStageTiled) {
+      const int l = p & 31, b = 16 * (p >> 5) + 64 * i + (l & 15);
+      const int64_t r = n0 + b;
+      src[i] = wexp + (r / 16) * 16 * row_bytes + (l >> 4) * 256 + (r % 16) * 16;
+      dst[i] = (b >> 4) * 512 + l * 16;
+    } else {
+      const int64_t r = n0 + (p >> 1) + 64 * i;
+      src[i] = wexp + (kTiled ? (r / 16) * 16 * row_bytes + (p & 1) * 256 + (r % 16) * 16
+                              : r * row_bytes + (p & 1) * 16);
+      dst[i] = ((p >> 1) + 64 * i) * 32 + (p & 1) * 16;
+    }
   }
   const uint16_t* srow = reinterpret_cast<const uint16_t*>(scales + (e * N + n0 + p) * (K / 32));
   const int num_kt = K / kTileK;
@@ -66,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) producer(const uint8_t* w, const uin
   for (int kt = 0; kt < num_kt; ++kt) {
     uint8_t* stage = ring + (kt % kStages) * kStageBytes;
     for (int i = 0; i < 2; ++i) {
-      cp_async_16(stage + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, src[i], true);
+      cp_async_16(stage + dst[i], src[i], true);
       src[i] += kTiled ? 512 : 32;
     }
     cp_async_commit();
@@ -79,9 +92,9 @@ __global__ void __launch_bounds__(kThreads) producer(const uint8_t* w, const uin
   if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;
 }
 
-template <bool kTiled, Scales kMode>
+template <bool kTiled, Scales kMode, bool kStageTiled = false>
 void run(const char* label, const uint8_t* w, const uint8_t* s, int E, int N, int K, void* flush, unsigned* out) {
-  const auto kernel = producer<kTiled, kMode>;
+  const auto kernel = producer<kTiled, kMode, kStageTiled>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
@@ -123,8 +136,10 @@ int main() {
   std::printf("# %s; %.2f GB of weights, blocks of %d rows x %d experts\n", prop.name, bytes * 1e-9, kBlockRows, E);
   run<false, kNoScales>("rows", w, s, E, N, K, flush, out);
   run<true, kNoScales>("tiled", w, s, E, N, K, flush, out);
+  run<true, kNoScales, true>("tiled+", w, s, E, N, K, flush, out);
   run<false, kLdg>("rows", w, s, E, N, K, flush, out);
   run<true, kLdg>("tiled", w, s, E, N, K, flush, out);
+  run<true, kLdg, true>("tiled+", w, s, E, N, K, flush, out);
   run<false, kEvictLast>("rows", w, s, E, N, K, flush, out);
   run<true, kEvictLast>("tiled", w, s, E, N, K, flush, out);
   return 0;
