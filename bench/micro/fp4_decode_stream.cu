@@ -26,15 +26,7 @@
 #include <vector>
 
 #include "cuda/kernels/mma_util.cuh"
-
-#define CHECK(x)                                                                            \
-  do {                                                                                      \
-    cudaError_t e_ = (x);                                                                   \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                         \
-    }                                                                                       \
-  } while (0)
+#include "cuda_check.h"
 
 using fusedmoe::cuda::load_streaming;  // the kernels' own streaming load
 
