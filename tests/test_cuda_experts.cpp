@@ -1116,9 +1116,6 @@ TEST(CudaExperts, Fp8ChannelActivationRowWidths) {
     }
 }
 
-// gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
-// 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
-// softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
 // The fp4 split-k blocks of 8 warps (SmallMGemm::split_k_warps; the heuristic's choice at 1-2 tokens on rows of more
 // than 2048 values) against the float64 reference: both formats, rows of 23 chunks, the last partial (K = 2880), and
 // of fewer chunks than warps (K = 256, I = 192: most warps without a chunk), silu_mul and swiglu_oai (in GEMM1's
@@ -1144,6 +1141,9 @@ TEST(CudaExperts, Fp4SplitKEightWarpsMatchTheReference) {
         }
 }
 
+// gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
+// 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
+// softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
 TEST(CudaExperts, GptOssLayerShapeMxfp4) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
