@@ -82,7 +82,7 @@ TEST(CApi, BadDescriptorsAreErrorsWithTheLibraryMessage) {
   fmoe_layer_destroy(layer);
 }
 
-// fmoe_pack_fp4_weights_sm90 rewrites the described w13 and w2 in place (here on the CPU) segment by segment; the
+// fmoe_pack_fp4_weights_sm90 rewrites the described w13 and w2 in place (here on the CPU) into the sm90 packing; the
 // CPU layer then refuses them (it reads the checkpoint's order), and fp4_packing takes 0 or 1 only.
 TEST(CApi, PacksFp4WeightsInPlace) {
   Problem p = make_problem(small_config(QuantScheme::mxfp4, 8, 256, 128, 2), 3, 2);
@@ -90,12 +90,14 @@ TEST(CApi, PacksFp4WeightsInPlace) {
   fmoe_layer_desc d = describe(p, "mxfp4", "silu");
   char err[512] = "";
   ASSERT_EQ(fmoe_pack_fp4_weights_sm90(&d, err, sizeof(err)), 0) << err;
-  for (size_t at = 0; at < before.nbytes(); at += 16) {
+  const int64_t row_bytes = p.config.intermediate_size / 2;  // w2's rows
+  for (int64_t at = 0; at < static_cast<int64_t>(before.nbytes()); at += 16) {
+    const int64_t r = at / row_bytes, seg = at % row_bytes / 16;
     uint32_t in[4], want[4], got[4];
     std::memcpy(in, before.data_as<const uint8_t>() + at, 16);
-    std::memcpy(got, p.weights.weights.w2.data_as<const uint8_t>() + at, 16);
+    std::memcpy(got, p.weights.weights.w2.data_as<const uint8_t>() + fp4_sm90_segment_offset(r, seg, row_bytes), 16);
     fp4_pack_segment_sm90(in, want);
-    ASSERT_EQ(std::memcmp(got, want, 16), 0) << "segment at byte " << at;
+    ASSERT_EQ(std::memcmp(got, want, 16), 0) << "row " << r << " segment " << seg;
   }
   fmoe_layer* layer = nullptr;
   d.fp4_packing = 1;

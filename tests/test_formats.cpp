@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "cpu/decode_rows.h"
 #include "fusedmoe/formats.h"
@@ -106,8 +108,9 @@ TEST(RowDecoders, MatchScalarDefinitions) {
 }
 
 // The sm90 packing of fp4 data (formats.h): value i of a segment, read back through fp4_sm90_bit, is the
-// checkpoint's value i; pack_fp4_weights_sm90 rewrites w13 and w2 segment by segment in place (here on the CPU;
-// test_cuda_experts runs it on a GPU) and marks the weights, and copies of them keep the mark.
+// checkpoint's value i; segments lie segment-major in tiles of 16 rows; pack_fp4_weights_sm90 rewrites w13 and w2
+// in place (here on the CPU; test_cuda_experts runs it on a GPU) and marks the weights, and copies of them keep the
+// mark.
 uint8_t sm90_code(const uint32_t (&packed)[4], int i) {
   const int byte = i / 2, c = byte % 4, q = byte / 4;
   uint32_t code = 0;
@@ -127,10 +130,28 @@ TEST(Fp4Sm90Packing, EveryValueInItsPlace) {
   }
 }
 
+TEST(Fp4Sm90Packing, TilesOf16RowsSegmentMajor) {
+  // Rows of 64 bytes (4 segments): row 17 is row 1 of the second tile (at 16 x 64 bytes), its segment 2 in
+  // segment column 2 (at 2 x 256 bytes), after row 0's (16 bytes).
+  EXPECT_EQ(fp4_sm90_segment_offset(17, 2, 64), 16 * 64 + 2 * 256 + 16);
+  EXPECT_EQ(fp4_sm90_segment_offset(0, 0, 64), 0);
+  EXPECT_EQ(fp4_sm90_segment_offset(15, 3, 64), 3 * 256 + 15 * 16);  // a tile's last 16 bytes
+  // Every segment of 3 tiles of rows of 48 bytes has its own place, inside its tile.
+  std::vector<int> seen(3 * 16 * 48 / 16, 0);
+  for (int r = 0; r < 48; ++r)
+    for (int seg = 0; seg < 3; ++seg) {
+      const int64_t at = fp4_sm90_segment_offset(r, seg, 48);
+      ASSERT_EQ(at % 16, 0);
+      ASSERT_EQ(at / (16 * 48), r / 16) << "row " << r << " segment " << seg;
+      ++seen[at / 16];
+    }
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], 1) << "16 bytes at " << 16 * i;
+}
+
 TEST(Fp4Sm90Packing, PacksWeightsInPlace) {
   for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4}) {
-    MoEConfig c;
-    c.num_experts = 4, c.hidden_size = 64, c.intermediate_size = 32, c.quant = s;
+    MoEConfig c;  // rows of 64 (w13) and 32 (w2) bytes: 4 and 2 segments
+    c.num_experts = 4, c.hidden_size = 128, c.intermediate_size = 64, c.quant = s;
     c.routing.top_k = 2;
     OwnedExpertWeights owned = allocate_expert_weights(c, c.num_experts);
     ExpertWeights& w = owned.weights;
@@ -142,15 +163,19 @@ TEST(Fp4Sm90Packing, PacksWeightsInPlace) {
     pack_fp4_weights_sm90(c, w);
     EXPECT_EQ(w.fp4_packing, Fp4Packing::sm90);
     EXPECT_EQ(copy_expert_weights(w, Device::cpu()).weights.fp4_packing, Fp4Packing::sm90);
-    for (auto [now, was] : {std::pair{&w.w13, &before.weights.w13}, std::pair{&w.w2, &before.weights.w2}}) {
-      ASSERT_EQ(now->nbytes() % 16, 0u);
-      for (size_t at = 0; at < now->nbytes(); at += 16) {
-        uint32_t in[4], want[4], got[4];
-        std::memcpy(in, static_cast<const uint8_t*>(was->data()) + at, 16);
-        std::memcpy(got, static_cast<const uint8_t*>(now->data()) + at, 16);
-        fp4_pack_segment_sm90(in, want);
-        for (int i = 0; i < 4; ++i) ASSERT_EQ(got[i], want[i]) << quant_scheme_name(s) << " byte " << at;
-      }
+    for (auto [now, was, row_bytes] : {std::tuple{&w.w13, &before.weights.w13, c.hidden_size / 2},
+                                       std::tuple{&w.w2, &before.weights.w2, c.intermediate_size / 2}}) {
+      const int64_t rows = static_cast<int64_t>(now->nbytes()) / row_bytes;
+      ASSERT_EQ(rows % 16, 0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t seg = 0; seg < row_bytes / 16; ++seg) {
+          uint32_t in[4], want[4], got[4];
+          std::memcpy(in, static_cast<const uint8_t*>(was->data()) + r * row_bytes + seg * 16, 16);
+          std::memcpy(got, static_cast<const uint8_t*>(now->data()) + fp4_sm90_segment_offset(r, seg, row_bytes), 16);
+          fp4_pack_segment_sm90(in, want);
+          for (int i = 0; i < 4; ++i)
+            ASSERT_EQ(got[i], want[i]) << quant_scheme_name(s) << " row " << r << " segment " << seg;
+        }
     }
     EXPECT_EQ(std::memcmp(w.w13_scale.data(), before.weights.w13_scale.data(), w.w13_scale.nbytes()), 0)
         << "scales are left as they are";

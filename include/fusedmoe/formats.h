@@ -138,6 +138,18 @@ FMOE_HOST_DEVICE constexpr int fp4_sm90_bit(int v, int j) {
   return kBits[v][j];
 }
 
+// Where the segments lie: rows in tiles of 16 (a tensor's rows, all experts', counted from its first; the packing
+// needs a whole number of tiles, which K % 32 == 0 and N % 32 == 0 give), each tile segment-major — segment s of
+// its row i at tile offset 256 s + 16 i — so that the 16 rows' segments s of a k range are 256 contiguous bytes. A
+// decode kernel's warp then reads its lanes' 16-byte pieces of 8 rows (4 lanes a row, 4 segments) as four whole
+// 128-byte lines; in the rows' own order the same load touched 8 half lines, and a load-only kernel over
+// gpt-oss-120b's 1-token weights ran 1.23-1.28x slower that way (bench/micro/fp4_decode_stream.cu, H100).
+// fp4_sm90_segment_offset: the byte offset of segment s of row r in a tensor of rows of row_bytes bytes.
+inline constexpr int kFp4TileRows = 16;
+FMOE_HOST_DEVICE constexpr int64_t fp4_sm90_segment_offset(int64_t r, int64_t s, int64_t row_bytes) {
+  return (r / kFp4TileRows) * kFp4TileRows * row_bytes + s * (16 * kFp4TileRows) + (r % kFp4TileRows) * 16;
+}
+
 // One segment (four little-endian words) from the checkpoint's order to the sm90 packing, and back.
 FMOE_HOST_DEVICE inline void fp4_pack_segment_sm90(const uint32_t (&in)[4], uint32_t (&out)[4]) {
   for (int c = 0; c < 4; ++c) {

@@ -88,8 +88,9 @@ SM90_BITS = [[6, 7, 8, 15], [22, 23, 24, 31], [28, 29, 30, 5], [12, 13, 14, 21],
 
 
 def sm90_packed(packed):
-    """The sm90 packing (include/fusedmoe/formats.h) of packed e2m1 bytes, written out again in numpy: word c of
-    each 16-byte segment takes the segment's bytes c + 4q, bit j of nibble h of byte c + 4q at SM90_BITS[2q+h][j]."""
+    """The sm90 packing (include/fusedmoe/formats.h) of packed e2m1 bytes [E, N, row_bytes], written out again in
+    numpy: word c of each 16-byte segment takes the segment's bytes c + 4q, bit j of nibble h of byte c + 4q at
+    SM90_BITS[2q+h][j]; the rows in tiles of 16, each tile segment-major (segment s of its row i at 256 s + 16 i)."""
     seg = packed.reshape(-1, 16)
     out = np.zeros((seg.shape[0], 4), dtype=np.uint32)
     for c in range(4):
@@ -98,12 +99,14 @@ def sm90_packed(packed):
                 for j in range(4):
                     bit = (seg[:, c + 4 * q] >> (4 * h + j)) & 1
                     out[:, c] |= bit.astype(np.uint32) << np.uint32(SM90_BITS[2 * q + h][j])
-    return out.astype("<u4").view(np.uint8).reshape(packed.shape)
+    segs = packed.shape[-1] // 16
+    tiles = out.astype("<u4").view(np.uint8).reshape(-1, 16, segs, 16)  # [tile, row, segment, byte]
+    return np.ascontiguousarray(tiles.transpose(0, 2, 1, 3)).reshape(packed.shape)
 
 
 def test_fp4_weights_packed_in_place_and_refused_by_the_cpu():
     rng = np.random.default_rng(SEED + 7)
-    E, K, I = 4, 64, 32
+    E, K, I = 4, 64, 64  # rows of 32 bytes: two segments
     w = {"w13": rng.integers(0, 256, (E, 2 * I, K // 2), dtype=np.uint8),
          "w2": rng.integers(0, 256, (E, K, I // 2), dtype=np.uint8),
          "w13_scale": rng.integers(120, 130, (E, 2 * I, K // 32), dtype=np.uint8),

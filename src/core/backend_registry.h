@@ -31,8 +31,9 @@ struct BackendImpl {
   bool (*available)();
   // Arguments already validated by route().
   void (*route)(const RoutingConfig& config, const Tensor& logits, const Tensor& topk_ids, const Tensor& topk_weights);
-  // Packed fp4 data (whole 16-byte segments) from the checkpoint's order to the sm90 packing, in place (formats.h).
-  void (*pack_fp4_sm90)(void* data, size_t bytes, Device device);
+  // Packed fp4 data (whole tiles of 16 rows of row_bytes, row_bytes % 16 == 0) from the checkpoint's order to the
+  // sm90 packing, in place (formats.h).
+  void (*pack_fp4_sm90)(void* data, size_t bytes, size_t row_bytes, Device device);
 };
 
 // Every backend compiled into this build, in preference order.

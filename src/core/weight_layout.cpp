@@ -1,6 +1,8 @@
 // Weight layout table, validation, allocation and byte counts.
 #include "core/weight_layout.h"
 
+#include <utility>
+
 #include "core/backend_registry.h"
 #include "core/check.h"
 #include "fusedmoe/error.h"
@@ -126,7 +128,12 @@ void pack_fp4_weights_sm90(const MoEConfig& config, ExpertWeights& weights) {
              "the sm90 fp4 packing needs hidden_size and intermediate_size % 32 == 0, got ", config.hidden_size,
              " and ", config.intermediate_size);
   const BackendImpl& backend = backend_for_device(weights.w13.device());
-  for (const Tensor* t : {&weights.w13, &weights.w2}) backend.pack_fp4_sm90(t->data(), t->nbytes(), t->device());
+  // Rows of hidden_size / 2 (w13) and intermediate_size / 2 (w2) bytes; N1 and hidden_size are multiples of 32, so
+  // every expert's rows are whole tiles of 16.
+  const std::pair<const Tensor*, int64_t> tensors[] = {{&weights.w13, config.hidden_size / 2},
+                                                       {&weights.w2, config.intermediate_size / 2}};
+  for (const auto& [t, row_bytes] : tensors)
+    backend.pack_fp4_sm90(t->data(), t->nbytes(), static_cast<size_t>(row_bytes), t->device());
   weights.fp4_packing = Fp4Packing::sm90;
 }
 

@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "core/backend_registry.h"
 #include "cpu/cpu_backend.h"
@@ -23,13 +24,19 @@ bool cpu_available() { return true; }
 
 void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) { std::memcpy(dst, src, bytes); }
 
-void cpu_pack_fp4_sm90(void* data, size_t bytes, Device) {
+void cpu_pack_fp4_sm90(void* data, size_t bytes, size_t row_bytes, Device) {
   auto* p = static_cast<unsigned char*>(data);
-  for (size_t at = 0; at + 16 <= bytes; at += 16) {
-    uint32_t in[4], out[4];
-    std::memcpy(in, p + at, 16);
-    fp4_pack_segment_sm90(in, out);
-    std::memcpy(p + at, out, 16);
+  const size_t tile_bytes = kFp4TileRows * row_bytes;
+  std::vector<unsigned char> tile(tile_bytes);
+  for (size_t at = 0; at + tile_bytes <= bytes; at += tile_bytes) {  // one tile of 16 rows at a time, in place
+    std::memcpy(tile.data(), p + at, tile_bytes);
+    for (size_t i = 0; i < kFp4TileRows; ++i)
+      for (size_t seg = 0; seg < row_bytes / 16; ++seg) {
+        uint32_t in[4], out[4];
+        std::memcpy(in, tile.data() + i * row_bytes + seg * 16, 16);
+        fp4_pack_segment_sm90(in, out);
+        std::memcpy(p + at + fp4_sm90_segment_offset(int64_t(i), int64_t(seg), int64_t(row_bytes)), out, 16);
+      }
   }
 }
 

@@ -90,9 +90,9 @@ void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device,
   FMOE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
-void cuda_pack_fp4_sm90(void* data, size_t bytes, Device device) {
+void cuda_pack_fp4_sm90(void* data, size_t bytes, size_t row_bytes, Device device) {
   DeviceGuard guard(device);
-  launch_pack_fp4_sm90(data, static_cast<int64_t>(bytes), stream());
+  launch_pack_fp4_sm90(data, static_cast<int64_t>(bytes), static_cast<int64_t>(row_bytes), stream());
   FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 

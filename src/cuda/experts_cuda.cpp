@@ -129,9 +129,11 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
 }
 
 void CudaExperts::pack_fp4_weights() {
-  for (auto [t, copy] : {std::pair{&weights_.w13, &packed_w13_}, std::pair{&weights_.w2, &packed_w2_}}) {
+  const int64_t w13_row_bytes = config_.hidden_size / 2, w2_row_bytes = config_.intermediate_size / 2;
+  for (auto [t, copy, row_bytes] : {std::tuple{&weights_.w13, &packed_w13_, w13_row_bytes},
+                                    std::tuple{&weights_.w2, &packed_w2_, w2_row_bytes}}) {
     *copy = copy_to(*t, device_);
-    launch_pack_fp4_sm90(copy->data_as<uint8_t>(), static_cast<int64_t>(copy->nbytes()), stream());
+    launch_pack_fp4_sm90(copy->data_as<uint8_t>(), static_cast<int64_t>(copy->nbytes()), row_bytes, stream());
     *t = copy->view();
   }
   FMOE_CUDA_CHECK(cudaStreamSynchronize(stream()));

@@ -2,8 +2,9 @@
 // W [E, N, K/2] (packed e2m1 in the sm90 packing, formats.h) -> bf16 [count, N, K], each value times its group
 // scale, rounded once: mxfp4 multiplies by the ue8m0 scale exactly in bf16x2; nvfp4 by the f32 product of the e4m3
 // scale and the expert's global scale, as the reference takes it. Per step a thread turns 4 packed words (32
-// values) into 16 4-byte stores: the warp's words of one step are 8 whole 32-value segments, each word's 4 bf16
-// pairs spread over its segment, the segment's 4 lanes filling it. Grid-stride over the chunk, 32-bit indices (on
+// values) into 16 4-byte stores: the warp's words of one step are 8 whole 32-value segments (8 rows of one segment
+// column of a 16-row tile), each word's 4 bf16 pairs spread over its segment, the segment's 4 lanes filling it.
+// Grid-stride over the chunk, 32-bit indices (on
 // H200 the nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). Rows keep their order (the
 // gated GEMM1 reads w13's gate and up blocks where they lie, gate_up_mainloop_sm90.cuh).
 // Limits: K % 32 == 0.
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
   constexpr int kGroup = kNv ? 16 : 32;
   pdl_wait();
   pdl_launch_dependents();
-  const uint32_t K = words_per_row * 8;
+  const uint32_t K = words_per_row * 8, tile_words = kFp4TileRows * words_per_row;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(w + e0 * N * (K / 2));
   const uint8_t* src_scales = scales + e0 * N * (K / kGroup);
   const float* gscale = kNv ? global + e0 : nullptr;
@@ -70,7 +71,9 @@ __global__ void __launch_bounds__(kThreads) dequant_fp4_kernel(const uint8_t* w,
     for (int j = 0; j < 4; ++j) {
       const uint32_t i = base + 32 * j + lane;
       if (i >= total) break;
-      const uint32_t row = i / words_per_row, wi = i - row * words_per_row, k0 = (wi & ~3u) * 8, c = wi & 3;
+      // Word i of the packing: word c of segment column seg of row rr of 16-row tile `tile` (formats.h).
+      const uint32_t tile = i / tile_words, t = i - tile * tile_words;
+      const uint32_t row = tile * kFp4TileRows + (t / 4) % kFp4TileRows, k0 = t / (4 * kFp4TileRows) * 32, c = t & 3;
       const uint8_t* sp = src_scales + size_t(row) * (K / kGroup) + k0 / kGroup;
       uint32_t o[4];
       dequant_word<kNv>(packed[j], __ldg(sp), kNv ? __ldg(sp + 1) : 0, kNv ? __ldg(gscale + row / N) : 0.0f, o);

@@ -12,13 +12,14 @@
 // (SmallMGemm::persistent) one block per SM running units as it claims them from a counter, the producer loading
 // the next unit while the consumers store the last (fp4_wgmma_persistent_kernel; T = 1 and n = 256 for every item).
 // The persistent kernel's GEMM1 may carry silu_mul or swiglu_oai (SmallMGemm::act_epilogue, its kAct instance): the
-// producer loads each 16-row group of a block as 8 gate rows and their 8 up rows (gated_block_row), so that
-// store_gated_tiles pairs them in its registers and writes h2 [R, I] itself, the bits of GEMM1 + the activation kernel.
+// consumers take each 16-row group of a block as 8 gate rows and their 8 up rows (gated_block_row; swiglu_oai's
+// interleaved rows stay in their order in shared memory, oai_stage_place), so that store_gated_tiles pairs them in
+// its registers and writes h2 [R, I] itself, the bits of GEMM1 + the activation kernel.
 // - a producer fills a 4-stage ring of k tiles (64 values) with cp.async: the item's X rows gathered
 //   through x_row into the K-major, 128-byte-swizzled layout wgmma reads (the persistent kernel, X in plan order and
-//   its rows known — GEMM2's h2 —: TMA boxes of 32 rows into the same layout), the packed W rows as they lie
-//   (32 bytes a row); it stores each row's bf16 group multipliers of the tile, made from the scale bytes
-//   (loaded kScaleAhead tiles ahead into registers).
+//   its rows known — GEMM2's h2 —: TMA boxes of 32 rows into the same layout), the packed W as it lies (the sm90
+//   packing's 16-row tiles: 512 bytes per 16 rows a k tile); it stores each row's bf16 group multipliers of the
+//   tile, made from the scale bytes (loaded kScaleAhead tiles ahead into registers).
 //   A stage's full barrier completes when every producer thread has seen its copies land (a tile later)
 //   and fenced them for wgmma's async proxy; its empty barrier when every consumer thread is done with it.
 // - two consumers, T m64 tiles of weight rows each, m64nNk16 wgmma with A from registers. A lane's
@@ -125,12 +126,36 @@ __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], ui
   else wgmma_m64n32k16_rs(d, a, desc);
 }
 
-// The lane's packed word of chunk h (32 values: k16 steps 2h, 2h + 1) of block row r of a k tile in shared
-// memory (ws: 32 bytes a row): word c of the chunk, which the sm90 packing (fp4_util.cuh) made of the
-// checkpoint's bytes c, c + 4, c + 8, c + 12, i.e. values k = 2c, 2c + 1 | 2c + 8, 2c + 9 of step 2h, then of
-// step 2h + 1.
-__device__ inline uint32_t load_packed(const uint8_t* ws, int r, int h, int c) {
-  return *reinterpret_cast<const uint32_t*>(ws + r * 32 + h * 16 + c * 4);
+// A k tile's weights in shared memory (ws) lie as in global memory (formats.h): 512 bytes per 16 block rows, segment h
+// (the tile's chunk h, 32 values) of their row i at 256 h + 16 i. So each 32-byte sector a producer warp copies (rows
+// 2j, 2j + 1 of one segment) lands in 32 contiguous bytes. With rows of 32 bytes in shared memory, where a sector's
+// halves land 32 bytes apart, the tiled order doubled the producer's L2 read requests (session 80, ncu: 37M -> 70M at
+// gpt-oss-120b's 1024 tokens, 0.94x).
+__device__ inline int w_stage_offset(int r, int h) { return (r >> 4) * 512 + h * 256 + (r & 15) * 16; }
+
+// GEMM1 with the activation epilogue and swiglu_oai's interleaved rows (gate j at weight row 2 j, up at 2 j + 1): a
+// block's 16-row group is one tile of 16 weight rows, 8 gate rows then their 8 up rows (gated_block_row). Copied to
+// block rows in that order, each 32-byte sector's halves (weight rows 2 j, 2 j + 1) would land 128 bytes apart: the
+// doubled L2 requests above (gpt-oss-120b's 8192 tokens ran 0.93x). So the stage keeps the weight rows' order, weight
+// row q of the tile at place q ^ (q / 8 % 2) (16 bytes each): a sector's halves stay in its 32 bytes, swapped in the
+// tile's second half, so that a consumer warp's 8 gate (or up) rows of a chunk fall in distinct banks.
+__device__ inline int oai_stage_place(int q) { return q ^ ((q >> 3) & 1); }
+
+// The lane's packed word of chunk h (32 values: k16 steps 2h, 2h + 1) of its block row row0 + 64 t + 8 hi of a k tile
+// in shared memory: word c of the chunk, which the sm90 packing (fp4_util.cuh) made of the checkpoint's bytes c,
+// c + 4, c + 8, c + 12, i.e. values k = 2c, 2c + 1 | 2c + 8, 2c + 9 of step 2h, then of step 2h + 1. lane_ws: the
+// stage's ws + the lane's offset of its row hi (lane_w_offsets; 64 rows further is 2048 bytes). A warp's 8 rows g
+// of one chunk fall in distinct banks.
+__device__ inline uint32_t load_packed(const uint8_t* lane_ws, int t, int h) {
+  return *reinterpret_cast<const uint32_t*>(lane_ws + 2048 * t + 256 * h);
+}
+
+// The offsets in a stage's weights of word c of the lane's block rows row0 (hi = 0) and row0 + 8 (hi = 1), row0 % 16
+// < 8: w_stage_offset, or with oai_pairs the gate and up weight rows 2 g, 2 g + 1 at their oai_stage_place.
+__device__ inline void lane_w_offsets(int row0, int c, bool oai_pairs, int (&off)[2]) {
+  const int base = w_stage_offset(row0, 0) + 4 * c, g = row0 & 15, tile = base - 16 * g;
+  off[0] = oai_pairs ? tile + 16 * oai_stage_place(2 * g) : base;
+  off[1] = oai_pairs ? tile + 16 * oai_stage_place(2 * g + 1) : base + 128;
 }
 
 // Both halves of a bf16x2 word from its low (hi = 0) or high half.
@@ -255,9 +280,10 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
   // second half of its 8 rows, whole 32-byte sectors; with chunks 2 cp and 2 cp + 1 (the one-unit kernel's) each
   // instruction touched every sector of a row for half its bytes, twice the L2 sector requests (ncu). Persistent
   // GEMMs 1.02-1.07x at 4096-8192 tokens; the one-unit kernel ran 1.7-2% slower with it at 2048-4096 (H200, session
-  // 54). W: 16-byte half cw = p % 2 of block rows p / 2 + 64 i. The source pointers stay in registers, one per X
-  // row, and step a tile at a time (rows past the item or N copy nothing, from a valid address: the expert's first
-  // row), so that a copy issues at a few instructions.
+  // 54). W: warp p / 32's lane l copies segment l / 16 of a k tile of block row 16 (p / 32) + 64 i + l % 16: a
+  // warp's copy is 512 contiguous bytes of global and of shared memory (w_stage_offset). The source pointers stay in
+  // registers, one per X row, and step a tile at a time (rows past the item or N copy nothing, from a valid address:
+  // the expert's first row), so that a copy issues at a few instructions.
   const int cp = p & 3, t8 = (p >> 2) & 7;
   const int slot0 = ((kPersistent ? cp : 2 * cp) ^ t8) << 4, slot1 = ((kPersistent ? cp + 4 : 2 * cp + 1) ^ t8) << 4;
   constexpr int kXRows = (kTok + kTail) / 32;  // X rows a thread copies (kTmaX: 32-row boxes)
@@ -275,13 +301,17 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
     x_src[i] = x + (src >= 0 ? int64_t(src) * K : 0) + (kPersistent ? cp * 8 : cp * 16);
     x_ok |= uint32_t(src >= 0) << i;
   }
+  const int w_row = 16 * (p >> 5) + (p & 15), w_half = (p >> 4) & 1;  // w_stage_offset(w_row, w_half) = 16 p
+  // swiglu_oai's GEMM1: the weight rows' own order (oai_stage_place), row w_row of the tile's 16 from n0.
+  const bool oai_pairs = kAct && g.act.kind == ActivationKind::swiglu_oai;
+  const int w_dst = 16 * (oai_pairs ? (p & ~15) + oai_stage_place(p & 15) : p);
   constexpr int kWCopies = S::kBlockRows * 2 / 128;
   const uint8_t* w_src[kWCopies];
   uint32_t w_ok = 0;
 #pragma unroll
   for (int i = 0; i < kWCopies; ++i) {
-    const int64_t r = kAct ? gated_block_row(g, n0, (p >> 1) + 64 * i) : n0 + (p >> 1) + 64 * i;
-    w_src[i] = w + (r < N ? r * row_bytes : 0) + (p & 1) * 16;
+    const int64_t r = kAct && !oai_pairs ? gated_block_row(g, n0, w_row + 64 * i) : n0 + w_row + 64 * i;
+    w_src[i] = w + fp4_sm90_segment_offset(r < N ? r : 0, w_half, row_bytes);  // segment w_half of k tile 0
     w_ok |= uint32_t(r < N) << i;
   }
   // Scales: this thread's rows p + 128 j. Rows past N read the expert's first row: they scale zero-filled
@@ -360,8 +390,8 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
       }
 #pragma unroll
       for (int i = 0; i < kWCopies; ++i) {
-        cp_async_16(ws + ((p >> 1) + 64 * i) * 32 + (p & 1) * 16, w_src[i], (w_ok >> i) & 1);
-        w_src[i] += kTileK / 2;
+        cp_async_16(ws + w_dst + 2048 * i, w_src[i], (w_ok >> i) & 1);
+        w_src[i] += kTileK / 32 * 16 * kFp4TileRows;  // the tile's 2 segments, 2 segment columns of 16 rows
       }
 #pragma unroll
       for (int j = 0; j < kT; ++j) reinterpret_cast<uint2*>(ws + S::kWBytes)[p + 128 * j] = m[j];
@@ -413,6 +443,8 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   const int num_kt = static_cast<int>(g.K / kTileK);
   // The lane's fragment rows in the block for tile t: row0 + 64 t and 8 below.
   const int row0 = 64 * kT * wg + 16 * warp + gq;
+  int lane_w[2];  // load_packed's lane offsets in a stage's weights
+  lane_w_offsets(row0, cq, kAct && g.act.kind == ActivationKind::swiglu_oai, lane_w);
 
   float acc[kT][kTok / 2];
   constexpr int kTailAcc = kTail ? kTail / 2 : 1;
@@ -432,7 +464,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
 #pragma unroll
     for (int t = 0; t < kT; ++t)
 #pragma unroll
-      for (int hi = 0; hi < 2; ++hi) pk[t][hi] = load_packed(ws, row0 + 64 * t + 8 * hi, h, cq);
+      for (int hi = 0; hi < 2; ++hi) pk[t][hi] = load_packed(ws + lane_w[hi], t, h);
   };
   // Waits for the tile in stage st (full barrier phase `parity`) and reads its multipliers, its flags and
   // chunk 0's packed words.

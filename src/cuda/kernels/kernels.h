@@ -237,9 +237,9 @@ void launch_fp8_wgmma_gemm(const SmallMGemm& g, const RowPlan& plan, int64_t x_r
 // once to bf16. Limits: K % 32 == 0.
 void launch_dequant_fp4(SmallMWeights format, const uint8_t* w, const uint8_t* scales, const float* global, int64_t e0,
                         int64_t count, int64_t N, int64_t K, bf16* out, cudaStream_t s);
-// fp4_pack.cu: packed fp4 weights (`bytes` of them, whole rows of K % 32 == 0 values) from the checkpoint's order to
-// the sm90 packing every fp4 kernel reads (fp4_util.cuh), in place.
-void launch_pack_fp4_sm90(void* w, int64_t bytes, cudaStream_t s);
+// fp4_pack.cu: packed fp4 weights (`bytes` of them, whole tiles of 16 rows of row_bytes, row_bytes % 16 == 0) from the
+// checkpoint's order to the sm90 packing every fp4 kernel reads (formats.h, fp4_util.cuh), in place.
+void launch_pack_fp4_sm90(void* w, int64_t bytes, int64_t row_bytes, cudaStream_t s);
 // y[r, n] += bias[row_expert[r], n] for the planned rows (the w2 bias of the grouped-GEMM path).
 void launch_add_expert_bias(bf16* y, int64_t N, const float* bias, const RowPlan& plan, int num_local,
                             int64_t max_rows, cudaStream_t s);

@@ -51,6 +51,9 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kRowsPerBlock = 16;
+// A 128-value chunk of a row is 4 segments: in the sm90 packing's 16-row tiles, a lane's segment of the next chunk
+// lies 4 segment columns (4 x 256 bytes) further on.
+constexpr int kChunkBytes = 4 * 16 * kFp4TileRows;
 
 // The multipliers of one lane's 32 packed values of a row (16 bytes, its share of a 128-value chunk), for
 // e2m1x8_sm90_bf16_times_2m126's output: lo for pairs 0-7, hi for 8-15 (nvfp4: its two e4m3 group scales,
@@ -170,8 +173,8 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
     for (int u = 0; u < U; ++u) {
       const int ch = ch0 + u * kSplitWarps;
       const bool ok = ch < lane_chunks;
-      wa[u] = load_streaming_if(b.w_row0 + ch * 64, ok);
-      wb[u] = load_streaming_if(b.w_row1 + ch * 64, ok);
+      wa[u] = load_streaming_if(b.w_row0 + ch * kChunkBytes, ok);
+      wb[u] = load_streaming_if(b.w_row1 + ch * kChunkBytes, ok);
       sa[u] = ok ? scale_bits(b.s_row0 + ch * kScaleBytes) : 0;
       sb[u] = ok ? scale_bits(b.s_row1 + ch * kScaleBytes) : 0;
     }
@@ -310,8 +313,8 @@ __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp
       const int64_t ch = ch0 + u;
       const bool ok = ch < num_chunks && ch * 4 + cq < slices;
       const bool ok0 = ok && b.wr0 < b.N, ok1 = ok && b.wr1 < b.N;
-      wa[u] = ok0 ? load_streaming(b.w_row0 + ch * 64) : make_uint4(0, 0, 0, 0);
-      wb[u] = ok1 ? load_streaming(b.w_row1 + ch * 64) : make_uint4(0, 0, 0, 0);
+      wa[u] = ok0 ? load_streaming(b.w_row0 + ch * kChunkBytes) : make_uint4(0, 0, 0, 0);
+      wb[u] = ok1 ? load_streaming(b.w_row1 + ch * kChunkBytes) : make_uint4(0, 0, 0, 0);
       sa[u] = ok0 ? scale_bits(b.s_row0 + ch * (128 / kGroup)) : 0;
       sb[u] = ok1 ? scale_bits(b.s_row1 + ch * (128 / kGroup)) : 0;
     }
@@ -399,8 +402,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplit
   // The split-k blocks read rows past N at row N - 1 (fp4_split_k_pass); the warp tiles skip them.
   const int64_t ar0 = kSplitK ? min(b.wr0, b.N - 1) : b.wr0, ar1 = kSplitK ? min(b.wr1, b.N - 1) : b.wr1;
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
-  b.w_row0 = w + ar0 * row_bytes + b.cq * 16;
-  b.w_row1 = w + ar1 * row_bytes + b.cq * 16;
+  b.w_row0 = w + fp4_sm90_segment_offset(ar0, b.cq, row_bytes);  // the lane's segment of chunk 0
+  b.w_row1 = w + fp4_sm90_segment_offset(ar1, b.cq, row_bytes);
   const uint8_t* s = g.w_fp4_scales + e * b.N * (b.K / kGroup);
   b.s_row0 = s + ar0 * (b.K / kGroup) + b.cq * (32 / kGroup);
   b.s_row1 = s + ar1 * (b.K / kGroup) + b.cq * (32 / kGroup);
