@@ -1143,8 +1143,12 @@ TEST(CudaExperts, Fp4SplitKEightWarpsMatchTheReference) {
 
 // gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
 // 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
-// softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Both paths.
-TEST(CudaExperts, GptOssLayerShapeMxfp4) {
+// softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Each path its own test, so that a
+// sanitizer report names it: small-M with 4 warps splitting k (GEMM1 with the activation epilogue), small-M with a
+// tile per warp and the grouped GEMM (both with the activation kernel after GEMM1).
+class GptOssLayerShapeMxfp4 : public ::testing::TestWithParam<int> {};
+
+TEST_P(GptOssLayerShapeMxfp4, MatchesTheReference) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
@@ -1154,14 +1158,16 @@ TEST(CudaExperts, GptOssLayerShapeMxfp4) {
   const int64_t M = 8;
   const Problem p = make_problem(c, M, seed, /*with_bias=*/true);
   const GpuProblem g = to_gpu(p);
-  for (int variant : {0, 1, 2}) {  // small-M (4 warps split k), small-M with a tile per warp, grouped
-    SCOPED_TRACE(variant == 0 ? "small-M" : variant == 1 ? "small-M, warp tiles" : "grouped GEMM");
-    const ForcePath force(variant < 2, 8, 0, variant == 1);
-    Buffer ids, w;
-    const Buffer out = run_cuda_forward(g, M, &ids, &w);
-    expect_matches_reference(p, out, ids, w);
-  }
+  const int variant = GetParam();
+  const ForcePath force(variant < 2, 8, 0, variant == 1);
+  Buffer ids, w;
+  const Buffer out = run_cuda_forward(g, M, &ids, &w);
+  expect_matches_reference(p, out, ids, w);
 }
+
+INSTANTIATE_TEST_SUITE_P(CudaExperts, GptOssLayerShapeMxfp4, ::testing::Values(0, 1, 2), [](const auto& info) {
+  return std::string(info.param == 0 ? "split_k" : info.param == 1 ? "warp_tiles" : "grouped");
+});
 
 // fp4 group scales over their range, not only what quantizing random weights gives: mxfp4 ue8m0
 // scales 120..136 on w13 (above 128 — scales above 2 — the kernels multiply in two steps, with
