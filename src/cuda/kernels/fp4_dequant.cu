@@ -4,9 +4,9 @@
 // scale and the expert's global scale, as the reference takes it. Per step a thread turns 4 packed words (32
 // values) into 16 4-byte stores: the warp's words of one step are 8 whole 32-value segments (8 rows of one segment
 // column of a 16-row tile), each word's 4 bf16 pairs spread over its segment, the segment's 4 lanes filling it.
-// Grid-stride over the chunk, 32-bit indices (on
-// H200 the nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue with 64-bit ones). Rows keep their order (the
-// gated GEMM1 reads w13's gate and up blocks where they lie, gate_up_mainloop_sm90.cuh).
+// Grid-stride over the chunk, 32-bit indices (on H200 the nvfp4 kernel ran at 54% of DRAM peak and 78% of SM issue
+// with 64-bit ones). The bf16 rows keep the weights' row order (the gated GEMM1 reads w13's gate and up blocks where
+// they lie, gate_up_mainloop_sm90.cuh).
 // Limits: K % 32 == 0.
 #include "cuda/cuda_util.h"
 #include "cuda/kernels/fp4_util.cuh"
