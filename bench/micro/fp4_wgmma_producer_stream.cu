@@ -5,7 +5,7 @@
 // memory, one block an SM, so L1 keeps what the real kernel leaves it), and each thread loads its row's scale word
 // for the tile (mxfp4: 2 bytes; a 32-byte sector serves 16 k tiles). Variants:
 //   rows    the rows' own order: a half at row * row_bytes + 32 kt + 16 h
-//   tiled   16-row tiles, segment-major: at tile + 256 (2 kt + h) + 16 (row % 16) (formats.h as patched in session 80),
+//   tiled   16-row tiles, segment-major: at tile + 256 (2 kt + h) + 16 (row % 16) (fp4_sm90_segment_offset, formats.h),
 //           into shared memory as the kernel stores it (32 bytes a row), so a sector's halves land 32 bytes apart
 //   tiled+  the same order, a warp's lane l copying segment l / 16 of row l % 16 into shared memory in that order too
 //           (512 contiguous bytes a warp in both memories: session80-fp4-tiled-layout-v2.patch)
@@ -24,9 +24,11 @@
 
 #include "cuda/kernels/mma_util.cuh"
 #include "cuda_check.h"
+#include "fusedmoe/formats.h"
 
 namespace {
 
+using fusedmoe::fp4_sm90_segment_offset;
 using fusedmoe::cuda::cp_async_16;
 using fusedmoe::cuda::cp_async_commit;
 
@@ -56,12 +58,11 @@ __global__ void __launch_bounds__(kThreads) producer(const uint8_t* w, const uin
     if constexpr (kStageTiled) {
       const int l = p & 31, b = 16 * (p >> 5) + 64 * i + (l & 15);
       const int64_t r = n0 + b;
-      src[i] = wexp + (r / 16) * 16 * row_bytes + (l >> 4) * 256 + (r % 16) * 16;
+      src[i] = wexp + fp4_sm90_segment_offset(r, l >> 4, row_bytes);
       dst[i] = (b >> 4) * 512 + l * 16;
     } else {
       const int64_t r = n0 + (p >> 1) + 64 * i;
-      src[i] = wexp + (kTiled ? (r / 16) * 16 * row_bytes + (p & 1) * 256 + (r % 16) * 16
-                              : r * row_bytes + (p & 1) * 16);
+      src[i] = wexp + (kTiled ? fp4_sm90_segment_offset(r, p & 1, row_bytes) : r * row_bytes + (p & 1) * 16);
       dst[i] = ((p >> 1) + 64 * i) * 32 + (p & 1) * 16;
     }
   }

@@ -153,9 +153,9 @@ __device__ inline uint32_t load_packed(const uint8_t* lane_ws, int t, int h) {
 // The offsets in a stage's weights of word c of the lane's block rows row0 (hi = 0) and row0 + 8 (hi = 1), row0 % 16
 // < 8: w_stage_offset, or with oai_pairs the gate and up weight rows 2 g, 2 g + 1 at their oai_stage_place.
 __device__ inline void lane_w_offsets(int row0, int c, bool oai_pairs, int (&off)[2]) {
-  const int base = w_stage_offset(row0, 0) + 4 * c, g = row0 & 15, tile = base - 16 * g;
-  off[0] = oai_pairs ? tile + 16 * oai_stage_place(2 * g) : base;
-  off[1] = oai_pairs ? tile + 16 * oai_stage_place(2 * g + 1) : base + 128;
+  const int base = w_stage_offset(row0, 0) + 4 * c, g = row0 & 15, tile_word = base - 16 * g;
+  off[0] = oai_pairs ? tile_word + 16 * oai_stage_place(2 * g) : base;
+  off[1] = oai_pairs ? tile_word + 16 * oai_stage_place(2 * g + 1) : base + 128;
 }
 
 // Both halves of a bf16x2 word from its low (hi = 0) or high half.
