@@ -46,6 +46,9 @@ def main():
                     with open(os.path.join(dest, name)) as f:
                         for row in json.load(f)["results"]:
                             seen.setdefault((label, row["model"], row["tokens"]), []).append(row["fusedmoe_us"])
+                            # each run's points as they come, so that a run cut short still leaves them
+                            print(f"# {label} round {r}: {row['model']} {row['tokens']} {row['fusedmoe_us']:.1f} us",
+                                  flush=True)
                             if monolithic and "fusedmoe_mono_us" in row:
                                 seen.setdefault((label, row["model"] + " mono", row["tokens"]), []).append(
                                     row["fusedmoe_mono_us"])
