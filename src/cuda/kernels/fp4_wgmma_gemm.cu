@@ -126,12 +126,19 @@ __device__ inline void wgmma_rs(float (&d)[kTok / 2], const uint32_t (&a)[4], ui
   else wgmma_m64n32k16_rs(d, a, desc);
 }
 
-// A k tile's weights in shared memory (ws) lie as in global memory (formats.h): 512 bytes per 16 block rows, segment h
-// (the tile's chunk h, 32 values) of their row i at 256 h + 16 i. So each 32-byte sector a producer warp copies (rows
-// 2j, 2j + 1 of one segment) lands in 32 contiguous bytes. With rows of 32 bytes in shared memory, where a sector's
-// halves land 32 bytes apart, the tiled order doubled the producer's L2 read requests (session 80, ncu: 37M -> 70M at
-// gpt-oss-120b's 1024 tokens, 0.94x).
-__device__ inline int w_stage_offset(int r, int h) { return (r >> 4) * 512 + h * 256 + (r & 15) * 16; }
+// A k tile's weights in shared memory (ws) lie as in global memory (formats.h, a tensor of 32-byte rows: the
+// static_assert below): 512 bytes per 16 block rows, segment h (the tile's chunk h, 32 values) of their row i at
+// 256 h + 16 i. So each 32-byte sector a producer warp copies (rows 2j, 2j + 1 of one segment) lands in 32 contiguous
+// bytes. With rows of 32 bytes in shared memory, where a sector's halves land 32 bytes apart, the tiled order doubled
+// the producer's L2 read requests (session 80, ncu: 37M -> 70M at gpt-oss-120b's 1024 tokens, 0.94x).
+__host__ __device__ constexpr int w_stage_offset(int r, int h) { return (r >> 4) * 512 + h * 256 + (r & 15) * 16; }
+constexpr bool stage_is_the_packing() {
+  for (int r = 0; r < 256; ++r)
+    for (int h = 0; h < 2; ++h)
+      if (w_stage_offset(r, h) != fp4_sm90_segment_offset(r, h, kTileK / 2)) return false;
+  return true;
+}
+static_assert(stage_is_the_packing(), "a k tile's stage is the sm90 packing of 32-byte rows");
 
 // GEMM1 with the activation epilogue and swiglu_oai's interleaved rows (gate j at weight row 2 j, up at 2 j + 1): a
 // block's 16-row group is one tile of 16 weight rows, 8 gate rows then their 8 up rows (gated_block_row). Copied to
