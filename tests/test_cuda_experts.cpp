@@ -149,9 +149,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_FALSE(bf16_shape(4096, 2, 8, 4096, 14336).small_m);   // mixtral-8x7b: 1024 rows, CUTLASS
   EXPECT_TRUE(bf16_shape(2048, 2, 8, 4096, 14336).small_m);    // 512 rows
   EXPECT_TRUE(choose_experts_path(256, 8, 128, nv).small_m);
-  EXPECT_EQ(choose_experts_path(256, 8, 128, nv).tile_tokens, 32);
-  EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 32);  // 24 rows: the small-M kernel
-  EXPECT_EQ(choose_experts_path(392, 8, 128, nv).tile_tokens, 256);  // 24.5 rows: the fp4 wgmma kernel
+  EXPECT_EQ(choose_experts_path(128, 8, 128, nv).tile_tokens, 16);   // 8 rows: the small-M kernel
+  EXPECT_EQ(choose_experts_path(130, 8, 128, nv).tile_tokens, 256);  // 8.1 rows: the fp4 wgmma kernel
+  EXPECT_EQ(choose_experts_path(384, 8, 128, nv).tile_tokens, 256);  // 24 rows
   EXPECT_TRUE(choose_experts_path(1024, 4, 128, nv).small_m);     // gpt-oss at 1024: 32 rows
   EXPECT_EQ(choose_experts_path(1024, 4, 128, nv).tile_tokens, 256);
   EXPECT_TRUE(choose_experts_path(1024, 8, 128, nv).small_m);     // qwen3 at 1024: 64 rows, the fp4 wgmma kernel
@@ -163,6 +163,9 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
   EXPECT_TRUE(choose_experts_path(8192, 8, 128, nv).small_m);     // never the dequantizing CUTLASS path
   EXPECT_FALSE(choose_experts_path(1, 8, 128, nv).warp_tiles);   // 8 routed rows: split-k blocks
   EXPECT_TRUE(choose_experts_path(2, 8, 128, nv).warp_tiles);    // 16: a tile per warp
+  EXPECT_FALSE(choose_experts_path(2, 4, 128, QuantScheme::mxfp4).warp_tiles);  // gpt-oss-120b at 2 tokens: 8 rows
+  EXPECT_TRUE(choose_experts_path(3, 4, 128, QuantScheme::mxfp4).warp_tiles);   // 12: fp4 warp tiles
+  EXPECT_FALSE(choose_experts_path(3, 4, 128, fp8).warp_tiles);                 // 12, fp8: split-k blocks
   EXPECT_FALSE(choose_experts_path(1, 8, 256, fp8).warp_tiles);  // deepseek-v3 at 1 token
   EXPECT_TRUE(choose_experts_path(2, 8, 256, fp8).warp_tiles);
   EXPECT_EQ(choose_experts_path(2, 8, 256, fp8).tile_tokens, 32);  // fp8 warp tiles: up to 32 rows a pass
@@ -270,7 +273,8 @@ TEST(CudaHeuristics, PathTileAndFp4Chunk) {
 Buffer run_cuda_forward(const GpuProblem& g, int64_t M, Buffer* ids_out, Buffer* weights_out) {
   const FusedMoEKernel kernel = cuda_kernel(g);
   Buffer out = poisoned_bf16_on_gpu(M, g.config.hidden_size);
-  kernel.forward(g.hidden, g.logits, out);
+  const Buffer ws = poisoned_workspace(kernel, M);  // NaN bits: a read of a workspace byte no stage wrote shows
+  kernel.forward(g.hidden, g.logits, out, ws.view());
   const int64_t k = g.config.routing.top_k;
   Buffer ids = Buffer::empty(DType::i32, {M, k}, kGpu), w = Buffer::empty(DType::f32, {M, k}, kGpu);
   route(g.config.routing, g.logits, ids, w);

@@ -2,7 +2,7 @@
 // weight stream and the small-M kernel reads each weight once per tile of rows; above, the
 // CUTLASS grouped GEMM wins (measured on H200, bench/results: small-M with 32/64-row tiles
 // ran at 12-38% of the floor where CUTLASS ran at 60-85%). fp4 weights stay on the small-M
-// kernel up to 24 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
+// kernel up to 8 rows per expert and take the fp4 wgmma kernel above; their CUTLASS path (a bf16
 // copy of the weights, 4 bytes written and read per value) is no longer chosen. bf16 weights take the
 // bf16 wgmma kernel from 12 to 512 rows per expert (2048 for layers up to 2048 wide), fp8 weights the fp8
 // wgmma kernel from 12 to 64; below 12, decode batches that stream enough weights take them too
@@ -58,7 +58,10 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   // bf16: 5% at qwen3's 128 tokens (16-row tiles), within +-2% at 8-row tiles. Below 16 routed rows a
   // layer with small experts (qwen3 at 1 token) gets too few blocks to fill the card: 4-8% slower.
   const bool quantized = weights != QuantScheme::bf16;
-  path.warp_tiles = path.small_m && num_tokens * top_k >= 16 && (quantized || path.tile_tokens >= 16);
+  // fp4 from 12 routed rows (session 83, H100, same-run A/B, 3 rounds, warp tiles from 8): gpt-oss-120b 1.067x at 3
+  // tokens (12 rows), 0.948x at 2 (8 rows); qwen3-nvfp4 0.933x at 1 token (8 rows).
+  const int64_t warp_tile_rows = fp4_weights ? 12 : 16;
+  path.warp_tiles = path.small_m && num_tokens * top_k >= warp_tile_rows && (quantized || path.tile_tokens >= 16);
   // The bf16/fp8 kernel takes, per pass over an expert's weights, the smallest token tile that holds
   // its remaining rows, up to tile_tokens. fp8 warp tiles allow 32 rows: routed rows pile up on some
   // experts (deepseek-v3's grouped routing: ~7 rows per active expert at 128 tokens), and each pass
@@ -122,14 +125,18 @@ ExpertsPath choose_experts_path(int64_t num_tokens, int top_k, int64_t num_local
   if (weights == QuantScheme::fp8_per_channel && intermediate_size > 0 && intermediate_size <= 1024 &&
       rows_per_expert > 128.0)
     path.gemm2_tile_m = 128;
-  // fp4 weights above 24 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
+  // fp4 weights above 8 rows per expert: the wgmma kernel (fp4_wgmma_gemm.cu; 256-row plan items, the
   // small-M path's plan, gather and epilogue), which dequantizes in registers instead of writing a bf16
   // copy of the weights for CUTLASS. Same-run on H200 (session 14), against the path before it: gpt-oss-120b
   // 1.18x at 2048 tokens (64 rows per expert, small-M 64-row tiles), 1.67x at 4096, 1.33x at 8192;
   // qwen3-nvfp4 1.22x at 1024, 1.41-1.47x at 2048, 1.16-1.21x at 4096, 0.97-1.00x at 8192. Session 15:
   // with its 512-row blocks for items of up to 64 rows it beats the small-M kernel at 32 rows per expert
   // (gpt-oss-120b at 1024 tokens: 1.10-1.13x; qwen3-nvfp4 at 512: 1.02x).
-  if (fp4_weights && rows_per_expert > 24.0) {
+  // Session 83 (H100, same-run A/Bs, 2 rounds; with the n = 32 shape for items of up to 32 rows) moved the bound
+  // from 24 to 8 rows per expert: gpt-oss-120b 1.07x / 1.12x / 1.22x / 1.30x at 384 / 512 / 640 / 768 tokens (12-24
+  // rows), qwen3-nvfp4 1.03x / 1.14x / 1.24x at 192 / 256 / 384 (12-24 rows); from 6 rows instead, 0.93x at both
+  // models' 8 rows (gpt-oss-120b 256 tokens, qwen3-nvfp4 128).
+  if (fp4_weights && rows_per_expert > kFp4WgmmaAboveRowsPerExpert) {
     path.small_m = true;
     path.warp_tiles = true;
     path.tile_tokens = 256;

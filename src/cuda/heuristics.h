@@ -39,12 +39,16 @@ struct ExpertsPath {
 // 256 tokens under a skewed router (sessions 71-72): tokens bound every item's rows whatever the routing.
 inline constexpr int64_t kWgmmaInPlaceMaxTokens = 16;
 
+// fp4 weights run the fp4 wgmma kernel above this many rows per expert on average, the small-M kernel up to it
+// (choose_experts_path; heuristics.cpp has the measurements).
+inline constexpr double kFp4WgmmaAboveRowsPerExpert = 8.0;
+
 // bf16 layers of at most this hidden size keep the bf16 wgmma kernel up to 2048 rows per expert, the others up to 512
 // (choose_experts_path; heuristics.cpp has the measurements).
 inline constexpr int64_t kBf16WgmmaNarrowHidden = 2048;
 
 // weights: the scheme of the expert weights. fp4 weights never take the CUTLASS path (it needs a bf16
-// copy of each expert): the small-M kernel up to 24 rows per expert, the fp4 wgmma kernel above. bf16
+// copy of each expert): the small-M kernel up to 8 rows per expert, the fp4 wgmma kernel above. bf16
 // weights take the bf16 wgmma kernel from 12 to 512 rows per expert (2048 where hidden_size <=
 // kBf16WgmmaNarrowHidden), CUTLASS above; fp8-block, fp8-tensor and
 // fp8-channel weights the fp8 wgmma kernel from 12 to 64 rows per expert, CUTLASS above. Below 12 rows per

@@ -1,5 +1,5 @@
 // Grouped GEMM for fp4 weights (W4A16) on Hopper's warpgroup tensor cores, the path of the nvfp4 and
-// mxfp4 experts above 24 rows per expert — small_m_gemm_fp4.cu's product and formats:
+// mxfp4 experts above 8 rows per expert — small_m_gemm_fp4.cu's product and formats:
 //   Y[r, n] = gs[e] * sum_k X[src(r), k] * e2m1(W[e, n, k]) * s[e, n, k / G]  (+ bias[e, n])
 // without the bf16 copy of the weights the CUTLASS path needs (4 bytes written and read again per
 // weight value, more than the GEMMs themselves at 1-8K tokens).
@@ -7,7 +7,8 @@
 // and group multipliers, exact); the tokens of one plan item are B, bf16 in shared memory.
 // A unit of work: one work item of the row plan (up to 256 rows of one expert, plus the expert's last 1-32 rows
 // as a tail when they follow a full item) against 128 T weight rows, in 3 warpgroups. The item's rows
-// pick the shape (Shape below): up to 64 rows, T = 4 and n = 64 products; up to 128, T = 2 and n = 128;
+// pick the shape (Shape below): up to 32 rows, T = 4 and n = 32 products; up to 64, T = 4 and n = 64; up to
+// 128, T = 2 and n = 128;
 // above, T = 1 and n = 256 (+ n = 32 for a tail). Two kernels: a block per unit (fp4_wgmma_kernel), or
 // (SmallMGemm::persistent) one block per SM running units as it claims them from a counter, the producer loading
 // the next unit while the consumers store the last (fp4_wgmma_persistent_kernel; T = 1 and n = 256 for every item).
@@ -71,7 +72,9 @@ constexpr int kBlockTokens = kTileTokens + kTailTokens;
 // block) against kTok tokens. kTok * kT = 256 keeps the accumulators at 128 registers and a k tile's
 // tensor work the same for every shape, so that an item of few rows takes fewer, not emptier, blocks:
 // a 128-row block of a 16-row item was bound by the latency of its k-tile chain, at about 60% of a
-// full item's time (H200, session 15).
+// full item's time (H200, session 15). Items of up to 32 rows take n = 32 at T = 4 (half the tensor work of
+// n = 64, which left half its columns empty): same-run A/B on H100 (session 83) 1.04x at gpt-oss-120b's 1024
+// tokens (32 rows per expert), 1.02-1.07x at qwen3-nvfp4's 512-1024, 0.99-1.01x at 1536-4096.
 template <int kTok, int kT, int kTail = 0>
 struct Shape {
   static constexpr int kBlockRows = kSlabRows * kT;
@@ -84,7 +87,7 @@ template <class S>
 constexpr int stage_bytes() { return stage_bytes(S::kXBytes, S::kWBytes, S::kSBytes); }
 constexpr int kStageBytes = stage_bytes<Shape<kTileTokens, 1, kTailTokens>>();
 static_assert(stage_bytes<Shape<256, 1>>() <= kStageBytes && stage_bytes<Shape<128, 2>>() <= kStageBytes &&
-              stage_bytes<Shape<64, 4>>() <= kStageBytes);
+              stage_bytes<Shape<64, 4>>() <= kStageBytes && stage_bytes<Shape<32, 4>>() <= kStageBytes);
 // The stages (X 1024-byte aligned), the full and empty barriers of each stage, each stage's big-scale
 // flags (a word per producer warp), the item's rows of X (+ alignment). Once both consumers are done with
 // the stages, the epilogue reuses them: a consumer's output tiles take (kTok + kTail) x 64 kT bf16 <= 36
@@ -626,6 +629,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_wgmma_kernel(SmallMGemm g, Ro
     fp4_wgmma_item<kNv, kTileTokens, 1, kTailTokens>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
   else if (tiles == 1) fp4_wgmma_item<kNv, 256, 1>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
   else if (tiles == 2) fp4_wgmma_item<kNv, 128, 2>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
+  else if (rows <= 32) fp4_wgmma_item<kNv, 32, 4>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
   else fp4_wgmma_item<kNv, 64, 4>(g, smem, full_a, empty_a, flags, src_rows, e, n0, rows, first);
 }
 
