@@ -69,8 +69,8 @@ constexpr int kTileTokens = kFp4WgmmaTileTokens;
 constexpr int kTailTokens = 32;
 constexpr int kBlockTokens = kTileTokens + kTailTokens;
 // A block's shape for items of up to kTok rows: kT m64 tiles of weight rows per consumer (128 kT rows a
-// block) against kTok tokens. kTok * kT = 256 keeps the accumulators at 128 registers and a k tile's
-// tensor work the same for every shape, so that an item of few rows takes fewer, not emptier, blocks:
+// block) against kTok tokens. kTok * kT = 256 (every shape but n = 32, below) keeps the accumulators at 128
+// registers and a k tile's tensor work the same, so that an item of few rows takes fewer, not emptier, blocks:
 // a 128-row block of a 16-row item was bound by the latency of its k-tile chain, at about 60% of a
 // full item's time (H200, session 15). Items of up to 32 rows take n = 32 at T = 4 (half the tensor work of
 // n = 64, which left half its columns empty): same-run A/B on H100 (session 83) 1.04x at gpt-oss-120b's 1024
