@@ -1145,6 +1145,33 @@ TEST(CudaExperts, Fp4SplitKEightWarpsMatchTheReference) {
         }
 }
 
+// The fp4 split-k blocks of 4 warps fitted to short rows (SmallMGemm::split_k_fit: 2 chunks a warp in flight up to 8
+// chunks a row, 4 up to 16, else 6) take the same chunks in the same order as the unfitted ones: the same bits.
+// qwen3-30b-a3b's rows (K = 2048 and I = 768: 16 and 6 chunks), 8 and 12 chunks, and 17 (unfitted either way).
+TEST(CudaExperts, Fp4SplitKFittedToShortRowsEqualsTheUnfitted) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme q : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (auto [K, I] : {std::pair<int64_t, int64_t>{2048, 768}, std::pair<int64_t, int64_t>{1024, 1536},
+                        std::pair<int64_t, int64_t>{2176, 192}})
+      for (int64_t M : {1, 5}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(q)) + " K=" + std::to_string(K) + " I=" + std::to_string(I) +
+                     " M=" + std::to_string(M));
+        const Problem p = make_problem(small_config(q, 6, K, I, 2), M, seed + M + K, /*with_bias=*/true);
+        const GpuProblem g = to_gpu(p);
+        const ForcePath force(true, 8);
+        Buffer ids, w, unfitted;
+        {
+          const ScopedEnv env("FUSEDMOE_FP4_SPLIT_K_FIT", "0");
+          unfitted = run_cuda_forward(g, M, &ids, &w);
+        }
+        const Buffer fitted = run_cuda_forward(g, M, &ids, &w);
+        EXPECT_TRUE(bits_equal(fitted, unfitted));
+        expect_matches_reference(p, fitted, ids, w);
+      }
+}
+
 // gpt-oss-120b's layer shape (hidden = intermediate = 2880, not a multiple of 128: the last
 // 128-value chunk of every fp4 row is partial), mxfp4 weights, swiglu-oai, biases, top-4 after
 // softmax over the top-k; 8 of its 128 experts keep the float64 reference quick. Each path its own test, so that a

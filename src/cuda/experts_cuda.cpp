@@ -116,6 +116,7 @@ CudaExperts::CudaExperts(const MoEConfig& config, const ExpertWeights& weights) 
                     env_switch("FUSEDMOE_WGMMA_GATE_UP").value_or(true);
   gemm2_early_ = env_switch("FUSEDMOE_GEMM2_EARLY").value_or(true);
   fp4_gemm2_overlap_ = env_switch("FUSEDMOE_FP4_GEMM2_OVERLAP").value_or(true);
+  fp4_split_k_fit_ = env_switch("FUSEDMOE_FP4_SPLIT_K_FIT").value_or(true);
   if (const char* v = std::getenv("FUSEDMOE_FP4_SPLIT_K_WARPS"); v && v[0]) {
     FMOE_CHECK(std::string(v) == "4" || std::string(v) == "8", "FUSEDMOE_FP4_SPLIT_K_WARPS must be 4 or 8, got '", v,
                "'");
@@ -421,6 +422,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     // it launch early, and it reads its plan (written two launches back) and its first weights before its wait.
     const bool fp4_overlap = fp4_gemm2_overlap_ && path.fp4_gemm2_overlap;
     g1.split_k_warps = fp4_split_k_warps_.value_or(path.fp4_split_k_warps1);
+    g1.split_k_fit = fp4_split_k_fit_;
     gemm(g1, gemm2_early ? WgmmaOverlap::signal : WgmmaOverlap::none, Fp4DecodeOverlap{fp4_overlap, false});
     if (!g1.act_epilogue)
       launch_activation(config_.activation, h.data_as<const bf16>(), nullptr, I, plan, static_cast<int>(E), R, act_out,
@@ -432,6 +434,7 @@ Tensor CudaExperts::run_rows(const Tensor& x, const Tensor& x_scales, const RowP
     g2.persistent = fp4_persistent_.value_or(path.fp4_persistent);
     g2.x_rows = R;
     g2.split_k_warps = fp4_split_k_warps_.value_or(path.fp4_split_k_warps2);
+    g2.split_k_fit = fp4_split_k_fit_;
     gemm(g2, gemm2_early ? WgmmaOverlap::await : WgmmaOverlap::none, Fp4DecodeOverlap{fp4_overlap, fp4_overlap});
   } else {
     const Tensor dequant = fp4_ ? ws.take(DType::bf16, {fp4_dequant_elements()}) : Tensor{};

@@ -143,6 +143,7 @@ class CudaExperts final : public ModularExperts {
   bool fp4_gemm2_overlap_ = true;
   // FUSEDMOE_FP4_SPLIT_K_WARPS=4 or 8: the fp4 split-k blocks' warps for both GEMMs, over the path's choice.
   std::optional<int> fp4_split_k_warps_;
+  bool fp4_split_k_fit_ = true;  // SmallMGemm::split_k_fit (FUSEDMOE_FP4_SPLIT_K_FIT)
   // The fused decode kernel: whether the shape allows it, FUSEDMOE_FUSED_DECODE, one expert's bf16 weight bytes.
   bool fused_decode_supported_ = false;
   FusedDecodeMode fused_decode_mode_ = FusedDecodeMode::automatic;

@@ -178,6 +178,7 @@ struct SmallMGemm {
   bool warp_tiles = false;     // each warp its own 16-row tile over all of k (64 rows per block), no split-k
   bool persistent = false;     // the fp4 wgmma kernel: persistent blocks claiming units (fp4_wgmma_gemm.cu)
   int split_k_warps = 4;       // fp4 split-k blocks of 8-token tiles: 4 or 8 warps splitting k (small_m_gemm_fp4.cu)
+  bool split_k_fit = false;    // fp4 split-k blocks of 4 warps: U fitted to rows of up to 8 or 16 chunks (more blocks)
   // GEMM1 with the activation in its epilogue (bf16 and fp4 weights, split-k 8-token tiles; the persistent fp4 wgmma
   // kernel and the bf16 wgmma kernel, sigmoid-gated activations): y is h2. A gated activation pairs rows — a tile's
   // rows gq and gq + 8 are the gate and up rows of h2 column n0 / 2 + gq (the wgmma kernels: + 8 per 16 rows), h2

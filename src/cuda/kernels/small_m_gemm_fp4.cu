@@ -110,8 +110,12 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // but split-k blocks of 8 warps 3 (80 registers: kFp4SplitU below).
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
-template <int NT, bool kSplitK, int kBlockWarps>
-constexpr int kBlocksPerSm = kSplitK && kBlockWarps == 8 ? 3 : kMinBlocks<NT, kSplitK> * kWarps / kBlockWarps;
+// Split-k blocks of 4 warps fitted to short rows (kSplitU 2 or 4 chunks a warp, SmallMGemm::split_k_fit): 8 or 5 blocks.
+template <int NT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
+constexpr int kBlocksPerSm = kSplitU == 2 ? 8
+                             : kSplitU == 4 ? 6
+                             : kSplitK && kBlockWarps == 8 ? 3
+                                                           : kMinBlocks<NT, kSplitK> * kWarps / kBlockWarps;
 
 // What a block knows about its expert and its 16 (split-k) or 64 / 128 / 256 (warp tiles) weight rows.
 struct Fp4BlockTile {
@@ -362,8 +366,9 @@ constexpr int kFp4SplitU = kSplitWarps == 8 ? 3 : kFp4U<NT, true>;
 // kMaxNT: the largest token tile (8 * kMaxNT rows). Each pass takes the smallest tile that holds the
 // expert's remaining rows (as small_m_gemm.cu does): one read of the weights per 8 * kMaxNT rows, and
 // no mma work for empty columns. k is summed in the same order whatever the tile.
-template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps>
-__global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplitK, kBlockWarps>))
+// kSplitU: the split-k blocks' chunks a warp in flight when fitted to short rows (2 or 4), else 0 (kFp4SplitU).
+template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
+__global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplitK, kBlockWarps, kSplitU>))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan, Fp4DecodeOverlap overlap) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
@@ -414,7 +419,7 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplit
   fitted_pass<kMaxNT>(item.first, end, [&](auto nt, int64_t tb) {
     constexpr int NT = decltype(nt)::value;
     if constexpr (kSplitK)
-      fp4_split_k_pass<kNv, NT, kFp4SplitU<NT, kBlockWarps>, kBlockWarps, kAct>(g, b, tb, partial);
+      fp4_split_k_pass<kNv, NT, kSplitU ? kSplitU : kFp4SplitU<NT, kBlockWarps>, kBlockWarps, kAct>(g, b, tb, partial);
     else
       fp4_warp_tile_pass<kNv, NT, kFp4U<NT, false>, kBlockWarps, kAct>(g, b, tb, xs);
   });
@@ -448,6 +453,15 @@ void launch_typed(const SmallMGemm& g, const RowPlan& plan, int64_t max_items, i
       if constexpr (kSplitK) {
         if (g.split_k_warps == 8) {
           go(small_m_fp4_kernel<kNv, 1, true, 2 * kWarps>, 2 * kWarps);
+          break;
+        }
+        const int64_t warp_chunks = ((g.K + 127) / 128 + kWarps - 1) / kWarps;
+        if (g.split_k_fit && warp_chunks <= 2) {
+          go(small_m_fp4_kernel<kNv, 1, true, kWarps, 2>, kWarps);
+          break;
+        }
+        if (g.split_k_fit && warp_chunks <= 4) {
+          go(small_m_fp4_kernel<kNv, 1, true, kWarps, 4>, kWarps);
           break;
         }
       }
