@@ -1147,7 +1147,7 @@ TEST(CudaExperts, Fp4SplitKEightWarpsMatchTheReference) {
 
 // The fp4 split-k blocks of 4 warps fitted to short rows (SmallMGemm::split_k_fit: 2 chunks a warp in flight up to 8
 // chunks a row, 4 up to 16, else 6) take the same chunks in the same order as the unfitted ones: the same bits.
-// qwen3-30b-a3b's rows (K = 2048 and I = 768: 16 and 6 chunks), 8 and 12 chunks, and 17 (unfitted either way).
+// qwen3-30b-a3b's rows (K = 2048 and I = 768: 16 and 6 chunks), 8 and 12 chunks, 2, and 17 (unfitted either way).
 TEST(CudaExperts, Fp4SplitKFittedToShortRowsEqualsTheUnfitted) {
   FMOE_REQUIRE_GPU();
   const uint64_t seed = test_seed();

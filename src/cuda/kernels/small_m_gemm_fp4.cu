@@ -33,7 +33,8 @@
 // 3 blocks an SM; SmallMGemm::split_k_warps, the heuristic's): half a block's work, a shorter tail to the few waves a
 // decode GEMM makes (gpt-oss-120b 1.072x / 1.059x at 1 / 2 tokens, H100, session 79). Measured and dropped (session
 // 79, bench/results/patches): persistent split-k blocks streaming their tiles' loads a round ahead (0.70-0.90x),
-// weights through shared memory at 6 or 8 blocks an SM (0.89-1.02x).
+// weights through shared memory at 6 or 8 blocks an SM (0.89-1.02x). The 4-warp split-k blocks of rows of up to 8 or 16
+// chunks hold 2 or 4 chunks a warp at 8 or 6 blocks an SM (SmallMGemm::split_k_fit, kBlocksPerSm; session 84).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include <type_traits>
@@ -110,7 +111,11 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // but split-k blocks of 8 warps 3 (80 registers: kFp4SplitU below).
 template <int NT, bool kSplitK>
 constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
-// Split-k blocks of 4 warps fitted to short rows (kSplitU 2 or 4 chunks a warp, SmallMGemm::split_k_fit): 8 or 5 blocks.
+// Split-k blocks of 4 warps fitted to short rows (kSplitU: 2 or 4 chunks a warp in flight, SmallMGemm::split_k_fit):
+// 8 or 6 blocks an SM (64 or 80 registers, 40-76 bytes of spills). qwen3-nvfp4's 1-token GEMMs (K = 2048 and 768: 16
+// and 6 chunks a row) then run 768 and 1024 blocks as about one wave each (4 an SM: 1.5 and 1.9 waves), and more of
+// GEMM2's blocks start in GEMM1's tail: 1.051x (modular) / 1.056x (monolithic) end to end, bit-equal; 4-chunk blocks at
+// 5 an SM (96 registers, no spills) gave 1.024x / 1.020x (H100, session 84, same-run A/B, 4 rounds).
 template <int NT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
 constexpr int kBlocksPerSm = kSplitU == 2 ? 8
                              : kSplitU == 4 ? 6
