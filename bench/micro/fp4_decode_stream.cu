@@ -19,14 +19,13 @@
 //   ./fp4_decode_stream
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 
 #include "cuda/kernels/mma_util.cuh"
 #include "cuda_check.h"
+#include "weight_stream.cuh"
 
 using fusedmoe::cuda::load_streaming;  // the kernels' own streaming load
 
@@ -82,49 +81,11 @@ __global__ void __launch_bounds__(W * 32) split_grid_read(const uint8_t* w, cons
   if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;  // keeps the loads; (almost) never stores
 }
 
-__global__ void grid_stride_read(const uint4* p, int64_t n, unsigned* out) {
-  uint32_t acc = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint4 v = load_streaming(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) out[0] = acc;
-}
-
-struct Timer {
-  void* flush;
-  cudaEvent_t a, b;
-  Timer() {
-    CHECK(cudaMalloc(&flush, 256 << 20));
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-  }
-  template <typename F>
-  float median_us(F launch) {
-    std::vector<float> t;
-    for (int r = 0; r < 26; ++r) {
-      CHECK(cudaMemsetAsync(flush, r, 256 << 20));
-      CHECK(cudaEventRecord(a));
-      launch();
-      CHECK(cudaEventRecord(b));
-      CHECK(cudaEventSynchronize(b));
-      float ms = 0;
-      CHECK(cudaEventElapsedTime(&ms, a, b));
-      if (r) t.push_back(ms * 1000.0f);  // the first launch warms up
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
-
 template <int W, int U, int kLayout, bool kScales>
 void run_split(Timer& tm, const Shape& s, const uint8_t* w, const uint8_t* sc, unsigned* out, int blocks_per_sm,
                long long delay, const char* label) {
   const auto kernel = split_grid_read<W, U, kLayout, kScales>;
-  // Dynamic shared memory caps the blocks an SM holds at blocks_per_sm.
-  int smem = (228 * 1024) / blocks_per_sm - 1024 - 512;
-  smem = std::min(smem, 227 * 1024);
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int smem = cap_blocks_per_sm(kernel, blocks_per_sm);
   int resident = 0;
   CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, W * 32, smem));
   const dim3 grid(s.N / 16, s.experts);
@@ -136,11 +97,7 @@ void run_split(Timer& tm, const Shape& s, const uint8_t* w, const uint8_t* sc, u
 }
 
 int main() {
-  int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# %s, %d SMs\n", prop.name, sms);
+  const int sms = print_card();
   const Shape shapes[] = {{"gpt-oss-120b GEMM1", 4, 5760, 2880},
                           {"gpt-oss-120b GEMM2", 4, 2880, 2880},
                           {"qwen3-nvfp4 GEMM1", 8, 1536, 2048},
@@ -150,14 +107,9 @@ int main() {
   CHECK(cudaMalloc(&out, 1 << 20));
   for (const Shape& s : shapes) {
     const size_t bytes = size_t(s.experts) * s.N * s.K / 2;
-    uint8_t *w, *sc;
-    CHECK(cudaMalloc(&w, bytes));
-    CHECK(cudaMalloc(&sc, bytes / 16));
-    CHECK(cudaMemset(w, 0x5a, bytes));
-    CHECK(cudaMemset(sc, 0x7f, bytes / 16));
-    const float ref = tm.median_us([&] {
-      grid_stride_read<<<sms * 4, 512>>>(reinterpret_cast<const uint4*>(w), int64_t(bytes / 16), out);
-    });
+    WeightBuffers buf(bytes, bytes / 16);
+    const uint8_t *w = buf.w, *sc = buf.sc;
+    const float ref = buf.copy_us(tm, sms, out);
     std::printf("%-22s grid-stride read of %.1f MB: %7.2f us  %5.2f TB/s\n", s.name, bytes * 1e-6, ref,
                 bytes / ref * 1e-6);
     for (long long d : {0LL, 1500LL}) {
@@ -170,8 +122,6 @@ int main() {
     run_split<4, 6, 0, false>(tm, s, w, sc, out, 4, 0, "split");
     run_split<4, 6, 2, false>(tm, s, w, sc, out, 4, 0, "tiled");
     run_split<4, 6, 2, true>(tm, s, w, sc, out, 4, 0, "tiled");
-    CHECK(cudaFree(w));
-    CHECK(cudaFree(sc));
   }
   return 0;
 }

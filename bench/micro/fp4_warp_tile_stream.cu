@@ -19,13 +19,12 @@
 //   ./fp4_warp_tile_stream
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <vector>
 
 #include "cuda/kernels/mma_util.cuh"
 #include "cuda_check.h"
+#include "weight_stream.cuh"
 
 using fusedmoe::cuda::load_streaming;  // the kernels' own streaming load
 
@@ -119,48 +118,12 @@ __global__ void __launch_bounds__(128) warp_tile_read(const uint8_t* w, const ui
   if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;  // keeps the loads; (almost) never stores
 }
 
-__global__ void grid_stride_read(const uint4* p, int64_t n, unsigned* out) {
-  uint32_t acc = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint4 v = load_streaming(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) out[0] = acc;
-}
-
-struct Timer {
-  void* flush;
-  cudaEvent_t a, b;
-  Timer() {
-    CHECK(cudaMalloc(&flush, 256 << 20));
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-  }
-  template <typename F>
-  float median_us(F launch) {
-    std::vector<float> t;
-    for (int r = 0; r < 26; ++r) {
-      CHECK(cudaMemsetAsync(flush, r, 256 << 20));
-      CHECK(cudaEventRecord(a));
-      launch();
-      CHECK(cudaEventRecord(b));
-      CHECK(cudaEventSynchronize(b));
-      float ms = 0;
-      CHECK(cudaEventElapsedTime(&ms, a, b));
-      if (r) t.push_back(ms * 1000.0f);  // the first launch warms up
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
-
 template <int U, Mode kMode, bool kNv, bool kScales>
 void run(Timer& tm, const Shape& s, const uint8_t* w, const uint8_t* sc, unsigned* out, int blocks_per_sm,
          long long delay) {
   static const char* const kModeNames[] = {"rounds", "nosync", "ahead"};
   const auto kernel = warp_tile_read<U, kMode, kNv, kScales>;
-  int smem = std::min((228 * 1024) / blocks_per_sm - 1024 - 512, 227 * 1024);  // caps the blocks an SM holds
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int smem = cap_blocks_per_sm(kernel, blocks_per_sm);
   int resident = 0;
   CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, 128, smem));
   const dim3 grid(s.N / 64, s.experts);
@@ -186,11 +149,7 @@ void run_shape(Timer& tm, const Shape& s, const uint8_t* w, const uint8_t* sc, u
 }
 
 int main() {
-  int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# %s, %d SMs\n", prop.name, sms);
+  const int sms = print_card();
   // Active experts of uniform routing: E (1 - (1 - k/E)^T), rounded.
   const Shape shapes[] = {{"qwen3-nvfp4 GEMM1, 16 tok", 82, 1536, 2048, true},
                           {"qwen3-nvfp4 GEMM2, 16 tok", 82, 2048, 768, true},
@@ -207,22 +166,15 @@ int main() {
       return 1;
     }
     const size_t bytes = size_t(s.experts) * s.N * s.K / 2;
-    uint8_t *w, *sc;
-    CHECK(cudaMalloc(&w, bytes));
-    CHECK(cudaMalloc(&sc, bytes / 8));
-    CHECK(cudaMemset(w, 0x5a, bytes));
-    CHECK(cudaMemset(sc, 0x7f, bytes / 8));
-    const float ref = tm.median_us([&] {
-      grid_stride_read<<<sms * 4, 512>>>(reinterpret_cast<const uint4*>(w), int64_t(bytes / 16), out);
-    });
+    WeightBuffers buf(bytes, bytes / 8);
+    const uint8_t *w = buf.w, *sc = buf.sc;
+    const float ref = buf.copy_us(tm, sms, out);
     std::printf("%-26s grid-stride read of %.1f MB: %7.2f us  %5.2f TB/s\n", s.name, bytes * 1e-6, ref,
                 bytes / ref * 1e-6);
     if (s.nv)
       run_shape<true>(tm, s, w, sc, out);
     else
       run_shape<false>(tm, s, w, sc, out);
-    CHECK(cudaFree(w));
-    CHECK(cudaFree(sc));
   }
   return 0;
 }
