@@ -14,7 +14,9 @@
 //   B/SM     blocks an SM (capped through dynamic shared memory; the kernel holds 6 for nvfp4, 5 for mxfp4)
 // and a grid-stride read of the same bytes as the ceiling. The L2 is flushed by a 256 MB memset before each launch
 // (as bench/gpu_bench.py does); each point is the median of 25 launches. Expert counts are the active experts of
-// uniform routing at 16 and 128 tokens.
+// uniform routing at 16 and 128 tokens. Session 87 (H100, bench/results/session87-fp4-warp-tile-stream-h100.txt):
+// rounds = nosync, 4-5% under the copy rate of weights and scales; noscale at the copy rate; ahead 4-5% faster than
+// rounds on GEMM1.
 //   nvcc -O3 -std=c++17 -arch=sm_90a -Isrc -Iinclude -o fp4_warp_tile_stream bench/micro/fp4_warp_tile_stream.cu
 //   ./fp4_warp_tile_stream
 #include <cuda_runtime.h>
