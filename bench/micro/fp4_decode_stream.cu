@@ -109,9 +109,7 @@ int main() {
     const size_t bytes = size_t(s.experts) * s.N * s.K / 2;
     WeightBuffers buf(bytes, bytes / 16);
     const uint8_t *w = buf.w, *sc = buf.sc;
-    const float ref = buf.copy_us(tm, sms, out);
-    std::printf("%-22s grid-stride read of %.1f MB: %7.2f us  %5.2f TB/s\n", s.name, bytes * 1e-6, ref,
-                bytes / ref * 1e-6);
+    buf.print_copy(tm, sms, out, s.name, 22);
     for (long long d : {0LL, 1500LL}) {
       run_split<8, 3, 0, false>(tm, s, w, sc, out, 3, d, "split");
       run_split<8, 3, 1, false>(tm, s, w, sc, out, 3, d, "flat");

@@ -80,6 +80,13 @@ struct WeightBuffers {
       grid_stride_read<<<sms * 4, 512>>>(reinterpret_cast<const uint4*>(w), int64_t(bytes / 16), out);
     });
   }
+  // copy_us, printed as a shape's ceiling line (name left-aligned in width columns).
+  float print_copy(Timer& tm, int sms, unsigned* out, const char* name, int width) {
+    const float us = copy_us(tm, sms, out);
+    std::printf("%-*s grid-stride read of %.1f MB: %7.2f us  %5.2f TB/s\n", width, name, bytes * 1e-6, us,
+                bytes / us * 1e-6);
+    return us;
+  }
 };
 
 inline int print_card() {
