@@ -120,6 +120,9 @@ int main() {
     run_split<4, 6, 0, false>(tm, s, w, sc, out, 4, 0, "split");
     run_split<4, 6, 2, false>(tm, s, w, sc, out, 4, 0, "tiled");
     run_split<4, 6, 2, true>(tm, s, w, sc, out, 4, 0, "tiled");
+    // The blocks fitted to short rows (SmallMGemm::split_k_fit: rows of up to 16 / 8 chunks, all read by W * U).
+    if (s.K <= 4 * 4 * 128) run_split<4, 4, 2, true>(tm, s, w, sc, out, 6, 0, "tiled");
+    if (s.K <= 4 * 2 * 128) run_split<4, 2, 2, true>(tm, s, w, sc, out, 8, 0, "tiled");
   }
   return 0;
 }

@@ -33,8 +33,10 @@
 // 3 blocks an SM; SmallMGemm::split_k_warps, the heuristic's): half a block's work, a shorter tail to the few waves a
 // decode GEMM makes (gpt-oss-120b 1.072x / 1.059x at 1 / 2 tokens, H100, session 79). Measured and dropped (session
 // 79, bench/results/patches): persistent split-k blocks streaming their tiles' loads a round ahead (0.70-0.90x),
-// weights through shared memory at 6 or 8 blocks an SM (0.89-1.02x). The 4-warp split-k blocks of rows of up to 8 or 16
-// chunks hold 2 or 4 chunks a warp at 8 or 6 blocks an SM (SmallMGemm::split_k_fit, kBlocksPerSm; session 84).
+// weights through shared memory at 6 or 8 blocks an SM (0.89-1.02x); warp tiles holding the next round's loads in
+// registers, as a ring (session 82, 0.80-0.87x) or a whole round ahead at 4 blocks an SM (session 88, H200, 0.82-0.95x
+// at 16-128 tokens: the fewer warps no longer hide the math's issue work). The 4-warp split-k blocks of rows of up to
+// 8 or 16 chunks hold 2 or 4 chunks a warp at 8 or 6 blocks an SM (SmallMGemm::split_k_fit, kBlocksPerSm; session 84).
 // Limits: K % 32 == 0 (one lane's 32 values; the 4 lanes of a row take 128, the last chunk of a
 // row may be partial); tiles of 8, 16 or 32 rows, and 64 with warp tiles.
 #include <type_traits>
