@@ -508,13 +508,15 @@ TEST(CudaExperts, WgmmaKernelsDeepKPartialTiles) {
 }
 
 // A problem of top-1 routing with rows[e] rows on expert e, in shuffled order, with biases.
-Problem rows_per_expert_problem(QuantScheme s, const std::vector<int32_t>& rows, int64_t K, int64_t I, uint64_t seed) {
+Problem rows_per_expert_problem(QuantScheme s, const std::vector<int32_t>& rows, int64_t K, int64_t I, uint64_t seed,
+                                ActivationKind act = ActivationKind::silu_mul) {
   std::vector<int32_t> ids;
   for (int32_t e = 0; e < static_cast<int32_t>(rows.size()); ++e) ids.insert(ids.end(), rows[e], e);
   std::mt19937_64 rng(seed);
   std::shuffle(ids.begin(), ids.end(), rng);
   MoEConfig c = small_config(s, static_cast<int64_t>(rows.size()), K, I, 1);
   c.routing.method = RoutingMethod::precomputed;
+  c.activation.kind = act;
   Problem p = make_problem(c, static_cast<int64_t>(ids.size()), seed, /*with_bias=*/true);
   std::copy(ids.begin(), ids.end(), p.ids.data_as<int32_t>());
   return p;
@@ -544,6 +546,33 @@ TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
     }
     EXPECT_TRUE(bits_equal(outs[0], outs[1])) << "persistent blocks differ from one unit a block";
   }
+}
+
+// The fp4 warp tiles at the edges of their loads (session 88: the loads of rows past N read row N - 1, a lane past
+// the end of a row skips its load unfilled, tokens past an expert's rows stage the tile's first token): K = I = 320
+// (GEMM1's and GEMM2's k) end in a half chunk; GEMM2's N = 320 leaves the last four warp tiles of an 8-warp block past
+// N (N is a multiple of 64, so a 4-warp block never is); experts of 1-61 rows end inside every token tile. Each largest
+// tile against the reference, gated (silu_mul, and swiglu_oai's interleaved rows) and relu2, and the same bits from
+// each, since k is summed in one order.
+TEST(CudaExperts, Fp4WarpTilesAtTheEdgesOfRowsAndK) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  for (QuantScheme s : {QuantScheme::nvfp4, QuantScheme::mxfp4})
+    for (ActivationKind act : {ActivationKind::silu_mul, ActivationKind::swiglu_oai, ActivationKind::relu2}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(s)) + " " + activation_name(act));
+      const Problem p = rows_per_expert_problem(s, {1, 5, 9, 13, 27, 40, 61}, /*K=*/320, /*I=*/320, seed, act);
+      const GpuProblem g = to_gpu(p);
+      const int64_t M = p.ids.view().size(0);
+      Buffer by_tile[4];
+      for (int i = 0; i < 4; ++i) {  // largest tile 8, 16, 32, 64 rows
+        const ForcePath force(true, 8 << i, 0, /*warp_tiles=*/true);
+        by_tile[i] = run_cuda_apply(g, M);
+        expect_matches_reference(p, by_tile[i], p.ids, p.topk_weights);
+      }
+      for (int i = 1; i < 4; ++i)
+        EXPECT_TRUE(bits_equal(by_tile[0], by_tile[i])) << "largest tile " << (8 << i) << " differs from 8";
+    }
 }
 
 // The bf16 wgmma kernel's token tiles: an expert's rows rounded up to 32 (32 .. 256; up to 128 in blocks of 256

@@ -18,7 +18,10 @@
 // each warp reading it through L1: 5-12% faster at 16-1024 tokens (session 7). 8-row tiles run in
 // blocks of 4 warps (64 weight rows); 16-, 32- and 64-row tiles, where X's reads from L2 bound the
 // kernel, in blocks of 8, 8 and 16 (128, 128 and 256 rows) that stage X in whole 32-byte sectors
-// (sessions 13 and 77).
+// (sessions 13 and 77). The warp tiles address a round's loads as the split-k blocks do (32-bit chunk counts, one
+// predicate a chunk, no zero-fills, rows past N clamped; session 89: 616 instead of 764 instructions a round in the
+// 8-row nvfp4 tiles, bit-equal; gpt-oss-120b 1.01-1.06x at 4-256 tokens, qwen3-nvfp4 1.03x at 128 and 0.99-1.00x at
+// 16-64, where GEMM1 already reads at 79% of the DRAM peak; H100).
 // Measured (H200, bench/results): ncu showed the small tiles issue-bound (4 warps per scheduler, an
 // instruction every ~5 cycles each). A 256-entry table in shared memory (byte -> two bf16) gave way
 // to bit placement (session 7, 10-22% faster at 16-128 tokens), then to the word-wide form here.
@@ -110,19 +113,20 @@ __device__ inline void dequant32(const uint4& w, uint32_t scale_bits, uint32_t (
 // tokens, 5% faster at 16-128 tokens than 4 (128 registers) despite a few spills; 4 for the split-k
 // blocks (1 token: 10% slower with 5) and 32-token tiles (3% slower with 5). H200, session 7. Blocks of
 // 8 or 16 warps: a half or a quarter as many, rounded down (16-token tiles: 2 blocks of 8 warps), 128 registers;
-// but split-k blocks of 8 warps 3 (80 registers: kFp4SplitU below).
-template <int NT, bool kSplitK>
-constexpr int kMinBlocks = !kSplitK && NT <= 2 ? 5 : 4;
+// but split-k blocks of 8 warps 3 (80 registers: kFp4SplitU below). nvfp4's 8-row warp tiles: 6 (80 registers; ptxas
+// had chosen 80 under the bound of 5, and one register more would have cost a block an SM).
+template <bool kNv, int NT, bool kSplitK>
+constexpr int kMinBlocks = kNv && !kSplitK && NT == 1 ? 6 : !kSplitK && NT <= 2 ? 5 : 4;
 // Split-k blocks of 4 warps fitted to short rows (kSplitU: 2 or 4 chunks a warp in flight, SmallMGemm::split_k_fit):
 // 8 or 6 blocks an SM (64 or 80 registers, 40-76 bytes of spills). qwen3-nvfp4's 1-token GEMMs (K = 2048 and 768: 16
 // and 6 chunks a row) then run 768 and 1024 blocks as about one wave each (4 an SM: 1.5 and 1.9 waves), and more of
 // GEMM2's blocks start in GEMM1's tail: 1.051x (modular) / 1.056x (monolithic) end to end, bit-equal; 4-chunk blocks at
 // 5 an SM (96 registers, no spills) gave 1.024x / 1.020x (H100, session 84, same-run A/B, 4 rounds).
-template <int NT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
+template <bool kNv, int NT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
 constexpr int kBlocksPerSm = kSplitU == 2 ? 8
                              : kSplitU == 4 ? 6
                              : kSplitK && kBlockWarps == 8 ? 3
-                                                           : kMinBlocks<NT, kSplitK> * kWarps / kBlockWarps;
+                                                           : kMinBlocks<kNv, NT, kSplitK> * kWarps / kBlockWarps;
 
 // What a block knows about its expert and its 16 (split-k) or 64 / 128 / 256 (warp tiles) weight rows.
 struct Fp4BlockTile {
@@ -252,6 +256,15 @@ __device__ __forceinline__ void fp4_split_k_pass(const SmallMGemm& g, const Fp4B
 
 // Warp tiles: one pass over all of k for the expert's rows tb .. tb + 8*NT - 1 (U chunks per lane in flight), then
 // the epilogue; xs_raw: 2*U*NT*4*32 uint4 (kBlockWarps = 4, 8 or 16 warps of 16 rows each).
+// A round's loads are addressed as the split-k blocks' are (session 79), in 32 bits and with one predicate a chunk
+// (session 89):
+// - rows past N are read at row N - 1 (the kernel's clamp): their sums are never stored;
+// - X of tokens past the expert's count is zero-filled, not read (copies of the tile's first token in their place
+//   cost 1.3-1.9x at 4-128 tokens: 7 of an 8-row tile's token rows are empty at decode, and reading them added 60% to
+//   the L2 traffic and stalled the warps on the copies; session 89, H100);
+// - a lane whose 32 values lie past the end of a row (the last chunk when K % 128 != 0) skips its weight load without
+//   a zero-fill and gets zero scale bits; X is staged as zeros there, so its products are zeros (the dequantized fp4
+//   is finite whatever the register held).
 template <bool kNv, int NT, int U, int kBlockWarps, bool kActEpilogue>
 __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp4BlockTile& b, int64_t tb,
                                                    uint4* xs_raw) {
@@ -260,20 +273,27 @@ __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp
   // ((u * NT + t) * 4 + j) * 32 + gq * 4 + (cq ^ sw(j)) holds the j-th 16 bytes of lane (gq, cq)'s 32
   // values of chunk u, tile t, so a warp reads its fragments as one conflict-free 512-byte run per j.
   // sw(j) = j for the 8- and 16-warp blocks (see stage_x), 0 for the 4-warp ones.
-  constexpr bool kWholeSectors = kBlockWarps >= 8;
   uint4 (*xs)[U * NT * 4 * 32] = reinterpret_cast<uint4 (*)[U * NT * 4 * 32]>(xs_raw);
-  const int64_t count = b.count, off = b.off, num_chunks = b.num_chunks, slices = b.slices;
+  const int64_t count = b.count, off = b.off;
+  const int num_chunks = static_cast<int>(b.num_chunks), slices = static_cast<int>(b.slices);
   const int warp = b.warp, gq = b.gq, cq = b.cq;
+  const int lane_chunks = (slices - cq + 3) / 4;  // chunks holding this lane's 32 values of a row
   auto scale_bits = [&](const uint8_t* p) -> uint32_t {
     return kNv ? *reinterpret_cast<const uint16_t*>(p) : uint32_t(*p);
   };
 
-  const bf16* x_row[NT];  // this lane's B token (row gq of each tile)
+  // What this lane stages (see stage_x): 16 bytes of token gq of each tile, of the 32 values of slice x_slice, and
+  // the chunks that hold that slice.
+  constexpr bool kWholeSectors = kBlockWarps >= 8;
+  const int x_slice = kWholeSectors ? warp % 4 : cq;
+  const int x_chunks = kWholeSectors ? (slices - x_slice + 3) / 4 : lane_chunks;
+  const bf16* x_src[NT];  // at chunk 0
+  uint32_t live = 0;      // bit t: this lane's token of tile t is one of the expert's
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    const int64_t m = tb + t * 8 + gq;
-    const int64_t src = m < count ? (g.x_row ? g.x_row[off + m] : off + m) : -1;
-    x_row[t] = src >= 0 ? b.x + src * b.K : nullptr;
+    const int64_t m = tb + t * 8 + gq, r = m < count ? m : tb;
+    live |= uint32_t(m < count) << t;
+    x_src[t] = b.x + (g.x_row ? g.x_row[off + r] : off + r) * b.K + x_slice * 32 + (kWholeSectors ? cq : warp) * 8;
   }
   float acc[NT][4];
 #pragma unroll
@@ -293,50 +313,45 @@ __device__ __forceinline__ void fp4_warp_tile_pass(const SmallMGemm& g, const Fp
   //   issue slots 43-54%), 256 rows to an eighth. The cq ^ j swizzle of the slot keeps these writes conflict-free too.
   static_assert(kBlockWarps == 4 || kBlockWarps == 8 || kBlockWarps == 16,
                 "warp tiles take blocks of 4, 8 or 16 warps");
-  auto stage_x = [&](int buf, int64_t ch0) {
+  auto stage_x = [&](int buf, int ch0) {
 #pragma unroll
-    for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NT; ++t) {
+      const bf16* at = x_src[t] + ch0 * 128;  // chunk ch0; skipped copies name chunk 0 (no read)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const int64_t ch = ch0 + u;
-        if constexpr (kWholeSectors) {
-          const int slice = warp % 4;
-          if ((u * NT + t) % (kBlockWarps / 4) != warp / 4) continue;
-          const bool valid = ch < num_chunks && ch * 4 + slice < slices && x_row[t] != nullptr;
-          const bf16* src = valid ? x_row[t] + ch * 128 + slice * 32 + cq * 8 : b.x;
-          cp_async_16(&xs[buf][((u * NT + t) * 4 + cq) * 32 + gq * 4 + (slice ^ cq)], src, valid);
-        } else {
-          const bool valid = ch < num_chunks && ch * 4 + cq < slices && x_row[t] != nullptr;
-          const bf16* src = valid ? x_row[t] + ch * 128 + cq * 32 + warp * 8 : b.x;
-          cp_async_16(&xs[buf][((u * NT + t) * 4 + warp) * 32 + gq * 4 + cq], src, valid);
-        }
+      for (int u = 0; u < U; ++u) {
+        if (kWholeSectors && (u * NT + t) % (kBlockWarps / 4) != warp / 4) continue;
+        const bool valid = (live >> t & 1) && ch0 + u < x_chunks;
+        const bf16* src = valid ? at + u * 128 : x_src[t];
+        const int slot = kWholeSectors ? ((u * NT + t) * 4 + cq) * 32 + gq * 4 + (x_slice ^ cq)
+                                       : ((u * NT + t) * 4 + warp) * 32 + gq * 4 + cq;
+        cp_async_16(&xs[buf][slot], src, valid);
       }
+    }
     cp_async_commit();
   };
   int buf = 0;
   __syncthreads();  // every warp is done reading xs (previous pass)
   stage_x(0, 0);
-  for (int64_t ch0 = 0; ch0 < num_chunks; ch0 += U, buf ^= 1) {
+  const uint8_t *w0 = b.w_row0, *w1 = b.w_row1, *s0 = b.s_row0, *s1 = b.s_row1;  // at chunk ch0
+  for (int ch0 = 0; ch0 < num_chunks; ch0 += U, buf ^= 1) {
     uint4 wa[U], wb[U];
     uint32_t sa[U], sb[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {  // lanes past the end of a row (or past N) hold zeros
-      const int64_t ch = ch0 + u;
-      const bool ok = ch < num_chunks && ch * 4 + cq < slices;
-      const bool ok0 = ok && b.wr0 < b.N, ok1 = ok && b.wr1 < b.N;
-      wa[u] = ok0 ? load_streaming(b.w_row0 + ch * kChunkBytes) : make_uint4(0, 0, 0, 0);
-      wb[u] = ok1 ? load_streaming(b.w_row1 + ch * kChunkBytes) : make_uint4(0, 0, 0, 0);
-      sa[u] = ok0 ? scale_bits(b.s_row0 + ch * (128 / kGroup)) : 0;
-      sb[u] = ok1 ? scale_bits(b.s_row1 + ch * (128 / kGroup)) : 0;
+    for (int u = 0; u < U; ++u) {
+      const bool ok = ch0 + u < lane_chunks;
+      wa[u] = load_streaming_if(w0 + u * kChunkBytes, ok);
+      wb[u] = load_streaming_if(w1 + u * kChunkBytes, ok);
+      sa[u] = ok ? scale_bits(s0 + u * (128 / kGroup)) : 0;
+      sb[u] = ok ? scale_bits(s1 + u * (128 / kGroup)) : 0;
     }
+    w0 += U * kChunkBytes, w1 += U * kChunkBytes, s0 += U * (128 / kGroup), s1 += U * (128 / kGroup);
     // The weight loads above are in flight across the barrier.
     cp_async_wait_all();
     __syncthreads();  // X of chunks ch0.. is in xs[buf]; every warp is done with xs[buf ^ 1]
     if (ch0 + U < num_chunks) stage_x(buf ^ 1, ch0 + U);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t ch = ch0 + u;
-      if (ch >= num_chunks) continue;  // the same for the whole warp
+      if (ch0 + u >= num_chunks) continue;  // the same for the whole warp
       uint32_t a[16], bw[16];
       dequant32<kNv>(wa[u], sa[u], a);
       dequant32<kNv>(wb[u], sb[u], bw);
@@ -375,7 +390,7 @@ constexpr int kFp4SplitU = kSplitWarps == 8 ? 3 : kFp4U<NT, true>;
 // no mma work for empty columns. k is summed in the same order whatever the tile.
 // kSplitU: the split-k blocks' chunks a warp in flight when fitted to short rows (2 or 4), else 0 (kFp4SplitU).
 template <bool kNv, int kMaxNT, bool kSplitK, int kBlockWarps, int kSplitU = 0>
-__global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplitK, kBlockWarps, kSplitU>))
+__global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kNv, kMaxNT, kSplitK, kBlockWarps, kSplitU>))
     small_m_fp4_kernel(SmallMGemm g, RowPlan plan, Fp4DecodeOverlap overlap) {
   constexpr int kGroup = kNv ? 16 : 32;
   constexpr int kMaxSlots = kMaxNT * kFp4U<kMaxNT, kSplitK> * 4 * 32;  // NT * U * 4 * 32, largest at the largest tile
@@ -411,8 +426,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, (kBlocksPerSm<kMaxNT, kSplit
   b.slices = b.K / 32, b.num_chunks = (b.K + 127) / 128;
   constexpr bool kAct = kHasActEpilogue<kMaxNT, kSplitK>;
   tile_weight_rows<kAct>(g, b.n0, b.gq, b.wr0, b.wr1);  // with a gated epilogue: a gate row and its up row
-  // The split-k blocks read rows past N at row N - 1 (fp4_split_k_pass); the warp tiles skip them.
-  const int64_t ar0 = kSplitK ? min(b.wr0, b.N - 1) : b.wr0, ar1 = kSplitK ? min(b.wr1, b.N - 1) : b.wr1;
+  // Rows past N are read at row N - 1 (fp4_split_k_pass, fp4_warp_tile_pass); their sums are never stored.
+  const int64_t ar0 = min(b.wr0, b.N - 1), ar1 = min(b.wr1, b.N - 1);
   const uint8_t* w = static_cast<const uint8_t*>(g.w) + e * b.N * row_bytes;
   b.w_row0 = w + fp4_sm90_segment_offset(ar0, b.cq, row_bytes);  // the lane's segment of chunk 0
   b.w_row1 = w + fp4_sm90_segment_offset(ar1, b.cq, row_bytes);
