@@ -548,8 +548,8 @@ TEST(CudaExperts, Fp4WgmmaPersistentManyUnitsPerBlock) {
   }
 }
 
-// The fp4 warp tiles at the edges of their loads (session 88: the loads of rows past N read row N - 1, a lane past
-// the end of a row skips its load unfilled, tokens past an expert's rows stage the tile's first token): K = I = 320
+// The fp4 warp tiles at the edges of their loads (session 89: the loads of rows past N read row N - 1, a lane past
+// the end of a row skips its load unfilled, X of tokens past an expert's rows is zero-filled unread): K = I = 320
 // (GEMM1's and GEMM2's k) end in a half chunk; GEMM2's N = 320 leaves the last four warp tiles of an 8-warp block past
 // N (N is a multiple of 64, so a 4-warp block never is); experts of 1-61 rows end inside every token tile. Each largest
 // tile against the reference, gated (silu_mul, and swiglu_oai's interleaved rows) and relu2, and the same bits from
