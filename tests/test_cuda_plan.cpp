@@ -3,8 +3,10 @@
 // (token, slot) has exactly one row inside its expert's range that names its token and expert.
 // Covers the one-block plan and the multi-block plan (count, then scan and place) with partial last
 // chunks and 1, 2, 4 and 8 scan items per thread, and the small-M work items (each active expert's
-// rows cut every item_rows, in expert order). Outputs are poisoned before the call. Skips without
-// a Hopper GPU.
+// rows cut every item_rows, in expert order). Outputs are poisoned before the call. And the route+plan kernel's
+// one-token plan against the router and the plan kernel. Skips without a Hopper GPU.
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -153,6 +155,114 @@ TEST(CudaPlan, MatchesHostCountsOnOneAndManyBlocks) {
       {100, 4, 3000, true, 0},   // 2000 local experts: 4 scan items each
   };
   for (size_t i = 0; i < std::size(cases); ++i) check_plan(cases[i], seed + i);
+}
+
+// A row plan's device arrays, poisoned, and their contents on the host.
+struct PlanArrays {
+  Buffer ints;  // ids, counts, offsets, active, slot_rows, row_token, row_expert, items, work_counters, zeroed
+  Buffer weights;
+  cuda::RowPlan plan{};
+  int32_t *ids = nullptr, *zeroed = nullptr;
+  int64_t n_zero = 0;
+
+  PlanArrays(int top_k, int num_local, int item_rows) {
+    const int64_t items = cuda::plan_max_items(top_k, num_local, item_rows);
+    const int64_t sizes[] = {top_k, num_local, num_local + 1, num_local, top_k, top_k, top_k, 4 * items,
+                             cuda::kPlanCounterInts + items, 40};
+    int64_t total = 0;
+    for (int64_t n : sizes) total += (n + 3) / 4 * 4;  // each array 16-byte aligned (PlanItem is)
+    ints = Buffer::empty(DType::i32, {total}, kGpu);
+    weights = Buffer::empty(DType::f32, {top_k}, kGpu);
+    cudaMemset(ints.data_as<int32_t>(), 0x7f, static_cast<size_t>(total) * sizeof(int32_t));
+    cudaMemset(weights.data_as<float>(), 0xff, static_cast<size_t>(top_k) * sizeof(float));  // NaN
+    int32_t* at[std::size(sizes)];
+    int32_t* p = ints.data_as<int32_t>();
+    for (size_t i = 0; i < std::size(sizes); ++i) at[i] = p, p += (sizes[i] + 3) / 4 * 4;
+    ids = at[0];
+    plan = {at[1], at[2], at[3], at[4], at[5], at[6], reinterpret_cast<cuda::PlanItem*>(at[7]), item_rows,
+            static_cast<int>(items), item_rows > 0 ? at[8] : nullptr};
+    zeroed = at[9];
+    n_zero = sizes[9];
+  }
+  std::vector<uint32_t> host() const {  // every int and weight's bits
+    const size_t n_ints = ints.nbytes() / sizeof(int32_t), n_weights = weights.nbytes() / sizeof(float);
+    std::vector<uint32_t> v(n_ints + n_weights);
+    cudaMemcpy(v.data(), ints.data_as<int32_t>(), n_ints * sizeof(int32_t), cudaMemcpyDeviceToHost);
+    cudaMemcpy(v.data() + n_ints, weights.data_as<float>(), n_weights * sizeof(float), cudaMemcpyDeviceToHost);
+    return v;
+  }
+};
+
+// The route+plan kernel's one-token plan (route_plan_one_token: the routing warp's picks ranked in registers, one
+// barrier) against the router and the plan kernel (plan_block) on the same logits: every array of the plan, the ids
+// and the weights equal bit for bit, for every method the warp router runs, 8 to 256 experts (1, 2, 4 and 8 slots a
+// lane), top-1 to top-8, with and without an expert map (every third expert elsewhere), with and without work items,
+// for random, tied, all-negative and NaN / +-inf logits, f32 and bf16.
+TEST(CudaPlan, RoutePlanOfOneTokenEqualsRouteThenPlan) {
+  FMOE_REQUIRE_GPU();
+  const uint64_t seed = test_seed();
+  FMOE_SEED_TRACE(seed);
+  const RoutingMethod methods[] = {RoutingMethod::softmax_topk,        RoutingMethod::topk_softmax,
+                                   RoutingMethod::softmax_topk_renormalize, RoutingMethod::sigmoid_topk,
+                                   RoutingMethod::sigmoid_topk_renormalize, RoutingMethod::llama4,
+                                   RoutingMethod::deepseek_v3};
+  std::mt19937_64 rng(seed);
+  int n = 0;
+  for (RoutingMethod m : methods)
+    for (const int E : {8, 40, 64, 128, 256})
+      for (const int k : {1, 4, 8})
+        for (int kind = 0; kind < 4; ++kind) {
+          if (m == RoutingMethod::llama4 && k != 1) continue;
+          ++n;
+          const bool mapped = n % 2 == 0, bf16_logits = n % 3 == 0;
+          const int item_rows = n % 5 == 0 ? 0 : 8;
+          SCOPED_TRACE(std::string(routing_method_name(m)) + ", " + std::to_string(E) + " experts, top-" +
+                       std::to_string(k) + ", logits " + std::to_string(kind) + (mapped ? ", mapped" : "") +
+                       (bf16_logits ? ", bf16" : "") + ", item rows " + std::to_string(item_rows));
+          RoutingConfig rc;
+          rc.method = m;
+          rc.top_k = k;
+          if (m == RoutingMethod::deepseek_v3) rc.num_expert_group = 4, rc.topk_group = 2, rc.renormalize = n % 2;
+          const RoutingParams p = make_routing_params(rc, E);
+          std::vector<float> logits(static_cast<size_t>(E));
+          std::normal_distribution<float> normal(0.0f, 2.0f);
+          for (int e = 0; e < E; ++e) {
+            float& l = logits[e];
+            l = normal(rng);
+            if (kind == 1) l = std::round(std::clamp(l, -1.0f, 1.0f));  // ties
+            if (kind == 2) l = -1000.0f - std::fabs(l);                 // all negative
+            if (kind == 3 && e % 7 == 3) l = e % 3 == 0 ? NAN : e % 3 == 1 ? INFINITY : -INFINITY;
+            if (bf16_logits) l = bf16_to_float(float_to_bf16(l));
+          }
+          Buffer d_logits = Buffer::empty(bf16_logits ? DType::bf16 : DType::f32, {E}, kGpu);
+          if (bf16_logits) {
+            std::vector<bfloat16> b(logits.size());
+            for (size_t i = 0; i < b.size(); ++i) b[i] = float_to_bf16(logits[i]);
+            cudaMemcpy(d_logits.data_as<void>(), b.data(), b.size() * sizeof(bfloat16), cudaMemcpyHostToDevice);
+          } else {
+            cudaMemcpy(d_logits.data_as<void>(), logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice);
+          }
+          std::vector<int32_t> map(static_cast<size_t>(E), -1);
+          int num_local = E;
+          if (mapped) {
+            num_local = 0;
+            for (int e = E - 1; e >= 0; --e)
+              if (e % 3 != 1) map[e] = num_local++;
+          }
+          Buffer d_map = Buffer::empty(DType::i32, {E}, kGpu);
+          cudaMemcpy(d_map.data_as<void>(), map.data(), map.size() * sizeof(int32_t), cudaMemcpyHostToDevice);
+          const int32_t* emap = mapped ? d_map.data_as<const int32_t>() : nullptr;
+          PlanArrays chain(k, num_local, item_rows), fused(k, num_local, item_rows);
+          cuda::launch_route(p, d_logits.data_as<void>(), bf16_logits, 1, chain.ids, chain.weights.data_as<float>(),
+                             nullptr, /*block_router=*/false);
+          cuda::launch_plan(chain.ids, 1, k, E, emap, num_local, chain.plan, nullptr, nullptr, chain.zeroed,
+                            chain.n_zero);
+          cuda::launch_route_plan(p, d_logits.data_as<void>(), bf16_logits, 1, emap, num_local, fused.ids,
+                                  fused.weights.data_as<float>(), fused.plan, nullptr, fused.zeroed, fused.n_zero,
+                                  /*beside_previous=*/false, /*block_router=*/false);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          ASSERT_EQ(chain.host(), fused.host());
+        }
 }
 
 // The plan's scratch never shrinks as the batch grows (a workspace sized for the largest batch serves

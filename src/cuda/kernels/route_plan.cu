@@ -6,7 +6,8 @@
 // (route_groups.cuh) where a 256- or 512-thread block holds a slot of a warp per group for each token (DeepSeek-V3's 8
 // groups: 1 or 2 tokens; route+plan 6.0 -> 4.3 us at 1 token, 5.7 -> 4.5 at 2, H200, session 49; rounds of slots, a
 // 1024-thread block of 4 slots and a two-phase scheme over the block were slower than the warp router at 4-8 tokens).
-// It also zeroes the fused decode kernel's counters when asked.
+// It also zeroes the fused decode kernel's counters when asked. One token (the warp router's kernel): the plan from
+// the routing warp's registers and one barrier (route_plan_one_token) instead of plan_block's barriers and block scan.
 // Limits: M <= kMaxRoutePlanTokens, num_local <= kPlanThreads, E <= kMaxRoutePlanExperts (256:
 // every routed model of the presets; larger E takes the route and plan kernels, so fewer variants are compiled
 // here). A kernel per method family (RouteFamily), as the router's. Host-checked. With beside_previous it works
@@ -25,6 +26,60 @@
 namespace fusedmoe::cuda {
 namespace {
 
+// One token: plan_block's plan without its barriers, block scan and atomics. Warp 0 routes the token and ranks its
+// local picks — top-k picks are distinct experts and expert_map sends at most one expert to a local slot, so each
+// local pick is one row and one work item, rows in expert order —, writes the rows, and hands the sorted picks to
+// the block through one barrier; the block writes the per-expert arrays and the items from them.
+template <int J, RouteFamily F, class T>
+__device__ void route_plan_one_token(const RoutingParams& p, const T* logits, const int32_t* expert_map, int num_local,
+                                     int32_t* ids, float* weights, const RowPlan& plan, float* group_scores) {
+  __shared__ int picks[33];  // the local picks in ascending order; [32]: how many
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x, k = p.top_k;
+    int id;
+    float weight;
+    route_token_warp<J, F>(p, logits, group_scores, id, weight);
+    const int e = lane < k ? local_expert(id, p.num_experts, expert_map) : -1;
+    int below = 0;  // the local picks smaller than this lane's: its row and its item
+    for (int j = 0; j < k; ++j) {
+      const int o = __shfl_sync(kFullMask, e, j);
+      below += o >= 0 && o < e;
+    }
+    if (lane < k) {
+      ids[lane] = id;
+      weights[lane] = weight;
+      plan.slot_rows[lane] = e >= 0 ? below : -1;
+    }
+    if (e >= 0) {
+      picks[below] = e;
+      plan.row_token[below] = 0;
+      plan.row_expert[below] = e;
+    }
+    const int total = __popc(__ballot_sync(kFullMask, e >= 0));
+    if (lane == 0) picks[32] = total;
+  }
+  __syncthreads();
+  const int total = picks[32];
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) {
+    int below = 0, picked = 0;
+    for (int i = 0; i < total; ++i) {
+      below += picks[i] < e;
+      picked += picks[i] == e;
+    }
+    plan.counts[e] = picked;
+    plan.offsets[e] = below;
+    plan.active[e] = e < total ? picks[e] : -1;  // the active list's entry e
+  }
+  if (threadIdx.x == 0) plan.offsets[num_local] = total;
+  if (plan.item_rows > 0) {
+    for (int i = threadIdx.x; i < plan.item_grid; i += blockDim.x)
+      plan.items[i] = i < total ? PlanItem{picks[i], 0, i, 1} : PlanItem{-1, 0, 0, 0};
+    if (plan.work_counters)
+      for (int i = threadIdx.x; i < kPlanCounterInts + plan.item_grid; i += blockDim.x)
+        plan.work_counters[i] = i == 2 ? total : 0;
+  }
+}
+
 template <int J, RouteFamily F, class T, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p, const T* logits, int64_t M,
                                                                  const int32_t* expert_map, int num_local,
@@ -36,9 +91,13 @@ __global__ void __launch_bounds__(kThreads, 1) route_plan_kernel(RoutingParams p
   const int warp = threadIdx.x >> 5;
   if (!beside_previous) pdl_wait();
   for (int64_t i = threadIdx.x; i < n_zero; i += kThreads) zero[i] = 0;
-  for (int64_t t = warp; t < M; t += kWarps) route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
-  __syncthreads();  // the ids are visible to the whole block
-  plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  if (M == 1) {
+    route_plan_one_token<J, F>(p, logits, expert_map, num_local, ids, weights, plan, group_scores[0]);
+  } else {
+    for (int64_t t = warp; t < M; t += kWarps) route_and_store<J, F>(p, logits, t, group_scores[warp], ids, weights);
+    __syncthreads();  // the ids are visible to the whole block
+    plan_block<1, kThreads>(ids, M * p.top_k, p.top_k, p.num_experts, expert_map, num_local, plan);
+  }
   if (beside_previous) pdl_wait();  // this grid completes after the one before it: the kernels after it may count on
                                     // that kernel's writes as they did when this one waited first
   pdl_launch_dependents();
