@@ -47,6 +47,15 @@ __device__ inline PlanSums scan_plan(const int (&c)[kItems], int item_rows, Plan
   return total;
 }
 
+// The work items past the plan's n_items (expert -1, up to plan.item_grid) and the work counters (the item count in
+// [2], the rest zeroed), for a plan with work items; the block's threads call it together.
+__device__ inline void finish_items(const RowPlan& plan, int n_items) {
+  for (int i = n_items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
+  if (plan.work_counters)
+    for (int i = threadIdx.x; i < kPlanCounterInts + plan.item_grid; i += blockDim.x)
+      plan.work_counters[i] = i == 2 ? n_items : 0;
+}
+
 // The active list and the work items from scan_plan's sums; plan.active[] must be -1 past the
 // active experts (the caller writes it, with a __syncthreads() between).
 template <int kItems>
@@ -61,12 +70,7 @@ __device__ inline void list_active(const int (&c)[kItems], const PlanSums (&firs
       for (int q = 0; q * plan.item_rows < c[j]; ++q)
         plan.items[first[j].items + q] = PlanItem{e, q * plan.item_rows, plan.offsets[e], c[j]};
   }
-  if (plan.item_rows > 0) {
-    for (int i = total.items + threadIdx.x; i < plan.item_grid; i += blockDim.x) plan.items[i] = PlanItem{-1, 0, 0, 0};
-    if (plan.work_counters)
-      for (int i = threadIdx.x; i < kPlanCounterInts + plan.item_grid; i += blockDim.x)
-        plan.work_counters[i] = i == 2 ? total.items : 0;
-  }
+  if (plan.item_rows > 0) finish_items(plan, total.items);
 }
 
 // Counts, offsets, the active list and the work items from the per-expert row counts in counts[]

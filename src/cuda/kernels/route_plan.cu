@@ -72,11 +72,8 @@ __device__ void route_plan_one_token(const RoutingParams& p, const T* logits, co
   }
   if (threadIdx.x == 0) plan.offsets[num_local] = total;
   if (plan.item_rows > 0) {
-    for (int i = threadIdx.x; i < plan.item_grid; i += blockDim.x)
-      plan.items[i] = i < total ? PlanItem{picks[i], 0, i, 1} : PlanItem{-1, 0, 0, 0};
-    if (plan.work_counters)
-      for (int i = threadIdx.x; i < kPlanCounterInts + plan.item_grid; i += blockDim.x)
-        plan.work_counters[i] = i == 2 ? total : 0;
+    for (int i = threadIdx.x; i < total; i += blockDim.x) plan.items[i] = PlanItem{picks[i], 0, i, 1};
+    finish_items(plan, total);
   }
 }
 
