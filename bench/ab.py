@@ -17,18 +17,20 @@ import subprocess
 import sys
 
 
+def parse_spec(spec):
+    """(label, library, environment) of a SPEC: label=path/to/libfusedmoe_c.so[:NAME=VALUE,...]."""
+    label, _, target = spec.partition("=")
+    lib, _, env_text = target.partition(":")
+    return label, lib, dict(kv.split("=", 1) for kv in env_text.split(",") if kv)
+
+
 def main():
     out, rounds, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     split = rest.index("--") if "--" in rest else len(rest)
     specs, bench_args = rest[:split], rest[split + 1:]
     monolithic = "--monolithic" in bench_args
     bench_args = [a for a in bench_args if a != "--monolithic"]
-    runs = []
-    for spec in specs:
-        label, _, target = spec.partition("=")
-        lib, _, env_text = target.partition(":")
-        env = dict(kv.split("=", 1) for kv in env_text.split(",") if kv)
-        runs.append((label, lib, env))
+    runs = [parse_spec(spec) for spec in specs]
     seen = {}  # (label, model, tokens) -> µs of each round
     here = os.path.dirname(os.path.abspath(__file__))
     for r in range(rounds):

@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 
+from ab import parse_spec  # bench/ab.py, beside this script
+
 
 def parse(text):
     """{title: {"kernels": [(name, own)], "span": us}} of one decode_timeline.py output."""
@@ -94,9 +96,7 @@ def run(out, rounds, specs, args):
     files = {}
     for r in range(rounds):
         for spec in specs:
-            label, _, target = spec.partition("=")
-            lib, _, env_text = target.partition(":")
-            env = dict(kv.split("=", 1) for kv in env_text.split(",") if kv)
+            label, lib, env = parse_spec(spec)
             cmd = [sys.executable, os.path.join(here, "decode_timeline.py"), "--lib", lib] + args
             print(f"# round {r} {label}: {' '.join(cmd)} env {env}", flush=True)
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=590)
