@@ -11,7 +11,9 @@ For each kernel in the file it prints:
   (once per warp: block set-up; per tile: a main loop);
 - with --context N, the N instructions before each of those (what the stalled one waits for, e.g. the load that
   feeds it);
-- with --at, the same window around given addresses (their last 5 hex digits).
+- with --at, the same window around given addresses (their last 5 hex digits);
+- with --runs N, the samples of contiguous runs of instructions that ran equally often (a loop body: a consumer's
+  chunk loop, the producer's tile loop, an epilogue), the N largest, with their address range and reasons.
 
 ncu lists a kernel's table more than once; repeats are dropped.
 """
@@ -49,7 +51,18 @@ def count(row, col):
         return 0
 
 
-def report(name, header, rows, top, context, at, out):
+def runs(rows, samples, executed):
+    """[(samples, first, last, executions)] of the maximal runs of adjacent instructions with one execution count."""
+    out, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or count(rows[i], executed) != count(rows[start], executed):
+            out.append((sum(count(rows[j], samples) for j in range(start, i)), start, i - 1,
+                        count(rows[start], executed)))
+            start = i
+    return out
+
+
+def report(name, header, rows, top, context, at, out, n_runs=0):
     col = {h: i for i, h in enumerate(header)}
     samples = col.get("Warp Stall Sampling (All Samples)")
     executed = col.get("Instructions Executed")
@@ -79,6 +92,14 @@ def report(name, header, rows, top, context, at, out):
             window(i)
         else:
             line(i)
+    if n_runs:
+        print(f"   runs of equal execution counts, largest {n_runs}: share, addresses, instructions, executions, reasons",
+              file=out)
+        for v, a, b, n in sorted(runs(rows, samples, executed), reverse=True)[:n_runs]:
+            mix = sorted(((sum(count(rows[j], col[s]) for j in range(a, b + 1)), s[len("stall_"):]) for s in reasons),
+                         reverse=True)[:3]
+            why = ", ".join(f"{s} {100 * m / max(v, 1):.0f}%" for m, s in mix if m)
+            print(f"   {100 * v / total:6.2f}% {addr[a]}-{addr[b]} {b - a + 1:5d} {n:>10}  {why}", file=out)
     for a in at:
         if a in addr:
             print(f"   around {a}:", file=out)
@@ -93,6 +114,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--context", type=int, default=0)
     ap.add_argument("--at", default="", help="comma-separated addresses (last 5 hex digits)")
+    ap.add_argument("--runs", type=int, default=0, help="the N largest runs of equal execution counts")
     args = ap.parse_args(argv)
     found = kernels(args.csv)
     if not found:
@@ -100,7 +122,7 @@ def main(argv=None):
     at = [a.strip()[-5:] for a in args.at.split(",") if a.strip()]
     print(f"{len(found)} kernel table{'s' if len(found) != 1 else ''} in {args.csv}")
     for name, header, rows in found:
-        report(name, header, rows, args.top, args.context, at, sys.stdout)
+        report(name, header, rows, args.top, args.context, at, sys.stdout, args.runs)
 
 
 if __name__ == "__main__":

@@ -515,10 +515,8 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       uint32_t bytes_now[kT][2];
 #pragma unroll
       for (int t = 0; t < kT; ++t) bytes_now[t][0] = mw[t][0].y, bytes_now[t][1] = mw[t][1].y;
-      if constexpr (kAhead) {  // this chunk is unpacked already (kEarly): pk is free
+      if constexpr (kAhead)  // this chunk is unpacked already (kEarly): pk is free
         if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
-        else if (more) begin_tile(next_st, next_parity);
-      }
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
         if constexpr (!kEarly) unpack_chunk<kNv>(pk[t], mw[t], h, u[t]);
@@ -543,6 +541,8 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
       if constexpr (!kAhead) {
         if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
         else if (more) begin_tile(next_st, next_parity);
+      } else if (h == 1 && more) {
+        begin_tile(next_st, next_parity);
       }
       if constexpr (kEarly)
         if (more)
