@@ -432,7 +432,7 @@ __device__ __forceinline__ void produce(const SmallMGemm& g, uint8_t* smem, uint
 // k tile is scaled into fr[chunk % kBuf] and issued as 2 kT wgmma. With two buffers the next chunk is
 // scaled as soon as the previous one is done, while this one runs (else the other consumer's wgmma fill
 // the gap); where registers allow (kEarly) it is also unpacked before that wait. The next tile's stage
-// is waited for and read while this tile's last chunk runs. Every consumer thread arrives on a stage's
+// is waited for and read while this tile's last chunk runs (issued first). Every consumer thread arrives on a stage's
 // empty barrier once its wgmma reading it are done and its own loads from it have returned (with one
 // arrival per warpgroup, racecheck reported the producer's copies racing with the other warps' loads).
 // kPersistent: the stage ring carried on from the previous unit (ring), the epilogue through epi.
@@ -444,10 +444,12 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
   // Registers: 128 accumulators (+ 16 of a tail) + fragments (8 kT kBuf) + unpacked chunks (12 kT if kEarly).
   constexpr int kBuf = kT <= 2 ? 2 : 1;
   constexpr bool kEarly = kT <= 2;
-  // kAhead (the persistent kernel): a chunk's shared loads (at chunk 1, the next tile's wait and loads) go out before
-  // the previous chunk's wgmma are issued, not after them, where the unpacking right behind waited on their latency
-  // (6% of the stall samples, ncu, qwen3-nvfp4 GEMM1 at 8192 tokens, H200). Persistent GEMMs 1.00-1.03x at 4096-8192
-  // tokens; the one-unit kernel ran 1-3% slower with it (session 54).
+  // kAhead (the persistent kernel): chunk 1's shared loads go out before chunk 0's wgmma are issued, not after them,
+  // where the unpacking right behind waited on their latency (6% of the stall samples, ncu, qwen3-nvfp4 GEMM1 at 8192
+  // tokens, H200). Persistent GEMMs 1.00-1.03x at 4096-8192 tokens; the one-unit kernel ran 1-3% slower with it
+  // (session 54). The next tile's wait and loads follow chunk 1's wgmma issue: placed before it (session 54's order),
+  // a late stage held back wgmma whose operands were ready (1.004x / 1.017x at qwen3-nvfp4's / gpt-oss-120b's 8192
+  // tokens, H100, session 93).
   constexpr bool kAhead = kPersistent && kEarly;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, gq = lane >> 2, cq = lane & 3;
   const int num_kt = static_cast<int>(g.K / kTileK);
@@ -510,7 +512,7 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     for (int h = 0; h < 2; ++h) {
       const int b = kBuf == 2 ? h : 0;  // a tile has two chunks: chunk h's buffer is h
       const bool more = h == 0 || kt + 1 < num_kt;
-      // mxfp4: the flag and scale bytes of this tile, kept where kAhead reads the next tile's before chunk 1's rescale.
+      // mxfp4: the flag and scale bytes of this chunk's tile, read before anything loads the next tile's.
       bool big_now = big;
       uint32_t bytes_now[kT][2];
 #pragma unroll
