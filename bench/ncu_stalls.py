@@ -93,8 +93,8 @@ def report(name, header, rows, top, context, at, out, n_runs=0):
         else:
             line(i)
     if n_runs:
-        print(f"   runs of equal execution counts, largest {n_runs}: share, addresses, instructions, executions, reasons",
-              file=out)
+        print(f"   runs of equal execution counts, largest {n_runs}: "
+              "share, addresses, instructions, executions, reasons", file=out)
         for v, a, b, n in sorted(runs(rows, samples, executed), reverse=True)[:n_runs]:
             mix = sorted(((sum(count(rows[j], col[s]) for j in range(a, b + 1)), s[len("stall_"):]) for s in reasons),
                          reverse=True)[:3]
