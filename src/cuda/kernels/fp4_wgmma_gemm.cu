@@ -232,12 +232,12 @@ __device__ inline void scale_chunk(const UnpackedChunk& c, uint32_t (&fr)[2][4])
 }
 
 // mxfp4 scales above 2 (not seen in checkpoints; the producer flags the tiles that have one): the
-// chunk's fragments of the rows whose scale byte u (bytes[hi] = mw[hi].y, byte h) is above 128 were scaled
+// chunk's fragments of the rows whose scale byte u (mw[hi].y, byte h) is above 128 were scaled
 // by 2^126 and take 2^(u - 127) in a second multiply.
-__device__ inline void rescale_big_rows(const uint32_t (&bytes)[2], int h, uint32_t (&fr)[2][4]) {
+__device__ inline void rescale_big_rows(const uint2 (&mw)[2], int h, uint32_t (&fr)[2][4]) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    const uint32_t u = (bytes[hi] >> (8 * h)) & 0xff;
+    const uint32_t u = (mw[hi].y >> (8 * h)) & 0xff;
     if (u <= 128) continue;
     const __nv_bfloat162 s2 = __float2bfloat162_rn(ue8m0_to_float(static_cast<uint8_t>(u)));
 #pragma unroll
@@ -512,11 +512,6 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
     for (int h = 0; h < 2; ++h) {
       const int b = kBuf == 2 ? h : 0;  // a tile has two chunks: chunk h's buffer is h
       const bool more = h == 0 || kt + 1 < num_kt;
-      // mxfp4: the flag and scale bytes of this chunk's tile, read before anything loads the next tile's.
-      bool big_now = big;
-      uint32_t bytes_now[kT][2];
-#pragma unroll
-      for (int t = 0; t < kT; ++t) bytes_now[t][0] = mw[t][0].y, bytes_now[t][1] = mw[t][1].y;
       if constexpr (kAhead)  // this chunk is unpacked already (kEarly): pk is free
         if (h == 0) load_chunk(smem + st * kStageBytes + S::kXBytes, 1);
 #pragma unroll
@@ -524,10 +519,10 @@ __device__ __forceinline__ void consume(const SmallMGemm& g, uint8_t* smem, uint
         if constexpr (!kEarly) unpack_chunk<kNv>(pk[t], mw[t], h, u[t]);
         scale_chunk(u[t], fr[b][t]);
       }
-      if constexpr (!kNv)
-        if (big_now)
+      if constexpr (!kNv)  // (big and mw are this tile's: the next tile's are read after this chunk's wgmma)
+        if (big)
 #pragma unroll
-          for (int t = 0; t < kT; ++t) rescale_big_rows(bytes_now[t], h, fr[b][t]);
+          for (int t = 0; t < kT; ++t) rescale_big_rows(mw[t], h, fr[b][t]);
       wgmma_fence();  // the fragments written above are visible to the wgmma
 #pragma unroll
       for (int t = 0; t < kT; ++t)
