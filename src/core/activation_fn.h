@@ -17,20 +17,21 @@
 namespace fusedmoe {
 
 #if defined(__CUDA_ARCH__)
-// e^x as __expf computes it (x * log2(e) in f32, then ex2.approx), but with subnormal results flushed to zero: no
-// range fix-up around each ex2 (three instructions a value). Where the two differ (x < -87.3), 1 + e^x rounds to 1
-// either way, so the sigmoid below keeps its bits.
-__device__ inline float exp_flush_subnormal(float x) {
+// 2^x by ex2.approx, subnormal results flushed to zero: no range fix-up around each ex2 (three instructions a value).
+// Where it differs from __expf's (e^x below 2^-126), 1 + e^x rounds to 1 either way, so the sigmoid keeps its bits.
+__device__ inline float exp2_flush_subnormal(float x) {
   float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.44269502f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 #endif
 
-// x * sigmoid(alpha * x)
+// x * sigmoid(alpha * x). On the device e^(-alpha x) is 2^(x * (-alpha log2(e))): one multiply a value, the factor
+// made once per kernel (same bits as __expf's (-alpha x) * log2(e) for silu, alpha = 1; for swiglu_oai's alpha the
+// argument may differ in its last bit).
 FMOE_ACT_HD inline float act_sigmoid_mul(float x, float alpha) {
 #if defined(__CUDA_ARCH__)
-  return __fdividef(x, 1.0f + exp_flush_subnormal(-alpha * x));
+  return __fdividef(x, 1.0f + exp2_flush_subnormal(x * (alpha * -1.44269502f)));
 #else
   return x / (1.0f + std::exp(-alpha * x));
 #endif

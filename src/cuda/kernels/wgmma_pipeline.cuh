@@ -372,10 +372,10 @@ __device__ __forceinline__ void store_gated_tiles(const SmallMGemm& g, const flo
   const int64_t I = g.N / 2;
   const Activation act = g.act;
   const auto chunk = [](int m, int c) { return uint32_t(m) * 64 + (uint32_t(c ^ ((m >> 1) & 3)) << 4); };
+  // The pair rounded to bf16 by one packed conversion (two conversions took a quarter-rate pipe slot each).
   const auto value = [&](float gate_sum, float up_sum, int t) {
-    const float gate = __bfloat162float(__float2bfloat16_rn(gate_sum * gs + bias[t][0]));
-    const float up = __bfloat162float(__float2bfloat16_rn(up_sum * gs + bias[t][1]));
-    return sigmoid_gated_activation(act.kind, gate, up, act.alpha, act.limit);
+    const __nv_bfloat162 gu = __floats2bfloat162_rn(gate_sum * gs + bias[t][0], up_sum * gs + bias[t][1]);
+    return sigmoid_gated_activation(act.kind, __low2float(gu), __high2float(gu), act.alpha, act.limit);
   };
   // stmatrix: lane l addresses row l % 8 of matrix l / 8, i.e. token 8 (j + l / 8) + l % 8, chunk `warp`.
   const uint32_t buf_a = smem_addr(buf);
