@@ -1,6 +1,7 @@
 // fusedmoe-bench: runs one MoE layer of a real model shape on synthetic seeded weights,
 // checks sampled tokens against the float64 reference and reports time, TFLOP/s, GB/s and
-// % of this machine's measured roofline per token count.
+// % of this machine's measured roofline per token count. Each timed forward follows a write
+// of twice the last-level cache, so its weights come from memory; the time is the median.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,6 +18,7 @@
 #include "bench/ep_bench_cuda.h"
 #include "bench/presets.h"
 #include "bench/roofline.h"
+#include "cpu/amx_gemm.h"
 #include "fusedmoe/fusedmoe.h"
 #include "testing/synthetic.h"
 
@@ -37,7 +39,7 @@ struct Options {
   int ep = 1;
   std::string json;
   uint64_t seed = 1;
-  int iters = 0;  // timed forwards per count; 0: at least 3, up to 1 s
+  int iters = 0;  // timed forwards per count; 0: at least 5, up to 20 or 0.5 s of forwards
 };
 
 const char* kUsage =
@@ -48,7 +50,8 @@ const char* kUsage =
     "reach a rank: the largest --tokens, times N with --ep N).\n"
     "--ep N runs N in-process expert-parallel ranks (tokens are per rank) and times dispatch and combine;\n"
     "with --backend cuda, N GPUs of this host (one process each, NCCL), next to NCCL's own all-to-all.\n"
-    "--iters N times exactly N forwards per count (default: at least 3, for up to a second).\n"
+    "--iters N times exactly N forwards per count (default: at least 5, up to 20 or half a second of forwards); each\n"
+    "follows a cache flush, and the median is reported.\n"
     "With no arguments: qwen3-30b-a3b with 32 experts at 1, 16 and 64 tokens.\n";
 
 std::vector<int64_t> parse_tokens(const std::string& s) {
@@ -180,8 +183,11 @@ int main(int argc, char** argv) try {
               " GiB available; run with --num-experts ", std::min(fit, E - 1), " or fewer");
   }
 
-  std::fprintf(stderr, "measuring this machine's roofline (copy bandwidth, f32 FMA peak)...\n");
+  std::fprintf(stderr, "measuring this machine's roofline (copy bandwidth, f32 FMA and AMX peaks)...\n");
   const bench::Roofline roof = bench::measure_roofline();
+  // The compute roof of the GEMMs the CPU backend runs for this scheme: AMX tiles or f32 FMAs.
+  const bool on_amx = cpu::amx::enabled() && cpu::amx::serves(quant);
+  const double compute_roof = on_amx ? roof.amx_flops_per_s : roof.fma_flops_per_s;
 
   // Calibration batch for fp8-tensor static scales: the routing of the largest batch.
   RoutingConfig routing = config.routing;
@@ -229,6 +235,7 @@ int main(int argc, char** argv) try {
   const FusedMoEKernel kernel = make_kernel(config, weights.weights, kopt);
   const Tolerance tol = tolerance_for(quant);
 
+  bench::CacheFlush flush;
   std::vector<Row> rows;
   for (int64_t M : opt.tokens) {
     std::fprintf(stderr, "tokens %lld: running\n", static_cast<long long>(M));
@@ -237,13 +244,18 @@ int main(int argc, char** argv) try {
     const Buffer out = Buffer::empty(DType::bf16, {M, K});
     const Buffer workspace = Buffer::bytes(kernel.workspace_bytes(M));
     kernel.forward(hidden, logits, out, workspace);  // warm-up
-    int iters = 0;
-    const double t0 = now_s();
+    std::vector<double> times;
+    double timed = 0.0;
     do {
+      flush.run();
+      const double t0 = now_s();
       kernel.forward(hidden, logits, out, workspace);
-      ++iters;
-    } while (opt.iters > 0 ? iters < opt.iters : iters < 3 || (now_s() - t0 < 1.0 && iters < 100));
-    const double seconds = (now_s() - t0) / iters;
+      times.push_back(now_s() - t0);
+      timed += times.back();
+    } while (opt.iters > 0 ? int(times.size()) < opt.iters
+                           : times.size() < 5 || (timed < 0.5 && times.size() < 20));
+    std::sort(times.begin(), times.end());
+    const double seconds = times[times.size() / 2];
 
     // Routing of this batch, for the reference and the traffic/FLOP counts.
     const Buffer ids = Buffer::empty(DType::i32, {M, config.routing.top_k});
@@ -259,7 +271,7 @@ int main(int argc, char** argv) try {
     const double flops = 2.0 * double(slots) *
                          double(config.w13_rows() * K + K * config.intermediate_size);
     const double bytes = double(experts_touched) * per_expert + double(M) * double(K) * 4.0 + double(M * E) * 4.0;
-    const double floor_s = std::max(bytes / roof.copy_bytes_per_s, flops / roof.fma_flops_per_s);
+    const double floor_s = std::max(bytes / roof.copy_bytes_per_s, flops / compute_roof);
 
     // Reference check on up to 4 tokens spread over the batch.
     std::vector<int64_t> sample = {0, M / 3, (2 * M) / 3, M - 1};
@@ -284,8 +296,11 @@ int main(int argc, char** argv) try {
               static_cast<long long>(K), static_cast<long long>(config.intermediate_size),
               backend_name(opt.backend == Backend::auto_select ? Backend::cpu : opt.backend),
               opt.monolithic ? "monolithic" : opt.batched ? "modular, batched format" : "modular");
-  std::printf("machine: %d threads, copy %.1f GB/s, f32 FMA peak %.1f GFLOP/s (measured)\n", roof.threads,
+  std::printf("machine: %d threads, copy %.1f GB/s, f32 FMA peak %.1f GFLOP/s", roof.threads,
               roof.copy_bytes_per_s / 1e9, roof.fma_flops_per_s / 1e9);
+  if (roof.amx_flops_per_s > 0) std::printf(", AMX bf16 peak %.1f GFLOP/s", roof.amx_flops_per_s / 1e9);
+  std::printf(" (measured); GEMMs on %s; caches flushed (%.0f MiB written) before each timed forward\n",
+              on_amx ? "AMX" : "f32 FMA", double(bench::cache_flush_bytes()) / (1 << 20));
   std::printf("%8s %12s %10s %10s %12s %12s %8s\n", "tokens", "time_ms", "TFLOP/s", "GB/s", "%roofline", "max_err",
               "check");
   bool all_ok = true;
@@ -308,7 +323,8 @@ int main(int argc, char** argv) try {
        << ",\n  \"backend\": \"cpu\",\n  \"path\": \"" << (opt.monolithic ? "monolithic" : "modular")
        << "\",\n  \"seed\": " << opt.seed << ",\n  \"threads\": " << roof.threads
        << ",\n  \"copy_bytes_per_s\": " << roof.copy_bytes_per_s << ",\n  \"fma_flops_per_s\": " << roof.fma_flops_per_s
-       << ",\n  \"rows\": [\n";
+       << ",\n  \"amx_flops_per_s\": " << roof.amx_flops_per_s << ",\n  \"gemms\": \"" << (on_amx ? "amx" : "f32_fma")
+       << "\",\n  \"cache_flush_bytes\": " << bench::cache_flush_bytes() << ",\n  \"rows\": [\n";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       js << "    {\"tokens\": " << r.tokens << ", \"seconds\": " << r.seconds << ", \"flops\": " << r.flops

@@ -3,14 +3,18 @@
 // summed in a fixed order that depends only on K (8-lane partial sums, fixed lane reduction,
 // fp8 block scales promoted per 128-wide group), so results are deterministic and
 // batch-invariant. Work is split into (expert, 64-row block, 64-column tile) items.
+// Where the CPU has AMX, the bf16 and fp8 schemes run both GEMMs on its tiles instead
+// (amx_gemm.cpp: another fixed order, the same guarantees); fp4 keeps these.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cpu/activation.h"
+#include "cpu/amx_gemm.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/decode_rows.h"
+#include "cpu/expert_matrix.h"
 #include "cpu/thread_pool.h"
 #include "fusedmoe/error.h"
 #include "fusedmoe/formats.h"
@@ -60,63 +64,6 @@ constexpr DotFn kDotTable[4][2] = {
     {dot_tile<2, 1>, dot_tile<2, 2>},
     {dot_tile<3, 1>, dot_tile<3, 2>},
     {dot_tile<4, 1>, dot_tile<4, 2>},
-};
-
-enum class ScaleMode { none, per_row, per_block };
-
-ScaleMode scale_mode(QuantScheme s) {
-  switch (s) {
-    case QuantScheme::fp8_per_tensor:
-    case QuantScheme::fp8_per_channel: return ScaleMode::per_row;
-    case QuantScheme::fp8_block: return ScaleMode::per_block;
-    default: return ScaleMode::none;
-  }
-}
-
-// One of w13 / w2 of every local expert, as the GEMM sees it: N rows of `cols` values.
-struct ExpertMatrix {
-  QuantScheme scheme;
-  const uint8_t* data;
-  int64_t rows, cols, row_bytes;
-  const void* scale;
-  const float* global_scale;
-  const float* bias;
-
-  int64_t col_blocks() const { return (cols + kFp8BlockSize - 1) / kFp8BlockSize; }
-
-  // Row n of expert e as f32: grid values for fp8 (scales applied in the GEMM), fully
-  // dequantized values for bf16 and fp4.
-  void decode_row(int64_t e, int64_t n, float* dst, float* group_scratch) const {
-    const uint8_t* src = data + (e * rows + n) * row_bytes;
-    switch (scheme) {
-      case QuantScheme::bf16: decode_bf16_row(reinterpret_cast<const bfloat16*>(src), cols, dst); break;
-      case QuantScheme::fp8_per_tensor:
-      case QuantScheme::fp8_per_channel:
-      case QuantScheme::fp8_block: decode_fp8_row(src, cols, dst); break;
-      case QuantScheme::nvfp4: {
-        const int64_t groups = cols / kNvfp4GroupSize;
-        const uint8_t* s = static_cast<const uint8_t*>(scale) + (e * rows + n) * groups;
-        for (int64_t g = 0; g < groups; ++g) group_scratch[g] = fp8_e4m3_to_float(s[g]) * global_scale[e];
-        decode_fp4_row(src, cols, group_scratch, kNvfp4GroupSize, dst);
-        break;
-      }
-      case QuantScheme::mxfp4: {
-        const int64_t groups = cols / kMxfp4GroupSize;
-        const uint8_t* s = static_cast<const uint8_t*>(scale) + (e * rows + n) * groups;
-        for (int64_t g = 0; g < groups; ++g) group_scratch[g] = ue8m0_to_float(s[g]);
-        decode_fp4_row(src, cols, group_scratch, kMxfp4GroupSize, dst);
-        break;
-      }
-    }
-  }
-  float row_scale(int64_t e, int64_t n) const {
-    const float* s = static_cast<const float*>(scale);
-    return scheme == QuantScheme::fp8_per_tensor ? s[e] : s[e * rows + n];
-  }
-  const float* block_scales(int64_t e, int64_t n) const {
-    const int64_t row_blocks = (rows + kFp8BlockSize - 1) / kFp8BlockSize;
-    return static_cast<const float*>(scale) + (e * row_blocks + n / kFp8BlockSize) * col_blocks();
-  }
 };
 
 ExpertMatrix make_matrix(const MoEConfig& c, const Tensor& data, const Tensor& scale, const Tensor& global,
@@ -175,7 +122,7 @@ void grouped_gemm(const ExpertMatrix& W, const float* A, const float* A_scales, 
         }
         for (int i = 0; i < nr; ++i) {
           float* dst = out + (dst_row ? dst_row[r0 + i] : r0 + i) * N;
-          for (int j = 0; j < nw; ++j) dst[n + j] = W.bias ? acc[i][j] + W.bias[it.expert * N + n + j] : acc[i][j];
+          for (int j = 0; j < nw; ++j) dst[n + j] = W.biased(acc[i][j], it.expert, n + j);
         }
       }
     }
@@ -187,9 +134,11 @@ void grouped_gemm(const ExpertMatrix& W, const float* A, const float* A_scales, 
 size_t expert_mlp_bytes(const MoEConfig& c, int64_t R) {
   const int64_t K = c.hidden_size, I = c.intermediate_size, N1 = c.w13_rows();
   const int64_t G1 = activation_scale_cols(c.quant, K), G2 = activation_scale_cols(c.quant, I);
+  const size_t packed = amx::packed_bytes(R, c.num_local_experts(), std::max(K, I));
   return workspace_tensor_bytes(DType::f32, {R, K}) + workspace_tensor_bytes(DType::f32, {R, G1}) +
          workspace_tensor_bytes(DType::f32, {R, N1}) + workspace_tensor_bytes(DType::f32, {R, I}) +
-         workspace_tensor_bytes(DType::f32, {R, G2});
+         workspace_tensor_bytes(DType::f32, {R, G2}) +
+         (packed ? workspace_tensor_bytes(DType::u8, {static_cast<int64_t>(packed)}) : 0);
 }
 
 void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& input, const Tensor& input_scales,
@@ -202,7 +151,16 @@ void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& in
   float* h = workspace.take(DType::f32, {R, N1}).data_as<float>();
   float* a2 = workspace.take(DType::f32, {R, I}).data_as<float>();
   float* s2 = workspace.take(DType::f32, {R, G2}).data_as<float>();
+  // Scratch of the AMX GEMMs (taken wherever the CPU has them, so the layout does not depend on FUSEDMOE_CPU_AMX).
+  const size_t packed_bytes = amx::packed_bytes(R, E, std::max(K, I));
+  void* packed = packed_bytes ? workspace.take(DType::u8, {static_cast<int64_t>(packed_bytes)}).data() : nullptr;
   if (R == 0) return;
+  const bool amx = amx::enabled() && amx::serves(c.quant);
+  const auto gemm = [&](const ExpertMatrix& W, const float* A, const float* A_scales, int64_t a_scale_cols,
+                        float* out, const int64_t* dst_row) {
+    if (amx) amx::grouped_gemm(W, A, A_scales, a_scale_cols, plan.offsets, E, out, dst_row, packed);
+    else grouped_gemm(W, A, A_scales, a_scale_cols, plan.offsets, E, out, dst_row);
+  };
 
   // Gather the rows of each expert, decoded to f32 grid values.
   const bool fp8_input = input.dtype() == DType::fp8_e4m3;
@@ -217,7 +175,7 @@ void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& in
 
   const ExpertMatrix w13 = make_matrix(c, w.w13, w.w13_scale, w.w13_global_scale, w.w13_bias, N1, K);
   const ExpertMatrix w2 = make_matrix(c, w.w2, w.w2_scale, w.w2_global_scale, w.w2_bias, K, I);
-  grouped_gemm(w13, a1, s1, G1, plan.offsets, E, h, nullptr);
+  gemm(w13, a1, s1, G1, h, nullptr);
 
   // Activation, then the intermediate stored as the scheme prescribes: fp8 with the
   // activation scales of the scheme, bf16 otherwise.
@@ -239,7 +197,7 @@ void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& in
     }
   });
 
-  grouped_gemm(w2, a2, s2, G2, plan.offsets, E, output, plan.dst_row);
+  gemm(w2, a2, s2, G2, output, plan.dst_row);
 }
 
 size_t row_plan_bytes(const MoEConfig& c, int64_t max_rows) {
