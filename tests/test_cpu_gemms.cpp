@@ -1,7 +1,8 @@
 // The CPU backend's two GEMM implementations, each held to the contracts on its own: the AMX
-// tile GEMMs (bf16 and fp8 schemes, where the CPU has AMX: the default there) and the f32 GEMMs
-// (fp4, CPUs without AMX, FUSEDMOE_CPU_AMX=0). Both against the float64 reference at shapes off
-// their tiles, run-twice bitwise, and batch-invariant; the AMX cases skip where the CPU lacks it.
+// tile GEMMs (where the CPU has AMX: the default there) and the f32 GEMMs (CPUs without AMX,
+// FUSEDMOE_CPU_AMX=0). Both against the float64 reference at shapes on and off their tiles,
+// run-twice bitwise, and batch-invariant, for every scheme; the AMX cases skip where the CPU
+// lacks it.
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -53,16 +54,20 @@ class CpuGemms : public ::testing::TestWithParam<PathScheme> {
   }
 };
 
-// Experts of 0-70 rows (one to five tiles of 16 rows, and past an item's 64 rows), with w13 and w2 biases. At
-// K = 200 and I = 76, k ends inside a 32-wide step and both GEMMs' weight rows end inside a 16-row tile; at K = 256
-// and I = 128, bf16 weights are read where they lie.
+// Experts of 0-70 rows (one to five tiles of 16 rows, and past an item's 64 rows), with w13 and w2 biases, at two
+// shapes. Off the tiles: k ends inside a 32-wide step (bf16 and fp8: K = 200; nvfp4: K = 208) or a 64-wide
+// conversion chunk (fp4, mxfp4: K = 224), and weight rows end inside a 16-row tile (bf16 and fp8: I = 76). On them:
+// K = 256, I = 128 (bf16 weights read where they lie).
 TEST_P(CpuGemms, MatchTheReferenceOnAndOffTheirTiles) {
   const auto [amx, scheme] = GetParam();
   const AmxSwitch path(amx);
-  ASSERT_EQ(cpu::amx::enabled() && cpu::amx::serves(scheme), amx);
+  ASSERT_EQ(cpu::amx::enabled(), amx);
   const uint64_t seed = test_seed();
   FMOE_SEED_TRACE(seed);
-  for (const auto [K, I] : {std::pair<int64_t, int64_t>{200, 76}, {256, 128}}) {
+  const std::pair<int64_t, int64_t> off = scheme == QuantScheme::nvfp4   ? std::pair<int64_t, int64_t>{208, 80}
+                                          : scheme == QuantScheme::mxfp4 ? std::pair<int64_t, int64_t>{224, 96}
+                                                                         : std::pair<int64_t, int64_t>{200, 76};
+  for (const auto [K, I] : {off, std::pair<int64_t, int64_t>{256, 128}}) {
     SCOPED_TRACE("K " + std::to_string(K) + ", I " + std::to_string(I));
     MoEConfig c = small_config(scheme, /*E=*/6, K, I, /*top_k=*/2);
     c.routing.method = RoutingMethod::precomputed;
@@ -96,7 +101,8 @@ TEST_P(CpuGemms, BatchInvariant) {
 INSTANTIATE_TEST_SUITE_P(BothPaths, CpuGemms,
                          ::testing::Combine(::testing::Bool(),
                                             ::testing::Values(QuantScheme::bf16, QuantScheme::fp8_per_tensor,
-                                                              QuantScheme::fp8_per_channel, QuantScheme::fp8_block)),
+                                                              QuantScheme::fp8_per_channel, QuantScheme::fp8_block,
+                                                              QuantScheme::nvfp4, QuantScheme::mxfp4)),
                          [](const auto& info) {
                            std::string n = std::string(std::get<0>(info.param) ? "amx_" : "f32_") +
                                            quant_scheme_name(std::get<1>(info.param));
@@ -105,7 +111,7 @@ INSTANTIATE_TEST_SUITE_P(BothPaths, CpuGemms,
                            return n;
                          });
 
-// FUSEDMOE_CPU_AMX=0 keeps the f32 GEMMs; fp4 weights never reach the AMX GEMM.
+// FUSEDMOE_CPU_AMX=0 keeps the f32 GEMMs.
 TEST(CpuGemmsSwitch, EnvironmentAndSchemesChooseThePath) {
   {
     const AmxSwitch off(false);
@@ -115,9 +121,6 @@ TEST(CpuGemmsSwitch, EnvironmentAndSchemesChooseThePath) {
     const AmxSwitch on(true);
     EXPECT_EQ(cpu::amx::enabled(), cpu::amx::supported());
   }
-  EXPECT_FALSE(cpu::amx::serves(QuantScheme::nvfp4));
-  EXPECT_FALSE(cpu::amx::serves(QuantScheme::mxfp4));
-  EXPECT_TRUE(cpu::amx::serves(QuantScheme::fp8_block));
   EXPECT_EQ(cpu::amx::packed_bytes(100, 8, 200) > 0, cpu::amx::supported());
 }
 

@@ -186,7 +186,7 @@ int main(int argc, char** argv) try {
   std::fprintf(stderr, "measuring this machine's roofline (copy bandwidth, f32 FMA and AMX peaks)...\n");
   const bench::Roofline roof = bench::measure_roofline();
   // The compute roof of the GEMMs the CPU backend runs for this scheme: AMX tiles or f32 FMAs.
-  const bool on_amx = cpu::amx::enabled() && cpu::amx::serves(quant);
+  const bool on_amx = cpu::amx::enabled();
   const double compute_roof = on_amx ? roof.amx_flops_per_s : roof.fma_flops_per_s;
 
   // Calibration batch for fp8-tensor static scales: the routing of the largest batch.

@@ -1,18 +1,21 @@
-// AMX tile GEMMs of the CPU expert MLP (TDPBF16PS: bf16 products summed in f32).
+// AMX tile GEMMs of the CPU expert MLP (TDPBF16PS: bf16 products summed in f32), every scheme.
 // Layout: 16 weight rows x 32 k are the A operand: bf16 rows loaded where they lie (row stride;
-// a zero-padded copy for the tiles at the matrix's ends), e4m3 rows converted to bf16 64 k at a
-// time just before use. The activations, packed per expert in tiles of 16 rows with each k pair
-// interleaved ([K32 / 2][16 rows][2] bf16), are the B operand. A C tile holds [16 weight rows]
-// [16 activation rows] f32, transposed into output rows with the scales and bias (AVX-512). An
-// item streams each of its 16-row weight blocks once for up to 64 activation rows (four C tiles).
+// a zero-padded copy for the tiles at the matrix's ends), e4m3 and fp4 rows converted to bf16
+// 64 k at a time just before use (fp4 values times their group scales, which is exact; nvfp4's
+// global scale multiplies the sums). The activations, packed per expert in tiles of 16 rows with
+// each k pair interleaved ([K32 / 2][16 rows][2] bf16), are the B operand. A C tile holds
+// [16 weight rows][16 activation rows] f32, transposed into output rows with the scales and bias
+// (AVX-512). An item streams each of its 16-row weight blocks once for up to 64 activation rows
+// (four C tiles).
 // Order: every output element sums k in 32-wide steps from k = 0 (fp8-block: within each
 // 128-wide group, promoted with its scales in f32 as the f32 GEMM does), the order TDPBF16PS
 // adds its pairs in; it depends on K alone, so results are deterministic and batch-invariant.
 // Limits: TDPBF16PS reads bf16 denormals as zero and flushes f32 results below 2^-126 to zero.
-// Needs AMX-BF16, AVX512-BW and -VBMI at compile time and the OS's grant of tile state.
+// Needs AMX-BF16 and AVX512-BW, -VBMI and -BF16 at compile time and the OS's grant of tile state.
 #include "cpu/amx_gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -21,7 +24,7 @@
 #include "fusedmoe/error.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
-    defined(__linux__)
+    defined(__AVX512BF16__) && defined(__linux__)
 #define FUSEDMOE_HAVE_AMX 1
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -35,10 +38,10 @@ namespace {
 
 constexpr int64_t kTileRows = 16;  // weight rows of a tile; activation rows of a packed tile
 constexpr int64_t kTileK = 32;     // k of one TDPBF16PS
-constexpr int64_t kChunkK = 64;    // k of one conversion of e4m3 weight rows
+constexpr int64_t kChunkK = 64;    // k of one conversion of e4m3 or fp4 weight rows
 constexpr int kMaxTiles = 4;       // packed activation tiles of an item, one C tile each
 constexpr int64_t kColBlock = 64;  // weight rows of an item
-constexpr int64_t kPrefetchBytes = 192;  // how far ahead e4m3 rows are prefetched (best of 64-1024 here)
+constexpr int64_t kPrefetchBytes = 192;  // how far ahead converted rows are prefetched (e4m3: best of 64-1024)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t packed_tiles(int64_t rows, int64_t experts) {
@@ -99,6 +102,85 @@ class E4m3ToBf16 {
 
  private:
   __m512i lo_[2], hi_[2];
+};
+
+// e2m1 values (two a byte, low nibble first) times their group scales to bf16 bits, 64 at a time. e2m1 times an
+// e4m3 or ue8m0 scale is exact in bf16 (at most 5 significant bits), bar ue8m0 scales below 2^-125 (bf16 denormals).
+class Fp4ToBf16 {
+ public:
+  Fp4ToBf16() {
+    alignas(64) float t[16];
+    for (int c = 0; c < 16; ++c) t[c] = fp4_e2m1_to_float(uint8_t(c));
+    table_ = _mm512_load_ps(t);
+  }
+  // Values [0, n) (n even) from `packed`, value v times scale16[v / 16], to dst[0, n); zeros to dst[n, 64).
+  void convert(const uint8_t* packed, int64_t n, const float* scale16, uint16_t* dst) const {
+    const __m256i raw = n >= 64 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed))
+                                : _mm256_maskz_loadu_epi8(n <= 0 ? __mmask32(0) : (__mmask32(1) << (n / 2)) - 1, packed);
+    const __m512i bytes = _mm512_cvtepu8_epi16(raw);
+    // Byte 2j: byte j's low nibble, byte 2j + 1: its high nibble.
+    const __m512i nibbles = _mm512_or_si512(_mm512_and_si512(bytes, _mm512_set1_epi16(0x0f)),
+                                            _mm512_slli_epi16(_mm512_srli_epi16(bytes, 4), 8));
+    const __m512 v0 = value16(_mm512_maskz_extracti32x4_epi32(kAll4, nibbles, 0), scale16[0]);
+    const __m512 v1 = value16(_mm512_maskz_extracti32x4_epi32(kAll4, nibbles, 1), scale16[1]);
+    const __m512 v2 = value16(_mm512_maskz_extracti32x4_epi32(kAll4, nibbles, 2), scale16[2]);
+    const __m512 v3 = value16(_mm512_maskz_extracti32x4_epi32(kAll4, nibbles, 3), scale16[3]);
+    _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
+    _mm512_storeu_si512(dst + 32, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v3, v2)));
+  }
+
+ private:
+  // (The zero-masked forms with every lane on: the plain ones leave GCC 12 warning on their undefined pass-through.)
+  static constexpr __mmask8 kAll4 = 0xf;
+  static constexpr __mmask16 kAll16 = 0xffff;
+  __m512 value16(__m128i codes, float scale) const {
+    const __m512 e2m1 = _mm512_maskz_permutexvar_ps(kAll16, _mm512_maskz_cvtepu8_epi32(kAll16, codes), table_);
+    return _mm512_mul_ps(e2m1, _mm512_set1_ps(scale));
+  }
+  __m512 table_;
+};
+
+// Converts 64-k chunks of e4m3 or fp4 weight rows [n0, n0 + nn) of expert e to bf16 rows of a [16][64] chunk, zeros
+// past the rows' end, prefetching each row a few chunks ahead: their vector loads alone keep too few lines in flight
+// (e4m3: 1.35x slower at 16 tokens).
+class ChunkConverter {
+ public:
+  ChunkConverter(const ExpertMatrix& W, int64_t e, int64_t n0, int64_t nn) : W_(W), e_(e), n0_(n0), nn_(nn) {}
+
+  void operator()(int64_t k, uint16_t* chunk) const {
+    if (!scheme_is_fp4(W_.scheme)) {
+      for (int64_t i = 0; i < nn_; ++i) {
+        const uint8_t* row = W_.row(e_, n0_ + i);
+        _mm_prefetch(reinterpret_cast<const char*>(row + k + kPrefetchBytes), _MM_HINT_T0);
+        e4m3_.convert(row + k, W_.cols - k, chunk + i * kChunkK);
+      }
+      return;
+    }
+    // The chunk's four 16-value slices' groups; past the row, scale 0.
+    const int64_t group = W_.group_size(), groups = W_.cols / group;
+    int64_t g[4];
+    for (int q = 0; q < 4; ++q) g[q] = (k + 16 * q) / group < groups ? (k + 16 * q) / group : -1;
+    const float* decode = scale_codes_[W_.scheme == QuantScheme::nvfp4 ? 0 : 1].data();
+    for (int64_t i = 0; i < nn_; ++i) {
+      const uint8_t* row = W_.row(e_, n0_ + i);
+      _mm_prefetch(reinterpret_cast<const char*>(row + k / 2 + kPrefetchBytes), _MM_HINT_T0);
+      const uint8_t* gs = W_.group_scales(e_, n0_ + i);
+      float scale16[4];
+      for (int q = 0; q < 4; ++q) scale16[q] = g[q] >= 0 ? decode[gs[g[q]]] : 0.0f;
+      fp4_.convert(row + k / 2, W_.cols - k, scale16, chunk + i * kChunkK);
+    }
+  }
+
+ private:
+  static inline const E4m3ToBf16 e4m3_;
+  static inline const Fp4ToBf16 fp4_;
+  static inline const std::array<std::array<float, 256>, 2> scale_codes_ = [] {  // e4m3 (nvfp4), ue8m0 (mxfp4)
+    std::array<std::array<float, 256>, 2> t;
+    for (int c = 0; c < 256; ++c) t[0][c] = fp8_e4m3_to_float(uint8_t(c)), t[1][c] = ue8m0_to_float(uint8_t(c));
+    return t;
+  }();
+  const ExpertMatrix& W_;
+  int64_t e_, n0_, nn_;
 };
 
 // bf16 weight rows [n0, n0 + nn) of expert e as rows of K32, zeros past K and past nn rows (the tiles at the matrix's
@@ -168,18 +250,13 @@ void dot_steps(const uint8_t* w, int64_t w_stride, const uint16_t* const* b, int
   }
 }
 
-// The same for e4m3 weight rows [n0, n0 + nn) of expert e, converted 64 k at a time into `chunk` ([16][64] bf16,
-// rows past nn zero) just before their tiles load, so that the conversion stays in L1. The rows are prefetched a few
-// chunks ahead: their vector loads alone keep too few lines in flight (1.35x slower at 16 tokens without).
+// The same for e4m3 or fp4 weight rows, converted 64 k at a time into `chunk` ([16][64] bf16, rows past nn zero)
+// just before their tiles load, so that the conversion stays in L1.
 template <int NT>
-void dot_steps_e4m3(const ExpertMatrix& W, int64_t e, int64_t n0, int64_t nn, const uint16_t* const* b, int64_t k0,
-                    int64_t k1, uint16_t* chunk) {
-  static const E4m3ToBf16 e4m3;
+void dot_steps_converted(const ChunkConverter& convert, const uint16_t* const* b, int64_t k0, int64_t k1,
+                         uint16_t* chunk) {
   for (int64_t k = k0; k < k1; k += kChunkK) {
-    for (int64_t i = 0; i < nn; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(W.row(e, n0 + i) + k + kPrefetchBytes), _MM_HINT_T0);
-      e4m3.convert(W.row(e, n0 + i) + k, W.cols - k, chunk + i * kChunkK);
-    }
+    convert(k, chunk);
     for (int64_t step = k; step < std::min(k1, k + kChunkK); step += kTileK) {
       _tile_loadd(4, chunk + (step - k), kChunkK * sizeof(uint16_t));
       dot_tiles<NT>(b, step);
@@ -220,17 +297,17 @@ void run_item(const GemmArgs& g, const Item& it, std::vector<uint16_t>& wbuf) {
   for (int j = 0; j < NT; ++j) b[j] = g.packed + (it.first_tile + j) * K32 * kTileRows;
   alignas(64) float c[kMaxTiles][kTileRows][kTileRows];  // [tile][weight row][activation row]
   __m512 acc[kMaxTiles * kTileRows];                     // per activation row, the 16 weight rows
-  alignas(64) uint16_t chunk[kTileRows * kChunkK];       // e4m3 weights' converted k chunk
+  alignas(64) uint16_t chunk[kTileRows * kChunkK];       // converted weights' k chunk
   _tile_loadconfig(&kTileConfig);
   for (int64_t n0 = it.col_begin; n0 < it.col_end; n0 += kTileRows) {
     const int64_t nn = std::min(kTileRows, N - n0);
     const __mmask16 lanes = __mmask16((1u << nn) - 1u);
-    // The weight tiles: bf16 rows where they lie, or a zero-padded copy at the matrix's ends; e4m3 rows converted
-    // chunk by chunk.
-    const bool e4m3 = W.scheme != QuantScheme::bf16;
+    // The weight tiles: bf16 rows where they lie, or a zero-padded copy at the matrix's ends; e4m3 and fp4 rows
+    // converted chunk by chunk.
+    const bool converted = W.scheme != QuantScheme::bf16;
     const uint8_t* w = nullptr;
     int64_t w_stride = 0;
-    if (e4m3) {
+    if (converted) {
       if (nn < kTileRows) std::fill(chunk + nn * kChunkK, chunk + kTileRows * kChunkK, uint16_t{0});
     } else if (nn == kTileRows && K == K32) {
       w = W.row(e, n0), w_stride = W.row_bytes;
@@ -238,8 +315,9 @@ void run_item(const GemmArgs& g, const Item& it, std::vector<uint16_t>& wbuf) {
       weight_block_bf16(W, e, n0, nn, K32, wbuf.data());
       w = reinterpret_cast<const uint8_t*>(wbuf.data()), w_stride = K32 * 2;
     }
+    const ChunkConverter convert(W, e, n0, nn);
     const auto dot = [&](int64_t k0, int64_t k1) {
-      if (e4m3) dot_steps_e4m3<NT>(W, e, n0, nn, b, k0, k1, chunk);
+      if (converted) dot_steps_converted<NT>(convert, b, k0, k1, chunk);
       else dot_steps<NT>(w, w_stride, b, k0, k1);
     };
     if (mode == ScaleMode::per_block) {
@@ -259,6 +337,10 @@ void run_item(const GemmArgs& g, const Item& it, std::vector<uint16_t>& wbuf) {
       dot(0, K32);
       store_c<NT>(c);
       for (int64_t m = 0; m < it.rows; ++m) acc[m] = c_column(c, m);
+      if (W.scheme == QuantScheme::nvfp4) {  // the global scale, kept out of the bf16 weights
+        const __m512 global = _mm512_set1_ps(W.global_scale[e]);
+        for (int64_t m = 0; m < it.rows; ++m) acc[m] = _mm512_mul_ps(acc[m], global);
+      }
       if (mode == ScaleMode::per_row) {
         const __m512 w_scale = per_weight_row(nn, [&](int64_t i) { return W.row_scale(e, n0 + i); });
         for (int64_t m = 0; m < it.rows; ++m)
@@ -288,8 +370,6 @@ bool enabled() {
   return !(env && std::strcmp(env, "0") == 0) && supported();
 }
 
-bool serves(QuantScheme scheme) { return !scheme_is_fp4(scheme); }
-
 size_t packed_bytes(int64_t rows, int64_t experts, int64_t cols) {
   if (!supported()) return 0;
   return static_cast<size_t>(packed_tiles(rows, experts) * round_up(cols, kTileK) * kTileRows) * sizeof(uint16_t);
@@ -297,7 +377,7 @@ size_t packed_bytes(int64_t rows, int64_t experts, int64_t cols) {
 
 void grouped_gemm(const ExpertMatrix& W, const float* A, const float* A_scales, int64_t a_scale_cols,
                   const int64_t* offsets, int64_t num_experts, float* out, const int64_t* dst_row, void* packed) {
-  FMOE_CHECK(enabled() && serves(W.scheme), "the AMX GEMM needs AMX and a bf16 or fp8 scheme");
+  FMOE_CHECK(enabled(), "the AMX GEMM needs AMX (amx::enabled())");
 #if FUSEDMOE_HAVE_AMX
   const int64_t K = W.cols, K32 = round_up(K, kTileK);
   uint16_t* pk = static_cast<uint16_t*>(packed);

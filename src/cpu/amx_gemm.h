@@ -1,6 +1,7 @@
-// The CPU expert MLP's grouped GEMMs on Intel AMX (Advanced Matrix Extensions) bf16 tiles, for
-// the schemes whose operands are exactly bf16: bf16 weights and inputs, and e4m3 weights and
-// activations (the scales stay in f32, applied as the f32 GEMM applies them).
+// The CPU expert MLP's grouped GEMMs on Intel AMX (Advanced Matrix Extensions) bf16 tiles. Every
+// scheme's operands become exact bf16 values: bf16 weights and inputs, e4m3 weights and
+// activations, fp4 values times their group scales (nvfp4's global scale applied to the sums);
+// the fp8 scales stay in f32, applied as the f32 GEMM applies them.
 #pragma once
 
 #include <cstddef>
@@ -17,16 +18,12 @@ bool supported();
 // supported(), unless FUSEDMOE_CPU_AMX=0 (read at each call) keeps the f32 GEMMs.
 bool enabled();
 
-// Whether the AMX GEMM serves this scheme: bf16 and the fp8 schemes (fp4 values times their
-// group scales are not bf16).
-bool serves(QuantScheme scheme);
-
 // Bytes of the packed activations for up to `rows` rows of `cols` values over `experts` experts.
 size_t packed_bytes(int64_t rows, int64_t experts, int64_t cols);
 
 // out[dst(r)][n] = sum_k A[r][k] * W_e[n][k] (with the scheme's scales) + bias_e[n] for the rows
 // r of each expert e in [offsets[e], offsets[e+1]); A holds f32 values that are exactly bf16.
-// `packed` is scratch of packed_bytes(). Requires enabled() and serves(W.scheme).
+// `packed` is scratch of packed_bytes(). Requires enabled().
 void grouped_gemm(const ExpertMatrix& W, const float* A, const float* A_scales, int64_t a_scale_cols,
                   const int64_t* offsets, int64_t num_experts, float* out, const int64_t* dst_row, void* packed);
 

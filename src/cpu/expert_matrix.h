@@ -44,20 +44,23 @@ struct ExpertMatrix {
       case QuantScheme::fp8_per_channel:
       case QuantScheme::fp8_block: decode_fp8_row(src, cols, dst); break;
       case QuantScheme::nvfp4: {
-        const int64_t groups = cols / kNvfp4GroupSize;
-        const uint8_t* s = static_cast<const uint8_t*>(scale) + (e * rows + n) * groups;
-        for (int64_t g = 0; g < groups; ++g) group_scratch[g] = fp8_e4m3_to_float(s[g]) * global_scale[e];
+        const uint8_t* s = group_scales(e, n);
+        for (int64_t g = 0; g < cols / kNvfp4GroupSize; ++g) group_scratch[g] = fp8_e4m3_to_float(s[g]) * global_scale[e];
         decode_fp4_row(src, cols, group_scratch, kNvfp4GroupSize, dst);
         break;
       }
       case QuantScheme::mxfp4: {
-        const int64_t groups = cols / kMxfp4GroupSize;
-        const uint8_t* s = static_cast<const uint8_t*>(scale) + (e * rows + n) * groups;
-        for (int64_t g = 0; g < groups; ++g) group_scratch[g] = ue8m0_to_float(s[g]);
+        const uint8_t* s = group_scales(e, n);
+        for (int64_t g = 0; g < cols / kMxfp4GroupSize; ++g) group_scratch[g] = ue8m0_to_float(s[g]);
         decode_fp4_row(src, cols, group_scratch, kMxfp4GroupSize, dst);
         break;
       }
     }
+  }
+  // fp4: values per group scale, and row n's group scales (e4m3 for nvfp4, ue8m0 for mxfp4).
+  int64_t group_size() const { return scheme == QuantScheme::nvfp4 ? kNvfp4GroupSize : kMxfp4GroupSize; }
+  const uint8_t* group_scales(int64_t e, int64_t n) const {
+    return static_cast<const uint8_t*>(scale) + (e * rows + n) * (cols / group_size());
   }
   float row_scale(int64_t e, int64_t n) const {
     const float* s = static_cast<const float*>(scale);

@@ -3,8 +3,8 @@
 // summed in a fixed order that depends only on K (8-lane partial sums, fixed lane reduction,
 // fp8 block scales promoted per 128-wide group), so results are deterministic and
 // batch-invariant. Work is split into (expert, 64-row block, 64-column tile) items.
-// Where the CPU has AMX, the bf16 and fp8 schemes run both GEMMs on its tiles instead
-// (amx_gemm.cpp: another fixed order, the same guarantees); fp4 keeps these.
+// Where the CPU has AMX, both GEMMs run on its tiles instead (amx_gemm.cpp: another fixed
+// order, the same guarantees).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -155,7 +155,7 @@ void run_expert_mlp(const MoEConfig& c, const ExpertWeights& w, const Tensor& in
   const size_t packed_bytes = amx::packed_bytes(R, E, std::max(K, I));
   void* packed = packed_bytes ? workspace.take(DType::u8, {static_cast<int64_t>(packed_bytes)}).data() : nullptr;
   if (R == 0) return;
-  const bool amx = amx::enabled() && amx::serves(c.quant);
+  const bool amx = amx::enabled();
   const auto gemm = [&](const ExpertMatrix& W, const float* A, const float* A_scales, int64_t a_scale_cols,
                         float* out, const int64_t* dst_row) {
     if (amx) amx::grouped_gemm(W, A, A_scales, a_scale_cols, plan.offsets, E, out, dst_row, packed);
