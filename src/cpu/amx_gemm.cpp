@@ -115,8 +115,9 @@ class Fp4ToBf16 {
   }
   // Values [0, n) (n even) from `packed`, value v times scale16[v / 16], to dst[0, n); zeros to dst[n, 64).
   void convert(const uint8_t* packed, int64_t n, const float* scale16, uint16_t* dst) const {
+    const __mmask32 in = n >= 64 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : (__mmask32(1) << (n / 2)) - 1;
     const __m256i raw = n >= 64 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed))
-                                : _mm256_maskz_loadu_epi8(n <= 0 ? __mmask32(0) : (__mmask32(1) << (n / 2)) - 1, packed);
+                                : _mm256_maskz_loadu_epi8(in, packed);
     const __m512i bytes = _mm512_cvtepu8_epi16(raw);
     // Byte 2j: byte j's low nibble, byte 2j + 1: its high nibble.
     const __m512i nibbles = _mm512_or_si512(_mm512_and_si512(bytes, _mm512_set1_epi16(0x0f)),

@@ -45,7 +45,8 @@ struct ExpertMatrix {
       case QuantScheme::fp8_block: decode_fp8_row(src, cols, dst); break;
       case QuantScheme::nvfp4: {
         const uint8_t* s = group_scales(e, n);
-        for (int64_t g = 0; g < cols / kNvfp4GroupSize; ++g) group_scratch[g] = fp8_e4m3_to_float(s[g]) * global_scale[e];
+        for (int64_t g = 0; g < cols / kNvfp4GroupSize; ++g)
+          group_scratch[g] = fp8_e4m3_to_float(s[g]) * global_scale[e];
         decode_fp4_row(src, cols, group_scratch, kNvfp4GroupSize, dst);
         break;
       }
