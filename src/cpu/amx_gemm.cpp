@@ -105,7 +105,7 @@ class E4m3ToBf16 {
 };
 
 // e2m1 values (two a byte, low nibble first) times their group scales to bf16 bits, 64 at a time. e2m1 times an
-// e4m3 or ue8m0 scale is exact in bf16 (at most 5 significant bits), bar ue8m0 scales below 2^-125 (bf16 denormals).
+// e4m3 or ue8m0 scale is exact in bf16 (at most 6 significant bits), bar ue8m0 scales below 2^-125 (bf16 denormals).
 class Fp4ToBf16 {
  public:
   Fp4ToBf16() {
