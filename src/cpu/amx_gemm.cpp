@@ -58,11 +58,8 @@ bool request_tile_state() {
 }
 
 #if FUSEDMOE_HAVE_AMX
-uint16_t bf16_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return uint16_t(u >> 16);
-}
+// bf16 bits of a float that is exactly bf16.
+uint16_t bf16_bits(float v) { return uint16_t(float_bits(v) >> 16); }
 
 // Rows [r0, r0 + n) of A (f32 values that are exactly bf16) as one packed tile, zeros past n rows and past K.
 void pack_tile(const float* A, int64_t K, int64_t K32, int64_t r0, int64_t n, uint16_t* dst) {
@@ -371,6 +368,25 @@ bool enabled() {
   return !(env && std::strcmp(env, "0") == 0) && supported();
 }
 
+double peak_loop(int64_t iters) {
+  FMOE_CHECK(enabled(), "the AMX peak loop needs AMX (amx::enabled())");
+#if FUSEDMOE_HAVE_AMX
+  alignas(64) static const uint16_t zeros[kTileRows * kTileK] = {};
+  _tile_loadconfig(&kTileConfig);
+  zero_c<4>();
+  _tile_loadd(4, zeros, 64);
+  _tile_loadd(5, zeros, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_dpbf16ps(1, 4, 5);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_release();
+#endif
+  return double(iters) * 4 * kTileRows * kTileRows * kTileK * 2;
+}
+
 size_t packed_bytes(int64_t rows, int64_t experts, int64_t cols) {
   if (!supported()) return 0;
   return static_cast<size_t>(packed_tiles(rows, experts) * round_up(cols, kTileK) * kTileRows) * sizeof(uint16_t);
@@ -413,7 +429,7 @@ void grouped_gemm(const ExpertMatrix& W, const float* A, const float* A_scales, 
     }
   });
 #else
-  (void)A, (void)A_scales, (void)a_scale_cols, (void)offsets, (void)num_experts, (void)out, (void)dst_row,
+  (void)W, (void)A, (void)A_scales, (void)a_scale_cols, (void)offsets, (void)num_experts, (void)out, (void)dst_row,
       (void)packed;
 #endif
 }

@@ -18,6 +18,10 @@ bool supported();
 // supported(), unless FUSEDMOE_CPU_AMX=0 (read at each call) keeps the f32 GEMMs.
 bool enabled();
 
+// Runs `iters` rounds of four independent TDPBF16PS on this thread (the benchmark's peak rate) and returns the
+// floating-point operations done. Requires enabled().
+double peak_loop(int64_t iters);
+
 // Bytes of the packed activations for up to `rows` rows of `cols` values over `experts` experts.
 size_t packed_bytes(int64_t rows, int64_t experts, int64_t cols);
 

@@ -11,13 +11,6 @@
 #include "cpu/amx_gemm.h"
 #include "cpu/thread_pool.h"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-#include <immintrin.h>
-#define FUSEDMOE_BENCH_AMX 1
-#else
-#define FUSEDMOE_BENCH_AMX 0
-#endif
-
 namespace fusedmoe::bench {
 namespace {
 
@@ -44,37 +37,6 @@ float fma_loop(int64_t iters, float seed) {
   for (int i = 0; i < kChains; ++i) s += acc[i][0] + acc[i][kLanes - 1];
   return s;
 }
-
-#if FUSEDMOE_BENCH_AMX
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16}};
-
-// Four independent C tiles, each 16 x 16 x 32 multiply-adds a TDPBF16PS.
-float amx_loop(int64_t iters) {
-  alignas(64) static const uint16_t ones[16 * 32] = {};
-  alignas(64) float c[16 * 16];
-  _tile_loadconfig(&kTileConfig);
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  _tile_loadd(4, ones, 64);
-  _tile_loadd(5, ones, 64);
-  for (int64_t it = 0; it < iters; ++it) {
-    _tile_dpbf16ps(0, 4, 5);
-    _tile_dpbf16ps(1, 4, 5);
-    _tile_dpbf16ps(2, 4, 5);
-    _tile_dpbf16ps(3, 4, 5);
-  }
-  _tile_stored(0, c, 64);
-  _tile_release();
-  return c[0];
-}
-#endif
 
 // Best of `reps` runs of fn(thread) on every thread at once; returns the seconds.
 template <class Fn>
@@ -124,13 +86,12 @@ Roofline measure_roofline() {
   const int64_t fma_iters = 10'000'000;
   const double fma_s = best_seconds(threads, 3, [&](int t) { sink[t] = fma_loop(fma_iters, float(t)); });
   r.fma_flops_per_s = double(threads) * double(fma_iters) * kChains * kLanes * 2 / fma_s;
-#if FUSEDMOE_BENCH_AMX
   if (cpu::amx::enabled()) {
     const int64_t amx_iters = 1'000'000;
-    const double amx_s = best_seconds(threads, 3, [&](int t) { sink[t] = amx_loop(amx_iters); });
-    r.amx_flops_per_s = double(threads) * double(amx_iters) * 4 * 16 * 16 * 32 * 2 / amx_s;
+    std::vector<double> flops(static_cast<size_t>(threads));
+    const double amx_s = best_seconds(threads, 3, [&](int t) { flops[t] = cpu::amx::peak_loop(amx_iters); });
+    r.amx_flops_per_s = double(threads) * flops[0] / amx_s;
   }
-#endif
   return r;
 }
 
